@@ -1,0 +1,42 @@
+"""dcframe: Deep Compression (pruning, weight sharing, Huffman coding) as a chain of pluggable stages.
+
+Public API:
+    compress(tensors, path, pipeline=..., preset=..., rules=...) -> report dict   write a .dcf container
+    open_container(path) -> Container                                             read tensors lazily: .read(name)
+    decompress(path, names=None) -> dict[str, Dense]                              decode every (or some) tensor
+    inspect(path) -> report dict                                                  sizes, ratios, stats per tensor
+    read_model(path) / write_model(path, tensors)                                 .safetensors .npz .npy .pt
+    Stage, Dense, Symbols, Bytes, hookimpl                                        to write a stage plugin
+    Policy, Rule, parse_pipeline                                                  to choose chains per tensor
+    DcfError and its subclasses                                                   every error dcframe raises
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import compress, decompress, inspect, open_container  # noqa: E402
+from .container import Container, Limits  # noqa: E402
+from .dtypes import numpy_dtype  # noqa: E402
+from .errors import (  # noqa: E402
+    ConfigError,
+    DcfError,
+    FormatError,
+    IntegrityError,
+    LimitError,
+    MissingStageError,
+    ModelIOError,
+    PipelineError,
+)
+from .hookspecs import hookimpl  # noqa: E402
+from .modelio import read_model, write_model  # noqa: E402
+from .pipeline import Policy, Rule, parse_pipeline  # noqa: E402
+from .stage import Stage  # noqa: E402
+from .streams import Bytes, Dense, Symbols, symbol_width  # noqa: E402
+
+__all__ = [
+    "Bytes", "ConfigError", "Container", "DcfError", "Dense", "FormatError", "IntegrityError", "LimitError", "Limits",
+    "MissingStageError", "ModelIOError", "PipelineError", "Policy", "Rule", "Stage", "Symbols", "compress",
+    "decompress", "hookimpl", "inspect", "numpy_dtype", "open_container", "parse_pipeline", "read_model",
+    "symbol_width", "write_model", "__version__",
+]

@@ -1,0 +1,429 @@
+"""Reading and writing the .dcf container (spec/FORMAT.md): records with chunked streams, an index, a trailer.
+
+Layout: MAGIC | record, chunk bins... (per tensor) | index map | trailer (index offset, length, CRC32, END_MAGIC).
+Every number read from a file is checked against the file's size and the Limits before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+
+from . import __version__
+from .dtypes import numpy_dtype
+from .errors import DcfError, FormatError, IntegrityError, LimitError, MissingStageError, ModelIOError
+from .orchestrator import EncodedTensor, decode_tensor
+from .pipeline import Chain
+from .registry import Registry, get_registry
+from .stage import Stage
+from .streams import Dense
+
+MAGIC = b"\x89DCF\r\n\x1a\n"
+END_MAGIC = b"DCFINDEX"
+TRAILER = struct.Struct("<QII8s")  # index offset, index length, index CRC32, END_MAGIC
+FORMAT = "dcf"
+VERSION = (1, 0)
+DEFAULT_CHUNK = 1 << 24
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a reader enforces on untrusted files before allocating (see spec/FORMAT.md, "Limits")."""
+
+    max_index_bytes: int = 1 << 26
+    max_record_bytes: int = 1 << 26
+    max_tensors: int = 1 << 20
+    max_ndim: int = 32
+    max_chunk_bytes: int = 1 << 30
+    max_tensor_bytes: int = 1 << 40
+    max_expansion: int = 1 << 20  # a tensor may declare at most this many times the file's size (or 1 GiB)
+
+
+def _crc(data: bytes | memoryview) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def _bin_header(n: int) -> bytes:
+    if n < 1 << 8:
+        return b"\xc4" + struct.pack("<B", n)
+    if n < 1 << 16:
+        return b"\xc5" + struct.pack(">H", n)
+    return b"\xc6" + struct.pack(">I", n)
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(data: bytes, what: str, offset: int) -> Any:
+    """msgpack-decode untrusted bytes; any failure becomes a FormatError naming what and where."""
+    n = len(data)
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=n, max_str_len=n,
+                               max_array_len=n, max_map_len=n, max_ext_len=0, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise FormatError(f"{what} at byte {offset} is not valid msgpack ({type(exc).__name__}: {exc})") from None
+
+
+def chain_descriptor(chain: Chain, registry: Registry) -> list[dict[str, Any]]:
+    """How a chain is stored: per stage its id, version, config and the package that provides it."""
+    out = []
+    for stage in chain.stages:
+        info = registry.stages.get(stage.id)
+        out.append({"id": stage.id, "version": stage.version, "config": stage.get_config(),
+                    "package": info.package if info else "?"})
+    return out
+
+
+def pipeline_text(descriptor: list[dict[str, Any]]) -> str:
+    """The pipeline string of a stored chain, e.g. "sparse(index_bits=5) | huffman"."""
+    parts = []
+    for s in descriptor:
+        args = ", ".join(f"{k}={v!r}" for k, v in s.get("config", {}).items())
+        parts.append(f"{s.get('id')}({args})" if args else str(s.get("id")))
+    return " | ".join(parts)
+
+
+class ContainerWriter:
+    """Writes a container to a temporary file beside `path` and renames it into place on close()."""
+
+    def __init__(self, path: str | os.PathLike, metadata: dict[str, str] | None = None,
+                 chunk_size: int = DEFAULT_CHUNK, registry: Registry | None = None) -> None:
+        if not 0 < chunk_size <= Limits().max_chunk_bytes:
+            raise DcfError(f"chunk size must be 1 to {Limits().max_chunk_bytes} bytes")
+        self.path = Path(path)
+        self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+        self.chunk_size = chunk_size
+        self.registry = registry or get_registry()
+        self._chains: list[list[dict[str, Any]]] = []
+        self._entries: list[list[Any]] = []
+        self._names: set[str] = set()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
+        except OSError as exc:
+            raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self._tmp = Path(tmp)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._write(MAGIC)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def add(self, tensor: EncodedTensor) -> dict[str, Any]:
+        """Append one encoded tensor; returns its index entry as a report row."""
+        if tensor.name in self._names:
+            raise DcfError(f"tensor '{tensor.name}' appears twice")
+        self._names.add(tensor.name)
+        descriptor = chain_descriptor(tensor.chain, self.registry)
+        if descriptor not in self._chains:
+            self._chains.append(descriptor)
+        streams = []
+        for name, data in tensor.streams.items():
+            chunks = [len(data[i:i + self.chunk_size]) for i in range(0, len(data), self.chunk_size)]
+            streams.append([name, len(data), _crc(data), chunks])
+        record = {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape),
+                  "chain": self._chains.index(descriptor), "steps": tensor.steps, "streams": streams}
+        if tensor.stats:
+            record["stats"] = tensor.stats
+        packed = _pack(record)
+        offset = self._file.tell()
+        self._write(packed)
+        for name, data in tensor.streams.items():
+            view = memoryview(data)
+            for i in range(0, len(data), self.chunk_size):
+                chunk = view[i:i + self.chunk_size]
+                self._write(_bin_header(len(chunk)))
+                self._write(chunk)
+        total = self._file.tell() - offset
+        self._entries.append([tensor.name, offset, len(packed), total, _crc(packed)])
+        return {"name": tensor.name, "compressed_bytes": total}
+
+    def close(self) -> int:
+        """Write the index and trailer, flush to disk and rename into place; returns the file's size."""
+        index = {"format": FORMAT, "version": list(VERSION), "producer": f"dcframe {__version__}",
+                 "metadata": self.metadata, "chains": self._chains, "tensors": self._entries}
+        packed = _pack(index)
+        offset = self._file.tell()
+        self._write(packed)
+        self._write(TRAILER.pack(offset, len(packed), _crc(packed), END_MAGIC))
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            size = self._file.tell()
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        return size
+
+    def abort(self) -> None:
+        """Drop the temporary file; the target path is left as it was."""
+        try:
+            self._file.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ContainerWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_container(path: str | os.PathLike, tensors: Iterable[EncodedTensor],
+                    metadata: dict[str, str] | None = None, chunk_size: int = DEFAULT_CHUNK) -> int:
+    """Write encoded tensors to `path` atomically; returns the file's size."""
+    writer = ContainerWriter(path, metadata, chunk_size)
+    try:
+        for tensor in tensors:
+            writer.add(tensor)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one tensor's record lies in the file."""
+
+    name: str
+    offset: int
+    record_length: int
+    total_length: int
+    crc: int
+
+
+class Container:
+    """A .dcf file opened for reading: the index is read and checked at once, tensors on demand."""
+
+    def __init__(self, path: str | os.PathLike, limits: Limits | None = None,
+                 registry: Registry | None = None) -> None:
+        self.path = Path(path)
+        self.limits = limits or Limits()
+        self._registry = registry
+        try:
+            self._file: BinaryIO = open(self.path, "rb")
+        except OSError as exc:
+            raise ModelIOError(f"cannot open {self.path}: {exc.strerror or exc}") from None
+        try:
+            self.size = os.fstat(self._file.fileno()).st_size
+            self._read_index()
+        except BaseException:
+            self._file.close()
+            raise
+        self._stages: dict[int, list[Stage]] = {}
+
+    # --- low-level, bounded reads -------------------------------------------------------------------------------
+    def _read_at(self, offset: int, length: int, what: str) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise LimitError(f"{self.path}: {what} at byte {offset} ({length} bytes) runs past the end of the "
+                             f"{self.size}-byte file")
+        self._file.seek(offset)
+        data = self._file.read(length)
+        if len(data) != length:
+            raise FormatError(f"{self.path}: {what} at byte {offset} is truncated")
+        return data
+
+    def _fail(self, what: str) -> FormatError:
+        return FormatError(f"{self.path}: {what}")
+
+    def _read_index(self) -> None:
+        if self.size < len(MAGIC) + TRAILER.size:
+            raise FormatError(f"{self.path}: not a .dcf container (only {self.size} bytes)")
+        if self._read_at(0, len(MAGIC), "magic") != MAGIC:
+            raise FormatError(f"{self.path}: not a .dcf container (wrong magic bytes)")
+        offset, length, crc, end = TRAILER.unpack(self._read_at(self.size - TRAILER.size, TRAILER.size, "trailer"))
+        if end != END_MAGIC:
+            raise FormatError(f"{self.path}: the trailer is missing: the file is truncated or not a .dcf container")
+        if length > self.limits.max_index_bytes:
+            raise LimitError(f"{self.path}: index of {length} bytes exceeds the limit of {self.limits.max_index_bytes}")
+        if offset < len(MAGIC) or offset + length != self.size - TRAILER.size:
+            raise LimitError(f"{self.path}: index offset {offset} and length {length} do not fit the file")
+        data = self._read_at(offset, length, "index")
+        if _crc(data) != crc:
+            raise IntegrityError(f"{self.path}: index checksum mismatch at byte {offset}: the file is damaged")
+        index = _unpack(data, f"{self.path}: index", offset)
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            raise self._fail("index is not a dcf index map")
+        version = index.get("version")
+        if not (isinstance(version, list) and len(version) == 2 and all(isinstance(v, int) for v in version)):
+            raise self._fail(f"bad format version {version!r}")
+        if version[0] != VERSION[0]:
+            raise FormatError(f"{self.path}: format version {version[0]}.{version[1]} is not supported by this "
+                              f"reader (major {VERSION[0]}); upgrade dcframe")
+        self.version = tuple(version)
+        self.producer = str(index.get("producer", ""))
+        metadata = index.get("metadata", {})
+        self.metadata = metadata if isinstance(metadata, dict) else {}
+        chains = index.get("chains")
+        tensors = index.get("tensors")
+        if not isinstance(chains, list) or not isinstance(tensors, list):
+            raise self._fail("index lacks its chains or tensors")
+        if len(tensors) > self.limits.max_tensors:
+            raise LimitError(f"{self.path}: {len(tensors)} tensors exceed the limit of {self.limits.max_tensors}")
+        for chain in chains:
+            if not isinstance(chain, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("version"), int)
+                and isinstance(s.get("config", {}), dict) for s in chain):
+                raise self._fail("malformed chain in the index")
+        self.chains: list[list[dict[str, Any]]] = chains
+        self.entries: dict[str, Entry] = {}
+        end_of_last = len(MAGIC)
+        for item in tensors:
+            if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)
+                    and all(isinstance(v, int) and v >= 0 for v in item[1:])):
+                raise self._fail("malformed tensor entry in the index")
+            entry = Entry(*item)
+            if entry.name in self.entries:
+                raise self._fail(f"tensor '{entry.name}' is listed twice")
+            if (entry.offset != end_of_last or entry.record_length > entry.total_length
+                    or entry.record_length > self.limits.max_record_bytes
+                    or entry.offset + entry.total_length > offset):
+                raise LimitError(f"{self.path}: tensor '{entry.name}' at byte {entry.offset} "
+                                 f"({entry.total_length} bytes) does not fit the file")
+            end_of_last = entry.offset + entry.total_length
+            self.entries[entry.name] = entry
+        if end_of_last != offset:
+            raise self._fail(f"{offset - end_of_last} unaccounted bytes before the index")
+        self.index_offset = offset
+        self.index_bytes = length
+
+    # --- records ------------------------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def record(self, name: str) -> dict[str, Any]:
+        """The checked record of one tensor (without its stream data)."""
+        entry = self._entry(name)
+        data = self._read_at(entry.offset, entry.record_length, f"record of tensor '{name}'")
+        if _crc(data) != entry.crc:
+            raise IntegrityError(f"{self.path}: tensor '{name}': record checksum mismatch at byte {entry.offset}")
+        record = _unpack(data, f"{self.path}: record of tensor '{name}'", entry.offset)
+        self._check_record(name, record, entry)
+        return record
+
+    def _entry(self, name: str) -> Entry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise DcfError(f"{self.path}: no tensor named '{name}'") from None
+
+    def _check_record(self, name: str, record: Any, entry: Entry) -> None:
+        where = f"{self.path}: tensor '{name}'"
+        if not isinstance(record, dict) or record.get("name") != name:
+            raise FormatError(f"{where}: record does not match the index")
+        shape, dtype = record.get("shape"), record.get("dtype")
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise FormatError(f"{where}: bad shape {shape!r}")
+        if len(shape) > self.limits.max_ndim:
+            raise LimitError(f"{where}: {len(shape)} dimensions exceed the limit of {self.limits.max_ndim}")
+        if not isinstance(dtype, str):
+            raise FormatError(f"{where}: bad dtype {dtype!r}")
+        try:
+            itemsize = numpy_dtype(dtype).itemsize
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc}") from None
+        nbytes = math.prod(shape) * itemsize  # Python ints: no overflow
+        bound = min(self.limits.max_tensor_bytes, max(1 << 30, self.size * self.limits.max_expansion))
+        if nbytes > bound:
+            raise LimitError(f"{where}: declares {nbytes} bytes of data, over the limit of {bound} for this file")
+        chain = record.get("chain")
+        if not isinstance(chain, int) or not 0 <= chain < len(self.chains):
+            raise FormatError(f"{where}: refers to chain {chain!r}, the file has {len(self.chains)}")
+        steps = record.get("steps")
+        if not isinstance(steps, list) or len(steps) != len(self.chains[chain]) or \
+                not all(isinstance(s, list) for s in steps):
+            raise FormatError(f"{where}: step records do not match its chain")
+        streams = record.get("streams")
+        if not isinstance(streams, list):
+            raise FormatError(f"{where}: bad stream list")
+        available = entry.total_length - entry.record_length
+        for s in streams:
+            if not (isinstance(s, list) and len(s) == 4 and isinstance(s[0], str) and isinstance(s[1], int)
+                    and isinstance(s[2], int) and isinstance(s[3], list)
+                    and all(isinstance(c, int) and 0 < c <= self.limits.max_chunk_bytes for c in s[3])):
+                raise FormatError(f"{where}: malformed stream descriptor")
+            if sum(s[3]) != s[1]:
+                raise FormatError(f"{where}: stream '{s[0]}' chunks add up to {sum(s[3])}, not {s[1]}")
+            available -= s[1] + sum(len(_bin_header(c)) for c in s[3])
+        if available != 0:
+            raise FormatError(f"{where}: stream sizes do not add up to the record's {entry.total_length} bytes")
+
+    def streams(self, name: str, record: dict[str, Any] | None = None) -> dict[str, bytes]:
+        """The checked, concatenated bytes of each stream of one tensor."""
+        record = record if record is not None else self.record(name)
+        entry = self._entry(name)
+        pos = entry.offset + entry.record_length
+        out = {}
+        for sname, size, crc, chunks in record["streams"]:
+            parts = []
+            for length in chunks:
+                header = _bin_header(length)
+                got = self._read_at(pos, len(header), f"chunk of stream '{sname}' of tensor '{name}'")
+                if got != header:
+                    raise FormatError(f"{self.path}: tensor '{name}': chunk header of stream '{sname}' at byte "
+                                      f"{pos} does not match its declared length {length}")
+                pos += len(header)
+                parts.append(self._read_at(pos, length, f"stream '{sname}' of tensor '{name}'"))
+                pos += length
+            data = b"".join(parts)
+            if _crc(data) != crc:
+                raise IntegrityError(f"{self.path}: tensor '{name}': stream '{sname}' checksum mismatch: "
+                                     f"the file is damaged")
+            out[sname] = data
+        return out
+
+    def chain_stages(self, index: int) -> list[Stage]:
+        """The stages of stored chain `index`, built from the installed plugins."""
+        if index not in self._stages:
+            registry = self._registry or get_registry()
+            stages = []
+            for s in self.chains[index]:
+                info = registry.info(s["id"], s.get("package"))
+                if s["version"] > info.cls.version:
+                    raise MissingStageError(
+                        f"{self.path}: stage '{s['id']}' version {s['version']} is needed, the installed "
+                        f"{info.package} has version {info.cls.version}; upgrade {info.package}")
+                stages.append(info.cls.from_config(s.get("config", {})))
+            self._stages[index] = stages
+        return self._stages[index]
+
+    def read(self, name: str) -> Dense:
+        """Decode one tensor (reading only its own bytes)."""
+        record = self.record(name)
+        stages = self.chain_stages(record["chain"])
+        streams = self.streams(name, record)
+        return decode_tensor(stages, record["steps"], streams, record["dtype"], tuple(record["shape"]),
+                             where=f"{self.path}: tensor '{name}'")
+
+    def __iter__(self) -> Iterator[tuple[str, Dense]]:
+        for name in self.entries:
+            yield name, self.read(name)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,77 @@
+"""The size report of a container, as plain data: what `inspect --json` and `compress --json` print."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .container import MAGIC, TRAILER, Container, pipeline_text
+from .dtypes import numpy_dtype
+
+
+def container_report(container: Container) -> dict[str, Any]:
+    """Per tensor and in total: original and compressed bytes, ratio, bits per weight, bytes per stream, stats.
+
+    Every byte of the file is accounted for: the tensors' compressed_bytes plus overhead_bytes (magic, index,
+    trailer) equal the file's size.
+    """
+    tensors = []
+    for name, entry in container.entries.items():
+        record = container.record(name)
+        shape = record["shape"]
+        count = math.prod(shape)
+        original = count * numpy_dtype(record["dtype"]).itemsize
+        streams = {s[0]: s[1] for s in record["streams"]}
+        row: dict[str, Any] = {
+            "name": name,
+            "dtype": record["dtype"],
+            "shape": shape,
+            "pipeline": pipeline_text(container.chains[record["chain"]]),
+            "original_bytes": original,
+            "compressed_bytes": entry.total_length,
+            "ratio": _ratio(original, entry.total_length),
+            "bits_per_weight": 8 * entry.total_length / count if count else 0.0,
+            "streams": streams,
+            "record_overhead_bytes": entry.total_length - sum(streams.values()),
+        }
+        stats = record.get("stats")
+        if isinstance(stats, dict):
+            row.update(_stats_fields(stats, streams, count))
+        tensors.append(row)
+    original = sum(t["original_bytes"] for t in tensors)
+    return {
+        "file": str(container.path),
+        "format_version": list(container.version),
+        "producer": container.producer,
+        "metadata": container.metadata,
+        "original_bytes": original,
+        "compressed_bytes": container.size,
+        "ratio": _ratio(original, container.size),
+        "overhead_bytes": len(MAGIC) + container.index_bytes + TRAILER.size,
+        "tensors": tensors,
+    }
+
+
+def _stats_fields(stats: dict[str, Any], streams: dict[str, int], count: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("sparsity", "distinct", "rms", "max_abs"):
+        if key in stats:
+            out[key] = stats[key]
+    entropy = stats.get("entropy_bits")
+    if isinstance(entropy, dict) and entropy:
+        out["entropy"] = {
+            name: {
+                "entropy_bytes": bits / 8,
+                "stored_bytes": streams.get(name),
+                "over_entropy": (streams[name] / (bits / 8) - 1) if name in streams and bits > 0 else None,
+            }
+            for name, bits in entropy.items()
+        }
+    stages = stats.get("stages")
+    if isinstance(stages, list):
+        out["stage_bytes"] = stages
+    return out
+
+
+def _ratio(original: int, compressed: int) -> float:
+    return original / compressed if compressed else 0.0

@@ -1,0 +1,86 @@
+"""The stage contract, which every built-in and third-party stage keeps.
+
+A stage is one step of a compression chain. It is a class with:
+
+- ``id``: a unique lower-case name (``"huffman"``); two classes share an id only if each decodes the other's output.
+- ``version``: an integer, raised whenever the bytes a stage writes change; a decoder refuses a newer version.
+- ``takes``: the stream kinds it encodes (``"dense"``, ``"symbols"``, ``"bytes"``); streams of other kinds pass by.
+- ``gives``: output name -> kind. A stage with one output keeps its input's stream name; a stage with several names
+  them (``sparse`` gives ``positions`` and ``values``).
+- ``lossy``: True if decode returns an approximation. ``imposes``: the constraints a lossy stage leaves for retraining
+  (``"zeros"``: zeroed weights stay zero; ``"shared"``: weights with equal values stay tied).
+- an ``__init__`` whose keyword parameters are the whole config; ``get_config()`` returns them as plain msgpack data
+  (int, float, str, bool, None, list, dict) and ``from_config(get_config())`` rebuilds an equal stage.
+- ``encode(stream) -> (streams, meta)`` and ``decode(streams, meta) -> stream``: pure functions, no I/O, no global state.
+  ``meta`` holds what decode needs beyond the streams (a codebook, a shape), as plain msgpack data; bin is allowed.
+  decode MUST check everything it reads from meta and the streams, and raise FormatError on anything inconsistent,
+  never allocate more than the sizes it was told to expect.
+
+A stage needing a look at every tensor before encoding any (global pruning) overrides ``fit``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+from .errors import ConfigError
+from .streams import Stream
+
+Meta = dict[str, Any]
+
+
+class Stage:
+    """Base class of every stage; subclasses set the class attributes and implement encode and decode."""
+
+    id: ClassVar[str]
+    version: ClassVar[int] = 1
+    takes: ClassVar[tuple[str, ...]]
+    gives: ClassVar[dict[str, str]]
+    lossy: ClassVar[bool] = False
+    imposes: ClassVar[frozenset[str]] = frozenset()
+
+    def encode(self, stream: Stream) -> tuple[dict[str, Stream], Meta]:
+        raise NotImplementedError
+
+    def decode(self, streams: dict[str, Stream], meta: Meta) -> Stream:
+        raise NotImplementedError
+
+    def fit(self, streams: Callable[[], Iterable[Stream]]) -> Stage:
+        """Return the stage to use on every tensor of its chain, given a way to iterate over their input streams."""
+        return self
+
+    @classmethod
+    def parameters(cls) -> dict[str, inspect.Parameter]:
+        """The config keys this stage accepts, from its __init__ signature."""
+        params = inspect.signature(cls.__init__).parameters
+        kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return {name: p for name, p in params.items() if name != "self" and p.kind in kinds}
+
+    def get_config(self) -> dict[str, Any]:
+        """The parameters that rebuild this stage, as plain msgpack data."""
+        return {name: getattr(self, name) for name in self.parameters()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Stage:
+        """Build the stage from a config; unknown or invalid keys raise ConfigError naming the stage."""
+        unknown = set(config) - set(cls.parameters())
+        if unknown:
+            raise ConfigError(
+                f"stage '{cls.id}' has no parameter {', '.join(sorted(map(repr, unknown)))}; "
+                f"it accepts: {', '.join(cls.parameters()) or 'nothing'}"
+            )
+        try:
+            return cls(**config)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"stage '{cls.id}': {exc}") from None
+
+    @classmethod
+    def describe(cls) -> str:
+        """The first line of the class docstring."""
+        return (inspect.getdoc(cls) or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{self.id}({args})"
