@@ -1,0 +1,60 @@
+"""The `dcframe` command line: one module per command under dcframe/commands, errors as one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import DcfError
+
+# Each module exposes add_parser(subparsers) -> ArgumentParser and run(args) -> int.
+COMMANDS = (
+    "dcframe.commands.compress",
+    "dcframe.commands.decompress",
+    "dcframe.commands.inspect",
+    "dcframe.commands.stages",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dcframe",
+        description="Deep Compression for trained networks: prune, share weights, Huffman-code, into a .dcf file.",
+    )
+    parser.add_argument("--version", action="version", version=f"dcframe {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(name)
+        command = module.add_parser(sub)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except DcfError as exc:
+        if args.debug:
+            raise
+        print(f"dcframe: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dcframe: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except (OSError, MemoryError) as exc:
+        if args.debug:
+            raise
+        print(f"dcframe: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""`dcframe compress IN -o OUT.dcf`: run each tensor of a model file through its chain into a container."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import console
+from ..api import compress
+from ..errors import DcfError
+from ..modelio import read_model
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("compress", help="compress a model file into a .dcf container",
+                       description="Compress a model (.safetensors .npz .npy .pt) into a .dcf container.")
+    p.add_argument("input", help="model file")
+    p.add_argument("-o", "--output", help="container to write (default: INPUT with .dcf)")
+    p.add_argument("-p", "--pipeline", help='stage chain, e.g. "prune(sparsity=0.9) | sparse | kmeans(bits=5) | huffman"')
+    p.add_argument("--preset", help="named per-tensor rules (see `dcframe stages`); default: lossless")
+    p.add_argument("--rule", action="append", default=[], metavar="GLOB=PIPELINE",
+                   help="chain for tensors whose name matches GLOB (or 'dim:N=...' for rank N); first match wins")
+    p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="user metadata to store")
+    console.add_output_flags(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    output = Path(args.output) if args.output else Path(args.input).with_suffix(".dcf")
+    if output.resolve() == Path(args.input).resolve():
+        raise DcfError(f"{output}: the output would overwrite the input")
+    metadata = {}
+    for item in args.metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DcfError(f"--metadata {item!r}: expected KEY=VALUE")
+        metadata[key] = value
+    tensors = read_model(args.input)
+    total = sum(tensors[name].nbytes for name in tensors)
+    with console.progress_bar(total, "compressing", enabled=not args.quiet) as advance:
+        report = compress(tensors, output, pipeline=args.pipeline, preset=args.preset, rules=args.rule,
+                          metadata=metadata, progress=advance)
+    if args.json:
+        console.print_json(report)
+    else:
+        console.report_tables(report)
+    return 0

@@ -1,0 +1,39 @@
+"""`dcframe decompress IN.dcf -o OUT.safetensors|.npz`: decode tensors back into a model file."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import console
+from ..container import Container
+from ..errors import DcfError
+from ..modelio import write_model
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("decompress", help="decode a .dcf container into .safetensors or .npz",
+                       description="Decode a .dcf container into a model file; the output's extension picks the format.")
+    p.add_argument("input", help=".dcf container")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors or .npz)")
+    p.add_argument("--tensor", action="append", metavar="NAME", help="decode only this tensor (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    with Container(args.input) as container:
+        names = args.tensor or container.names
+        missing = [n for n in names if n not in container.entries]
+        if missing:
+            raise DcfError(f"{args.input}: no tensor named {', '.join(map(repr, missing))}; "
+                           f"it has {len(container.names)} (see `dcframe inspect`)")
+        total = sum(container.entries[n].total_length for n in names)
+        tensors = {}
+        with console.progress_bar(total, "decoding", enabled=not args.quiet) as advance:
+            for name in names:
+                tensors[name] = container.read(name)
+                advance(name, container.entries[name].total_length)
+    write_model(args.output, tensors)
+    if not args.quiet:
+        console.stderr.print(f"wrote {len(tensors)} tensors to {args.output}")
+    return 0

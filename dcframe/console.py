@@ -1,0 +1,101 @@
+"""What the CLI shows people: tables, progress bars and JSON, all through rich, all to the right stream."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+stdout = Console(highlight=False)
+if not stdout.is_terminal:  # piped output: wide tables rather than folded cells
+    stdout = Console(highlight=False, width=200)
+stderr = Console(stderr=True, highlight=False)
+
+
+def add_output_flags(parser, json_help: str = "print one JSON object instead of tables") -> None:
+    """The flags every reporting command shares."""
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_plain) + "\n")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return obj.hex()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot serialize {type(obj).__name__}")
+
+
+@contextmanager
+def progress_bar(total_bytes: int, label: str, enabled: bool = True) -> Iterator:
+    """A byte-count progress bar on stderr; a no-op when disabled or stderr is not a terminal."""
+    if not enabled or not stderr.is_terminal:
+        yield lambda name, nbytes: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[tensor]}"), console=stderr, transient=True) as progress:
+        task = progress.add_task(label, total=total_bytes, tensor="")
+        yield lambda name, nbytes: progress.update(task, advance=nbytes, tensor=name)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def report_tables(report: dict[str, Any]) -> None:
+    """Print a container report: one row per tensor, then per-stream detail where there is any, then totals."""
+    table = Table(title=report["file"], title_justify="left")
+    lossy = any("rms" in t for t in report["tensors"])
+    columns = ["tensor", "dtype", "shape", "pipeline", "original", "compressed", "ratio", "bits/w"]
+    columns += ["sparsity", "clusters", "rms err", "max err"] if lossy else []
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("tensor", "dtype", "shape", "pipeline") else "right",
+                         overflow="fold")
+    for t in report["tensors"]:
+        row = [t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", t["pipeline"],
+               human_bytes(t["original_bytes"]), human_bytes(t["compressed_bytes"]), f"{t['ratio']:.2f}x",
+               f"{t['bits_per_weight']:.3f}"]
+        if lossy:
+            row += [_opt(t, "sparsity", "{:.1%}"), _opt(t, "distinct", "{}"), _opt(t, "rms", "{:.3g}"),
+                    _opt(t, "max_abs", "{:.3g}")]
+        table.add_row(*row)
+    stdout.print(table)
+    detail = Table(title="streams", title_justify="left")
+    for col in ("tensor", "stream", "stored", "entropy bound", "over bound"):
+        detail.add_column(col, justify="left" if col in ("tensor", "stream") else "right")
+    rows = 0
+    for t in report["tensors"]:
+        entropy = t.get("entropy", {})
+        for name, size in t["streams"].items():
+            e = entropy.get(name)
+            if len(t["streams"]) == 1 and not e:
+                continue
+            rows += 1
+            detail.add_row(t["name"], name, human_bytes(size),
+                           human_bytes(e["entropy_bytes"]) if e else "",
+                           f"{e['over_entropy']:+.2%}" if e and e["over_entropy"] is not None else "")
+    if rows:
+        stdout.print(detail)
+    stdout.print(
+        f"total: {human_bytes(report['original_bytes'])} -> {human_bytes(report['compressed_bytes'])} "
+        f"({report['compressed_bytes']} bytes), ratio {report['ratio']:.2f}x; "
+        f"container overhead {report['overhead_bytes']} bytes"
+    )
+
+
+def _opt(row: dict[str, Any], key: str, fmt: str) -> str:
+    return fmt.format(row[key]) if key in row else ""
