@@ -1,0 +1,267 @@
+"""The Deep Compression loop with retraining: approximate, hand the constraints to a retrainer, repeat, then encode.
+
+The core knows no stage's math. A lossy stage declares what it leaves behind in ``imposes``: ``"zeros"`` (weights it
+zeroed must stay exactly zero) and/or ``"shared"`` (weights it made equal must stay equal). Phase k runs, for every
+tensor, the prefix of its chain up to and including its k-th lossy stage on the current weights, derives the
+constraints from that approximation alone, and calls the user's retrainer::
+
+    retrainer(weights: dict[str, np.ndarray], constraints: dict[str, Constraints], phase: PhaseInfo)
+        -> dict[str, np.ndarray]
+
+``weights`` are float32 copies: the approximation for tensors with constraints, the current values for tensors on
+lossless chains (biases; free to train, absent from ``constraints``). The returned weights must keep every constraint
+(checked; a DcfError names the tensor otherwise); tensors left out of the result keep their values. At the end the
+retrained weights go through the full chains and the container is written; decoding it gives those weights exactly,
+which holds because lossy stages are exact on weights that already keep their own constraints (prune on pruned
+weights, kmeans on tensors with <= k distinct values). If one is not, the error names the stage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .container import DEFAULT_CHUNK, ContainerWriter
+from .dtypes import is_float
+from .errors import DcfError
+from .orchestrator import as_dense, decode_tensor, encode_tensor, fit_chains, roundtrip
+from .pipeline import Chain, Policy, Rule, build_chain
+from .stage import Stage
+from .streams import Dense
+
+ZEROS = "zeros"
+SHARED = "shared"
+
+
+@dataclass(frozen=True, eq=False)
+class Constraints:
+    """What retraining must keep for one tensor.
+
+    mask: bool array of the tensor's shape, True where a weight may be non-zero (None: no pruning constraint).
+    assignment: int array with one entry per kept weight (C order), the index of its shared value in codebook.
+    codebook: float32 array of the shared values (None with assignment: no sharing constraint).
+    """
+
+    mask: np.ndarray | None = None
+    assignment: np.ndarray | None = None
+    codebook: np.ndarray | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.assignment is not None
+
+    def kept_index(self, size: int) -> np.ndarray:
+        """Flat (C order) positions of the weights that are not pruned."""
+        return np.arange(size) if self.mask is None else np.flatnonzero(self.mask)
+
+    def project(self, weights: np.ndarray) -> np.ndarray:
+        """Weights that keep the constraints: the codebook values where shared, exact +0.0 where pruned."""
+        out = np.asarray(weights, dtype=np.float32).copy()
+        if self.shared:
+            flat = out.reshape(-1)
+            flat[self.kept_index(flat.size)] = self.codebook[self.assignment]
+        if self.mask is not None:
+            out = np.where(self.mask, out, np.float32(0))
+        return out
+
+    def violation(self, weights: np.ndarray) -> str | None:
+        """Why `weights` break these constraints, or None if they keep them."""
+        flat = np.asarray(weights).reshape(-1)
+        if self.mask is not None:
+            bad = np.count_nonzero(flat[~self.mask.reshape(-1)])
+            if bad:
+                return f"{bad} pruned weights are no longer zero"
+        if self.shared:
+            kept = flat[self.kept_index(flat.size)].astype(np.float32, copy=False).view(np.uint32)
+            first = np.zeros(len(self.codebook), np.uint32)
+            first[self.assignment[::-1]] = kept[::-1]  # the first member's bit pattern per cluster
+            bad = np.count_nonzero(kept != first[self.assignment])
+            if bad:
+                return f"{bad} weights differ from the other weights of their cluster"
+        return None
+
+
+@dataclass(frozen=True)
+class PhaseInfo:
+    """Which phase the retrainer is called in: phase `index` of `count`, after the lossy stages named per tensor."""
+
+    index: int
+    count: int
+    stages: dict[str, str] = field(default_factory=dict)  # tensor -> its k-th lossy stage (if its chain has one)
+    imposes: frozenset[str] = frozenset()  # every constraint kind present in this phase
+
+    def __str__(self) -> str:
+        ids = ", ".join(sorted(set(self.stages.values()))) or "nothing"
+        return f"phase {self.index}/{self.count} (after {ids})"
+
+
+Retrainer = Callable[[dict[str, np.ndarray], dict[str, Constraints], PhaseInfo], Mapping[str, np.ndarray]]
+Progress = Callable[[str], None]
+
+
+def derive_constraints(approx: np.ndarray, imposes: frozenset[str] | set[str]) -> Constraints | None:
+    """Constraints from an approximation alone: zeros stay zero ("zeros"), equal kept values stay tied ("shared")."""
+    approx = np.asarray(approx, dtype=np.float32)
+    mask = approx != 0 if ZEROS in imposes else None
+    if SHARED not in imposes:
+        return Constraints(mask=mask) if mask is not None else None
+    kept = approx.reshape(-1) if mask is None else approx[mask]
+    codebook, assignment = np.unique(kept, return_inverse=True)
+    return Constraints(mask=mask, assignment=assignment.reshape(-1).astype(np.int64),
+                       codebook=codebook.astype(np.float32))
+
+
+def lossy_prefixes(chain: Chain) -> list[list[Stage]]:
+    """For each lossy stage of a chain, the stages up to and including it."""
+    stages = chain.stages
+    return [stages[:i + 1] for i, s in enumerate(stages) if s.lossy]
+
+
+@dataclass
+class Retrained:
+    """The outcome of the retraining phases: the final weights and the fitted chain of every tensor."""
+
+    weights: dict[str, Dense]
+    chains: dict[str, Chain]
+    constraints: dict[str, Constraints]
+    phases: int
+
+
+def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, retrainer: Retrainer,
+                   progress: Progress | None = None) -> Retrained:
+    """Run every phase (approximate, derive constraints, retrain, check) and return the retrained weights."""
+    say = progress or (lambda message: None)
+    originals = {name: as_dense(tensors[name]) for name in tensors}
+    say("fitting global stages")
+    fitted = fit_chains(policy, lambda: iter(originals.items()))
+    chains = {name: fitted[policy.pipeline_for(name, d.array.shape, d.dtype)] for name, d in originals.items()}
+    prefixes = {name: lossy_prefixes(chain) for name, chain in chains.items()}
+    built: dict[tuple[int, int], Chain] = {}  # prefix chains, built once per (chain, length)
+    count = max((len(p) for p in prefixes.values()), default=0)
+    current = dict(originals)
+    constraints: dict[str, Constraints] = {}
+    for k in range(1, count + 1):
+        constraints = {}
+        stage_ids = {}
+        weights = {}
+        for name, dense in current.items():
+            if not is_float(dense.dtype):
+                continue
+            mine = prefixes[name]
+            if mine:
+                prefix = mine[min(k, len(mine)) - 1]
+                key = (id(chains[name]), len(prefix))
+                if key not in built:
+                    built[key] = build_chain(prefix, policy.registry)
+                say(f"phase {k}/{count}: approximating {name}")
+                approx = roundtrip(built[key], dense)
+                imposes = frozenset().union(*(s.imposes for s in prefix))
+                found = derive_constraints(approx.values(), imposes)
+                if k <= len(mine):
+                    stage_ids[name] = prefix[-1].id
+                current[name] = approx
+                if found is not None:
+                    constraints[name] = found
+            weights[name] = current[name].values().astype(np.float32)  # a fresh copy the retrainer may keep
+        info = PhaseInfo(k, count, stage_ids, _imposed(constraints))
+        say(f"{info}: retraining")
+        result = retrainer(weights, constraints, info)
+        if not isinstance(result, Mapping):
+            raise DcfError(f"the retrainer returned {type(result).__name__}, not a dict of arrays")
+        for name, value in result.items():
+            if name not in weights:
+                raise DcfError(f"the retrainer returned tensor '{name}', which it was not given")
+            current[name] = _accept(name, value, current[name], constraints.get(name))
+    return Retrained(current, chains, constraints, count)
+
+
+def _imposed(constraints: Mapping[str, Constraints]) -> frozenset[str]:
+    kinds = set()
+    for c in constraints.values():
+        if c.mask is not None:
+            kinds.add(ZEROS)
+        if c.shared:
+            kinds.add(SHARED)
+    return frozenset(kinds)
+
+
+def _accept(name: str, value: Any, before: Dense, constraint: Constraints | None) -> Dense:
+    """Check one retrained tensor (shape, finiteness, constraints) and bring it back to the tensor's dtype."""
+    array = np.asarray(value)
+    if array.shape != before.array.shape:
+        raise DcfError(f"the retrainer returned tensor '{name}' with shape {list(array.shape)}, "
+                       f"expected {list(before.array.shape)}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DcfError(f"the retrainer returned tensor '{name}' as {array.dtype}, expected floats")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise DcfError(f"the retrainer returned non-finite values in tensor '{name}'")
+    if constraint is not None:
+        problem = constraint.violation(array)
+        if problem:
+            raise DcfError(f"the retrainer broke the constraints of tensor '{name}': {problem}")
+        if constraint.mask is not None:
+            array = np.where(constraint.mask, array, np.float32(0))  # -0.0 -> +0.0, so the encoding is exact
+    return before.with_values(array)
+
+
+def write_retrained(retrained: Retrained, path: str | os.PathLike, registry: Any = None,
+                    metadata: dict[str, str] | None = None, stats: bool = True, chunk_size: int = DEFAULT_CHUNK,
+                    progress: Progress | None = None) -> int:
+    """Encode the retrained weights with their full chains, check each decodes exactly, write the container."""
+    say = progress or (lambda message: None)
+    with ContainerWriter(path, metadata, chunk_size, registry) as writer:
+        for name, dense in retrained.weights.items():
+            chain = retrained.chains[name]
+            say(f"encoding {name}")
+            encoded = encode_tensor(name, dense, chain, stats=stats)
+            decoded = decode_tensor(chain.stages, encoded.steps, encoded.streams, dense.dtype, dense.array.shape,
+                                    where=f"tensor '{name}'")
+            if decoded.array.tobytes() != dense.array.tobytes():
+                raise DcfError(_culprit(name, dense, chain, registry))
+            writer.add(encoded)
+    return os.path.getsize(path)
+
+
+def _culprit(name: str, dense: Dense, chain: Chain, registry: Any) -> str:
+    """Name the first lossy stage that changes weights which already keep its constraints."""
+    for prefix in lossy_prefixes(chain):
+        approx = roundtrip(build_chain(prefix, registry), dense)
+        changed = np.count_nonzero(approx.array != dense.array)
+        if changed:
+            return (f"tensor '{name}': stage '{prefix[-1].id}' changed {changed} retrained weights that already keep "
+                    f"its constraints; a lossy stage must encode such weights exactly for retraining to work")
+    return f"tensor '{name}': the full chain does not reproduce the retrained weights exactly"
+
+
+def compress_with_retraining(
+    tensors: Mapping[str, np.ndarray | Dense],
+    path: str | os.PathLike,
+    retrainer: Retrainer,
+    pipeline: str | None = None,
+    preset: str | None = None,
+    rules: Sequence[Rule | str] = (),
+    metadata: dict[str, str] | None = None,
+    stats: bool = True,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Compress with retraining after each lossy stage (see the module docstring) and return the file's report.
+
+    Chains are chosen as in dcframe.compress; `retrainer` fine-tunes the weights between phases under the
+    constraints the lossy stages leave. The report is dcframe.inspect(path).
+    """
+    from .api import inspect
+
+    policy = Policy(pipeline=pipeline, preset=preset, rules=rules)
+    retrained = retrain_phases(tensors, policy, retrainer, progress)
+    write_retrained(retrained, path, policy.registry, metadata, stats, chunk_size, progress)
+    return inspect(path)
+
+
+__all__ = ["Constraints", "PhaseInfo", "Retrained", "Retrainer", "compress_with_retraining", "derive_constraints",
+           "lossy_prefixes", "retrain_phases", "write_retrained"]
