@@ -1,0 +1,255 @@
+"""Tests of the `kmeans` stage: codebook invariants, exactness on few values, idempotence, SSE, hostile decoding."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from dcframe_plugins.kmeans import INITS, Kmeans, assign, lloyd_1d, optimal_1d
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from dcframe import ConfigError, Dense, FormatError, Symbols, numpy_dtype
+from dcframe.dtypes import from_float
+from dcframe.orchestrator import roundtrip
+from dcframe.pipeline import build_chain, parse_pipeline
+
+FLOATS = ("F64", "F32", "F16", "BF16")
+
+
+@st.composite
+def tensors(draw, dtypes=FLOATS, max_size=200, max_distinct=None):
+    """Finite float tensors of every float dtype; optionally built from a few distinct values."""
+    dtype = draw(st.sampled_from(dtypes))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12).filter(
+        lambda s: math.prod(s) <= max_size))
+    width = 16 if dtype in ("F16", "BF16") else 32 if dtype == "F32" else 64
+    floats = st.floats(allow_nan=False, allow_infinity=False, width=width, min_value=-1e4, max_value=1e4)
+    if max_distinct is None:
+        values = draw(hnp.arrays(np.float64, shape, elements=floats))
+    else:
+        pool = draw(st.lists(floats, min_size=1, max_size=max_distinct))
+        values = np.array(pool, dtype=np.float64)[draw(hnp.arrays(np.int64, shape,
+                                                                   elements=st.integers(0, len(pool) - 1)))]
+    return Dense(from_float(values, dtype).reshape(shape), dtype)
+
+
+def bits_of(dense: Dense) -> np.ndarray:
+    return dense.array.view(f"<u{dense.array.dtype.itemsize}")
+
+
+def run(stage: Kmeans, dense: Dense) -> tuple[Symbols, dict, Dense]:
+    streams, meta = stage.encode(dense)
+    return streams["indices"], meta, stage.decode(streams, meta)
+
+
+def sse(a: Dense, b: Dense) -> float:
+    return float(np.sum(np.square(a.values().astype(np.float64) - b.values().astype(np.float64))))
+
+
+stages = st.builds(Kmeans, bits=st.integers(1, 4), init=st.sampled_from(INITS), seed=st.integers(0, 3),
+                   max_iter=st.integers(0, 50))
+
+
+@given(tensors(), stages)
+def test_decoded_values_come_from_the_codebook(dense, stage):
+    indices, meta, out = run(stage, dense)
+    codebook = np.frombuffer(meta["codebook"], dtype=numpy_dtype(dense.dtype))
+    assert out.dtype == dense.dtype and out.array.shape == dense.array.shape
+    assert indices.array.size == dense.array.size and indices.alphabet == codebook.size <= stage.k
+    assert np.isin(bits_of(out).ravel(), codebook.view(bits_of(out).dtype)).all()
+    assert np.unique(bits_of(out)).size <= 2 ** stage.bits
+    if dense.array.size:  # no unused codebook entries; sorted and distinct
+        assert np.unique(indices.array).size == codebook.size
+        values = Dense(codebook, dense.dtype).values()
+        assert (np.diff(values) > 0).all() or codebook.size == 1 or (values == 0).sum() == 2
+
+
+@given(tensors(max_distinct=8), st.integers(3, 4), st.sampled_from(INITS))
+def test_few_distinct_values_come_back_bit_for_bit(dense, bits, init):
+    _, _, out = run(Kmeans(bits=bits, init=init), dense)
+    assert out.array.tobytes() == dense.array.tobytes()
+
+
+def test_signed_zeros_and_bf16_are_kept_exactly():
+    for dtype in FLOATS:
+        dense = Dense(from_float(np.array([0.0, -0.0, 1.5, -0.0, 0.0, -2.0]), dtype), dtype)
+        _, meta, out = run(Kmeans(bits=2), dense)
+        assert out.array.tobytes() == dense.array.tobytes()
+        assert len(meta["codebook"]) == 4 * dense.array.itemsize
+
+
+@given(tensors(), stages)
+def test_idempotent_on_its_own_output(dense, stage):
+    indices, meta, out = run(stage, dense)
+    again, meta2, out2 = run(stage, out)
+    assert again.array.tobytes() == indices.array.tobytes() and again.alphabet == indices.alphabet
+    assert meta2 == meta and out2.array.tobytes() == out.array.tobytes()
+
+
+@given(tensors(dtypes=("F64",)), st.integers(1, 4))
+def test_sse_never_worse_than_the_linear_initialisation(dense, bits):
+    _, _, out = run(Kmeans(bits=bits), dense)
+    x = dense.values().ravel()
+    if not x.size:
+        return
+    book = np.unique(np.linspace(x.min(), x.max(), 2 ** bits))
+    linear = float(np.sum(np.square(book[assign(x, book)] - x)))
+    assert sse(dense, out) <= linear * (1 + 1e-9) + 1e-12
+
+
+@given(tensors(), st.sampled_from(INITS), st.integers(0, 2 ** 53 - 1))
+def test_same_seed_same_bytes(dense, init, seed):
+    a, meta_a, _ = run(Kmeans(bits=3, init=init, seed=seed), dense)
+    b, meta_b, _ = run(Kmeans(bits=3, init=init, seed=seed), Dense(dense.array.copy(), dense.dtype))
+    assert a.array.tobytes() == b.array.tobytes() and meta_a == meta_b
+
+
+def brute_force_sse(x: np.ndarray, k: int) -> float:
+    """Minimum SSE over every split of the sorted values into k contiguous non-empty groups."""
+    x = np.sort(x)
+    best = math.inf
+    for cuts in itertools.combinations(range(1, x.size), k - 1):
+        groups = np.split(x, cuts)
+        best = min(best, sum(float(np.sum(np.square(g - g.mean()))) for g in groups))
+    return best
+
+
+@given(hnp.arrays(np.float64, st.integers(2, 9), elements=st.floats(-100, 100)), st.integers(1, 4))
+def test_optimal_matches_brute_force_on_tiny_inputs(x, k):
+    dense = Dense.of(x)
+    _, _, out = run(Kmeans(clusters=k, method="optimal"), dense)
+    k_eff = min(k, np.unique(x).size)
+    assert sse(dense, out) == pytest.approx(brute_force_sse(x, k_eff), rel=1e-9, abs=1e-9)
+
+
+@given(tensors(dtypes=("F64",), max_size=300), st.integers(1, 5), st.sampled_from(INITS))
+def test_optimal_never_worse_than_lloyd(dense, bits, init):
+    _, _, lloyd = run(Kmeans(bits=bits, init=init), dense)
+    _, _, best = run(Kmeans(bits=bits, method="optimal"), dense)
+    assert sse(dense, best) <= sse(dense, lloyd) * (1 + 1e-9) + 1e-9
+
+
+def test_lloyd_improves_a_bad_start_and_relocates_empty_clusters():
+    rng = np.random.default_rng(1)
+    x = np.sort(np.concatenate((np.zeros(900), rng.laplace(size=100))))
+    start = np.zeros(8)  # every centroid at 0: seven empty clusters
+    c = lloyd_1d(x, start, max_iter=100)
+    assert np.unique(c).size == 8
+    assert np.sum(np.square(c[assign(x, c)] - x)) < 0.2 * np.sum(np.square(x))
+    _, meta, _ = run(Kmeans(bits=3, init="density"), Dense.of(x))
+    assert len(meta["codebook"]) == 8 * 8  # density init starts with duplicate centroids; all 8 end up used
+
+
+def test_optimal_1d_known_answer():
+    c = optimal_1d(np.array([0.0, 1.0, 10.0, 11.0, 30.0]), np.array([1, 1, 1, 1, 2]), 3)
+    assert c.tolist() == [0.5, 10.5, 30.0]
+
+
+def test_optimal_refuses_large_inputs():
+    x = np.arange(70000, dtype=np.float64)
+    with pytest.raises(ConfigError, match="optimal"):
+        Kmeans(bits=2, method="optimal").encode(Dense.of(x))
+
+
+def test_laplace_weights_keep_most_of_the_signal():
+    x = np.random.default_rng(0).laplace(size=20000).astype(np.float32)
+    for init in INITS:
+        _, _, out = run(Kmeans(bits=5, init=init, seed=7), Dense.of(x))
+        assert sse(Dense.of(x), out) < 0.01 * float(np.sum(np.square(x.astype(np.float64))))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_empty_and_scalar_tensors(dtype):
+    for shape in ((0,), (3, 0), ()):
+        dense = Dense(np.zeros(shape, dtype=numpy_dtype(dtype)) + (7 if shape == () else 0), dtype)
+        indices, _, out = run(Kmeans(), dense)
+        assert out.array.tobytes() == dense.array.tobytes() and out.array.shape == shape
+        assert indices.alphabet >= 1
+
+
+def test_chain_round_trip_through_raw():
+    chain = build_chain(parse_pipeline("kmeans(bits=2) | raw"))
+    out = roundtrip(chain, np.arange(10, dtype=np.float32))
+    assert out.array.tolist() == [0.5, 0.5, 3, 3, 3, 6, 6, 6, 8.5, 8.5]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_refused(bad):
+    with pytest.raises(ConfigError, match="kmeans.*finite"):
+        Kmeans().encode(Dense.of(np.array([1.0, bad, 2.0], dtype=np.float32)))
+
+
+def test_integer_tensors_are_refused():
+    with pytest.raises(ConfigError, match="kmeans"):
+        Kmeans().encode(Dense.of(np.arange(4, dtype=np.int32)))
+
+
+@given(st.builds(dict, bits=st.one_of(st.none(), st.integers(1, 16)), init=st.sampled_from(INITS),
+                 max_iter=st.integers(0, 1000), tol=st.floats(0, 1), seed=st.integers(0, 2 ** 53 - 1),
+                 method=st.sampled_from(["lloyd", "optimal"])))
+def test_config_round_trip(config):
+    stage = Kmeans.from_config(config)
+    again = Kmeans.from_config(stage.get_config())
+    assert again.get_config() == stage.get_config()
+    assert parse_pipeline(repr(stage))[0].get_config() == stage.get_config()
+    assert Kmeans.from_config({"clusters": 5}).get_config()["clusters"] == 5
+
+
+@pytest.mark.parametrize("config", [
+    {"bits": 3, "clusters": 8}, {"bits": 0}, {"bits": 17}, {"bits": True}, {"clusters": 0}, {"clusters": 65537},
+    {"init": "kmeans"}, {"method": "exact"}, {"tol": -1.0}, {"tol": math.inf}, {"seed": -1}, {"max_iter": 1.5},
+    {"colour": 1},
+])
+def test_bad_configs_are_refused(config):
+    with pytest.raises(ConfigError, match="kmeans"):
+        Kmeans.from_config(config)
+
+
+def valid_encoding():
+    dense = Dense.of(np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6))
+    streams, meta = Kmeans(bits=2).encode(dense)
+    return streams, meta
+
+
+@pytest.mark.parametrize("change", [
+    {"dtype": "I32"}, {"dtype": None}, {"shape": [4, 5]}, {"shape": "4x6"}, {"shape": [4, -6]}, {"shape": [True] * 24},
+    {"shape": [1] * 65 + [24]}, {"codebook": b"\0\0\0"}, {"codebook": b""}, {"codebook": "abcd"},
+    {"codebook": b"\0\0\0\0"}, {"codebook": b"\0" * (4 * 65537)}, {"dtype": "F64"},
+])
+def test_decoder_rejects_bad_meta(change):
+    streams, meta = valid_encoding()
+    with pytest.raises(FormatError, match="kmeans"):
+        Kmeans().decode(streams, {**meta, **change})
+
+
+def test_decoder_rejects_bad_indices():
+    streams, meta = valid_encoding()
+    good = streams["indices"].array
+    for array in (good[:-1], good.astype(np.float32), good.reshape(4, 6), good.astype(np.int8) - 1,
+                  np.full(24, 4, dtype=np.uint8)):
+        with pytest.raises(FormatError, match="kmeans"):
+            Kmeans().decode({"indices": Symbols(array, 4)}, meta)
+    with pytest.raises(FormatError, match="kmeans"):
+        Kmeans().decode({}, meta)
+
+
+meta_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 2 ** 40), st.floats(), st.text(max_size=4),
+                        st.binary(max_size=40), st.lists(st.integers(-1, 30), max_size=4))
+
+
+@given(st.dictionaries(st.sampled_from(["dtype", "shape", "codebook", "other"]),
+                       st.one_of(meta_values, st.sampled_from(FLOATS)), max_size=4),
+       hnp.arrays(st.sampled_from([np.uint8, np.uint16, np.int16, np.uint32, np.int64]), st.integers(0, 40)),
+       st.integers(0, 70000))
+def test_decoder_raises_only_format_errors_on_hostile_input(meta, array, alphabet):
+    try:
+        out = Kmeans().decode({"indices": Symbols(array, alphabet)}, meta)
+    except FormatError:
+        return
+    assert out.array.shape == tuple(meta["shape"]) and out.dtype == meta["dtype"]
+    codebook = np.frombuffer(meta["codebook"], dtype=numpy_dtype(meta["dtype"]))
+    assert out.array.tobytes() == codebook[array].tobytes()
