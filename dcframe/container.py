@@ -24,7 +24,7 @@ from .errors import DcfError, FormatError, IntegrityError, LimitError, MissingSt
 from .orchestrator import EncodedTensor, decode_tensor
 from .pipeline import Chain
 from .registry import Registry, get_registry
-from .stage import Stage
+from .stage import Stage, format_stage
 from .streams import Dense
 
 MAGIC = b"\x89DCF\r\n\x1a\n"
@@ -86,11 +86,7 @@ def chain_descriptor(chain: Chain, registry: Registry) -> list[dict[str, Any]]:
 
 def pipeline_text(descriptor: list[dict[str, Any]]) -> str:
     """The pipeline string of a stored chain, e.g. "sparse(index_bits=5) | huffman"."""
-    parts = []
-    for s in descriptor:
-        args = ", ".join(f"{k}={v!r}" for k, v in s.get("config", {}).items())
-        parts.append(f"{s.get('id')}({args})" if args else str(s.get("id")))
-    return " | ".join(parts)
+    return " | ".join(format_stage(str(s.get("id")), s.get("config", {})) for s in descriptor)
 
 
 class ContainerWriter:

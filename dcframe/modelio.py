@@ -164,7 +164,7 @@ def _read_torch(path: Path) -> LazyTensors:
 def _dense(path: Path, name: str, array: np.ndarray, dtype: str | None = None) -> Dense:
     try:
         name_of_dtype = dtype or dtype_name(array.dtype)
-        return Dense(np.ascontiguousarray(array, dtype=numpy_dtype(name_of_dtype)), name_of_dtype)
+        return Dense(np.asarray(array, dtype=numpy_dtype(name_of_dtype), order="C"), name_of_dtype)
     except FormatError as exc:
         raise ModelIOError(f"{path}: tensor '{name}': {exc}") from None
 

@@ -82,5 +82,10 @@ class Stage:
         return (inspect.getdoc(cls) or "").strip().splitlines()[0] if cls.__doc__ else ""
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{self.id}({args})"
+        return format_stage(self.id, self.get_config())
+
+
+def format_stage(stage_id: str, config: dict[str, Any]) -> str:
+    """A stage as written in a pipeline string: `id` or `id(key=value, ...)`."""
+    args = ", ".join(f"{k}={v!r}" for k, v in config.items())
+    return f"{stage_id}({args})" if args else stage_id

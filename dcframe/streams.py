@@ -28,7 +28,7 @@ class Dense:
         """Wrap a numpy array, naming its dtype from numpy unless given (pass "BF16" for bit patterns)."""
         array = np.asarray(array)
         name = dtype or dtypes.dtype_name(array.dtype)
-        return cls(np.ascontiguousarray(array, dtype=dtypes.numpy_dtype(name)), name)
+        return cls(np.asarray(array, dtype=dtypes.numpy_dtype(name), order="C"), name)
 
     def values(self) -> np.ndarray:
         """The numbers as a float array (float32 for F16/BF16) for stages that compute with them."""
@@ -36,7 +36,7 @@ class Dense:
 
     def with_values(self, values: np.ndarray) -> Dense:
         """A new Dense of the same dtype holding `values` (rounded to the dtype)."""
-        return Dense(np.ascontiguousarray(dtypes.from_float(values, self.dtype)), self.dtype)
+        return Dense(np.asarray(dtypes.from_float(values, self.dtype), order="C"), self.dtype)
 
     @property
     def nbytes(self) -> int:

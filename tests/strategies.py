@@ -1,0 +1,36 @@
+"""Hypothesis strategies shared by the tests: tensors of every dtype, with special values, any shape."""
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from dcframe import Dense
+from dcframe.dtypes import DTYPE_NAMES, numpy_dtype
+
+shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6)
+
+
+@st.composite
+def dense_tensors(draw, dtypes=DTYPE_NAMES, shape=shapes) -> Dense:
+    """Any tensor: raw random bit patterns (so NaN payloads, inf, -0.0, subnormals all occur), maybe non-contiguous."""
+    dtype = draw(st.sampled_from(dtypes))
+    carrier = numpy_dtype(dtype)
+    shp = draw(shape)
+    nbytes = int(np.prod(shp, dtype=np.int64)) * carrier.itemsize
+    raw = draw(st.binary(min_size=nbytes, max_size=nbytes))
+    array = np.frombuffer(raw, dtype=carrier.newbyteorder("<") if carrier.itemsize > 1 else carrier).reshape(shp)
+    if dtype == "BOOL":
+        array = array.view(np.uint8) & 1
+        array = array.astype(bool)
+    if array.ndim >= 1 and array.shape[-1] > 1 and draw(st.booleans()):
+        array = array[..., ::2]  # a non-contiguous view
+    if dtype in ("F32", "F64", "F16") and array.size and draw(st.booleans()):
+        specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, np.finfo(carrier).tiny / 2], dtype=carrier)
+        array = np.array(array)
+        flat = array.reshape(-1)
+        flat[: len(specials)] = specials[: flat.size]
+    return Dense(array, dtype)
+
+
+lossless_chains = st.lists(st.sampled_from(["zlib(level=1)", "zstd(level=3)", "lzma(preset=0)", "bz2(level=1)"]),
+                           max_size=2).map(lambda parts: " | ".join(["raw", *parts]))

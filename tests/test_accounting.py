@@ -1,0 +1,44 @@
+"""Size accounting: reported bytes per tensor, per stream and overhead add up exactly to the file; per-stage sizes
+are what each stage really produced."""
+
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dcframe
+from dcframe.container import Container
+from dcframe.orchestrator import run_steps
+from dcframe.pipeline import ROOT, build_chain, parse_pipeline
+from strategies import dense_tensors, lossless_chains
+
+
+@given(tensors=st.lists(dense_tensors(), min_size=1, max_size=4), pipeline=lossless_chains,
+       chunk=st.sampled_from([3, 1 << 24]))
+def test_reported_sizes_add_up_to_the_file(tmp_path_factory, tensors, pipeline, chunk):
+    path = tmp_path_factory.mktemp("acc") / "m.dcf"
+    named = {f"t{i}": t for i, t in enumerate(tensors)}
+    report = dcframe.compress(named, path, pipeline=pipeline, chunk_size=chunk)
+    size = os.path.getsize(path)
+    assert report["compressed_bytes"] == size
+    assert sum(t["compressed_bytes"] for t in report["tensors"]) + report["overhead_bytes"] == size
+    with Container(path) as c:
+        for t in report["tensors"]:
+            real = {name: len(data) for name, data in c.streams(t["name"]).items()}
+            assert t["streams"] == real
+            assert t["record_overhead_bytes"] == t["compressed_bytes"] - sum(real.values())
+    assert report["original_bytes"] == sum(t.array.nbytes for t in tensors)
+
+
+@given(tensor=dense_tensors(dtypes=("F32", "F16", "BF16", "I32")), pipeline=lossless_chains)
+def test_stage_sizes_are_what_each_stage_produced(tmp_path_factory, tensor, pipeline):
+    path = tmp_path_factory.mktemp("acc") / "m.dcf"
+    report = dcframe.compress({"t": tensor}, path, pipeline=pipeline)
+    chain = build_chain(parse_pipeline(pipeline))
+    streams = {ROOT: tensor}
+    expected = []
+    for step in chain.steps:
+        run_steps([step], streams)
+        expected.append({name: s.nbytes for name, s in streams.items()})
+    assert report["tensors"][0]["stage_bytes"] == expected
+    assert expected[-1] == report["tensors"][0]["streams"]

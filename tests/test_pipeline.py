@@ -1,0 +1,70 @@
+"""Pipeline strings, chain type-checking, rules and presets."""
+
+import pytest
+
+from dcframe import ConfigError, MissingStageError, PipelineError, Policy, Rule, parse_pipeline
+from dcframe.pipeline import build_chain, format_pipeline
+
+
+def test_parse_with_literals_and_bare_words():
+    stages = parse_pipeline("zstd(level=3) | zlib(level = 1)|bz2")
+    assert format_pipeline(stages) == "zstd(level=3) | zlib(level=1) | bz2(level=9)"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("zstd(", "cannot parse stage"),
+    ("zstd(3)", "cannot parse stage"),
+    ("zstd | | zlib", "empty stage"),
+    ("zstd(level=__import__('os'))", "not a literal"),
+    ("zstd(**{'level': 3})", "not allowed"),
+])
+def test_bad_pipeline_strings(text, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_pipeline(text)
+
+
+def test_unknown_stage_and_parameter():
+    with pytest.raises(MissingStageError, match="stage 'nosuch' is not installed"):
+        parse_pipeline("nosuch(x=1)")
+    with pytest.raises(ConfigError, match="stage 'zstd' has no parameter 'lvl'"):
+        parse_pipeline("zstd(lvl=3)")
+    with pytest.raises(ConfigError, match="zstd: level must be"):
+        parse_pipeline("zstd(level=99)")
+
+
+def test_serializer_is_inserted_where_bytes_are_needed():
+    chain = build_chain(parse_pipeline("zstd(level=3)"))
+    assert str(chain) == "raw | zstd(level=3)"
+    assert chain.final == {"data": "bytes"}
+
+
+def test_impossible_chain_is_refused_before_any_data():
+    from dcframe.pipeline import Step  # noqa: F401  (chain objects only; no tensor is involved)
+    from dcframe.registry import get_registry
+
+    info = get_registry().stages.get("huffman")
+    if info is None:  # the message is also produced by any symbols-only stage
+        pytest.skip("huffman stage not installed")
+    with pytest.raises(PipelineError, match="stage 'huffman' takes symbols, but 'zstd' before it gives bytes"):
+        build_chain(parse_pipeline("zstd | huffman"))
+
+
+def test_rules_choose_per_tensor_first_match_wins():
+    policy = Policy(pipeline="zstd(level=3)", rules=["*.bias=zlib(level=1)", "dim:1=bz2", Rule("lzma", "emb*")])
+    assert policy.pipeline_for("fc.bias", (10,), "F32") == "zlib(level=1)"
+    assert policy.pipeline_for("norm", (10,), "F32") == "bz2"
+    assert policy.pipeline_for("emb.weight", (10, 4), "F32") == "lzma"
+    assert policy.pipeline_for("fc.weight", (10, 4), "F32") == "zstd(level=3)"
+
+
+@pytest.mark.parametrize("text", ["nothing", "=zstd", "dim:x=zstd", "*.bias="])
+def test_bad_rules(text):
+    with pytest.raises(PipelineError):
+        Rule.parse(text)
+
+
+def test_pipeline_and_preset_are_exclusive_and_presets_must_exist():
+    with pytest.raises(PipelineError, match="not both"):
+        Policy(pipeline="zstd", preset="lossless")
+    with pytest.raises(PipelineError, match="unknown preset 'nope'"):
+        Policy(preset="nope")
