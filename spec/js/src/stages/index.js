@@ -1,0 +1,11 @@
+// The stages dcf-js implements, by id.
+import { raw } from './raw.js';
+import { bz2Stage, lzmaStage, zlibStage, zstdStage } from './generic.js';
+
+export const STAGES = Object.freeze({
+  raw,
+  zlib: zlibStage,
+  zstd: zstdStage,
+  lzma: lzmaStage,
+  bz2: bz2Stage,
+});
