@@ -137,7 +137,7 @@ class ContainerWriter:
         packed = _pack(record)
         offset = self._file.tell()
         self._write(packed)
-        for name, data in tensor.streams.items():
+        for data in tensor.streams.values():
             view = memoryview(data)
             for i in range(0, len(data), self.chunk_size):
                 chunk = view[i:i + self.chunk_size]
@@ -370,7 +370,7 @@ class Container:
         entry = self._entry(name)
         pos = entry.offset + entry.record_length
         out = {}
-        for sname, size, crc, chunks in record["streams"]:
+        for sname, _size, crc, chunks in record["streams"]:
             parts = []
             for length in chunks:
                 header = _bin_header(length)

@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import is_float
 from .errors import DcfError, FormatError
 from .pipeline import ROOT, Chain, Policy, Step
 from .stage import Stage
-from .streams import BYTES, Bytes, Dense, Stream, Symbols
+from .streams import Bytes, Dense, Stream, Symbols
 
 Application = tuple[str, list[str], dict[str, Any]]  # input stream, output streams, the stage's meta
 
@@ -51,7 +50,7 @@ def run_steps(steps: Iterable[Step], streams: dict[str, Stream], record: list | 
             stream = streams.pop(name)
             outputs, meta = step.stage.encode(stream)
             names = step.outputs[name]
-            for local, out in zip(step.stage.gives, names):
+            for local, out in zip(step.stage.gives, names, strict=True):
                 produced = outputs[local]
                 if produced.kind != step.stage.gives[local]:
                     raise DcfError(f"stage '{step.stage.id}' gave {produced.kind} for {local!r}, "
@@ -87,7 +86,7 @@ def encode_tensor(name: str, tensor: np.ndarray | Dense, chain: Chain, stats: bo
     if stats:
         encoded.stats = {"stages": sizes, "entropy_bits": entropy}
         if chain.lossy:
-            approx = decode_tensor(chain.stages, steps, {k: v for k, v in final.items()}, dense.dtype, dense.array.shape)
+            approx = decode_tensor(chain.stages, steps, final, dense.dtype, dense.array.shape)
             encoded.stats.update(error_stats(dense, approx))
     return encoded
 
@@ -100,28 +99,31 @@ def decode_tensor(stages: list[Stage], steps: list[list[Application]], streams: 
                                   for k, v in streams.items()}
     if len(steps) != len(stages):
         raise FormatError(f"{where}: {len(steps)} step records for a chain of {len(stages)} stages")
-    for stage, applied in zip(reversed(stages), reversed(steps)):
+    for stage, applied in zip(reversed(stages), reversed(steps), strict=True):
         for app in reversed(applied):
             if not (isinstance(app, (list, tuple)) and len(app) == 3 and isinstance(app[0], str)
                     and isinstance(app[1], (list, tuple)) and isinstance(app[2], dict)):
                 raise FormatError(f"{where}: malformed step record for stage '{stage.id}'")
             source, outs, meta = app
             if len(outs) != len(stage.gives) or source in current and source not in outs:
-                raise FormatError(f"{where}: stage '{stage.id}' record names streams {outs}, expected {len(stage.gives)}")
+                raise FormatError(f"{where}: stage '{stage.id}' record names streams {outs}, "
+                                  f"expected {len(stage.gives)}")
             inputs = {}
-            for local, out in zip(stage.gives, outs):
+            for local, out in zip(stage.gives, outs, strict=True):
                 if out not in current:
                     raise FormatError(f"{where}: stage '{stage.id}' needs stream {out!r}, which is missing")
                 s = current.pop(out)
                 if s.kind != stage.gives[local]:
-                    raise FormatError(f"{where}: stage '{stage.id}' expects {stage.gives[local]} for {out!r}, got {s.kind}")
+                    raise FormatError(f"{where}: stage '{stage.id}' expects {stage.gives[local]} for {out!r}, "
+                                      f"got {s.kind}")
                 inputs[local] = s
             try:
                 result = stage.decode(inputs, meta)
             except DcfError as exc:
                 raise type(exc)(f"{where}: {exc}") from None
             except (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError) as exc:
-                raise FormatError(f"{where}: stage '{stage.id}' cannot decode its input ({type(exc).__name__}: {exc})") from None
+                raise FormatError(f"{where}: stage '{stage.id}' cannot decode its input "
+                                  f"({type(exc).__name__}: {exc})") from None
             if result.kind not in stage.takes:
                 raise FormatError(f"{where}: stage '{stage.id}' decoded to {result.kind}")
             current[source] = result
@@ -129,7 +131,8 @@ def decode_tensor(stages: list[Stage], steps: list[list[Application]], streams: 
     if current or not isinstance(result, Dense):
         raise FormatError(f"{where}: decoding did not end in one dense tensor (left: {sorted(current)})")
     if result.dtype != dtype or tuple(result.array.shape) != tuple(shape):
-        raise FormatError(f"{where}: decoded {result.dtype}{list(result.array.shape)}, record says {dtype}{list(shape)}")
+        raise FormatError(f"{where}: decoded {result.dtype}{list(result.array.shape)}, "
+                          f"record says {dtype}{list(shape)}")
     return result
 
 
@@ -145,8 +148,10 @@ def order0_entropy_bits(symbols: np.ndarray, alphabet: int) -> float:
     """Total order-0 (empirical) entropy of a symbol array in bits: the bound any symbol-by-symbol coder meets."""
     if symbols.size == 0:
         return 0.0
-    counts = np.bincount(symbols.astype(np.int64, copy=False)) if alphabet <= (1 << 24) else \
-        np.unique(symbols, return_counts=True)[1]
+    if alphabet <= (1 << 24):
+        counts = np.bincount(symbols.astype(np.int64, copy=False))
+    else:
+        counts = np.unique(symbols, return_counts=True)[1]
     counts = counts[counts > 0].astype(np.float64)
     return float(-(counts * np.log2(counts / symbols.size)).sum())
 
@@ -176,7 +181,7 @@ def fit_chains(policy: Policy, tensors: Callable[[], Iterator[tuple[str, Dense]]
             if type(step.stage).fit is Stage.fit:
                 continue
 
-            def inputs(i=i, pipeline=pipeline) -> Iterator[Stream]:
+            def inputs(i=i, pipeline=pipeline, steps=steps) -> Iterator[Stream]:
                 for name, dense in tensors():
                     if policy.pipeline_for(name, dense.array.shape, dense.dtype) != pipeline:
                         continue
@@ -204,11 +209,3 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
             progress(name, dense.nbytes)
         yield encoded
 
-
-def is_lossless_dtype(dtype: str) -> bool:
-    """Non-float tensors always travel losslessly."""
-    return not is_float(dtype)
-
-
-__all__ = ["BYTES", "EncodedTensor", "compress_tensors", "decode_tensor", "encode_tensor", "order0_entropy_bits",
-           "roundtrip"]

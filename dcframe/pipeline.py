@@ -35,7 +35,8 @@ def _parse_stage(part: str, text: str) -> tuple[str, dict[str, Any]]:
     try:
         node = ast.parse(part, mode="eval").body
     except SyntaxError:
-        raise PipelineError(f"cannot parse stage {part!r} in pipeline {text!r}; write it as name(key=value, ...)") from None
+        raise PipelineError(
+            f"cannot parse stage {part!r} in pipeline {text!r}; write it as name(key=value, ...)") from None
     if isinstance(node, ast.Name):
         return node.id, {}
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or node.args:

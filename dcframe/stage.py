@@ -11,7 +11,8 @@ A stage is one step of a compression chain. It is a class with:
   (``"zeros"``: zeroed weights stay zero; ``"shared"``: weights with equal values stay tied).
 - an ``__init__`` whose keyword parameters are the whole config; ``get_config()`` returns them as plain msgpack data
   (int, float, str, bool, None, list, dict) and ``from_config(get_config())`` rebuilds an equal stage.
-- ``encode(stream) -> (streams, meta)`` and ``decode(streams, meta) -> stream``: pure functions, no I/O, no global state.
+- ``encode(stream) -> (streams, meta)`` and ``decode(streams, meta) -> stream``: pure functions, no I/O, no global
+  state.
   ``meta`` holds what decode needs beyond the streams (a codebook, a shape), as plain msgpack data; bin is allowed.
   decode MUST check everything it reads from meta and the streams, and raise FormatError on anything inconsistent,
   never allocate more than the sizes it was told to expect.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import ClassVar
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class Bytes:
         return len(self.data)
 
 
-Stream = Union[Dense, Symbols, Bytes]
+Stream = Dense | Symbols | Bytes
 
 
 def symbol_width(alphabet: int) -> int:

@@ -5,12 +5,12 @@ import os
 
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import dense_tensors, lossless_chains
 
 import dcframe
 from dcframe.container import Container
 from dcframe.orchestrator import run_steps
 from dcframe.pipeline import ROOT, build_chain, parse_pipeline
-from strategies import dense_tensors, lossless_chains
 
 
 @given(tensors=st.lists(dense_tensors(), min_size=1, max_size=4), pipeline=lossless_chains,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import dense_tensors
 
 from dcframe import Dense, ModelIOError, read_model, write_model
-from strategies import dense_tensors
 
 
 @given(tensors=st.lists(dense_tensors(), min_size=1, max_size=4), suffix=st.sampled_from([".safetensors", ".npz"]))

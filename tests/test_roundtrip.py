@@ -3,11 +3,11 @@
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import dense_tensors, lossless_chains
 
 import dcframe
 from dcframe.orchestrator import roundtrip
 from dcframe.pipeline import build_chain, parse_pipeline
-from strategies import dense_tensors, lossless_chains
 
 
 def same(a: dcframe.Dense, b: dcframe.Dense) -> bool:

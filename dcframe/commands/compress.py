@@ -16,7 +16,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Compress a model (.safetensors .npz .npy .pt) into a .dcf container.")
     p.add_argument("input", help="model file")
     p.add_argument("-o", "--output", help="container to write (default: INPUT with .dcf)")
-    p.add_argument("-p", "--pipeline", help='stage chain, e.g. "prune(sparsity=0.9) | sparse | kmeans(bits=5) | huffman"')
+    p.add_argument("-p", "--pipeline",
+                   help='stage chain, e.g. "prune(sparsity=0.9) | sparse | kmeans(bits=5) | huffman"')
     p.add_argument("--preset", help="named per-tensor rules (see `dcframe stages`); default: lossless")
     p.add_argument("--rule", action="append", default=[], metavar="GLOB=PIPELINE",
                    help="chain for tensors whose name matches GLOB (or 'dim:N=...' for rank N); first match wins")

@@ -12,7 +12,7 @@ from ..modelio import write_model
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("decompress", help="decode a .dcf container into .safetensors or .npz",
-                       description="Decode a .dcf container into a model file; the output's extension picks the format.")
+                       description="Decode a .dcf container into a model file; its extension picks the format.")
     p.add_argument("input", help=".dcf container")
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors or .npz)")
     p.add_argument("--tensor", action="append", metavar="NAME", help="decode only this tensor (repeatable)")
