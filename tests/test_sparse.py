@@ -172,3 +172,11 @@ def test_decoder_never_fails_otherwise_on_arbitrary_streams(symbols, n_values, s
         return
     assert out.array.shape == tuple(shape)
     assert np.count_nonzero(out.array) == n_values  # every value landed on its own element
+
+
+def test_worked_example_of_the_spec():
+    x = np.zeros(100, np.float32)
+    x[[7, 8, 15, 31, 50]] = [1, 2, 3, 4, 5]
+    streams, back = encode_decode(Dense.of(x), 3)
+    assert streams["positions"].array.tolist() == [0, 1, 1, 7, 0, 0, 2, 0, 0, 5]  # spec/stages/sparse.md, Encoding
+    assert back.array.tobytes() == x.tobytes()
