@@ -1,0 +1,278 @@
+"""The `huffman` stage: symbols -> bytes with an optimal length-limited canonical Huffman code.
+
+Byte layout (spec/stages/huffman.md), all integers little-endian, bits LSB-first:
+
+    u32 T | u8 lengths[T] | u32 S | u32 ends[ceil(count / S)] | payload
+
+The code is built with package-merge (optimal under the length limit), stored as code lengths only, and the
+symbols are cut into segments of S symbols, each starting on a byte boundary, so the decoder runs every segment in
+lockstep: one numpy step decodes one symbol of every segment at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, hookimpl
+
+LIMIT = 16  # the longest code a decoder accepts
+MAX_ALPHABET = 1 << 16
+MAX_SEGMENT = 1 << 24
+MAX_PAYLOAD = (1 << 32) - 1
+LANES = 4096  # segments decoded together; keeps the working set of one lockstep in cache
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"huffman: {name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def limited_code_lengths(weights: np.ndarray, limit: int) -> np.ndarray:
+    """Optimal code lengths <= `limit` for positive `weights` (package-merge, vectorized per level)."""
+    n = int(weights.size)
+    if n == 1:
+        return np.ones(1, dtype=np.uint8)
+    if n > 1 << limit:
+        raise ValueError(f"{n} symbols do not fit in codes of {limit} bits")
+    order = np.argsort(weights, kind="stable")
+    leaf_w = weights[order].astype(np.int64)
+    leaf_ids = np.arange(n, dtype=np.int64)
+    cur_w, cur_pkg, cur_leaf = leaf_w, np.zeros(n, dtype=bool), leaf_ids
+    levels = [(cur_pkg, cur_leaf)]
+    for _ in range(limit - 1):
+        m = cur_w.size // 2
+        pkg_w = cur_w[0:2 * m:2] + cur_w[1:2 * m:2]
+        merged_w = np.concatenate([leaf_w, pkg_w])
+        merged_pkg = np.concatenate([np.zeros(n, dtype=bool), np.ones(m, dtype=bool)])
+        merged_leaf = np.concatenate([leaf_ids, np.full(m, -1, dtype=np.int64)])
+        pick = np.argsort(merged_w, kind="stable")  # leaves first on equal weights
+        cur_w, cur_pkg, cur_leaf = merged_w[pick], merged_pkg[pick], merged_leaf[pick]
+        levels.append((cur_pkg, cur_leaf))
+    lengths = np.zeros(n, dtype=np.int64)
+    take = 2 * n - 2
+    for pkg, leaf in reversed(levels):
+        sel_pkg = pkg[:take]
+        lengths[leaf[:take][~sel_pkg]] += 1
+        take = 2 * int(np.count_nonzero(sel_pkg))
+    out = np.empty(n, dtype=np.uint8)
+    out[order] = lengths
+    return out
+
+
+def canonical_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical codes (MSB-first values) of a length table, and the used symbols sorted by (length, symbol)."""
+    lengths = lengths.astype(np.int64)
+    used = np.flatnonzero(lengths)
+    ordered = used[np.argsort(lengths[used], kind="stable")]  # flatnonzero is ascending, so ties stay by symbol
+    ls = lengths[ordered]
+    codes = np.zeros(lengths.size, dtype=np.int64)
+    if ordered.size:
+        # code[i] = (code[i-1] + 1) << (len[i] - len[i-1]), i.e. code[i] = sum_{j<i} 2^(len[i]-len[j])
+        # computed exactly as a running sum of 2^(LIMIT - len) scaled back down.
+        weights = np.left_shift(1, LIMIT - ls)
+        starts = np.concatenate([[0], np.cumsum(weights)[:-1]])
+        codes[ordered] = starts >> (LIMIT - ls)
+    return codes, ordered
+
+
+def bit_reverse(values: np.ndarray, widths: np.ndarray | int) -> np.ndarray:
+    """Reverse the low `widths` bits of each value (to store MSB-first codes in an LSB-first stream)."""
+    values = values.astype(np.int64)
+    out = np.zeros_like(values)
+    for bit in range(LIMIT):
+        out |= ((values >> bit) & 1) << (LIMIT - 1 - bit)
+    return out >> (LIMIT - np.asarray(widths, dtype=np.int64))
+
+
+def _unsigned_dtype(alphabet: int) -> np.dtype:
+    return np.dtype(np.uint8) if alphabet <= 256 else np.dtype(np.uint16)
+
+
+class Huffman(Stage):
+    """Canonical Huffman coding, optimal under a `max_bits` code-length limit, in byte-aligned segments."""
+
+    id = "huffman"
+    takes = ("symbols",)
+    gives = {"data": "bytes"}
+
+    def __init__(self, max_bits: int = 12, segment_size: int = 4096):
+        self.max_bits = _check_int("max_bits", max_bits, 1, LIMIT)
+        self.segment_size = _check_int("segment_size", segment_size, 1, MAX_SEGMENT)
+
+    def encode(self, stream: Symbols) -> tuple[dict[str, Bytes], dict]:
+        alphabet = int(stream.alphabet)
+        if not 1 <= alphabet <= MAX_ALPHABET:
+            raise ConfigError(f"huffman: alphabet {alphabet} is outside 1..{MAX_ALPHABET}")
+        symbols = np.asarray(stream.array).reshape(-1)
+        count = int(symbols.size)
+        meta = {"count": count, "alphabet": alphabet}
+        if count == 0:
+            return {"data": Bytes(b"")}, meta
+        if symbols.dtype.kind not in "ui":
+            raise ConfigError(f"huffman: symbols must be integers, got {symbols.dtype}")
+        if int(symbols.min()) < 0 or int(symbols.max()) >= alphabet:
+            raise ConfigError(f"huffman: symbols must lie in 0..{alphabet - 1}")
+        symbols = symbols.astype(_unsigned_dtype(alphabet), copy=False)
+        freq = np.bincount(symbols, minlength=1)
+        used = np.flatnonzero(freq)
+        # automatic raise: a limit below ceil(log2(distinct symbols)) cannot hold them all
+        limit = max(self.max_bits, int(used.size - 1).bit_length())
+        table = np.zeros(int(used[-1]) + 1, dtype=np.uint8)
+        table[used] = limited_code_lengths(freq[used], limit)
+        codes, _ = canonical_codes(table)
+        rev = bit_reverse(codes, table).astype(np.uint64)
+        payload, ends = _pack(symbols, table, rev, self.segment_size)
+        if payload.size > MAX_PAYLOAD:
+            raise ConfigError(f"huffman: payload of {payload.size} bytes exceeds 2^32 - 1; split the tensor")
+        parts = [np.array([table.size], "<u4").tobytes(), table.tobytes(),
+                 np.array([self.segment_size], "<u4").tobytes(), ends.astype("<u4").tobytes(), payload.tobytes()]
+        return {"data": Bytes(b"".join(parts))}, meta
+
+    def decode(self, streams: dict[str, Bytes], meta: dict) -> Symbols:
+        data = streams["data"].data
+        count, alphabet = meta.get("count"), meta.get("alphabet")
+        if isinstance(alphabet, bool) or not isinstance(alphabet, int) or not 1 <= alphabet <= MAX_ALPHABET:
+            raise FormatError(f"huffman: bad alphabet {alphabet!r} in metadata (must be 1..{MAX_ALPHABET})")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise FormatError(f"huffman: bad count {count!r} in metadata")
+        dtype = _unsigned_dtype(alphabet)
+        if count == 0:
+            if len(data):
+                raise FormatError(f"huffman: {len(data)} bytes for 0 symbols (the stream must be empty)")
+            return Symbols(np.zeros(0, dtype=dtype), alphabet)
+        return Symbols(_decode(memoryview(data).cast("B"), count, alphabet, dtype), alphabet)
+
+
+def _pack(symbols: np.ndarray, table: np.ndarray, rev: np.ndarray, seg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Write every symbol's code LSB-first, each segment from a byte boundary; return payload and segment ends."""
+    count = symbols.size
+    nseg = -(-count // seg)
+    lens = table[symbols].astype(np.int64)
+    cum = np.cumsum(lens)
+    seg_last = np.minimum(np.arange(1, nseg + 1, dtype=np.int64) * seg, count) - 1
+    seg_bits_end = cum[seg_last]
+    seg_bits = np.diff(seg_bits_end, prepend=0)
+    ends = np.cumsum((seg_bits + 7) >> 3)
+    starts_bits = 8 * (ends - ((seg_bits + 7) >> 3))
+    # global bit position = start of own segment + bits before it within the segment
+    shift = np.repeat(starts_bits - (seg_bits_end - seg_bits), np.diff(seg_last, prepend=-1))
+    pos = cum - lens + shift
+    word = pos >> 6
+    off = (pos & 63).astype(np.uint64)
+    contrib = rev[symbols] << off
+    nwords = int(ends[-1] + 7) >> 3
+    words = np.zeros(nwords + 1, dtype=np.uint64)
+    first = np.flatnonzero(np.diff(word, prepend=-1))
+    words[word[first]] = np.add.reduceat(contrib, first)  # bits of different codes never overlap: sum == or
+    spill = np.flatnonzero(off + lens.astype(np.uint64) > 64)
+    if spill.size:
+        words[word[spill] + 1] |= rev[symbols[spill]] >> (np.uint64(64) - off[spill])
+    payload = words.astype("<u8").view(np.uint8)[: int(ends[-1])]
+    return payload, ends
+
+
+def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.ndarray:
+    """Check the stream's header against count and alphabet, then decode every segment in lockstep."""
+    size = len(data)
+    if size < 4:
+        raise FormatError(f"huffman: stream of {size} bytes is shorter than its 4-byte table size")
+    tsize = int.from_bytes(data[0:4], "little")
+    if not 1 <= tsize <= alphabet:
+        raise FormatError(f"huffman: code table of {tsize} entries for an alphabet of {alphabet}")
+    if size < 8 + tsize:
+        raise FormatError(f"huffman: stream of {size} bytes is too short for a {tsize}-entry code table")
+    table = np.frombuffer(data, dtype=np.uint8, count=tsize, offset=4)
+    seg = int.from_bytes(data[4 + tsize:8 + tsize], "little")
+    if not 1 <= seg <= MAX_SEGMENT:
+        raise FormatError(f"huffman: segment size {seg} is outside 1..{MAX_SEGMENT}")
+    lengths = table.astype(np.int64)
+    if int(lengths.max()) > LIMIT:
+        raise FormatError(f"huffman: code length {int(lengths.max())} exceeds the limit of {LIMIT} bits")
+    used = np.flatnonzero(lengths)
+    if used.size == 0:
+        raise FormatError("huffman: code table has no symbol")
+    kraft = int(np.sum(np.left_shift(1, LIMIT - lengths[used])))
+    if used.size == 1:
+        if lengths[used[0]] != 1:
+            raise FormatError("huffman: a single-symbol code table must give it length 1")
+    elif kraft != 1 << LIMIT:
+        raise FormatError(f"huffman: code lengths are not a complete prefix code (Kraft sum {kraft}/{1 << LIMIT})")
+    nseg = -(-count // seg)
+    rest = size - 8 - tsize
+    if 4 * nseg > rest:
+        raise FormatError(f"huffman: {count} symbols need {nseg} segment offsets, the stream has {rest} bytes left")
+    plen = rest - 4 * nseg
+    min_len, max_len = int(lengths[used].min()), int(lengths[used].max())
+    if count * min_len > 8 * plen:
+        raise FormatError(f"huffman: {count} symbols of >= {min_len} bits cannot fit in {plen} payload bytes")
+    ends = np.frombuffer(data, dtype="<u4", count=nseg, offset=8 + tsize).astype(np.int64)
+    if int(ends[-1]) != plen:
+        raise FormatError(f"huffman: last segment ends at {int(ends[-1])}, the payload has {plen} bytes")
+    nsyms = np.full(nseg, seg, dtype=np.int64)
+    nsyms[-1] = count - seg * (nseg - 1)
+    starts = np.concatenate([[0], ends[:-1]])
+    sizes = ends - starts
+    if np.any(sizes < (nsyms * min_len + 7) >> 3) or np.any(sizes > (nsyms * max_len + 7) >> 3):
+        raise FormatError("huffman: segment offsets are not increasing or do not match the segment symbol counts")
+    # decode tables over a window of max_len bits, first stream bit = least significant bit of the index
+    codes, ordered = canonical_codes(lengths)
+    width = max_len
+    msb_sym = np.repeat(ordered, np.left_shift(1, width - lengths[ordered]))
+    msb_len = np.repeat(lengths[ordered], np.left_shift(1, width - lengths[ordered]))
+    if msb_sym.size < 1 << width:  # only the single-symbol table is incomplete: mark the rest invalid (length 0)
+        msb_sym = np.concatenate([msb_sym, np.zeros((1 << width) - msb_sym.size, dtype=np.int64)])
+        msb_len = np.concatenate([msb_len, np.zeros((1 << width) - msb_len.size, dtype=np.int64)])
+    idx = bit_reverse(np.arange(1 << width, dtype=np.int64), width)
+    lut_sym = msb_sym[idx].astype(dtype)
+    lut_len = msb_len[idx].astype(np.int64)
+    # window reads: 8 bytes at every byte offset; pad so that no lane can read past the buffer
+    pad = ((seg * max_len + 7) >> 3) + 16
+    buf = np.zeros(plen + pad, dtype=np.uint8)
+    buf[:plen] = np.frombuffer(data, dtype=np.uint8, count=plen, offset=size - plen)
+    steps = seg if nseg > 1 else count
+    out = np.empty((nseg, steps), dtype=dtype)
+    end_pos = np.empty(nseg, dtype=np.int64)
+    mask = (1 << width) - 1
+    last = int(nsyms[-1])
+    for lo in range(0, nseg, LANES):
+        hi = min(lo + LANES, nseg)
+        base = int(starts[lo])
+        # win[i] = the 8 bytes from byte base + i as one little-endian integer (a contiguous copy: fast gathers)
+        span = int(ends[hi - 1]) - base + pad - 16
+        win = np.ndarray(shape=(span,), dtype="<i8", buffer=buf, offset=base, strides=(1,)).astype(np.int64)
+        pos = (starts[lo:hi] - base) * 8
+        b = np.empty_like(pos)
+        s = np.empty_like(pos)
+        w = np.empty_like(pos)
+        ln = np.empty_like(pos)
+        block = np.empty((steps, hi - lo), dtype=dtype)
+        snap = None
+        for t in range(steps):
+            np.right_shift(pos, 3, out=b)
+            np.take(win, b, out=w)
+            np.bitwise_and(pos, 7, out=s)
+            np.right_shift(w, s, out=w)
+            np.bitwise_and(w, mask, out=w)
+            np.take(lut_sym, w, out=block[t])
+            np.take(lut_len, w, out=ln)
+            np.add(pos, ln, out=pos)
+            if t == last - 1 and hi == nseg:
+                snap = int(pos[-1])
+        end_pos[lo:hi] = pos + 8 * base
+        if snap is not None:
+            end_pos[-1] = snap + 8 * base
+        out[lo:hi] = block.T
+    # exact bit consumption: every segment ends inside its last byte, and the padding bits above are zero
+    last_byte = ends - 1
+    used_bits = end_pos - 8 * last_byte
+    if np.any((used_bits < 1) | (used_bits > 8)):
+        raise FormatError("huffman: a segment's codes do not end in its last byte")
+    if np.any(buf[last_byte].astype(np.int64) >> used_bits):
+        raise FormatError("huffman: a segment's padding bits are not zero or hold an invalid code")
+    return out.reshape(-1)[:count]
+
+
+@hookimpl
+def dcframe_stages():
+    return [Huffman]
