@@ -15,6 +15,7 @@ import dcframe
 from dcframe import ConfigError, Dense
 from dcframe.orchestrator import roundtrip
 from dcframe.pipeline import build_chain, parse_pipeline
+from dcframe.testing import check_stage
 
 
 def prune(dense: Dense, **config) -> Dense:
@@ -68,6 +69,7 @@ def check_pruned(original: Dense, pruned: Dense, sparsity: float) -> None:
 @given(weights(), st.floats(0, 1))
 def test_sparsity_is_reached_within_ties(dense, sparsity):
     check_pruned(dense, prune(dense, sparsity=sparsity), sparsity)
+    check_stage(Prune(sparsity=sparsity), dense)  # config round trip and idempotence, as for every stage
 
 
 @given(weights(), st.floats(0, 1), st.integers(0, 2**32 - 1))

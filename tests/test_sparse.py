@@ -12,6 +12,7 @@ import dcframe
 from dcframe import ConfigError, Dense, FormatError, Symbols
 from dcframe.orchestrator import roundtrip
 from dcframe.pipeline import build_chain, parse_pipeline
+from dcframe.testing import check_stage
 
 DTYPES = ["F32", "F64", "F16", "BF16", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"]
 
@@ -62,6 +63,7 @@ def test_round_trip_is_bit_exact(case):
     assert values.array.size == int(nonzero.sum()) == int(np.count_nonzero(positions.array))
     # canonical: no filler at the end, every symbol inside the alphabet
     assert positions.array.size == 0 or (positions.array[-1] != 0 and int(positions.array.max()) < 2**index_bits)
+    check_stage(Sparse(index_bits=index_bits), dense)  # the laws shared by every stage (meta through msgpack too)
 
 
 def test_gap_of_exactly_m_is_one_symbol_and_m_plus_one_needs_a_filler():
