@@ -92,7 +92,7 @@ def test_gap_of_2m_is_one_filler_and_m():
     np.array([-0.0, 0.0, np.nan, -np.inf, 0.0], np.float32), np.arange(-3, 4, dtype=np.int8),
 ])
 def test_edge_tensors_round_trip(array):
-    dense = Dense(array, dcframe.dtypes.dtype_name(array.dtype))  # not Dense.of: it turns 0-d into shape (1,)
+    dense = Dense.of(array)
     for index_bits in (1, 5, 16):
         _, back = encode_decode(dense, index_bits)
         assert back.array.shape == array.shape
