@@ -53,7 +53,7 @@ def main() -> None:
         z = len(zstd.compress(raw))
         zstd_total += z
         kept = f"{100 * (1 - row['sparsity']):.1f}%" if "sparsity" in row else "100%"
-        stages = re.sub(r'[(][^)]*[)]', '', row['pipeline'])
+        stages = re.sub(r'[(][^)]*[)]', '', row['pipeline']).replace(' | ', ' &rarr; ')  # no | inside a cell
         print(f"| {row['name']} | {'x'.join(map(str, row['shape']))} | {stages} | {kept} | "
               f"{row['original_bytes']} | {row['compressed_bytes']} | {row['ratio']:.1f}x | {z} | "
               f"{len(raw) / z:.2f}x |")
