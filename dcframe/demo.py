@@ -260,16 +260,22 @@ def sweep_points() -> int:
     return sum(len(p) for p in SWEEP.values())
 
 
-def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
-    """Draw the sweep as the paper's figure (accuracy against compression rate); needs matplotlib."""
+def require_matplotlib() -> Any:
+    """matplotlib.pyplot (non-interactive backend), or a DcfError saying how to install it."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise DcfError("--plot needs matplotlib, which is not installed: pip install 'dcframe[plot]' "
+        raise DcfError("plotting needs matplotlib, which is not installed: pip install 'dcframe[plot]' "
                        "(or pip install matplotlib)") from None
+    return plt
+
+
+def plot_sweep(sweep: dict[str, Any], path: str | Path) -> None:
+    """Draw the sweep as the paper's figure (accuracy against compression rate); needs matplotlib."""
+    plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (kind, points), marker in zip(sweep["series"].items(), "osd^", strict=False):
         ax.plot([p["ratio"] for p in points], [100 * p["accuracy"] for p in points], marker=marker, label=kind)

@@ -1,0 +1,116 @@
+"""`dcframe demo`: the bundled LeNet-300-100 through prune -> retrain -> quantize -> retrain -> Huffman, as a table."""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import console
+from ..demo import DemoSettings, plot_sweep, require_matplotlib, run_demo, run_sweep, sweep_points
+from ..errors import DcfError
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("demo", help="compress the bundled LeNet-300-100 with retraining; print the paper's table",
+                       description="Deep Compression of the bundled LeNet-300-100 (trained on the bundled digits): "
+                                   "prune, retrain, quantize, retrain the centroids, Huffman-code; print the paper's "
+                                   "per-layer table (Tables 2-5) and the test accuracy after every step.")
+    p.add_argument("-o", "--output", default="lenet-300-100.dcf", help="container to write (default: %(default)s)")
+    p.add_argument("--prune-epochs", type=int, default=DemoSettings.prune_epochs, metavar="N",
+                   help="retraining epochs after pruning (default: %(default)s)")
+    p.add_argument("--quant-epochs", type=int, default=DemoSettings.quant_epochs, metavar="N",
+                   help="epochs retraining the centroids after quantization (default: %(default)s)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead: accuracy against compression rate for pruning only, quantization only and both")
+    p.add_argument("--sweep-epochs", type=int, default=0, metavar="N",
+                   help="with --sweep: retraining epochs per phase (default: 0, no retraining)")
+    p.add_argument("--plot", metavar="FILE", help="with --sweep: draw the figure into FILE (.png/.svg/.pdf; "
+                                                  "needs matplotlib)")
+    console.add_output_flags(p)
+    return p
+
+
+@contextmanager
+def _progress(total: int, enabled: bool):
+    """A bar on stderr advanced by (message, units done) calls; a no-op when disabled or not a terminal."""
+    if not enabled or not console.stderr.is_terminal:
+        yield lambda what, done: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console.stderr,
+                  transient=True) as bar:
+        task = bar.add_task("starting", total=total)
+        yield lambda what, done: bar.update(task, advance=done, description=what)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.plot and not args.sweep:
+        raise DcfError("--plot draws the sweep: use it with --sweep")
+    if args.sweep:
+        if args.plot:
+            require_matplotlib()  # fail before the work, not after
+        with _progress(sweep_points(), not args.quiet) as tell:
+            sweep = run_sweep(epochs=args.sweep_epochs, progress=tell)
+        if args.plot:
+            plot_sweep(sweep, Path(args.plot))
+        if args.json:
+            console.print_json(sweep)
+        else:
+            _sweep_table(sweep)
+            if args.plot:
+                console.stdout.print(f"figure written to {args.plot}")
+        return 0
+    settings = DemoSettings(prune_epochs=args.prune_epochs, quant_epochs=args.quant_epochs)
+    with _progress(settings.work, not args.quiet) as tell:
+        result = run_demo(args.output, settings, progress=tell)
+    if args.json:
+        console.print_json(result)
+    else:
+        _tables(result)
+    return 0
+
+
+def _tables(result: dict[str, Any]) -> None:
+    table = Table(title=f"{result['model']} (Han et al. 2016, Tables 2-5 columns): {result['file']}",
+                  title_justify="left")
+    heads = ["layer", "#weights", "weights kept", "weight bits P+Q", "weight bits P+Q+H", "index bits P+Q",
+             "index bits P+Q+H", "compress rate P+Q", "compress rate P+Q+H"]
+    for h in heads:
+        table.add_column(h, justify="left" if h == "layer" else "right")
+    for r in result["layers"]:
+        table.add_row(r["layer"], f"{r['weights']:,}", f"{r['kept_pct']:.1f}%",
+                      f"{r['weight_bits_pq']:.1f}" if r["layer"] == "total" else str(r["weight_bits_pq"]),
+                      f"{r['weight_bits_pqh']:.1f}", f"{r['index_bits_pq']:.1f}", f"{r['index_bits_pqh']:.1f}",
+                      f"{r['rate_pq']:.1f}x", f"{r['rate_pqh']:.1f}x",
+                      end_section=r is result["layers"][-2])
+    console.stdout.print(table)
+    acc = Table(title="test accuracy (500 held-out digits)", title_justify="left")
+    for h in ("dense", "pruned", "pruned + retrained", "quantized", "quantized + retrained", "decoded from file"):
+        acc.add_column(h, justify="right")
+    a = result["accuracy"]
+    acc.add_row(*(f"{100 * a[k]:.2f}%" for k in ("dense", "pruned", "pruned_retrained", "quantized",
+                                                 "quantized_retrained", "final")))
+    console.stdout.print(acc)
+    console.stdout.print(
+        f"{result['parameters']:,} parameters: {result['original_bytes']:,} bytes as float32 -> "
+        f"{result['file_bytes']:,} bytes in {result['file']}: [bold]{result['ratio']:.1f}x[/bold], "
+        f"accuracy {100 * a['dense']:.2f}% -> {100 * a['final']:.2f}% ({0.0 - result['accuracy_loss_pp'] + 0.0:+.2f} points) "
+        f"in {result['seconds']:.1f} s")
+
+
+def _sweep_table(sweep: dict[str, Any]) -> None:
+    retrain = f"retrained {sweep['epochs']} epochs per phase" if sweep["epochs"] else "no retraining"
+    table = Table(title=f"accuracy vs compression rate ({retrain}); dense accuracy "
+                        f"{100 * sweep['dense_accuracy']:.2f}%", title_justify="left")
+    for h in ("method", "weight pipeline", "compress rate", "accuracy", "vs dense"):
+        table.add_column(h, justify="left" if h in ("method", "weight pipeline") else "right")
+    for kind, points in sweep["series"].items():
+        for i, p in enumerate(points):
+            table.add_row(kind if i == 0 else "", p["pipeline"], f"{p['ratio']:.1f}x", f"{100 * p['accuracy']:.2f}%",
+                          f"{100 * (p['accuracy'] - sweep['dense_accuracy']):+.2f}",
+                          end_section=i == len(points) - 1)
+    console.stdout.print(table)
