@@ -1,0 +1,229 @@
+"""Tests of the `huffman` stage: exact round trips, optimal length-limited codes, and hostile streams."""
+
+import heapq
+import itertools
+
+import msgpack
+import numpy as np
+import pytest
+from dcframe_plugins.huffman import LIMIT, Huffman, canonical_codes, limited_code_lengths
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dcframe import Bytes, ConfigError, FormatError, Symbols
+
+
+def roundtrip(stage: Huffman, array: np.ndarray, alphabet: int) -> tuple[bytes, dict, Symbols]:
+    outputs, meta = stage.encode(Symbols(array, alphabet))
+    assert list(outputs) == ["data"] and isinstance(outputs["data"], Bytes)
+    meta = msgpack.unpackb(msgpack.packb(meta), raw=False)  # as the container stores it
+    return outputs["data"].data, meta, stage.decode(dict(outputs), meta)
+
+
+def table_of(data: bytes) -> np.ndarray:
+    """The code-length table at the start of a stream (layout in spec/stages/huffman.md)."""
+    size = int.from_bytes(data[:4], "little")
+    return np.frombuffer(data, np.uint8, count=size, offset=4)
+
+
+@st.composite
+def symbol_arrays(draw):
+    alphabet = draw(st.one_of(st.integers(1, 8), st.integers(1, 300), st.sampled_from([255, 256, 257, 4096, 65536])))
+    n = draw(st.integers(0, 3000))
+    kind = draw(st.sampled_from(["uniform", "skewed", "few"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "uniform":
+        array = rng.integers(0, alphabet, n)
+    elif kind == "skewed":
+        array = np.minimum(rng.geometric(draw(st.floats(0.01, 0.99)), n) - 1, alphabet - 1)
+    else:
+        array = rng.choice(rng.integers(0, alphabet, draw(st.integers(1, 3))), n)
+    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.uint32, np.int64])) if alphabet <= 256 else np.uint16
+    return array.astype(dtype), alphabet
+
+
+@given(symbol_arrays(), st.integers(1, 16), st.sampled_from([1, 7, 64, 1000, 4096]))
+def test_roundtrip_exact(case, max_bits, segment_size):
+    array, alphabet = case
+    stage = Huffman(max_bits=max_bits, segment_size=segment_size)
+    data, meta, decoded = roundtrip(stage, array, alphabet)
+    assert meta == {"count": array.size, "alphabet": alphabet}
+    assert decoded.alphabet == alphabet
+    assert decoded.array.dtype == (np.uint8 if alphabet <= 256 else np.uint16)
+    assert decoded.array.astype(np.uint64).tobytes() == array.astype(np.uint64).tobytes()
+    if array.size == 0:
+        assert data == b""
+        return
+    lengths = table_of(data).astype(np.int64)
+    distinct = np.unique(array)
+    assert np.array_equal(np.flatnonzero(lengths), distinct)
+    limit = max(max_bits, int(distinct.size - 1).bit_length())  # documented automatic raise
+    assert lengths.max() <= min(limit, LIMIT)
+    kraft = sum(2.0 ** -int(x) for x in lengths[lengths > 0])
+    assert kraft == (0.5 if distinct.size == 1 else 1.0)
+
+
+def test_degenerate_cases():
+    stage = Huffman()
+    for array, alphabet in [(np.zeros(0, np.uint8), 1), (np.zeros(10, np.uint8), 1), (np.full(9, 7, np.uint8), 9),
+                            (np.arange(256, dtype=np.uint8), 256), (np.arange(65536, dtype=np.uint16), 65536),
+                            (np.array([65535], np.uint16), 65536)]:
+        data, _, decoded = roundtrip(stage, array, alphabet)
+        assert decoded.array.tobytes() == array.astype(decoded.array.dtype).tobytes()
+    # one distinct symbol: code length 1, one zero bit per symbol
+    data, _, _ = roundtrip(Huffman(segment_size=4096), np.full(20, 3, np.uint8), 4)
+    assert list(table_of(data)) == [0, 0, 0, 1] and data[-3:] == b"\0\0\0"
+    # the full alphabet of 2^16 forces 16-bit codes whatever max_bits says
+    data, _, _ = roundtrip(Huffman(max_bits=4), np.arange(65536, dtype=np.uint16), 65536)
+    assert set(table_of(data)) == {16}
+
+
+def test_golden_bytes():
+    """Symbols 0 0 1 2: lengths 1 2 2, codes 0 10 11 (MSB-first values) written LSB-first: bits 0,0,1,0,1,1."""
+    data, _, _ = roundtrip(Huffman(segment_size=4096), np.array([0, 0, 1, 2], np.uint8), 3)
+    assert data == bytes([3, 0, 0, 0, 1, 2, 2, 0, 16, 0, 0, 1, 0, 0, 0, 0x34])
+
+
+def test_segments_are_byte_aligned():
+    """Segment ends are stored; every segment starts on a byte boundary."""
+    array = np.array([0, 1] * 5, np.uint8)  # 1 bit each, segments of 3 symbols: 3+3+3+1 bits -> 4 bytes
+    data, _, _ = roundtrip(Huffman(segment_size=3), array, 2)
+    ends = np.frombuffer(data, "<u4", count=4, offset=4 + 2 + 4)
+    assert list(ends) == [1, 2, 3, 4]
+    # codes 0 -> '0', 1 -> '1': segments 0,1,0 / 1,0,1 / 0,1,0 / 1, LSB-first
+    assert data[-4:] == bytes([0b010, 0b101, 0b010, 0b1])
+
+
+def best_total_bits(freqs: list[int], limit: int) -> int:
+    """Brute force: the fewest bits of any prefix code with lengths <= limit (Kraft sum <= 1)."""
+    if len(freqs) == 1:
+        return freqs[0]
+    best = None
+    for lengths in itertools.product(range(1, limit + 1), repeat=len(freqs)):
+        if sum(2 ** (limit - x) for x in lengths) <= 2 ** limit:
+            cost = sum(f * x for f, x in zip(freqs, lengths, strict=True))
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@given(st.lists(st.integers(1, 1000), min_size=1, max_size=6), st.integers(1, 5))
+def test_package_merge_is_optimal_small(freqs, limit):
+    if len(freqs) > 2 ** limit:
+        limit = (len(freqs) - 1).bit_length()
+    lengths = limited_code_lengths(np.array(freqs), limit)
+    assert lengths.max() <= limit
+    assert int(np.dot(lengths.astype(np.int64), freqs)) == best_total_bits(freqs, limit)
+
+
+def huffman_cost_and_depth(freqs: list[int]) -> tuple[int, int]:
+    """Classic unlimited Huffman: its cost (the sum of all merged weights) and the depth of its deepest leaf."""
+    heap = [(f, i, 0) for i, f in enumerate(freqs)]
+    heapq.heapify(heap)
+    total, tie = 0, len(freqs)
+    while len(heap) > 1:
+        (w1, _, d1), (w2, _, d2) = heapq.heappop(heap), heapq.heappop(heap)
+        total += w1 + w2
+        heapq.heappush(heap, (w1 + w2, tie, max(d1, d2) + 1))
+        tie += 1
+    return total, heap[0][2]
+
+
+@given(st.lists(st.integers(1, 10**6), min_size=2, max_size=200), st.integers(8, 16))
+def test_package_merge_against_unlimited_huffman(freqs, limit):
+    lengths = limited_code_lengths(np.array(freqs), limit)
+    assert lengths.max() <= limit
+    cost = int(np.dot(lengths.astype(np.int64), freqs))
+    bound, depth = huffman_cost_and_depth(freqs)
+    assert cost >= bound  # never better than the unlimited optimum
+    if depth <= limit:  # the limit does not bind: the unlimited optimum is reachable
+        assert cost == bound
+
+
+def test_canonical_order_by_length_then_symbol():
+    lengths = np.array([3, 0, 1, 3, 2], np.uint8)
+    codes, ordered = canonical_codes(lengths)
+    assert list(ordered) == [2, 4, 0, 3]
+    assert [int(codes[s]) for s in ordered] == [0b0, 0b10, 0b110, 0b111]
+
+
+def test_config_roundtrip_and_validation():
+    stage = Huffman(max_bits=11, segment_size=1000)
+    config = msgpack.unpackb(msgpack.packb(stage.get_config()), raw=False)
+    assert config == {"max_bits": 11, "segment_size": 1000}
+    assert Huffman.from_config(config).get_config() == config
+    for bad in [{"max_bits": 17}, {"max_bits": 0}, {"max_bits": True}, {"segment_size": 0}, {"colour": 1}]:
+        with pytest.raises(ConfigError):
+            Huffman.from_config(bad)
+    with pytest.raises(ConfigError):
+        Huffman().encode(Symbols(np.array([1, 2], np.uint32), 1 << 17))
+    with pytest.raises(ConfigError):
+        Huffman().encode(Symbols(np.array([5], np.uint8), 5))
+
+
+def decode_or_format_error(data: bytes, meta: dict) -> None:
+    try:
+        out = Huffman().decode({"data": Bytes(data)}, meta)
+    except FormatError:
+        return
+    count, alphabet = meta["count"], meta["alphabet"]
+    assert out.array.size == count
+    assert out.array.size == 0 or int(out.array.max()) < alphabet
+
+
+@given(st.binary(max_size=300), st.integers(0, 5000), st.integers(1, 70000))
+def test_random_bytes_raise_format_error_only(data, count, alphabet):
+    decode_or_format_error(data, {"count": count, "alphabet": alphabet})
+
+
+@given(symbol_arrays(), st.data())
+def test_mutated_streams_raise_format_error_only(case, data):
+    array, alphabet = case
+    outputs, meta = Huffman(segment_size=data.draw(st.sampled_from([5, 100, 4096]))).encode(Symbols(array, alphabet))
+    raw = bytearray(outputs["data"].data)
+    action = data.draw(st.sampled_from(["flip", "truncate", "extend", "count", "alphabet", "header"]))
+    if action == "flip" and raw:
+        for _ in range(data.draw(st.integers(1, 4))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif action == "truncate":
+        raw = raw[: data.draw(st.integers(0, max(0, len(raw) - 1)))]
+    elif action == "extend":
+        raw += data.draw(st.binary(min_size=1, max_size=8))
+    elif action == "count":
+        meta["count"] = data.draw(st.integers(0, 2**53 - 1))
+    elif action == "alphabet":
+        meta["alphabet"] = data.draw(st.integers(-1, 2**20))
+    elif action == "header" and len(raw) >= 4:
+        raw[0:4] = data.draw(st.integers(0, 2**32 - 1)).to_bytes(4, "little")
+    decode_or_format_error(bytes(raw), meta)
+
+
+@pytest.mark.parametrize("meta", [{}, {"count": -1, "alphabet": 2}, {"count": 1.5, "alphabet": 2},
+                                  {"count": 3, "alphabet": True}, {"count": 3, "alphabet": 0},
+                                  {"count": 2**60, "alphabet": 2}, {"count": 0, "alphabet": 2}])
+def test_bad_meta_is_format_error(meta):
+    with pytest.raises(FormatError):
+        Huffman().decode({"data": Bytes(bytes([2, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 5]))}, meta)
+
+
+def test_specific_violations_are_rejected():
+    good = bytes([3, 0, 0, 0, 1, 2, 2, 0, 16, 0, 0, 1, 0, 0, 0, 0x34])
+    meta = {"count": 4, "alphabet": 3}
+    assert list(Huffman().decode({"data": Bytes(good)}, meta).array) == [0, 0, 1, 2]
+    cases = {
+        "long code": good[:4] + bytes([1, 2, 17]) + good[7:],
+        "kraft < 1": good[:4] + bytes([1, 2, 3]) + good[7:],
+        "kraft > 1": good[:4] + bytes([1, 1, 2]) + good[7:],
+        "lone symbol of length 2": good[:4] + bytes([0, 2, 0]) + good[7:],
+        "table larger than alphabet": bytes([4, 0, 0, 0, 1, 2, 3, 3]) + good[7:],
+        "padding bits set": good[:-1] + bytes([0x34 | 0x80]),
+        "count 3: bits left over": good,
+        "count 7: more bits than the segment has": good,
+        "offset past payload": good[:11] + bytes([2, 0, 0, 0]) + good[15:],
+        "trailing byte": good + b"\0",
+    }
+    for name, data in cases.items():
+        m = dict(meta, count=int(name[6])) if name.startswith("count") else meta
+        with pytest.raises(FormatError):
+            Huffman().decode({"data": Bytes(data)}, m)
+            print("accepted:", name)
