@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import keyword
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +33,19 @@ def parse_pipeline(text: str, registry: Registry | None = None) -> list[Stage]:
     return stages
 
 
+_BARE_KEYWORD = re.compile(r"=\s*([A-Za-z_]\w*)\s*(?=[,)])")
+
+
+def _quote_keywords(part: str) -> str:
+    """Quote bare words that Python reserves (scope=global) so they parse as the strings they mean."""
+    return _BARE_KEYWORD.sub(
+        lambda m: f"={m.group(1)!r}" if keyword.iskeyword(m.group(1)) and m.group(1) not in ("True", "False", "None")
+        else m.group(0), part)
+
+
 def _parse_stage(part: str, text: str) -> tuple[str, dict[str, Any]]:
     try:
-        node = ast.parse(part, mode="eval").body
+        node = ast.parse(_quote_keywords(part), mode="eval").body
     except SyntaxError:
         raise PipelineError(
             f"cannot parse stage {part!r} in pipeline {text!r}; write it as name(key=value, ...)") from None
@@ -189,6 +201,7 @@ class Policy:
         self._chains: dict[str, Chain] = {}
         for rule in self.rules:  # parse and check every pipeline before any data is touched
             self.chain_for_pipeline(rule.pipeline)
+        self.lossless_pipeline()  # the fallback for non-float tensors is a chain of this policy too
 
     def preset(self, name: str) -> dict[str, Any]:
         try:

@@ -11,6 +11,14 @@ def test_parse_with_literals_and_bare_words():
     assert format_pipeline(stages) == "zstd(level=3) | zlib(level=1) | bz2(level=9)"
 
 
+def test_bare_words_are_strings_even_python_keywords():
+    from dcframe.pipeline import _parse_stage
+
+    assert _parse_stage("prune(sparsity=0.9, scope=global)", "") == ("prune", {"sparsity": 0.9, "scope": "global"})
+    assert _parse_stage("x(a=tensor, b=True, c=none, d='if')", "") == ("x", {"a": "tensor", "b": True, "c": None,
+                                                                        "d": "if"})
+
+
 @pytest.mark.parametrize("text, message", [
     ("zstd(", "cannot parse stage"),
     ("zstd(3)", "cannot parse stage"),
@@ -68,3 +76,15 @@ def test_pipeline_and_preset_are_exclusive_and_presets_must_exist():
         Policy(pipeline="zstd", preset="lossless")
     with pytest.raises(PipelineError, match="unknown preset 'nope'"):
         Policy(preset="nope")
+
+
+def test_integer_tensors_fall_back_to_lossless_next_to_a_fitted_lossy_chain(tmp_path):
+    import numpy as np
+
+    import dcframe
+
+    tensors = {"w": np.linspace(-1, 1, 40, dtype=np.float32), "n": np.arange(5, dtype=np.int32)}
+    report = dcframe.compress(tensors, tmp_path / "m.dcf", pipeline="prune(sparsity=0.5, scope=global) | zstd")
+    chains = {t["name"]: t["pipeline"] for t in report["tensors"]}
+    assert chains["n"] == "raw | zstd(level=19)" and chains["w"].startswith("prune(")
+    assert dcframe.decompress(tmp_path / "m.dcf")["n"].array.tobytes() == tensors["n"].tobytes()
