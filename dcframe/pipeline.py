@@ -145,29 +145,35 @@ def build_chain(stages: Sequence[Stage], registry: Registry | None = None) -> Ch
 
 @dataclass(frozen=True)
 class Rule:
-    """Chooses `pipeline` for tensors whose name matches `pattern` and, if given, whose rank is in `ndim`."""
+    """Chooses `pipeline` for tensors whose name matches `pattern` and, if given, whose rank is in `ndim` or is at
+    least `min_ndim`."""
 
     pipeline: str
     pattern: str = "*"
     ndim: tuple[int, ...] | None = None
+    min_ndim: int | None = None
 
     def matches(self, name: str, shape: Sequence[int]) -> bool:
         if not fnmatch.fnmatchcase(name, self.pattern):
+            return False
+        if self.min_ndim is not None and len(shape) < self.min_ndim:
             return False
         return self.ndim is None or len(shape) in self.ndim
 
     @classmethod
     def parse(cls, text: str) -> Rule:
-        """Parse a CLI rule "GLOB=PIPELINE" or "dim:N[,M]=PIPELINE" (tensors of rank N or M)."""
+        """Parse a CLI rule "GLOB=PIPELINE", "dim:N[,M]=PIPELINE" (rank N or M) or "dim:N+=PIPELINE" (rank >= N)."""
         selector, sep, pipeline = text.partition("=")
         if not sep or not selector.strip() or not pipeline.strip():
             raise PipelineError(f"rule {text!r} must look like 'GLOB=PIPELINE' or 'dim:N=PIPELINE'")
         selector = selector.strip()
         if selector.startswith("dim:"):
             try:
+                if selector.endswith("+"):
+                    return cls(pipeline.strip(), "*", None, int(selector[4:-1]))
                 ndim = tuple(int(n) for n in selector[4:].split(","))
             except ValueError:
-                raise PipelineError(f"rule {text!r}: 'dim:' takes ranks such as dim:1 or dim:3,4") from None
+                raise PipelineError(f"rule {text!r}: 'dim:' takes ranks such as dim:1, dim:3,4 or dim:3+") from None
             return cls(pipeline.strip(), "*", ndim)
         return cls(pipeline.strip(), selector)
 
@@ -177,7 +183,8 @@ class Rule:
         ndim = match.get("ndim")
         if isinstance(ndim, int):
             ndim = (ndim,)
-        return cls(rule["pipeline"], match.get("name", "*"), tuple(ndim) if ndim is not None else None)
+        return cls(rule["pipeline"], match.get("name", "*"), tuple(ndim) if ndim is not None else None,
+                   match.get("min_ndim"))
 
 
 class Policy:

@@ -1,6 +1,7 @@
 """Built-in presets: named per-tensor rules that expand to pipelines (spec/presets.md lists what each expands to).
 
-A preset is {"description": str, "rules": [{"match": {"ndim": [...]} | {"name": "glob"} | {}, "pipeline": str}]};
+A preset is {"description": str, "rules": [{"match": {"ndim": [...]} | {"min_ndim": n} | {"name": "glob"} | {},
+"pipeline": str}]};
 the first matching rule wins. `lossless` keeps a single rule: Policy.lossless_pipeline reads its first rule.
 """
 
@@ -15,7 +16,6 @@ LOSSLESS = "zstd(level=19)"
 HAN_FC = "prune(sparsity=0.92) | sparse(index_bits=5) | kmeans(bits=5) | huffman"
 HAN_CONV = "prune(sparsity=0.65) | sparse(index_bits=8) | kmeans(bits=8) | huffman"
 QUANTIZE8 = "kmeans(bits=8) | huffman"
-CONV_RANKS = list(range(3, 33))  # every rank from 3 to the container's limit of 32 dimensions
 
 
 @hookimpl
@@ -37,7 +37,7 @@ def dcframe_presets():
             "description": "Deep Compression per tensor: conv (rank >= 3) as han-conv, matrices (rank 2) as han-fc, "
                            "everything else (biases, norms, scalars) lossless",
             "rules": [
-                {"match": {"ndim": CONV_RANKS}, "pipeline": HAN_CONV},
+                {"match": {"min_ndim": 3}, "pipeline": HAN_CONV},
                 {"match": {"ndim": [2]}, "pipeline": HAN_FC},
                 {"match": {}, "pipeline": LOSSLESS},
             ],

@@ -58,7 +58,10 @@ def test_impossible_chain_is_refused_before_any_data():
 
 
 def test_rules_choose_per_tensor_first_match_wins():
-    policy = Policy(pipeline="zstd(level=3)", rules=["*.bias=zlib(level=1)", "dim:1=bz2", Rule("lzma", "emb*")])
+    policy = Policy(pipeline="zstd(level=3)", rules=["*.bias=zlib(level=1)", "dim:1=bz2", Rule("lzma", "emb*"),
+                                                     "dim:3+=zlib(level=2)"])
+    assert policy.pipeline_for("conv", (4, 3, 3, 3), "F32") == "zlib(level=2)"
+    assert policy.pipeline_for("conv1d", (4, 3, 3), "F32") == "zlib(level=2)"
     assert policy.pipeline_for("fc.bias", (10,), "F32") == "zlib(level=1)"
     assert policy.pipeline_for("norm", (10,), "F32") == "bz2"
     assert policy.pipeline_for("emb.weight", (10, 4), "F32") == "lzma"
