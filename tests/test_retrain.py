@@ -1,0 +1,161 @@
+"""The retraining protocol (dcframe.retrain): constraints derived from approximations, checked, encoded exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dcframe
+from dcframe import Dense, DcfError, Stage
+from dcframe.pipeline import build_chain
+from dcframe.retrain import (
+    Constraints,
+    PhaseInfo,
+    Retrained,
+    compress_with_retraining,
+    derive_constraints,
+    write_retrained,
+)
+
+
+@st.composite
+def constrained(draw):
+    """A random tensor, mask and cluster assignment (the constraints a prune + kmeans phase leaves)."""
+    rows, cols = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    mask = rng.random((rows, cols)) < draw(st.floats(0.0, 1.0))
+    k = draw(st.integers(1, 8))
+    kept = int(mask.sum())
+    assignment = rng.integers(0, k, kept)
+    codebook = np.sort(rng.standard_normal(k)).astype(np.float32)
+    weights = rng.standard_normal((rows, cols)).astype(np.float32)
+    return weights, Constraints(mask=mask, assignment=assignment, codebook=codebook)
+
+
+@given(constrained())
+def test_project_keeps_constraints_and_derive_recovers_them(case):
+    weights, c = case
+    projected = c.project(weights)
+    assert c.violation(projected) is None
+    assert not np.signbit(projected[~c.mask]).any()  # pruned weights are +0.0
+    derived = derive_constraints(projected, frozenset({"zeros", "shared"}))
+    # zero-valued codebook entries read as pruned: compare on what the projection shows
+    assert np.array_equal(derived.mask, projected != 0)
+    assert derived.violation(projected) is None
+    assert np.array_equal(derived.codebook[derived.assignment], projected[derived.mask])
+
+
+@given(constrained(), st.integers(0, 2**32 - 1))
+def test_violation_detects_a_moved_pruned_weight_or_a_split_cluster(case, seed):
+    weights, c = case
+    projected = c.project(weights)
+    rng = np.random.default_rng(seed)
+    if (~c.mask).any():
+        broken = projected.copy()
+        broken[tuple(np.argwhere(~c.mask)[rng.integers((~c.mask).sum())])] = 1e-30
+        assert "pruned" in c.violation(broken)
+    sizes = np.bincount(c.assignment, minlength=len(c.codebook))
+    if (sizes >= 2).any():
+        cluster = int(np.flatnonzero(sizes >= 2)[0])
+        member = np.flatnonzero(c.mask.reshape(-1))[np.flatnonzero(c.assignment == cluster)[-1]]
+        broken = projected.copy().reshape(-1)
+        broken[member] = np.nextafter(broken[member], np.float32(np.inf))
+        assert "cluster" in c.violation(broken.reshape(projected.shape))
+
+
+def _model(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"a.weight": rng.laplace(size=(40, 30)).astype(np.float32),
+            "a.bias": rng.standard_normal(40).astype(np.float32),
+            "b.weight": rng.laplace(size=(10, 40)).astype(np.float32),
+            "steps": np.arange(5, dtype=np.int64)}
+
+
+RULES = ["a.weight=prune(sparsity=0.9) | sparse(index_bits=5) | kmeans(bits=3) | huffman",
+         "b.weight=prune(sparsity=0.5) | sparse | huffman"]
+
+
+def test_phases_constraints_and_exact_file(tmp_path):
+    calls = []
+
+    def nudge(weights, constraints, phase: PhaseInfo):
+        calls.append((phase, {k: v.copy() for k, v in weights.items()}, constraints))
+        out = {}
+        for name, w in weights.items():  # a "training step" that keeps the constraints
+            c = constraints.get(name)
+            out[name] = c.project(w * 1.01 + 0.001) if c is not None else w + 0.5
+            if c is not None and c.shared:  # move the centroids, not single weights
+                out[name] = Constraints(c.mask, c.assignment, (c.codebook * 1.01).astype(np.float32)).project(w)
+        return out
+
+    path = tmp_path / "m.dcf"
+    report = compress_with_retraining(_model(), path, nudge, rules=RULES)
+    assert [c[0].index for c in calls] == [1, 2] and calls[0][0].count == 2
+    first, second = calls[0], calls[1]
+    assert first[0].stages == {"a.weight": "prune", "b.weight": "prune"}
+    assert second[0].stages == {"a.weight": "kmeans"}  # b.weight has one lossy stage: its phase-1 constraints stay
+    assert first[0].imposes == {"zeros"} and second[0].imposes == {"zeros", "shared"}
+    assert set(first[2]) == {"a.weight", "b.weight"} and "steps" not in first[1]  # bias free, ints not passed
+    assert np.count_nonzero(first[2]["a.weight"].mask) == 120
+    assert second[2]["a.weight"].shared and len(second[2]["a.weight"].codebook) <= 8
+    assert not second[2]["b.weight"].shared
+    # the file holds exactly what the last retrainer call returned
+    expected = nudge(second[1], second[2], second[0])
+    decoded = dcframe.decompress(path)
+    for name in ("a.weight", "b.weight", "a.bias"):
+        assert decoded[name].array.tobytes() == expected[name].astype(np.float32).tobytes(), name
+    assert decoded["steps"].array.tobytes() == np.arange(5, dtype=np.int64).tobytes()
+    assert report == dcframe.inspect(path)
+
+
+def test_global_scope_is_fitted_once_on_the_original_weights(tmp_path):
+    model = _model()
+    seen = []
+
+    def keep(weights, constraints, phase):
+        seen.append({k: int(c.mask.sum()) for k, c in constraints.items()})
+        return {}
+
+    compress_with_retraining(model, tmp_path / "g.dcf", keep, pipeline="prune(sparsity=0.8, scope=global)",
+                             rules=["*.bias=zstd"])
+    both = model["a.weight"].size + model["b.weight"].size
+    assert sum(seen[0].values()) == both - round(0.8 * both)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda w, c, p: {"a.weight": np.ones_like(w["a.weight"])}, "a.weight"),
+    (lambda w, c, p: {"a.weight": w["a.weight"][:3]}, "shape"),
+    (lambda w, c, p: {"a.bias": w["a.bias"] * np.nan}, "non-finite"),
+    (lambda w, c, p: {"nope": w["a.bias"]}, "nope"),
+    (lambda w, c, p: [1, 2], "not a dict"),
+])
+def test_a_retrainer_breaking_the_protocol_is_named(tmp_path, mutate, message):
+    with pytest.raises(DcfError, match=message):
+        compress_with_retraining(_model(), tmp_path / "x.dcf", mutate, rules=RULES)
+    assert not (tmp_path / "x.dcf").exists()
+
+
+class Jitter(Stage):
+    """A lossy stage that is not exact on its own output (what the protocol forbids)."""
+
+    id = "jitter"
+    takes = ("dense",)
+    gives = {"data": "dense"}
+    lossy = True
+
+    def encode(self, stream):
+        return {"data": stream.with_values(stream.values() + 1)}, {}
+
+    def decode(self, streams, meta):
+        return streams["data"]
+
+
+def test_a_stage_that_is_not_exact_on_retrained_weights_is_named(tmp_path):
+    chain = build_chain([Jitter()])
+    weights = {"w": Dense.of(np.zeros((3, 3), np.float32))}
+    with pytest.raises(DcfError, match="stage 'jitter'"):
+        write_retrained(Retrained(weights, {"w": chain}, {}, 1), tmp_path / "j.dcf")
+    assert not (tmp_path / "j.dcf").exists()
