@@ -75,7 +75,7 @@ def report_tables(report: dict[str, Any]) -> None:
         table.add_row(*row)
     stdout.print(table)
     detail = Table(title="streams", title_justify="left")
-    for col in ("tensor", "stream", "stored", "entropy bound", "over bound"):
+    for col in ("tensor", "stream", "stored", "bits/kept weight", "entropy bound", "over bound"):
         detail.add_column(col, justify="left" if col in ("tensor", "stream") else "right")
     rows = 0
     for t in report["tensors"]:
@@ -85,7 +85,8 @@ def report_tables(report: dict[str, Any]) -> None:
             if len(t["streams"]) == 1 and not e:
                 continue
             rows += 1
-            detail.add_row(t["name"], name, human_bytes(size),
+            per_weight = t.get("stream_bits_per_kept_weight", {}).get(name)
+            detail.add_row(t["name"], name, human_bytes(size), f"{per_weight:.2f}" if per_weight else "",
                            human_bytes(e["entropy_bytes"]) if e else "",
                            f"{e['over_entropy']:+.2%}" if e and e["over_entropy"] is not None else "")
     if rows:

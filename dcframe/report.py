@@ -57,6 +57,9 @@ def _stats_fields(stats: dict[str, Any], streams: dict[str, int], count: int) ->
     for key in ("sparsity", "distinct", "rms", "max_abs"):
         if key in stats:
             out[key] = stats[key]
+    kept = round(count * (1 - stats["sparsity"])) if isinstance(stats.get("sparsity"), float) else count
+    if kept:  # the paper's "weight bits" and "index bits": stored bits per kept (non-zero) weight, per stream
+        out["stream_bits_per_kept_weight"] = {name: 8 * size / kept for name, size in streams.items()}
     entropy = stats.get("entropy_bits")
     if isinstance(entropy, dict) and entropy:
         out["entropy"] = {
