@@ -28,6 +28,7 @@ METHODS = ("lloyd", "optimal")
 OPTIMAL_MAX_DISTINCT = 1 << 16
 OPTIMAL_MAX_CELLS = 1 << 24
 MAX_SEED = (1 << 53) - 1
+ASSIGN_TABLE_MIN = 1 << 15  # below this, a plain binary search per value is as fast
 
 
 def _int(name: str, value: Any, low: int, high: int) -> int:
@@ -130,22 +131,29 @@ def quantize(stream: Dense, k: int, init: str = "linear", max_iter: int = 300, t
     xs.sort()
     if not (np.isfinite(xs[0]) and np.isfinite(xs[-1])):
         raise ConfigError("stage 'kmeans' (lossy) only accepts finite values; the tensor holds NaN or infinity")
-    starts = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1])))
+    distinct = 1 + int(np.count_nonzero(xs[1:] != xs[:-1]))
     zero = np.searchsorted(xs, 0.0, side="left"), np.searchsorted(xs, 0.0, side="right")
-    signed_zeros = zero[1] > zero[0] and bool(np.signbit(xs[zero[0]:zero[1]]).any()) \
-        and not bool(np.signbit(xs[zero[0]:zero[1]]).all())
-    if starts.size + signed_zeros <= k:
-        return _exact(values, xs[starts], signed_zeros, stream.dtype)
+    negative = int(np.count_nonzero(np.signbit(xs[zero[0]:zero[1]])))
+    signed_zeros = 0 < negative < zero[1] - zero[0]
+    if distinct + signed_zeros <= k or method == "optimal":
+        starts = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1]))) if distinct <= OPTIMAL_MAX_DISTINCT \
+            else None
+        if distinct + signed_zeros <= k:
+            return _exact(values, xs[starts], signed_zeros, stream.dtype)
     # Work in a scaled (power of two: exact) and shifted frame so prefix sums neither overflow nor lose precision.
-    exponent = math.frexp(max(abs(xs[0]), abs(xs[-1])))[1]
-    xs_work = np.ldexp(xs, -exponent)
-    shift = xs_work[xs.size // 2]
-    xs_work -= shift
+    low, high = float(xs[0]), float(xs[-1])
+    exponent = math.frexp(max(abs(low), abs(high)))[1]
+    xs *= 2.0 ** -exponent
+    shift = float(xs[xs.size // 2])
+    xs -= shift
     if method == "optimal":
-        centroids = optimal_1d(xs_work[starts], np.diff(np.append(starts, xs.size)), k)
+        if starts is None:
+            optimal_1d(np.zeros(distinct), np.ones(distinct), k)  # raises the ConfigError naming the limits
+        centroids = optimal_1d(xs[starts], np.diff(np.append(starts, xs.size)), k)
     else:
-        centroids = lloyd_1d(xs_work, init_centroids(xs_work, k, init, seed), max_iter, tol)
-    centroids = np.clip(np.ldexp(centroids + shift, exponent), xs[0], xs[-1])
+        centroids = lloyd_1d(xs, init_centroids(xs, k, init, seed), max_iter, tol)
+    del xs
+    centroids = np.clip((centroids + shift) * 2.0 ** exponent, low, high)
     # Round the centroids to the tensor's dtype, merge equal ones, assign each value to the nearest, drop unused.
     book = np.unique(to_float(from_float(centroids, stream.dtype), stream.dtype).astype(np.float64))
     indices = assign(values, book)
@@ -158,7 +166,8 @@ def quantize(stream: Dense, k: int, init: str = "linear", max_iter: int = 300, t
 
 def _exact(values: np.ndarray, distinct: np.ndarray, signed_zeros: bool, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """The lossless case: the codebook is the sorted distinct values (-0.0 before +0.0 when both occur)."""
-    indices = np.searchsorted(distinct, values)
+    indices = _assign_by_table(values, distinct) if values.size >= ASSIGN_TABLE_MIN else None
+    indices = np.searchsorted(distinct, values) if indices is None else indices - 1  # every value is in `distinct`
     if signed_zeros:
         z = int(np.searchsorted(distinct, 0.0))
         positive_zero = (values == 0) & ~np.signbit(values)
@@ -176,7 +185,39 @@ def _index_dtype(size: int) -> np.dtype:
 def assign(values: np.ndarray, book: np.ndarray) -> np.ndarray:
     """Index of the nearest entry of the sorted `book` for each value; a value on a midpoint goes to the upper one."""
     mids = 0.5 * book[:-1] + 0.5 * book[1:]
+    if values.size >= ASSIGN_TABLE_MIN:
+        labels = _assign_by_table(values, mids)
+        if labels is not None:
+            return labels
     return np.searchsorted(mids, values.astype(np.float64, copy=False), side="right")
+
+
+def _assign_by_table(values: np.ndarray, mids: np.ndarray) -> np.ndarray | None:
+    """searchsorted(mids, values, "right") through a table over equal-width bins: one lookup per value, and a binary
+    search only for values in bins within one bin of a midpoint. None when the bins are too narrow for the dtype."""
+    if mids.size == 0 or not mids[-1] > mids[0]:
+        return None
+    nb = int(min(1 << 18, max(1 << 12, 8 * mids.size, values.size >> 6)))
+    width = float(mids[-1] - mids[0]) / (nb - 4)
+    ftype = np.float32 if values.dtype == np.float32 else np.float64
+    start = float(ftype(float(mids[0]) - 2 * width))  # the same start for the table and the values' bins
+    # A value's bin is off by at most 2 eps(ftype) nb < 1/16 bin; the table's float64 edges must be as accurate.
+    if not 0 < width < math.inf or max(abs(start), abs(float(mids[-1]))) * np.finfo(np.float64).eps * 16 > width:
+        return None
+    mid_bins = np.floor((mids - start) / width).astype(np.int64)
+    doubtful = np.zeros(nb, dtype=bool)
+    for offset in (-1, 0, 1):
+        doubtful[np.clip(mid_bins + offset, 0, nb - 1)] = True
+    doubtful[0] = doubtful[-1] = True
+    table = np.searchsorted(mids, start + np.arange(nb) * width, side="right") * 2 + doubtful
+    table = table.astype(np.uint32 if mids.size < (1 << 30) else np.int64)
+    t = (values - ftype(start)) * ftype(1 / width)
+    np.clip(t, 0, nb - 1, out=t)
+    labels = table[t.astype(np.int32)]
+    check = np.flatnonzero(labels & 1)
+    labels >>= 1
+    labels[check] = np.searchsorted(mids, values[check].astype(np.float64), side="right")
+    return labels
 
 
 def init_centroids(xs: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from dcframe_plugins.kmeans import INITS, Kmeans, assign, lloyd_1d, optimal_1d
+from dcframe_plugins.kmeans import INITS, Kmeans, _assign_by_table, assign, lloyd_1d, optimal_1d
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -253,3 +253,19 @@ def test_decoder_raises_only_format_errors_on_hostile_input(meta, array, alphabe
     assert out.array.shape == tuple(meta["shape"]) and out.dtype == meta["dtype"]
     codebook = np.frombuffer(meta["codebook"], dtype=numpy_dtype(meta["dtype"]))
     assert out.array.tobytes() == codebook[array].tobytes()
+
+
+@given(st.sampled_from([np.float32, np.float64]), st.integers(1, 300), st.integers(0, 2 ** 32 - 1),
+       st.floats(-1e6, 1e6), st.sampled_from([1e-30, 1e-6, 1.0, 1e6]))
+def test_table_assignment_equals_binary_search(ftype, k, seed, centre, spread):
+    rng = np.random.default_rng(seed)
+    values = (centre + spread * rng.laplace(size=5000)).astype(ftype)
+    values[:50] = np.sort(values[50:100])[::-1]  # some values exactly on data points, in both orders
+    book = np.unique(np.concatenate((rng.choice(values, k).astype(np.float64), [values.min()])))
+    mids = 0.5 * book[:-1] + 0.5 * book[1:]
+    values = np.concatenate((values, mids.astype(ftype)))  # values on (or next to) the midpoints
+    labels = _assign_by_table(values, mids)
+    expected = np.searchsorted(mids, values.astype(np.float64), side="right")
+    if labels is not None:
+        assert labels.tolist() == expected.tolist()
+    assert assign(values, book).tolist() == expected.tolist()
