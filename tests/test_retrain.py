@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dcframe
-from dcframe import Dense, DcfError, Stage
+from dcframe import DcfError, Dense, Stage
 from dcframe.pipeline import build_chain
 from dcframe.retrain import (
     Constraints,

@@ -92,13 +92,14 @@ def _tables(result: dict[str, Any]) -> None:
     for h in ("dense", "pruned", "pruned + retrained", "quantized", "quantized + retrained", "decoded from file"):
         acc.add_column(h, justify="right")
     a = result["accuracy"]
+    change = 100 * (a["final"] - a["dense"])
     acc.add_row(*(f"{100 * a[k]:.2f}%" for k in ("dense", "pruned", "pruned_retrained", "quantized",
                                                  "quantized_retrained", "final")))
     console.stdout.print(acc)
     console.stdout.print(
         f"{result['parameters']:,} parameters: {result['original_bytes']:,} bytes as float32 -> "
         f"{result['file_bytes']:,} bytes in {result['file']}: [bold]{result['ratio']:.1f}x[/bold], "
-        f"accuracy {100 * a['dense']:.2f}% -> {100 * a['final']:.2f}% ({0.0 - result['accuracy_loss_pp'] + 0.0:+.2f} points) "
+        f"accuracy {100 * a['dense']:.2f}% -> {100 * a['final']:.2f}% ({change + 0.0:+.2f} points) "
         f"in {result['seconds']:.1f} s")
 
 
