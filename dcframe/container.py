@@ -356,8 +356,10 @@ class Container:
         for s in streams:
             if not (isinstance(s, list) and len(s) == 4 and isinstance(s[0], str) and isinstance(s[1], int)
                     and isinstance(s[2], int) and isinstance(s[3], list)
-                    and all(isinstance(c, int) and 0 < c <= self.limits.max_chunk_bytes for c in s[3])):
+                    and all(isinstance(c, int) and c > 0 for c in s[3])):
                 raise FormatError(f"{where}: malformed stream descriptor")
+            if any(c > self.limits.max_chunk_bytes for c in s[3]):
+                raise LimitError(f"{where}: stream {s[0]!r} has a chunk over {self.limits.max_chunk_bytes} bytes")
             if sum(s[3]) != s[1]:
                 raise FormatError(f"{where}: stream '{s[0]}' chunks add up to {sum(s[3])}, not {s[1]}")
             available -= s[1] + sum(len(_bin_header(c)) for c in s[3])
