@@ -50,3 +50,16 @@ export function bytesToTyped(bytes, dtype) {
 export function typedToBytes(arr) {
   return new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength);
 }
+
+/**
+ * An unsigned-integer view of a typed array's bits, so elements can be copied without going through a JS number
+ * (which may canonicalize NaN payloads): returns {words, k} with k words per element (8-byte dtypes: two Uint32 words).
+ */
+export function bitsView(arr) {
+  const b = arr.BYTES_PER_ELEMENT;
+  const off = arr.byteOffset, len = arr.length;
+  if (b === 1) return { words: new Uint8Array(arr.buffer, off, len), k: 1 };
+  if (b === 2) return { words: new Uint16Array(arr.buffer, off, len), k: 1 };
+  if (b === 4) return { words: new Uint32Array(arr.buffer, off, len), k: 1 };
+  return { words: new Uint32Array(arr.buffer, off, len * 2), k: 2 };
+}

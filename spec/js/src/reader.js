@@ -95,7 +95,7 @@ export class DcfReader {
       if (offset !== pos) throw new FormatError(`tensor ${name}: record at ${offset}, expected ${pos} (records must tile the file)`);
       if (recordLength > this.limits.recordLength) throw new LimitError(`tensor ${name}: record length ${recordLength} over the limit`);
       if (recordLength < 1 || recordLength > totalLength) throw new FormatError(`tensor ${name}: record length ${recordLength} vs total ${totalLength}`);
-      if (offset + totalLength > indexOffset) throw new LimitError(`tensor ${name}: extends beyond the index offset`);
+      if (offset + totalLength > indexOffset) throw new FormatError(`tensor ${name}: extends beyond the index offset`);
       if (recordCrc > 0xffffffff) throw new FormatError(`tensor ${name}: record crc32 out of range`);
       if (this._byName.has(name)) throw new FormatError(`duplicate tensor name ${name}`);
       const entry = { name, offset, recordLength, totalLength, recordCrc };
@@ -143,17 +143,18 @@ export class DcfReader {
       if (streams.has(sname)) throw new FormatError(`tensor ${name}: duplicate stream ${sname}`);
       let sum = 0;
       for (const c of chunks) {
-        if (!isInt(c) || c < 1 || c > this.limits.chunkLength) throw new LimitError(`tensor ${name}: stream ${sname} chunk length ${c} outside 1..${this.limits.chunkLength}`);
+        if (!isInt(c) || c < 1) throw new FormatError(`tensor ${name}: stream ${sname} has a chunk length ${c}`);
+        if (c > this.limits.chunkLength) throw new LimitError(`tensor ${name}: stream ${sname} has a chunk of ${c} bytes (limit ${this.limits.chunkLength})`);
         sum += c;
       }
       if (sum !== size) throw new FormatError(`tensor ${name}: stream ${sname} chunks add up to ${sum}, size is ${size}`);
-      if (size > end - pos) throw new LimitError(`tensor ${name}: stream ${sname} of ${size} bytes extends beyond the tensor`);
+      if (size > end - pos) throw new FormatError(`tensor ${name}: stream ${sname} of ${size} bytes extends beyond the tensor`);
       const data = chunks.length === 1 ? null : new Uint8Array(size);
       let got = 0;
       let single = null;
       for (const c of chunks) {
         const hlen = c < 256 ? 2 : c < 65536 ? 3 : 5;
-        if (pos + hlen + c > end) throw new LimitError(`tensor ${name}: chunk of stream ${sname} extends beyond the tensor`);
+        if (pos + hlen + c > end) throw new FormatError(`tensor ${name}: chunk of stream ${sname} extends beyond the tensor`);
         const h = b[pos];
         let len;
         if (hlen === 2) len = h === 0xc4 ? b[pos + 1] : -1;

@@ -1,6 +1,8 @@
 // The stages dcf-js implements, by id.
 import { raw } from './raw.js';
 import { bz2Stage, lzmaStage, zlibStage, zstdStage } from './generic.js';
+import { prune } from './prune.js';
+import { sparse } from './sparse.js';
 
 export const STAGES = Object.freeze({
   raw,
@@ -8,4 +10,6 @@ export const STAGES = Object.freeze({
   zstd: zstdStage,
   lzma: lzmaStage,
   bz2: bz2Stage,
+  prune,
+  sparse,
 });

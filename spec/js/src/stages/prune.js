@@ -1,0 +1,30 @@
+// Stage `prune` (spec/stages/prune.md): decoding is the identity after checking the config.
+import { FormatError } from '../errors.js';
+import { isMap } from '../mp.js';
+
+const FLOATS = new Set(['F64', 'F32', 'F16', 'BF16']);
+
+function isNumber(v) {
+  return typeof v === 'number';
+}
+
+export function checkPruneConfig(config) {
+  if (!isMap(config)) throw new FormatError('prune: config is not a map');
+  const s = config.sparsity ?? null, t = config.threshold ?? null, scope = config.scope ?? 'tensor';
+  if ((s === null) === (t === null)) throw new FormatError('prune: exactly one of sparsity and threshold must be set');
+  if (s !== null && (!isNumber(s) || !(s >= 0 && s <= 1))) throw new FormatError(`prune: sparsity ${s} outside 0..1`);
+  if (t !== null && (!isNumber(t) || !(t >= 0))) throw new FormatError(`prune: bad threshold ${t}`);
+  if (scope !== 'tensor' && scope !== 'global') throw new FormatError(`prune: scope ${JSON.stringify(scope)}`);
+}
+
+export const prune = {
+  id: 'prune',
+  version: 1,
+  takes: ['dense'],
+  outputs: [{ name: 'data', kind: 'dense' }],
+  decode([input], _meta, config) {
+    checkPruneConfig(config);
+    if (!FLOATS.has(input.dtype)) throw new FormatError(`prune: input dtype ${input.dtype} is not a float dtype`);
+    return input;
+  },
+};

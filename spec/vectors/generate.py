@@ -1,0 +1,518 @@
+"""Regenerate the golden .dcf vectors of spec/vectors (valid files + expected tensors, invalid files + error class).
+
+Run from the repository root: `python spec/vectors/generate.py` (deterministic: fixed seeds, and the container has no
+timestamp). `--check` regenerates into a temporary directory and fails if anything differs from the committed files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import struct
+import sys
+import tempfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+import dcframe
+from dcframe import Dense
+
+HERE = Path(__file__).resolve().parent
+MAGIC = b"\x89DCF\r\n\x1a\n"
+END_MAGIC = b"DCFINDEX"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tensors
+
+
+def rng(seed: int) -> np.random.Generator:
+    """A generator with a fixed seed, so every run makes the same tensors."""
+    return np.random.default_rng(seed)
+
+
+def laplace(seed: int, shape: tuple[int, ...], scale: float = 0.05, dtype: str = "float32") -> np.ndarray:
+    """Weights shaped like a trained layer's (Laplace around zero)."""
+    return rng(seed).laplace(0.0, scale, size=shape).astype(dtype)
+
+
+def bf16(a: np.ndarray) -> Dense:
+    """A BF16 tensor: the top 16 bits of float32 (truncated), carried as uint16."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) >> 16
+    return Dense(bits.astype(np.uint16), "BF16")
+
+
+def special_floats(dtype: str) -> np.ndarray:
+    """Values a reader must keep bit-exact: signed zeros, infinities, NaNs with payloads, subnormals, extremes."""
+    info = np.finfo(dtype)
+    vals = np.array([0.0, -0.0, np.inf, -np.inf, info.max, -info.max, info.tiny, info.smallest_subnormal, 1.0, -2.5],
+                    dtype=dtype)
+    nan_bits = {"float64": [0x7FF8000000000001, 0xFFF0000000000ABC], "float32": [0x7FC00001, 0xFF800123],
+                "float16": [0x7E01, 0xFC03]}[dtype]
+    uint = {"float64": np.uint64, "float32": np.uint32, "float16": np.uint16}[dtype]
+    return np.concatenate([vals, np.array(nan_bits, dtype=uint).view(dtype)])
+
+
+def every_dtype() -> dict[str, np.ndarray | Dense]:
+    """One small tensor of each of the 13 dtypes, with extremes."""
+    r = rng(1)
+    return {
+        "f64": special_floats("float64"),
+        "f32": special_floats("float32").reshape(3, 4),
+        "f16": special_floats("float16").reshape(2, 2, 3),
+        "bf16": Dense(np.array([0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC1, 0x3F80, 0xC020, 0x0001], np.uint16), "BF16"),
+        "i64": np.array([np.iinfo(np.int64).min, -1, 0, 1, np.iinfo(np.int64).max], np.int64),
+        "i32": np.array([np.iinfo(np.int32).min, -7, 0, 7, np.iinfo(np.int32).max], np.int32),
+        "i16": np.array([np.iinfo(np.int16).min, -300, 0, 300, np.iinfo(np.int16).max], np.int16),
+        "i8": np.array([-128, -1, 0, 1, 127], np.int8),
+        "u64": np.array([0, 1, 2**53 + 1, 2**64 - 1], np.uint64),
+        "u32": np.array([0, 1, 2**32 - 1], np.uint32),
+        "u16": r.integers(0, 2**16, size=(3, 3)).astype(np.uint16),
+        "u8": r.integers(0, 256, size=(17,)).astype(np.uint8),
+        "bool": np.array([[True, False, True], [False, False, True]]),
+    }
+
+
+def scalars_and_empty() -> dict[str, np.ndarray | Dense]:
+    """0-d tensors and tensors with a zero dimension."""
+    return {
+        "scalar_f32": np.array(3.25, np.float32),
+        "scalar_i64": np.array(-(2**40), np.int64),
+        "scalar_bool": np.array(True),
+        "scalar_bf16": Dense(np.array(0x4049, np.uint16), "BF16"),
+        "empty_f32": np.zeros((0,), np.float32),
+        "empty_f64_2x0x3": np.zeros((2, 0, 3), np.float64),
+        "empty_u8": np.zeros((0, 5), np.uint8),
+    }
+
+
+def mixed_model() -> dict[str, np.ndarray | Dense]:
+    """A small model: conv kernel, fully connected weight, biases, an integer buffer."""
+    return {
+        "conv1.weight": laplace(10, (8, 4, 3, 3), 0.1),
+        "conv1.bias": laplace(11, (8,), 0.01),
+        "fc1.weight": laplace(12, (64, 48)),
+        "fc1.bias": laplace(13, (64,), 0.01),
+        "bn.num_batches": np.array(1234, np.int64),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Container surgery, for the invalid vectors (written from spec/FORMAT.md)
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack with bin for bytes and str for text, shortest encodings (what FORMAT.md section 2 asks)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def bin_header(n: int) -> bytes:
+    """The shortest msgpack bin header for n bytes (FORMAT.md 4.2)."""
+    if n < 256:
+        return bytes([0xC4, n])
+    if n < 65536:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def parse(data: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], list[list[bytes]]]]]:
+    """Split a valid .dcf file into its index and, per tensor, (record, chunks of each stream)."""
+    io, il, _ = struct.unpack("<QII", data[-24:-8])
+    index = msgpack.unpackb(data[io:io + il], raw=False)
+    tensors = []
+    for _name, off, rl, _tl, _crc in index["tensors"]:
+        rec = msgpack.unpackb(data[off:off + rl], raw=False)
+        pos = off + rl
+        chunks = []
+        for _sname, _size, _scrc, lens in rec["streams"]:
+            cs = []
+            for n in lens:
+                h = len(bin_header(n))
+                cs.append(data[pos + h:pos + h + n])
+                pos += h + n
+            chunks.append(cs)
+        tensors.append((rec, chunks))
+    return index, tensors
+
+
+def build(index: dict[str, Any], tensors: list[tuple[dict[str, Any], list[list[bytes]]]], *, fix_crcs: bool = True,
+          header: Callable[[int], bytes] = bin_header) -> bytes:
+    """Lay out a file from parsed parts, recomputing offsets, lengths and (unless told not to) checksums."""
+    out = bytearray(MAGIC)
+    entries = []
+    for rec, chunks in tensors:
+        for s, cs in zip(rec["streams"], chunks, strict=True):
+            joined = b"".join(cs)
+            if fix_crcs:
+                s[1], s[2], s[3] = len(joined), zlib.crc32(joined), [len(c) for c in cs]
+        rb = pack(rec)
+        body = b"".join(header(len(c)) + c for cs in chunks for c in cs)
+        entries.append([rec["name"], len(out), len(rb), len(rb) + len(body), zlib.crc32(rb)])
+        out += rb + body
+    index = dict(index, tensors=entries)
+    ib = pack(index)
+    return bytes(out) + ib + struct.pack("<QII", len(out), len(ib), zlib.crc32(ib)) + END_MAGIC
+
+
+def rewrite(data: bytes, edit: Callable[[dict[str, Any], list[tuple[dict[str, Any], list[list[bytes]]]]], None],
+            **kw: Any) -> bytes:
+    """Parse, let `edit` change the parts in place, rebuild with consistent offsets and checksums."""
+    index, tensors = parse(data)
+    edit(index, tensors)
+    return build(index, tensors, **kw)
+
+
+def set_trailer(data: bytes, *, offset: int | None = None, length: int | None = None, crc: int | None = None) -> bytes:
+    """Overwrite fields of the 24-byte trailer."""
+    io, il, ic = struct.unpack("<QII", data[-24:-8])
+    io = offset if offset is not None else io
+    il = length if length is not None else il
+    ic = crc if crc is not None else ic
+    return data[:-24] + struct.pack("<QII", io, il, ic) + END_MAGIC
+
+
+def flip(data: bytes, pos: int) -> bytes:
+    """Flip the low bit of byte `pos`."""
+    return data[:pos] + bytes([data[pos] ^ 1]) + data[pos + 1:]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+class Generator:
+    """Writes vectors into `root` and collects the index."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "valid").mkdir(parents=True, exist_ok=True)
+        (root / "invalid").mkdir(parents=True, exist_ok=True)
+        self.valid: list[dict[str, Any]] = []
+        self.invalid: list[dict[str, Any]] = []
+        self.sources: dict[str, bytes] = {}
+
+    def add_valid(self, name: str, tensors: dict[str, np.ndarray | Dense], description: str, exercises: list[str], *,
+                  pipeline: str | None = None, preset: str | None = None, rules: tuple[str, ...] = (),
+                  chunk_size: int = 16 * 2**20, metadata: dict[str, str] | None = None, lossless: bool) -> None:
+        """Compress `tensors` with dcframe, decode them again, store the file and the expected decoded bytes."""
+        path = self.root / "valid" / f"{name}.dcf"
+        dcframe.compress(tensors, path, pipeline=pipeline, preset=preset, rules=rules, metadata=metadata,
+                         chunk_size=chunk_size)
+        data = path.read_bytes()
+        decoded = dcframe.decompress(path)
+        expected = bytearray()
+        manifest = []
+        for tname, t in decoded.items():
+            arr = t.array
+            raw = arr.tobytes()
+            if lossless:
+                src = tensors[tname]
+                src_bytes = np.asarray(src.array if isinstance(src, Dense) else src).tobytes()
+                assert raw == src_bytes, f"{name}/{tname}: lossless chain did not round-trip"
+            manifest.append({"name": tname, "dtype": t.dtype, "shape": list(arr.shape), "offset": len(expected),
+                             "length": len(raw), "sha256": hashlib.sha256(raw).hexdigest()})
+            expected += raw
+        (self.root / "valid" / f"{name}.bin").write_bytes(bytes(expected))
+        index, _ = parse(data)
+        stages = sorted({d["id"] for chain in index["chains"] for d in chain})
+        chains = sorted({" | ".join(d["id"] for d in chain) for chain in index["chains"]})
+        self.valid.append({"file": f"valid/{name}.dcf", "expected": f"valid/{name}.bin", "description": description,
+                           "exercises": exercises, "stages": stages, "chains": chains, "lossless": lossless,
+                           "bytes": len(data), "tensors": manifest})
+        self.sources[name] = data
+
+    def add_invalid(self, name: str, data: bytes, error: str, description: str, exercises: list[str],
+                    tensor: str | None = None) -> None:
+        """Store a damaged file; `error` is the class a reader MUST raise, `tensor` the tensor it fails on (None: the
+        file fails to open), and check that dcframe itself raises exactly that."""
+        path = self.root / "invalid" / f"{name}.dcf"
+        path.write_bytes(data)
+        where, got = python_error(path, tensor)
+        assert got == error, f"{name}: dcframe raised {got} at {where}, the vector says {error}"
+        self.invalid.append({"file": f"invalid/{name}.dcf", "error": error, "tensor": tensor,
+                             "fails_at": "open" if tensor is None else "read", "description": description,
+                             "exercises": exercises})
+
+    def write_index(self) -> None:
+        """index.json: what each vector exercises and what a reader must produce or raise."""
+        doc = {
+            "description": "Golden .dcf vectors. Valid: decoding each tensor MUST give exactly the bytes at "
+                           "[offset, offset+length) of `expected` (C-order little-endian, BF16/F16 as 16-bit patterns, "
+                           "BOOL as 0/1 bytes) with the given dtype and shape. Invalid: opening the file (tensor null) "
+                           "or reading `tensor` MUST raise `error` (FORMAT.md section 9; IntegrityError and LimitError "
+                           "are kinds of FormatError, and the exact class is expected).",
+            "format_version": [1, 0],
+            "generator": "spec/vectors/generate.py",
+            "valid": self.valid,
+            "invalid": self.invalid,
+        }
+        (self.root / "index.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def python_error(path: Path, tensor: str | None) -> tuple[str, str | None]:
+    """Where dcframe fails on `path` (open or read of `tensor`) and with which error class name (None: no error)."""
+    try:
+        c = dcframe.Container(path)
+    except dcframe.DcfError as e:
+        return "open", type(e).__name__
+    try:
+        for n in [tensor] if tensor is not None else []:
+            c.read(n)
+    except dcframe.DcfError as e:
+        return "read", type(e).__name__
+    finally:
+        c.close()
+    return "nowhere", None
+
+
+def generate(root: Path) -> None:
+    """Write every vector under `root`."""
+    g = Generator(root)
+    # -- valid: lossless chains, dtypes, shapes
+    g.add_valid("dtypes-raw", every_dtype(), "Every dtype through the raw serializer, with float specials (signed "
+                "zeros, infinities, NaN payloads, subnormals) and integer extremes (incl. U64 above 2^53).",
+                ["raw", "dtype:all", "bf16", "nan-payload"], pipeline="raw", lossless=True)
+    g.add_valid("scalar-empty-raw", scalars_and_empty(), "0-d tensors and tensors with a zero dimension (empty "
+                "streams have no chunks).", ["raw", "shape:scalar", "shape:empty", "empty-stream"],
+                pipeline="raw", lossless=True)
+    lossless_mix = {**every_dtype(), **scalars_and_empty(), "smooth": np.tile(np.arange(64, dtype=np.float32), 8)}
+    for comp in ("zstd", "zlib", "lzma", "bz2"):
+        g.add_valid(f"lossless-{comp}", lossless_mix, f"Every dtype, scalars and empty tensors through raw | {comp}.",
+                    ["raw", comp, "dtype:all", "shape:scalar", "shape:empty"], pipeline=comp, lossless=True)
+    g.add_valid("preset-lossless", mixed_model(), "The lossless preset (raw | zstd(level=19)) with user metadata and "
+                "non-ASCII tensor names.", ["preset:lossless", "zstd", "metadata", "utf8-names"],
+                preset="lossless", metadata={"model": "tiny", "note": "über ✓"}, lossless=True)
+    big = {"ramp": np.arange(3000, dtype=np.float32).reshape(30, 100), "noise": laplace(20, (40, 50)),
+           "empty": np.zeros((0,), np.float32)}
+    g.add_valid("multichunk-raw", big, "Streams split into 100-byte chunks (ContainerWriter chunk_size=100).",
+                ["raw", "multi-chunk"], pipeline="raw", chunk_size=100, lossless=True)
+    g.add_valid("multichunk-zstd", big, "raw | zstd with 64-byte chunks.", ["zstd", "multi-chunk"], pipeline="zstd",
+                chunk_size=64, lossless=True)
+    g.add_valid("multichunk-han-fc", {"w": laplace(21, (60, 50))}, "han-fc with 300-byte chunks: several streams, "
+                "each chunked.", ["preset:han-fc", "multi-chunk", "prune", "sparse", "kmeans", "huffman"],
+                preset="han-fc", chunk_size=300, lossless=False)
+    # -- valid: Deep Compression presets
+    g.add_valid("han-fc", {"fc.weight": laplace(30, (100, 80)), "fc.bias": laplace(31, (100,), 0.01),
+                           "counts": np.arange(10, dtype=np.int32)},
+                "The han-fc preset (prune 92% | sparse 5-bit | kmeans 5-bit | huffman); the integer tensor falls back "
+                "to the lossless chain.", ["preset:han-fc", "prune", "sparse", "kmeans", "huffman", "zstd"],
+                preset="han-fc", lossless=False)
+    g.add_valid("han-conv", {"conv.weight": laplace(32, (16, 8, 3, 3), 0.1)}, "The han-conv preset (prune 65% | "
+                "sparse 8-bit | kmeans 8-bit | huffman).", ["preset:han-conv", "prune", "sparse", "kmeans", "huffman"],
+                preset="han-conv", lossless=False)
+    g.add_valid("han", mixed_model(), "The han preset: conv, fc and lossless chains chosen by rank in one file.",
+                ["preset:han", "prune", "sparse", "kmeans", "huffman", "zstd"], preset="han", lossless=False)
+    r = rng(40)
+    g.add_valid("quantize8", {"f32": laplace(41, (50, 20)), "f64": laplace(42, (300,), dtype="float64"),
+                              "f16": laplace(43, (7, 9), dtype="float16"), "bf16": bf16(laplace(44, (33,))),
+                              "few": np.array([1.5, -1.5, 1.5, 0.25] * 5, np.float32),
+                              "scalar": np.array(0.75, np.float32), "empty": np.zeros((0, 4), np.float32)},
+                "The quantize8 preset (kmeans 8-bit | huffman) on every float dtype, a tensor with fewer distinct "
+                "values than clusters, a scalar and an empty tensor.",
+                ["preset:quantize8", "kmeans", "huffman", "dtype:F64", "dtype:F16", "bf16", "shape:scalar",
+                 "shape:empty"], preset="quantize8", lossless=False)
+    # -- valid: single stages and unusual chains
+    zeros_runs = np.zeros(2000, np.float32)
+    zeros_runs[[0, 7, 8, 15, 31, 50, 700, 1999]] = r.normal(size=8).astype(np.float32)
+    g.add_valid("sparse-fillers", {"runs": zeros_runs, "all_zero": np.zeros((4, 4), np.float32),
+                                   "negzero_nan": np.array([0.0, -0.0, np.nan, 0.0], np.float32),
+                                   "ints": np.array([0, 0, 5, 0, -3] * 4, np.int16), "scalar": np.array(2.0),
+                                   "bf16": bf16(np.array([0, 0, 1.5, 0, 0, 0, -2.0], np.float32))},
+                "sparse(index_bits=3) | raw: gaps needing fillers, an all-zero tensor (two empty streams), -0.0 and "
+                "NaN stored bit-exactly, integer and BF16 values.", ["sparse", "raw", "fillers", "empty-stream"],
+                pipeline="sparse(index_bits=3)", lossless=True)
+    g.add_valid("sparse-huffman", {"w": np.where(r.random((90, 70)) < 0.1, r.normal(size=(90, 70)), 0.0)},
+                "sparse(index_bits=4) | huffman: positions Huffman-coded, F64 values serialized raw.",
+                ["sparse", "huffman", "raw", "dtype:F64"], pipeline="sparse(index_bits=4) | huffman", lossless=True)
+    g.add_valid("prune-zstd", {"w": laplace(50, (40, 40))}, "prune(sparsity=0.5) | zstd: the dense stream stays dense.",
+                ["prune", "zstd"], pipeline="prune(sparsity=0.5) | zstd", lossless=False)
+    g.add_valid("kmeans-raw", {"w": laplace(51, (30, 30)), "w64": laplace(52, (5, 5), dtype="float64")},
+                "kmeans(bits=3) | raw: codebook lookup with 1-byte indices.", ["kmeans", "raw"],
+                pipeline="kmeans(bits=3)", lossless=False)
+    g.add_valid("kmeans-wide-raw", {"w": laplace(53, (1000,))}, "kmeans(clusters=300) | raw: 2-byte indices.",
+                ["kmeans", "raw", "symbols:2-byte"], pipeline="kmeans(clusters=300)", lossless=False)
+    g.add_valid("huffman-segments", {"w": laplace(54, (64, 64))}, "kmeans(bits=6) | huffman(max_bits=4, "
+                "segment_size=100): length-limited codes and many segments.", ["kmeans", "huffman", "huffman:limited",
+                "huffman:segments"], pipeline="kmeans(bits=6) | huffman(max_bits=4, segment_size=100)", lossless=False)
+    g.add_valid("huffman-one-symbol", {"c": np.full((10, 10), 0.5, np.float32), "s": np.array(0.5, np.float32)},
+                "kmeans | huffman on constant tensors: a single-symbol alphabet.", ["kmeans", "huffman",
+                "huffman:one-symbol"], pipeline="kmeans(bits=2) | huffman", lossless=False)
+    g.add_valid("zlib-zstd", {"w": laplace(55, (20, 20))}, "raw | zlib | zstd: two byte compressors in a row.",
+                ["zlib", "zstd"], pipeline="zlib(level=1) | zstd(level=3)", lossless=True)
+    add_invalid_vectors(g)
+    g.write_index()
+
+
+def add_invalid_vectors(g: Generator) -> None:
+    """Damaged files, each with the error class a reader must report."""
+    base = g.sources["dtypes-raw"]
+    for src in g.sources.values():
+        assert build(*parse(src)) == src, "container surgery does not reproduce dcframe's layout"
+    _, t = parse(base)
+    first = t[0][0]["name"]
+
+    g.add_invalid("empty-file", b"", "FormatError", "A file of 0 bytes.", ["magic"])
+    g.add_invalid("bad-magic", b"\x89DCF\r\n\x1a\x0b" + base[8:], "FormatError", "Last magic byte changed.", ["magic"])
+    g.add_invalid("truncated-half", base[:len(base) // 2], "FormatError", "The first half of a file: no trailer.",
+                  ["truncated"])
+    g.add_invalid("truncated-trailer", base[:-1], "FormatError", "The last byte missing (trailer magic wrong).",
+                  ["truncated"])
+    g.add_invalid("bad-end-magic", base[:-8] + b"DCFINDEY", "FormatError", "END_MAGIC changed.", ["trailer"])
+    io, il, _ = struct.unpack("<QII", base[-24:-8])
+    g.add_invalid("index-crc", flip(base, io + il // 2), "IntegrityError", "A byte of the index changed.",
+                  ["checksum:index"])
+    g.add_invalid("index-offset-beyond", set_trailer(base, offset=len(base) * 2), "LimitError",
+                  "index_offset points beyond the file.", ["limit:index"])
+    g.add_invalid("index-length-over-limit", set_trailer(base, length=64 * 2**20 + 1), "LimitError",
+                  "index_length above 64 MiB.", ["limit:index"])
+    g.add_invalid("record-crc", flip(base, 8 + 3), "IntegrityError", "A byte of the first record changed.",
+                  ["checksum:record"], tensor=first)
+    g.add_invalid("stream-crc", flip(base, _first_chunk_pos(base)), "IntegrityError",
+                  "A byte of the first tensor's stream data changed.", ["checksum:stream"], tensor=first)
+
+    def chain_stage(chain_i: int, stage_i: int, **changes: Any) -> Callable[..., None]:
+        def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+            index["chains"][chain_i][stage_i].update(changes)
+        return edit
+
+    g.add_invalid("unknown-stage", rewrite(base, chain_stage(0, 0, id="nosuch", package="dcframe-nosuch")),
+                  "MissingStageError", "A chain names stage 'nosuch' (package dcframe-nosuch).", ["stage:unknown"],
+                  tensor=first)
+    g.add_invalid("stage-version-newer", rewrite(base, chain_stage(0, 0, version=99)), "MissingStageError",
+                  "The raw stage at version 99.", ["stage:version"], tensor=first)
+
+    def index_edit(**changes: Any) -> Callable[..., None]:
+        def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+            index.update(changes)
+        return edit
+
+    g.add_invalid("major-version-2", rewrite(base, index_edit(version=[2, 0])), "FormatError",
+                  "Format version [2, 0].", ["version"])
+    g.add_invalid("not-dcf-format", rewrite(base, index_edit(format="dcx")), "FormatError",
+                  "index format is not \"dcf\".", ["index"])
+
+    def record_edit(i: int, fn: Callable[[dict[str, Any], list[list[bytes]]], None]) -> Callable[..., None]:
+        def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+            fn(*tensors[i])
+        return edit
+
+    def set_key(key: str, value: Any) -> Callable[[dict[str, Any], list[list[bytes]]], None]:
+        def fn(rec: dict[str, Any], chunks: list[list[bytes]]) -> None:
+            rec[key] = value
+        return fn
+
+    g.add_invalid("declared-size-over-limit", rewrite(base, record_edit(0, set_key("shape", [2**20, 2**20, 2**10]))),
+                  "LimitError", "A record declaring a 2^50-element F64 tensor.", ["limit:tensor-size"], tensor=first)
+    g.add_invalid("too-many-dims", rewrite(base, record_edit(0, set_key("shape", [1] * 33))), "LimitError",
+                  "A record with 33 dimensions.", ["limit:ndim"], tensor=first)
+    g.add_invalid("unknown-dtype", rewrite(base, record_edit(0, set_key("dtype", "F128"))), "FormatError",
+                  "dtype F128.", ["dtype"], tensor=first)
+    g.add_invalid("shape-mismatch", rewrite(base, record_edit(0, set_key("shape", [13]))), "FormatError",
+                  "The record's shape differs from what the chain decodes (raw meta says [12]).", ["shape"],
+                  tensor=first)
+    g.add_invalid("chain-index-out-of-range", rewrite(base, record_edit(0, set_key("chain", 5))), "FormatError",
+                  "A record naming chain 5 of 1.", ["record"], tensor=first)
+
+    def bad_raw_len(rec: dict[str, Any], chunks: list[list[bytes]]) -> None:
+        chunks[0][-1] = chunks[0][-1][:-1]
+    g.add_invalid("raw-length", rewrite(base, record_edit(0, bad_raw_len)), "FormatError",
+                  "raw: one byte missing from the stream (stream size and crc consistent).", ["raw"], tensor=first)
+
+    def zero_chunk(rec: dict[str, Any], chunks: list[list[bytes]]) -> None:
+        chunks[0].append(b"")
+    g.add_invalid("chunk-length-zero", rewrite(base, record_edit(0, zero_chunk)), "FormatError",
+                  "A chunk of length 0 (chunks are 1 to 2^30 bytes; 0 is malformed, not over a limit).", ["chunk"],
+                  tensor=first)
+
+    def huge_chunk(rec: dict[str, Any], chunks: list[list[bytes]]) -> None:
+        rec["streams"][0][1] += 2**30
+        rec["streams"][0][3].append(2**30 + 1)
+    g.add_invalid("chunk-length-over-limit", rewrite(base, record_edit(0, huge_chunk), fix_crcs=False), "LimitError",
+                  "A stream declaring a chunk of 2^30 + 1 bytes.", ["limit:chunk"], tensor=first)
+    long_header = rewrite(base, lambda i, t: None, header=lambda n: b"\xc5" + n.to_bytes(2, "big"))
+    g.add_invalid("chunk-header-not-shortest", long_header, "FormatError",
+                  "Chunk headers written as bin16 for short chunks.", ["chunk-header"], tensor=first)
+
+    def total_length_off(data: bytes) -> bytes:
+        index, tensors = parse(data)
+        out = build(index, tensors)
+        io, il, _ = struct.unpack("<QII", out[-24:-8])
+        idx = msgpack.unpackb(out[io:io + il], raw=False)
+        # Claim one byte less for the first record's total and one more for the second: the tiling still holds.
+        idx["tensors"][0][3] -= 1
+        idx["tensors"][1][1] -= 1
+        idx["tensors"][1][3] += 1
+        ib = pack(idx)
+        return out[:io] + ib + struct.pack("<QII", io, len(ib), zlib.crc32(ib)) + END_MAGIC
+    g.add_invalid("total-length-mismatch", total_length_off(base), "FormatError",
+                  "total_length one byte short of the record plus its chunks.", ["record"], tensor=first)
+
+    def ext_in_index(data: bytes) -> bytes:
+        index, tensors = parse(data)
+        out = build(index, tensors)
+        io, il, _ = struct.unpack("<QII", out[-24:-8])
+        idx = msgpack.unpackb(out[io:io + il], raw=False)
+        idx["metadata"] = {"when": msgpack.ExtType(5, b"\x00\x01")}
+        ib = pack(idx)
+        return out[:io] + ib + struct.pack("<QII", io, len(ib), zlib.crc32(ib)) + END_MAGIC
+    g.add_invalid("ext-type", ext_in_index(base), "FormatError", "An msgpack ext type in the index.", ["msgpack"])
+
+    # Stage-level damage (stream checksums consistent, so only the stage's own checks catch it).
+    zl = g.sources["lossless-zlib"]
+    zs = g.sources["lossless-zstd"]
+    _, zlt = parse(zl)
+
+    def meta_edit(i: int, step: int, key: str, value: Any) -> Callable[..., None]:
+        def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+            tensors[i][0]["steps"][step][0][2][key] = value
+        return edit
+
+    g.add_invalid("zlib-size-mismatch", rewrite(zl, meta_edit(0, 1, "size", 1)), "FormatError",
+                  "zlib meta size smaller than the real output (decompression-bomb bound).", ["zlib"],
+                  tensor=zlt[0][0]["name"])
+    g.add_invalid("zstd-size-mismatch", rewrite(zs, meta_edit(0, 1, "size", 3)), "FormatError",
+                  "zstd meta size smaller than the real output.", ["zstd"], tensor=zlt[0][0]["name"])
+
+    def truncate_stream(rec: dict[str, Any], chunks: list[list[bytes]]) -> None:
+        chunks[0][-1] = chunks[0][-1][:-4]
+    g.add_invalid("zstd-truncated", rewrite(zs, record_edit(0, truncate_stream)), "FormatError",
+                  "zstd frame missing its last 4 bytes.", ["zstd"], tensor=zlt[0][0]["name"])
+    g.add_invalid("zlib-truncated", rewrite(zl, record_edit(0, truncate_stream)), "FormatError",
+                  "zlib stream missing its Adler-32.", ["zlib"], tensor=zlt[0][0]["name"])
+
+
+def _first_chunk_pos(data: bytes) -> int:
+    """Byte offset of the first data byte of the first chunk of the first tensor."""
+    io, il, _ = struct.unpack("<QII", data[-24:-8])
+    index = msgpack.unpackb(data[io:io + il], raw=False)
+    _name, off, rl, _tl, _crc = index["tensors"][0]
+    return off + rl + 2
+
+
+def main() -> int:
+    """Regenerate the vectors, or with --check compare a fresh generation with the committed files."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--check", action="store_true", help="regenerate into a temp dir and diff against spec/vectors")
+    args = ap.parse_args()
+    if not args.check:
+        for sub in ("valid", "invalid"):
+            shutil.rmtree(HERE / sub, ignore_errors=True)
+        generate(HERE)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp))
+        bad = [p.relative_to(tmp) for p in sorted(Path(tmp).rglob("*")) if p.is_file()
+               and (HERE / p.relative_to(tmp)).read_bytes() != p.read_bytes()]
+    for p in bad:
+        print(f"differs: {p}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
