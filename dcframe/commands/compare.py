@@ -1,0 +1,187 @@
+"""`dcframe compare IN`: what each stage buys, and Huffman against generic coders on the same streams."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from .. import console
+from ..compare import DEFAULT_CODERS, DEFAULT_PRESET, compare_model
+from ..errors import DcfError
+from ..modelio import read_model
+
+PLOT_FORMATS = (".png", ".svg")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "compare", help="stage-by-stage sizes; Huffman vs zstd/lzma/bz2/zlib on the same streams",
+        description="Run each tensor's chain stage by stage, code the streams its lossy prefix leaves (and the raw "
+                    "weights) with Huffman and with generic coders, and code the raw model losslessly, plain and "
+                    "byte-grouped. Every coder's output is decoded and checked before it is reported.")
+    p.add_argument("input", help="model file (.safetensors .npz .npy .pt)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-p", "--pipeline", help='stage chain, e.g. "prune(sparsity=0.9) | sparse | kmeans | huffman"')
+    group.add_argument("--preset", help=f"named per-tensor rules (default: {DEFAULT_PRESET})")
+    p.add_argument("--coders", default=",".join(DEFAULT_CODERS),
+                   help="comma-separated coders; id-N sets a level (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, metavar="N",
+                   help="time each encode and decode N times and report the median (default: %(default)s)")
+    p.add_argument("--plot", metavar="FILE", help="also draw the sizes to FILE.png or FILE.svg (needs dcframe[plot])")
+    console.add_output_flags(p, json_help="print every number as one JSON object (schema dcframe.compare/1)")
+    return p
+
+
+def check_plot_target(path: str) -> None:
+    """Fail before measuring if the plot cannot be written: unknown format or matplotlib missing."""
+    if Path(path).suffix.lower() not in PLOT_FORMATS:
+        raise DcfError(f"--plot {path}: the file name must end in .png or .svg")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise DcfError("--plot needs matplotlib, which is not installed; run: pip install 'dcframe[plot]'")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeat < 1:
+        raise DcfError(f"--repeat {args.repeat}: must be at least 1")
+    if args.plot:
+        check_plot_target(args.plot)
+    tensors = read_model(args.input)
+    status = console.stderr.status("measuring") if console.stderr.is_terminal and not args.quiet else None
+
+    def progress(label: str) -> None:
+        if status is not None:
+            status.update(f"measuring: {label}")
+
+    if status is not None:
+        status.start()
+    try:
+        report = compare_model(tensors, pipeline=args.pipeline, preset=args.preset, coders=args.coders,
+                               repeat=args.repeat, file=str(args.input), file_bytes=os.path.getsize(args.input),
+                               progress=progress)
+    finally:
+        if status is not None:
+            status.stop()
+    if args.plot:
+        plot(report, args.plot)
+    if args.json:
+        console.print_json(report)
+    else:
+        print_tables(report)
+        if args.plot:
+            console.stdout.print(f"plot written to {args.plot}")
+    return 0
+
+
+def _mb_s(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else ""
+
+
+def _best(row: dict[str, Any], marks: dict[str, Any], name: str) -> str:
+    labels = [label for key, label in (("smallest", "smallest"), ("fastest_encode", "fastest enc"),
+                                       ("fastest_decode", "fastest dec")) if marks.get(key) == name]
+    return ", ".join(labels)
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    """The three parts of a compare report as rich tables, smallest and fastest rows marked."""
+    out = console.stdout
+    for group in report["pipelines"]:
+        steps = group["steps"]
+        table = Table(title=f"stage by stage: {group['pipeline']}", title_justify="left")
+        table.add_column("tensor")
+        for step in steps:
+            table.add_column("original" if step["stage"] == "input" else step["stage"], justify="right")
+        table.add_column("ratio", justify="right")
+        table.add_column("packed ratio", justify="right")
+        rows = [r for r in report["tensors"] if r["name"] in set(group["tensors"])]
+        for r in rows:
+            table.add_row(r["name"], *[console.human_bytes(s["total_bytes"]) for s in r["steps"]],
+                          f"{r['ratio']:.2f}x", f"{r['steps'][-1]['packed_ratio']:.2f}x")
+        if len(rows) > 1:
+            table.add_row("[b]total[/b]", *[f"[b]{console.human_bytes(s['total_bytes'])}[/b]" for s in steps],
+                          f"[b]{steps[-1]['ratio']:.2f}x[/b]", f"[b]{steps[-1]['packed_ratio']:.2f}x[/b]")
+        out.print(table)
+    out.print("(sizes after each stage include every stage's metadata so far; "
+              "packed ratio counts symbols at ceil(log2 alphabet) bits, as the paper does)")
+    for case in report["streams"]:
+        count = case["count"]
+        unit = "bytes of weights" if case["name"] == "weights" else "symbols"
+        bound = case["entropy_bits"] / count if count else 0.0
+        table = Table(title=f"{case['name']}: {count} {unit}, alphabet {case['alphabet']}, order-0 bound "
+                            f"{console.human_bytes(case['entropy_bytes'])} ({bound:.3f} bits/symbol)",
+                      title_justify="left")
+        for col in ("coder", "bytes", "side info", "bits/symbol", "vs bound", "encode MB/s", "decode MB/s", "best"):
+            table.add_column(col, justify="left" if col in ("coder", "best") else "right")
+        for row in case["coders"]:
+            if row["error"]:
+                table.add_row(row["coder"], "", "", "", "", "", "", f"[red]{row['error']}[/red]")
+                continue
+            table.add_row(row["coder"], str(row["bytes"]), str(row["meta_bytes"]), f"{row['bits_per_symbol']:.3f}",
+                          f"{row['over_bound']:+.2%}" if row["over_bound"] is not None else "",
+                          _mb_s(row["encode_mb_s"]), _mb_s(row["decode_mb_s"]), _best(row, case, row["coder"]))
+        out.print(table)
+    base = report["baselines"]
+    table = Table(title=f"lossless baselines: the raw weights ({console.human_bytes(base['original_bytes'])}), "
+                        f"plain and byte-grouped ({base['planes']} planes)", title_justify="left")
+    for col in ("transform", "coder", "bytes", "ratio", "bits/weight", "vs bound", "encode MB/s", "decode MB/s",
+                "best"):
+        table.add_column(col, justify="left" if col in ("transform", "coder", "best") else "right")
+    for row in base["rows"]:
+        if row["error"]:
+            table.add_row(row["transform"], row["coder"], "", "", "", "", "", "", f"[red]{row['error']}[/red]")
+            continue
+        over = row["over_bound"]
+        table.add_row(row["transform"], row["coder"], str(row["bytes"]), f"{row['ratio']:.3f}x",
+                      f"{row['bits_per_weight']:.2f}", f"{over:+.2%}" if over is not None else "",
+                      _mb_s(row["encode_mb_s"]), _mb_s(row["decode_mb_s"]),
+                      _best(row, base, f"{row['transform']}:{row['coder']}"))
+    out.print(table)
+    best = max((r["ratio"] for r in base["rows"] if r["ratio"]), default=0.0)
+    out.print(f"chain: {console.human_bytes(report['original_bytes'])} -> {console.human_bytes(report['final_bytes'])}"
+              f" ({report['ratio']:.2f}x, container overhead not counted); best lossless baseline {best:.3f}x")
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """Bytes per coder per stream (baselines included) and the stage-by-stage totals, as one PNG or SVG."""
+    check_plot_target(path)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(c["name"], {r["coder"]: r["bytes"] + r["meta_bytes"] for r in c["coders"] if r["bytes"] is not None})
+              for c in report["streams"]]
+    for transform in ("none", "bytegroup"):
+        rows = [r for r in report["baselines"]["rows"] if r["transform"] == transform and r["bytes"] is not None]
+        groups.append((f"lossless ({transform})", {r["coder"]: r["bytes"] + r["meta_bytes"] for r in rows}))
+    coders = report["coders"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / max(1, len(coders))
+    for j, coder in enumerate(coders):
+        xs = [i + (j - (len(coders) - 1) / 2) * width for i in range(len(groups))]
+        left.bar(xs, [g[1].get(coder, 0) for g in groups], width, label=coder)
+    left.set_xticks(range(len(groups)), [g[0] for g in groups], rotation=20, ha="right")
+    left.set_yscale("log")
+    left.set_ylabel("bytes (with side information)")
+    left.set_title("coder against coder, same data")
+    left.legend(fontsize="small")
+    labels, sizes = [], []
+    for n, group in enumerate(report["pipelines"]):
+        for step in group["steps"]:
+            labels.append(f"{n + 1}:{'original' if step['stage'] == 'input' else step['stage']}")
+            sizes.append(step["total_bytes"])
+    right.bar(range(len(sizes)), sizes, color="tab:gray")
+    right.set_xticks(range(len(labels)), labels, rotation=40, ha="right")
+    right.set_yscale("log")
+    right.set_ylabel("bytes")
+    right.set_title("stage by stage (per pipeline)")
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,445 @@
+"""What each stage buys and how entropy coders compare on the same data, measured as plain data (no printing).
+
+`compare_model(tensors, ...)` returns one dict (schema `dcframe.compare/1`, documented in README) with three parts:
+
+- ``tensors`` / ``pipelines``: the size after every step of each tensor's chain (dense -> pruned + sparse -> quantized
+  -> entropy coded), per tensor and summed per pipeline, side information (each step's metadata) counted.
+- ``streams``: the streams the lossy prefix of the chains leaves (relative-index positions, cluster indices, any dense
+  values left) plus the raw weights' bytes, each coded by every coder: bytes, bits per symbol, the order-0 entropy
+  bound, median encode/decode time. Every output is decoded and checked equal before its row is returned.
+- ``baselines``: lossless coding of the whole model's raw bytes, plain and byte-grouped (one stream per byte plane,
+  floats rotated left by one bit so that sign and exponent share no byte with the mantissa).
+
+Coders are stages from the registry: a symbols->bytes stage (huffman) gets the symbols, a bytes->bytes stage (zstd,
+lzma, bz2, zlib) gets them as the smallest little-endian unsigned ints that hold them (what the `raw` stage writes).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from . import __version__
+from .dtypes import is_float
+from .errors import ConfigError, DcfError, PipelineError
+from .orchestrator import as_dense, fit_chains, order0_entropy_bits, run_steps
+from .pipeline import ROOT, SERIALIZER, Chain, Policy, Step
+from .registry import Registry, get_registry
+from .stage import Stage
+from .streams import BYTES, DENSE, SYMBOLS, Bytes, Dense, Stream, Symbols
+
+SCHEMA = "dcframe.compare/1"
+DEFAULT_CODERS = ("huffman", "zstd-3", "zstd-19", "lzma", "bz2", "zlib")
+DEFAULT_PRESET = "han"
+WEIGHTS = "weights"  # the case name of the raw weights' bytes
+MB = 1e6
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Coder:
+    """A lossless entropy/byte coder under test: a registered stage giving one bytes stream."""
+
+    name: str  # as the user wrote it: "zstd-19"
+    stage: Stage
+
+    @property
+    def takes_symbols(self) -> bool:
+        return SYMBOLS in self.stage.takes
+
+
+def parse_coders(spec: str | Sequence[str], registry: Registry | None = None) -> list[Coder]:
+    """Parse "huffman,zstd-3,lzma" into coders; `id-N` sets the stage's level (or lzma's preset) to N."""
+    registry = registry or get_registry()
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
+    if not names or any(not n for n in names):
+        raise PipelineError(f"--coders {spec!r}: give coder names separated by commas, e.g. huffman,zstd-19,lzma")
+    coders = []
+    for name in names:
+        stage_id, sep, level = name.rpartition("-")
+        if not sep or not level.lstrip("-").isdigit() or stage_id not in registry.stages:
+            stage_id, level = name, ""
+        cls = registry.info(stage_id).cls
+        config: dict[str, Any] = {}
+        if level:
+            key = next((k for k in ("level", "preset") if k in cls.parameters()), None)
+            if key is None:
+                raise PipelineError(f"coder {name!r}: stage '{stage_id}' has no level or preset to set")
+            config[key] = int(level)
+        stage = registry.build(stage_id, config)
+        if stage.lossy or list(stage.gives.values()) != [BYTES] or not set(stage.takes) & {SYMBOLS, BYTES}:
+            raise PipelineError(f"coder {name!r}: stage '{stage_id}' is not a lossless symbols->bytes or "
+                                f"bytes->bytes coder")
+        coders.append(Coder(name, stage))
+    if len({c.name for c in coders}) != len(coders):
+        raise PipelineError(f"--coders {spec!r} names a coder twice")
+    return coders
+
+
+def meta_size(meta: Any) -> int:
+    """Bytes of a stage's metadata as the container stores it (msgpack): the side information outside the stream."""
+    return len(msgpack.packb(meta, use_bin_type=True))
+
+
+def packed_bits(stream: Stream) -> int:
+    """Bits of a stream packed tightly: symbols at ceil(log2(alphabet)) bits, dense at its dtype's width."""
+    if isinstance(stream, Symbols):
+        return int(stream.array.size) * max(1, (int(stream.alphabet) - 1).bit_length())
+    return 8 * stream.nbytes
+
+
+def _stream_row(name: str, stream: Stream) -> dict[str, Any]:
+    count = len(stream.data) if isinstance(stream, Bytes) else int(stream.array.size)
+    return {"name": name, "kind": stream.kind, "count": count,
+            "alphabet": int(stream.alphabet) if isinstance(stream, Symbols) else None,
+            "bytes": stream.nbytes, "packed_bytes": math.ceil(packed_bits(stream) / 8)}
+
+
+def _step_row(stage: str, config: dict[str, Any] | None, streams: dict[str, Stream], meta_bytes: int,
+              side_bytes: int, original: int) -> dict[str, Any]:
+    rows = [_stream_row(n, s) for n, s in streams.items()]
+    stream_bytes = sum(r["bytes"] for r in rows)
+    packed = sum(r["packed_bytes"] for r in rows)
+    total, total_packed = stream_bytes + side_bytes, packed + side_bytes
+    return {"stage": stage, "config": config, "streams": rows, "stream_bytes": stream_bytes, "packed_bytes": packed,
+            "meta_bytes": meta_bytes, "total_bytes": total, "total_packed_bytes": total_packed,
+            "ratio": _ratio(original, total), "packed_ratio": _ratio(original, total_packed)}
+
+
+def _ratio(original: int, size: int) -> float:
+    return original / size if size else 0.0
+
+
+def lossy_prefix(chain: Chain) -> int:
+    """How many leading steps transform dense data (prune, sparse, kmeans): what the entropy coders then get."""
+    last = 0
+    for i, step in enumerate(chain.steps):
+        if DENSE in step.stage.takes and step.stage.id != SERIALIZER:
+            last = i + 1
+    return last
+
+
+@dataclass
+class _Part:
+    tensor: str
+    symbols: Symbols
+
+
+def _case_name(step: Step, local: str) -> str:
+    return f"{step.stage.id}.{local}"
+
+
+def stage_by_stage(name: str, dense: Dense, chain: Chain,
+                   pipeline: str | None = None) -> tuple[dict[str, Any], dict[str, list[_Part]]]:
+    """Run one tensor through its chain, recording sizes after every step; also return the lossy prefix's streams."""
+    original = dense.nbytes
+    streams: dict[str, Stream] = {ROOT: dense}
+    steps = [_step_row("input", None, streams, 0, 0, original)]
+    prefix = lossy_prefix(chain)
+    origin: dict[str, str] = {}  # stream name -> case name, for the streams the lossy prefix produced
+    cases: dict[str, list[_Part]] = {}
+    side = 0
+    for i, step in enumerate(chain.steps):
+        record: list = []
+        run_steps([step], streams, record)
+        meta = meta_size([app[2] for app in record[0]])
+        side += meta
+        for source, outs, _ in record[0]:
+            origin.pop(source, None)
+            for local, out in zip(step.stage.gives, outs, strict=True):
+                origin[out] = _case_name(step, local)
+        steps.append(_step_row(step.stage.id, step.stage.get_config(), streams, meta, side, original))
+        if i + 1 == prefix:
+            for sname, s in streams.items():
+                if sname in origin and not isinstance(s, Bytes):
+                    cases.setdefault(origin[sname], []).append(_Part(name, as_symbols(s)))
+    final = steps[-1]["total_bytes"]
+    row = {"name": name, "dtype": dense.dtype, "shape": list(dense.array.shape), "pipeline": pipeline or str(chain),
+           "original_bytes": original, "steps": steps, "final_bytes": final, "ratio": _ratio(original, final)}
+    return row, cases
+
+
+def as_symbols(stream: Dense | Symbols) -> Symbols:
+    """Symbols as they are; a dense stream as its little-endian bytes, each byte one symbol (alphabet 256)."""
+    if isinstance(stream, Symbols):
+        return stream
+    return Symbols(np.ascontiguousarray(stream.array).reshape(-1).view(np.uint8), 256)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+@dataclass
+class CoderRun:
+    """One coder on one stream: its output, side information and median times."""
+
+    output: bytes
+    meta_bytes: int
+    encode_seconds: float
+    decode_seconds: float
+
+
+def _encoder(coder: Coder, raw: Stage, symbols: Symbols) -> Callable[[], tuple[bytes, list]]:
+    def encode() -> tuple[bytes, list]:
+        if coder.takes_symbols:
+            out, meta = coder.stage.encode(symbols)
+            return out["data"].data, [meta]
+        packed, raw_meta = raw.encode(symbols)
+        out, meta = coder.stage.encode(packed["data"])
+        return out["data"].data, [raw_meta, meta]
+    return encode
+
+
+def _decoder(coder: Coder, raw: Stage, output: bytes, metas: list) -> Callable[[], Symbols]:
+    def decode() -> Symbols:
+        if coder.takes_symbols:
+            return coder.stage.decode({"data": Bytes(output)}, metas[0])
+        packed = coder.stage.decode({"data": Bytes(output)}, metas[1])
+        return raw.decode({"data": packed}, metas[0])
+    return decode
+
+
+def run_coder(coder: Coder, symbols: Symbols, repeat: int = 3, raw: Stage | None = None) -> CoderRun:
+    """Encode `symbols` `repeat` times (median time), decode as often, and check the result equals the input."""
+    raw = raw or get_registry().build(SERIALIZER, {})
+    encode = _encoder(coder, raw, symbols)
+    (output, metas), first = _timed(encode)
+    enc = [first] + [_timed(encode)[1] for _ in range(repeat - 1)]
+    decode = _decoder(coder, raw, output, metas)
+    decoded, first = _timed(decode)
+    dec = [first] + [_timed(decode)[1] for _ in range(repeat - 1)]
+    if not (isinstance(decoded, Symbols) and decoded.array.size == symbols.array.size
+            and np.array_equal(decoded.array, symbols.array)):
+        raise DcfError(f"coder {coder.name!r} did not decode back to its input")
+    return CoderRun(output, sum(meta_size(m) for m in metas), statistics.median(enc), statistics.median(dec))
+
+
+def _rate(nbytes: int, seconds: float) -> float | None:
+    return nbytes / seconds / MB if seconds > 0 else None
+
+
+def _coder_row(coder: str, nbytes: int, meta_bytes: int, count: int, input_bytes: int, bound_bits: float,
+               enc: float, dec: float) -> dict[str, Any]:
+    bits = 8 * nbytes
+    return {"coder": coder, "bytes": nbytes, "meta_bytes": meta_bytes,
+            "bits_per_symbol": bits / count if count else 0.0,
+            "over_bound": bits / bound_bits - 1 if bound_bits > 0 else None,
+            "below_bound": bits + 8 * meta_bytes < bound_bits,
+            "ratio": _ratio(input_bytes, nbytes + meta_bytes),
+            "encode_seconds": enc, "decode_seconds": dec,
+            "encode_mb_s": _rate(input_bytes, enc), "decode_mb_s": _rate(input_bytes, dec),
+            "verified": True, "error": None}
+
+
+def _error_row(coder: str, error: str) -> dict[str, Any]:
+    return {"coder": coder, "bytes": None, "meta_bytes": None, "bits_per_symbol": None, "over_bound": None,
+            "below_bound": None, "ratio": None, "encode_seconds": None, "decode_seconds": None,
+            "encode_mb_s": None, "decode_mb_s": None, "verified": False, "error": error}
+
+
+def _marks(rows: list[dict[str, Any]]) -> dict[str, str | None]:
+    ok = [r for r in rows if r["error"] is None]
+
+    def best(key: str, sign: int) -> str | None:
+        vals = [r for r in ok if r[key] is not None]
+        return min(vals, key=lambda r: sign * r[key])["coder"] if vals else None
+
+    return {"smallest": min(ok, key=lambda r: r["bytes"] + r["meta_bytes"])["coder"] if ok else None,
+            "fastest_encode": best("encode_mb_s", -1), "fastest_decode": best("decode_mb_s", -1)}
+
+
+def compare_case(case: str, parts: list[_Part], coders: Sequence[Coder], repeat: int = 3,
+                 keep: dict | None = None) -> dict[str, Any]:
+    """Every coder on one kind of stream (each tensor's part coded on its own, as the container does), summed."""
+    raw = get_registry().build(SERIALIZER, {})
+    count = sum(int(p.symbols.array.size) for p in parts)
+    input_bytes = sum(p.symbols.nbytes for p in parts)
+    bound = sum(order0_entropy_bits(p.symbols.array, p.symbols.alphabet) for p in parts)
+    rows = []
+    for coder in coders:
+        try:
+            runs = [run_coder(coder, p.symbols, repeat, raw) for p in parts]
+        except (ConfigError, DcfError) as exc:
+            rows.append(_error_row(coder.name, str(exc)))
+            continue
+        if keep is not None:
+            keep[(case, coder.name)] = [(p.symbols, r.output) for p, r in zip(parts, runs, strict=True)]
+        rows.append(_coder_row(coder.name, sum(len(r.output) for r in runs), sum(r.meta_bytes for r in runs), count,
+                               input_bytes, bound, sum(r.encode_seconds for r in runs),
+                               sum(r.decode_seconds for r in runs)))
+    return {"name": case, "tensors": [p.tensor for p in parts], "count": count,
+            "alphabet": max(int(p.symbols.alphabet) for p in parts), "input_bytes": input_bytes,
+            "entropy_bits": bound, "entropy_bytes": bound / 8, "coders": rows, **_marks(rows)}
+
+
+def byte_planes(tensors: Sequence[Dense]) -> list[np.ndarray]:
+    """Split the model's bytes into planes: per element width, one stream per byte position, most significant first.
+
+    Float elements are first rotated left by one bit (sign to the bottom), so the top plane holds exponent bits only.
+    """
+    groups: dict[int, list[np.ndarray]] = {}
+    for d in tensors:
+        width = d.array.dtype.itemsize
+        flat = np.ascontiguousarray(d.array).reshape(-1)
+        if width > 1:
+            u = flat.view(f"<u{width}")
+            if is_float(d.dtype):
+                u = (u << np.array(1, u.dtype)) | (u >> np.array(8 * width - 1, u.dtype))
+            flat = u
+        groups.setdefault(width, []).append(flat.view(np.uint8))
+    planes = []
+    for width in sorted(groups):
+        rows = np.concatenate(groups[width]).reshape(-1, width)
+        planes.extend(np.ascontiguousarray(rows[:, j]) for j in reversed(range(width)))
+    return planes
+
+
+def unplane(planes: Sequence[np.ndarray], tensors: Sequence[tuple[str, Sequence[int], np.dtype]]) -> list[bytes]:
+    """Invert byte_planes: the C-order bytes of each tensor, given each one's dtype name, shape and numpy dtype."""
+    widths = sorted({dt.itemsize for _, _, dt in tensors})
+    out: dict[int, bytes] = {}
+    start = 0
+    cursor: dict[int, int] = {}
+    for width in widths:
+        rows = np.stack(list(reversed(planes[start:start + width])), axis=1) if width > 1 else planes[start][:, None]
+        start += width
+        out[width] = rows.reshape(-1)
+        cursor[width] = 0
+    result = []
+    for dtype_name, shape, dt in tensors:
+        width = dt.itemsize
+        n = math.prod(shape) * width
+        chunk = out[width][cursor[width]:cursor[width] + n]
+        cursor[width] += n
+        if width > 1:
+            u = chunk.view(f"<u{width}")
+            if is_float(dtype_name):
+                u = (u >> np.array(1, u.dtype)) | (u << np.array(8 * width - 1, u.dtype))
+            chunk = u.view(np.uint8)
+        result.append(chunk.tobytes())
+    return result
+
+
+def lossless_baselines(tensors: Sequence[Dense], coders: Sequence[Coder], repeat: int = 3,
+                       keep: dict | None = None) -> dict[str, Any]:
+    """Every coder over the whole model's raw bytes, plain and byte-grouped; each result decoded and checked."""
+    raw = get_registry().build(SERIALIZER, {})
+    original = sum(d.nbytes for d in tensors)
+    plain = Symbols(np.concatenate([as_symbols(d).array for d in tensors]) if tensors else
+                    np.zeros(0, np.uint8), 256)
+    planes = [Symbols(p, 256) for p in byte_planes(tensors)]
+    specs = [(d.dtype, d.array.shape, d.array.dtype) for d in tensors]
+    rebuilt = unplane([p.array for p in planes], specs)
+    if b"".join(rebuilt) != plain.array.tobytes():
+        raise DcfError("byte grouping did not invert")
+    rows = []
+    for transform, parts in (("none", [plain]), ("bytegroup", planes)):
+        bound = sum(order0_entropy_bits(p.array, 256) for p in parts)
+        for coder in coders:
+            try:
+                runs = [run_coder(coder, p, repeat, raw) for p in parts]
+            except (ConfigError, DcfError) as exc:
+                row = _error_row(coder.name, str(exc))
+            else:
+                if keep is not None:
+                    keep[(transform, coder.name)] = [(p, r.output) for p, r in zip(parts, runs, strict=True)]
+                row = _coder_row(coder.name, sum(len(r.output) for r in runs), sum(r.meta_bytes for r in runs),
+                                 original, original, bound, sum(r.encode_seconds for r in runs),
+                                 sum(r.decode_seconds for r in runs))
+            row["transform"] = transform
+            row["entropy_bits"] = bound
+            row["bits_per_weight"] = None if row["bytes"] is None else 8 * (row["bytes"] + row["meta_bytes"]) / max(
+                1, sum(int(d.array.size) for d in tensors))
+            rows.append(row)
+    return {"original_bytes": original, "weights": sum(int(d.array.size) for d in tensors),
+            "planes": len(planes), "rows": rows, **_marks([dict(r, coder=f"{r['transform']}:{r['coder']}")
+                                                           for r in rows])}
+
+
+def _sum_steps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    original = sum(r["original_bytes"] for r in rows)
+    for i, step in enumerate(rows[0]["steps"]):
+        total = sum(r["steps"][i]["total_bytes"] for r in rows)
+        total_packed = sum(r["steps"][i]["total_packed_bytes"] for r in rows)
+        out.append({"stage": step["stage"], "config": step["config"],
+                    "stream_bytes": sum(r["steps"][i]["stream_bytes"] for r in rows),
+                    "packed_bytes": sum(r["steps"][i]["packed_bytes"] for r in rows),
+                    "meta_bytes": sum(r["steps"][i]["meta_bytes"] for r in rows),
+                    "total_bytes": total, "total_packed_bytes": total_packed,
+                    "ratio": _ratio(original, total), "packed_ratio": _ratio(original, total_packed)})
+    return out
+
+
+def compare_model(tensors: Mapping[str, np.ndarray | Dense], pipeline: str | None = None, preset: str | None = None,
+                  coders: str | Sequence[str] = DEFAULT_CODERS, repeat: int = 3, file: str | None = None,
+                  file_bytes: int | None = None, progress: Progress | None = None,
+                  keep: dict | None = None) -> dict[str, Any]:
+    """Measure a model: stage by stage, coder against coder on the lossy prefix's streams, lossless baselines.
+
+    `keep`, if given, receives every coder's outputs with their inputs ({(case, coder): [(symbols, bytes)]}), for tests.
+    """
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ConfigError(f"repeat must be a positive integer, got {repeat!r}")
+    if pipeline is None and preset is None:
+        preset = DEFAULT_PRESET
+    policy = Policy(pipeline=pipeline, preset=preset)
+    coder_list = parse_coders(coders, policy.registry)
+    note = progress or (lambda label: None)
+
+    def items():
+        for name in tensors:
+            yield name, as_dense(tensors[name])
+
+    chains = fit_chains(policy, items)
+    rows, cases, dense_list = [], {}, []
+    weights: list[_Part] = []
+    for name, dense in items():
+        note(f"stages: {name}")
+        text = policy.pipeline_for(name, dense.array.shape, dense.dtype)
+        row, tensor_cases = stage_by_stage(name, dense, chains[text], text)
+        rows.append(row)
+        for case, parts in tensor_cases.items():
+            cases.setdefault(case, []).extend(parts)
+        weights.append(_Part(name, as_symbols(dense)))
+        dense_list.append(dense)
+    streams = []
+    for case, parts in [*cases.items(), (WEIGHTS, weights)]:
+        note(f"coders: {case}")
+        streams.append(compare_case(case, parts, coder_list, repeat, keep))
+    note("lossless baselines")
+    baselines = lossless_baselines(dense_list, coder_list, repeat, keep)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["pipeline"], []).append(row)
+    original = sum(r["original_bytes"] for r in rows)
+    final = sum(r["final_bytes"] for r in rows)
+    return {
+        "schema": SCHEMA,
+        "dcframe_version": __version__,
+        "file": file,
+        "file_bytes": file_bytes,
+        "pipeline": pipeline,
+        "preset": preset,
+        "coders": [c.name for c in coder_list],
+        "repeat": repeat,
+        "original_bytes": original,
+        "final_bytes": final,
+        "ratio": _ratio(original, final),
+        "tensors": rows,
+        "pipelines": [{"pipeline": p, "tensors": [r["name"] for r in rs], "original_bytes":
+                       sum(r["original_bytes"] for r in rs), "steps": _sum_steps(rs)} for p, rs in groups.items()],
+        "streams": streams,
+        "baselines": baselines,
+    }
