@@ -250,12 +250,12 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
         snap = None
         for t in range(steps):
             np.right_shift(pos, 3, out=b)
-            np.take(win, b, out=w)
+            np.take(win, b, out=w, mode="wrap")
             np.bitwise_and(pos, 7, out=s)
             np.right_shift(w, s, out=w)
             np.bitwise_and(w, mask, out=w)
-            np.take(lut_sym, w, out=block[t])
-            np.take(lut_len, w, out=ln)
+            np.take(lut_sym, w, out=block[t], mode="wrap")
+            np.take(lut_len, w, out=ln, mode="wrap")
             np.add(pos, ln, out=pos)
             if t == last - 1 and hi == nseg:
                 snap = int(pos[-1])

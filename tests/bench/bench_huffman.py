@@ -1,0 +1,122 @@
+"""Benchmark of the `huffman` stage against order-0 entropy, the optimal length-limited code and zstd (same run).
+
+Run: python tests/bench/bench_huffman.py [--n 10000000] [--repeat 3]
+Prints markdown tables: sizes (payload vs optimal code, side information, total vs entropy and zstd -19)
+and speeds (huffman encode vs zstd -3 compression, huffman decode vs zstd decompression), symbols per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import time
+
+import numpy as np
+import zstandard
+from dcframe_plugins.huffman import Huffman
+
+from dcframe import Symbols
+
+
+def laplace_indices(n: int, levels: int = 32, seed: int = 0, spacing: str = "linear") -> np.ndarray:
+    """k-means-like indices: Laplace weights snapped to `levels` centroids (linear: min..max; density: quantiles)."""
+    w = np.random.default_rng(seed).laplace(size=n).astype(np.float32)
+    if spacing == "linear":  # the paper's linear initialization
+        centroids = np.linspace(w.min(), w.max(), levels)
+    else:  # density initialization: equal-mass bins
+        centroids = np.quantile(w, (np.arange(levels) + 0.5) / levels)
+    edges = (centroids[1:] + centroids[:-1]) / 2
+    return np.searchsorted(edges, w).astype(np.uint8)
+
+
+def entropy_bits(freq: np.ndarray) -> float:
+    p = freq[freq > 0] / freq.sum()
+    return float(-(freq[freq > 0] * np.log2(p)).sum())
+
+
+def huffman_reference(freq: np.ndarray) -> tuple[int, int]:
+    """Unlimited Huffman cost in bits (sum of merged weights) and its deepest leaf, by a plain heap."""
+    heap = [(int(f), i, 0) for i, f in enumerate(freq) if f > 0]
+    heapq.heapify(heap)
+    total, tie = 0, len(heap)
+    while len(heap) > 1:
+        (a, _, da), (b, _, db) = heapq.heappop(heap), heapq.heappop(heap)
+        total += a + b
+        heapq.heappush(heap, (a + b, tie, max(da, db) + 1))
+        tie += 1
+    return total, heap[0][2]
+
+
+def best_of(repeat: int, fn):
+    times, result = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), result
+
+
+def size_rows(stage: Huffman, name: str, symbols: np.ndarray) -> list[str]:
+    n = symbols.size
+    freq = np.bincount(symbols, minlength=32)
+    outputs, meta = stage.encode(Symbols(symbols, 32))
+    data = outputs["data"].data
+    tsize = int.from_bytes(data[:4], "little")
+    lengths = np.frombuffer(data, np.uint8, count=tsize, offset=4).astype(np.int64)
+    code_bits = int(np.dot(freq[:tsize], lengths))
+    ref_bits, depth = huffman_reference(freq)
+    optimal = "yes" if code_bits == ref_bits else ("limit binds" if depth > stage.max_bits else "NO")
+    payload_bytes = code_bits / 8
+    side = len(data) - payload_bytes
+    h = entropy_bits(freq) / 8
+    z19 = len(zstandard.ZstdCompressor(level=19).compress(symbols.tobytes()))
+    decoded = stage.decode(outputs, meta).array
+    assert decoded.tobytes() == symbols.tobytes()
+    return [f"| {name} | {n:,} | {entropy_bits(freq) / n:.4f} | {code_bits / n:.4f} | {optimal} (ref depth {depth}) "
+            f"| {100 * side / payload_bytes:.3f}% | {len(data):,} | {100 * (len(data) / h - 1):+.3f}% "
+            f"| {z19:,} ({100 * (z19 / h - 1):+.1f}%) |"]
+
+
+def speed_row(stage: Huffman, spacing: str, n: int, repeat: int) -> str:
+    """Huffman and zstd on the same symbols (as uint8 bytes for zstd), best of `repeat` runs each."""
+    symbols = laplace_indices(n, spacing=spacing)
+    raw = symbols.tobytes()
+    stream = Symbols(symbols, 32)
+    t_enc, (outputs, meta) = best_of(repeat, lambda: stage.encode(stream))
+    t_dec, decoded = best_of(repeat, lambda: stage.decode(outputs, meta))
+    assert decoded.array.tobytes() == raw
+    z3 = zstandard.ZstdCompressor(level=3)
+    t_z3, frame3 = best_of(repeat, lambda: z3.compress(raw))
+    frame19 = zstandard.ZstdCompressor(level=19).compress(raw)
+    dz = zstandard.ZstdDecompressor()
+    t_zd3, out3 = best_of(repeat, lambda: dz.decompress(frame3))
+    t_zd19, out19 = best_of(repeat, lambda: dz.decompress(frame19))
+    assert out3 == raw and out19 == raw
+    return (f"| laplace {spacing}, {n:,} | {n / t_enc / 1e6:.1f} M | {n / t_z3 / 1e6:.1f} M | 1/{t_enc / t_z3:.1f} "
+            f"| {n / t_dec / 1e6:.1f} M | {n / t_zd3 / 1e6:.0f} M / {n / t_zd19 / 1e6:.0f} M "
+            f"| 1/{t_dec / t_zd3:.1f} / 1/{t_dec / t_zd19:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    stage = Huffman()
+    print(f"huffman config: {stage.get_config()}\n")
+    print("| data | symbols | entropy bits/sym | code bits/sym | optimal? | side info / payload | huffman bytes "
+          "| vs entropy | zstd -19 bytes (vs entropy) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for spacing in ("linear", "density"):
+        for n in (1_000_000, args.n):
+            for row in size_rows(stage, f"laplace 32 levels, {spacing}", laplace_indices(n, spacing=spacing)):
+                print(row)
+
+    print("\n| data (10^7-style run) | huffman encode sym/s | zstd -3 compress sym/s | ratio | huffman decode sym/s "
+          "| zstd decompress sym/s (of -3 / -19) | ratio (vs -3 / -19) |")
+    print("|---|---|---|---|---|---|---|")
+    for spacing in ("linear", "density"):
+        print(speed_row(stage, spacing, args.n, args.repeat))
+
+if __name__ == "__main__":
+    main()
