@@ -14,6 +14,10 @@ lossless chains (biases; free to train, absent from ``constraints``). The return
 retrained weights go through the full chains and the container is written; decoding it gives those weights exactly,
 which holds because lossy stages are exact on weights that already keep their own constraints (prune on pruned
 weights, kmeans on tensors with <= k distinct values). If one is not, the error names the stage.
+
+Global stages (Stage.fit, e.g. prune with scope=global) are fitted on the original weights for phase 1, then refitted
+on the current weights before each later phase and before the final encoding: a global sparsity refitted on weights
+that already hold that many zeros prunes nothing more, so retrained weights that shrank stay exactly as retrained.
 """
 
 from __future__ import annotations
@@ -136,15 +140,16 @@ def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, re
     """Run every phase (approximate, derive constraints, retrain, check) and return the retrained weights."""
     say = progress or (lambda message: None)
     originals = {name: as_dense(tensors[name]) for name in tensors}
-    say("fitting global stages")
-    fitted = fit_chains(policy, lambda: iter(originals.items()))
-    chains = {name: fitted[policy.pipeline_for(name, d.array.shape, d.dtype)] for name, d in originals.items()}
+    chains = _fit(policy, originals, say)  # phase 1: global stages see the original weights
     prefixes = {name: lossy_prefixes(chain) for name, chain in chains.items()}
-    built: dict[tuple[int, int], Chain] = {}  # prefix chains, built once per (chain, length)
     count = max((len(p) for p in prefixes.values()), default=0)
     current = dict(originals)
     constraints: dict[str, Constraints] = {}
     for k in range(1, count + 1):
+        if k > 1:  # refit on weights that keep the earlier zeros: a global sparsity then prunes nothing more
+            chains = _fit(policy, current, say)
+            prefixes = {name: lossy_prefixes(chain) for name, chain in chains.items()}
+        built: dict[tuple[int, int], Chain] = {}  # prefix chains of this phase, once per (chain, length)
         constraints = {}
         stage_ids = {}
         weights = {}
@@ -176,7 +181,16 @@ def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, re
             if name not in weights:
                 raise DcfError(f"the retrainer returned tensor '{name}', which it was not given")
             current[name] = _accept(name, value, current[name], constraints.get(name))
+    if count:
+        chains = _fit(policy, current, say)
     return Retrained(current, chains, constraints, count)
+
+
+def _fit(policy: Policy, tensors: Mapping[str, Dense], say: Progress) -> dict[str, Chain]:
+    """Each tensor's chain with its global stages (Stage.fit) fitted over `tensors`."""
+    say("fitting global stages")
+    fitted = fit_chains(policy, lambda: iter(tensors.items()))
+    return {name: fitted[policy.pipeline_for(name, d.array.shape, d.dtype)] for name, d in tensors.items()}
 
 
 def _imposed(constraints: Mapping[str, Constraints]) -> frozenset[str]:

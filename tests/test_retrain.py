@@ -111,18 +111,21 @@ def test_phases_constraints_and_exact_file(tmp_path):
     assert report == dcframe.inspect(path)
 
 
-def test_global_scope_is_fitted_once_on_the_original_weights(tmp_path):
+def test_global_scope_is_fitted_on_the_original_weights_and_stays_exact(tmp_path):
     model = _model()
     seen = []
 
-    def keep(weights, constraints, phase):
+    def shrink(weights, constraints, phase):  # pulls kept weights below the threshold fitted on the originals
         seen.append({k: int(c.mask.sum()) for k, c in constraints.items()})
-        return {}
+        return {k: c.project(weights[k] * 0.01) for k, c in constraints.items()}
 
-    compress_with_retraining(model, tmp_path / "g.dcf", keep, pipeline="prune(sparsity=0.8, scope=global)",
-                             rules=["*.bias=zstd"])
+    path = tmp_path / "g.dcf"
+    rules = ["*.bias=zstd", "*=prune(sparsity=0.8, scope=global) | sparse | kmeans(bits=4) | huffman"]
+    compress_with_retraining(model, path, shrink, rules=rules)
     both = model["a.weight"].size + model["b.weight"].size
-    assert sum(seen[0].values()) == both - round(0.8 * both)
+    assert sum(seen[0].values()) == sum(seen[1].values()) == both - round(0.8 * both)
+    decoded = dcframe.decompress(path)
+    assert sum(int(np.count_nonzero(decoded[k].array)) for k in ("a.weight", "b.weight")) == sum(seen[0].values())
 
 
 @pytest.mark.parametrize("mutate, message", [
