@@ -63,4 +63,5 @@ def test_generator_reproduces_committed_vectors() -> None:
     """Regenerating gives the committed bytes: the writer and every encoder are deterministic."""
     res = subprocess.run([sys.executable, str(VECTORS / "generate.py"), "--check"], capture_output=True, text=True,
                          timeout=120)
-    assert res.returncode == 0, "vectors are stale: run `python spec/vectors/generate.py` and commit\n" + res.stdout + res.stderr
+    stale = "vectors are stale: run `python spec/vectors/generate.py` and commit\n"
+    assert res.returncode == 0, stale + res.stdout + res.stderr

@@ -4,6 +4,7 @@
 //   node src/cli.js encode SPEC.json OUT.dcf    write tensors listed in SPEC.json (see encodeFromSpec)
 //   node src/cli.js vectors INDEX.json          check every golden vector, print one JSON result per vector
 //   node src/cli.js time FILE.dcf NAME [REPS]   best wall time of decoding one tensor (ms), as JSON
+import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { DcfReader, DcfWriter, DTYPES, DcfError, STAGES, MissingStageError } from './index.js';
@@ -96,7 +97,8 @@ function time(file, name, reps = 3) {
     t = new DcfReader(bytes).read(name);
     best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e6);
   }
-  process.stdout.write(JSON.stringify({ name, elements: t.data.length, best_ms: best, reps }) + '\n');
+  const sha256 = createHash('sha256').update(bytesOf(t.data)).digest('hex');
+  process.stdout.write(JSON.stringify({ name, elements: t.data.length, best_ms: best, reps, sha256 }) + '\n');
 }
 
 const [cmd, ...args] = process.argv.slice(2);
