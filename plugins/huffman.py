@@ -145,31 +145,57 @@ class Huffman(Stage):
 
 
 def _pack(symbols: np.ndarray, table: np.ndarray, rev: np.ndarray, seg: int) -> tuple[np.ndarray, np.ndarray]:
-    """Write every symbol's code LSB-first, each segment from a byte boundary; return payload and segment ends."""
+    """Write every symbol's code LSB-first, each segment from a byte boundary; return payload and segment ends.
+
+    Works on blocks of whole segments (about 2^18 symbols) so the temporaries stay in cache; blocks start on byte
+    boundaries, so their payloads simply follow one another.
+    """
     count = symbols.size
     nseg = -(-count // seg)
-    lens = table[symbols].astype(np.int64)
+    per_block = max(1, (1 << 18) // seg) * seg
+    lens_table = table.astype(np.int64)
+    chunks, ends, done = [], [], 0
+    for lo in range(0, count, per_block):
+        part = symbols[lo:lo + per_block]
+        data, seg_ends = _pack_block(part, lens_table, rev, seg)
+        chunks.append(data)
+        ends.append(seg_ends + done)
+        done += data.size
+    ends_all = np.concatenate(ends)
+    assert ends_all.size == nseg
+    return np.concatenate(chunks), ends_all
+
+
+def _pack_block(symbols: np.ndarray, lens_table: np.ndarray, rev: np.ndarray,
+                seg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pack a run of whole segments (the last may be short) starting at byte 0."""
+    count = symbols.size
+    nseg = -(-count // seg)
+    lens = np.take(lens_table, symbols)
     cum = np.cumsum(lens)
     seg_last = np.minimum(np.arange(1, nseg + 1, dtype=np.int64) * seg, count) - 1
     seg_bits_end = cum[seg_last]
     seg_bits = np.diff(seg_bits_end, prepend=0)
-    ends = np.cumsum((seg_bits + 7) >> 3)
-    starts_bits = 8 * (ends - ((seg_bits + 7) >> 3))
+    seg_bytes = (seg_bits + 7) >> 3
+    ends = np.cumsum(seg_bytes)
     # global bit position = start of own segment + bits before it within the segment
-    shift = np.repeat(starts_bits - (seg_bits_end - seg_bits), np.diff(seg_last, prepend=-1))
-    pos = cum - lens + shift
+    shift = 8 * (ends - seg_bytes) - (seg_bits_end - seg_bits)
+    pos = cum - lens
+    if nseg > 1:
+        pos += np.repeat(shift, np.diff(seg_last, prepend=-1))
     word = pos >> 6
-    off = (pos & 63).astype(np.uint64)
-    contrib = rev[symbols] << off
+    off_bits = pos & 63
+    off = off_bits.astype(np.uint64)
+    codes = np.take(rev, symbols)
+    contrib = codes << off
     nwords = int(ends[-1] + 7) >> 3
     words = np.zeros(nwords + 1, dtype=np.uint64)
     first = np.flatnonzero(np.diff(word, prepend=-1))
     words[word[first]] = np.add.reduceat(contrib, first)  # bits of different codes never overlap: sum == or
-    spill = np.flatnonzero(off + lens.astype(np.uint64) > 64)
+    spill = np.flatnonzero(off_bits + lens > 64)
     if spill.size:
-        words[word[spill] + 1] |= rev[symbols[spill]] >> (np.uint64(64) - off[spill])
-    payload = words.astype("<u8").view(np.uint8)[: int(ends[-1])]
-    return payload, ends
+        words[word[spill] + 1] |= codes[spill] >> (np.uint64(64) - off[spill])
+    return words.astype("<u8").view(np.uint8)[: int(ends[-1])], ends
 
 
 def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.ndarray:
