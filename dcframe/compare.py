@@ -17,6 +17,7 @@ lzma, bz2, zlib) gets them as the smallest little-endian unsigned ints that hold
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -64,9 +65,8 @@ def parse_coders(spec: str | Sequence[str], registry: Registry | None = None) ->
         raise PipelineError(f"--coders {spec!r}: give coder names separated by commas, e.g. huffman,zstd-19,lzma")
     coders = []
     for name in names:
-        stage_id, sep, level = name.rpartition("-")
-        if not sep or not level.lstrip("-").isdigit() or stage_id not in registry.stages:
-            stage_id, level = name, ""
+        match = re.fullmatch(r"(.+?)-(-?\d+)", name)
+        stage_id, level = (match[1], match[2]) if match and match[1] in registry.stages else (name, "")
         cls = registry.info(stage_id).cls
         config: dict[str, Any] = {}
         if level:
@@ -185,6 +185,7 @@ class CoderRun:
     """One coder on one stream: its output, side information and median times."""
 
     output: bytes
+    metas: list  # the metadata decode needs: [coder meta], or [raw meta, coder meta] for a bytes coder
     meta_bytes: int
     encode_seconds: float
     decode_seconds: float
@@ -222,7 +223,7 @@ def run_coder(coder: Coder, symbols: Symbols, repeat: int = 3, raw: Stage | None
     if not (isinstance(decoded, Symbols) and decoded.array.size == symbols.array.size
             and np.array_equal(decoded.array, symbols.array)):
         raise DcfError(f"coder {coder.name!r} did not decode back to its input")
-    return CoderRun(output, sum(meta_size(m) for m in metas), statistics.median(enc), statistics.median(dec))
+    return CoderRun(output, metas, sum(meta_size(m) for m in metas), statistics.median(enc), statistics.median(dec))
 
 
 def _rate(nbytes: int, seconds: float) -> float | None:
@@ -274,7 +275,7 @@ def compare_case(case: str, parts: list[_Part], coders: Sequence[Coder], repeat:
             rows.append(_error_row(coder.name, str(exc)))
             continue
         if keep is not None:
-            keep[(case, coder.name)] = [(p.symbols, r.output) for p, r in zip(parts, runs, strict=True)]
+            keep[(case, coder.name)] = [(p.symbols, r.output, r.metas) for p, r in zip(parts, runs, strict=True)]
         rows.append(_coder_row(coder.name, sum(len(r.output) for r in runs), sum(r.meta_bytes for r in runs), count,
                                input_bytes, bound, sum(r.encode_seconds for r in runs),
                                sum(r.decode_seconds for r in runs)))
@@ -353,7 +354,7 @@ def lossless_baselines(tensors: Sequence[Dense], coders: Sequence[Coder], repeat
                 row = _error_row(coder.name, str(exc))
             else:
                 if keep is not None:
-                    keep[(transform, coder.name)] = [(p, r.output) for p, r in zip(parts, runs, strict=True)]
+                    keep[(transform, coder.name)] = [(p, r.output, r.metas) for p, r in zip(parts, runs, strict=True)]
                 row = _coder_row(coder.name, sum(len(r.output) for r in runs), sum(r.meta_bytes for r in runs),
                                  original, original, bound, sum(r.encode_seconds for r in runs),
                                  sum(r.decode_seconds for r in runs))
@@ -388,7 +389,8 @@ def compare_model(tensors: Mapping[str, np.ndarray | Dense], pipeline: str | Non
                   keep: dict | None = None) -> dict[str, Any]:
     """Measure a model: stage by stage, coder against coder on the lossy prefix's streams, lossless baselines.
 
-    `keep`, if given, receives every coder's outputs with their inputs ({(case, coder): [(symbols, bytes)]}), for tests.
+    `keep`, if given, receives every coder's outputs, for tests: {(case or transform, coder): [(symbols, output,
+    metas)]}.
     """
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise ConfigError(f"repeat must be a positive integer, got {repeat!r}")
