@@ -3,6 +3,7 @@ import { raw } from './raw.js';
 import { bz2Stage, lzmaStage, zlibStage, zstdStage } from './generic.js';
 import { prune } from './prune.js';
 import { sparse } from './sparse.js';
+import { huffman } from './huffman.js';
 
 export const STAGES = Object.freeze({
   raw,
@@ -12,4 +13,5 @@ export const STAGES = Object.freeze({
   bz2: bz2Stage,
   prune,
   sparse,
+  huffman,
 });
