@@ -154,32 +154,43 @@ def plot(report: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(c["name"], {r["coder"]: r["bytes"] + r["meta_bytes"] for r in c["coders"] if r["bytes"] is not None})
-              for c in report["streams"]]
+    groups = [(c["name"], c["entropy_bytes"], c["coders"]) for c in report["streams"]]
     for transform in ("none", "bytegroup"):
-        rows = [r for r in report["baselines"]["rows"] if r["transform"] == transform and r["bytes"] is not None]
-        groups.append((f"lossless ({transform})", {r["coder"]: r["bytes"] + r["meta_bytes"] for r in rows}))
-    coders = report["coders"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
-    width = 0.8 / max(1, len(coders))
-    for j, coder in enumerate(coders):
-        xs = [i + (j - (len(coders) - 1) / 2) * width for i in range(len(groups))]
-        left.bar(xs, [g[1].get(coder, 0) for g in groups], width, label=coder)
-    left.set_xticks(range(len(groups)), [g[0] for g in groups], rotation=20, ha="right")
-    left.set_yscale("log")
-    left.set_ylabel("bytes (with side information)")
-    left.set_title("coder against coder, same data")
-    left.legend(fontsize="small")
-    labels, sizes = [], []
+        rows = [r for r in report["baselines"]["rows"] if r["transform"] == transform]
+        bound = rows[0]["entropy_bits"] / 8 if rows else 0.0
+        groups.append((f"lossless, {'plain' if transform == 'none' else 'byte-grouped'}", bound, rows))
+    fig = plt.figure(figsize=(3.2 * len(groups), 8.5))
+    grid = fig.add_gridspec(2, len(groups))
+    colors = {c: f"C{i}" for i, c in enumerate(report["coders"])}
+    for i, (title, bound, rows) in enumerate(groups):
+        ax = fig.add_subplot(grid[0, i])
+        rows = [r for r in rows if r["bytes"] is not None]
+        sizes = [r["bytes"] + r["meta_bytes"] for r in rows]
+        ax.bar(range(len(rows)), sizes, color=[colors[r["coder"]] for r in rows])
+        ax.axhline(bound, color="black", linestyle="--", linewidth=1, label="order-0 bound")
+        low = min([*sizes, bound]) if sizes else 0
+        ax.set_ylim(0.9 * low, 1.04 * max([*sizes, bound, 1]))  # zoomed: the differences are a few percent
+        ax.set_xticks(range(len(rows)), [r["coder"] for r in rows], rotation=45, ha="right")
+        ax.set_title(title, fontsize="medium")
+        if i == 0:
+            ax.set_ylabel("bytes incl. side information (axis not from 0)")
+            ax.legend(fontsize="small")
+    ax = fig.add_subplot(grid[1, :])
+    labels, sizes, ratios = [], [], []
     for n, group in enumerate(report["pipelines"]):
         for step in group["steps"]:
-            labels.append(f"{n + 1}:{'original' if step['stage'] == 'input' else step['stage']}")
+            labels.append(f"{'original' if step['stage'] == 'input' else step['stage']}\n[{n + 1}]")
             sizes.append(step["total_bytes"])
-    right.bar(range(len(sizes)), sizes, color="tab:gray")
-    right.set_xticks(range(len(labels)), labels, rotation=40, ha="right")
-    right.set_yscale("log")
-    right.set_ylabel("bytes")
-    right.set_title("stage by stage (per pipeline)")
+            ratios.append(step["ratio"])
+    bars = ax.bar(range(len(sizes)), sizes, color="tab:gray")
+    for bar, ratio in zip(bars, ratios, strict=True):
+        ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                    va="bottom", fontsize="small")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("bytes (log scale)")
+    ax.set_title("stage by stage: " + "; ".join(f"[{n + 1}] {g['pipeline']} ({len(g['tensors'])} tensors)"
+                                                 for n, g in enumerate(report["pipelines"])), fontsize="small")
     fig.tight_layout()
     try:
         fig.savefig(path)
