@@ -277,14 +277,11 @@ def _kmeans_pp(xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 def lloyd_1d(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float = 0.0) -> np.ndarray:
     """Lloyd's algorithm on sorted values: boundaries by binary search, means by prefix sums, O(k log n) a step.
 
-    An empty cluster's centroid moves to the value farthest from its centroid in the cluster of largest squared error
-    (the largest first, ties to the lower cluster; the lower end of that cluster on a tie), as scikit-learn does.
-    Stops after max_iter steps, when the partition no longer changes, or when no centroid moves more than
-    tol * (max - min).
+    Empty clusters take the values farthest from their centroids (see _relocate), as scikit-learn does. Stops after
+    max_iter steps, when the partition no longer changes, or when no centroid moves more than tol * (max - min).
     """
     n, k = xs.size, centroids.size
     prefix = np.concatenate(([0.0], np.cumsum(xs)))
-    prefix2 = None
     c = np.sort(centroids)
     limit = tol * (xs[-1] - xs[0])
     bounds = np.empty(k + 1, dtype=np.int64)
@@ -295,15 +292,12 @@ def lloyd_1d(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float = 
         if previous is not None and np.array_equal(bounds, previous):
             break
         previous = bounds.copy()
-        counts = np.diff(bounds)
-        full = counts > 0
-        new = c.copy()
-        new[full] = np.diff(prefix[bounds])[full] / counts[full]
-        if not full.all():
-            if prefix2 is None:
-                prefix2 = np.concatenate(([0.0], np.cumsum(np.square(xs))))
-            _relocate(xs, bounds, counts, new, prefix, prefix2)
-            new.sort()
+        counts = np.diff(bounds).astype(np.float64)
+        sums = np.diff(prefix[bounds])
+        if not counts.all():
+            new = _relocate(xs, bounds, c, sums, counts)
+        else:
+            new = sums / counts
         moved = float(np.abs(new - c).max())
         c = new
         if moved <= limit:
@@ -311,22 +305,50 @@ def lloyd_1d(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float = 
     return c
 
 
-def _relocate(xs: np.ndarray, bounds: np.ndarray, counts: np.ndarray, c: np.ndarray, prefix: np.ndarray,
-              prefix2: np.ndarray) -> None:
-    """Move the centroids of empty clusters (in place) to the worst-fitting values of the worst clusters."""
+def _relocate(xs: np.ndarray, bounds: np.ndarray, c: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """New sorted centroids when some clusters are empty: as scikit-learn, the m empty ones take the m values farthest
+    from their current centroid (ties: the lower value first), which leave their clusters; other clusters take means.
+
+    The m farthest values are found by bisecting on the distance: count(d) = values at distance >= d is a sum of
+    binary searches at both ends of every cluster, so a step stays O(k log n).
+    """
     empty = np.flatnonzero(counts == 0)
-    lo, hi = bounds[:-1], bounds[1:]
-    spread = (counts >= 2) & (xs[np.minimum(lo, xs.size - 1)] != xs[np.maximum(hi - 1, 0)])
-    candidates = np.flatnonzero(spread)
-    if not candidates.size:
-        return
-    safe = np.maximum(counts[candidates], 1)
-    sums = prefix[hi[candidates]] - prefix[lo[candidates]]
-    sse = prefix2[hi[candidates]] - prefix2[lo[candidates]] - sums * sums / safe
-    order = candidates[np.argsort(-sse, kind="stable")][:empty.size]
-    first, last = xs[lo[order]], xs[hi[order] - 1]
-    far = np.where(c[order] - first >= last - c[order], first, last)
-    c[empty[:order.size]] = far
+    full = np.flatnonzero(counts > 0)
+    lo, hi, centre = bounds[:-1][full], bounds[1:][full], c[full]
+    m = empty.size
+    new = c.copy()
+
+    def tails(d: float) -> tuple[np.ndarray, np.ndarray]:
+        return (np.clip(np.searchsorted(xs, centre - d, side="right"), lo, hi),
+                np.clip(np.searchsorted(xs, centre + d, side="left"), lo, hi))
+
+    near, far = 0.0, float(np.maximum(centre - xs[lo], xs[hi - 1] - centre).max()) * 2 + 1e-300
+    for _ in range(80):  # largest d with at least m values at distance >= d
+        d = 0.5 * (near + far)
+        if not near < d < far:
+            break
+        below, above = tails(d)
+        found = int((below - lo).sum() + (hi - above).sum())
+        if found >= m:
+            near = d
+            if found == m:
+                break
+        else:
+            far = d
+    below, above = tails(near)
+    size = np.concatenate((below - lo, hi - above))
+    first = np.concatenate((lo, above))
+    owner = np.repeat(np.tile(np.arange(full.size), 2), size)
+    index = np.repeat(first - np.concatenate(([0], np.cumsum(size)[:-1])), size) + np.arange(int(size.sum()))
+    distance = np.abs(xs[index] - centre[owner])
+    order = np.lexsort((xs[index], -distance))[:m]
+    taken, owner = index[order], owner[order]
+    np.subtract.at(sums, full[owner], xs[taken])
+    np.subtract.at(counts, full[owner], 1.0)
+    keep = counts > 0
+    new[keep] = sums[keep] / counts[keep]
+    new[empty[:taken.size]] = xs[taken]
+    return np.sort(new)
 
 
 def optimal_1d(values: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
