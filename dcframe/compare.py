@@ -235,7 +235,7 @@ def _coder_row(coder: str, nbytes: int, meta_bytes: int, count: int, input_bytes
     bits = 8 * nbytes
     return {"coder": coder, "bytes": nbytes, "meta_bytes": meta_bytes,
             "bits_per_symbol": bits / count if count else 0.0,
-            "over_bound": bits / bound_bits - 1 if bound_bits > 0 else None,
+            "over_bound": (bits + 8 * meta_bytes) / bound_bits - 1 if bound_bits > 0 else None,
             "below_bound": bits + 8 * meta_bytes < bound_bits,
             "ratio": _ratio(input_bytes, nbytes + meta_bytes),
             "encode_seconds": enc, "decode_seconds": dec,

@@ -99,6 +99,8 @@ def test_entropy_bound_independent(measured):
             bits = 8 * row["bytes"]
             assert row["bits_per_symbol"] == pytest.approx(bits / case["count"])
             assert row["below_bound"] == (bits + 8 * row["meta_bytes"] < case["entropy_bits"])
+            total = bits + 8 * row["meta_bytes"]
+            assert row["over_bound"] == pytest.approx(total / bound - 1)
             if row["coder"] == "huffman":
                 # a prefix code per symbol never beats the empirical entropy; table and offsets only add to it
                 assert bits >= bound, case["name"]
