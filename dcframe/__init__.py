@@ -30,13 +30,14 @@ from .errors import (  # noqa: E402
 )
 from .hookspecs import hookimpl  # noqa: E402
 from .modelio import read_model, write_model  # noqa: E402
+from .orchestrator import check_output, output_limit  # noqa: E402
 from .pipeline import Policy, Rule, parse_pipeline  # noqa: E402
 from .stage import Stage  # noqa: E402
 from .streams import Bytes, Dense, Symbols, symbol_width  # noqa: E402
 
 __all__ = [
     "Bytes", "ConfigError", "Container", "DcfError", "Dense", "FormatError", "IntegrityError", "LimitError", "Limits",
-    "MissingStageError", "ModelIOError", "PipelineError", "Policy", "Rule", "Stage", "Symbols", "compress",
-    "decompress", "hookimpl", "inspect", "numpy_dtype", "open_container", "parse_pipeline", "read_model",
-    "symbol_width", "write_model", "__version__",
+    "MissingStageError", "ModelIOError", "PipelineError", "Policy", "Rule", "Stage", "Symbols", "check_output",
+    "compress", "decompress", "hookimpl", "inspect", "numpy_dtype", "open_container", "output_limit",
+    "parse_pipeline", "read_model", "symbol_width", "write_model", "__version__",
 ]

@@ -21,6 +21,7 @@ import msgpack
 from . import __version__
 from .dtypes import numpy_dtype
 from .errors import DcfError, FormatError, IntegrityError, LimitError, MissingStageError, ModelIOError
+from .modelio import _sync_dir, _umask
 from .orchestrator import EncodedTensor, decode_tensor
 from .pipeline import Chain
 from .registry import Registry, get_registry
@@ -48,6 +49,11 @@ class Limits:
     max_expansion: int = 1 << 20  # a tensor may declare at most this many times the file's size (or 1 GiB)
 
 
+def _is_int(value: Any) -> bool:
+    """An integer from msgpack (bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _crc(data: bytes | memoryview) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
@@ -64,12 +70,20 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"ext type {code} is not allowed in a .dcf file")
+
+
 def _unpack(data: bytes, what: str, offset: int) -> Any:
-    """msgpack-decode untrusted bytes; any failure becomes a FormatError naming what and where."""
+    """msgpack-decode untrusted bytes with every length bounded by the input; no ext types, no timestamps.
+
+    Any failure becomes a FormatError naming what and where.
+    """
     n = len(data)
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=n, max_str_len=n,
-                               max_array_len=n, max_map_len=n, max_ext_len=0, use_list=True)
+                               max_array_len=n, max_map_len=n // 2, max_ext_len=0, ext_hook=_no_ext,
+                               use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise FormatError(f"{what} at byte {offset} is not valid msgpack ({type(exc).__name__}: {exc})") from None
 
@@ -104,7 +118,8 @@ class ContainerWriter:
         self._entries: list[list[Any]] = []
         self._names: set[str] = set()
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                       dir=self.path.parent if str(self.path.parent) else ".")
         except OSError as exc:
             raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._tmp = Path(tmp)
@@ -157,6 +172,7 @@ class ContainerWriter:
         self._write(TRAILER.pack(offset, len(packed), _crc(packed), END_MAGIC))
         try:
             self._file.flush()
+            os.fchmod(self._file.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600: use the usual permissions
             os.fsync(self._file.fileno())
             size = self._file.tell()
             self._file.close()
@@ -164,6 +180,10 @@ class ContainerWriter:
         except OSError as exc:
             self.abort()
             raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.abort()
+            raise
+        _sync_dir(self.path.parent if str(self.path.parent) else Path("."))
         return size
 
     def abort(self) -> None:
@@ -238,6 +258,14 @@ class Container:
             raise FormatError(f"{self.path}: {what} at byte {offset} is truncated")
         return data
 
+    def _read_into(self, offset: int, out: memoryview, what: str) -> None:
+        if offset < 0 or offset + len(out) > self.size:
+            raise LimitError(f"{self.path}: {what} at byte {offset} ({len(out)} bytes) runs past the end of the "
+                             f"{self.size}-byte file")
+        self._file.seek(offset)
+        if self._file.readinto(out) != len(out):
+            raise FormatError(f"{self.path}: {what} at byte {offset} is truncated")
+
     def _fail(self, what: str) -> FormatError:
         return FormatError(f"{self.path}: {what}")
 
@@ -277,15 +305,15 @@ class Container:
             raise LimitError(f"{self.path}: {len(tensors)} tensors exceed the limit of {self.limits.max_tensors}")
         for chain in chains:
             if not isinstance(chain, list) or not all(
-                isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("version"), int)
-                and isinstance(s.get("config", {}), dict) for s in chain):
+                isinstance(s, dict) and isinstance(s.get("id"), str) and _is_int(s.get("version"))
+                and isinstance(s.get("config", {}), dict) and isinstance(s.get("package", ""), str) for s in chain):
                 raise self._fail("malformed chain in the index")
         self.chains: list[list[dict[str, Any]]] = chains
         self.entries: dict[str, Entry] = {}
         end_of_last = len(MAGIC)
         for item in tensors:
             if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)
-                    and all(isinstance(v, int) and v >= 0 for v in item[1:])):
+                    and all(_is_int(v) and v >= 0 for v in item[1:])):
                 raise self._fail("malformed tensor entry in the index")
             entry = Entry(*item)
             if entry.name in self.entries:
@@ -328,7 +356,7 @@ class Container:
         if not isinstance(record, dict) or record.get("name") != name:
             raise FormatError(f"{where}: record does not match the index")
         shape, dtype = record.get("shape"), record.get("dtype")
-        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
             raise FormatError(f"{where}: bad shape {shape!r}")
         if len(shape) > self.limits.max_ndim:
             raise LimitError(f"{where}: {len(shape)} dimensions exceed the limit of {self.limits.max_ndim}")
@@ -343,7 +371,7 @@ class Container:
         if nbytes > bound:
             raise LimitError(f"{where}: declares {nbytes} bytes of data, over the limit of {bound} for this file")
         chain = record.get("chain")
-        if not isinstance(chain, int) or not 0 <= chain < len(self.chains):
+        if not _is_int(chain) or not 0 <= chain < len(self.chains):
             raise FormatError(f"{where}: refers to chain {chain!r}, the file has {len(self.chains)}")
         steps = record.get("steps")
         if not isinstance(steps, list) or len(steps) != len(self.chains[chain]) or \
@@ -353,11 +381,15 @@ class Container:
         if not isinstance(streams, list):
             raise FormatError(f"{where}: bad stream list")
         available = entry.total_length - entry.record_length
+        names: set[str] = set()
         for s in streams:
-            if not (isinstance(s, list) and len(s) == 4 and isinstance(s[0], str) and isinstance(s[1], int)
-                    and isinstance(s[2], int) and isinstance(s[3], list)
-                    and all(isinstance(c, int) and c > 0 for c in s[3])):
+            if not (isinstance(s, list) and len(s) == 4 and isinstance(s[0], str) and _is_int(s[1])
+                    and _is_int(s[2]) and isinstance(s[3], list)
+                    and all(_is_int(c) and c > 0 for c in s[3])):
                 raise FormatError(f"{where}: malformed stream descriptor")
+            if s[0] in names:
+                raise FormatError(f"{where}: stream '{s[0]}' is stored twice")
+            names.add(s[0])
             if any(c > self.limits.max_chunk_bytes for c in s[3]):
                 raise LimitError(f"{where}: stream {s[0]!r} has a chunk over {self.limits.max_chunk_bytes} bytes")
             if sum(s[3]) != s[1]:
@@ -366,14 +398,16 @@ class Container:
         if available != 0:
             raise FormatError(f"{where}: stream sizes do not add up to the record's {entry.total_length} bytes")
 
-    def streams(self, name: str, record: dict[str, Any] | None = None) -> dict[str, bytes]:
+    def streams(self, name: str, record: dict[str, Any] | None = None) -> dict[str, bytearray]:
         """The checked, concatenated bytes of each stream of one tensor."""
         record = record if record is not None else self.record(name)
         entry = self._entry(name)
         pos = entry.offset + entry.record_length
         out = {}
-        for sname, _size, crc, chunks in record["streams"]:
-            parts = []
+        for sname, size, crc, chunks in record["streams"]:
+            data = bytearray(size)  # sizes were checked against the record's place in the file
+            view = memoryview(data)
+            filled = 0
             for length in chunks:
                 header = _bin_header(length)
                 got = self._read_at(pos, len(header), f"chunk of stream '{sname}' of tensor '{name}'")
@@ -381,9 +415,10 @@ class Container:
                     raise FormatError(f"{self.path}: tensor '{name}': chunk header of stream '{sname}' at byte "
                                       f"{pos} does not match its declared length {length}")
                 pos += len(header)
-                parts.append(self._read_at(pos, length, f"stream '{sname}' of tensor '{name}'"))
+                self._read_into(pos, view[filled:filled + length], f"stream '{sname}' of tensor '{name}'")
+                filled += length
                 pos += length
-            data = b"".join(parts)
+            view.release()
             if _crc(data) != crc:
                 raise IntegrityError(f"{self.path}: tensor '{name}': stream '{sname}' checksum mismatch: "
                                      f"the file is damaged")

@@ -31,8 +31,9 @@ MODEL_SUFFIXES = (".safetensors", ".npz", ".npy", ".pt", ".pth")
 class LazyTensors(Mapping[str, Dense]):
     """A read-only mapping name -> Dense that loads (or memory-maps) each tensor when asked for it."""
 
-    def __init__(self, names: list[str], load, path: Path) -> None:
+    def __init__(self, names: list[str], load, path: Path, reopenable: bool = True) -> None:
         self._names, self._load, self.path = names, load, path
+        self.reopenable = reopenable  # another process may read the same tensors by opening `path` again
 
     def __getitem__(self, name: str) -> Dense:
         if name not in self._names:
@@ -158,7 +159,7 @@ def _read_torch(path: Path) -> LazyTensors:
             return Dense(t.view(torch.int16).numpy().view("<u2"), "BF16")
         return _dense(path, name, t.numpy())
 
-    return LazyTensors(list(state), load, path)
+    return LazyTensors(list(state), load, path, reopenable=False)
 
 
 def _dense(path: Path, name: str, array: np.ndarray, dtype: str | None = None) -> Dense:
@@ -169,18 +170,43 @@ def _dense(path: Path, name: str, array: np.ndarray, dtype: str | None = None) -
         raise ModelIOError(f"{path}: tensor '{name}': {exc}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make a rename durable (best effort: not every platform can fsync a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Open a temporary file beside `path`; rename it into place only if the block succeeds."""
+    """Open a temporary file beside `path`; flush, fsync and rename it into place only if the block succeeds.
+
+    On any failure (an exception, Ctrl-C, a full disk) the temporary file is removed and `path` is left as it was.
+    """
     path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise ModelIOError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
@@ -189,41 +215,86 @@ def atomic_output(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_dir(directory)
+
+
+TensorSpec = tuple[str, tuple[int, ...]]  # dtype name, shape
 
 
 def write_model(path: str | os.PathLike, tensors: Mapping[str, Dense | np.ndarray]) -> None:
     """Write tensors to .safetensors or .npz (by extension), atomically, keeping names, dtypes and shapes."""
+    dense = {name: t if isinstance(t, Dense) else Dense.of(t) for name, t in tensors.items()}
+    specs = {name: (t.dtype, tuple(t.array.shape)) for name, t in dense.items()}
+    write_model_stream(path, specs, iter(dense.items()))
+
+
+def write_model_stream(path: str | os.PathLike, specs: Mapping[str, TensorSpec],
+                       tensors: Iterator[tuple[str, Dense]]) -> None:
+    """Write tensors one at a time as `tensors` yields them (in the order of `specs`), atomically.
+
+    Only the dtypes and shapes are needed up front (for the safetensors header), so at most one tensor is in
+    memory at a time. Each yielded tensor must match its spec.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
-    dense = {name: t if isinstance(t, Dense) else Dense.of(t) for name, t in tensors.items()}
-    if suffix == ".safetensors":
-        _write_safetensors(path, dense)
-    elif suffix == ".npz":
-        _write_npz(path, dense)
-    else:
+    if suffix not in (".safetensors", ".npz"):
         raise ModelIOError(f"{path}: can write .safetensors or .npz, not {suffix or 'a file without extension'}")
+    if suffix == ".npz" and NPZ_DTYPES_KEY in specs:
+        raise ModelIOError(f"{path}: a tensor may not be called {NPZ_DTYPES_KEY}")
+    for dtype, _shape in specs.values():
+        numpy_dtype(dtype)  # refuse an unknown dtype before writing anything
+    checked = _checked(path, specs, tensors)
+    with atomic_output(path) as f:
+        if suffix == ".safetensors":
+            _write_safetensors(f, specs, checked)
+        else:
+            _write_npz(f, specs, checked)
 
 
-def _write_safetensors(path: Path, tensors: Mapping[str, Dense]) -> None:
+def _checked(path: Path, specs: Mapping[str, TensorSpec], tensors: Iterator[tuple[str, Dense]]) -> Iterator[Dense]:
+    names = list(specs)
+    for i, (name, t) in enumerate(tensors):
+        if i >= len(names) or name != names[i]:
+            raise ModelIOError(f"{path}: tensor '{name}' arrives out of order")
+        dtype, shape = specs[name]
+        if t.dtype != dtype or tuple(t.array.shape) != tuple(shape):
+            raise ModelIOError(f"{path}: tensor '{name}' is {t.dtype}{list(t.array.shape)}, "
+                               f"expected {dtype}{list(shape)}")
+        yield t
+
+
+def _write_safetensors(f: IO[bytes], specs: Mapping[str, TensorSpec], tensors: Iterator[Dense]) -> None:
     header, offset = {}, 0
-    for name, t in tensors.items():
-        header[name] = {"dtype": t.dtype, "shape": list(t.array.shape), "data_offsets": [offset, offset + t.nbytes]}
-        offset += t.nbytes
+    for name, (dtype, shape) in specs.items():
+        nbytes = math.prod(shape) * numpy_dtype(dtype).itemsize
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the data to 8 bytes, as the safetensors writer does
-    with atomic_output(path) as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for t in tensors.values():
-            f.write(np.ascontiguousarray(t.array).tobytes())
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    written = 0
+    for t in tensors:
+        array = np.asarray(t.array, order="C")
+        if array.size:
+            f.write(memoryview(array.reshape(-1)).cast("B"))
+        written += 1
+    if written != len(specs):
+        raise ModelIOError(f"only {written} of {len(specs)} tensors were written")
 
 
-def _write_npz(path: Path, tensors: Mapping[str, Dense]) -> None:
-    arrays = {name: t.array for name, t in tensors.items()}
-    bit_patterns = [f"{name}={t.dtype}" for name, t in tensors.items() if t.dtype == "BF16"]
-    if NPZ_DTYPES_KEY in arrays:
-        raise ModelIOError(f"{path}: a tensor may not be called {NPZ_DTYPES_KEY}")
-    if bit_patterns:
-        arrays[NPZ_DTYPES_KEY] = np.array(bit_patterns)
-    with atomic_output(path) as f:
-        np.savez(f, **arrays)
+def _write_npz(f: IO[bytes], specs: Mapping[str, TensorSpec], tensors: Iterator[Dense]) -> None:
+    """An .npz as numpy.savez writes it (a stored zip of .npy members), one member at a time."""
+    names = list(specs)
+    written = 0
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, t in zip(names, tensors, strict=False):
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(t.array, order="C"), allow_pickle=False)
+            written += 1
+        if written != len(specs):
+            raise ModelIOError(f"only {written} of {len(specs)} tensors were written")
+        bit_patterns = [f"{name}={dtype}" for name, (dtype, _) in specs.items() if dtype == "BF16"]
+        if bit_patterns:
+            with archive.open(NPZ_DTYPES_KEY + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.array(bit_patterns), allow_pickle=False)

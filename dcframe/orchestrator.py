@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
+import collections
 import math
+import os
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from .errors import DcfError, FormatError
+from .dtypes import numpy_dtype
+from .errors import DcfError, FormatError, LimitError
 from .pipeline import ROOT, Chain, Policy, Step
 from .stage import Stage
 from .streams import Bytes, Dense, Stream, Symbols
 
 Application = tuple[str, list[str], dict[str, Any]]  # input stream, output streams, the stage's meta
+
+# Decompression bombs: while a tensor decodes, no stream any stage produces may exceed
+# OUTPUT_FACTOR * max(declared tensor bytes, stored bytes) + OUTPUT_SLACK (spec/FORMAT.md, section 8).
+OUTPUT_FACTOR = 8
+OUTPUT_SLACK = 1 << 20
+DEFAULT_OUTPUT_LIMIT = 1 << 40
+_OUTPUT_LIMIT: ContextVar[int] = ContextVar("dcframe_output_limit", default=DEFAULT_OUTPUT_LIMIT)
+
+
+def output_limit() -> int:
+    """The most bytes one stream may hold in the decode now running; a stage checks sizes from meta against it."""
+    return _OUTPUT_LIMIT.get()
+
+
+def check_output(stage_id: str, nbytes: int, what: str = "output") -> None:
+    """Refuse (LimitError) to allocate a decoded stream of `nbytes`, read from untrusted meta, beyond output_limit()."""
+    limit = _OUTPUT_LIMIT.get()
+    if nbytes > limit:
+        raise LimitError(f"{stage_id}: {what} of {nbytes} bytes exceeds the {limit}-byte limit for this tensor "
+                         f"(a decompression bomb or a damaged file)")
+
+
+def decode_bound(dtype: str, shape: tuple[int, ...] | list[int], stored_bytes: int) -> int:
+    """The output limit of one tensor's decode: a small multiple of its declared or stored size."""
+    declared = math.prod(shape) * numpy_dtype(dtype).itemsize
+    return OUTPUT_FACTOR * max(declared, stored_bytes) + OUTPUT_SLACK
+
+
+def stream_nbytes(stream: Stream) -> int:
+    """Bytes a decoded stream occupies in memory."""
+    if isinstance(stream, Bytes):
+        return len(stream.data)
+    return int(stream.array.nbytes)
 
 
 @dataclass
@@ -31,8 +69,6 @@ class EncodedTensor:
 
     @property
     def original_bytes(self) -> int:
-        from .dtypes import numpy_dtype
-
         return math.prod(self.shape) * numpy_dtype(self.dtype).itemsize
 
 
@@ -92,17 +128,36 @@ def encode_tensor(name: str, tensor: np.ndarray | Dense, chain: Chain, stats: bo
 
 
 def decode_tensor(stages: list[Stage], steps: list[list[Application]], streams: Mapping[str, bytes | Stream],
-                  dtype: str, shape: tuple[int, ...] | list[int], where: str = "") -> Dense:
-    """Invert a chain: apply each stage's decode in reverse order and check the result's dtype and shape."""
+                  dtype: str, shape: tuple[int, ...] | list[int], where: str = "", limit: int | None = None) -> Dense:
+    """Invert a chain: apply each stage's decode in reverse order and check the result's dtype and shape.
+
+    Every stream a stage produces is bounded by `limit` (default: decode_bound of the declared tensor), which the
+    stages read through output_limit() before allocating what their meta declares.
+    """
     where = where or "tensor"
     current: dict[str, Stream] = {k: (Bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else v)
                                   for k, v in streams.items()}
     if len(steps) != len(stages):
         raise FormatError(f"{where}: {len(steps)} step records for a chain of {len(stages)} stages")
+    if limit is None:
+        try:
+            limit = decode_bound(dtype, shape, sum(stream_nbytes(s) for s in current.values()))
+        except DcfError as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+    token = _OUTPUT_LIMIT.set(limit)
+    try:
+        return _decode(stages, steps, current, dtype, shape, where, limit)
+    finally:
+        _OUTPUT_LIMIT.reset(token)
+
+
+def _decode(stages: list[Stage], steps: list[list[Application]], current: dict[str, Stream], dtype: str,
+            shape: tuple[int, ...] | list[int], where: str, limit: int) -> Dense:
     for stage, applied in zip(reversed(stages), reversed(steps), strict=True):
         for app in reversed(applied):
             if not (isinstance(app, (list, tuple)) and len(app) == 3 and isinstance(app[0], str)
-                    and isinstance(app[1], (list, tuple)) and isinstance(app[2], dict)):
+                    and isinstance(app[1], (list, tuple)) and all(isinstance(o, str) for o in app[1])
+                    and isinstance(app[2], dict)):
                 raise FormatError(f"{where}: malformed step record for stage '{stage.id}'")
             source, outs, meta = app
             if len(outs) != len(stage.gives) or source in current and source not in outs:
@@ -121,19 +176,30 @@ def decode_tensor(stages: list[Stage], steps: list[list[Application]], streams: 
                 result = stage.decode(inputs, meta)
             except DcfError as exc:
                 raise type(exc)(f"{where}: {exc}") from None
-            except (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError) as exc:
+            except (ValueError, TypeError, LookupError, ArithmeticError, MemoryError, struct.error) as exc:
                 raise FormatError(f"{where}: stage '{stage.id}' cannot decode its input "
                                   f"({type(exc).__name__}: {exc})") from None
-            if result.kind not in stage.takes:
-                raise FormatError(f"{where}: stage '{stage.id}' decoded to {result.kind}")
+            if not _valid_stream(result) or result.kind not in stage.takes:
+                raise FormatError(f"{where}: stage '{stage.id}' decoded to {getattr(result, 'kind', result)!r}")
+            if stream_nbytes(result) > limit:
+                raise LimitError(f"{where}: stage '{stage.id}' decoded {stream_nbytes(result)} bytes, over the "
+                                 f"{limit}-byte limit for this tensor")
             current[source] = result
     result = current.pop(ROOT, None)
     if current or not isinstance(result, Dense):
         raise FormatError(f"{where}: decoding did not end in one dense tensor (left: {sorted(current)})")
-    if result.dtype != dtype or tuple(result.array.shape) != tuple(shape):
+    if result.dtype != dtype or tuple(result.array.shape) != tuple(shape) or result.array.dtype != numpy_dtype(dtype):
         raise FormatError(f"{where}: decoded {result.dtype}{list(result.array.shape)}, "
                           f"record says {dtype}{list(shape)}")
     return result
+
+
+def _valid_stream(s: object) -> bool:
+    if isinstance(s, Bytes):
+        return isinstance(s.data, (bytes, bytearray, memoryview))
+    if isinstance(s, Dense):
+        return isinstance(s.array, np.ndarray) and isinstance(s.dtype, str)
+    return isinstance(s, Symbols) and isinstance(s.array, np.ndarray) and isinstance(s.alphabet, int)
 
 
 def roundtrip(chain: Chain, tensor: np.ndarray | Dense) -> Dense:
@@ -194,14 +260,21 @@ def fit_chains(policy: Policy, tensors: Callable[[], Iterator[tuple[str, Dense]]
 
 
 def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, stats: bool = True,
-                     progress: Callable[[str, int], None] | None = None) -> Iterator[EncodedTensor]:
-    """Encode every tensor with the chain the policy chooses for it, lazily, in the mapping's order."""
+                     progress: Callable[[str, int], None] | None = None, jobs: int = 1) -> Iterator[EncodedTensor]:
+    """Encode every tensor with the chain the policy chooses for it, lazily, in the mapping's order.
+
+    With `jobs` > 1, tensors are encoded in that many worker processes, at most 2 * jobs in flight, and yielded in
+    order: the same EncodedTensors (so the same file bytes) as a serial run. Global fits run once, here, first.
+    """
 
     def items() -> Iterator[tuple[str, Dense]]:
         for name in tensors:
             yield name, as_dense(tensors[name])
 
     chains = fit_chains(policy, items)
+    if jobs > 1 and len(tensors) > 1:
+        yield from _compress_parallel(tensors, policy, chains, stats, progress, jobs)
+        return
     for name, dense in items():
         pipeline = policy.pipeline_for(name, dense.array.shape, dense.dtype)
         encoded = encode_tensor(name, dense, chains[pipeline], stats=stats)
@@ -209,3 +282,71 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
             progress(name, dense.nbytes)
         yield encoded
 
+
+def default_jobs() -> int:
+    """The number of CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_WORKER_MODELS: dict[tuple[str, int, int], Mapping[str, Dense]] = {}
+
+
+def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | None, chain: Chain,
+                stats: bool) -> EncodedTensor:
+    """Worker side of a parallel compress: re-open (memory-map) the model file once per process, encode one tensor."""
+    if source is not None:
+        if source not in _WORKER_MODELS:
+            from .modelio import read_model
+
+            _WORKER_MODELS.clear()
+            _WORKER_MODELS[source] = read_model(source[0])
+        tensor = _WORKER_MODELS[source][name]
+    assert tensor is not None
+    return encode_tensor(name, tensor, chain, stats=stats)
+
+
+def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
+                       stats: bool, progress: Callable[[str, int], None] | None,
+                       jobs: int) -> Iterator[EncodedTensor]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .modelio import LazyTensors
+
+    source = None
+    if isinstance(tensors, LazyTensors) and tensors.reopenable:
+        st = os.stat(tensors.path)
+        source = (str(tensors.path), st.st_mtime_ns, st.st_size)  # workers memory-map the file themselves
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    pending: collections.deque = collections.deque()
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    try:
+        def drain() -> EncodedTensor:
+            future, name, nbytes = pending.popleft()
+            encoded = future.result()
+            if progress:
+                progress(name, nbytes)
+            return encoded
+
+        for name in tensors:
+            dense = as_dense(tensors[name])
+            chain = chains[policy.pipeline_for(name, dense.array.shape, dense.dtype)]
+            nbytes = dense.nbytes
+            payload = None if source is not None else dense
+            del dense  # a memory-mapped tensor is read by the worker, not here
+            pending.append((pool.submit(_encode_job, source, name, payload, chain, stats), name, nbytes))
+            while len(pending) >= 2 * jobs:
+                yield drain()
+        while pending:
+            yield drain()
+    except BrokenProcessPool:
+        raise DcfError("a worker process died (out of memory?); try fewer --jobs") from None
+    finally:
+        for future, _, _ in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -15,7 +15,9 @@ A stage is one step of a compression chain. It is a class with:
   state.
   ``meta`` holds what decode needs beyond the streams (a codebook, a shape), as plain msgpack data; bin is allowed.
   decode MUST check everything it reads from meta and the streams, and raise FormatError on anything inconsistent,
-  never allocate more than the sizes it was told to expect.
+  never allocate more than the sizes it was told to expect. Before allocating an output whose size comes from meta,
+  it calls ``dcframe.check_output(self.id, nbytes)``: while a tensor decodes, no stream may exceed
+  ``dcframe.output_limit()`` (a small multiple of the tensor's declared size), so a tiny stream cannot claim gigabytes.
 
 A stage needing a look at every tensor before encoding any (global pruning) overrides ``fit``.
 """

@@ -8,7 +8,7 @@ import zlib
 
 import zstandard
 
-from dcframe import Bytes, FormatError, Stage, hookimpl
+from dcframe import Bytes, FormatError, Stage, check_output, hookimpl
 
 
 class _ByteCodec(Stage):
@@ -24,6 +24,7 @@ class _ByteCodec(Stage):
         size = meta.get("size")
         if not isinstance(size, int) or size < 0:
             raise FormatError(f"{self.id}: bad size {size!r} in metadata")
+        check_output(self.id, size, "declared size")
         try:
             out = self._decompress(streams["data"].data, size)
         except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
