@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from dcframe_plugins.kmeans import INITS, Kmeans, _assign_by_table, assign, lloyd_1d, optimal_1d
+from dcframe_plugins.kmeans import INITS, Kmeans, _assign_by_table, _relocate, assign, lloyd_1d, optimal_1d
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -269,3 +269,33 @@ def test_table_assignment_equals_binary_search(ftype, k, seed, centre, spread):
     if labels is not None:
         assert labels.tolist() == expected.tolist()
     assert assign(values, book).tolist() == expected.tolist()
+
+
+def test_empty_clusters_take_the_farthest_values():
+    rng = np.random.default_rng(3)
+    x = np.sort(np.concatenate((rng.normal(0, 1, 500), rng.normal(10, 1, 500))))
+    c = lloyd_1d(x, np.array([-100.0, -99.0, -98.0, 5.0]), max_iter=50)  # three centroids start with no values
+    assert np.bincount(assign(x, c), minlength=4).min() > 0
+    two = np.where(x < 5, x - x[x < 5].mean(), x - x[x >= 5].mean())
+    assert np.sum(np.square(c[assign(x, c)] - x)) < 0.8 * np.sum(np.square(two))
+
+
+@given(hnp.arrays(np.float64, st.integers(3, 40), elements=st.integers(-20, 20).map(float)),
+       hnp.arrays(np.float64, st.integers(2, 8), elements=st.floats(-40, 40)))
+def test_relocation_matches_brute_force(x, centroids):
+    x, c = np.sort(x), np.sort(centroids)
+    bounds = np.concatenate(([0], np.searchsorted(x, 0.5 * c[:-1] + 0.5 * c[1:]), [x.size]))
+    counts = np.diff(bounds).astype(np.float64)
+    if counts.all():
+        return
+    label = np.repeat(np.arange(c.size), np.diff(bounds))
+    distance = np.abs(x - c[label])
+    taken = np.lexsort((x, -distance))[:int((counts == 0).sum())]
+    rest = np.ones(x.size, dtype=bool)
+    rest[taken] = False
+    expected = [x[rest & (label == j)].mean() if (rest & (label == j)).any() else c[j]
+                for j in range(c.size) if counts[j] > 0]
+    expected = np.sort(np.concatenate((expected, x[taken], c[counts == 0][taken.size:])))
+    sums = np.array([x[label == j].sum() for j in range(c.size)])
+    got = _relocate(x, bounds, c, sums, counts)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
