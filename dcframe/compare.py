@@ -280,7 +280,7 @@ def compare_case(case: str, parts: list[_Part], coders: Sequence[Coder], repeat:
                                input_bytes, bound, sum(r.encode_seconds for r in runs),
                                sum(r.decode_seconds for r in runs)))
     return {"name": case, "tensors": [p.tensor for p in parts], "count": count,
-            "alphabet": max(int(p.symbols.alphabet) for p in parts), "input_bytes": input_bytes,
+            "alphabet": max((int(p.symbols.alphabet) for p in parts), default=0), "input_bytes": input_bytes,
             "entropy_bits": bound, "entropy_bytes": bound / 8, "coders": rows, **_marks(rows)}
 
 
