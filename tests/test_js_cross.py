@@ -167,10 +167,39 @@ def test_js_writes_lossless_python_reads(chain: str, tmp_path: Path) -> None:
         assert np.ascontiguousarray(got[name].array).tobytes() == arr.tobytes(), name
 
 
+@pytest.mark.parametrize("bits", [1, 5, 8])
+def test_js_writes_huffman_coded_quantized_tensor(bits: int, tmp_path: Path) -> None:
+    """kmeans | huffman written by dcf-js: Python decodes exactly what dcf-js decodes, at most 2^bits shared values,
+    within half a cluster of the input; a tensor with few distinct values round-trips exactly."""
+    r = np.random.default_rng(bits)
+    w = r.laplace(0, 0.05, size=(120, 70)).astype(np.float32)
+    tensors: dict[str, np.ndarray | Dense] = {
+        "w": w, "w64": r.normal(size=(33,)), "few": np.array([0.5, -0.0, 0.0, 0.5, 2.0, -1.0] * 3, np.float32),
+        "bf16": Dense((w[:8].view(np.uint32) >> 16).astype(np.uint16), "BF16"),
+        "scalar": np.array(1.25, np.float32), "empty": np.zeros((0, 3), np.float32)}
+    chain = [{"id": "kmeans", "config": {"bits": bits}}, {"id": "huffman", "config": {"max_bits": 12,
+                                                                                      "segment_size": 256}}]
+    path = js_write(tmp_path, tensors, chain, chunk_size=1000)
+    got = dcframe.decompress(path)
+    js = js_decode(path, tmp_path / "back")
+    pipelines = [t["pipeline"].split(" | ") for t in dcframe.inspect(path)["tensors"]]
+    assert all([p.split("(")[0] for p in stages] == ["kmeans", "huffman"] for stages in pipelines), pipelines
+    for name, t in tensors.items():
+        arr = t.array if isinstance(t, Dense) else np.asarray(t)
+        out = got[name].array
+        assert out.shape == arr.shape and got[name].dtype == js[name][0]
+        assert np.ascontiguousarray(out).tobytes() == js[name][2], name
+        if name == "few" and bits >= 3:
+            assert out.tobytes() == arr.tobytes()
+        if name in ("w", "w64"):
+            assert len(np.unique(out)) <= 2**bits
+            assert np.max(np.abs(out - arr)) <= (arr.max() - arr.min()) / 2, name
+
+
 @settings(max_examples=10)
-@given(hnp.arrays(dtype=st.sampled_from([np.float32, np.float64, np.int16, np.uint8]),
-                  shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6)),
-       st.sampled_from(list(LOSSLESS_JS_CHAINS)))
+@given(arr=hnp.arrays(dtype=st.sampled_from([np.float32, np.float64, np.int16, np.uint8]),
+                      shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6)),
+       chain=st.sampled_from(list(LOSSLESS_JS_CHAINS)))
 def test_js_writes_arbitrary_arrays(arr: np.ndarray, chain: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Arbitrary arrays (any bit patterns, any small shape) survive dcf-js writing and Python reading bit-exactly."""
     tmp = tmp_path_factory.mktemp("hyp")

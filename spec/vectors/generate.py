@@ -499,11 +499,12 @@ def main() -> int:
     """Regenerate the vectors, or with --check compare a fresh generation with the committed files."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--check", action="store_true", help="regenerate into a temp dir and diff against spec/vectors")
+    ap.add_argument("--out", type=Path, default=HERE, help="directory to write into (default: spec/vectors)")
     args = ap.parse_args()
     if not args.check:
         for sub in ("valid", "invalid"):
-            shutil.rmtree(HERE / sub, ignore_errors=True)
-        generate(HERE)
+            shutil.rmtree(args.out / sub, ignore_errors=True)
+        generate(args.out)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))

@@ -4,6 +4,7 @@ import { bz2Stage, lzmaStage, zlibStage, zstdStage } from './generic.js';
 import { prune } from './prune.js';
 import { sparse } from './sparse.js';
 import { huffman } from './huffman.js';
+import { kmeans } from './kmeans.js';
 
 export const STAGES = Object.freeze({
   raw,
@@ -14,4 +15,5 @@ export const STAGES = Object.freeze({
   prune,
   sparse,
   huffman,
+  kmeans,
 });
