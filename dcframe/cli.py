@@ -16,6 +16,7 @@ COMMANDS = (
     "dcframe.commands.decompress",
     "dcframe.commands.inspect",
     "dcframe.commands.stages",
+    "dcframe.commands.verify",
     "dcframe.commands.compare",
     "dcframe.commands.demo",
 )

@@ -9,6 +9,9 @@ from .. import console
 from ..api import compress
 from ..errors import DcfError
 from ..modelio import read_model
+from ..orchestrator import default_jobs
+
+SMALL_MODEL = 8 << 20  # bytes of tensors below which --jobs is ignored
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -22,6 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--rule", action="append", default=[], metavar="GLOB=PIPELINE",
                    help="chain for tensors whose name matches GLOB (or 'dim:N=...' for rank N); first match wins")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="user metadata to store")
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                   help="tensors compressed in parallel by N processes (default: the number of cores; "
+                        "the output bytes do not depend on N)")
     console.add_output_flags(p)
     return p
 
@@ -36,11 +42,16 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise DcfError(f"--metadata {item!r}: expected KEY=VALUE")
         metadata[key] = value
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise DcfError(f"--jobs {args.jobs}: give 1 or more processes")
     tensors = read_model(args.input)
     total = sum(tensors[name].nbytes for name in tensors)
+    if total < SMALL_MODEL:
+        jobs = 1  # starting processes costs more than it saves; the bytes are the same either way
     with console.progress_bar(total, "compressing", enabled=not args.quiet) as advance:
         report = compress(tensors, output, pipeline=args.pipeline, preset=args.preset, rules=args.rule,
-                          metadata=metadata, progress=advance)
+                          metadata=metadata, progress=advance, jobs=jobs)
     if args.json:
         console.print_json(report)
     else:

@@ -7,7 +7,7 @@ import argparse
 from .. import console
 from ..container import Container
 from ..errors import DcfError
-from ..modelio import write_model
+from ..modelio import write_model_stream
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -27,13 +27,18 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise DcfError(f"{args.input}: no tensor named {', '.join(map(repr, missing))}; "
                            f"it has {len(container.names)} (see `dcframe inspect`)")
+        records = {name: container.record(name) for name in names}  # checked: the output header needs them
+        specs = {name: (r["dtype"], tuple(r["shape"])) for name, r in records.items()}
         total = sum(container.entries[n].total_length for n in names)
-        tensors = {}
         with console.progress_bar(total, "decoding", enabled=not args.quiet) as advance:
-            for name in names:
-                tensors[name] = container.read(name)
-                advance(name, container.entries[name].total_length)
-    write_model(args.output, tensors)
+
+            def decoded():  # one tensor in memory at a time: decoded, written, dropped
+                for name in names:
+                    tensor = container.read(name)
+                    advance(name, container.entries[name].total_length)
+                    yield name, tensor
+
+            write_model_stream(args.output, specs, decoded())
     if not args.quiet:
-        console.stderr.print(f"wrote {len(tensors)} tensors to {args.output}")
+        console.stderr.print(f"wrote {len(names)} tensors to {args.output}")
     return 0

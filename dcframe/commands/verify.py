@@ -1,0 +1,43 @@
+"""`dcframe verify IN.dcf`: check every checksum and decode every tensor, writing nothing; name the damaged ones."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.markup import escape
+from rich.table import Table
+
+from .. import console
+from ..api import verify
+from ..container import Container
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("verify", help="check a .dcf container: checksums and a full decode, nothing written",
+                       description="Check every checksum of a .dcf container and decode every tensor (nothing is "
+                                   "written). Exit 1 if any tensor is damaged; the others stay readable.")
+    p.add_argument("input", help=".dcf container")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    with Container(args.input) as container:  # an unreadable index is one error line, exit 1
+        total = container.size
+    with console.progress_bar(total, "verifying", enabled=not (args.quiet or args.json)) as advance:
+        result = verify(args.input, progress=advance)
+    if args.json:
+        console.print_json(result)
+    else:
+        table = Table(title=f"{args.input}: {len(result['tensors'])} tensors", title_justify="left")
+        for col in ("tensor", "status"):
+            table.add_column(col, overflow="fold")
+        for row in result["tensors"]:
+            table.add_row(escape(row["name"]), "ok" if row["ok"] else f"[red]DAMAGED[/red]: {escape(row['error'])}")
+        console.stdout.print(table)
+        if result["damaged"]:
+            console.stderr.print(escape(f"dcframe: {len(result['damaged'])} damaged tensor(s): "
+                                    f"{', '.join(result['damaged'])}; the others can still be read "
+                                    f"(dcframe decompress --tensor NAME)"))
+    return 0 if result["ok"] else 1
