@@ -261,6 +261,7 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     end_pos = np.empty(nseg, dtype=np.int64)
     mask = (1 << width) - 1
     last = int(nsyms[-1])
+    refill = max(1, 57 // width)  # codes that fit in the 57 bits a refill guarantees
     for lo in range(0, nseg, LANES):
         hi = min(lo + LANES, nseg)
         base = int(starts[lo])
@@ -268,27 +269,28 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
         span = int(ends[hi - 1]) - base + pad - 16
         win = np.ndarray(shape=(span,), dtype="<i8", buffer=buf, offset=base, strides=(1,)).astype(np.int64)
         pos = (starts[lo:hi] - base) * 8
-        b = np.empty_like(pos)
-        s = np.empty_like(pos)
-        w = np.empty_like(pos)
-        ln = np.empty_like(pos)
+        b, s, w, idx, ln = (np.empty_like(pos) for _ in range(5))
         block = np.empty((steps, hi - lo), dtype=dtype)
         snap = None
         for t in range(steps):
-            np.right_shift(pos, 3, out=b)
-            np.take(win, b, out=w, mode="wrap")
-            np.bitwise_and(pos, 7, out=s)
-            np.right_shift(w, s, out=w)
-            np.bitwise_and(w, mask, out=w)
-            np.take(lut_sym, w, out=block[t], mode="wrap")
-            np.take(lut_len, w, out=ln, mode="wrap")
+            if t % refill == 0:  # w = the next >= 57 stream bits of every lane, first bit in bit 0
+                np.right_shift(pos, 3, out=b)
+                np.take(win, b, out=w, mode="wrap")
+                np.bitwise_and(pos, 7, out=s)
+                np.right_shift(w, s, out=w)
+            np.bitwise_and(w, mask, out=idx)
+            np.take(lut_sym, idx, out=block[t], mode="wrap")
+            np.take(lut_len, idx, out=ln, mode="wrap")
+            np.right_shift(w, ln, out=w)
             np.add(pos, ln, out=pos)
             if t == last - 1 and hi == nseg:
                 snap = int(pos[-1])
         end_pos[lo:hi] = pos + 8 * base
         if snap is not None:
             end_pos[-1] = snap + 8 * base
-        out[lo:hi] = block.T
+        for i in range(0, steps, 512):  # transpose in tiles: about twice as fast as one strided copy
+            for j in range(0, hi - lo, 64):
+                out[lo + j:lo + j + 64, i:i + 512] = block[i:i + 512, j:j + 64].T
     # exact bit consumption: every segment ends inside its last byte, and the padding bits above are zero
     last_byte = ends - 1
     used_bits = end_pos - 8 * last_byte
