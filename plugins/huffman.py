@@ -20,6 +20,7 @@ MAX_ALPHABET = 1 << 16
 MAX_SEGMENT = 1 << 24
 MAX_PAYLOAD = (1 << 32) - 1
 LANES = 4096  # segments decoded together; keeps the working set of one lockstep in cache
+ENCODE_BLOCK = 1 << 18  # about this many symbols (whole segments) are packed at a time, for the same reason
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -152,7 +153,7 @@ def _pack(symbols: np.ndarray, table: np.ndarray, rev: np.ndarray, seg: int) -> 
     """
     count = symbols.size
     nseg = -(-count // seg)
-    per_block = max(1, (1 << 18) // seg) * seg
+    per_block = max(1, ENCODE_BLOCK // seg) * seg
     lens_table = table.astype(np.int64)
     chunks, ends, done = [], [], 0
     for lo in range(0, count, per_block):
@@ -289,8 +290,8 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
         if snap is not None:
             end_pos[-1] = snap + 8 * base
         for i in range(0, steps, 512):  # transpose in tiles: about twice as fast as one strided copy
-            for j in range(0, hi - lo, 64):
-                out[lo + j:lo + j + 64, i:i + 512] = block[i:i + 512, j:j + 64].T
+            for j in range(lo, hi, 64):
+                out[j:min(j + 64, hi), i:i + 512] = block[i:i + 512, j - lo:j - lo + 64].T
     # exact bit consumption: every segment ends inside its last byte, and the padding bits above are zero
     last_byte = ends - 1
     used_bits = end_pos - 8 * last_byte

@@ -63,6 +63,22 @@ def test_roundtrip_exact(case, max_bits, segment_size):
     assert kraft == (0.5 if distinct.size == 1 else 1.0)
 
 
+@given(symbol_arrays(), st.integers(1, 40), st.integers(1, 9), st.integers(1, 50))
+def test_roundtrip_in_small_blocks(case, segment_size, lanes, block):
+    """Many lane blocks (decode) and symbol blocks (encode), with a short last segment in the last block."""
+    import dcframe_plugins.huffman as module
+
+    array, alphabet = case
+    saved = module.LANES, module.ENCODE_BLOCK
+    module.LANES, module.ENCODE_BLOCK = lanes, block
+    try:
+        data, _, decoded = roundtrip(Huffman(segment_size=segment_size), array, alphabet)
+    finally:
+        module.LANES, module.ENCODE_BLOCK = saved
+    assert decoded.array.astype(np.uint64).tobytes() == array.astype(np.uint64).tobytes()
+    assert Huffman(segment_size=segment_size).encode(Symbols(array, alphabet))[0]["data"].data == data
+
+
 def test_degenerate_cases():
     stage = Huffman()
     for array, alphabet in [(np.zeros(0, np.uint8), 1), (np.zeros(10, np.uint8), 1), (np.full(9, 7, np.uint8), 9),
