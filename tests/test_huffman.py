@@ -10,7 +10,7 @@ from dcframe_plugins.huffman import LIMIT, Huffman, canonical_codes, limited_cod
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dcframe import Bytes, ConfigError, FormatError, Symbols
+from dcframe import Bytes, ConfigError, DcfError, FormatError, Symbols
 
 
 def roundtrip(stage: Huffman, array: np.ndarray, alphabet: int) -> tuple[bytes, dict, Symbols]:
@@ -243,3 +243,19 @@ def test_specific_violations_are_rejected():
         with pytest.raises(FormatError):
             Huffman().decode({"data": Bytes(data)}, m)
             print("accepted:", name)
+
+
+@pytest.mark.parametrize("pipeline", ["kmeans(bits=5)", "prune(sparsity=0.8) | sparse | kmeans(bits=4)"])
+def test_in_a_real_chain_huffman_changes_nothing(pipeline):
+    """Lossless in a chain: appending `| huffman` leaves the decoded tensor bit-identical."""
+    from dcframe.orchestrator import roundtrip
+    from dcframe.pipeline import build_chain, parse_pipeline
+
+    weights = np.random.default_rng(3).laplace(size=(64, 50)).astype(np.float32)
+    try:
+        plain = build_chain(parse_pipeline(pipeline))
+    except DcfError as exc:  # a stage of the chain is not installed here
+        pytest.skip(str(exc))
+    coded = build_chain(parse_pipeline(pipeline + " | huffman(max_bits=11, segment_size=100)"))
+    assert "huffman" in [s.id for s in coded.stages]
+    assert roundtrip(coded, weights).array.tobytes() == roundtrip(plain, weights).array.tobytes()
