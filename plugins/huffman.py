@@ -102,6 +102,7 @@ class Huffman(Stage):
         self.segment_size = _check_int("segment_size", segment_size, 1, MAX_SEGMENT)
 
     def encode(self, stream: Symbols) -> tuple[dict[str, Bytes], dict]:
+        """Code the symbols; table, segment ends and payload all go into the one output stream."""
         alphabet = int(stream.alphabet)
         if not 1 <= alphabet <= MAX_ALPHABET:
             raise ConfigError(f"huffman: alphabet {alphabet} is outside 1..{MAX_ALPHABET}")
@@ -131,6 +132,7 @@ class Huffman(Stage):
         return {"data": Bytes(b"".join(parts))}, meta
 
     def decode(self, streams: dict[str, Bytes], meta: dict) -> Symbols:
+        """Check meta and stream against each other, then decode; anything inconsistent is a FormatError."""
         data = streams["data"].data
         count, alphabet = meta.get("count"), meta.get("alphabet")
         if isinstance(alphabet, bool) or not isinstance(alphabet, int) or not 1 <= alphabet <= MAX_ALPHABET:
@@ -152,7 +154,6 @@ def _pack(symbols: np.ndarray, table: np.ndarray, rev: np.ndarray, seg: int) -> 
     boundaries, so their payloads simply follow one another.
     """
     count = symbols.size
-    nseg = -(-count // seg)
     per_block = max(1, ENCODE_BLOCK // seg) * seg
     lens_table = table.astype(np.int64)
     chunks, ends, done = [], [], 0
@@ -162,9 +163,7 @@ def _pack(symbols: np.ndarray, table: np.ndarray, rev: np.ndarray, seg: int) -> 
         chunks.append(data)
         ends.append(seg_ends + done)
         done += data.size
-    ends_all = np.concatenate(ends)
-    assert ends_all.size == nseg
-    return np.concatenate(chunks), ends_all
+    return np.concatenate(chunks), np.concatenate(ends)
 
 
 def _pack_block(symbols: np.ndarray, lens_table: np.ndarray, rev: np.ndarray,
