@@ -20,7 +20,7 @@ import msgpack
 
 from . import __version__
 from .dtypes import numpy_dtype
-from .errors import DcfError, FormatError, IntegrityError, LimitError, MissingStageError, ModelIOError
+from .errors import ConfigError, DcfError, FormatError, IntegrityError, LimitError, MissingStageError, ModelIOError
 from .modelio import _sync_dir, _umask
 from .orchestrator import EncodedTensor, decode_tensor
 from .pipeline import Chain
@@ -436,7 +436,11 @@ class Container:
                     raise MissingStageError(
                         f"{self.path}: stage '{s['id']}' version {s['version']} is needed, the installed "
                         f"{info.package} has version {info.cls.version}; upgrade {info.package}")
-                stages.append(info.cls.from_config(s.get("config", {})))
+                try:
+                    stages.append(info.cls.from_config(s.get("config", {})))
+                except ConfigError as exc:  # a stored config its stage rejects: a malformed file (FORMAT.md 9)
+                    raise FormatError(f"{self.path}: chain {index}: stage '{s['id']}': bad stored config: "
+                                      f"{exc}") from None
             self._stages[index] = stages
         return self._stages[index]
 
