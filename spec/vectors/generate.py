@@ -486,6 +486,94 @@ def add_invalid_vectors(g: Generator) -> None:
     g.add_invalid("zlib-truncated", rewrite(zl, record_edit(0, truncate_stream)), "FormatError",
                   "zlib stream missing its Adler-32.", ["zlib"], tensor=zlt[0][0]["name"])
 
+    add_invalid_stage_vectors(g)
+
+
+def stream_edit(tensor: int, stream: str, fn: Callable[[bytes], bytes]) -> Callable[..., None]:
+    """An edit replacing one stream's bytes by fn(bytes), as one chunk (checksums are recomputed by build)."""
+    def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+        rec, chunks = tensors[tensor]
+        i = [s[0] for s in rec["streams"]].index(stream)
+        chunks[i] = [fn(b"".join(chunks[i]))]
+    return edit
+
+
+def step_meta_edit(tensor: int, step: int, app: int, fn: Callable[[dict[str, Any]], None]) -> Callable[..., None]:
+    """An edit changing the meta map of one application of one step."""
+    def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+        fn(tensors[tensor][0]["steps"][step][app][2])
+    return edit
+
+
+def add_invalid_stage_vectors(g: Generator) -> None:
+    """Streams and metadata that each stage's own Validation section must reject (checksums consistent)."""
+    hs, sh, sf, kr, pz = (g.sources[n] for n in ("huffman-segments", "sparse-huffman", "sparse-fillers", "kmeans-raw",
+                                                  "prune-zstd"))
+
+    def first_used_length(b: bytes, new: Callable[[int], int]) -> bytes:
+        t = int.from_bytes(b[:4], "little")
+        i = next(i for i in range(4, 4 + t) if b[i])
+        return b[:i] + bytes([new(b[i])]) + b[i + 1:]
+
+    g.add_invalid("huffman-kraft", rewrite(hs, stream_edit(0, "data", lambda b: first_used_length(b, lambda v: v + 1))),
+                  "FormatError", "huffman: a code length increased, the Kraft sum is no longer 1.",
+                  ["huffman", "huffman:code-lengths"], tensor="w")
+    length_17 = stream_edit(0, "data", lambda b: first_used_length(b, lambda v: 17))
+    g.add_invalid("huffman-length-17", rewrite(hs, length_17), "FormatError", "huffman: a code length of 17.",
+                  ["huffman", "huffman:code-lengths"], tensor="w")
+
+    def extra_payload_byte(b: bytes) -> bytes:
+        t = int.from_bytes(b[:4], "little")
+        k = -(-4096 // int.from_bytes(b[4 + t:8 + t], "little"))
+        last = 8 + t + 4 * (k - 1)
+        end = int.from_bytes(b[last:last + 4], "little") + 1
+        return b[:last] + end.to_bytes(4, "little") + b[last + 4:] + b"\x00"
+    g.add_invalid("huffman-extra-byte", rewrite(hs, stream_edit(0, "data", extra_payload_byte)), "FormatError",
+                  "huffman: one zero byte appended to the last segment (its codes no longer end in its last byte).",
+                  ["huffman", "huffman:exact-bits"], tensor="w")
+
+    def big_count(meta: dict[str, Any]) -> None:
+        meta["count"] = 2**40
+    g.add_invalid("huffman-count-over-payload", rewrite(sh, step_meta_edit(0, 1, 0, big_count)), "FormatError",
+                  "huffman: meta count 2^40, more symbols than the payload can hold (checked before allocating).",
+                  ["huffman", "allocation"], tensor="w")
+
+    def drop_last_entry(meta: dict[str, Any]) -> None:
+        meta["codebook"] = meta["codebook"][:-4]
+    g.add_invalid("kmeans-index-out-of-range", rewrite(kr, step_meta_edit(0, 0, 0, drop_last_entry)), "FormatError",
+                  "kmeans: the last codebook entry removed, an index is now >= K.", ["kmeans"], tensor="w")
+
+    def ragged_codebook(meta: dict[str, Any]) -> None:
+        meta["codebook"] = meta["codebook"][:-1]
+    g.add_invalid("kmeans-codebook-length", rewrite(kr, step_meta_edit(0, 0, 0, ragged_codebook)), "FormatError",
+                  "kmeans: codebook length not a multiple of the itemsize.", ["kmeans"], tensor="w")
+
+    def kmeans_int_dtype(meta: dict[str, Any]) -> None:
+        meta["dtype"] = "I32"
+    g.add_invalid("kmeans-integer-dtype", rewrite(kr, step_meta_edit(0, 0, 0, kmeans_int_dtype)), "FormatError",
+                  "kmeans: meta dtype I32.", ["kmeans"], tensor="w")
+
+    def shorter_shape(meta: dict[str, Any]) -> None:
+        meta["shape"] = [1999]
+    g.add_invalid("sparse-position-beyond-shape", rewrite(sf, step_meta_edit(0, 0, 0, shorter_shape)), "FormatError",
+                  "sparse: meta shape [1999] while the last stored position is 1999.", ["sparse"], tensor="runs")
+    g.add_invalid("sparse-trailing-filler", rewrite(sf, stream_edit(0, "positions", lambda b: b + b"\x00")),
+                  "FormatError", "sparse: the positions stream ends with a filler (symbol 0).", ["sparse", "fillers"],
+                  tensor="runs")
+
+    def drop_value(index: dict[str, Any], tensors: list[Any]) -> None:
+        stream_edit(0, "values", lambda b: b[:-4])(index, tensors)
+        tensors[0][0]["steps"][1][1][2]["shape"] = [7]
+    g.add_invalid("sparse-values-count", rewrite(sf, drop_value), "FormatError",
+                  "sparse: 7 values for 8 non-zero position symbols.", ["sparse"], tensor="runs")
+    g.add_invalid("raw-symbol-over-alphabet", rewrite(sf, stream_edit(0, "positions", lambda b: b"\x08" + b[1:])),
+                  "FormatError", "raw: a position symbol 8 with alphabet 8.", ["raw", "symbols"], tensor="runs")
+
+    def bad_prune_config(index: dict[str, Any], tensors: list[Any]) -> None:
+        index["chains"][0][0]["config"]["sparsity"] = 1.5
+    g.add_invalid("prune-bad-config", rewrite(pz, bad_prune_config), "FormatError",
+                  "prune: sparsity 1.5 in the stored config.", ["prune", "config"], tensor="w")
+
 
 def _first_chunk_pos(data: bytes) -> int:
     """Byte offset of the first data byte of the first chunk of the first tensor."""
