@@ -52,7 +52,27 @@ def container_report(container: Container) -> dict[str, Any]:
     }
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _checked_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """Only well-formed stats (they come from the file, which may be hostile); anything else is dropped."""
+    out = {k: stats[k] for k in ("distinct", "rms", "max_abs") if _number(stats.get(k))}
+    if _number(stats.get("sparsity")) and stats["sparsity"] <= 1:
+        out["sparsity"] = stats["sparsity"]
+    entropy = stats.get("entropy_bits")
+    if isinstance(entropy, dict):
+        out["entropy_bits"] = {k: v for k, v in entropy.items() if isinstance(k, str) and _number(v)}
+    stages = stats.get("stages")
+    if isinstance(stages, list) and all(isinstance(d, dict) and all(isinstance(k, str) and _number(v)
+                                                                     for k, v in d.items()) for d in stages):
+        out["stages"] = stages
+    return out
+
+
 def _stats_fields(stats: dict[str, Any], streams: dict[str, int], count: int) -> dict[str, Any]:
+    stats = _checked_stats(stats)
     out: dict[str, Any] = {}
     for key in ("sparsity", "distinct", "rms", "max_abs"):
         if key in stats:
