@@ -486,6 +486,13 @@ def add_invalid_vectors(g: Generator) -> None:
     g.add_invalid("zlib-truncated", rewrite(zl, record_edit(0, truncate_stream)), "FormatError",
                   "zlib stream missing its Adler-32.", ["zlib"], tensor=zlt[0][0]["name"])
 
+    def trailing_bytes(rec: dict[str, Any], chunks: list[list[bytes]]) -> None:
+        chunks[0][-1] = chunks[0][-1] + b"\x00\x01"
+    g.add_invalid("zlib-trailing-data", rewrite(zl, record_edit(0, trailing_bytes)), "FormatError",
+                  "zlib stream followed by 2 stray bytes.", ["zlib"], tensor=zlt[0][0]["name"])
+    g.add_invalid("zstd-trailing-data", rewrite(zs, record_edit(0, trailing_bytes)), "FormatError",
+                  "zstd frame followed by 2 stray bytes.", ["zstd"], tensor=zlt[0][0]["name"])
+
     add_invalid_stage_vectors(g)
 
 

@@ -1,6 +1,6 @@
 // Reader of the .dcf container (spec/FORMAT.md): trailer, index, records, chunks, checksums, limits, and the decode of
 // a tensor through its chain (section 4.4).
-import { FormatError, IntegrityError, LimitError, MissingStageError } from './errors.js';
+import { DcfError, FormatError, IntegrityError, LimitError, MissingStageError } from './errors.js';
 import { crc32 } from './crc32.js';
 import { isInt, isMap, unpack } from './mp.js';
 import { checkShape, dtypeInfo } from './dtypes.js';
@@ -172,14 +172,17 @@ export class DcfReader {
       streams.set(sname, bytes);
     }
     if (pos !== end) throw new FormatError(`tensor ${name}: record and chunks take ${pos - offset} bytes, total_length is ${totalLength}`);
-    return { rec, chain, streams, nel };
+    // Bound on every intermediate stream of the decode (FORMAT.md 8): 8 x max(declared, stored bytes) + 1 MiB.
+    const storedBytes = [...streams.values()].reduce((a, x) => a + x.length, 0);
+    const outputLimit = 8 * Math.max(Number(declared), storedBytes) + 2 ** 20;
+    return { rec, chain, streams, nel, outputLimit };
   }
 
   /** Decode tensor `name` into {name, dtype, shape, data: typed array}. Errors are the classes of errors.js. */
   read(name) {
     const entry = this._byName.get(name);
     if (!entry) throw new Error(`no tensor named ${name}`);
-    const { rec, chain, streams: stored } = this._load(entry);
+    const { rec, chain, streams: stored, outputLimit } = this._load(entry);
     const who = `tensor ${name}`;
     // Check every stage exists first, so a missing stage is reported as such (FORMAT.md 6).
     const impls = chain.map((d) => {
@@ -216,9 +219,9 @@ export class DcfReader {
         if (streams.has(input)) throw new FormatError(`${who}: ${st.id} would overwrite stream ${input}`);
         let out;
         try {
-          out = st.decode(ins, meta, chain[i].config ?? {}, { limits: this.limits, fileSize: this.bytes.length });
+          out = st.decode(ins, meta, chain[i].config ?? {}, { outputLimit });
         } catch (e) {
-          if (e instanceof FormatError || e instanceof MissingStageError) {
+          if (e instanceof DcfError) {
             e.message = `${who}: ${e.message}`;
             throw e;
           }

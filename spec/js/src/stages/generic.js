@@ -1,11 +1,12 @@
 // Stages `zlib`, `zstd`, `lzma`, `bz2` (spec/stages/generic.md). lzma and bz2 are declared unsupported here.
 import * as zlib from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
-import { FormatError, MissingStageError } from '../errors.js';
+import { FormatError, LimitError, MissingStageError } from '../errors.js';
 import { isInt, isMap } from '../mp.js';
 
-function metaSize(id, meta) {
+function metaSize(id, meta, ctx = {}) {
   if (!isMap(meta) || !isInt(meta.size) || meta.size < 0) throw new FormatError(`${id}: missing or bad size in meta`);
+  if (ctx.outputLimit !== undefined && meta.size > ctx.outputLimit) throw new LimitError(`${id}: size ${meta.size} over the decode bound ${ctx.outputLimit}`);
   return meta.size;
 }
 
@@ -14,8 +15,8 @@ export const zlibStage = {
   version: 1,
   takes: ['bytes'],
   outputs: [{ name: 'data', kind: 'bytes' }],
-  decode([input], meta) {
-    const size = metaSize('zlib', meta);
+  decode([input], meta, _config, ctx) {
+    const size = metaSize('zlib', meta, ctx);
     let res;
     try {
       res = zlib.inflateSync(input.data, { maxOutputLength: Math.max(size + 1, 1), info: true });
@@ -70,8 +71,8 @@ export const zstdStage = {
   version: 1,
   takes: ['bytes'],
   outputs: [{ name: 'data', kind: 'bytes' }],
-  decode([input], meta) {
-    const size = metaSize('zstd', meta);
+  decode([input], meta, _config, ctx) {
+    const size = metaSize('zstd', meta, ctx);
     const h = zstdHeader(input.data);
     if (h.contentSize !== null && h.contentSize !== size) {
       throw new FormatError(`zstd: frame content size ${h.contentSize} differs from meta size ${size}`);

@@ -1,5 +1,5 @@
 // Stage `sparse` (spec/stages/sparse.md): relative-index positions (fillers = symbol 0) + the stored values.
-import { FormatError } from '../errors.js';
+import { FormatError, LimitError } from '../errors.js';
 import { isInt, isMap } from '../mp.js';
 import { DTYPES, bitsView } from '../dtypes.js';
 
@@ -26,7 +26,7 @@ export const sparse = {
   takes: ['dense'],
   outputs: [{ name: 'positions', kind: 'symbols' }, { name: 'values', kind: 'dense' }],
 
-  decode([positions, values], meta, config) {
+  decode([positions, values], meta, config, ctx = {}) {
     const M = 2 ** indexBits(config) - 1;
     if (!isMap(meta)) throw new FormatError('sparse: meta is not a map');
     const shape = meta.shape;
@@ -47,6 +47,8 @@ export const sparse = {
     let q = -1;
     for (let i = 0; i < pos.length; i++) q += pos[i] === 0 ? M : pos[i];
     if (q >= n) throw new FormatError(`sparse: stored position ${q} beyond ${n} elements`);
+    const bytes = n * DTYPES[values.dtype].size;
+    if (ctx.outputLimit !== undefined && bytes > ctx.outputLimit) throw new LimitError(`sparse: ${bytes} bytes of output over the decode bound ${ctx.outputLimit}`);
     const out = new DTYPES[values.dtype].array(n);
     const src = bitsView(values.data), dst = bitsView(out);
     const sw = src.words, dw = dst.words;
