@@ -252,9 +252,9 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     idx = bit_reverse(np.arange(1 << width, dtype=np.int64), width)
     lut_sym = msb_sym[idx].astype(dtype)
     lut_len = msb_len[idx].astype(np.int64)
-    # window reads: 8 bytes at every byte offset; pad so that no lane can read past the buffer
-    pad = ((seg * max_len + 7) >> 3) + 16
-    buf = np.zeros(plen + pad, dtype=np.uint8)
+    # window reads: 8 bytes at every byte offset; reads are clamped to each block's last byte, so a hostile lane that
+    # runs past its segment reads garbage (and fails the end check) instead of past the buffer
+    buf = np.zeros(plen + 16, dtype=np.uint8)
     buf[:plen] = np.frombuffer(data, dtype=np.uint8, count=plen, offset=size - plen)
     steps = seg if nseg > 1 else count
     out = np.empty((nseg, steps), dtype=dtype)
@@ -266,7 +266,7 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
         hi = min(lo + LANES, nseg)
         base = int(starts[lo])
         # win[i] = the 8 bytes from byte base + i as one little-endian integer (a contiguous copy: fast gathers)
-        span = int(ends[hi - 1]) - base + pad - 16
+        span = int(ends[hi - 1]) - base + 1
         win = np.ndarray(shape=(span,), dtype="<i8", buffer=buf, offset=base, strides=(1,)).astype(np.int64)
         pos = (starts[lo:hi] - base) * 8
         b, s, w, idx, ln = (np.empty_like(pos) for _ in range(5))
@@ -275,6 +275,7 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
         for t in range(steps):
             if t % refill == 0:  # w = the next >= 57 stream bits of every lane, first bit in bit 0
                 np.right_shift(pos, 3, out=b)
+                np.minimum(b, span - 1, out=b)  # never taken by a valid stream
                 np.take(win, b, out=w, mode="wrap")
                 np.bitwise_and(pos, 7, out=s)
                 np.right_shift(w, s, out=w)

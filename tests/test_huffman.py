@@ -259,3 +259,20 @@ def test_in_a_real_chain_huffman_changes_nothing(pipeline):
     coded = build_chain(parse_pipeline(pipeline + " | huffman(max_bits=11, segment_size=100)"))
     assert "huffman" in [s.id for s in coded.stages]
     assert roundtrip(coded, weights).array.tobytes() == roundtrip(plain, weights).array.tobytes()
+
+
+def test_hostile_sizes_do_not_allocate_much():
+    """A 22-byte stream claiming 2^24-symbol segments (or 2^53 symbols) stays within a small memory budget."""
+    import tracemalloc
+
+    header = bytes([2, 0, 0, 0, 1, 1]) + (1 << 24).to_bytes(4, "little") + (4).to_bytes(4, "little")
+    tracemalloc.start()
+    try:
+        out = Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": 32, "alphabet": 2})
+        assert out.array.tobytes() == b"\1" * 32
+        for count in (33, 2**53 - 1):
+            with pytest.raises(FormatError):
+                Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": count, "alphabet": 2})
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
