@@ -5,6 +5,8 @@ Public API:
     open_container(path) -> Container                                             read tensors lazily: .read(name)
     decompress(path, names=None) -> dict[str, Dense]                              decode every (or some) tensor
     inspect(path) -> report dict                                                  sizes, ratios, stats per tensor
+    compress_with_retraining(tensors, path, retrainer, ...) -> report dict        the paper's loop, any framework
+    Constraints, PhaseInfo                                                        what a retrainer is given
     read_model(path) / write_model(path, tensors)                                 .safetensors .npz .npy .pt
     Stage, Dense, Symbols, Bytes, hookimpl                                        to write a stage plugin
     Policy, Rule, parse_pipeline                                                  to choose chains per tensor
@@ -32,12 +34,14 @@ from .hookspecs import hookimpl  # noqa: E402
 from .modelio import read_model, write_model  # noqa: E402
 from .orchestrator import check_output, output_limit  # noqa: E402
 from .pipeline import Policy, Rule, parse_pipeline  # noqa: E402
+from .retrain import Constraints, PhaseInfo, compress_with_retraining  # noqa: E402
 from .stage import Stage  # noqa: E402
 from .streams import Bytes, Dense, Symbols, symbol_width  # noqa: E402
 
 __all__ = [
-    "Bytes", "ConfigError", "Container", "DcfError", "Dense", "FormatError", "IntegrityError", "LimitError", "Limits",
-    "MissingStageError", "ModelIOError", "PipelineError", "Policy", "Rule", "Stage", "Symbols", "check_output",
-    "compress", "decompress", "hookimpl", "inspect", "numpy_dtype", "open_container", "output_limit",
-    "parse_pipeline", "read_model", "symbol_width", "write_model", "__version__",
+    "Bytes", "ConfigError", "Constraints", "Container", "DcfError", "Dense", "FormatError", "IntegrityError",
+    "LimitError", "Limits", "MissingStageError", "ModelIOError", "PhaseInfo", "PipelineError", "Policy", "Rule",
+    "Stage", "Symbols", "check_output", "compress", "compress_with_retraining", "decompress", "hookimpl", "inspect",
+    "numpy_dtype", "open_container", "output_limit", "parse_pipeline", "read_model", "symbol_width", "write_model",
+    "__version__",
 ]
