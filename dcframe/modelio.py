@@ -34,6 +34,8 @@ class LazyTensors(Mapping[str, Dense]):
     def __init__(self, names: list[str], load, path: Path, reopenable: bool = True) -> None:
         self._names, self._load, self.path = names, load, path
         self.reopenable = reopenable  # another process may read the same tensors by opening `path` again
+        st = os.stat(path)
+        self.stamp = (st.st_mtime_ns, st.st_size)  # to notice a file that changes while it is being read
 
     def __getitem__(self, name: str) -> Dense:
         if name not in self._names:

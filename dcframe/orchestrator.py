@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import numpy_dtype
-from .errors import DcfError, FormatError, LimitError
+from .errors import DcfError, FormatError, LimitError, ModelIOError
 from .pipeline import ROOT, Chain, Policy, Step
 from .stage import Stage
 from .streams import Bytes, Dense, Stream, Symbols
@@ -301,6 +301,9 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
         if source not in _WORKER_MODELS:
             from .modelio import read_model
 
+            st = os.stat(source[0])
+            if (st.st_mtime_ns, st.st_size) != source[1:]:
+                raise ModelIOError(f"{source[0]}: the file changed while it was being compressed")
             _WORKER_MODELS.clear()
             _WORKER_MODELS[source] = read_model(source[0])
         tensor = _WORKER_MODELS[source][name]
@@ -319,8 +322,7 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
 
     source = None
     if isinstance(tensors, LazyTensors) and tensors.reopenable:
-        st = os.stat(tensors.path)
-        source = (str(tensors.path), st.st_mtime_ns, st.st_size)  # workers memory-map the file themselves
+        source = (str(tensors.path), *tensors.stamp)  # workers memory-map the file themselves
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     pending: collections.deque = collections.deque()
