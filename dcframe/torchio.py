@@ -57,10 +57,10 @@ def tensor_to_dense(tensor: torch.Tensor) -> Dense:
 
 def dense_to_tensor(dense: Dense) -> torch.Tensor:
     """A Dense as a CPU tensor of the same dtype, bit for bit (BF16 bit patterns become torch.bfloat16)."""
-    array = np.ascontiguousarray(dense.array)
+    array = np.array(dense.array, order="C", copy=True)  # not ascontiguousarray: it turns a scalar into shape [1]
     if dense.dtype == "BF16":
-        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(array.copy())
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def state_tensors(source: Source) -> dict[str, Dense]:

@@ -165,7 +165,7 @@ class TorchRetrainer:
     call `loss(model)` `epochs` times). `optimizer(params)` builds the optimizer (default Adam, lr 1e-3); it and
     `epochs` may map the phase's lossy stage id ("prune", "kmeans"; or "default") to a value. `on_phase(model, phase,
     when)` is called with when="before" (weights approximated, not yet retrained) and "after". The model ends up
-    holding the last weights.
+    holding the last weights; state entries the protocol does not pass (integer buffers) keep their values.
     """
 
     def __init__(self, model: nn.Module, loss: Callable[..., torch.Tensor] | None = None,
@@ -188,6 +188,9 @@ class TorchRetrainer:
             for name in places:
                 target = state[name]
                 target.copy_(torch.from_numpy(np.asarray(weights[name], np.float32)).to(target.dtype))
+        # tensors the protocol does not hand over (integer buffers such as BatchNorm's num_batches_tracked) cannot come
+        # back into the file: restore them after training so that the model keeps matching the container
+        untouched = {name: t.clone() for name, t in state.items() if name not in weights}
         was_training = model.training
         frozen = {name for name in constraints if places[name][1] in places[name][0]._buffers}
         with constrained(model, {k: c for k, c in constraints.items() if k not in frozen}):
@@ -201,10 +204,11 @@ class TorchRetrainer:
             with torch.no_grad():
                 out = {name: getattr(module, attr).detach().to("cpu", torch.float32).numpy().copy()
                        for name, (module, attr) in places.items() if name not in frozen}
-        if frozen:  # buffers under constraints (a lossy chain on running statistics) keep their given values
-            with torch.no_grad():
-                for name in frozen:
-                    state[name].copy_(torch.from_numpy(np.asarray(weights[name], np.float32)).to(state[name].dtype))
+        with torch.no_grad():
+            for name, value in untouched.items():
+                state[name].copy_(value)
+            for name in frozen:  # buffers under constraints (a lossy chain on running statistics) keep their values
+                state[name].copy_(torch.from_numpy(np.asarray(weights[name], np.float32)).to(state[name].dtype))
         if self.on_phase:
             self.on_phase(model, phase, "after")
         return out
