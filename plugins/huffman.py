@@ -113,10 +113,12 @@ class Huffman(Stage):
             return {"data": Bytes(b"")}, meta
         if symbols.dtype.kind not in "ui":
             raise ConfigError(f"huffman: symbols must be integers, got {symbols.dtype}")
-        if int(symbols.min()) < 0 or int(symbols.max()) >= alphabet:
+        if (symbols.dtype.kind == "i" and int(symbols.min()) < 0) or int(symbols.max()) >= alphabet:
             raise ConfigError(f"huffman: symbols must lie in 0..{alphabet - 1}")
         symbols = symbols.astype(_unsigned_dtype(alphabet), copy=False)
-        freq = np.bincount(symbols, minlength=1)
+        freq = np.zeros(alphabet, dtype=np.int64)
+        for lo in range(0, count, 1 << 18):  # in cache-sized pieces: bincount widens to int64 first
+            freq += np.bincount(symbols[lo:lo + (1 << 18)], minlength=alphabet)
         used = np.flatnonzero(freq)
         # automatic raise: a limit below ceil(log2(distinct symbols)) cannot hold them all
         limit = max(self.max_bits, int(used.size - 1).bit_length())
@@ -183,18 +185,21 @@ def _pack_block(symbols: np.ndarray, lens_table: np.ndarray, rev: np.ndarray,
     pos = cum - lens
     if nseg > 1:
         pos += np.repeat(shift, np.diff(seg_last, prepend=-1))
-    word = pos >> 6
-    off_bits = pos & 63
-    off = off_bits.astype(np.uint64)
+    off = np.bitwise_and(pos.view(np.uint64), np.uint64(63))
     codes = np.take(rev, symbols)
     contrib = codes << off
     nwords = int(ends[-1] + 7) >> 3
     words = np.zeros(nwords + 1, dtype=np.uint64)
-    first = np.flatnonzero(np.diff(word, prepend=-1))
-    words[word[first]] = np.add.reduceat(contrib, first)  # bits of different codes never overlap: sum == or
-    spill = np.flatnonzero(off_bits + lens > 64)
-    if spill.size:
-        words[word[spill] + 1] |= codes[spill] >> (np.uint64(64) - off[spill])
+    # every 64-bit word up to the one holding the last code start holds a code start (a code is <= 16 bits, padding
+    # < 8), so each word's codes are the run starting at its first start
+    used = int(pos[-1]) // 64 + 1
+    first = np.searchsorted(pos, np.arange(used, dtype=np.int64) * 64)
+    words[:used] = np.add.reduceat(contrib, first)  # bits of different codes never overlap: sum == or
+    # a code crossing into the next word is the last one starting in its word
+    last = np.append(first[1:] - 1, count - 1)
+    cross = last[(pos[last] & 63) + lens[last] > 64]
+    if cross.size:
+        words[(pos[cross] >> 6) + 1] |= codes[cross] >> (np.uint64(64) - off[cross])
     return words.astype("<u8").view(np.uint8)[: int(ends[-1])], ends
 
 
