@@ -6,6 +6,7 @@ import collections
 import math
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -222,19 +223,39 @@ def order0_entropy_bits(symbols: np.ndarray, alphabet: int) -> float:
     return float(-(counts * np.log2(counts / symbols.size)).sum())
 
 
+STATS_BLOCK = 1 << 20  # elements per block in error_stats: its float64 temporaries stay a few MB
+
+
 def error_stats(original: Dense, approx: Dense) -> dict[str, float]:
-    """Reconstruction error and structure of a lossy result: RMS, max abs error, sparsity, distinct values."""
-    a = original.values().astype(np.float64, copy=False).ravel()
-    b = approx.values().astype(np.float64, copy=False).ravel()
-    if a.size == 0:
+    """Reconstruction error and structure of a lossy result: RMS, max abs error, sparsity, distinct values.
+
+    Computed block by block, so the working set stays a few MB beyond the two tensors, whatever their size.
+    """
+    a_all = original.values().reshape(-1)
+    b_all = approx.values().reshape(-1)
+    n = a_all.size
+    if n == 0:
         return {"rms": 0.0, "max_abs": 0.0, "sparsity": 0.0, "distinct": 0}
-    finite = np.isfinite(a) & np.isfinite(b)
-    diff = (a - b)[finite]
+    square_sums, count, max_abs, zeros = [], 0, 0.0, 0
+    for lo in range(0, n, STATS_BLOCK):
+        a = a_all[lo:lo + STATS_BLOCK].astype(np.float64, copy=False)
+        b = b_all[lo:lo + STATS_BLOCK].astype(np.float64, copy=False)
+        finite = np.isfinite(a) & np.isfinite(b)
+        diff = (a - b)[finite]
+        if diff.size:
+            square_sums.append(np.sum(diff * diff))
+            max_abs = max(max_abs, float(np.abs(diff).max()))
+        count += diff.size
+        zeros += int(np.count_nonzero(b == 0))
+    if len(square_sums) == 1:
+        rms = float(np.sqrt(square_sums[0] / count))
+    else:
+        rms = float(np.sqrt(np.sum(square_sums) / count)) if count else 0.0
     return {
-        "rms": float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0,
-        "max_abs": float(np.abs(diff).max()) if diff.size else 0.0,
-        "sparsity": float(np.count_nonzero(b == 0) / b.size),
-        "distinct": int(np.unique(b[b != 0]).size),
+        "rms": rms,
+        "max_abs": max_abs,
+        "sparsity": float(zeros / n),
+        "distinct": int(np.unique(b_all[b_all != 0]).size),
     }
 
 
@@ -323,8 +344,9 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
     source = None
     if isinstance(tensors, LazyTensors) and tensors.reopenable:
         source = (str(tensors.path), *tensors.stamp)  # workers memory-map the file themselves
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    # fork on Linux: workers start at once with every module and plugin loaded, and the caller's __main__ is not
+    # re-run (spawn and forkserver would re-import it); elsewhere spawn, the only safe choice there.
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     pending: collections.deque = collections.deque()
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
     try:
