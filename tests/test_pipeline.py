@@ -47,12 +47,6 @@ def test_serializer_is_inserted_where_bytes_are_needed():
 
 
 def test_impossible_chain_is_refused_before_any_data():
-    from dcframe.pipeline import Step  # noqa: F401  (chain objects only; no tensor is involved)
-    from dcframe.registry import get_registry
-
-    info = get_registry().stages.get("huffman")
-    if info is None:  # the message is also produced by any symbols-only stage
-        pytest.skip("huffman stage not installed")
     with pytest.raises(PipelineError, match="stage 'huffman' takes symbols, but 'zstd' before it gives bytes"):
         build_chain(parse_pipeline("zstd | huffman"))
 
