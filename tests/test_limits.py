@@ -179,3 +179,35 @@ def test_undamaged_tensors_stay_readable(tmp_path):
             assert c.read(name).array.tobytes() == tensors[name].tobytes()
         with pytest.raises(dcframe.IntegrityError, match="'t1'"):
             c.read("t1")
+
+
+def test_verify_cli_names_the_damaged_tensor_and_writes_nothing(tmp_path, capsys):
+    import json
+
+    from dcframe.cli import main
+
+    rng = np.random.default_rng(1)
+    tensors = {f"t{i}": rng.standard_normal(300).astype(np.float32) for i in range(3)}
+    path = tmp_path / "m.dcf"
+    dcframe.compress(tensors, path, pipeline="zstd(level=1)")
+    assert main(["verify", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    data = bytearray(path.read_bytes())
+    with Container(path) as c:
+        entry = c.entries["t2"]
+    data[entry.offset + entry.total_length - 3] ^= 1
+    path.write_bytes(data)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["verify", str(path), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["damaged"] == ["t2"] and [t["ok"] for t in report["tensors"]] == [True, True, False]
+    assert report["tensors"][2]["kind"] == "IntegrityError" and "'t2'" in report["tensors"][2]["error"]
+    assert main(["verify", str(path)]) == 1
+    assert "t2" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert main(["decompress", str(path), "-o", str(tmp_path / "ok.npz"), "--tensor", "t0", "--tensor", "t1",
+                 "-q"]) == 0
+    back = dcframe.read_model(tmp_path / "ok.npz")
+    assert back["t1"].array.tobytes() == tensors["t1"].tobytes()
+    path.write_bytes(b"not a container at all, but long enough to have a trailer")
+    assert main(["verify", str(path)]) == 1
