@@ -87,6 +87,9 @@ class Zstd(_ByteCodec):
         return out
 
 
+LZMA_MEMLIMIT = 128 << 20  # decoder memory; presets 0-9 need at most about 65 MiB
+
+
 class Lzma(_ByteCodec):
     """LZMA (xz container) at `preset` 0-9."""
 
@@ -99,7 +102,8 @@ class Lzma(_ByteCodec):
         return lzma.compress(data, preset=self.preset)
 
     def _decompress(self, data, size):
-        d = lzma.LZMADecompressor()
+        # the .xz format only, and a cap on decoder memory: a hostile header can ask for a 1.5 GiB dictionary
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=LZMA_MEMLIMIT)
         out = d.decompress(data, size + 1)
         if not d.eof:
             raise FormatError("lzma: stream is truncated")

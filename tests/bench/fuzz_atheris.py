@@ -26,7 +26,8 @@ with atheris.instrument_imports():
 
     import dcframe  # noqa: F401
 
-SEEDS = seed_files()
+SEEDS = seed_files()  # also loads the stage plugins
+atheris.instrument_all()  # coverage of everything loaded, the plugins' decoders included
 PARTS = [split(s) for s in SEEDS]
 FIELDS = ["shape", "dtype", "chain", "steps"]
 
