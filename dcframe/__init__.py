@@ -5,6 +5,7 @@ Public API:
     open_container(path) -> Container                                             read tensors lazily: .read(name)
     decompress(path, names=None) -> dict[str, Dense]                              decode every (or some) tensor
     inspect(path) -> report dict                                                  sizes, ratios, stats per tensor
+    verify(path) -> {"ok", "tensors", "damaged"}                                  every checksum, every tensor decodes
     compress_with_retraining(tensors, path, retrainer, ...) -> report dict        the paper's loop, any framework
     Constraints, PhaseInfo                                                        what a retrainer is given
     read_model(path) / write_model(path, tensors)                                 .safetensors .npz .npy .pt
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import compress, decompress, inspect, open_container  # noqa: E402
+from .api import compress, decompress, inspect, open_container, verify  # noqa: E402
 from .container import Container, Limits  # noqa: E402
 from .dtypes import numpy_dtype  # noqa: E402
 from .errors import (  # noqa: E402
@@ -42,6 +43,6 @@ __all__ = [
     "Bytes", "ConfigError", "Constraints", "Container", "DcfError", "Dense", "FormatError", "IntegrityError",
     "LimitError", "Limits", "MissingStageError", "ModelIOError", "PhaseInfo", "PipelineError", "Policy", "Rule",
     "Stage", "Symbols", "check_output", "compress", "compress_with_retraining", "decompress", "hookimpl", "inspect",
-    "numpy_dtype", "open_container", "output_limit", "parse_pipeline", "read_model", "symbol_width", "write_model",
-    "__version__",
+    "numpy_dtype", "open_container", "output_limit", "parse_pipeline", "read_model", "symbol_width", "verify",
+    "write_model", "__version__",
 ]
