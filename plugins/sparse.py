@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from dcframe import Dense, FormatError, Stage, Symbols, hookimpl, numpy_dtype
+from dcframe import Dense, FormatError, Stage, Symbols, check_output, hookimpl, numpy_dtype
 
 MAX_NDIM = 32
 MAX_ELEMENTS = 1 << 40  # refuse shapes no real tensor has before allocating (the container bounds it further)
@@ -76,6 +76,7 @@ class Sparse(Stage):
             raise FormatError(f"sparse: values must be 1-D, got shape {list(vals.shape)}")
         if vals.dtype != numpy_dtype(values.dtype):
             raise FormatError(f"sparse: values array does not carry its dtype {values.dtype}")
+        check_output(self.id, size * vals.dtype.itemsize, f"tensor of shape {shape}")  # before allocating it
         if symbols.size:
             low, high = int(symbols.min()), int(symbols.max())
             if low < 0 or high >= self.alphabet:

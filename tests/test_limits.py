@@ -73,8 +73,6 @@ def test_output_limit_is_scoped_to_one_decode():
     check_output("x", default)  # no error at the limit
 
 
-@pytest.mark.xfail(strict=True, reason="sparse.decode allocates prod(meta.shape) before any bound: it should call "
-                                       "dcframe.check_output (reported to its owner)")
 def test_sparse_shape_bomb_is_refused_before_allocating(tmp_path):
     parts = split(_container(tmp_path, "sparse | zstd(level=1)"))
     _meta(parts, 0)["shape"] = [1 << 34]  # 2^34 F32 zeros = 64 GiB from a few bytes
