@@ -26,16 +26,18 @@ def compress(
     chunk_size: int = DEFAULT_CHUNK,
     progress: Callable[[str, int], None] | None = None,
     jobs: int = 1,
+    stats: bool = True,
 ) -> dict[str, Any]:
     """Compress named tensors into a .dcf file at `path` (atomically) and return its report.
 
     The chain per tensor: the first matching rule, else `pipeline` (or the `preset`'s rules, default "lossless");
     integer and boolean tensors always get the lossless chain. `jobs` > 1 encodes tensors in that many processes
     (same bytes as a serial run). On any failure, Ctrl-C included, an existing file at `path` is left untouched.
+    `stats=False` leaves out the informative per-tensor statistics (entropy, error; ~200 bytes per lossy tensor).
     """
     policy = Policy(pipeline=pipeline, preset=preset, rules=rules)
     with ContainerWriter(path, metadata, chunk_size, policy.registry) as writer:
-        for encoded in compress_tensors(tensors, policy, progress=progress, jobs=jobs):
+        for encoded in compress_tensors(tensors, policy, stats=stats, progress=progress, jobs=jobs):
             writer.add(encoded)
     return inspect(path)
 

@@ -123,3 +123,16 @@ def test_unwritable_output_leaves_nothing_and_keeps_existing(model, tmp_path):
     fails(cli("compress", model, "-o", existing, "-p", "nosuch"), "nosuch")
     assert existing.read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_no_stats_makes_a_smaller_file_that_decodes_the_same(tmp_path):
+    rng = np.random.default_rng(3)
+    model = tmp_path / "m.npz"
+    np.savez(model, w=rng.laplace(0, 0.05, (64, 48)).astype(np.float32))
+    with_stats = json.loads(cli("compress", model, "-o", tmp_path / "a.dcf", "--preset", "han", "--json", "-q").stdout)
+    without = json.loads(cli("compress", model, "-o", tmp_path / "b.dcf", "--preset", "han", "--json", "-q",
+                             "--no-stats").stdout)
+    assert "rms" in with_stats["tensors"][0] and "rms" not in without["tensors"][0]
+    assert without["compressed_bytes"] < with_stats["compressed_bytes"]
+    a, b = dcframe.decompress(tmp_path / "a.dcf"), dcframe.decompress(tmp_path / "b.dcf")
+    assert a["w"].array.tobytes() == b["w"].array.tobytes()
