@@ -66,7 +66,7 @@ def report_tables(report: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col in ("tensor", "dtype", "shape", "pipeline") else "right",
                          overflow="fold")
     for t in report["tensors"]:
-        row = [t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", t["pipeline"],
+        row = [t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", short_pipeline(t["pipeline"]),
                human_bytes(t["original_bytes"]), human_bytes(t["compressed_bytes"]), f"{t['ratio']:.2f}x",
                f"{t['bits_per_weight']:.3f}"]
         if lossy:
@@ -96,6 +96,24 @@ def report_tables(report: dict[str, Any]) -> None:
         f"({report['compressed_bytes']} bytes), ratio {report['ratio']:.2f}x; "
         f"container overhead {report['overhead_bytes']} bytes"
     )
+
+
+def short_pipeline(text: str) -> str:
+    """A stored pipeline with only the parameters that differ from the stage's defaults (for tables; JSON has all)."""
+    from .errors import DcfError
+    from .pipeline import parse_pipeline
+    from .stage import format_stage
+
+    try:
+        stages = parse_pipeline(text)
+    except DcfError:
+        return text  # a stage not installed here: show what the file says
+    parts = []
+    for stage in stages:
+        defaults = {name: p.default for name, p in stage.parameters().items()}
+        changed = {k: v for k, v in stage.get_config().items() if defaults.get(k, object()) != v}
+        parts.append(format_stage(stage.id, changed))
+    return " | ".join(parts)
 
 
 def _opt(row: dict[str, Any], key: str, fmt: str) -> str:
