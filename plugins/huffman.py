@@ -20,6 +20,10 @@ MAX_ALPHABET = 1 << 16
 MAX_SEGMENT = 1 << 24
 MAX_PAYLOAD = (1 << 32) - 1
 LANES = 4096  # segments decoded together; keeps the working set of one lockstep in cache
+SEGMENT_BITS = 8192  # the encoder aims at about this many payload bits per segment (offset + padding ~0.43%)
+WANT_LANES = 2048  # ... and at least this many segments, while segments stay at most `segment_size` symbols
+SCALAR_LANES = 12  # fewer segments than this (and few symbols): a plain loop beats numpy calls over so few lanes
+SCALAR_COUNT = 1 << 16
 ENCODE_BLOCK = 1 << 18  # about this many symbols (whole segments) are packed at a time, for the same reason
 
 
@@ -86,6 +90,15 @@ def bit_reverse(values: np.ndarray, widths: np.ndarray | int) -> np.ndarray:
     return out >> (LIMIT - np.asarray(widths, dtype=np.int64))
 
 
+def choose_segment_size(count: int, payload_bits: int, maximum: int) -> int:
+    """Symbols per segment: about SEGMENT_BITS payload bits, or fewer so there are WANT_LANES segments, never above
+    `maximum`; a stream that fits in one segment of `maximum` symbols keeps `maximum` (spec: Encoding step 7)."""
+    if count <= maximum:
+        return maximum
+    by_bits = -(-SEGMENT_BITS * count // max(1, payload_bits))
+    return max(1, min(maximum, max(by_bits, -(-count // WANT_LANES))))
+
+
 def _unsigned_dtype(alphabet: int) -> np.dtype:
     return np.dtype(np.uint8) if alphabet <= 256 else np.dtype(np.uint16)
 
@@ -126,11 +139,12 @@ class Huffman(Stage):
         table[used] = limited_code_lengths(freq[used], limit)
         codes, _ = canonical_codes(table)
         rev = bit_reverse(codes, table).astype(np.uint64)
-        payload, ends = _pack(symbols, table, rev, self.segment_size)
+        seg = choose_segment_size(count, int(np.dot(freq[used], table[used])), self.segment_size)
+        payload, ends = _pack(symbols, table, rev, seg)
         if payload.size > MAX_PAYLOAD:
             raise ConfigError(f"huffman: payload of {payload.size} bytes exceeds 2^32 - 1; split the tensor")
         parts = [np.array([table.size], "<u4").tobytes(), table.tobytes(),
-                 np.array([self.segment_size], "<u4").tobytes(), ends.astype("<u4").tobytes(), payload.tobytes()]
+                 np.array([seg], "<u4").tobytes(), ends.astype("<u4").tobytes(), payload.tobytes()]
         return {"data": Bytes(b"".join(parts))}, meta
 
     def decode(self, streams: dict[str, Bytes], meta: dict) -> Symbols:
@@ -257,10 +271,53 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     idx = bit_reverse(np.arange(1 << width, dtype=np.int64), width)
     lut_sym = msb_sym[idx].astype(dtype)
     lut_len = msb_len[idx].astype(np.int64)
-    # window reads: 8 bytes at every byte offset; reads are clamped to each block's last byte, so a hostile lane that
-    # runs past its segment reads garbage (and fails the end check) instead of past the buffer
     buf = np.zeros(plen + 16, dtype=np.uint8)
     buf[:plen] = np.frombuffer(data, dtype=np.uint8, count=plen, offset=size - plen)
+    if nseg < SCALAR_LANES and count <= SCALAR_COUNT:
+        out, end_pos = _decode_scalar(buf, starts, nsyms, lut_sym, lut_len, width, dtype)
+    else:
+        out, end_pos = _decode_lockstep(buf, starts, ends, nsyms, seg, count, lut_sym, lut_len, width, dtype)
+    # exact bit consumption: every segment ends inside its last byte, and the padding bits above are zero
+    last_byte = ends - 1
+    used_bits = end_pos - 8 * last_byte
+    if np.any((used_bits < 1) | (used_bits > 8)):
+        raise FormatError("huffman: a segment's codes do not end in its last byte")
+    if np.any(buf[last_byte].astype(np.int64) >> used_bits):
+        raise FormatError("huffman: a segment's padding bits are not zero or hold an invalid code")
+    return out
+
+
+def _decode_scalar(buf: np.ndarray, starts: np.ndarray, nsyms: np.ndarray, lut_sym: np.ndarray,
+                   lut_len: np.ndarray, width: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a few segments (at most SCALAR_COUNT symbols) one symbol at a time: cheaper than numpy steps over a
+    handful of lanes. Returns the symbols and every segment's end bit position, as the lockstep decoder does."""
+    data = buf.tobytes()  # zero padded: reads past the payload see zeros
+    syms, lens = lut_sym.tolist(), lut_len.tolist()
+    mask = (1 << width) - 1
+    out: list[int] = []
+    end_pos = np.empty(starts.size, dtype=np.int64)
+    for k in range(starts.size):
+        byte = int(starts[k])
+        acc, have, used = 0, 0, 0
+        for _ in range(int(nsyms[k])):
+            if have < width:  # top up to >= 56 bits; a hostile lane stops at the buffer's zero padding
+                acc |= int.from_bytes(data[byte:byte + 7], "little") << have
+                byte, have = byte + 7, have + 56
+            i = acc & mask
+            n = lens[i]
+            out.append(syms[i])
+            acc >>= n
+            have -= n
+            used += n
+        end_pos[k] = 8 * int(starts[k]) + used
+    return np.array(out, dtype=dtype), end_pos
+
+
+def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
+                     lut_sym: np.ndarray, lut_len: np.ndarray, width: int,
+                     dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every segment in lockstep, LANES segments at a time: one numpy step decodes one symbol of each."""
+    nseg = starts.size
     steps = seg if nseg > 1 else count
     out = np.empty((nseg, steps), dtype=dtype)
     end_pos = np.empty(nseg, dtype=np.int64)
@@ -270,41 +327,41 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     for lo in range(0, nseg, LANES):
         hi = min(lo + LANES, nseg)
         base = int(starts[lo])
-        # win[i] = the 8 bytes from byte base + i as one little-endian integer (a contiguous copy: fast gathers)
+        # win[i] = the 8 bytes from byte base + i as one little-endian integer (a contiguous copy: fast gathers);
+        # reads are clipped to the block's last byte, so a hostile lane running past its segment reads garbage (and
+        # fails the end check) instead of past the buffer
         span = int(ends[hi - 1]) - base + 1
         win = np.ndarray(shape=(span,), dtype="<i8", buffer=buf, offset=base, strides=(1,)).astype(np.int64)
         pos = (starts[lo:hi] - base) * 8
-        b, s, w, idx, ln = (np.empty_like(pos) for _ in range(5))
+        b, s, w, idx, total = (np.empty_like(pos) for _ in range(5))
         block = np.empty((steps, hi - lo), dtype=dtype)
+        lens = np.empty((refill, hi - lo), dtype=np.int64)
+        rows = list(block)
         snap = None
-        for t in range(steps):
-            if t % refill == 0:  # w = the next >= 57 stream bits of every lane, first bit in bit 0
-                np.right_shift(pos, 3, out=b)
-                np.minimum(b, span - 1, out=b)  # never taken by a valid stream
-                np.take(win, b, out=w, mode="wrap")
-                np.bitwise_and(pos, 7, out=s)
-                np.right_shift(w, s, out=w)
-            np.bitwise_and(w, mask, out=idx)
-            np.take(lut_sym, idx, out=block[t], mode="wrap")
-            np.take(lut_len, idx, out=ln, mode="wrap")
-            np.right_shift(w, ln, out=w)
-            np.add(pos, ln, out=pos)
-            if t == last - 1 and hi == nseg:
-                snap = int(pos[-1])
+        for t0 in range(0, steps, refill):
+            # w = the next >= 57 stream bits of every lane, first bit in bit 0
+            np.right_shift(pos, 3, out=b)
+            np.take(win, b, out=w, mode="clip")
+            np.bitwise_and(pos, 7, out=s)
+            np.right_shift(w, s, out=w)
+            n = min(refill, steps - t0)
+            for j in range(n):
+                np.bitwise_and(w, mask, out=idx)
+                np.take(lut_sym, idx, out=rows[t0 + j], mode="clip")
+                ln = lens[j]
+                np.take(lut_len, idx, out=ln, mode="clip")
+                np.right_shift(w, ln, out=w)
+            if hi == nseg and t0 < last <= t0 + n:
+                snap = int(pos[-1]) + int(lens[: last - t0, -1].sum())
+            np.add.reduce(lens[:n], axis=0, out=total)
+            np.add(pos, total, out=pos)
         end_pos[lo:hi] = pos + 8 * base
         if snap is not None:
             end_pos[-1] = snap + 8 * base
         for i in range(0, steps, 512):  # transpose in tiles: about twice as fast as one strided copy
             for j in range(lo, hi, 64):
                 out[j:min(j + 64, hi), i:i + 512] = block[i:i + 512, j - lo:j - lo + 64].T
-    # exact bit consumption: every segment ends inside its last byte, and the padding bits above are zero
-    last_byte = ends - 1
-    used_bits = end_pos - 8 * last_byte
-    if np.any((used_bits < 1) | (used_bits > 8)):
-        raise FormatError("huffman: a segment's codes do not end in its last byte")
-    if np.any(buf[last_byte].astype(np.int64) >> used_bits):
-        raise FormatError("huffman: a segment's padding bits are not zero or hold an invalid code")
-    return out.reshape(-1)[:count]
+    return out.reshape(-1)[:count], end_pos
 
 
 @hookimpl
