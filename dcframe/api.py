@@ -37,7 +37,8 @@ def compress(
     """
     policy = Policy(pipeline=pipeline, preset=preset, rules=rules)
     with ContainerWriter(path, metadata, chunk_size, policy.registry) as writer:
-        for encoded in compress_tensors(tensors, policy, stats=stats, progress=progress, jobs=jobs):
+        for encoded in compress_tensors(tensors, policy, stats=stats, progress=progress, jobs=jobs,
+                                        spill_dir=writer.path.parent):
             writer.add(encoded)
     return inspect(path)
 

@@ -6,6 +6,7 @@ Every number read from a file is checked against the file's size and the Limits 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import struct
@@ -22,7 +23,7 @@ from . import __version__
 from .dtypes import numpy_dtype
 from .errors import ConfigError, DcfError, FormatError, IntegrityError, LimitError, MissingStageError, ModelIOError
 from .modelio import _sync_dir, _umask
-from .orchestrator import EncodedTensor, decode_tensor
+from .orchestrator import EncodedTensor, Spilled, decode_tensor
 from .pipeline import Chain
 from .registry import Registry, get_registry
 from .stage import Stage, format_stage
@@ -34,6 +35,7 @@ TRAILER = struct.Struct("<QII8s")  # index offset, index length, index CRC32, EN
 FORMAT = "dcf"
 VERSION = (1, 0)
 DEFAULT_CHUNK = 1 << 24
+COPY_BLOCK = 1 << 22  # bytes per read when a spilled stream is copied through user space
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class ContainerWriter:
         self._chains: list[list[dict[str, Any]]] = []
         self._entries: list[list[Any]] = []
         self._names: set[str] = set()
+        self._descriptors: dict[int, tuple[Chain, list[dict[str, Any]]]] = {}
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                        dir=self.path.parent if str(self.path.parent) else ".")
@@ -124,6 +127,7 @@ class ContainerWriter:
             raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._tmp = Path(tmp)
         self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._copy_in_kernel = hasattr(os, "copy_file_range")
         self._write(MAGIC)
 
     def _write(self, data: bytes | memoryview) -> None:
@@ -133,18 +137,58 @@ class ContainerWriter:
             self.abort()
             raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
+    def _copy(self, fd: int, offset: int, length: int) -> None:
+        """Append `length` bytes at `offset` of the open file `fd` (a spill file) in the kernel: copy_file_range,
+        else pread and write."""
+        try:
+            self._file.flush()
+            position = self._file.tell()
+            end = position + length
+            out = self._file.fileno()
+            if self._copy_in_kernel:
+                try:
+                    while position < end:
+                        n = os.copy_file_range(fd, out, end - position, offset, position)
+                        if n == 0:
+                            break
+                        position += n
+                        offset += n
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+                        raise
+                    self._copy_in_kernel = False  # this pair of file systems cannot: copy through user space
+            while position < end:
+                data = os.pread(fd, min(end - position, COPY_BLOCK), offset)
+                if not data:
+                    raise DcfError(f"cannot write {self.path}: a spill file is shorter than its stream")
+                os.pwrite(out, data, position)
+                position += len(data)
+                offset += len(data)
+            self._file.seek(end)
+        except OSError as exc:
+            self.abort()
+            raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.abort()
+            raise
+
     def add(self, tensor: EncodedTensor) -> dict[str, Any]:
         """Append one encoded tensor; returns its index entry as a report row."""
         if tensor.name in self._names:
             raise DcfError(f"tensor '{tensor.name}' appears twice")
         self._names.add(tensor.name)
-        descriptor = chain_descriptor(tensor.chain, self.registry)
+        known = self._descriptors.get(id(tensor.chain))
+        if known is None or known[0] is not tensor.chain:  # each chain object is described once, not per tensor
+            known = (tensor.chain, chain_descriptor(tensor.chain, self.registry))
+            self._descriptors[id(tensor.chain)] = known
+        descriptor = known[1]
         if descriptor not in self._chains:
             self._chains.append(descriptor)
         streams = []
         for name, data in tensor.streams.items():
-            chunks = [len(data[i:i + self.chunk_size]) for i in range(0, len(data), self.chunk_size)]
-            streams.append([name, len(data), _crc(data), chunks])
+            n = len(data)
+            chunks = [min(self.chunk_size, n - i) for i in range(0, n, self.chunk_size)]
+            streams.append([name, n, data.crc if isinstance(data, Spilled) else _crc(data), chunks])
         record = {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape),
                   "chain": self._chains.index(descriptor), "steps": tensor.steps, "streams": streams}
         if tensor.stats:
@@ -153,11 +197,14 @@ class ContainerWriter:
         offset = self._file.tell()
         self._write(packed)
         for data in tensor.streams.values():
-            view = memoryview(data)
+            view = data if isinstance(data, Spilled) else memoryview(data)
             for i in range(0, len(data), self.chunk_size):
-                chunk = view[i:i + self.chunk_size]
-                self._write(_bin_header(len(chunk)))
-                self._write(chunk)
+                n = min(self.chunk_size, len(data) - i)
+                self._write(_bin_header(n))
+                if isinstance(view, Spilled):
+                    self._copy(view.fd, view.offset + i, n)
+                else:
+                    self._write(view[i:i + n])
         total = self._file.tell() - offset
         self._entries.append([tensor.name, offset, len(packed), total, _crc(packed)])
         return {"name": tensor.name, "compressed_bytes": total}

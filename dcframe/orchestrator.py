@@ -7,6 +7,7 @@ import math
 import os
 import struct
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,23 @@ def stream_nbytes(stream: Stream) -> int:
     return int(stream.array.nbytes)
 
 
+@dataclass(frozen=True)
+class Spilled:
+    """A final stream a parallel worker left in a spill file: `length` bytes at `offset` of the open file `fd`.
+
+    The parent copies it into the container (ContainerWriter.add) without the bytes passing through Python; `crc`
+    is its CRC32, computed by the worker. Valid only until the next tensor is requested from compress_tensors.
+    """
+
+    fd: int
+    offset: int
+    length: int
+    crc: int
+
+    def __len__(self) -> int:
+        return self.length
+
+
 @dataclass
 class EncodedTensor:
     """One tensor after its chain: the final byte streams, what decode needs, and what each stage produced."""
@@ -65,7 +83,7 @@ class EncodedTensor:
     shape: tuple[int, ...]
     chain: Chain
     steps: list[list[Application]]
-    streams: dict[str, bytes]
+    streams: dict[str, bytes | Spilled]
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -281,11 +299,15 @@ def fit_chains(policy: Policy, tensors: Callable[[], Iterator[tuple[str, Dense]]
 
 
 def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, stats: bool = True,
-                     progress: Callable[[str, int], None] | None = None, jobs: int = 1) -> Iterator[EncodedTensor]:
+                     progress: Callable[[str, int], None] | None = None, jobs: int = 1,
+                     spill_dir: str | os.PathLike | None = None) -> Iterator[EncodedTensor]:
     """Encode every tensor with the chain the policy chooses for it, lazily, in the mapping's order.
 
     With `jobs` > 1, tensors are encoded in that many worker processes, at most 2 * jobs in flight, and yielded in
     order: the same EncodedTensors (so the same file bytes) as a serial run. Global fits run once, here, first.
+    With `spill_dir` as well (and fork), workers write their final streams to unnamed spill files there and the
+    yielded tensors hold Spilled streams instead of bytes, valid only until the next tensor is requested: for a
+    ContainerWriter beside them, which copies them in the kernel (no pickling of the streams through pipes).
     """
 
     def items() -> Iterator[tuple[str, Dense]]:
@@ -294,7 +316,7 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
 
     chains = fit_chains(policy, items)
     if jobs > 1 and len(tensors) > 1:
-        yield from _compress_parallel(tensors, policy, chains, stats, progress, jobs)
+        yield from _compress_parallel(tensors, policy, chains, stats, progress, jobs, spill_dir)
         return
     for name, dense in items():
         pipeline = policy.pipeline_for(name, dense.array.shape, dense.dtype)
@@ -313,11 +335,18 @@ def default_jobs() -> int:
 
 
 _WORKER_MODELS: dict[tuple[str, int, int], Mapping[str, Dense]] = {}
+SPILL_SLOTS_PER_JOB = 4  # tensors in flight per worker when results go through spill files
+SPILL_BUDGET = 1 << 30  # input bytes in flight beyond the oldest tensor, when results go through spill files
+SPILL_KEEP = 1 << 26  # a spill file that grew past this is emptied when its slot frees up
 
 
 def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | None, chain: Chain,
-                stats: bool) -> EncodedTensor:
-    """Worker side of a parallel compress: re-open (memory-map) the model file once per process, encode one tensor."""
+                stats: bool, spill: int | None = None) -> EncodedTensor:
+    """Worker side of a parallel compress: re-open (memory-map) the model file once per process, encode one tensor.
+
+    With `spill` (a spill file's descriptor, inherited through fork), the final streams are written there from
+    offset 0 and returned as (offset, length, crc) triples; the chain is left out (the parent has it).
+    """
     if source is not None:
         if source not in _WORKER_MODELS:
             from .modelio import read_model
@@ -329,12 +358,43 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
             _WORKER_MODELS[source] = read_model(source[0])
         tensor = _WORKER_MODELS[source][name]
     assert tensor is not None
-    return encode_tensor(name, tensor, chain, stats=stats)
+    encoded = encode_tensor(name, tensor, chain, stats=stats)
+    encoded.chain = None  # type: ignore[assignment]  # the parent puts back its own (no need to pickle it back)
+    if spill is None:
+        return encoded
+    offset, spilled = 0, {}
+    for sname, data in encoded.streams.items():
+        view = memoryview(data)
+        try:
+            done = 0
+            while done < len(view):
+                done += os.pwrite(spill, view[done:], offset + done)
+        except OSError as exc:
+            raise ModelIOError(f"cannot write a spill file for tensor '{name}': {exc.strerror or exc}") from None
+        spilled[sname] = (offset, len(view), zlib.crc32(view) & 0xFFFFFFFF)
+        offset += len(view)
+    encoded.streams = spilled  # type: ignore[assignment]  # triples; the parent turns them into Spilled
+    return encoded
+
+
+def _open_spills(spill_dir: str | os.PathLike, count: int) -> list:
+    """`count` unnamed temporary files in `spill_dir` (O_TMPFILE where supported): nothing to clean up, ever."""
+    import tempfile
+
+    files = []
+    try:
+        for _ in range(count):
+            files.append(tempfile.TemporaryFile(dir=spill_dir, prefix=".dcf-spill.", suffix=".tmp", buffering=0))
+    except OSError as exc:
+        for f in files:
+            f.close()
+        raise ModelIOError(f"cannot create a spill file in {spill_dir}: {exc.strerror or exc}") from None
+    return files
 
 
 def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
                        stats: bool, progress: Callable[[str, int], None] | None,
-                       jobs: int) -> Iterator[EncodedTensor]:
+                       jobs: int, spill_dir: str | os.PathLike | None = None) -> Iterator[EncodedTensor]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -346,16 +406,40 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
         source = (str(tensors.path), *tensors.stamp)  # workers memory-map the file themselves
     # fork on Linux: workers start at once with every module and plugin loaded, and the caller's __main__ is not
     # re-run (spawn and forkserver would re-import it); elsewhere spawn, the only safe choice there.
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    fork = sys.platform.startswith("linux")
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    # One spill file per in-flight slot, opened before the pool forks its workers (they inherit the descriptors).
+    # A slot is reused once the consumer has asked for the tensor after the one it held. Spilled results cost the
+    # parent no memory, so more of them may wait (the workers then keep busy while the parent copies one), bounded
+    # by count and by input bytes; results held as bytes in the parent stay at 2 * jobs.
+    spills = _open_spills(spill_dir, SPILL_SLOTS_PER_JOB * jobs) if spill_dir is not None and fork else []
+    in_flight = len(spills) or 2 * jobs
+    free = collections.deque(range(len(spills)))
+    waiting_bytes = 0
     pending: collections.deque = collections.deque()
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    pool = None
     try:
-        def drain() -> EncodedTensor:
-            future, name, nbytes = pending.popleft()
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+
+        def drain() -> tuple[EncodedTensor, int | None]:
+            nonlocal waiting_bytes
+            future, name, nbytes, chain, slot = pending.popleft()
             encoded = future.result()
+            waiting_bytes -= nbytes
+            encoded.chain = chain  # the very object of every tensor of that pipeline: the writer caches by it
+            if slot is not None:
+                fd = spills[slot].fileno()
+                encoded.streams = {s: Spilled(fd, *where) for s, where in encoded.streams.items()}
             if progress:
                 progress(name, nbytes)
-            return encoded
+            return encoded, slot
+
+        def release(slot: int | None) -> None:
+            if slot is None:
+                return
+            if os.fstat(spills[slot].fileno()).st_size > SPILL_KEEP:
+                os.ftruncate(spills[slot].fileno(), 0)  # give back the room a big tensor took
+            free.append(slot)
 
         for name in tensors:
             dense = as_dense(tensors[name])
@@ -363,14 +447,23 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
             nbytes = dense.nbytes
             payload = None if source is not None else dense
             del dense  # a memory-mapped tensor is read by the worker, not here
-            pending.append((pool.submit(_encode_job, source, name, payload, chain, stats), name, nbytes))
-            while len(pending) >= 2 * jobs:
-                yield drain()
+            while pending and (len(pending) >= in_flight or spills and waiting_bytes + nbytes > SPILL_BUDGET):
+                encoded, done = drain()
+                yield encoded
+                release(done)  # the consumer is done with that tensor's spilled streams
+            slot = free.popleft() if spills else None
+            spill = spills[slot].fileno() if slot is not None else None
+            pending.append((pool.submit(_encode_job, source, name, payload, chain, stats, spill), name, nbytes,
+                            chain, slot))
+            waiting_bytes += nbytes
         while pending:
-            yield drain()
+            yield drain()[0]
     except BrokenProcessPool:
         raise DcfError("a worker process died (out of memory?); try fewer --jobs") from None
     finally:
-        for future, _, _ in pending:
+        for future, *_ in pending:
             future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for f in spills:
+            f.close()
