@@ -6,7 +6,7 @@ import itertools
 import msgpack
 import numpy as np
 import pytest
-from dcframe_plugins.huffman import LIMIT, Huffman, canonical_codes, limited_code_lengths
+from dcframe_plugins.huffman import LIMIT, Huffman, canonical_codes, choose_segment_size, limited_code_lengths
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -276,3 +276,65 @@ def test_hostile_sizes_do_not_allocate_much():
         assert tracemalloc.get_traced_memory()[1] < 1 << 20
     finally:
         tracemalloc.stop()
+
+
+def stored_segment_size(data: bytes) -> int:
+    size = int.from_bytes(data[:4], "little")
+    return int.from_bytes(data[4 + size:8 + size], "little")
+
+
+@given(st.integers(1, 10**8), st.floats(1.0, 16.0), st.sampled_from([1, 3, 100, 4096, 1 << 24]))
+def test_segment_size_rule(count, bits_per_symbol, maximum):
+    """The documented rule (spec Encoding step 7): about 8192 payload bits or 2048 segments, at most `maximum`."""
+    bits = int(count * bits_per_symbol)
+    seg = choose_segment_size(count, bits, maximum)
+    if count <= maximum:
+        assert seg == maximum
+        return
+    assert seg == min(maximum, max(-(-8192 * count // bits), -(-count // 2048)))
+    assert 1 <= seg <= maximum
+    if seg < maximum:  # full segments average >= 8192 payload bits, and there are at most 2048 segments
+        assert seg * bits >= 8192 * count and -(-count // seg) <= 2048
+
+
+@pytest.mark.parametrize("count", [5_000, 100_000, 1_000_000])
+def test_adaptive_segments_keep_side_information_small(count):
+    """Laplace-like 5-bit indices: the stored S follows the rule and offsets + padding stay under 1% of the payload."""
+    rng = np.random.default_rng(count)
+    array = np.minimum(np.abs(rng.laplace(scale=3, size=count)).astype(np.int64), 31).astype(np.uint8)
+    data, _, decoded = roundtrip(Huffman(), array, 32)
+    assert decoded.array.tobytes() == array.tobytes()
+    lengths = table_of(data).astype(np.int64)
+    bits = int(np.dot(np.bincount(array, minlength=lengths.size)[:lengths.size], lengths))
+    seg = stored_segment_size(data)
+    assert seg == choose_segment_size(count, bits, 4096)
+    if count > 4096:
+        assert seg < 4096 and -(-count // seg) > 1
+    side = len(data) - bits / 8 - 8 - lengths.size
+    assert side < 0.01 * bits / 8
+
+
+@given(symbol_arrays(), st.sampled_from([7, 64, 1000, 4096]), st.data())
+def test_scalar_and_lockstep_decoders_agree(case, segment_size, data):
+    """Both decode paths give the same symbols, or both reject the same (possibly damaged) stream."""
+    import dcframe_plugins.huffman as module
+
+    array, alphabet = case
+    outputs, meta = Huffman(segment_size=segment_size).encode(Symbols(array, alphabet))
+    raw = bytearray(outputs["data"].data)
+    if raw and data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    results = []
+    saved = module.SCALAR_LANES
+    for lanes in (0, 1 << 30):  # never scalar, always scalar (the count is far below SCALAR_COUNT)
+        module.SCALAR_LANES = lanes
+        try:
+            results.append(Huffman().decode({"data": Bytes(bytes(raw))}, meta).array.tobytes())
+        except FormatError:
+            results.append("FormatError")
+        finally:
+            module.SCALAR_LANES = saved
+    assert results[0] == results[1]
+    if bytes(raw) == outputs["data"].data:
+        assert results[0] == array.astype(np.uint8 if alphabet <= 256 else np.uint16).tobytes()

@@ -1,8 +1,9 @@
 """Benchmark of the `huffman` stage against order-0 entropy, the optimal length-limited code and zstd (same run).
 
-Run: python tests/bench/bench_huffman.py [--n 10000000] [--repeat 3]
-Prints markdown tables: sizes (payload vs optimal code, side information, total vs entropy and zstd -19)
-and speeds (huffman encode vs zstd -3 compression, huffman decode vs zstd decompression), symbols per second.
+Run: python tests/bench/bench_huffman.py [--n 10000000] [--repeat 3] [--medium 10000,100000,1000000]
+Prints markdown tables: sizes (payload vs optimal code, side information, total vs entropy and zstd -19),
+speeds on --n symbols (huffman encode vs zstd -3 compression, huffman decode vs zstd decompression) and decode speeds on
+medium streams (the encoder's segment size and count, side information, huffman vs zstd decode), symbols per second.
 """
 
 from __future__ import annotations
@@ -137,10 +138,33 @@ def speed_row(stage: Huffman, spacing: str, n: int, repeat: int) -> str:
             f"| 1/{t_dec / t_zd3:.1f} / 1/{t_dec / t_zd19:.1f} |")
 
 
+def medium_row(stage: Huffman, n: int, repeat: int) -> str:
+    """Decode speed on a stream of n k-means indices: the segments the encoder chose, and zstd in the same run."""
+    symbols = laplace_indices(n, spacing="kmeans")
+    raw = symbols.tobytes()
+    outputs, meta = stage.encode(Symbols(symbols, 32))
+    data = outputs["data"].data
+    tsize = int.from_bytes(data[:4], "little")
+    seg = int.from_bytes(data[4 + tsize:8 + tsize], "little")
+    lengths = np.frombuffer(data, np.uint8, count=tsize, offset=4).astype(np.int64)
+    payload = int(np.dot(np.bincount(symbols, minlength=tsize)[:tsize], lengths)) / 8
+    t_dec, decoded = best_of(repeat, lambda: stage.decode(outputs, meta))
+    assert decoded.array.tobytes() == raw
+    frame3 = zstandard.ZstdCompressor(level=3).compress(raw)
+    frame19 = zstandard.ZstdCompressor(level=19).compress(raw)
+    dz = zstandard.ZstdDecompressor()
+    t_zd3, _ = best_of(repeat, lambda: dz.decompress(frame3))
+    t_zd19, _ = best_of(repeat, lambda: dz.decompress(frame19))
+    return (f"| {n:,} | {seg:,} x {-(-n // seg):,} | {100 * (len(data) - payload) / payload:.2f}% "
+            f"| {len(data):,} / {len(frame19):,} | {n / t_dec / 1e6:.1f} M "
+            f"| {n / t_zd3 / 1e6:.0f} M / {n / t_zd19 / 1e6:.0f} M | 1/{t_dec / t_zd3:.1f} / 1/{t_dec / t_zd19:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--medium", default="10000,100000,1000000", help="symbol counts of the medium-size table")
     args = parser.parse_args()
     stage = Huffman()
     print(f"huffman config: {stage.get_config()}\n")
@@ -157,6 +181,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for spacing in ("kmeans", "linear", "density"):
         print(speed_row(stage, spacing, args.n, args.repeat))
+
+    print("\n| medium stream, laplace kmeans, symbols | segment size x segments | side info / payload "
+          "| huffman bytes / zstd -19 bytes | huffman decode sym/s | zstd decompress sym/s (of -3 / -19) "
+          "| ratio (vs -3 / -19) |")
+    print("|---|---|---|---|---|---|---|")
+    for n in (int(x) for x in args.medium.split(",")):
+        print(medium_row(stage, n, max(args.repeat, 5)))
 
 if __name__ == "__main__":
     main()
