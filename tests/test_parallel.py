@@ -82,3 +82,81 @@ def test_worker_errors_reach_the_caller_and_leave_no_file(tmp_path):
 
 def test_default_jobs_is_the_usable_cores():
     assert 1 <= default_jobs() <= 4096
+
+
+# --- spill files: workers leave their streams in unnamed files beside the output, the writer copies them ---------
+def _compress_both(tmp_path, model, **kwargs) -> tuple[bytes, bytes]:
+    dcframe.compress(model, tmp_path / "serial.dcf", jobs=1, **kwargs)
+    dcframe.compress(model, tmp_path / "parallel.dcf", jobs=2, **kwargs)
+    return (tmp_path / "serial.dcf").read_bytes(), (tmp_path / "parallel.dcf").read_bytes()
+
+
+def test_spilled_streams_many_chunks_more_tensors_than_slots(tmp_path):
+    model = read_model(_model(tmp_path, n=12))  # 39 tensors through 8 spill slots, reused
+    serial, parallel = _compress_both(tmp_path, model, pipeline="zstd(level=1)", chunk_size=1000)
+    assert parallel == serial
+    # nothing left behind: the spill files never had a name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "parallel.dcf", "serial.dcf"]
+
+
+def test_spilled_streams_of_in_memory_tensors(tmp_path):
+    model = read_model(_model(tmp_path, n=3))
+    tensors = {name: Dense(np.array(model[name].array), model[name].dtype) for name in model}
+    serial, parallel = _compress_both(tmp_path, tensors, preset="han", chunk_size=777)
+    assert parallel == serial
+
+
+def test_spill_budget_and_emptying_big_spill_files(tmp_path, monkeypatch):
+    from dcframe import orchestrator
+
+    monkeypatch.setattr(orchestrator, "SPILL_BUDGET", 30_000)  # fewer tensors in flight than slots, by bytes
+    monkeypatch.setattr(orchestrator, "SPILL_KEEP", 4_000)  # the weights' spill files are emptied after use
+    model = read_model(_model(tmp_path, n=6))
+    serial, parallel = _compress_both(tmp_path, model, pipeline="zstd(level=1)", chunk_size=5000)
+    assert parallel == serial
+
+
+def test_spilled_streams_copied_through_user_space_where_the_kernel_cannot(tmp_path, monkeypatch):
+    import errno
+
+    calls = []
+
+    def cannot(*args):
+        calls.append(args)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", cannot)
+    model = read_model(_model(tmp_path, n=4))
+    serial, parallel = _compress_both(tmp_path, model, pipeline="zstd(level=1)", chunk_size=3000)
+    assert parallel == serial
+    assert len(calls) == 1  # tried once per file, then pread and write
+
+
+def test_disk_full_while_copying_a_spilled_stream_leaves_the_old_output(tmp_path, monkeypatch):
+    import errno
+
+    target = tmp_path / "out.dcf"
+    target.write_bytes(b"old output")
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    with pytest.raises(dcframe.ModelIOError, match="No space left"):
+        dcframe.compress(read_model(_model(tmp_path, n=4)), target, pipeline="zstd(level=1)", jobs=2)
+    assert target.read_bytes() == b"old output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "out.dcf"]
+
+
+def test_spilled_tensors_without_a_writer_are_only_valid_until_the_next(tmp_path):
+    from dcframe.orchestrator import Spilled
+
+    model = read_model(_model(tmp_path, n=2))
+    seen = []
+    for encoded in compress_tensors(model, Policy(pipeline="zstd(level=1)"), jobs=2, spill_dir=tmp_path):
+        stream = encoded.streams["data"]
+        assert isinstance(stream, Spilled) and encoded.chain is not None
+        data = os.pread(stream.fd, stream.length, stream.offset)  # readable while it is the current tensor
+        assert len(data) == stream.length and dcframe.container._crc(data) == stream.crc
+        seen.append(encoded.name)
+    assert seen == list(model)
