@@ -24,6 +24,10 @@ SEGMENT_BITS = 8192  # the encoder aims at about this many payload bits per segm
 WANT_LANES = 2048  # ... and at least this many segments, while segments stay at most `segment_size` symbols
 SCALAR_LANES = 12  # fewer segments than this (and few symbols): a plain loop beats numpy calls over so few lanes
 SCALAR_COUNT = 1 << 16
+PAIR_BITS = 16  # window of the two-symbol decode table (2^16 four-byte entries)
+PAIR_SHARE = 0.9  # use it when at least this share of lookups (by the code's own distribution) yields two symbols
+PAIR_COUNT = 1 << 15  # ... and the stream is long enough to pay for building it
+PAIR_REPAIR = 1 / 64  # share of symbols the pair decoder may re-decode one at a time before it gives up
 ENCODE_BLOCK = 1 << 18  # about this many symbols (whole segments) are packed at a time, for the same reason
 
 
@@ -276,7 +280,12 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     if nseg < SCALAR_LANES and count <= SCALAR_COUNT:
         out, end_pos = _decode_scalar(buf, starts, nsyms, lut_sym, lut_len, width, dtype)
     else:
-        out, end_pos = _decode_lockstep(buf, starts, ends, nsyms, seg, count, lut_sym, lut_len, width, dtype)
+        lut2 = _pair_table(lut_sym, lut_len, width) if dtype == np.uint8 and count >= PAIR_COUNT else None
+        found = None if lut2 is None else _decode_pairs(buf, starts, ends, nsyms, seg, count, lut2, lut_sym, lut_len,
+                                                         width, lengths)
+        if found is None:  # no pair table, or too many pairs needed repair (hostile or odd streams)
+            found = _decode_lockstep(buf, starts, ends, nsyms, seg, count, lut_sym, lut_len, width, dtype)
+        out, end_pos = found
     # exact bit consumption: every segment ends inside its last byte, and the padding bits above are zero
     last_byte = ends - 1
     used_bits = end_pos - 8 * last_byte
@@ -311,6 +320,112 @@ def _decode_scalar(buf: np.ndarray, starts: np.ndarray, nsyms: np.ndarray, lut_s
             used += n
         end_pos[k] = 8 * int(starts[k]) + used
     return np.array(out, dtype=dtype), end_pos
+
+
+def _pair_table(lut_sym: np.ndarray, lut_len: np.ndarray, width: int) -> np.ndarray | None:
+    """Table decoding two byte symbols per lookup of min(PAIR_BITS, 2 x width) bits, or None if pairs rarely fit.
+
+    Entry (int32): bits 0-7 first symbol, 8-15 second, bit 17 set if both codes fit in the window (else the entry is
+    incomplete and the decoder repairs it), bits 18+ the bits both codes take. Entries are hit with probability
+    2^-length under the code's own distribution, so the share of complete entries predicts how often pairs fit.
+    """
+    bits = min(PAIR_BITS, 2 * width)
+    v = np.arange(1 << bits, dtype=np.int32)
+    mask = (1 << width) - 1
+    i1 = v & mask
+    l1 = lut_len[i1]
+    i2 = (v >> l1) & mask
+    l2 = lut_len[i2]
+    two = (l1 > 0) & (l2 > 0) & (l1 + l2 <= bits)
+    if np.count_nonzero(two) < PAIR_SHARE * two.size:
+        return None
+    entry = lut_sym[i1].astype(np.int32) | (lut_sym[i2].astype(np.int32) << 8) | ((l1 + l2) << 18).astype(np.int32)
+    return np.where(two, entry | (1 << 17), 0).astype(np.int32)
+
+
+def _decode_pairs(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
+                  lut2: np.ndarray, lut_sym: np.ndarray, lut_len: np.ndarray, width: int,
+                  lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Lockstep decoding of byte symbols two per step: half the numpy steps of `_decode_lockstep`.
+
+    Every step must yield two symbols per lane, so a lane whose pair did not fit the table window (rare: two long
+    codes in a row) has that refill group re-decoded one symbol at a time. Returns None when repairs would exceed a
+    small share of the stream (then the caller decodes one symbol per step instead).
+    """
+    nseg = starts.size
+    steps = seg if nseg > 1 else count
+    half = (steps + 1) // 2
+    bits = int(lut2.size).bit_length() - 1
+    mask = (1 << bits) - 1
+    refill = max(1, 57 // bits)  # pairs that fit in the 57 bits a refill guarantees
+    sym_len = np.zeros(256, dtype=np.int64)
+    sym_len[:lengths.size] = lengths
+    raw, syms, lens_of, code_mask = buf.tobytes(), lut_sym.tolist(), lut_len.tolist(), (1 << width) - 1
+    budget = int(count * PAIR_REPAIR) + 64  # symbols we are willing to re-decode one at a time
+    need_last = int(nsyms[-1])
+    h_last = (need_last + 1) // 2  # steps the last segment needs
+    out = np.empty((nseg, 2 * half), dtype=np.uint8)
+    end_pos = np.empty(nseg, dtype=np.int64)
+    for lo in range(0, nseg, LANES):
+        hi = min(lo + LANES, nseg)
+        nl = hi - lo
+        base = int(starts[lo])
+        span = int(ends[hi - 1]) - base + 1
+        win = np.ndarray(shape=(span,), dtype="<i8", buffer=buf, offset=base, strides=(1,)).astype(np.int64)
+        pos = (starts[lo:hi] - base) * 8
+        b, s, w, idx, total = (np.empty_like(pos) for _ in range(5))
+        lens = np.empty((refill, nl), dtype=np.int64)
+        block = np.empty((half, nl), dtype=np.int32)
+        rows = list(block)
+        snap = None
+        for t0 in range(0, half, refill):
+            np.right_shift(pos, 3, out=b)
+            np.take(win, b, out=w, mode="clip")
+            np.bitwise_and(pos, 7, out=s)
+            np.right_shift(w, s, out=w)
+            n = min(refill, half - t0)
+            for j in range(n):
+                np.bitwise_and(w, mask, out=idx)
+                row = rows[t0 + j]
+                np.take(lut2, idx, out=row, mode="clip")
+                ln = lens[j]
+                np.right_shift(row, 18, out=ln)
+                np.right_shift(w, ln, out=w)
+            group = block[t0:t0 + n]
+            if not int(np.bitwise_and.reduce(group, axis=None)) >> 17 & 1:  # some lane has an incomplete pair
+                bad = np.flatnonzero((np.bitwise_and.reduce(group, axis=0) >> 17 & 1) == 0)
+                budget -= 2 * n * bad.size
+                if budget < 0:
+                    return None
+                for k in bad.tolist():  # one symbol at a time; an invalid code (length 0) fails the end check later
+                    p = int(pos[k]) + 8 * base
+                    for j in range(n):
+                        entry = 0
+                        for half_shift in (0, 8):
+                            v = int.from_bytes(raw[p >> 3:(p >> 3) + 3], "little") >> (p & 7) & code_mask
+                            entry |= syms[v] << half_shift
+                            p += lens_of[v]
+                        consumed = p - int(pos[k]) - 8 * base - int(lens[:j, k].sum())
+                        group[j, k] = entry | 1 << 17 | consumed << 18
+                        lens[j, k] = consumed
+            if hi == nseg and t0 < h_last <= t0 + n:
+                snap = int(pos[-1]) + int(lens[:h_last - t0, -1].sum())
+            np.add.reduce(lens[:n], axis=0, out=total)
+            np.add(pos, total, out=pos)
+        end_pos[lo:hi] = pos + 8 * base
+        if steps % 2:  # the last step's second symbol lies past the segment: take back all but the first code
+            last = block[half - 1]
+            end_pos[lo:hi] -= (last >> 18) - sym_len[last & 0xFF]
+        if snap is not None:
+            last = int(block[h_last - 1, -1])
+            end_pos[-1] = snap + 8 * base - ((last >> 18) - int(sym_len[last & 0xFF]) if need_last % 2 else 0)
+        pairs = block.astype("<u2")  # first symbol in the low byte
+        dest = out[lo:hi].view("<u2")
+        for i in range(0, half, 256):  # transpose in tiles: about twice as fast as one strided copy
+            for j in range(0, nl, 64):
+                dest[j:j + 64, i:i + 256] = pairs[i:i + 256, j:j + 64].T
+    flat = out.reshape(-1) if 2 * half == steps else out[:, :steps].reshape(-1)
+    return flat[:count], end_pos
 
 
 def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,

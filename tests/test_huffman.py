@@ -314,27 +314,68 @@ def test_adaptive_segments_keep_side_information_small(count):
     assert side < 0.01 * bits / 8
 
 
-@given(symbol_arrays(), st.sampled_from([7, 64, 1000, 4096]), st.data())
-def test_scalar_and_lockstep_decoders_agree(case, segment_size, data):
-    """Both decode paths give the same symbols, or both reject the same (possibly damaged) stream."""
+DECODE_PATHS = {  # module constants that force one decoder: scalar, one symbol per step, two per step
+    "scalar": {"SCALAR_LANES": 1 << 30},
+    "lockstep": {"SCALAR_LANES": 0, "PAIR_COUNT": 1 << 62},
+    "pairs": {"SCALAR_LANES": 0, "PAIR_COUNT": 0, "PAIR_SHARE": 0.0, "PAIR_REPAIR": 1e9},
+    "pairs, small budget": {"SCALAR_LANES": 0, "PAIR_COUNT": 0, "PAIR_SHARE": 0.0, "PAIR_REPAIR": 0.0},
+}
+
+
+def decode_with(path: str, data: bytes, meta: dict) -> bytes | str:
     import dcframe_plugins.huffman as module
 
+    saved = {key: getattr(module, key) for key in DECODE_PATHS[path]}
+    try:
+        for key, value in DECODE_PATHS[path].items():
+            setattr(module, key, value)
+        return Huffman().decode({"data": Bytes(data)}, meta).array.tobytes()
+    except FormatError:
+        return "FormatError"
+    finally:
+        for key, value in saved.items():
+            setattr(module, key, value)
+
+
+@given(symbol_arrays(), st.sampled_from([7, 64, 1000, 4096]), st.integers(1, 16), st.data())
+def test_all_decoders_agree(case, segment_size, max_bits, data):
+    """Every decode path gives the same symbols, or all reject the same (possibly damaged) stream."""
     array, alphabet = case
-    outputs, meta = Huffman(segment_size=segment_size).encode(Symbols(array, alphabet))
+    outputs, meta = Huffman(max_bits=max_bits, segment_size=segment_size).encode(Symbols(array, alphabet))
     raw = bytearray(outputs["data"].data)
     if raw and data.draw(st.booleans()):
         i = data.draw(st.integers(0, len(raw) - 1))
         raw[i] ^= 1 << data.draw(st.integers(0, 7))
-    results = []
-    saved = module.SCALAR_LANES
-    for lanes in (0, 1 << 30):  # never scalar, always scalar (the count is far below SCALAR_COUNT)
-        module.SCALAR_LANES = lanes
-        try:
-            results.append(Huffman().decode({"data": Bytes(bytes(raw))}, meta).array.tobytes())
-        except FormatError:
-            results.append("FormatError")
-        finally:
-            module.SCALAR_LANES = saved
-    assert results[0] == results[1]
+    results = {path: decode_with(path, bytes(raw), meta) for path in DECODE_PATHS}
+    assert len(set(results.values())) == 1, results.keys()
     if bytes(raw) == outputs["data"].data:
-        assert results[0] == array.astype(np.uint8 if alphabet <= 256 else np.uint16).tobytes()
+        assert results["scalar"] == array.astype(np.uint8 if alphabet <= 256 else np.uint16).tobytes()
+
+
+@given(st.integers(1, 2000), st.integers(0, 3000), st.integers(1, 9), st.sampled_from([3, 50, 4096]), st.data())
+def test_decoders_agree_when_pairs_need_repair(common, rare, run, segment_size, data):
+    """Runs of rare symbols (codes of 9+ bits, so two in a row overflow the 16-bit pair window) force repairs."""
+    rng = np.random.default_rng(common * 7919 + rare)
+    array = rng.integers(0, 3, common + rare).astype(np.uint8)
+    starts = rng.integers(0, common + rare, max(1, rare // max(run, 1)))
+    for i in starts:
+        array[i:i + run] = rng.integers(3, 200, min(run, array.size - i))
+    outputs, meta = Huffman(max_bits=12, segment_size=segment_size).encode(Symbols(array, 200))
+    raw = bytearray(outputs["data"].data)
+    if data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    results = {path: decode_with(path, bytes(raw), meta) for path in DECODE_PATHS}
+    assert len(set(results.values())) == 1, results.keys()
+    if bytes(raw) == outputs["data"].data:
+        assert results["pairs"] == array.tobytes()
+
+
+@pytest.mark.parametrize("count", [70_001, 300_000])
+def test_pair_decoder_on_long_streams(count):
+    """The default choice on long byte-symbol streams (two symbols per step, with repairs) matches the scalar loop."""
+    rng = np.random.default_rng(count)
+    array = np.minimum(rng.geometric(0.3, count) - 1, 40).astype(np.uint8)  # long rare codes: some pairs need repair
+    outputs, meta = Huffman(max_bits=14).encode(Symbols(array, 41))
+    assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
+    assert decode_with("lockstep", outputs["data"].data, meta) == array.tobytes()
