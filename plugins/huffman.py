@@ -380,14 +380,15 @@ def _decode_pairs(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: 
         snap = None
         for t0 in range(0, half, refill):
             np.right_shift(pos, 3, out=b)
-            np.take(win, b, out=w, mode="clip")
+            np.minimum(b, span - 1, out=b)  # never taken by a valid stream
+            np.take(win, b, out=w, mode="wrap")  # (in range: "wrap" is faster than "clip")
             np.bitwise_and(pos, 7, out=s)
             np.right_shift(w, s, out=w)
             n = min(refill, half - t0)
             for j in range(n):
                 np.bitwise_and(w, mask, out=idx)
                 row = rows[t0 + j]
-                np.take(lut2, idx, out=row, mode="clip")
+                np.take(lut2, idx, out=row, mode="wrap")
                 ln = lens[j]
                 np.right_shift(row, 18, out=ln)
                 np.right_shift(w, ln, out=w)
@@ -400,14 +401,14 @@ def _decode_pairs(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: 
                 for k in bad.tolist():  # one symbol at a time; an invalid code (length 0) fails the end check later
                     p = int(pos[k]) + 8 * base
                     for j in range(n):
-                        entry = 0
-                        for half_shift in (0, 8):
-                            v = int.from_bytes(raw[p >> 3:(p >> 3) + 3], "little") >> (p & 7) & code_mask
-                            entry |= syms[v] << half_shift
-                            p += lens_of[v]
-                        consumed = p - int(pos[k]) - 8 * base - int(lens[:j, k].sum())
-                        group[j, k] = entry | 1 << 17 | consumed << 18
-                        lens[j, k] = consumed
+                        q = p
+                        v = int.from_bytes(raw[p >> 3:(p >> 3) + 3], "little") >> (p & 7) & code_mask
+                        entry = syms[v]
+                        p += lens_of[v]
+                        v = int.from_bytes(raw[p >> 3:(p >> 3) + 3], "little") >> (p & 7) & code_mask
+                        p += lens_of[v]
+                        group[j, k] = entry | syms[v] << 8 | 1 << 17 | (p - q) << 18
+                        lens[j, k] = p - q
             if hi == nseg and t0 < h_last <= t0 + n:
                 snap = int(pos[-1]) + int(lens[:h_last - t0, -1].sum())
             np.add.reduce(lens[:n], axis=0, out=total)
@@ -443,7 +444,7 @@ def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsym
         hi = min(lo + LANES, nseg)
         base = int(starts[lo])
         # win[i] = the 8 bytes from byte base + i as one little-endian integer (a contiguous copy: fast gathers);
-        # reads are clipped to the block's last byte, so a hostile lane running past its segment reads garbage (and
+        # reads are clamped to the block's last byte, so a hostile lane running past its segment reads garbage (and
         # fails the end check) instead of past the buffer
         span = int(ends[hi - 1]) - base + 1
         win = np.ndarray(shape=(span,), dtype="<i8", buffer=buf, offset=base, strides=(1,)).astype(np.int64)
@@ -456,15 +457,16 @@ def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsym
         for t0 in range(0, steps, refill):
             # w = the next >= 57 stream bits of every lane, first bit in bit 0
             np.right_shift(pos, 3, out=b)
-            np.take(win, b, out=w, mode="clip")
+            np.minimum(b, span - 1, out=b)  # never taken by a valid stream
+            np.take(win, b, out=w, mode="wrap")
             np.bitwise_and(pos, 7, out=s)
             np.right_shift(w, s, out=w)
             n = min(refill, steps - t0)
             for j in range(n):
                 np.bitwise_and(w, mask, out=idx)
-                np.take(lut_sym, idx, out=rows[t0 + j], mode="clip")
+                np.take(lut_sym, idx, out=rows[t0 + j], mode="wrap")
                 ln = lens[j]
-                np.take(lut_len, idx, out=ln, mode="clip")
+                np.take(lut_len, idx, out=ln, mode="wrap")
                 np.right_shift(w, ln, out=w)
             if hi == nseg and t0 < last <= t0 + n:
                 snap = int(pos[-1]) + int(lens[: last - t0, -1].sum())
