@@ -330,17 +330,27 @@ def _pair_table(lut_sym: np.ndarray, lut_len: np.ndarray, width: int) -> np.ndar
     2^-length under the code's own distribution, so the share of complete entries predicts how often pairs fit.
     """
     bits = min(PAIR_BITS, 2 * width)
-    v = np.arange(1 << bits, dtype=np.int32)
     mask = (1 << width) - 1
-    i1 = v & mask
-    l1 = lut_len[i1]
-    i2 = (v >> l1) & mask
-    l2 = lut_len[i2]
-    two = (l1 > 0) & (l2 > 0) & (l1 + l2 <= bits)
+    len32, sym32 = lut_len.astype(np.int32), lut_sym.astype(np.int32)
+    v = np.arange(1 << bits, dtype=np.int32)
+    l1 = len32[v & mask]
+    i2 = np.right_shift(v, l1, out=v)
+    i2 &= mask
+    l2 = len32[i2]
+    l2 += l1  # both codes' bits
+    two = l2 <= bits
+    two &= l1 > 0
+    two &= len32[i2] > 0
     if np.count_nonzero(two) < PAIR_SHARE * two.size:
         return None
-    entry = lut_sym[i1].astype(np.int32) | (lut_sym[i2].astype(np.int32) << 8) | ((l1 + l2) << 18).astype(np.int32)
-    return np.where(two, entry | (1 << 17), 0).astype(np.int32)
+    entry = sym32[i2]
+    entry <<= 8
+    entry |= sym32[np.arange(1 << bits, dtype=np.int32) & mask]
+    l2 <<= 18
+    entry |= l2
+    entry |= 1 << 17
+    entry *= two
+    return entry
 
 
 def _decode_pairs(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
