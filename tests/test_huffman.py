@@ -285,16 +285,17 @@ def stored_segment_size(data: bytes) -> int:
 
 @given(st.integers(1, 10**8), st.floats(1.0, 16.0), st.sampled_from([1, 3, 100, 4096, 1 << 24]))
 def test_segment_size_rule(count, bits_per_symbol, maximum):
-    """The documented rule (spec Encoding step 7): about 8192 payload bits or 2048 segments, at most `maximum`."""
+    """The documented rule (spec Encoding step 7): about G payload bits or 2048 segments, at most `maximum`."""
     bits = int(count * bits_per_symbol)
     seg = choose_segment_size(count, bits, maximum)
     if count <= maximum:
         assert seg == maximum
         return
-    assert seg == min(maximum, max(-(-8192 * count // bits), -(-count // 2048)))
+    target = 4096 if count >= 65536 else 8192
+    assert seg == min(maximum, max(-(-target * count // bits), -(-count // 2048)))
     assert 1 <= seg <= maximum
-    if seg < maximum:  # full segments average >= 8192 payload bits, and there are at most 2048 segments
-        assert seg * bits >= 8192 * count and -(-count // seg) <= 2048
+    if seg < maximum:  # full segments average >= G payload bits, and there are at most 2048 segments
+        assert seg * bits >= target * count and -(-count // seg) <= 2048
 
 
 @pytest.mark.parametrize("count", [5_000, 100_000, 1_000_000])
