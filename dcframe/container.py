@@ -127,7 +127,8 @@ class ContainerWriter:
             raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._tmp = Path(tmp)
         self._file: BinaryIO = os.fdopen(fd, "wb")
-        self._copy_in_kernel = hasattr(os, "copy_file_range")
+        self._copy_mode = ("range" if hasattr(os, "copy_file_range") else
+                           "sendfile" if hasattr(os, "sendfile") else "user")  # how _copy appends spilled streams
         self._write(MAGIC)
 
     def _write(self, data: bytes | memoryview) -> None:
@@ -138,25 +139,30 @@ class ContainerWriter:
             raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def _copy(self, fd: int, offset: int, length: int) -> None:
-        """Append `length` bytes at `offset` of the open file `fd` (a spill file) in the kernel: copy_file_range,
-        else pread and write."""
+        """Append `length` bytes at `offset` of the open file `fd` (a spill file) in the kernel where it can:
+        copy_file_range (same file system), else sendfile (e.g. from a memfd), else pread and write."""
         try:
             self._file.flush()
-            position = self._file.tell()
+            position = self._file.tell()  # also the descriptor's offset, which sendfile advances
             end = position + length
             out = self._file.fileno()
-            if self._copy_in_kernel:
+            while position < end and self._copy_mode != "user":
                 try:
-                    while position < end:
+                    if self._copy_mode == "range":
                         n = os.copy_file_range(fd, out, end - position, offset, position)
-                        if n == 0:
-                            break
-                        position += n
-                        offset += n
+                    else:
+                        n = os.sendfile(out, fd, offset, end - position)
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
                         raise
-                    self._copy_in_kernel = False  # this pair of file systems cannot: copy through user space
+                    # this pair of files cannot: try the next way, for the rest of this file
+                    self._copy_mode = "sendfile" if self._copy_mode == "range" and hasattr(os, "sendfile") else "user"
+                    os.lseek(out, position, os.SEEK_SET)
+                    continue
+                if n == 0:
+                    break
+                position += n
+                offset += n
             while position < end:
                 data = os.pread(fd, min(end - position, COPY_BLOCK), offset)
                 if not data:

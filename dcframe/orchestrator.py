@@ -336,7 +336,7 @@ def default_jobs() -> int:
 
 _WORKER_MODELS: dict[tuple[str, int, int], Mapping[str, Dense]] = {}
 SPILL_SLOTS_PER_JOB = 4  # tensors in flight per worker when results go through spill files
-SPILL_BUDGET = 1 << 30  # input bytes in flight beyond the oldest tensor, when results go through spill files
+SPILL_BUDGET = 1 << 29  # input bytes in flight beyond the oldest tensor, when results go through spill files
 SPILL_KEEP = 1 << 26  # a spill file that grew past this is emptied when its slot frees up
 
 
@@ -378,13 +378,17 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
 
 
 def _open_spills(spill_dir: str | os.PathLike, count: int) -> list:
-    """`count` unnamed temporary files in `spill_dir` (O_TMPFILE where supported): nothing to clean up, ever."""
+    """`count` unnamed spill files: in memory (memfd; never written back to a disk) where the system has it, else
+    temporary files in `spill_dir` (O_TMPFILE where supported). Nothing to clean up after a crash, either way."""
     import tempfile
 
     files = []
     try:
         for _ in range(count):
-            files.append(tempfile.TemporaryFile(dir=spill_dir, prefix=".dcf-spill.", suffix=".tmp", buffering=0))
+            if hasattr(os, "memfd_create"):
+                files.append(open(os.memfd_create("dcframe-spill", os.MFD_CLOEXEC), "r+b", buffering=0))
+            else:
+                files.append(tempfile.TemporaryFile(dir=spill_dir, prefix=".dcf-spill.", suffix=".tmp", buffering=0))
     except OSError as exc:
         for f in files:
             f.close()

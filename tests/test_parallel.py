@@ -116,7 +116,8 @@ def test_spill_budget_and_emptying_big_spill_files(tmp_path, monkeypatch):
     assert parallel == serial
 
 
-def test_spilled_streams_copied_through_user_space_where_the_kernel_cannot(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", [("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_spilled_streams_copied_another_way_where_the_kernel_cannot(tmp_path, monkeypatch, failing):
     import errno
 
     calls = []
@@ -125,11 +126,12 @@ def test_spilled_streams_copied_through_user_space_where_the_kernel_cannot(tmp_p
         calls.append(args)
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(os, "copy_file_range", cannot)
+    for name in failing:
+        monkeypatch.setattr(os, name, cannot)
     model = read_model(_model(tmp_path, n=4))
     serial, parallel = _compress_both(tmp_path, model, pipeline="zstd(level=1)", chunk_size=3000)
     assert parallel == serial
-    assert len(calls) == 1  # tried once per file, then pread and write
+    assert len(calls) == len(failing)  # each way is tried once per file, then the next (last: pread and pwrite)
 
 
 def test_disk_full_while_copying_a_spilled_stream_leaves_the_old_output(tmp_path, monkeypatch):

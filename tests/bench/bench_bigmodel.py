@@ -1,6 +1,7 @@
 """Big-model benchmark: a synthetic float32 transformer checkpoint through `dcframe compress` (han, zstd) and back.
 
     python tests/bench/bench_bigmodel.py [--params 1e9] [--jobs 1,2] [--pipelines han,zstd] [--dir DIR] [--keep]
+                                         [--reuse]
 
 The checkpoint (.safetensors, 4 bytes per parameter; default 1e9 parameters = 4 GB) is generated to disk tensor by
 tensor, shaped like a decoder-only transformer (token embedding, per layer q/k/v/o d x d, MLP 4d x d and d x 4d,
@@ -50,13 +51,18 @@ def transformer_shapes(params: float) -> list[tuple[str, tuple[int, ...]]]:
     return shapes
 
 
-def write_checkpoint(path: Path, shapes: list[tuple[str, tuple[int, ...]]], seed: int = 0) -> int:
-    """Write a safetensors file tensor by tensor (never the whole model in memory); returns its size."""
+def _header(shapes: list[tuple[str, tuple[int, ...]]]) -> dict:
     header, offset = {}, 0
     for name, shape in shapes:
         n = int(np.prod(shape)) * 4
         header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
+    return header
+
+
+def write_checkpoint(path: Path, shapes: list[tuple[str, tuple[int, ...]]], seed: int = 0) -> int:
+    """Write a safetensors file tensor by tensor (never the whole model in memory); returns its size."""
+    header = _header(shapes)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     rng = np.random.default_rng(seed)
@@ -127,6 +133,8 @@ def main() -> None:
     ap.add_argument("--pipelines", default="han,zstd", help=f"any of {', '.join(PIPELINES)}")
     ap.add_argument("--dir", default=None, help="where to write the files (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--reuse", action="store_true",
+                    help="use DIR/model.safetensors as it is if it has the expected size (from an earlier --keep run)")
     args = ap.parse_args()
     shapes = transformer_shapes(args.params)
     n_params = sum(int(np.prod(s)) for _, s in shapes)
@@ -144,7 +152,10 @@ def main() -> None:
     try:
         model = base / "model.safetensors"
         t0 = time.perf_counter()
-        write_checkpoint(model, shapes)
+        expected = 8 + len(json.dumps(_header(shapes), separators=(",", ":")).encode()) + 7
+        expected = expected - (expected - 8) % 8 + model_bytes
+        if not (args.reuse and model.exists() and model.stat().st_size == expected):
+            write_checkpoint(model, shapes)
         print(f"synthetic model: {n_params / 1e6:.0f}M parameters, {len(shapes)} tensors, "
               f"{model_bytes / GiB:.2f} GiB; largest tensor {largest[0]} {list(largest[1])} = "
               f"{4 * int(np.prod(largest[1])) / GiB:.3f} GiB; generated in {time.perf_counter() - t0:.0f} s")
