@@ -21,8 +21,9 @@ MAX_SEGMENT = 1 << 24
 MAX_PAYLOAD = (1 << 32) - 1
 LANES = 4096  # segments decoded together; keeps the working set of one lockstep in cache
 SEGMENT_BITS = 8192  # the encoder aims at about this many payload bits per segment (offset + padding ~0.43%)
-LONG_STREAM = 1 << 16  # ... or, from this many symbols on, at half as many (~0.87%: more segments, faster decoding)
-WANT_LANES = 2048  # ... and at least this many segments, while segments stay at most `segment_size` symbols
+FEW_LANES = 256  # streams of LONG_STREAM+ symbols with fewer segments than this get smaller segments, towards this
+LONG_STREAM = 1 << 16  # many, of no less than SEGMENT_BITS / 2 payload bits (side information ~0.87%)
+WANT_LANES = 2048  # at least this many segments, while segments stay at most `segment_size` symbols
 SCALAR_LANES = 12  # fewer segments than this (and few symbols): a plain loop beats numpy calls over so few lanes
 SCALAR_COUNT = 1 << 16
 PAIR_BITS = 16  # window of the two-symbol decode table (2^16 four-byte entries)
@@ -96,14 +97,16 @@ def bit_reverse(values: np.ndarray, widths: np.ndarray | int) -> np.ndarray:
 
 
 def choose_segment_size(count: int, payload_bits: int, maximum: int) -> int:
-    """Symbols per segment: about SEGMENT_BITS payload bits (half that on long streams), or fewer so there are
-    WANT_LANES segments, never above `maximum`; a stream that fits in one segment of `maximum` symbols keeps `maximum`
-    (spec: Encoding step 7)."""
+    """Symbols per segment (spec: Encoding step 7): about SEGMENT_BITS payload bits; smaller (down to half those bits)
+    for long streams left with fewer than FEW_LANES segments; fewer symbols if there would be more than WANT_LANES
+    segments; never above `maximum`, and `maximum` itself when the stream fits in one segment of that size."""
     if count <= maximum:
         return maximum
-    target = SEGMENT_BITS // 2 if count >= LONG_STREAM else SEGMENT_BITS
-    by_bits = -(-target * count // max(1, payload_bits))
-    return max(1, min(maximum, max(by_bits, -(-count // WANT_LANES))))
+    bits = max(1, payload_bits)
+    seg = -(-SEGMENT_BITS * count // bits)
+    if count >= LONG_STREAM and -(-count // seg) < FEW_LANES:
+        seg = max(-(-(SEGMENT_BITS // 2) * count // bits), -(-count // FEW_LANES))
+    return max(1, min(maximum, max(seg, -(-count // WANT_LANES))))
 
 
 def _unsigned_dtype(alphabet: int) -> np.dtype:

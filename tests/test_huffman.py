@@ -291,11 +291,12 @@ def test_segment_size_rule(count, bits_per_symbol, maximum):
     if count <= maximum:
         assert seg == maximum
         return
-    target = 4096 if count >= 65536 else 8192
-    assert seg == min(maximum, max(-(-target * count // bits), -(-count // 2048)))
+    s8, s4 = -(-8192 * count // bits), -(-4096 * count // bits)
+    expect = s8 if count < 65536 or -(-count // s8) >= 256 else max(s4, -(-count // 256))
+    assert seg == min(maximum, max(expect, -(-count // 2048)))
     assert 1 <= seg <= maximum
-    if seg < maximum:  # full segments average >= G payload bits, and there are at most 2048 segments
-        assert seg * bits >= target * count and -(-count // seg) <= 2048
+    if seg < maximum:  # full segments average >= 4096 payload bits (8192 for short streams), at most 2048 segments
+        assert seg * bits >= (8192 if count < 65536 else 4096) * count and -(-count // seg) <= 2048
 
 
 @pytest.mark.parametrize("count", [5_000, 100_000, 1_000_000])
