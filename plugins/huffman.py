@@ -5,8 +5,10 @@ Byte layout (spec/stages/huffman.md), all integers little-endian, bits LSB-first
     u32 T | u8 lengths[T] | u32 S | u32 ends[ceil(count / S)] | payload
 
 The code is built with package-merge (optimal under the length limit), stored as code lengths only, and the
-symbols are cut into segments of S symbols, each starting on a byte boundary, so the decoder runs every segment in
-lockstep: one numpy step decodes one symbol of every segment at once.
+symbols are cut into segments of S symbols, each starting on a byte boundary. The encoder picks S per stream (at
+most `segment_size`, see `choose_segment_size`) so that mid-size streams still have hundreds of segments. The decoder
+runs every segment in lockstep: one numpy step decodes one symbol of every segment at once, or two for byte symbols
+(a 2^16-entry pair table); a stream of a few segments is decoded by a plain loop instead.
 """
 
 from __future__ import annotations
