@@ -438,11 +438,10 @@ def _decode_pairs(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: 
         if snap is not None:
             last = int(block[h_last - 1, -1])
             end_pos[-1] = snap + 8 * base - ((last >> 18) - int(sym_len[last & 0xFF]) if need_last % 2 else 0)
-        pairs = block.astype("<u2")  # first symbol in the low byte
-        dest = out[lo:hi].view("<u2")
+        dest = out[lo:hi].view("<u2")  # each entry's low 16 bits: first symbol in the low byte, second above
         for i in range(0, half, 256):  # transpose in tiles: about twice as fast as one strided copy
             for j in range(0, nl, 64):
-                dest[j:j + 64, i:i + 256] = pairs[i:i + 256, j:j + 64].T
+                dest[j:j + 64, i:i + 256] = block[i:i + 256, j:j + 64].T
     flat = out.reshape(-1) if 2 * half == steps else out[:, :steps].reshape(-1)
     return flat[:count], end_pos
 
