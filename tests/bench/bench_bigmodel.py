@@ -8,9 +8,11 @@ tensor, shaped like a decoder-only transformer (token embedding, per layer q/k/v
 norms and biases). Each row runs the CLI in a fresh child process and reports wall time, throughput (input bytes
 per second), the child's peak RSS as the OS counts it (getrusage RUSAGE_CHILDREN ru_maxrss of a wrapper process that
 runs only that command) and the peak of the summed RSS of the whole process tree (the workers of --jobs included),
-sampled from /proc every 50 ms. Reference in the same run: --jobs 1 of the same pipeline (speed-up column), and the
-model's largest tensor (the working set the memory target is measured against). Target: peak RSS < 3 GiB, near-linear
-speed-up from 1 to 2 jobs.
+sampled from /proc every 50 ms. CPU s is the user + system time of the whole process tree: on a shared machine,
+where other jobs take cores, it shows the work done when wall times cannot (a parallel run that does little more
+work than the serial one is as fast as the free cores allow). Reference in the same run: --jobs 1 of the same
+pipeline (speed-up column), and the model's largest tensor (the working set the memory target is measured against).
+Target: peak RSS < 3 GiB, near-linear speed-up from 1 to 2 jobs.
 """
 
 from __future__ import annotations
@@ -160,12 +162,12 @@ def main() -> None:
               f"{model_bytes / GiB:.2f} GiB; largest tensor {largest[0]} {list(largest[1])} = "
               f"{4 * int(np.prod(largest[1])) / GiB:.3f} GiB; generated in {time.perf_counter() - t0:.0f} s")
         print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}, numpy {np.__version__}\n")
-        print("| pipeline | step | jobs | wall s | MB/s | speed-up | peak RSS (max process) | peak RSS (process tree) "
-              "| output |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("| pipeline | step | jobs | wall s | CPU s | MB/s | speed-up | peak RSS (max process) "
+              "| peak RSS (process tree) | output |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in args.pipelines.split(","):
             if name == "han" and not _han_available():
-                print("| han | - | - | - | - | - | - | - | skipped: the han stages are not installed |")
+                print("| han | - | - | - | - | - | - | - | - | skipped: the han stages are not installed |")
                 continue
             reference = None
             out = base / f"{name}.dcf"
@@ -196,8 +198,8 @@ def _han_available() -> bool:
 def _row(name: str, step: str, jobs: int, r: dict, model_bytes: int, speedup: float | None, out_bytes: int) -> None:
     mbps = model_bytes / r["wall"] / 1e6
     sp = f"{speedup:.2f}x" if speedup is not None else ""
-    print(f"| {name} | {step} | {jobs} | {r['wall']:.1f} | {mbps:.0f} | {sp} | {r['maxrss'] / GiB:.2f} GiB "
-          f"| {r['tree_peak'] / GiB:.2f} GiB | {out_bytes / 1e6:.0f} MB |", flush=True)
+    print(f"| {name} | {step} | {jobs} | {r['wall']:.1f} | {r['cpu']:.1f} | {mbps:.0f} | {sp} "
+          f"| {r['maxrss'] / GiB:.2f} GiB | {r['tree_peak'] / GiB:.2f} GiB | {out_bytes / 1e6:.0f} MB |", flush=True)
 
 
 if __name__ == "__main__":
