@@ -305,9 +305,10 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
 
     With `jobs` > 1, tensors are encoded in that many worker processes, at most 2 * jobs in flight, and yielded in
     order: the same EncodedTensors (so the same file bytes) as a serial run. Global fits run once, here, first.
-    With `spill_dir` as well (and fork), workers write their final streams to unnamed spill files there and the
-    yielded tensors hold Spilled streams instead of bytes, valid only until the next tensor is requested: for a
-    ContainerWriter beside them, which copies them in the kernel (no pickling of the streams through pipes).
+    With `spill_dir` as well (Linux), workers write their final streams to unnamed spill files (memfd, else temporary
+    files in `spill_dir`) and the yielded tensors hold Spilled streams instead of bytes, valid only until the next
+    tensor is requested: for a ContainerWriter, which copies them in the kernel, so the streams never pass through
+    pipes and pickle. Then up to 4 * jobs tensors (at most SPILL_BUDGET input bytes beyond one) are in flight.
     """
 
     def items() -> Iterator[tuple[str, Dense]]:
