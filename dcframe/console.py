@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Iterator
@@ -98,6 +99,7 @@ def report_tables(report: dict[str, Any]) -> None:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def short_pipeline(text: str) -> str:
     """A stored pipeline with only the parameters that differ from the stage's defaults (for tables; JSON has all)."""
     from .errors import DcfError
