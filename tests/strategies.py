@@ -32,5 +32,10 @@ def dense_tensors(draw, dtypes=DTYPE_NAMES, shape=shapes) -> Dense:
     return Dense(array, dtype)
 
 
-lossless_chains = st.lists(st.sampled_from(["zlib(level=1)", "zstd(level=3)", "lzma(preset=0)", "bz2(level=1)"]),
-                           max_size=2).map(lambda parts: " | ".join(["raw", *parts]))
+generic_chains = st.lists(st.sampled_from(["zlib(level=1)", "zstd(level=3)", "lzma(preset=0)", "bz2(level=1)"]),
+                          max_size=2).map(lambda parts: " | ".join(["raw", *parts]))
+# lossless chains through the Deep Compression storage stages too: sparse positions, Huffman-coded, then a codec
+storage_chains = st.tuples(st.sampled_from([1, 3, 5, 8]), st.sampled_from(["", " | zstd(level=3)", " | zlib(level=1)"]),
+                           st.sampled_from([4, 12, 16])).map(
+    lambda p: f"sparse(index_bits={p[0]}) | huffman(max_bits={p[2]}, segment_size=7){p[1]}")
+lossless_chains = st.one_of(generic_chains, storage_chains)
