@@ -13,6 +13,7 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -131,17 +132,26 @@ class ContainerWriter:
                            "sendfile" if hasattr(os, "sendfile") else "user")  # how _copy appends spilled streams
         self._write(MAGIC)
 
-    def _write(self, data: bytes | memoryview) -> None:
+    @contextmanager
+    def _aborting(self) -> Iterator[None]:
+        """On any failure drop the temporary file; an OS error becomes one ModelIOError naming the output."""
         try:
-            self._file.write(data)
+            yield
         except OSError as exc:
             self.abort()
             raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def _write(self, data: bytes | memoryview) -> None:
+        with self._aborting():
+            self._file.write(data)
 
     def _copy(self, fd: int, offset: int, length: int) -> None:
         """Append `length` bytes at `offset` of the open file `fd` (a spill file) in the kernel where it can:
         copy_file_range (same file system), else sendfile (e.g. from a memfd), else pread and write."""
-        try:
+        with self._aborting():
             self._file.flush()
             position = self._file.tell()  # also the descriptor's offset, which sendfile advances
             end = position + length
@@ -171,12 +181,6 @@ class ContainerWriter:
                 position += len(data)
                 offset += len(data)
             self._file.seek(end)
-        except OSError as exc:
-            self.abort()
-            raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        except BaseException:
-            self.abort()
-            raise
 
     def add(self, tensor: EncodedTensor) -> dict[str, Any]:
         """Append one encoded tensor; returns its index entry as a report row."""
@@ -223,19 +227,13 @@ class ContainerWriter:
         offset = self._file.tell()
         self._write(packed)
         self._write(TRAILER.pack(offset, len(packed), _crc(packed), END_MAGIC))
-        try:
+        with self._aborting():
             self._file.flush()
             os.fchmod(self._file.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600: use the usual permissions
             os.fsync(self._file.fileno())
             size = self._file.tell()
             self._file.close()
             os.replace(self._tmp, self.path)
-        except OSError as exc:
-            self.abort()
-            raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        except BaseException:
-            self.abort()
-            raise
         _sync_dir(self.path.parent if str(self.path.parent) else Path("."))
         return size
 
