@@ -10,13 +10,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 stdout = Console(highlight=False)
 if not stdout.is_terminal:  # piped output: wide tables rather than folded cells
     stdout = Console(highlight=False, width=200)
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line, never folded
 
 
 def add_output_flags(parser, json_help: str = "print one JSON object instead of tables") -> None:
@@ -59,7 +60,7 @@ def human_bytes(n: float) -> str:
 
 def report_tables(report: dict[str, Any]) -> None:
     """Print a container report: one row per tensor, then per-stream detail where there is any, then totals."""
-    table = Table(title=report["file"], title_justify="left")
+    table = Table(title=escape(str(report["file"])), title_justify="left")
     lossy = any("rms" in t for t in report["tensors"])
     columns = ["tensor", "dtype", "shape", "pipeline", "original", "compressed", "ratio", "bits/w"]
     columns += ["sparsity", "clusters", "rms err", "max err"] if lossy else []
@@ -67,7 +68,8 @@ def report_tables(report: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col in ("tensor", "dtype", "shape", "pipeline") else "right",
                          overflow="fold")
     for t in report["tensors"]:
-        row = [t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", short_pipeline(t["pipeline"]),
+        row = [escape(t["name"]), t["dtype"], "x".join(map(str, t["shape"])) or "scalar",
+               escape(short_pipeline(t["pipeline"])),
                human_bytes(t["original_bytes"]), human_bytes(t["compressed_bytes"]), f"{t['ratio']:.2f}x",
                f"{t['bits_per_weight']:.3f}"]
         if lossy:
@@ -87,7 +89,8 @@ def report_tables(report: dict[str, Any]) -> None:
                 continue
             rows += 1
             per_weight = t.get("stream_bits_per_kept_weight", {}).get(name)
-            detail.add_row(t["name"], name, human_bytes(size), f"{per_weight:.2f}" if per_weight else "",
+            detail.add_row(escape(t["name"]), escape(name), human_bytes(size),
+                           f"{per_weight:.2f}" if per_weight else "",
                            human_bytes(e["entropy_bytes"]) if e else "",
                            f"{e['over_entropy']:+.2%}" if e and e["over_entropy"] is not None else "")
     if rows:

@@ -69,7 +69,10 @@ def read_model(path: str | os.PathLike) -> LazyTensors:
     except DcfError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelIOError(f"{path}: cannot read as {suffix[1:]} ({exc})") from None
+        why = str(exc)
+        if "pickled" in why:  # numpy's guess for any unknown bytes; its advice (unpickle) must not reach the user
+            why = f"no {suffix[1:]} signature; dcframe never unpickles"
+        raise ModelIOError(f"{path}: cannot read as {suffix[1:]} ({why})") from None
     raise ModelIOError(f"{path}: unknown model format {suffix!r}; expected one of {', '.join(MODEL_SUFFIXES)}")
 
 

@@ -127,7 +127,10 @@ def encode_tensor(name: str, tensor: np.ndarray | Dense, chain: Chain, stats: bo
     entropy: dict[str, float] = {}
     streams: dict[str, Stream] = {ROOT: dense}
     for step in chain.steps:
-        run_steps([step], streams, steps, sizes)
+        try:
+            run_steps([step], streams, steps, sizes)
+        except DcfError as exc:  # a user sees which tensor a stage refused, not only why
+            raise type(exc)(f"tensor '{name}': {exc}") from None
         if stats:
             for sname, s in streams.items():
                 if isinstance(s, Symbols) and sname not in entropy:

@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
 
             write_model_stream(args.output, specs, decoded())
     if not args.quiet:
-        console.stderr.print(f"wrote {len(names)} tensors to {args.output}")
+        console.stderr.print(f"wrote {len(names)} tensors to {args.output}", markup=False)
     return 0

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         console.print_json(result)
     else:
-        table = Table(title=f"{args.input}: {len(result['tensors'])} tensors", title_justify="left")
+        table = Table(title=escape(f"{args.input}: {len(result['tensors'])} tensors"), title_justify="left")
         for col in ("tensor", "status"):
             table.add_column(col, overflow="fold")
         for row in result["tensors"]:

@@ -1,0 +1,63 @@
+"""Regressions found by QA running the installed CLI as a user would (issues #2 and #8)."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from dcframe import write_model
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "dcframe.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_tensor_names_with_brackets_are_printed_not_parsed_as_markup(tmp_path):
+    names = ["x[/y]", "[bold]w", "a[/]"]
+    write_model(tmp_path / "m.npz", {n: np.ones((4, 4), np.float32) for n in names})
+    dcf = tmp_path / "m[bold].dcf"
+    for args in (("compress", tmp_path / "m.npz", "-o", dcf, "-q"), ("inspect", dcf), ("verify", dcf)):
+        out = cli(*args)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, (args, out.stderr[-500:])
+        for name in names:
+            assert name in out.stdout, (args, name)
+    out = cli("decompress", dcf, "-o", tmp_path / "r[bold]x.npz")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-500:]
+
+
+def test_a_failing_stage_names_the_tensor(tmp_path):
+    write_model(tmp_path / "m.npz", {"ok.weight": np.ones((8, 8), np.float32),
+                                     "bad.weight": np.full((8, 8), np.nan, np.float32)})
+    out = cli("compress", tmp_path / "m.npz", "-o", tmp_path / "m.dcf", "-j", "1", "-p",
+              "prune(sparsity=0.5) | sparse | kmeans(bits=2) | huffman")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    line = out.stderr.strip()
+    assert "\n" not in line and "tensor 'bad.weight'" in line and "kmeans" in line, line
+    assert not (tmp_path / "m.dcf").exists()
+
+
+def test_stderr_messages_are_not_folded_when_piped(tmp_path):
+    write_model(tmp_path / "m.npz", {f"some.rather.long.tensor.name.{i}": np.ones(64, np.float32) for i in range(4)})
+    dcf = tmp_path / "m.dcf"
+    assert cli("compress", tmp_path / "m.npz", "-o", dcf, "-q", "-p", "raw").returncode == 0
+    data = bytearray(dcf.read_bytes())
+    pos = 0
+    for _ in range(4):  # damage every tensor's stream (64 ones each)
+        pos = data.index(np.float32(1).tobytes() * 64, pos)
+        data[pos] ^= 0xFF
+        pos += 256
+    dcf.write_bytes(bytes(data))
+    out = cli("verify", dcf)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "4 damaged tensor(s)" in lines[0], lines
+
+
+def test_a_garbage_npz_or_npy_never_advises_unpickling(tmp_path):
+    for suffix in (".npz", ".npy"):
+        path = tmp_path / f"garbage{suffix}"
+        path.write_bytes(b"garbage\n" * 8)
+        out = cli("compress", path, "-o", tmp_path / "x.dcf")
+        line = out.stderr.strip()
+        assert out.returncode == 1 and "\n" not in line and path.name in line, line
+        assert "allow_pickle" not in line and "trust" not in line, line
