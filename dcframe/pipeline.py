@@ -33,14 +33,20 @@ def parse_pipeline(text: str, registry: Registry | None = None) -> list[Stage]:
     return stages
 
 
-_BARE_KEYWORD = re.compile(r"=\s*([A-Za-z_]\w*)\s*(?=[,)])")
+_BARE_WORD = re.compile(r"=\s*([A-Za-z_][\w.+\-]*)\s*(?=[,)])")
 
 
 def _quote_keywords(part: str) -> str:
-    """Quote bare words that Python reserves (scope=global) so they parse as the strings they mean."""
-    return _BARE_KEYWORD.sub(
-        lambda m: f"={m.group(1)!r}" if keyword.iskeyword(m.group(1)) and m.group(1) not in ("True", "False", "None")
-        else m.group(0), part)
+    """Quote bare words that are not Python names (init=kmeans++) or that Python reserves (scope=global), so they
+    parse as the strings they mean."""
+
+    def quote(m: re.Match) -> str:
+        word = m.group(1)
+        if word in ("True", "False", "None") or (word.isidentifier() and not keyword.iskeyword(word)):
+            return m.group(0)
+        return f"={word!r}"
+
+    return _BARE_WORD.sub(quote, part)
 
 
 def _parse_stage(part: str, text: str) -> tuple[str, dict[str, Any]]:

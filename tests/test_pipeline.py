@@ -15,6 +15,8 @@ def test_bare_words_are_strings_even_python_keywords():
     from dcframe.pipeline import _parse_stage
 
     assert _parse_stage("prune(sparsity=0.9, scope=global)", "") == ("prune", {"sparsity": 0.9, "scope": "global"})
+    assert _parse_stage("kmeans(init=kmeans++, bits=4)", "") == ("kmeans", {"init": "kmeans++", "bits": 4})
+    assert _parse_stage("x(a=-3, b=1e-3, c=a-b)", "") == ("x", {"a": -3, "b": 1e-3, "c": "a-b"})
     assert _parse_stage("x(a=tensor, b=True, c=none, d='if')", "") == ("x", {"a": "tensor", "b": True, "c": None,
                                                                         "d": "if"})
 
