@@ -42,3 +42,19 @@ def test_stage_sizes_are_what_each_stage_produced(tmp_path_factory, tensor, pipe
         expected.append({name: s.nbytes for name, s in streams.items()})
     assert report["tensors"][0]["stage_bytes"] == expected
     assert expected[-1] == report["tensors"][0]["streams"]
+
+
+def test_entropy_of_one_symbol_is_plus_zero_and_infinities_do_not_warn(tmp_path, recwarn):
+    import math
+
+    import numpy as np
+
+    from dcframe.orchestrator import order0_entropy_bits
+
+    bits = order0_entropy_bits(np.zeros(10, np.uint8), 4)
+    assert bits == 0.0 and math.copysign(1, bits) == 1.0
+    assert order0_entropy_bits(np.array([0, 1, 1, 1], np.uint8), 2) == 4 * (-(0.25 * math.log2(0.25))
+                                                                            - 0.75 * math.log2(0.75))
+    tensor = np.array([np.inf, -np.inf, 1.0, -2.0, 0.5, 3.0], np.float32)
+    dcframe.compress({"t": tensor}, tmp_path / "m.dcf", pipeline="prune(sparsity=0.3) | zstd")
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
