@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
+        previous = signal.signal(signal.SIGTERM, _terminate)  # `kill PID` cleans up as Ctrl-C does
+    except ValueError:  # not the main thread: leave signals to the caller
+        previous = None
+    try:
         return int(args._run(args) or 0)
     except DcfError as exc:
         if args.debug:
@@ -57,6 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dcframe: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM: unwind like Ctrl-C, so temporary files are removed and worker processes are shut down."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -61,3 +61,28 @@ def test_a_garbage_npz_or_npy_never_advises_unpickling(tmp_path):
         line = out.stderr.strip()
         assert out.returncode == 1 and "\n" not in line and path.name in line, line
         assert "allow_pickle" not in line and "trust" not in line, line
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
+    """`kill PID` mid-compress (parallel): existing output kept, no temporary file, no orphaned worker left."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    write_model(tmp_path / "m.safetensors", {f"w{i}": rng.standard_normal(4_000_000).astype(np.float32)
+                                             for i in range(3)})
+    out = tmp_path / "m.dcf"
+    out.write_bytes(b"precious")
+    proc = subprocess.Popen([sys.executable, "-m", "dcframe.cli", "compress", str(tmp_path / "m.safetensors"),
+                             "-o", str(out), "-p", "zstd(level=19)", "-j", "2", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)  # orphaned workers would hold stderr open: this would time out
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("workers outlived the terminated parent") from None
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.dcf", "m.safetensors"]
