@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import keyword
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 
 from .dtypes import is_float
 from .errors import PipelineError
-from .registry import Registry, get_registry
+from .registry import ALLOW_ENV, Registry, get_registry
 from .stage import Stage
 from .streams import BYTES, DENSE, KINDS
 
@@ -221,7 +222,10 @@ class Policy:
             return self.registry.presets[name]
         except KeyError:
             known = ", ".join(sorted(self.registry.presets)) or "none installed"
-            raise PipelineError(f"unknown preset {name!r}; known presets: {known}") from None
+            hint = ""
+            if os.environ.get(ALLOW_ENV) is not None:  # the built-in presets are the 'presets' entry point
+                hint = f" (the built-in presets come from the 'presets' plugin: allow it in {ALLOW_ENV})"
+            raise PipelineError(f"unknown preset {name!r}; known presets: {known}{hint}") from None
 
     def chain_for_pipeline(self, pipeline: str) -> Chain:
         if pipeline not in self._chains:

@@ -86,3 +86,18 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in err, err
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.dcf", "m.safetensors"]
+
+
+def test_a_plugin_allow_list_without_presets_says_how_to_get_them(tmp_path):
+    import os
+
+    write_model(tmp_path / "m.npz", {"w": np.ones((4, 4), np.float32)})
+    env = dict(os.environ, DCFRAME_PLUGINS="raw,generic")
+    out = subprocess.run([sys.executable, "-m", "dcframe.cli", "compress", str(tmp_path / "m.npz"), "-o",
+                          str(tmp_path / "m.dcf")], capture_output=True, text=True, env=env)
+    line = out.stderr.strip()
+    assert out.returncode == 1 and "\n" not in line and "'lossless'" in line and "DCFRAME_PLUGINS" in line, line
+    env["DCFRAME_PLUGINS"] = "raw,generic,presets"
+    out = subprocess.run([sys.executable, "-m", "dcframe.cli", "compress", str(tmp_path / "m.npz"), "-o",
+                          str(tmp_path / "m.dcf"), "-q", "--json"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
