@@ -101,3 +101,14 @@ def test_a_plugin_allow_list_without_presets_says_how_to_get_them(tmp_path):
     out = subprocess.run([sys.executable, "-m", "dcframe.cli", "compress", str(tmp_path / "m.npz"), "-o",
                           str(tmp_path / "m.dcf"), "-q", "--json"], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
+
+
+def test_decompress_a_tensor_named_twice_writes_it_once(tmp_path):
+    write_model(tmp_path / "m.npz", {"w": np.arange(6, dtype=np.float32), "b": np.ones(2, np.float32)})
+    assert cli("compress", tmp_path / "m.npz", "-o", tmp_path / "m.dcf", "-q", "--json").returncode == 0
+    for suffix in (".safetensors", ".npz"):
+        out = cli("decompress", tmp_path / "m.dcf", "-o", tmp_path / f"r{suffix}", "--tensor", "w", "--tensor", "w")
+        assert out.returncode == 0 and "wrote 1 tensors" in out.stderr, out.stderr
+        import dcframe
+        back = dcframe.read_model(tmp_path / f"r{suffix}")
+        assert list(back) == ["w"] and back["w"].array.tobytes() == np.arange(6, dtype=np.float32).tobytes()

@@ -22,7 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     with Container(args.input) as container:
-        names = args.tensor or container.names
+        names = list(dict.fromkeys(args.tensor)) if args.tensor else container.names  # a name given twice: once
         missing = [n for n in names if n not in container.entries]
         if missing:
             raise DcfError(f"{args.input}: no tensor named {', '.join(map(repr, missing))}; "
