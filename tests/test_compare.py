@@ -285,3 +285,14 @@ def test_plot_writes_a_valid_file(model_file, tmp_path, capsys, suffix):
     else:
         assert b"<svg" in data[:2000] and data.rstrip().endswith(b"</svg>")
 
+
+
+def test_tensor_names_with_brackets_print_as_text(tmp_path):
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "m.npz", **{"w[/y]": np.random.default_rng(0).laplace(0, 0.05, (40, 30)).astype(np.float32)})
+    out = subprocess.run([sys.executable, "-m", "dcframe.cli", "compare", str(tmp_path / "m.npz"), "--repeat", "1",
+                          "--coders", "huffman,zlib", "-q"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "w[/y]" in out.stdout

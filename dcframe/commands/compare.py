@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from .. import console
@@ -92,7 +93,7 @@ def print_tables(report: dict[str, Any]) -> None:
     out = console.stdout
     for group in report["pipelines"]:
         steps = group["steps"]
-        table = Table(title=f"stage by stage: {group['pipeline']}", title_justify="left")
+        table = Table(title=f"stage by stage: {escape(group['pipeline'])}", title_justify="left")
         table.add_column("tensor")
         for step in steps:
             table.add_column("original" if step["stage"] == "input" else step["stage"], justify="right")
@@ -100,7 +101,7 @@ def print_tables(report: dict[str, Any]) -> None:
         table.add_column("packed ratio", justify="right")
         rows = [r for r in report["tensors"] if r["name"] in set(group["tensors"])]
         for r in rows:
-            table.add_row(r["name"], *[console.human_bytes(s["total_bytes"]) for s in r["steps"]],
+            table.add_row(escape(r["name"]), *[console.human_bytes(s["total_bytes"]) for s in r["steps"]],
                           f"{r['ratio']:.2f}x", f"{r['steps'][-1]['packed_ratio']:.2f}x")
         if len(rows) > 1:
             table.add_row("[b]total[/b]", *[f"[b]{console.human_bytes(s['total_bytes'])}[/b]" for s in steps],
@@ -119,7 +120,7 @@ def print_tables(report: dict[str, Any]) -> None:
             table.add_column(col, justify="left" if col in ("coder", "best") else "right")
         for row in case["coders"]:
             if row["error"]:
-                table.add_row(row["coder"], "", "", "", "", "", "", f"[red]{row['error']}[/red]")
+                table.add_row(row["coder"], "", "", "", "", "", "", f"[red]{escape(row['error'])}[/red]")
                 continue
             table.add_row(row["coder"], str(row["bytes"]), str(row["meta_bytes"]), f"{row['bits_per_symbol']:.3f}",
                           f"{row['over_bound']:+.2%}" if row["over_bound"] is not None else "",
@@ -133,7 +134,7 @@ def print_tables(report: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col in ("transform", "coder", "best") else "right")
     for row in base["rows"]:
         if row["error"]:
-            table.add_row(row["transform"], row["coder"], "", "", "", "", "", "", f"[red]{row['error']}[/red]")
+            table.add_row(row["transform"], row["coder"], "", "", "", "", "", "", f"[red]{escape(row['error'])}[/red]")
             continue
         over = row["over_bound"]
         table.add_row(row["transform"], row["coder"], str(row["bytes"]), f"{row['ratio']:.3f}x",
