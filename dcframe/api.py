@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .container import DEFAULT_CHUNK, Container, ContainerWriter
-from .errors import DcfError
+from .errors import DcfError, MissingStageError
 from .orchestrator import compress_tensors
 from .pipeline import Policy, Rule
 from .report import container_report
@@ -58,8 +58,9 @@ def decompress(path: str | os.PathLike, names: Sequence[str] | None = None) -> d
 def verify(path: str | os.PathLike, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Check a whole container without writing anything: every checksum, and that every tensor decodes.
 
-    Returns {"file", "ok", "tensors": [{"name", "ok", "error"}], "damaged": [names]}; a file whose index cannot be
-    read raises its FormatError (no tensor can be named then).
+    Returns {"file", "ok", "tensors": [{"name", "ok", "error", "kind"}], "damaged": [names], "unreadable": [names]}:
+    damaged tensors failed a check; unreadable ones need a stage that is not installed (the file may be fine). A file
+    whose index cannot be read raises its FormatError (no tensor can be named then).
     """
     rows = []
     with Container(path) as container:
@@ -71,8 +72,11 @@ def verify(path: str | os.PathLike, progress: Callable[[str, int], None] | None 
                 rows.append({"name": name, "ok": False, "error": str(exc), "kind": type(exc).__name__})
             if progress:
                 progress(name, entry.total_length)
-    damaged = [r["name"] for r in rows if not r["ok"]]
-    return {"file": str(path), "ok": not damaged, "tensors": rows, "damaged": damaged}
+    missing = MissingStageError.__name__
+    damaged = [r["name"] for r in rows if not r["ok"] and r["kind"] != missing]
+    unreadable = [r["name"] for r in rows if r["kind"] == missing]
+    return {"file": str(path), "ok": not damaged and not unreadable, "tensors": rows, "damaged": damaged,
+            "unreadable": unreadable}
 
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:

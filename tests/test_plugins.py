@@ -54,6 +54,11 @@ def test_third_party_stage_is_listed_used_and_decoded(plugin_dir, tmp_path):
     assert "Traceback" not in missing.stderr and not (tmp_path / "again.npz").exists()
     # inspect needs no stage code at all
     assert cli("inspect", tmp_path / "m.dcf", "--json").returncode == 0
+    # verify says the stage is missing, not that the file is damaged
+    checked = cli("verify", tmp_path / "m.dcf", "--json")
+    report = json.loads(checked.stdout)
+    assert checked.returncode == 1 and report["unreadable"] == ["w"] and report["damaged"] == []
+    assert json.loads(cli("verify", tmp_path / "m.dcf", "--json", plugins=plugin_dir).stdout)["ok"] is True
 
 
 def test_plugin_allow_list_restricts_loading(plugin_dir):

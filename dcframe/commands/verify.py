@@ -34,10 +34,19 @@ def run(args: argparse.Namespace) -> int:
         for col in ("tensor", "status"):
             table.add_column(col, overflow="fold")
         for row in result["tensors"]:
-            table.add_row(escape(row["name"]), "ok" if row["ok"] else f"[red]DAMAGED[/red]: {escape(row['error'])}")
+            if row["ok"]:
+                status = "ok"
+            elif row["name"] in result["unreadable"]:
+                status = "[yellow]STAGE NOT INSTALLED[/yellow]"
+            else:
+                status = "[red]DAMAGED[/red]"
+            table.add_row(escape(row["name"]), status + ("" if row["ok"] else f": {escape(row['error'])}"))
         console.stdout.print(table)
         if result["damaged"]:
             console.stderr.print(escape(f"dcframe: {len(result['damaged'])} damaged tensor(s): "
                                     f"{', '.join(result['damaged'])}; the others can still be read "
                                     f"(dcframe decompress --tensor NAME)"))
+        if result["unreadable"]:
+            console.stderr.print(escape(f"dcframe: {len(result['unreadable'])} tensor(s) need a stage that is not "
+                                        f"installed: {', '.join(result['unreadable'])}; install it to check them"))
     return 0 if result["ok"] else 1
