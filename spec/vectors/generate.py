@@ -439,29 +439,27 @@ def add_invalid_vectors(g: Generator) -> None:
     g.add_invalid("chunk-header-not-shortest", long_header, "FormatError",
                   "Chunk headers written as bin16 for short chunks.", ["chunk-header"], tensor=first)
 
-    def total_length_off(data: bytes) -> bytes:
-        index, tensors = parse(data)
-        out = build(index, tensors)
+    def with_index(data: bytes, edit) -> bytes:
+        """Rebuild a file with its index map changed by `edit`, trailer and index CRC fixed up."""
+        out = build(*parse(data))
         io, il, _ = struct.unpack("<QII", out[-24:-8])
         idx = msgpack.unpackb(out[io:io + il], raw=False)
+        edit(idx)
+        ib = pack(idx)
+        return out[:io] + ib + struct.pack("<QII", io, len(ib), zlib.crc32(ib)) + END_MAGIC
+
+    def total_length_off(idx: dict) -> None:
         # Claim one byte less for the first record's total and one more for the second: the tiling still holds.
         idx["tensors"][0][3] -= 1
         idx["tensors"][1][1] -= 1
         idx["tensors"][1][3] += 1
-        ib = pack(idx)
-        return out[:io] + ib + struct.pack("<QII", io, len(ib), zlib.crc32(ib)) + END_MAGIC
-    g.add_invalid("total-length-mismatch", total_length_off(base), "FormatError",
+    g.add_invalid("total-length-mismatch", with_index(base, total_length_off), "FormatError",
                   "total_length one byte short of the record plus its chunks.", ["record"], tensor=first)
 
-    def ext_in_index(data: bytes) -> bytes:
-        index, tensors = parse(data)
-        out = build(index, tensors)
-        io, il, _ = struct.unpack("<QII", out[-24:-8])
-        idx = msgpack.unpackb(out[io:io + il], raw=False)
+    def ext_in_index(idx: dict) -> None:
         idx["metadata"] = {"when": msgpack.ExtType(5, b"\x00\x01")}
-        ib = pack(idx)
-        return out[:io] + ib + struct.pack("<QII", io, len(ib), zlib.crc32(ib)) + END_MAGIC
-    g.add_invalid("ext-type", ext_in_index(base), "FormatError", "An msgpack ext type in the index.", ["msgpack"])
+    g.add_invalid("ext-type", with_index(base, ext_in_index), "FormatError", "An msgpack ext type in the index.",
+                  ["msgpack"])
 
     # Stage-level damage (stream checksums consistent, so only the stage's own checks catch it).
     zl = g.sources["lossless-zlib"]
