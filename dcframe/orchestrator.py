@@ -119,9 +119,18 @@ def run_steps(steps: Iterable[Step], streams: dict[str, Stream], record: list | 
     return streams
 
 
-def encode_tensor(name: str, tensor: np.ndarray | Dense, chain: Chain, stats: bool = True) -> EncodedTensor:
-    """Run one tensor through its chain; with `stats`, also measure entropy, sparsity and reconstruction error."""
+SideInputs = Callable[[str, Dense], Mapping[str, np.ndarray]]  # tensor name, tensor -> its side inputs (stage.py)
+
+
+def encode_tensor(name: str, tensor: np.ndarray | Dense, chain: Chain, stats: bool = True,
+                  side: Mapping[str, np.ndarray] | None = None) -> EncodedTensor:
+    """Run one tensor through its chain; with `stats`, also measure entropy, sparsity and reconstruction error.
+
+    `side` are the tensor's encode-time side inputs (calibration statistics), handed to the stages on its stream.
+    """
     dense = as_dense(tensor)
+    if side:
+        dense = Dense(dense.array, dense.dtype, dict(side))
     steps: list[list[Application]] = []
     sizes: list[dict[str, int]] = []
     entropy: dict[str, float] = {}
@@ -303,7 +312,8 @@ def fit_chains(policy: Policy, tensors: Callable[[], Iterator[tuple[str, Dense]]
 
 def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, stats: bool = True,
                      progress: Callable[[str, int], None] | None = None, jobs: int = 1,
-                     spill_dir: str | os.PathLike | None = None) -> Iterator[EncodedTensor]:
+                     spill_dir: str | os.PathLike | None = None,
+                     side_inputs: SideInputs | None = None) -> Iterator[EncodedTensor]:
     """Encode every tensor with the chain the policy chooses for it, lazily, in the mapping's order.
 
     With `jobs` > 1, tensors are encoded in that many worker processes, at most 2 * jobs in flight, and yielded in
@@ -320,11 +330,12 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
 
     chains = fit_chains(policy, items)
     if jobs > 1 and len(tensors) > 1:
-        yield from _compress_parallel(tensors, policy, chains, stats, progress, jobs, spill_dir)
+        yield from _compress_parallel(tensors, policy, chains, stats, progress, jobs, spill_dir, side_inputs)
         return
     for name, dense in items():
         pipeline = policy.pipeline_for(name, dense.array.shape, dense.dtype)
-        encoded = encode_tensor(name, dense, chains[pipeline], stats=stats)
+        side = side_inputs(name, dense) if side_inputs else None
+        encoded = encode_tensor(name, dense, chains[pipeline], stats=stats, side=side)
         if progress:
             progress(name, dense.nbytes)
         yield encoded
@@ -345,7 +356,7 @@ SPILL_KEEP = 1 << 26  # a spill file that grew past this is emptied when its slo
 
 
 def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | None, chain: Chain,
-                stats: bool, spill: int | None = None) -> EncodedTensor:
+                stats: bool, spill: int | None = None, side: Mapping[str, np.ndarray] | None = None) -> EncodedTensor:
     """Worker side of a parallel compress: re-open (memory-map) the model file once per process, encode one tensor.
 
     With `spill` (a spill file's descriptor, inherited through fork), the final streams are written there from
@@ -362,7 +373,7 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
             _WORKER_MODELS[source] = read_model(source[0])
         tensor = _WORKER_MODELS[source][name]
     assert tensor is not None
-    encoded = encode_tensor(name, tensor, chain, stats=stats)
+    encoded = encode_tensor(name, tensor, chain, stats=stats, side=side)
     encoded.chain = None  # type: ignore[assignment]  # the parent puts back its own (no need to pickle it back)
     if spill is None:
         return encoded
@@ -402,7 +413,8 @@ def _open_spills(spill_dir: str | os.PathLike, count: int) -> list:
 
 def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
                        stats: bool, progress: Callable[[str, int], None] | None,
-                       jobs: int, spill_dir: str | os.PathLike | None = None) -> Iterator[EncodedTensor]:
+                       jobs: int, spill_dir: str | os.PathLike | None = None,
+                       side_inputs: SideInputs | None = None) -> Iterator[EncodedTensor]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -454,6 +466,7 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
             chain = chains[policy.pipeline_for(name, dense.array.shape, dense.dtype)]
             nbytes = dense.nbytes
             payload = None if source is not None else dense
+            side = side_inputs(name, dense) if side_inputs else None
             del dense  # a memory-mapped tensor is read by the worker, not here
             while pending and (len(pending) >= in_flight or spills and waiting_bytes + nbytes > SPILL_BUDGET):
                 encoded, done = drain()
@@ -461,7 +474,7 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
                 release(done)  # the consumer is done with that tensor's spilled streams
             slot = free.popleft() if spills else None
             spill = spills[slot].fileno() if slot is not None else None
-            pending.append((pool.submit(_encode_job, source, name, payload, chain, stats, spill), name, nbytes,
+            pending.append((pool.submit(_encode_job, source, name, payload, chain, stats, spill, side), name, nbytes,
                             chain, slot))
             waiting_bytes += nbytes
         while pending:

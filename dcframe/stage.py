@@ -20,6 +20,20 @@ A stage is one step of a compression chain. It is a class with:
   ``dcframe.output_limit()`` (a small multiple of the tensor's declared size), so a tiny stream cannot claim gigabytes.
 
 A stage needing a look at every tensor before encoding any (global pruning) overrides ``fit``.
+
+Side inputs. Data-aware stages (Wanda pruning, importance-weighted k-means) need statistics of the model's data that
+are not in the tensor. They arrive at encode time only, in ``Dense.side`` (name -> numpy array), filled from a
+calibration (``compress(..., calibration=)``, spec/calibration.md) for the tensors it covers; they are never stored,
+and decode never needs them, so files and golden vectors do not depend on them. Names (``dcframe.streams``):
+
+- ``"activation"``: element-aligned (the stream's shape), E[x^2] of the input feature each weight multiplies;
+- ``"fisher"``: element-aligned, the mean squared gradient of a loss with respect to each weight;
+- ``"hessian"``: tensor-level, X^T X / n ([in, in]) of a 2-D weight [out, in] whose rows are output features.
+
+A stage reads ``stream.side.get(name)``, and either works without it (falling back to its data-free rule) or raises
+ConfigError naming what is missing. A stage that gives a dense stream passes side inputs on: the same elements in the
+same layout keep them all (``Dense(array, dtype, stream.side)``, ``with_values``); a subset of the elements keeps the
+element-aligned ones, selected (``stream.select(indices)``); other outputs carry none.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -15,12 +16,23 @@ BYTES = "bytes"
 KINDS = (DENSE, SYMBOLS, BYTES)
 
 
+# Side inputs a calibration provides (stage.py, "Side inputs"): element-aligned ones have the stream's shape.
+ACTIVATION = "activation"  # E[x_j^2]: second moment of the input feature each weight multiplies (Wanda's ||X_j||^2/n)
+FISHER = "fisher"  # mean squared gradient of a loss with respect to each weight (diagonal Fisher)
+HESSIAN = "hessian"  # X^T X / n of a 2-D weight [out, in]: [in, in]; tensor-level, not element-aligned
+ALIGNED = (ACTIVATION, FISHER)
+
+
 @dataclass(frozen=True, eq=False)
 class Dense:
-    """A tensor of numbers with its dtype name; BF16 is carried as uint16 bit patterns."""
+    """A tensor of numbers with its dtype name; BF16 is carried as uint16 bit patterns.
+
+    `side` holds encode-time side inputs (calibration statistics, see stage.py): never stored, never needed to decode.
+    """
 
     array: np.ndarray
     dtype: str
+    side: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
     kind: ClassVar[str] = DENSE
 
     @classmethod
@@ -35,8 +47,15 @@ class Dense:
         return dtypes.to_float(self.array, self.dtype)
 
     def with_values(self, values: np.ndarray) -> Dense:
-        """A new Dense of the same dtype holding `values` (rounded to the dtype)."""
-        return Dense(np.asarray(dtypes.from_float(values, self.dtype), order="C"), self.dtype)
+        """A new Dense of the same dtype and side inputs holding `values` (rounded to the dtype), of the same shape."""
+        return Dense(np.asarray(dtypes.from_float(values, self.dtype), order="C"), self.dtype, self.side)
+
+    def select(self, indices: np.ndarray) -> Dense:
+        """The 1-D Dense of the elements at flat `indices`, with its element-aligned side inputs selected alike (how a
+        stage that keeps a subset of the elements, like sparse, passes them on); tensor-level ones are dropped."""
+        side = {k: np.asarray(v).reshape(-1)[indices] for k, v in self.side.items()
+                if k in ALIGNED and np.shape(v) == self.array.shape}
+        return Dense(np.ascontiguousarray(self.array).reshape(-1)[indices], self.dtype, side)
 
     @property
     def nbytes(self) -> int:

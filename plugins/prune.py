@@ -143,7 +143,7 @@ class Prune(Stage):
         pruned = (magnitudes <= limit).reshape(stream.array.shape)
         array = stream.array.copy()
         array[pruned] = 0  # +0.0 for every float carrier, BF16 bit patterns included
-        return {"data": Dense(array, stream.dtype)}, {}
+        return {"data": Dense(array, stream.dtype, stream.side)}, {}
 
     def decode(self, streams: dict[str, Dense], meta: dict) -> Dense:
         """The zeros are already in the stream: decoding is the identity."""

@@ -51,7 +51,7 @@ class Sparse(Stage):
         ends = np.cumsum(fillers + 1) - 1  # where each gap's own symbol lands, after its fillers
         positions = np.zeros(int(ends[-1]) + 1 if ends.size else 0, dtype=np.uint8 if span < 256 else np.uint16)
         positions[ends] = gaps - fillers * span  # in 1..M; every other slot stays 0 (filler)
-        values = Dense(flat[stored], stream.dtype)
+        values = stream.select(stored)  # carries element-aligned side inputs on to a data-aware kmeans
         return {"positions": Symbols(positions, self.alphabet), "values": values}, {"shape": list(stream.array.shape)}
 
     def decode(self, streams: dict[str, Symbols | Dense], meta: dict) -> Dense:
