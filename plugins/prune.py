@@ -109,16 +109,29 @@ def _rows(array: np.ndarray) -> np.ndarray:
     return array.reshape(array.shape[0], math.prod(array.shape[1:]))
 
 
-def _lowest(score: np.ndarray, magnitude: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
-    """Per row, mark the `counts` lowest scores (NaN last); ties go to the smaller magnitude, then the earlier column.
+def _lowest(score: np.ndarray, magnitude: np.ndarray, count: int) -> np.ndarray:
+    """Per row, mark the `count` lowest scores; ties at the count-th go to the smaller magnitude, then the earlier one.
 
     The magnitude tie-break puts a zero before a weight whose score is zero only by its input (a dead input feature),
-    so pruning again picks the zeros already there: this is what makes the data-aware criteria idempotent.
+    so pruning again picks the zeros already there: this is what makes the data-aware criteria idempotent. O(n) by
+    partition; only the elements tied with a row's count-th score are sorted.
     """
-    order = np.lexsort((magnitude, score), axis=-1)
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(order.shape[-1])[None, :], axis=-1)
-    return rank < np.reshape(counts, (-1, 1))
+    count = min(max(count, 0), score.shape[-1])
+    if count == 0:
+        return np.zeros(score.shape, dtype=bool)
+    kth = np.partition(score, count - 1, axis=-1)[:, count - 1:count]
+    marked = score < kth
+    tied = score == kth
+    need = count - marked.sum(axis=-1)
+    if (tied.sum(axis=-1) == need).all():
+        return marked | tied
+    rows, cols = np.nonzero(tied)  # row-major: by row, then column
+    order = np.lexsort((cols, magnitude[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    rank = np.arange(rows.size) - np.searchsorted(rows, rows)  # position among its row's tied elements
+    take = rank < need[rows]
+    marked[rows[take], cols[take]] = True
+    return marked
 
 
 def wanda_mask(weights: np.ndarray, activation: np.ndarray, sparsity: float) -> np.ndarray:
@@ -135,10 +148,25 @@ def _upper_cholesky_of_inverse(hessian: np.ndarray) -> np.ndarray:
     """U with U^T U = H^-1 (upper triangular): row c of U, from c on, is the OBS update of eliminating column c.
 
     With J the order reversal and J H J = L L^T: H^-1 = (J L^-1 J)^T (J L^-1 J), and J L^-1 J is upper triangular
-    with a positive diagonal, so it is U (one Cholesky and one inverse instead of two of each).
+    with a positive diagonal, so it is U (one Cholesky and one triangular inverse instead of two of each).
     """
-    flipped = np.linalg.inv(np.linalg.cholesky(hessian[::-1, ::-1]))
-    return np.ascontiguousarray(np.triu(flipped[::-1, ::-1]))
+    lower = np.linalg.cholesky(np.ascontiguousarray(hessian[::-1, ::-1]))
+    return np.ascontiguousarray(_lower_inverse(lower)[::-1, ::-1])
+
+
+def _lower_inverse(lower: np.ndarray) -> np.ndarray:
+    """The inverse of a lower-triangular matrix, by halves ([[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]),
+    so nearly all the work is matrix products: a third of a general inverse's."""
+    n = lower.shape[0]
+    if n <= 256:
+        return np.tril(np.linalg.inv(lower))
+    half = n // 2
+    a_inv, d_inv = _lower_inverse(lower[:half, :half]), _lower_inverse(lower[half:, half:])
+    out = np.zeros_like(lower)
+    out[:half, :half] = a_inv
+    out[half:, half:] = d_inv
+    out[half:, :half] = -d_inv @ (lower[half:, :half] @ a_inv)
+    return out
 
 
 def sparsegpt(weights: np.ndarray, hessian: np.ndarray, sparsity: float, block: int = BLOCK,
