@@ -397,3 +397,29 @@ def test_wanda_file_decodes_to_the_pruned_tensor(tmp_path):
     assert ((out == 0) == (expected == 0)).all()  # the positions wanda chose, through sparse|kmeans|huffman
     with dcframe.open_container(path) as container:
         assert container.chains[0][0]["config"]["criterion"] == "wanda"
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_data_aware_prune_is_exact_on_retrained_weights(criterion):
+    """Retraining keeps the zeros and moves the survivors; encoding the result again changes no bit (retrain.py)."""
+    x, dense = sparsegpt_case(9, 8, 150)
+    once = prune(dense, sparsity=0.5, criterion=criterion)
+    factor = np.random.default_rng(10).uniform(0.5, 2.0, size=once.array.shape).astype(np.float32)
+    retrained = Dense(once.array * factor, "F32", dense.side)  # zeros stay +0.0, survivors move
+    again = prune(retrained, sparsity=0.5, criterion=criterion)
+    assert again.array.tobytes() == retrained.array.tobytes()
+
+
+def test_cli_without_a_calibration_is_one_line_naming_tensor_criterion_and_input(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "m.safetensors"
+    dcframe.write_model(path, {"fc.weight": np.ones((4, 6), np.float32)})
+    out = tmp_path / "m.dcf"
+    result = subprocess.run([sys.executable, "-m", "dcframe.cli", "compress", str(path), "-o", str(out), "-p",
+                             "prune(sparsity=0.5, criterion='wanda') | zstd"], capture_output=True, text=True)
+    line = result.stderr.strip()
+    assert result.returncode == 1 and "Traceback" not in line and "\n" not in line, result.stderr
+    for needle in ("fc.weight", "criterion 'wanda'", "'activation'", "--calibration"):
+        assert needle in line, line
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))  # nothing half-written
