@@ -175,10 +175,10 @@ def sparsegpt(weights: np.ndarray, hessian: np.ndarray, sparsity: float, block: 
 
     Columns are eliminated left to right; the error of zeroing a column's pruned weights is spread over the columns
     still to come (OBS), within a block at once and to later blocks in one matrix product. Each block of `block`
-    columns chooses its own mask: the lowest w^2 / U_cc^2 over the whole block, on the weights as updated so far, so
-    many weights in all add up to exactly floor(s * n + 0.5) pruned. Dead inputs (H_cc = 0) get H_cc = 1 and their
-    weights zeroed, as the reference does: the layer never sees them. Raises numpy.linalg.LinAlgError when H + damping
-    is not positive definite.
+    columns chooses its own mask (the paper's adaptive mask): the lowest w^2 / U_cc^2 over the whole block, on the
+    weights as updated so far, with per-block counts that add up to floor(s * n + 0.5). Dead inputs (H_cc = 0) get
+    H_cc = 1 and their weights zeroed, as the reference does: the layer never sees them. Raises
+    numpy.linalg.LinAlgError when H + damping is not positive definite.
     """
     w = weights.astype(np.float64, copy=True)
     h = hessian.astype(np.float64, copy=True)
