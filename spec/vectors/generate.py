@@ -332,6 +332,13 @@ def generate(root: Path) -> None:
                 ["sparse", "huffman", "raw", "dtype:F64"], pipeline="sparse(index_bits=4) | huffman", lossless=True)
     g.add_valid("prune-zstd", {"w": laplace(50, (40, 40))}, "prune(sparsity=0.5) | zstd: the dense stream stays dense.",
                 ["prune", "zstd"], pipeline="prune(sparsity=0.5) | zstd", lossless=False)
+    wanda = laplace(55, (12, 20))
+    activation = np.random.default_rng(56).exponential(size=(1, 20)).repeat(12, axis=0)
+    g.add_valid("prune-wanda-zstd", {"w": Dense(wanda, "F32", {"activation": activation})},
+                "prune(sparsity=0.5, criterion='wanda') | zstd: the stored config names the criterion; decoding is "
+                "the identity as for magnitude (the activation side input is not stored).",
+                ["prune", "prune:criterion", "zstd"], pipeline="prune(sparsity=0.5, criterion='wanda') | zstd",
+                lossless=False)
     g.add_valid("kmeans-raw", {"w": laplace(51, (30, 30)), "w64": laplace(52, (5, 5), dtype="float64")},
                 "kmeans(bits=3) | raw: codebook lookup with 1-byte indices.", ["kmeans", "raw"],
                 pipeline="kmeans(bits=3)", lossless=False)
@@ -578,6 +585,16 @@ def add_invalid_stage_vectors(g: Generator) -> None:
         index["chains"][0][0]["config"]["sparsity"] = 1.5
     g.add_invalid("prune-bad-config", rewrite(pz, bad_prune_config), "FormatError",
                   "prune: sparsity 1.5 in the stored config.", ["prune", "config"], tensor="w")
+
+    def prune_config(**changes: Any) -> Callable[..., None]:
+        def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+            index["chains"][0][0]["config"].update(changes)
+        return edit
+    g.add_invalid("prune-bad-criterion", rewrite(pz, prune_config(criterion="obs")), "FormatError",
+                  "prune: criterion 'obs' in the stored config.", ["prune", "prune:criterion", "config"], tensor="w")
+    g.add_invalid("prune-wanda-global", rewrite(pz, prune_config(criterion="wanda", scope="global")), "FormatError",
+                  "prune: criterion 'wanda' with scope 'global' (it takes a sparsity per tensor only).",
+                  ["prune", "prune:criterion", "config"], tensor="w")
 
 
 def _first_chunk_pos(data: bytes) -> int:
