@@ -108,7 +108,8 @@ def test_a_lossy_pipeline_leaves_rank_0_and_1_tensors_exact_unless_a_rule_names_
         assert chains[name] == "raw | zstd(level=19)"
         assert out[name].array.tobytes() == np.asarray(tensors[name]).tobytes()
     assert np.unique(out["fc.weight"].array).size <= 4
-    named = dcframe.compress(tensors, path, pipeline="kmeans(bits=2) | huffman", rules=["*.bias=kmeans(bits=2) | huffman"])
+    named = dcframe.compress(tensors, path, pipeline="kmeans(bits=2) | huffman",
+                             rules=["*.bias=kmeans(bits=2) | huffman"])
     chains = {t["name"]: t["pipeline"] for t in named["tensors"]}
     assert chains["fc.bias"].startswith("kmeans(") and chains["norm.weight"] == "raw | zstd(level=19)"
     lossless = dcframe.compress(tensors, path, pipeline="zstd(level=3)")  # a lossless pipeline applies to every rank
