@@ -370,32 +370,24 @@ def _kmeans_pp(xs: np.ndarray, k: int, rng: np.random.Generator, h: np.ndarray |
 
 
 class _Prefix:
-    """Prefix sums of sorted values (weights h or None) giving any contiguous group's (weighted) squared error."""
+    """Prefix sums of sorted values (weights h or None): any contiguous group's (weighted) size and sum.
+
+    A partition's squared error is sum(h x^2) - sum over its groups of S^2 / W (group sum S, weight W): the first
+    term is the same for every partition, so comparing partitions needs no prefix sums of squares."""
 
     def __init__(self, xs: np.ndarray, h: np.ndarray | None) -> None:
         self.n = xs.size
         self.mass = None if h is None else np.concatenate(([0.0], np.cumsum(h)))
-        self.xs, self.h = xs, h
         self.sum = np.concatenate(([0.0], np.cumsum(xs if h is None else xs * h)))
-        self._square: np.ndarray | None = None
-
-    @property
-    def square(self) -> np.ndarray:
-        """Prefix sums of h x^2, computed on first use (Lloyd alone does not need them)."""
-        if self._square is None:
-            self._square = np.concatenate(([0.0], np.cumsum(np.square(self.xs) * (1.0 if self.h is None else self.h))))
-        return self._square
+        self.squares = float(np.dot(xs, xs) if h is None else np.dot(xs * xs, h))
 
     def weight(self, j: np.ndarray, i: np.ndarray) -> np.ndarray:
         return (i - j).astype(np.float64) if self.mass is None else self.mass[i] - self.mass[j]
 
-    def cost(self, j: np.ndarray, i: np.ndarray) -> np.ndarray:
-        """Squared error of the groups xs[j:i] around their means; infinite for empty groups (i <= j)."""
-        w = self.weight(j, i)
-        s = self.sum[i] - self.sum[j]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cost = np.maximum(self.square[i] - self.square[j] - s * s / w, 0.0)
-        return np.where(w > 0, cost, np.inf)
+    def sse(self, bounds: np.ndarray) -> float:
+        """Squared error of the partition at `bounds` (k + 1 positions, no empty group) around its groups' means."""
+        s = np.diff(self.sum[bounds])
+        return max(self.squares - float(np.sum(s * s / self.weight(bounds[:-1], bounds[1:]))), 0.0)
 
     def means(self, bounds: np.ndarray) -> np.ndarray:
         return np.diff(self.sum[bounds]) / self.weight(bounds[:-1], bounds[1:])
@@ -498,9 +490,9 @@ def refine_1d(xs: np.ndarray, centroids: np.ndarray, h: np.ndarray | None = None
         return centroids
     prefix = prefix or _Prefix(xs, h)
     bounds = _bounds(xs, centroids)
-    if not (np.diff(bounds) > 0).all():
+    if not (prefix.weight(bounds[:-1], bounds[1:]) > 0).all():
         return centroids  # an empty cluster (Lloyd stopped at max_iter): nothing to refine from
-    best = float(prefix.cost(bounds[:-1], bounds[1:]).sum())
+    best = prefix.sse(bounds)
     half = REFINE_CANDIDATES // 2
     steps = np.linspace(0.0, 1.0, half + 1)[1:] ** 2 * 0.999  # fractions of the way to a neighbour's boundary
     for _ in range(rounds):
@@ -509,11 +501,10 @@ def refine_1d(xs: np.ndarray, centroids: np.ndarray, h: np.ndarray | None = None
         above = own[:, None] + np.round((bounds[2:] - own)[:, None] * steps).astype(np.int64)
         candidates = np.concatenate((own[:, None], below, above), axis=1)  # (k - 1, W); own position first
         trial = _best_bounds(prefix, candidates)
+        sse = prefix.sse(trial)
         polished = _bounds(xs, lloyd_1d(xs, prefix.means(trial), 50, 0.0, h, prefix))
-        if (np.diff(polished) > 0).all():
-            trial = polished if prefix.cost(polished[:-1], polished[1:]).sum() < \
-                prefix.cost(trial[:-1], trial[1:]).sum() else trial
-        sse = float(prefix.cost(trial[:-1], trial[1:]).sum())
+        if (prefix.weight(polished[:-1], polished[1:]) > 0).all() and prefix.sse(polished) < sse:
+            trial, sse = polished, prefix.sse(polished)
         if not sse < best:
             break
         gain = (best - sse) / best
@@ -533,18 +524,24 @@ def _best_bounds(prefix: _Prefix, candidates: np.ndarray) -> np.ndarray:
     """The minimum-SSE boundaries choosing boundary c among candidates[c - 1]: dynamic programming over c, one
     (W x W) min-plus step per cluster. Ties keep the earlier candidate (the current position comes first)."""
     k1, width = candidates.shape
-    steps = prefix.cost(candidates[:-1, :, None], candidates[1:, None, :])  # cluster c+1 from candidate a to b
-    total = prefix.cost(np.zeros(1, dtype=np.int64), candidates[0])
-    back = np.zeros((k1, width), dtype=np.intp)
+    ends = np.concatenate((np.zeros((1, width), dtype=np.int64), candidates, np.full((1, width), prefix.n)))
+    mass, total = prefix.weight(np.zeros(1, dtype=np.int64), ends), prefix.sum[ends]
+    # Cluster c (0..k1) runs from candidate a of boundary c (row c of ends) to candidate b of boundary c + 1; its
+    # cost is -S^2 / W (see _Prefix), stored as steps[c, b, a]. Empty clusters are not allowed.
+    w = mass[1:, :, None] - mass[:-1, None, :]
+    s = total[1:, :, None] - total[:-1, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps = np.where(w > 0, -s * s / w, np.inf)
+    best = steps[0, :, 0]  # from position 0 (every candidate of row 0 is 0) to each candidate of boundary 1
+    back = np.zeros((k1 + 1, width), dtype=np.intp)
     columns = np.arange(width)
-    for c in range(k1 - 1):
-        table = total[:, None] + steps[c]
-        back[c + 1] = np.argmin(table, axis=0)
-        total = table[back[c + 1], columns]
-    last = total + prefix.cost(candidates[-1], np.full(width, prefix.n))
+    for c in range(1, k1 + 1):
+        table = steps[c] + best
+        back[c] = table.argmin(axis=1)
+        best = table[columns, back[c]]
     bounds = np.empty(k1 + 2, dtype=np.int64)
     bounds[0], bounds[-1] = 0, prefix.n
-    pick = int(np.argmin(last))
+    pick = int(back[k1, 0])  # every candidate of the last row is n
     for c in range(k1 - 1, -1, -1):
         bounds[c + 1] = candidates[c, pick]
         pick = int(back[c, pick])
