@@ -1,7 +1,7 @@
 """Benchmark of the `kmeans` stage: SSE against the exact optimum, and time, for the old default, the new default,
 k-means++ and scikit-learn, all measured in the same run.
 
-Run:  python tests/bench/bench_kmeans.py [--n 1000000,10000000] [--bits 4,6,8] [--repeat 3] [--sklearn-max-n 1000000]
+Run:  python tests/bench/bench_kmeans.py [--n 1000000,10000000] [--bits 4,6,8] [--repeat 5] [--sklearn-max-n 1000000]
 The data are 16-bit tensors, so the exact optimum is computable (method="optimal": dynamic programming over at most
 65,536 distinct values): float16 Laplace and Gaussian weights, and float32 Laplace weights rounded to 65,536 levels.
 scikit-learn (optional: `pip install scikit-learn`) runs with its defaults (greedy k-means++, n_init=1) on tensors of
@@ -40,14 +40,16 @@ def sse(dense: Dense, approx: np.ndarray) -> float:
     return float(np.sum(np.square(dense.values().astype(np.float64).ravel() - approx.astype(np.float64).ravel())))
 
 
-def timed(run: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]:
-    """Best time of `repeat` runs, and the last result."""
-    best, out = float("inf"), None
+def timed(runs: list[Callable[[], np.ndarray]], repeat: int) -> list[tuple[float, np.ndarray]]:
+    """Best time of `repeat` runs of each, and its last result; the runs take turns, so a machine shared with other
+    work slows them alike."""
+    best, out = [float("inf")] * len(runs), [None] * len(runs)
     for _ in range(repeat):
-        start = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            out[i] = run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return list(zip(best, out, strict=True))
 
 
 def ours(dense: Dense, bits: int, config: dict) -> Callable[[], np.ndarray]:
@@ -77,7 +79,7 @@ def main() -> None:
     parser.add_argument("--n", default="1000000,10000000", help="tensor sizes, comma-separated")
     parser.add_argument("--bits", default="4,6,8", help="bit widths, comma-separated")
     parser.add_argument("--kinds", default="F16 Laplace,F16 Gaussian,F32 Laplace 65536 levels")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each of ours (the best counts)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each of ours, in turns (the best counts)")
     parser.add_argument("--sklearn-max-n", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -93,8 +95,8 @@ def main() -> None:
             for bits in (int(b) for b in args.bits.split(",")):
                 optimum = sse(dense, ours(dense, bits, {"method": "optimal"})())
                 cells, times = [], []
-                for _, config in ROWS:
-                    seconds, out = timed(ours(dense, bits, config), args.repeat)
+                results = timed([ours(dense, bits, config) for _, config in ROWS], args.repeat)
+                for (_, config), (seconds, out) in zip(ROWS, results, strict=True):
                     cells.append(f"{sse(dense, out) / optimum:.4f} | {seconds:.3f}")
                     times.append(seconds)
                     if not config:
@@ -103,7 +105,7 @@ def main() -> None:
                 if reference is None:
                     cells.append("- | -")
                 else:
-                    seconds, out = timed(reference, 1)
+                    [(seconds, out)] = timed([reference], 1)
                     cells.append(f"{sse(dense, out) / optimum:.4f} | {seconds:.2f}")
                 worst_time = max(worst_time, times[1] / times[0])
                 print(f"| {kind} | {n:,} | {bits} | " + " | ".join(cells) + f" | {times[1] / times[0]:.2f}x |")
