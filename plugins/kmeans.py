@@ -379,7 +379,8 @@ class _Prefix:
         self.n = xs.size
         self.mass = None if h is None else np.concatenate(([0.0], np.cumsum(h)))
         self.sum = np.concatenate(([0.0], np.cumsum(xs if h is None else xs * h)))
-        self.squares = float(np.dot(xs, xs) if h is None else np.dot(xs * xs, h))
+        squares = np.square(xs)  # np.sum, not np.dot: a threaded BLAS may sum in another order from run to run
+        self.squares = float(np.sum(squares if h is None else squares * h))
 
     def weight(self, j: np.ndarray, i: np.ndarray) -> np.ndarray:
         return (i - j).astype(np.float64) if self.mass is None else self.mass[i] - self.mass[j]
