@@ -77,9 +77,10 @@ class DemoSettings:
     seed: int = 0
 
     def rules(self) -> list[str]:
-        """One rule per weight matrix; biases fall through to the lossless chain."""
-        return [f"{name}=prune(sparsity={s}) | sparse(index_bits={self.index_bits}) | kmeans(bits={self.weight_bits})"
-                f" | huffman" for name, s in self.sparsity]
+        """One rule per weight matrix; biases fall through to the lossless chain. k-means as the paper: linear init
+        and plain Lloyd, since the centroids are retrained (the near-optimal default gives 52.0x at 97.60% here)."""
+        return [f"{name}=prune(sparsity={s}) | sparse(index_bits={self.index_bits}) | kmeans(bits={self.weight_bits}, "
+                f"init=linear, method=lloyd) | huffman" for name, s in self.sparsity]
 
     @property
     def work(self) -> int:

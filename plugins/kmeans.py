@@ -5,7 +5,11 @@ the tensor's own dtype, so decoding is a table lookup and re-encoding a decoded 
 
 The clustering runs on the sorted values: Lloyd's step finds cluster boundaries (midpoints between sorted centroids)
 with a binary search and each cluster's mean from prefix sums, O(k log n) per iteration after one O(n log n) sort.
-`method="optimal"` finds the exact optimum by dynamic programming over the distinct values (see OPTIMAL_MAX_*).
+The default (`init="compander"`, `method="refine"`) starts from the high-resolution optimum's centroid density and,
+after Lloyd, moves all boundaries at once by a dynamic program over a few candidate positions each (see refine_1d):
+Lloyd alone stops in poor local optima on 10^6 weights. `method="optimal"` finds the exact optimum by dynamic
+programming over the distinct values (see OPTIMAL_MAX_*). With `weighting`, every value counts with an importance
+from the tensor's side inputs (stage.py), and all of it minimizes sum_i h_i (x_i - c(x_i))^2 instead.
 """
 
 from __future__ import annotations
@@ -21,8 +25,17 @@ from dcframe.dtypes import from_float, to_float
 
 MAX_CLUSTERS = 1 << 16
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-INITS = ("linear", "density", "random", "kmeans++")
-METHODS = ("lloyd", "optimal")
+INITS = ("compander", "linear", "density", "random", "kmeans++")
+METHODS = ("refine", "lloyd", "optimal")
+WEIGHTINGS = ("none", "activation", "fisher")  # "activation" and "fisher" name side inputs (dcframe.streams)
+WEIGHT_FLOOR = 1e-3  # every weight gets this times the mean weight added, so no value is ignored entirely
+# method="refine": each round is a dynamic program over REFINE_CANDIDATES positions per boundary; it stops when a round
+# gains less than REFINE_GAIN of the SSE, after REFINE_ROUNDS rounds, and is skipped above REFINE_MAX_CLUSTERS clusters
+# (a round costs a few numpy calls per cluster).
+REFINE_CANDIDATES = 17
+REFINE_ROUNDS = 40
+REFINE_GAIN = 1e-6
+REFINE_MAX_CLUSTERS = 4096
 # method="optimal" keeps a k x m table of back-pointers (int32) over the m distinct values: bound m and k * m.
 OPTIMAL_MAX_DISTINCT = 1 << 16
 OPTIMAL_MAX_CELLS = 1 << 24
@@ -39,9 +52,11 @@ def _int(name: str, value: Any, low: int, high: int) -> int:
 class Kmeans(Stage):
     """Share weights: replace each float by the nearest of 2^`bits` (or `clusters`) centroids found by 1-D k-means.
 
-    Parameters: `bits` (default 8) or `clusters` (give one); `init` ("linear", "density", "random", "kmeans++");
-    `max_iter` and `tol` (stop when no centroid moves more than tol * (max - min)); `seed` for random inits;
-    `method` ("lloyd", or "optimal" for the exact optimum on tensors with few distinct values).
+    Parameters: `bits` (default 8) or `clusters` (give one); `init` ("compander" (default), "linear" (the paper's,
+    when retraining follows), "density", "random", "kmeans++"); `max_iter` and `tol` (Lloyd stops when no centroid
+    moves more than tol * (max - min)); `seed` for random inits; `method` ("refine" (default: Lloyd, then boundary
+    moves by dynamic programming, near-optimal), "lloyd", or "optimal" for the exact optimum on tensors with few
+    distinct values); `weighting` ("none", "activation", "fisher": weight each value by that side input).
     """
 
     id = "kmeans"
@@ -51,8 +66,9 @@ class Kmeans(Stage):
     lossy = True
     imposes = frozenset({"shared"})
 
-    def __init__(self, bits: int | None = None, clusters: int | None = None, init: str = "linear",
-                 max_iter: int = 300, tol: float = 0.0, seed: int = 0, method: str = "lloyd") -> None:
+    def __init__(self, bits: int | None = None, clusters: int | None = None, init: str = "compander",
+                 max_iter: int = 300, tol: float = 0.0, seed: int = 0, method: str = "refine",
+                 weighting: str = "none") -> None:
         if bits is not None and clusters is not None:
             raise ValueError("give bits or clusters, not both")
         if clusters is None:
@@ -65,6 +81,8 @@ class Kmeans(Stage):
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
         self.init = init
@@ -72,6 +90,14 @@ class Kmeans(Stage):
         self.tol = float(tol)
         self.seed = _int("seed", seed, 0, MAX_SEED)
         self.method = method
+        self.weighting = weighting
+
+    def get_config(self) -> dict[str, Any]:
+        """Every parameter; `weighting` only when not "none", so files written before it existed read the same."""
+        config = super().get_config()
+        if self.weighting == "none":
+            del config["weighting"]
+        return config
 
     @property
     def k(self) -> int:
@@ -81,8 +107,9 @@ class Kmeans(Stage):
     def encode(self, stream: Dense) -> tuple[dict[str, Symbols], dict[str, Any]]:
         if stream.dtype not in FLOAT_DTYPES:
             raise ConfigError(f"stage 'kmeans' only shares float weights, got a {stream.dtype} tensor")
+        weights = None if self.weighting == "none" else side_weights(stream, self.weighting)
         codebook, indices = quantize(stream, self.k, init=self.init, max_iter=self.max_iter, tol=self.tol,
-                                     seed=self.seed, method=self.method)
+                                     seed=self.seed, method=self.method, weights=weights)
         meta = {"dtype": stream.dtype, "shape": list(stream.array.shape), "codebook": codebook.tobytes()}
         return {"indices": Symbols(indices, int(codebook.size))}, meta
 
@@ -113,10 +140,38 @@ class Kmeans(Stage):
         return Dense(codebook[indices].reshape(shape), dtype_name)
 
 
-def quantize(stream: Dense, k: int, init: str = "linear", max_iter: int = 300, tol: float = 0.0, seed: int = 0,
-             method: str = "lloyd") -> tuple[np.ndarray, np.ndarray]:
+def side_weights(stream: Dense, name: str) -> np.ndarray:
+    """The importance of each element from the side input `name`: flat float64, finite and >= 0, else ConfigError."""
+    side = stream.side.get(name)
+    if side is None:
+        raise ConfigError(f"stage 'kmeans': weighting={name!r} needs the {name!r} side input, and this tensor has "
+                          f"none: pass a calibration covering it (--calibration FILE, or compress(..., calibration=))")
+    side = np.asarray(side)
+    if side.shape != stream.array.shape or side.dtype.kind not in "fiub":
+        raise ConfigError(f"stage 'kmeans': the {name!r} side input must be numbers of the tensor's shape "
+                          f"{list(stream.array.shape)}, got {side.dtype}{list(side.shape)}")
+    weights = side.astype(np.float64).reshape(-1)
+    if weights.size and not (np.isfinite(weights).all() and weights.min() >= 0):
+        raise ConfigError(f"stage 'kmeans': the {name!r} side input must be finite and >= 0; it holds "
+                          f"{'NaN or infinity' if not np.isfinite(weights).all() else 'negative values'}")
+    return weights
+
+
+def normalize_weights(weights: np.ndarray) -> np.ndarray | None:
+    """Importances scaled to a maximum of 1, plus WEIGHT_FLOOR times their mean (no value is ignored entirely);
+    None (unweighted) when they are all zero or all equal."""
+    top = float(weights.max()) if weights.size else 0.0
+    if not top > 0 or float(weights.min()) == top:
+        return None
+    h = weights / top
+    return h + WEIGHT_FLOOR * float(h.mean())
+
+
+def quantize(stream: Dense, k: int, init: str = "compander", max_iter: int = 300, tol: float = 0.0, seed: int = 0,
+             method: str = "refine", weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cluster a float tensor into at most k shared values: (codebook in the tensor's carrier dtype, flat indices).
 
+    `weights` (flat, finite, >= 0; see normalize_weights) make the clustering minimize the weighted squared error.
     The codebook is sorted ascending, without duplicates and without unused entries; a tensor with at most k
     distinct values (bit patterns) gets exactly those, so quantize is idempotent on its own output.
     """
@@ -124,14 +179,21 @@ def quantize(stream: Dense, k: int, init: str = "linear", max_iter: int = 300, t
     carrier = numpy_dtype(stream.dtype)
     if values.size == 0:
         return np.zeros(1, dtype=carrier), np.zeros(0, dtype=np.uint8)
-    xs = values.astype(np.float64)
-    xs.sort()
+    h = None if weights is None else normalize_weights(weights)
+    if h is None:
+        xs = values.astype(np.float64)
+        xs.sort()
+    else:
+        order = np.argsort(values, kind="stable")
+        xs, h = values[order].astype(np.float64), h[order]
+        del order
     if not (np.isfinite(xs[0]) and np.isfinite(xs[-1])):
         raise ConfigError("stage 'kmeans' (lossy) only accepts finite values; the tensor holds NaN or infinity")
     distinct = 1 + int(np.count_nonzero(xs[1:] != xs[:-1]))
-    zero = np.searchsorted(xs, 0.0, side="left"), np.searchsorted(xs, 0.0, side="right")
-    negative = int(np.count_nonzero(np.signbit(xs[zero[0]:zero[1]])))
-    signed_zeros = 0 < negative < zero[1] - zero[0]
+    # Signs of zeros from the input: numpy's vectorized sort may return +0.0 for -0.0 (min/max sorting networks).
+    zeros = int(np.searchsorted(xs, 0.0, side="right") - np.searchsorted(xs, 0.0, side="left"))
+    negative = int(np.count_nonzero(np.signbit(values[values == 0]))) if zeros else 0
+    signed_zeros = 0 < negative < zeros
     if distinct + signed_zeros <= k or method == "optimal":
         starts = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1]))) if distinct <= OPTIMAL_MAX_DISTINCT \
             else None
@@ -146,10 +208,15 @@ def quantize(stream: Dense, k: int, init: str = "linear", max_iter: int = 300, t
     if method == "optimal":
         if starts is None:
             optimal_1d(np.zeros(distinct), np.ones(distinct), k)  # raises the ConfigError naming the limits
-        centroids = optimal_1d(xs[starts], np.diff(np.append(starts, xs.size)), k)
+        counts = np.diff(np.append(starts, xs.size)) if h is None else np.add.reduceat(h, starts)
+        centroids = optimal_1d(xs[starts], counts, k)
     else:
-        centroids = lloyd_1d(xs, init_centroids(xs, k, init, seed), max_iter, tol)
-    del xs
+        prefix = _Prefix(xs, h)
+        centroids = lloyd_1d(xs, init_centroids(xs, k, init, seed, h), max_iter, tol, h, prefix)
+        if method == "refine" and k <= REFINE_MAX_CLUSTERS:
+            centroids = refine_1d(xs, centroids, h, prefix=prefix)
+        del prefix
+    del xs, h
     centroids = np.clip((centroids + shift) * 2.0 ** exponent, low, high)
     # Round the centroids to the tensor's dtype, merge equal ones, assign each value to the nearest, drop unused.
     book = np.unique(to_float(from_float(centroids, stream.dtype), stream.dtype).astype(np.float64))
@@ -217,26 +284,54 @@ def _assign_by_table(values: np.ndarray, mids: np.ndarray) -> np.ndarray | None:
     return labels
 
 
-def init_centroids(xs: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:
-    """Initial centroids for sorted values `xs` (more than k distinct): linear, density, random or kmeans++."""
+def init_centroids(xs: np.ndarray, k: int, init: str, seed: int, h: np.ndarray | None = None) -> np.ndarray:
+    """Initial centroids for sorted values `xs` (more than k distinct, weights `h` or None): see INITS."""
     n = xs.size
+    if init == "compander":
+        return _compander(xs, k, h)
     if init == "linear":
         return np.linspace(xs[0], xs[-1], k)
     if init == "density":
-        return xs[np.minimum(((np.arange(k) + 0.5) * (n / k)).astype(np.int64), n - 1)]
+        if h is None:
+            return xs[np.minimum(((np.arange(k) + 0.5) * (n / k)).astype(np.int64), n - 1)]
+        cum = np.cumsum(h)
+        return xs[np.minimum(np.searchsorted(cum, (np.arange(k) + 0.5) * (cum[-1] / k)), n - 1)]
     rng = np.random.default_rng(seed)
     if init == "random":
         return np.sort(xs[rng.choice(n, size=k, replace=False)])
-    return _kmeans_pp(xs, k, rng)
+    return _kmeans_pp(xs, k, rng, h)
 
 
-def _kmeans_pp(xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (D^2 sampling) on sorted values, with block sums so each pick costs O(sqrt(n)) plus the
-    values whose nearest centroid changes."""
+def _compander(xs: np.ndarray, k: int, h: np.ndarray | None) -> np.ndarray:
+    """Centroids at the k quantiles of the density p^(1/3), the centroid density of the high-resolution optimum
+    (Panter & Dite 1951); p is estimated on max(16k, 4096) bins of equal (weighted) count."""
+    n = xs.size
+    bins = int(min(n, max(16 * k, 4096)))
+    if h is None:
+        edges = xs[np.minimum((np.arange(bins + 1) * (n / bins)).astype(np.int64), n - 1)]
+        mass = np.full(bins, n / bins)
+    else:
+        cum = np.concatenate(([0.0], np.cumsum(h)))
+        at = np.minimum(np.searchsorted(cum, np.arange(bins + 1) * (cum[-1] / bins)), n - 1)
+        at[-1] = n - 1
+        edges = xs[at]
+        mass = np.diff(cum[np.append(at[:-1], n)])
+    density = np.cbrt(mass * np.square(np.diff(edges)))  # (mass / width)^(1/3) * width
+    total = np.concatenate(([0.0], np.cumsum(density)))
+    if not total[-1] > 0:
+        return np.linspace(xs[0], xs[-1], k)
+    return np.interp((np.arange(k) + 0.5) * (total[-1] / k), total, edges)
+
+
+def _kmeans_pp(xs: np.ndarray, k: int, rng: np.random.Generator, h: np.ndarray | None = None) -> np.ndarray:
+    """k-means++ seeding (D^2 sampling, times the weights `h` if given) on sorted values, with block sums so each
+    pick costs O(sqrt(n)) plus the values whose nearest centroid changes."""
     n = xs.size
     block = max(256, math.isqrt(n))
     first = int(rng.integers(n))
     d2 = np.square(xs - xs[first])
+    if h is not None:
+        d2 *= h
     sums = np.add.reduceat(d2, np.arange(0, n, block))
     chosen = [xs[first]]
     ordered = [float(xs[first])]
@@ -260,7 +355,7 @@ def _kmeans_pp(xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         ordered.insert(pos, c)
         a = int(np.searchsorted(xs, 0.5 * ordered[pos - 1] + 0.5 * c, side="left")) if pos > 0 else 0
         z = int(np.searchsorted(xs, 0.5 * c + 0.5 * ordered[pos + 1], side="right")) if pos + 1 < len(ordered) else n
-        np.minimum(d2[a:z], np.square(xs[a:z] - c), out=d2[a:z])
+        np.minimum(d2[a:z], np.square(xs[a:z] - c) * (1.0 if h is None else h[a:z]), out=d2[a:z])
         first_block, last_block = a // block, (max(z, a + 1) - 1) // block
         starts = np.arange(first_block, last_block + 1) * block
         sums[first_block:last_block + 1] = np.add.reduceat(d2[starts[0]:min(n, (last_block + 1) * block)],
@@ -271,14 +366,41 @@ def _kmeans_pp(xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(out)
 
 
-def lloyd_1d(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float = 0.0) -> np.ndarray:
-    """Lloyd's algorithm on sorted values: boundaries by binary search, means by prefix sums, O(k log n) a step.
+class _Prefix:
+    """Prefix sums of sorted values (weights h or None): any contiguous group's (weighted) size and sum.
+
+    A partition's squared error is sum(h x^2) - sum over its groups of S^2 / W (group sum S, weight W): the first
+    term is the same for every partition, so comparing partitions needs no prefix sums of squares."""
+
+    def __init__(self, xs: np.ndarray, h: np.ndarray | None) -> None:
+        self.n = xs.size
+        self.mass = None if h is None else np.concatenate(([0.0], np.cumsum(h)))
+        self.sum = np.concatenate(([0.0], np.cumsum(xs if h is None else xs * h)))
+        squares = np.square(xs)  # np.sum, not np.dot: a threaded BLAS may sum in another order from run to run
+        self.squares = float(np.sum(squares if h is None else squares * h))
+
+    def weight(self, j: np.ndarray, i: np.ndarray) -> np.ndarray:
+        return (i - j).astype(np.float64) if self.mass is None else self.mass[i] - self.mass[j]
+
+    def sse(self, bounds: np.ndarray) -> float:
+        """Squared error of the partition at `bounds` (k + 1 positions, no empty group) around its groups' means."""
+        s = np.diff(self.sum[bounds])
+        return max(self.squares - float(np.sum(s * s / self.weight(bounds[:-1], bounds[1:]))), 0.0)
+
+    def means(self, bounds: np.ndarray) -> np.ndarray:
+        return np.diff(self.sum[bounds]) / self.weight(bounds[:-1], bounds[1:])
+
+
+def lloyd_1d(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float = 0.0,
+             h: np.ndarray | None = None, prefix: _Prefix | None = None) -> np.ndarray:
+    """Lloyd's algorithm on sorted values (weights `h` or None): boundaries by binary search, (weighted) means by
+    prefix sums (`prefix`, built here if not given), O(k log n) a step.
 
     Empty clusters take the values farthest from their centroids (see _relocate), as scikit-learn does. Stops after
     max_iter steps, when the partition no longer changes, or when no centroid moves more than tol * (max - min).
     """
     n, k = xs.size, centroids.size
-    prefix = np.concatenate(([0.0], np.cumsum(xs)))
+    prefix = prefix or _Prefix(xs, h)
     c = np.sort(centroids)
     limit = tol * (xs[-1] - xs[0])
     bounds = np.empty(k + 1, dtype=np.int64)
@@ -289,10 +411,10 @@ def lloyd_1d(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float = 
         if previous is not None and np.array_equal(bounds, previous):
             break
         previous = bounds.copy()
-        counts = np.diff(bounds).astype(np.float64)
-        sums = np.diff(prefix[bounds])
-        if not counts.all():
-            new = _relocate(xs, bounds, c, sums, counts)
+        counts = prefix.weight(bounds[:-1], bounds[1:])
+        sums = np.diff(prefix.sum[bounds])
+        if not (counts > 0).all():
+            new = _relocate(xs, bounds, c, sums, counts, h)
         else:
             new = sums / counts
         moved = float(np.abs(new - c).max())
@@ -302,14 +424,16 @@ def lloyd_1d(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float = 
     return c
 
 
-def _relocate(xs: np.ndarray, bounds: np.ndarray, c: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _relocate(xs: np.ndarray, bounds: np.ndarray, c: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+              h: np.ndarray | None = None) -> np.ndarray:
     """New sorted centroids when some clusters are empty: as scikit-learn, the m empty ones take the m values farthest
     from their current centroid (ties: the lower value first), which leave their clusters; other clusters take means.
+    With weights `h`, `sums` and `counts` are weighted and a value leaves with its weight.
 
     The m farthest values are found by bisecting on the distance: count(d) = values at distance >= d is a sum of
     binary searches at both ends of every cluster, so a step stays O(k log n).
     """
-    empty = np.flatnonzero(counts == 0)
+    empty = np.flatnonzero(~(counts > 0))
     full = np.flatnonzero(counts > 0)
     lo, hi, centre = bounds[:-1][full], bounds[1:][full], c[full]
     m = empty.size
@@ -340,12 +464,86 @@ def _relocate(xs: np.ndarray, bounds: np.ndarray, c: np.ndarray, sums: np.ndarra
     distance = np.abs(xs[index] - centre[owner])
     order = np.lexsort((xs[index], -distance))[:m]
     taken, owner = index[order], owner[order]
-    np.subtract.at(sums, full[owner], xs[taken])
-    np.subtract.at(counts, full[owner], 1.0)
+    taken_mass = 1.0 if h is None else h[taken]
+    np.subtract.at(sums, full[owner], xs[taken] * taken_mass)
+    np.subtract.at(counts, full[owner], taken_mass)
     keep = counts > 0
     new[keep] = sums[keep] / counts[keep]
     new[empty[:taken.size]] = xs[taken]
     return np.sort(new)
+
+
+
+
+def refine_1d(xs: np.ndarray, centroids: np.ndarray, h: np.ndarray | None = None,
+              rounds: int = REFINE_ROUNDS, prefix: _Prefix | None = None) -> np.ndarray:
+    """Improve Lloyd's centroids on sorted values: each round, every boundary between clusters gets candidate
+    positions spread between its neighbours' (denser near its own), and a dynamic program over the clusters picks
+    the best combination of them, exactly; then Lloyd polishes. Lloyd moves one boundary at a time by small steps and
+    stops in local optima; this moves them all at once. A round never raises the (weighted) SSE; O(k W^2), W =
+    REFINE_CANDIDATES, per round. Stops when a round gains less than REFINE_GAIN of the SSE.
+    """
+    k = centroids.size
+    if k < 2:
+        return centroids
+    prefix = prefix or _Prefix(xs, h)
+    bounds = _bounds(xs, centroids)
+    if not (prefix.weight(bounds[:-1], bounds[1:]) > 0).all():
+        return centroids  # an empty cluster (Lloyd stopped at max_iter): nothing to refine from
+    best = prefix.sse(bounds)
+    half = REFINE_CANDIDATES // 2
+    steps = np.linspace(0.0, 1.0, half + 1)[1:] ** 2 * 0.999  # fractions of the way to a neighbour's boundary
+    for _ in range(rounds):
+        own = bounds[1:-1]
+        below = own[:, None] - np.round((own - bounds[:-2])[:, None] * steps).astype(np.int64)
+        above = own[:, None] + np.round((bounds[2:] - own)[:, None] * steps).astype(np.int64)
+        candidates = np.concatenate((own[:, None], below, above), axis=1)  # (k - 1, W); own position first
+        trial = _best_bounds(prefix, candidates)
+        sse = prefix.sse(trial)
+        polished = _bounds(xs, lloyd_1d(xs, prefix.means(trial), 50, 0.0, h, prefix))
+        if (prefix.weight(polished[:-1], polished[1:]) > 0).all() and prefix.sse(polished) < sse:
+            trial, sse = polished, prefix.sse(polished)
+        if not sse < best:
+            break
+        gain = (best - sse) / best
+        bounds, best = trial, sse
+        if gain < REFINE_GAIN:
+            break
+    return prefix.means(bounds)
+
+
+def _bounds(xs: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Cluster boundaries (k + 1 positions in xs) of the nearest-centroid partition."""
+    c = np.sort(centroids)
+    return np.concatenate(([0], np.searchsorted(xs, 0.5 * c[:-1] + 0.5 * c[1:], side="left"), [xs.size]))
+
+
+def _best_bounds(prefix: _Prefix, candidates: np.ndarray) -> np.ndarray:
+    """The minimum-SSE boundaries choosing boundary c among candidates[c - 1]: dynamic programming over c, one
+    (W x W) min-plus step per cluster. Ties keep the earlier candidate (the current position comes first)."""
+    k1, width = candidates.shape
+    ends = np.concatenate((np.zeros((1, width), dtype=np.int64), candidates, np.full((1, width), prefix.n)))
+    mass, total = prefix.weight(np.zeros(1, dtype=np.int64), ends), prefix.sum[ends]
+    # Cluster c (0..k1) runs from candidate a of boundary c (row c of ends) to candidate b of boundary c + 1; its
+    # cost is -S^2 / W (see _Prefix), stored as steps[c, b, a]. Empty clusters are not allowed.
+    w = mass[1:, :, None] - mass[:-1, None, :]
+    s = total[1:, :, None] - total[:-1, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps = np.where(w > 0, -s * s / w, np.inf)
+    best = steps[0, :, 0]  # from position 0 (every candidate of row 0 is 0) to each candidate of boundary 1
+    back = np.zeros((k1 + 1, width), dtype=np.intp)
+    columns = np.arange(width)
+    for c in range(1, k1 + 1):
+        table = steps[c] + best
+        back[c] = table.argmin(axis=1)
+        best = table[columns, back[c]]
+    bounds = np.empty(k1 + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, prefix.n
+    pick = int(back[k1, 0])  # every candidate of the last row is n
+    for c in range(k1 - 1, -1, -1):
+        bounds[c + 1] = candidates[c, pick]
+        pick = int(back[c, pick])
+    return bounds
 
 
 def optimal_1d(values: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
