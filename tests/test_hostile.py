@@ -1,6 +1,6 @@
 """Every hostile-file generator of tests/hostile/ (each module's CASES) run through the CLI - inspect, inspect --json,
 verify, decompress -o x.npz - in a subprocess under an address-space limit of the documented bound (spec/FORMAT.md
-8.1: baseline + 2 x B + 64 MiB for the largest declared tensor, B its decode bound, plus 24 x the file's size for
+8.1: baseline + 2 x B + 64 MiB for the largest declared tensor, B its decode bound, plus 32 x the file's size for
 metadata) and a time limit. Each command must exit 0 or 1 with no traceback, a failure must be one non-empty line
 (no bare MemoryError), and a failed decompress must leave no output or temporary file behind.
 
@@ -27,9 +27,10 @@ import hostile
 import msgpack
 import pytest
 
+from dcframe.container import OBJECT_FACTOR  # FORMAT.md 8.1: metadata memory per byte of the file
+
 TESTS = Path(__file__).resolve().parent
 CASE_SECONDS = 20  # per case, all four commands
-OBJECT_FACTOR = 24  # FORMAT.md 8.1: metadata memory per byte of the file
 ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
             "I8": 1, "U8": 1, "BOOL": 1}
 MIB = 1 << 20

@@ -88,8 +88,13 @@ def _extra_key(packed_map: bytes, key: str, value: bytes) -> bytes:
     return bytes([packed_map[0] + 1]) + packed_map[1:] + msgpack.packb(key) + value
 
 
+def _array_of(item: bytes, n: int) -> bytes:
+    """A msgpack array32 of n copies of the packed `item`."""
+    return b"\xdd" + struct.pack(">I", n) + item * n
+
+
 def _empty_arrays(n: int) -> bytes:
-    return b"\xdd" + struct.pack(">I", n) + b"\x90" * n
+    return _array_of(b"\x90", n)
 
 
 def _zstd_bomb(declared: int, real: int) -> bytes:
@@ -165,6 +170,7 @@ CASES: dict[str, Callable[[], bytes]] = {
     "empty-arrays-4M-in-index": lambda: _spliced(_empty_arrays(4 << 20), "index"),
     "empty-arrays-4M-in-record": lambda: _spliced(_empty_arrays(4 << 20), "record"),
     "empty-maps-4M-in-record": lambda: _spliced(b"\xdd" + struct.pack(">I", 4 << 20) + b"\x80" * (4 << 20), "record"),
+    "non-latin-1-chars-2M-in-index": lambda: _spliced(_array_of(b"\xa2\xc4\x81", 2 << 20), "index"),
     "short-strings-2M-in-record": lambda: _spliced(b"\xdd" + struct.pack(">I", 2 << 20) + b"\xa2ab" * (2 << 20),
                                                    "record"),
     "empty-maps-64k-in-stats": lambda: _file(_raw(stats={"stages": [{} for _ in range(1 << 16)]})),
