@@ -87,9 +87,9 @@ class _Rejected(ValueError):
     """A msgpack object breaks a rule of FORMAT.md section 2 (raised inside msgpack's hooks)."""
 
 
-def _hooks(n: int) -> dict[str, Any]:
-    """msgpack hooks that count arrays and maps against the budget of an n-byte object and check map keys."""
-    left = [64 + n // BYTES_PER_CONTAINER]
+def _hooks(n: int, left: list[int]) -> dict[str, Any]:
+    """msgpack hooks that count arrays and maps against the budget of an n-byte object (`left[0]`, spent as they
+    are built) and check map keys."""
 
     def spend() -> None:
         left[0] -= 1
@@ -112,15 +112,22 @@ def _hooks(n: int) -> dict[str, Any]:
     return {"object_pairs_hook": pairs, "list_hook": array}
 
 
-def _unpack(data: bytes, what: str, offset: int) -> Any:
+def _unpack(data: bytes, what: str, offset: int) -> tuple[Any, bool]:
     """msgpack-decode untrusted bytes: every length bounded by the input, at most 64 + n/8 arrays and maps, string
     keys only and no key twice, no ext types or timestamps, nothing left over. Any failure is one FormatError
-    naming what and where (the budget bounds the Python objects built from n bytes, FORMAT.md 8.1)."""
+    naming what and where (the budget bounds the Python objects built from n bytes, FORMAT.md 8.1).
+
+    Also returns whether depth and integer range need _check_plain: not when the object has at most MAX_DEPTH
+    arrays and maps (so it cannot nest deeper) and no int64/uint64 type byte anywhere in it (integers beyond
+    +-2^53 need one), which spares valid records a walk."""
     n = len(data)
+    budget = 64 + n // BYTES_PER_CONTAINER
+    left = [budget]
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=n, max_str_len=n,
-                               max_array_len=n, max_map_len=n // 2, max_ext_len=0, ext_hook=_no_ext,
-                               use_list=True, **_hooks(n))
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=n, max_str_len=n,
+                              max_array_len=n, max_map_len=n // 2, max_ext_len=0, ext_hook=_no_ext,
+                              use_list=True, **_hooks(n, left))
+        return obj, budget - left[0] > MAX_DEPTH or b"\xcf" in data or b"\xd3" in data
     except _Rejected as exc:
         raise FormatError(f"{what} at byte {offset}: {exc}") from None
     except msgpack.StackError:
@@ -148,9 +155,11 @@ def _check_plain(value: Any, what: str) -> None:
 _NESTED = (list, dict)
 
 
-def _plain_fields(obj: dict[str, Any], skip: tuple[str, ...], what: str) -> None:
-    """_check_plain over every field of a map except those `skip` names (checked field by field elsewhere)."""
-    _check_plain({k: v for k, v in obj.items() if k not in skip}, what)
+def _plain_fields(obj: dict[str, Any], skip: tuple[str, ...], what: str, walk: bool) -> None:
+    """_check_plain over every field of a map except those `skip` names (checked field by field elsewhere), if
+    `walk` (from _unpack) says it is needed."""
+    if walk:
+        _check_plain({k: v for k, v in obj.items() if k not in skip}, what)
 
 
 def chain_descriptor(chain: Chain, registry: Registry) -> list[dict[str, Any]]:
@@ -401,11 +410,11 @@ class Container:
         data = self._read_at(offset, length, "index")
         if _crc(data) != crc:
             raise IntegrityError(f"{self.path}: index checksum mismatch at byte {offset}: the file is damaged")
-        index = _unpack(data, f"{self.path}: index", offset)
+        index, walk = _unpack(data, f"{self.path}: index", offset)
         del data
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise self._fail("index is not a dcf index map")
-        _plain_fields(index, ("tensors",), f"{self.path}: index")
+        _plain_fields(index, ("tensors",), f"{self.path}: index", walk)
         version = index.get("version")
         if not (isinstance(version, list) and len(version) == 2 and all(_is_int(v) for v in version)):
             raise self._fail(f"bad format version {version!r}")
@@ -494,8 +503,8 @@ class Container:
         data = self._read_at(entry.offset, entry.record_length, f"record of tensor '{name}'")
         if _crc(data) != entry.crc:
             raise IntegrityError(f"{self.path}: tensor '{name}': record checksum mismatch at byte {entry.offset}")
-        record = _unpack(data, f"{self.path}: record of tensor '{name}'", entry.offset)
-        self._check_record(name, record, entry)
+        record, walk = _unpack(data, f"{self.path}: record of tensor '{name}'", entry.offset)
+        self._check_record(name, record, entry, walk)
         return record
 
     def header(self, name: str) -> tuple[str, tuple[int, ...]]:
@@ -510,12 +519,12 @@ class Container:
         except KeyError:
             raise DcfError(f"{self.path}: no tensor named '{name}'") from None
 
-    def _check_record(self, name: str, record: Any, entry: Entry) -> None:
+    def _check_record(self, name: str, record: Any, entry: Entry, walk: bool) -> None:
         """Everything a record states, checked when its tensor is read (a bad record spoils only its own tensor)."""
         where = f"{self.path}: tensor '{name}'"
         if not isinstance(record, dict) or record.get("name") != name:
             raise FormatError(f"{where}: record does not match the index")
-        _plain_fields(record, ("streams",), f"{where}: record")
+        _plain_fields(record, ("streams",), f"{where}: record", walk)
         shape, dtype = record.get("shape"), record.get("dtype")
         if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
             raise FormatError(f"{where}: bad shape {shape!r}")
