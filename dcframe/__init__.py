@@ -37,12 +37,12 @@ from .orchestrator import check_output, output_limit  # noqa: E402
 from .pipeline import Policy, Rule, parse_pipeline  # noqa: E402
 from .retrain import Constraints, PhaseInfo, compress_with_retraining  # noqa: E402
 from .stage import Stage  # noqa: E402
-from .streams import Bytes, Dense, Symbols, symbol_width  # noqa: E402
+from .streams import MAX_NDIM, Bytes, Dense, Symbols, check_shape, symbol_width  # noqa: E402
 
 __all__ = [
-    "Bytes", "ConfigError", "Constraints", "Container", "DcfError", "Dense", "FormatError", "IntegrityError",
-    "LimitError", "Limits", "MissingStageError", "ModelIOError", "PhaseInfo", "PipelineError", "Policy", "Rule",
-    "Stage", "Symbols", "check_output", "compress", "compress_with_retraining", "decompress", "hookimpl", "inspect",
-    "numpy_dtype", "open_container", "output_limit", "parse_pipeline", "read_model", "symbol_width", "verify",
-    "write_model", "__version__",
+    "MAX_NDIM", "Bytes", "ConfigError", "Constraints", "Container", "DcfError", "Dense", "FormatError",
+    "IntegrityError", "LimitError", "Limits", "MissingStageError", "ModelIOError", "PhaseInfo", "PipelineError",
+    "Policy", "Rule", "Stage", "Symbols", "check_output", "check_shape", "compress", "compress_with_retraining",
+    "decompress", "hookimpl", "inspect", "numpy_dtype", "open_container", "output_limit", "parse_pipeline",
+    "read_model", "symbol_width", "verify", "write_model", "__version__",
 ]

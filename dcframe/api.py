@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import Calibration, as_calibration
 from .container import DEFAULT_CHUNK, Container, ContainerWriter
 from .errors import DcfError, MissingStageError
 from .orchestrator import compress_tensors
@@ -27,6 +28,7 @@ def compress(
     progress: Callable[[str, int], None] | None = None,
     jobs: int = 1,
     stats: bool = True,
+    calibration: Calibration | str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Compress named tensors into a .dcf file at `path` (atomically) and return its report.
 
@@ -34,11 +36,17 @@ def compress(
     integer and boolean tensors always get the lossless chain. `jobs` > 1 encodes tensors in that many processes
     (same bytes as a serial run). On any failure, Ctrl-C included, an existing file at `path` is left untouched.
     `stats=False` leaves out the informative per-tensor statistics (entropy, error; ~200 bytes per lossy tensor).
+    `calibration` (a Calibration or its file) feeds data-aware stages (prune criterion="wanda", kmeans weighting=...)
+    at encode time; the file does not store it.
     """
     policy = Policy(pipeline=pipeline, preset=preset, rules=rules)
+    calib = as_calibration(calibration)
+    if calib is not None:
+        calib.check_fits(tensors, str(calibration) if not isinstance(calibration, Calibration) else "calibration")
     with ContainerWriter(path, metadata, chunk_size, policy.registry) as writer:
         for encoded in compress_tensors(tensors, policy, stats=stats, progress=progress, jobs=jobs,
-                                        spill_dir=writer.path.parent):
+                                        spill_dir=writer.path.parent,
+                                        side_inputs=calib.side_inputs if calib is not None else None):
             writer.add(encoded)
     return inspect(path)
 

@@ -13,6 +13,7 @@ from .errors import DcfError
 
 # Each module exposes add_parser(subparsers) -> ArgumentParser and run(args) -> int.
 COMMANDS = (
+    "dcframe.commands.calibrate",
     "dcframe.commands.compress",
     "dcframe.commands.decompress",
     "dcframe.commands.inspect",

@@ -11,7 +11,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 stdout = Console(highlight=False)
@@ -38,15 +45,27 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"cannot serialize {type(obj).__name__}")
 
 
+def note(message: str) -> None:
+    """A one-line message for the person at the terminal, on stderr (never folded, never parsed as markup)."""
+    stderr.print(escape(message))
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    stderr.print(f"dcframe: warning: {escape(message)}")
+
+
 @contextmanager
-def progress_bar(total_bytes: int, label: str, enabled: bool = True) -> Iterator:
-    """A byte-count progress bar on stderr; a no-op when disabled or stderr is not a terminal."""
+def progress_bar(total: int, label: str, enabled: bool = True, unit: str = "bytes") -> Iterator:
+    """A progress bar on stderr counting bytes (or, with another `unit`, items) with an ETA; a no-op when disabled
+    or stderr is not a terminal. Yields advance(name, amount)."""
     if not enabled or not stderr.is_terminal:
         yield lambda name, nbytes: None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+    counter = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    with Progress(TextColumn("{task.description}"), BarColumn(), counter, TimeRemainingColumn(),
                   TextColumn("{task.fields[tensor]}"), console=stderr, transient=True) as progress:
-        task = progress.add_task(label, total=total_bytes, tensor="")
+        task = progress.add_task(label, total=total, tensor="")
         yield lambda name, nbytes: progress.update(task, advance=nbytes, tensor=name)
 
 
@@ -63,7 +82,7 @@ def report_tables(report: dict[str, Any]) -> None:
     table = Table(title=escape(str(report["file"])), title_justify="left")
     lossy = any("rms" in t for t in report["tensors"])
     columns = ["tensor", "dtype", "shape", "pipeline", "original", "compressed", "ratio", "bits/w"]
-    columns += ["sparsity", "clusters", "rms err", "max err"] if lossy else []
+    columns += ["sparsity", "clusters", "rms err", "rel err", "max err"] if lossy else []
     for col in columns:
         table.add_column(col, justify="left" if col in ("tensor", "dtype", "shape", "pipeline") else "right",
                          overflow="fold")
@@ -74,7 +93,7 @@ def report_tables(report: dict[str, Any]) -> None:
                f"{t['bits_per_weight']:.3f}"]
         if lossy:
             row += [_opt(t, "sparsity", "{:.1%}"), _opt(t, "distinct", "{}"), _opt(t, "rms", "{:.3g}"),
-                    _opt(t, "max_abs", "{:.3g}")]
+                    _opt(t, "rel_rms", "{:.1%}"), _opt(t, "max_abs", "{:.3g}")]
         table.add_row(*row)
     stdout.print(table)
     detail = Table(title="streams", title_justify="left")

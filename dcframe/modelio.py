@@ -31,8 +31,10 @@ MODEL_SUFFIXES = (".safetensors", ".npz", ".npy", ".pt", ".pth")
 class LazyTensors(Mapping[str, Dense]):
     """A read-only mapping name -> Dense that loads (or memory-maps) each tensor when asked for it."""
 
-    def __init__(self, names: list[str], load, path: Path, reopenable: bool = True) -> None:
+    def __init__(self, names: list[str], load, path: Path, reopenable: bool = True,
+                 metadata: dict[str, str] | None = None) -> None:
         self._names, self._load, self.path = names, load, path
+        self.metadata = metadata or {}  # a .safetensors file's __metadata__ (str -> str), else empty
         self.reopenable = reopenable  # another process may read the same tensors by opening `path` again
         st = os.stat(path)
         self.stamp = (st.st_mtime_ns, st.st_size)  # to notice a file that changes while it is being read
@@ -91,7 +93,9 @@ def _read_safetensors(path: Path) -> LazyTensors:
             raise ModelIOError(f"{path}: safetensors header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise ModelIOError(f"{path}: safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None) or {}
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise ModelIOError(f"{path}: safetensors __metadata__ must map strings to strings")
     base, data_size = 8 + n, size - 8 - n
     specs = {}
     for name, spec in header.items():
@@ -116,7 +120,7 @@ def _read_safetensors(path: Path) -> LazyTensors:
         array = np.memmap(path, dtype=numpy_dtype(dtype), mode="r", offset=offset, shape=shape)
         return Dense(array, dtype)
 
-    return LazyTensors(sorted(specs, key=lambda k: specs[k][2]), load, path)
+    return LazyTensors(sorted(specs, key=lambda k: specs[k][2]), load, path, metadata=metadata)
 
 
 def _read_npz(path: Path) -> LazyTensors:
@@ -226,15 +230,19 @@ def atomic_output(path: str | os.PathLike) -> Iterator[IO[bytes]]:
 TensorSpec = tuple[str, tuple[int, ...]]  # dtype name, shape
 
 
-def write_model(path: str | os.PathLike, tensors: Mapping[str, Dense | np.ndarray]) -> None:
-    """Write tensors to .safetensors or .npz (by extension), atomically, keeping names, dtypes and shapes."""
+def write_model(path: str | os.PathLike, tensors: Mapping[str, Dense | np.ndarray],
+                metadata: Mapping[str, str] | None = None) -> None:
+    """Write tensors to .safetensors or .npz (by extension), atomically, keeping names, dtypes and shapes.
+
+    `metadata` (str -> str) becomes a .safetensors file's __metadata__; an .npz cannot carry it.
+    """
     dense = {name: t if isinstance(t, Dense) else Dense.of(t) for name, t in tensors.items()}
     specs = {name: (t.dtype, tuple(t.array.shape)) for name, t in dense.items()}
-    write_model_stream(path, specs, iter(dense.items()))
+    write_model_stream(path, specs, iter(dense.items()), metadata)
 
 
 def write_model_stream(path: str | os.PathLike, specs: Mapping[str, TensorSpec],
-                       tensors: Iterator[tuple[str, Dense]]) -> None:
+                       tensors: Iterator[tuple[str, Dense]], metadata: Mapping[str, str] | None = None) -> None:
     """Write tensors one at a time as `tensors` yields them (in the order of `specs`), atomically.
 
     Only the dtypes and shapes are needed up front (for the safetensors header), so at most one tensor is in
@@ -246,12 +254,14 @@ def write_model_stream(path: str | os.PathLike, specs: Mapping[str, TensorSpec],
         raise ModelIOError(f"{path}: can write .safetensors or .npz, not {suffix or 'a file without extension'}")
     if suffix == ".npz" and NPZ_DTYPES_KEY in specs:
         raise ModelIOError(f"{path}: a tensor may not be called {NPZ_DTYPES_KEY}")
+    if metadata and suffix != ".safetensors":
+        raise ModelIOError(f"{path}: only .safetensors files carry metadata")
     for dtype, _shape in specs.values():
         numpy_dtype(dtype)  # refuse an unknown dtype before writing anything
     checked = _checked(path, specs, tensors)
     with atomic_output(path) as f:
         if suffix == ".safetensors":
-            _write_safetensors(f, specs, checked)
+            _write_safetensors(f, specs, checked, metadata)
         else:
             _write_npz(f, specs, checked)
 
@@ -268,8 +278,10 @@ def _checked(path: Path, specs: Mapping[str, TensorSpec], tensors: Iterator[tupl
         yield t
 
 
-def _write_safetensors(f: IO[bytes], specs: Mapping[str, TensorSpec], tensors: Iterator[Dense]) -> None:
-    header, offset = {}, 0
+def _write_safetensors(f: IO[bytes], specs: Mapping[str, TensorSpec], tensors: Iterator[Dense],
+                       metadata: Mapping[str, str] | None = None) -> None:
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
     for name, (dtype, shape) in specs.items():
         nbytes = math.prod(shape) * numpy_dtype(dtype).itemsize
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}

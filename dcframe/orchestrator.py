@@ -257,7 +257,8 @@ STATS_BLOCK = 1 << 20  # elements per block in error_stats: its float64 temporar
 
 
 def error_stats(original: Dense, approx: Dense) -> dict[str, float]:
-    """Reconstruction error and structure of a lossy result: RMS, max abs error, sparsity, distinct values.
+    """Reconstruction error and structure of a lossy result: RMS (absolute and relative to the tensor's own RMS),
+    max abs error, sparsity, distinct values.
 
     Computed block by block, so the working set stays a few MB beyond the two tensors, whatever their size.
     """
@@ -266,7 +267,7 @@ def error_stats(original: Dense, approx: Dense) -> dict[str, float]:
     n = a_all.size
     if n == 0:
         return {"rms": 0.0, "max_abs": 0.0, "sparsity": 0.0, "distinct": 0}
-    square_sums, count, max_abs, zeros = [], 0, 0.0, 0
+    square_sums, energy, count, max_abs, zeros = [], 0.0, 0, 0.0, 0
     for lo in range(0, n, STATS_BLOCK):
         a = a_all[lo:lo + STATS_BLOCK].astype(np.float64, copy=False)
         b = b_all[lo:lo + STATS_BLOCK].astype(np.float64, copy=False)
@@ -274,6 +275,7 @@ def error_stats(original: Dense, approx: Dense) -> dict[str, float]:
         diff = a[finite] - b[finite]  # inf - inf would warn; non-finite pairs are not errors to measure
         if diff.size:
             square_sums.append(np.sum(diff * diff))
+            energy += float(np.sum(np.square(a[finite])))
             max_abs = max(max_abs, float(np.abs(diff).max()))
         count += diff.size
         zeros += int(np.count_nonzero(b == 0))
@@ -281,8 +283,10 @@ def error_stats(original: Dense, approx: Dense) -> dict[str, float]:
         rms = float(np.sqrt(square_sums[0] / count))
     else:
         rms = float(np.sqrt(np.sum(square_sums) / count)) if count else 0.0
+    signal = math.sqrt(energy / count) if count else 0.0
     return {
         "rms": rms,
+        "rel_rms": rms / signal if signal > 0 else 0.0,  # how far the tensor moved, relative to its own RMS
         "max_abs": max_abs,
         "sparsity": float(zeros / n),
         "distinct": int(np.unique(b_all[b_all != 0]).size),

@@ -194,6 +194,9 @@ class Rule:
                    match.get("min_ndim"))
 
 
+MIN_LOSSY_NDIM = 2  # a lossy --pipeline applies to tensors of at least this rank; the rest get the lossless chain
+
+
 class Policy:
     """Decides the chain of each tensor: user rules first, then the pipeline or preset, lossless for non-floats."""
 
@@ -205,14 +208,17 @@ class Policy:
         registry: Registry | None = None,
     ) -> None:
         self.registry = registry or get_registry()
+        self._chains: dict[str, Chain] = {}
         self.rules = [Rule.parse(r) if isinstance(r, str) else r for r in rules]
         if pipeline is not None and preset is not None:
             raise PipelineError("give a pipeline or a preset, not both")
         if pipeline is not None:
-            self.rules.append(Rule(pipeline))
+            # A lossy pipeline is meant for weight matrices and kernels: rank 0-1 tensors (biases, norms, scales)
+            # stay exact unless a rule names them (spec/presets.md, "Safe by default").
+            lossy = self.chain_for_pipeline(pipeline).lossy
+            self.rules.append(Rule(pipeline, min_ndim=MIN_LOSSY_NDIM if lossy else None))
         else:
             self.rules.extend(Rule.from_preset(r) for r in self.preset(preset or "lossless")["rules"])
-        self._chains: dict[str, Chain] = {}
         for rule in self.rules:  # parse and check every pipeline before any data is touched
             self.chain_for_pipeline(rule.pipeline)
         self.lossless_pipeline()  # the fallback for non-float tensors is a chain of this policy too

@@ -58,7 +58,7 @@ def _number(value: Any) -> bool:
 
 def _checked_stats(stats: dict[str, Any]) -> dict[str, Any]:
     """Only well-formed stats (they come from the file, which may be hostile); anything else is dropped."""
-    out = {k: stats[k] for k in ("distinct", "rms", "max_abs") if _number(stats.get(k))}
+    out = {k: stats[k] for k in ("distinct", "rms", "rel_rms", "max_abs") if _number(stats.get(k))}
     if _number(stats.get("sparsity")) and stats["sparsity"] <= 1:
         out["sparsity"] = stats["sparsity"]
     entropy = stats.get("entropy_bits")
@@ -74,7 +74,7 @@ def _checked_stats(stats: dict[str, Any]) -> dict[str, Any]:
 def _stats_fields(stats: dict[str, Any], streams: dict[str, int], count: int) -> dict[str, Any]:
     stats = _checked_stats(stats)
     out: dict[str, Any] = {}
-    for key in ("sparsity", "distinct", "rms", "max_abs"):
+    for key in ("sparsity", "distinct", "rms", "rel_rms", "max_abs"):
         if key in stats:
             out[key] = stats[key]
     kept = round(count * (1 - stats["sparsity"])) if isinstance(stats.get("sparsity"), float) else count

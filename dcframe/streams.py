@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -9,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import dtypes
+from .errors import FormatError
 
 DENSE = "dense"
 SYMBOLS = "symbols"
@@ -21,6 +23,17 @@ ACTIVATION = "activation"  # E[x_j^2]: second moment of the input feature each w
 FISHER = "fisher"  # mean squared gradient of a loss with respect to each weight (diagonal Fisher)
 HESSIAN = "hessian"  # X^T X / n of a 2-D weight [out, in]: [in, in]; tensor-level, not element-aligned
 ALIGNED = (ACTIVATION, FISHER)
+
+MAX_NDIM = 32  # the one dimension limit of every tensor and every stage's shape meta (spec/FORMAT.md section 8)
+
+
+def check_shape(stage_id: str, shape: object) -> int:
+    """The element count of a shape read from untrusted meta; FormatError unless it is a list of at most MAX_NDIM
+    integers >= 0 (booleans are not integers). Every stage checks its shapes with this, so all share one limit."""
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM or \
+            not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise FormatError(f"{stage_id}: bad shape {shape!r} in metadata (a list of at most {MAX_NDIM} integers >= 0)")
+    return math.prod(shape)
 
 
 @dataclass(frozen=True, eq=False)

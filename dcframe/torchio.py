@@ -171,17 +171,22 @@ def compress_module(
     retrainer: Callable[..., Mapping[str, np.ndarray]] | None = None,
     metadata: dict[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    calibration: Any = None,
 ) -> dict[str, Any]:
     """Write a module's (or state dict's, or model file's) tensors to a .dcf and return its report.
 
     Chains are chosen as in dcframe.compress (give rules=layer_rules(model) for the paper's per-layer settings). With
     a `retrainer` (e.g. dcframe.torchretrain.TorchRetrainer) the weights are retrained after every lossy stage.
+    `calibration` (dcframe.torch.calibrate's result, or its file) feeds data-aware stages.
     """
     tensors = state_tensors(source)
     if retrainer is None:
         tell = (lambda message, done: progress(message)) if progress else None
         return compress(tensors, path, pipeline=pipeline, preset=preset, rules=rules, metadata=metadata,
-                        progress=tell)
+                        progress=tell, calibration=calibration)
+    if calibration is not None:
+        raise PipelineError("compress_module: a calibration with a retrainer is not supported (retraining moves "
+                            "the weights the statistics describe); give one or the other")
     from .retrain import compress_with_retraining
 
     return compress_with_retraining(tensors, path, retrainer, pipeline=pipeline, preset=preset, rules=rules,

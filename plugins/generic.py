@@ -12,7 +12,8 @@ from dcframe import Bytes, FormatError, Stage, check_output, hookimpl
 
 
 class _ByteCodec(Stage):
-    """Shared frame of the byte compressors: remember the input size, refuse to decode past it."""
+    """Shared frame of the byte compressors: remember the input size; decode at most size + 1 bytes of exactly one
+    compressed stream, which must end where the data ends (spec/stages/generic.md)."""
 
     takes = ("bytes",)
     gives = {"data": "bytes"}
@@ -22,22 +23,35 @@ class _ByteCodec(Stage):
 
     def decode(self, streams, meta):
         size = meta.get("size")
-        if not isinstance(size, int) or size < 0:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise FormatError(f"{self.id}: bad size {size!r} in metadata")
         check_output(self.id, size, "declared size")
         try:
-            out = self._decompress(streams["data"].data, size)
+            out, ended, trailing = self._decompress(streams["data"].data, size)
         except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
             raise FormatError(f"{self.id}: corrupt stream ({exc})") from None
-        if len(out) != size:
+        if len(out) > size:
             raise FormatError(f"{self.id}: stream decodes to {len(out)}+ bytes, metadata says {size}")
+        if not ended:
+            raise FormatError(f"{self.id}: stream is truncated (it ends after {len(out)} of {size} bytes)")
+        if trailing:
+            raise FormatError(f"{self.id}: {trailing} bytes follow the end of the compressed stream")
+        if len(out) != size:
+            raise FormatError(f"{self.id}: stream decodes to {len(out)} bytes, metadata says {size}")
         return Bytes(out)
 
     def _compress(self, data: bytes) -> bytes:
         raise NotImplementedError
 
-    def _decompress(self, data: bytes, size: int) -> bytes:
+    def _decompress(self, data: bytes, size: int) -> tuple[bytes, bool, int]:
+        """At most size + 1 decoded bytes, whether the compressed stream ended, and how many bytes follow its end."""
         raise NotImplementedError
+
+
+def _one_stream(d, data: bytes, size: int) -> tuple[bytes, bool, int]:
+    """Run a zlib/lzma/bz2 decompressor object over data, producing at most size + 1 bytes."""
+    out = d.decompress(data, size + 1)
+    return out, d.eof, len(d.unused_data)
 
 
 def _check_level(stage: str, value: int, low: int, high: int) -> int:
@@ -58,11 +72,11 @@ class Zlib(_ByteCodec):
         return zlib.compress(data, self.level)
 
     def _decompress(self, data, size):
-        d = zlib.decompressobj()
-        out = d.decompress(data, size + 1)
-        if not d.eof or d.unused_data:
-            raise FormatError("zlib: stream does not end where it should")
-        return out
+        return _one_stream(zlib.decompressobj(), data, size)
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_MIN_WINDOW = 1 << 20
 
 
 class Zstd(_ByteCodec):
@@ -77,14 +91,27 @@ class Zstd(_ByteCodec):
         return zstandard.ZstdCompressor(level=self.level).compress(data)
 
     def _decompress(self, data, size):
-        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as reader:
-            out = reader.read(size + 1)
-            while len(out) <= size:
-                more = reader.read(size + 1 - len(out))
-                if not more:
-                    break
-                out += more
-        return out
+        """One frame, nothing after it (no second frame, skippable or empty), its content size (if stated) = size,
+        its window at most max(size, 1 MiB) (the decoder allocates the window before any output)."""
+        if bytes(data[:4]) != ZSTD_MAGIC:
+            raise FormatError("zstd: the stream does not start with a Zstandard frame (magic 28 B5 2F FD)")
+        frame = zstandard.get_frame_parameters(data)
+        known = frame.content_size != zstandard.CONTENTSIZE_UNKNOWN
+        if known and frame.content_size != size:
+            raise FormatError(f"zstd: frame content size {frame.content_size} differs from metadata size {size}")
+        window = max(size, ZSTD_MIN_WINDOW)
+        if frame.window_size > window:
+            raise FormatError(f"zstd: frame window of {frame.window_size} bytes for {size} bytes of output")
+        if frame.dict_id:
+            raise FormatError("zstd: frames needing a dictionary are not supported")
+        dctx = zstandard.ZstdDecompressor(max_window_size=window)
+        if known and size == 0:  # decompress() returns b"" for a zero content size without reading the frame
+            obj = dctx.decompressobj()
+            out = obj.decompress(data)
+            return out, obj.eof, len(obj.unused_data)
+        # allow_extra_data=False: a second frame, an empty or skippable one, or stray bytes are errors
+        out = dctx.decompress(data, max_output_size=0 if known else size + 1, allow_extra_data=False)
+        return out, True, 0
 
 
 LZMA_MEMLIMIT = 128 << 20  # decoder memory; presets 0-9 need at most about 65 MiB
@@ -103,11 +130,7 @@ class Lzma(_ByteCodec):
 
     def _decompress(self, data, size):
         # the .xz format only, and a cap on decoder memory: a hostile header can ask for a 1.5 GiB dictionary
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=LZMA_MEMLIMIT)
-        out = d.decompress(data, size + 1)
-        if not d.eof:
-            raise FormatError("lzma: stream is truncated")
-        return out
+        return _one_stream(lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=LZMA_MEMLIMIT), data, size)
 
 
 class Bz2(_ByteCodec):
@@ -122,11 +145,7 @@ class Bz2(_ByteCodec):
         return bz2.compress(data, self.level)
 
     def _decompress(self, data, size):
-        d = bz2.BZ2Decompressor()
-        out = d.decompress(data, size + 1)
-        if not d.eof:
-            raise FormatError("bz2: stream is truncated")
-        return out
+        return _one_stream(bz2.BZ2Decompressor(), data, size)
 
 
 @hookimpl

@@ -13,21 +13,25 @@ runs every segment in lockstep: one numpy step decodes one symbol of every segme
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
-from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, hookimpl
+from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, check_output, hookimpl
 
 LIMIT = 16  # the longest code a decoder accepts
 MAX_ALPHABET = 1 << 16
-MAX_SEGMENT = 1 << 24
+MAX_SEGMENT = 1 << 16  # symbols per segment: a vector decoder's steps, so decode time stays linear in the symbols
 MAX_PAYLOAD = (1 << 32) - 1
 LANES = 4096  # segments decoded together; keeps the working set of one lockstep in cache
+BLOCK_CELLS = 1 << 22  # ... and at most this many symbols (lanes x steps, 4 bytes each in the pair decoder) and
+BLOCK_BYTES = 1 << 21  # payload bytes (an 8-byte window each) in one lane block: 16 MiB apiece, whatever S is
 SEGMENT_BITS = 8192  # the encoder aims at about this many payload bits per segment (offset + padding ~0.43%)
 FEW_LANES = 256  # streams of LONG_STREAM+ symbols with fewer segments than this get smaller segments, towards this
 LONG_STREAM = 1 << 16  # many, of no less than SEGMENT_BITS / 2 payload bits (side information ~0.87%)
 WANT_LANES = 2048  # at least this many segments, while segments stay at most `segment_size` symbols
-SCALAR_LANES = 12  # fewer segments than this (and few symbols): a plain loop beats numpy calls over so few lanes
-SCALAR_COUNT = 1 << 16
+SCALAR_LANES = 12  # fewer segments than this: a plain loop beats numpy calls over so few lanes (at most
+# 12 x MAX_SEGMENT symbols, so its cost stays bounded too)
 PAIR_BITS = 16  # window of the two-symbol decode table (2^16 four-byte entries)
 PAIR_SHARE = 0.9  # use it when at least this share of lookups (by the code's own distribution) yields two symbols
 PAIR_COUNT = 1 << 15  # ... and the stream is long enough to pay for building it
@@ -168,6 +172,7 @@ class Huffman(Stage):
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise FormatError(f"huffman: bad count {count!r} in metadata")
         dtype = _unsigned_dtype(alphabet)
+        check_output(self.id, count * dtype.itemsize, "declared count")  # where the size is declared (FORMAT.md 8)
         if count == 0:
             if len(data):
                 raise FormatError(f"huffman: {len(data)} bytes for 0 symbols (the stream must be empty)")
@@ -285,7 +290,7 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     lut_len = msb_len[idx].astype(np.int64)
     buf = np.zeros(plen + 16, dtype=np.uint8)
     buf[:plen] = np.frombuffer(data, dtype=np.uint8, count=plen, offset=size - plen)
-    if nseg < SCALAR_LANES and count <= SCALAR_COUNT:
+    if nseg < SCALAR_LANES:
         out, end_pos = _decode_scalar(buf, starts, nsyms, lut_sym, lut_len, width, dtype)
     else:
         lut2 = _pair_table(lut_sym, lut_len, width) if dtype == np.uint8 and count >= PAIR_COUNT else None
@@ -302,6 +307,20 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     if np.any(buf[last_byte].astype(np.int64) >> used_bits):
         raise FormatError("huffman: a segment's padding bits are not zero or hold an invalid code")
     return out
+
+
+def _lane_blocks(starts: np.ndarray, ends: np.ndarray, steps: int) -> Iterator[tuple[int, int]]:
+    """Consecutive runs [lo, hi) of segments decoded together: at most LANES of them, BLOCK_CELLS symbols (lanes x
+    steps) and BLOCK_BYTES payload bytes, so a block's temporaries are bounded whatever the segment size."""
+    nseg = starts.size
+    lanes = max(1, min(LANES, BLOCK_CELLS // max(1, steps)))
+    lo = 0
+    while lo < nseg:
+        hi = min(lo + lanes, nseg)
+        by_bytes = int(np.searchsorted(ends, int(starts[lo]) + BLOCK_BYTES, side="right"))
+        hi = max(lo + 1, min(hi, by_bytes))
+        yield lo, hi
+        lo = hi
 
 
 def _decode_scalar(buf: np.ndarray, starts: np.ndarray, nsyms: np.ndarray, lut_sym: np.ndarray,
@@ -384,8 +403,7 @@ def _decode_pairs(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: 
     h_last = (need_last + 1) // 2  # steps the last segment needs
     out = np.empty((nseg, 2 * half), dtype=np.uint8)
     end_pos = np.empty(nseg, dtype=np.int64)
-    for lo in range(0, nseg, LANES):
-        hi = min(lo + LANES, nseg)
+    for lo, hi in _lane_blocks(starts, ends, steps):
         nl = hi - lo
         base = int(starts[lo])
         span = int(ends[hi - 1]) - base + 1
@@ -457,8 +475,7 @@ def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsym
     mask = (1 << width) - 1
     last = int(nsyms[-1])
     refill = max(1, 57 // width)  # codes that fit in the 57 bits a refill guarantees
-    for lo in range(0, nseg, LANES):
-        hi = min(lo + LANES, nseg)
+    for lo, hi in _lane_blocks(starts, ends, steps):
         base = int(starts[lo])
         # win[i] = the 8 bytes from byte base + i as one little-endian integer (a contiguous copy: fast gathers);
         # reads are clamped to the block's last byte, so a hostile lane running past its segment reads garbage (and

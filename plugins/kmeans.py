@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, hookimpl, numpy_dtype
+from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, check_output, check_shape, hookimpl, numpy_dtype
 from dcframe.dtypes import from_float, to_float
 
 MAX_CLUSTERS = 1 << 16
-MAX_NDIM = 64
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 INITS = ("linear", "density", "random", "kmeans++")
 METHODS = ("lloyd", "optimal")
@@ -93,9 +92,7 @@ class Kmeans(Stage):
             raise FormatError(f"kmeans: dtype {dtype_name!r} is not one of {', '.join(FLOAT_DTYPES)}")
         dtype = numpy_dtype(dtype_name)
         shape = meta.get("shape")
-        if not (isinstance(shape, list) and len(shape) <= MAX_NDIM
-                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-            raise FormatError(f"kmeans: bad shape {shape!r} (a list of at most {MAX_NDIM} integers >= 0)")
+        count = check_shape(self.id, shape)
         book = meta.get("codebook")
         if not isinstance(book, (bytes, bytearray)):
             raise FormatError(f"kmeans: codebook must be bin, got {type(book).__name__}")
@@ -108,11 +105,11 @@ class Kmeans(Stage):
         indices = stream.array
         if indices.ndim != 1 or indices.dtype.kind not in "ui":
             raise FormatError(f"kmeans: indices must be a 1-D integer array, got {indices.dtype}{list(indices.shape)}")
-        count = math.prod(shape)
         if count != indices.size:
             raise FormatError(f"kmeans: shape {shape} holds {count} values, the indices stream has {indices.size}")
         if indices.size and (int(indices.max()) >= codebook.size or int(indices.min()) < 0):
             raise FormatError(f"kmeans: index {int(indices.max())} is outside the codebook of {codebook.size}")
+        check_output(self.id, count * dtype.itemsize, f"tensor of shape {shape}")  # before the lookup allocates it
         return Dense(codebook[indices].reshape(shape), dtype_name)
 
 

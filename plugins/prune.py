@@ -1,10 +1,16 @@
-"""The `prune` stage: magnitude pruning (Deep Compression, step 1), per tensor or with one threshold for a whole chain.
+"""The `prune` stage: magnitude pruning (Deep Compression, step 1), and data-aware pruning of pretrained weights.
 
-Rule (spec/stages/prune.md): every weight with |w| <= t is set to +0.0, where t is either the configured `threshold`
-or, for a target `sparsity` s over n elements, the k-th smallest non-NaN magnitude with k = floor(s * n + 0.5)
-(t = 0 when k = 0). Ties at t are all pruned, so the achieved sparsity is at least the target and exceeds it only by
-the weights tied at t; NaN is never pruned. Because zeros have the smallest magnitude, pruning an already pruned (and
-retrained: zeros kept, survivors non-zero) tensor with the same sparsity zeroes exactly the same positions.
+Magnitude (spec/stages/prune.md): every weight with |w| <= t is set to +0.0, where t is either the configured
+`threshold` or, for a target `sparsity` s over n elements, the k-th smallest non-NaN magnitude with
+k = floor(s * n + 0.5) (t = 0 when k = 0). Ties at t are all pruned, so the achieved sparsity is at least the target and
+exceeds it only by the weights tied at t; NaN is never pruned. Because zeros have the smallest magnitude, pruning an
+already pruned (and retrained: zeros kept, survivors non-zero) tensor with the same sparsity zeroes exactly the same
+positions.
+
+Data-aware criteria read calibration side inputs (dcframe/stage.py, "Side inputs"), at encode time only:
+- wanda (Sun et al. 2023): score |w_ij| * sqrt(E[x_j^2]), each output row (slice along axis 0) loses its k lowest;
+- sparsegpt (Frantar & Alistarh 2023): OBS pruning column by column from H = X^T X / n, updating the kept weights.
+Decoding is the identity for all of them.
 """
 
 from __future__ import annotations
@@ -16,8 +22,12 @@ import numpy as np
 
 from dcframe import ConfigError, Dense, FormatError, Stage, hookimpl
 from dcframe.dtypes import is_float
+from dcframe.streams import ACTIVATION, HESSIAN
 
 SCOPES = ("tensor", "global")
+CRITERIA = ("magnitude", "wanda", "sparsegpt")
+BLOCK = 128  # sparsegpt: columns per block (the lazy batch update and the adaptive mask work block by block)
+PERCDAMP = 0.01  # sparsegpt: dampening added to the Hessian's diagonal, as a fraction of its mean diagonal
 _BIN_BITS = 16  # radix-select digit width: 65536 histogram bins per pass
 _COLLECT = 1 << 22  # once a bin holds at most this many candidates, gather them and partition directly
 
@@ -92,12 +102,146 @@ def _matching(streams: Callable[[], Iterable[Dense]], prefix: int, shift: int) -
         yield keys
 
 
+def _rows(array: np.ndarray) -> np.ndarray:
+    """A weight as [rows, columns]: one row per slice along axis 0 (output feature or channel); rank <= 1: one row."""
+    if array.ndim <= 1:
+        return array.reshape(1, array.size)
+    return array.reshape(array.shape[0], math.prod(array.shape[1:]))
+
+
+def _lowest(score: np.ndarray, magnitude: np.ndarray, count: int) -> np.ndarray:
+    """Per row, mark the `count` lowest scores; ties at the count-th go to the smaller magnitude, then the earlier one.
+
+    The magnitude tie-break puts a zero before a weight whose score is zero only by its input (a dead input feature),
+    so pruning again picks the zeros already there: this is what makes the data-aware criteria idempotent. O(n) by
+    partition; only the elements tied with a row's count-th score are sorted.
+    """
+    count = min(max(count, 0), score.shape[-1])
+    if count == 0:
+        return np.zeros(score.shape, dtype=bool)
+    kth = np.partition(score, count - 1, axis=-1)[:, count - 1:count]
+    marked = score < kth
+    tied = score == kth
+    need = count - marked.sum(axis=-1)
+    if (tied.sum(axis=-1) == need).all():
+        return marked | tied
+    rows, cols = np.nonzero(tied)  # row-major: by row, then column
+    order = np.lexsort((cols, magnitude[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    rank = np.arange(rows.size) - np.searchsorted(rows, rows)  # position among its row's tied elements
+    take = rank < need[rows]
+    marked[rows[take], cols[take]] = True
+    return marked
+
+
+def wanda_mask(weights: np.ndarray, activation: np.ndarray, sparsity: float) -> np.ndarray:
+    """Wanda: per row of 2-D `weights`, the floor(s * columns + 0.5) lowest |w| * sqrt(E[x^2]); NaN never pruned."""
+    magnitude = np.abs(weights.astype(np.float64))
+    score = magnitude * np.sqrt(activation.astype(np.float64))
+    nan = np.isnan(score)
+    score[nan] = np.inf
+    magnitude[nan] = np.inf
+    return _lowest(score, magnitude, _target_count(sparsity, weights.shape[1])) & ~nan
+
+
+def _upper_cholesky_of_inverse(hessian: np.ndarray) -> np.ndarray:
+    """U with U^T U = H^-1 (upper triangular): row c of U, from c on, is the OBS update of eliminating column c.
+
+    With J the order reversal and J H J = L L^T: H^-1 = (J L^-1 J)^T (J L^-1 J), and J L^-1 J is upper triangular
+    with a positive diagonal, so it is U (one Cholesky and one triangular inverse instead of two of each).
+    """
+    lower = np.linalg.cholesky(np.ascontiguousarray(hessian[::-1, ::-1]))
+    return np.ascontiguousarray(_lower_inverse(lower)[::-1, ::-1])
+
+
+def _lower_inverse(lower: np.ndarray) -> np.ndarray:
+    """The inverse of a lower-triangular matrix, by halves ([[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]),
+    so nearly all the work is matrix products: a third of a general inverse's."""
+    n = lower.shape[0]
+    if n <= 256:
+        return np.tril(np.linalg.inv(lower))
+    half = n // 2
+    a_inv, d_inv = _lower_inverse(lower[:half, :half]), _lower_inverse(lower[half:, half:])
+    out = np.zeros_like(lower)
+    out[:half, :half] = a_inv
+    out[half:, half:] = d_inv
+    out[half:, :half] = -d_inv @ (lower[half:, :half] @ a_inv)
+    return out
+
+
+def sparsegpt(weights: np.ndarray, hessian: np.ndarray, sparsity: float, block: int = BLOCK,
+              percdamp: float = PERCDAMP) -> tuple[np.ndarray, np.ndarray]:
+    """SparseGPT on a 2-D weight [out, in] with H = X^T X / n ([in, in]): (the updated weights, the pruned mask).
+
+    Columns are eliminated left to right; the error of zeroing a column's pruned weights is spread over the columns
+    still to come (OBS), within a block at once and to later blocks in one matrix product. Each block of `block`
+    columns chooses its own mask (the paper's adaptive mask): the lowest w^2 / U_cc^2 over the whole block, on the
+    weights as updated so far, with per-block counts that add up to floor(s * n + 0.5). Dead inputs (H_cc = 0) get
+    H_cc = 1 and their weights zeroed, as the reference does: the layer never sees them. Raises
+    numpy.linalg.LinAlgError when H + damping is not positive definite.
+    """
+    w = weights.astype(np.float64, copy=True)
+    h = hessian.astype(np.float64, copy=True)
+    h = (h + h.T) / 2
+    rows, cols = w.shape
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    if cols:
+        h[np.diag_indices(cols)] += percdamp * float(np.mean(np.diag(h)))
+    u = _upper_cholesky_of_inverse(h)
+    mask = np.zeros(w.shape, dtype=bool)
+    for start in range(0, cols, block):
+        stop = min(start + block, cols)
+        count = _target_count(sparsity, rows * stop) - _target_count(sparsity, rows * start)
+        mask[:, start:stop] = _block_mask(w[:, start:stop], np.diag(u)[start:stop], count)
+        err = _eliminate(w[:, start:stop], u[start:stop, start:stop], mask[:, start:stop])
+        w[:, stop:] -= err @ u[start:stop, stop:]
+    return w, mask
+
+
+def _block_mask(w: np.ndarray, diag: np.ndarray, count: int) -> np.ndarray:
+    """The `count` weights of a block with the lowest OBS cost w^2 / U_cc^2 (ranked as |w| / U_cc), over all rows."""
+    magnitude = np.abs(w).reshape(1, -1)
+    return _lowest(magnitude / np.tile(diag, w.shape[0])[None, :], magnitude, count).reshape(w.shape)
+
+
+def _eliminate(w: np.ndarray, u: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Zero the masked weights of a block column by column (in place), updating the columns to its right; the scaled
+    errors (w - q) / U_cc per column, for the update of later blocks."""
+    err = np.zeros_like(w)
+    for c in range(w.shape[1]):
+        q = np.where(mask[:, c], 0.0, w[:, c])
+        err[:, c] = (w[:, c] - q) / u[c, c]
+        w[:, c + 1:] -= np.outer(err[:, c], u[c, c + 1:])
+        w[:, c] = q
+    return err
+
+
+def _side(stream: Dense, name: str, criterion: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The side input `name` a criterion reads, checked present, of `shape` and finite (else ConfigError saying so)."""
+    value = stream.side.get(name)
+    where = f"prune: criterion '{criterion}' on a tensor of shape {list(stream.array.shape)}"
+    if value is None:
+        raise ConfigError(f"{where} needs the '{name}' side input, which this tensor lacks: pass a calibration "
+                          f"that covers it (--calibration FILE, or calibration= in Python), or give it another chain")
+    value = np.asarray(value)
+    if value.shape != shape:
+        raise ConfigError(f"{where}: side input '{name}' has shape {list(value.shape)}, expected {list(shape)}")
+    if not np.isfinite(value).all():
+        raise ConfigError(f"{where}: side input '{name}' holds NaN or infinity")
+    return value
+
+
 class Prune(Stage):
-    """Magnitude pruning: zero every weight with |w| <= threshold, given directly or found for a target `sparsity`.
+    """Pruning: zero the weights that matter least, by magnitude (default) or from calibration data (wanda, sparsegpt).
 
     Parameters: `sparsity` (fraction of zeros to reach, 0..1) or `threshold` (absolute magnitude), exactly one;
     `scope` "tensor" (each tensor reaches the sparsity) or "global" (one threshold for every tensor of the chain,
-    found by `fit`, which then returns a stage configured with that threshold).
+    found by `fit`, which then returns a stage configured with that threshold); `criterion` "magnitude" (|w|),
+    "wanda" (|w| * sqrt(E[x^2]) per output row; reads the `activation` side input) or "sparsegpt" (OBS pruning that
+    also updates the kept weights; reads `hessian`; 2-D weights only). The data-aware criteria take a `sparsity`
+    with scope "tensor" only.
     """
 
     id = "prune"
@@ -106,7 +250,8 @@ class Prune(Stage):
     lossy = True
     imposes = frozenset({"zeros"})
 
-    def __init__(self, sparsity: float | None = None, threshold: float | None = None, scope: str = "tensor"):
+    def __init__(self, sparsity: float | None = None, threshold: float | None = None, scope: str = "tensor",
+                 criterion: str = "magnitude"):
         if (sparsity is None) == (threshold is None):
             raise ValueError("give exactly one of sparsity (fraction of zeros) or threshold (absolute magnitude)")
         for name, value in (("sparsity", sparsity), ("threshold", threshold)):
@@ -118,9 +263,22 @@ class Prune(Stage):
             raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        if criterion != "magnitude" and (threshold is not None or scope != "tensor"):
+            raise ValueError(f"criterion {criterion!r} ranks weights within each tensor by calibration data: it takes "
+                             f"a sparsity with scope 'tensor', not a threshold or scope 'global'")
         self.sparsity = None if sparsity is None else float(sparsity)
         self.threshold = None if threshold is None else float(threshold)
         self.scope = scope
+        self.criterion = criterion
+
+    def get_config(self) -> dict:
+        """The config; `criterion` only when it is not "magnitude", so magnitude files stay as they always were."""
+        config = super().get_config()
+        if self.criterion == "magnitude":
+            del config["criterion"]
+        return config
 
     def fit(self, streams: Callable[[], Iterable[Dense]]) -> Prune:
         """For scope=global with a sparsity: the stage with the one absolute threshold that reaches it over all."""
@@ -129,6 +287,18 @@ class Prune(Stage):
         return Prune(threshold=global_threshold(streams, self.sparsity), scope="global")
 
     def encode(self, stream: Dense) -> tuple[dict[str, Dense], dict]:
+        if not is_float(stream.dtype):
+            raise ConfigError(f"prune: approximates float tensors only, got {stream.dtype}")
+        if self.criterion == "wanda":
+            out = self._wanda(stream)
+        elif self.criterion == "sparsegpt":
+            out = self._sparsegpt(stream)
+        else:
+            out = self._magnitude(stream)
+        return {"data": out}, {}
+
+    def _magnitude(self, stream: Dense) -> Dense:
+        """Zero every |w| <= t, t the threshold or the k-th smallest magnitude; survivors keep their bits."""
         magnitudes = _magnitudes(stream)
         if self.threshold is not None:
             threshold = self.threshold
@@ -140,10 +310,36 @@ class Prune(Stage):
             k = min(_target_count(self.sparsity, magnitudes.size), valid.size)
             threshold = _kth_smallest(valid, k) if k else 0.0
         limit = magnitudes.dtype.type(threshold) if magnitudes.dtype == np.float64 else _float32_at_most(threshold)
-        pruned = (magnitudes <= limit).reshape(stream.array.shape)
-        array = stream.array.copy()
-        array[pruned] = 0  # +0.0 for every float carrier, BF16 bit patterns included
-        return {"data": Dense(array, stream.dtype, stream.side)}, {}
+        return _zeroed(stream, stream.array, (magnitudes <= limit).reshape(stream.array.shape))
+
+    def _wanda(self, stream: Dense) -> Dense:
+        """Zero each row's lowest |w| * sqrt(activation) (and every zero); survivors keep their bits."""
+        activation = _side(stream, ACTIVATION, self.criterion, stream.array.shape)
+        if (activation < 0).any():
+            raise ConfigError(f"prune: criterion 'wanda' on a tensor of shape {list(stream.array.shape)}: side input "
+                              f"'activation' (a second moment E[x^2]) has negative entries")
+        values = stream.values()
+        mask = wanda_mask(_rows(values), _rows(activation), self.sparsity) | (_rows(values) == 0)
+        return _zeroed(stream, stream.array, mask.reshape(stream.array.shape))
+
+    def _sparsegpt(self, stream: Dense) -> Dense:
+        """OBS-prune a 2-D weight from its Hessian; the kept weights move and are rounded back to the dtype."""
+        shape = stream.array.shape
+        if len(shape) != 2:
+            raise ConfigError(f"prune: criterion 'sparsegpt' works on 2-D weights [out, in]; this tensor has shape "
+                              f"{list(shape)}: give it another chain with a rule (criterion='wanda' or 'magnitude')")
+        values = stream.values()
+        if not np.isfinite(values).all():
+            raise ConfigError(f"prune: criterion 'sparsegpt' on a tensor of shape {list(shape)}: the weights hold NaN "
+                              f"or infinity, which the updates of the kept weights would spread to every weight")
+        hessian = _side(stream, HESSIAN, self.criterion, (shape[1], shape[1]))
+        try:
+            updated, mask = sparsegpt(values, hessian, self.sparsity)
+        except np.linalg.LinAlgError:
+            raise ConfigError(f"prune: criterion 'sparsegpt' on a tensor of shape {list(shape)}: side input "
+                              f"'hessian' is not positive semi-definite (not an X^T X / n)") from None
+        moved = stream.with_values(updated)
+        return _zeroed(stream, moved.array, mask | (moved.values() == 0))
 
     def decode(self, streams: dict[str, Dense], meta: dict) -> Dense:
         """The zeros are already in the stream: decoding is the identity."""
@@ -151,6 +347,13 @@ class Prune(Stage):
         if not isinstance(data, Dense):
             raise FormatError("prune: expects one dense stream 'data'")
         return data
+
+
+def _zeroed(stream: Dense, array: np.ndarray, pruned: np.ndarray) -> Dense:
+    """A copy of `array` (the stream's carrier) with +0.0 at `pruned` (all bits zero, BF16 too), side inputs kept."""
+    array = array.copy()
+    array[pruned] = 0
+    return Dense(array, stream.dtype, stream.side)
 
 
 @hookimpl

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from dcframe import Bytes, Dense, FormatError, Stage, Symbols, hookimpl, numpy_dtype, symbol_width
+from dcframe import Bytes, Dense, FormatError, Stage, Symbols, check_shape, hookimpl, numpy_dtype, symbol_width
 
 MAX_ALPHABET = 1 << 32
 
@@ -31,16 +29,9 @@ class Raw(Stage):
     def decode(self, streams, meta):
         data = streams["data"].data
         if "dtype" in meta:
-            dtype = numpy_dtype(meta["dtype"])
-            shape = meta.get("shape")
-            if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-                raise FormatError(f"raw: bad shape {shape!r}")
-            if math.prod(shape) * dtype.itemsize != len(data):
-                raise FormatError(f"raw: shape {shape} of {meta['dtype']} needs "
-                                  f"{math.prod(shape) * dtype.itemsize} bytes, the stream has {len(data)}")
-            return Dense(np.frombuffer(data, dtype=dtype).reshape(shape), meta["dtype"])
+            return _dense(data, meta)
         alphabet = meta.get("alphabet")
-        if not isinstance(alphabet, int) or not 0 < alphabet <= MAX_ALPHABET:
+        if isinstance(alphabet, bool) or not isinstance(alphabet, int) or not 0 < alphabet <= MAX_ALPHABET:
             raise FormatError(f"raw: bad alphabet {alphabet!r}")
         width = symbol_width(alphabet)
         if len(data) % width:
@@ -49,6 +40,19 @@ class Raw(Stage):
         if symbols.size and int(symbols.max()) >= alphabet:
             raise FormatError(f"raw: symbol {int(symbols.max())} is outside the alphabet of {alphabet}")
         return Symbols(symbols, alphabet)
+
+
+def _dense(data: bytes, meta: dict) -> Dense:
+    """A dense stream from its bytes: the length must match the shape, and BOOL bytes must be 0 or 1."""
+    dtype = numpy_dtype(meta["dtype"])
+    shape = meta.get("shape")
+    count = check_shape("raw", shape)
+    if count * dtype.itemsize != len(data):
+        raise FormatError(f"raw: shape {shape} of {meta['dtype']} needs {count * dtype.itemsize} bytes, "
+                          f"the stream has {len(data)}")
+    if meta["dtype"] == "BOOL" and count and int(np.frombuffer(data, np.uint8).max()) > 1:
+        raise FormatError(f"raw: BOOL byte {int(np.frombuffer(data, np.uint8).max())} (only 0 and 1 are booleans)")
+    return Dense(np.frombuffer(data, dtype=dtype).reshape(shape), meta["dtype"])
 
 
 @hookimpl

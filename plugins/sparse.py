@@ -7,14 +7,12 @@ symbols 0, each advancing M positions without a value. Values hold exactly the s
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from dcframe import Dense, FormatError, Stage, Symbols, check_output, hookimpl, numpy_dtype
+from dcframe import Dense, FormatError, Stage, Symbols, check_output, check_shape, hookimpl, numpy_dtype
 
-MAX_NDIM = 32
 MAX_ELEMENTS = 1 << 40  # refuse shapes no real tensor has before allocating (the container bounds it further)
+CHUNK = 1 << 20  # position symbols walked at a time: their int64 temporaries stay a few MiB
 
 
 def _bit_view(array: np.ndarray) -> np.ndarray:
@@ -55,13 +53,33 @@ class Sparse(Stage):
         return {"positions": Symbols(positions, self.alphabet), "values": values}, {"shape": list(stream.array.shape)}
 
     def decode(self, streams: dict[str, Symbols | Dense], meta: dict) -> Dense:
-        shape = meta.get("shape") if isinstance(meta, dict) else None
-        if not isinstance(shape, list) or len(shape) > MAX_NDIM or \
-                not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise FormatError(f"sparse: bad shape {shape!r} in metadata")
-        size = math.prod(shape)
+        """Check everything against the shape and the decode bound first, then place the values CHUNK symbols at a
+        time: memory is the output plus O(CHUNK), whatever the length of the positions stream."""
+        size = check_shape(self.id, meta.get("shape") if isinstance(meta, dict) else None)
+        shape = meta["shape"]
         if size > MAX_ELEMENTS:
             raise FormatError(f"sparse: shape {shape} has {size} elements, more than the limit of {MAX_ELEMENTS}")
+        symbols, vals = self._streams(streams)
+        check_output(self.id, size * vals.dtype.itemsize, f"tensor of shape {shape}")  # before allocating it
+        last = self._last_position(symbols, vals.size)
+        if last >= size:
+            raise FormatError(f"sparse: positions reach element {last}, the tensor of shape {shape} has {size}")
+        out = np.zeros(size, dtype=vals.dtype)
+        span, base, done = self.alphabet - 1, -1, 0  # base: the position before this chunk's first symbol
+        for lo in range(0, symbols.size, CHUNK):
+            advances = symbols[lo:lo + CHUNK].astype(np.int64)
+            is_value = advances != 0
+            advances[~is_value] = span
+            where = np.cumsum(advances)
+            where += base
+            stored = where[is_value]
+            out[stored] = vals[done:done + stored.size]
+            done += stored.size
+            base = int(where[-1])
+        return Dense(out.reshape(shape), streams["values"].dtype)
+
+    def _streams(self, streams: dict[str, Symbols | Dense]) -> tuple[np.ndarray, np.ndarray]:
+        """The positions symbols and the values array, their kinds, alphabet, ranks and dtype checked."""
         positions, values = streams.get("positions"), streams.get("values")
         if not isinstance(positions, Symbols) or not isinstance(values, Dense):
             raise FormatError("sparse: needs a symbols stream 'positions' and a dense stream 'values'")
@@ -76,27 +94,26 @@ class Sparse(Stage):
             raise FormatError(f"sparse: values must be 1-D, got shape {list(vals.shape)}")
         if vals.dtype != numpy_dtype(values.dtype):
             raise FormatError(f"sparse: values array does not carry its dtype {values.dtype}")
-        check_output(self.id, size * vals.dtype.itemsize, f"tensor of shape {shape}")  # before allocating it
-        if symbols.size:
-            low, high = int(symbols.min()), int(symbols.max())
-            if low < 0 or high >= self.alphabet:
-                raise FormatError(f"sparse: position symbol {high if high >= self.alphabet else low} is outside "
-                                  f"the alphabet of {self.alphabet}")
-            if symbols[-1] == 0:
-                raise FormatError("sparse: positions end with a filler (an encoder never writes one)")
-        is_value = symbols != 0
-        count = int(np.count_nonzero(is_value))
-        if count != vals.size:
-            raise FormatError(f"sparse: positions name {count} stored elements, values hold {vals.size}")
-        span = self.alphabet - 1
-        advances = np.where(is_value, symbols.astype(np.int64), span)
-        where = np.cumsum(advances) - 1
-        if where.size and int(where[-1]) >= size:
-            raise FormatError(f"sparse: positions reach element {int(where[-1])}, the tensor of shape {shape} "
-                              f"has {size}")
-        out = np.zeros(size, dtype=vals.dtype)
-        out[where[is_value]] = vals
-        return Dense(out.reshape(shape), values.dtype)
+        return symbols, vals
+
+    def _last_position(self, symbols: np.ndarray, n_values: int) -> int:
+        """Check the symbols (alphabet, no trailing filler, one per value) and return the last position they place,
+        by reductions that allocate nothing in proportion to the stream."""
+        if not symbols.size:
+            if n_values:
+                raise FormatError(f"sparse: positions name 0 stored elements, values hold {n_values}")
+            return -1
+        low, high = int(symbols.min()), int(symbols.max())
+        if low < 0 or high >= self.alphabet:
+            raise FormatError(f"sparse: position symbol {high if high >= self.alphabet else low} is outside "
+                              f"the alphabet of {self.alphabet}")
+        if symbols[-1] == 0:
+            raise FormatError("sparse: positions end with a filler (an encoder never writes one)")
+        count = int(np.count_nonzero(symbols))
+        if count != n_values:
+            raise FormatError(f"sparse: positions name {count} stored elements, values hold {n_values}")
+        fillers = symbols.size - count
+        return int(symbols.sum(dtype=np.int64)) + fillers * (self.alphabet - 1) - 1
 
 
 @hookimpl

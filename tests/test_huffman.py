@@ -262,10 +262,10 @@ def test_in_a_real_chain_huffman_changes_nothing(pipeline):
 
 
 def test_hostile_sizes_do_not_allocate_much():
-    """A 22-byte stream claiming 2^24-symbol segments (or 2^53 symbols) stays within a small memory budget."""
+    """A 22-byte stream claiming 2^16-symbol segments (or 2^53 symbols) stays within a small memory budget."""
     import tracemalloc
 
-    header = bytes([2, 0, 0, 0, 1, 1]) + (1 << 24).to_bytes(4, "little") + (4).to_bytes(4, "little")
+    header = bytes([2, 0, 0, 0, 1, 1]) + (1 << 16).to_bytes(4, "little") + (4).to_bytes(4, "little")
     tracemalloc.start()
     try:
         out = Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": 32, "alphabet": 2})
@@ -283,7 +283,7 @@ def stored_segment_size(data: bytes) -> int:
     return int.from_bytes(data[4 + size:8 + size], "little")
 
 
-@given(st.integers(1, 10**8), st.floats(1.0, 16.0), st.sampled_from([1, 3, 100, 4096, 1 << 24]))
+@given(st.integers(1, 10**8), st.floats(1.0, 16.0), st.sampled_from([1, 3, 100, 4096, 1 << 16]))
 def test_segment_size_rule(count, bits_per_symbol, maximum):
     """The documented rule (spec Encoding step 7): about G payload bits or 2048 segments, at most `maximum`."""
     bits = int(count * bits_per_symbol)
@@ -381,3 +381,75 @@ def test_pair_decoder_on_long_streams(count):
     outputs, meta = Huffman(max_bits=14).encode(Symbols(array, 41))
     assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
     assert decode_with("lockstep", outputs["data"].data, meta) == array.tobytes()
+
+
+def _one_symbol_stream(count: int, seg: int) -> bytes:
+    """A valid stream of `count` zeros under a one-symbol code (1 bit each) in segments of `seg` symbols."""
+    nseg = -(-count // seg)
+    sizes = np.full(nseg, -(-seg // 8), dtype=np.int64)
+    sizes[-1] = -(-(count - seg * (nseg - 1)) // 8)
+    ends = np.cumsum(sizes).astype("<u4")
+    return (b"\x01\x00\x00\x00\x01" + seg.to_bytes(4, "little") + ends.tobytes() + bytes(int(ends[-1])))
+
+
+def test_declared_count_is_checked_against_the_decode_bound_before_allocating():
+    """Issue 15 item 2: `count` was only checked against the payload (8 symbols a byte), so a stream could claim
+    8x the decode bound and the decoder allocated it all before the orchestrator's check on the result."""
+    import tracemalloc
+
+    from dcframe import LimitError
+    from dcframe.orchestrator import _OUTPUT_LIMIT
+
+    count = 1 << 22
+    data = _one_symbol_stream(count, 1 << 16)  # 512 KiB payload, legal for 2^22 one-bit symbols
+    assert Huffman().decode({"data": Bytes(data)}, {"count": count, "alphabet": 1}).array.size == count
+    token = _OUTPUT_LIMIT.set(1 << 20)  # a decode whose tensor bound is 1 MiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(LimitError, match="declared count"):
+            Huffman().decode({"data": Bytes(data)}, {"count": count, "alphabet": 1})
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+        _OUTPUT_LIMIT.reset(token)
+
+
+def test_segment_size_is_bounded_in_config_and_stream():
+    """Issue 15 item 4: a segment of up to 2^24 symbols made the vector decoder take 2^24 steps over one lane
+    (41 s, 1.2 GB for a 549-byte stream). Segments are now at most 2^16 symbols, in the config and in the stream."""
+    assert Huffman(segment_size=1 << 16).segment_size == 1 << 16
+    with pytest.raises(ConfigError, match="segment_size"):
+        Huffman.from_config({"segment_size": (1 << 16) + 1})
+    count = (1 << 16) + 1
+    with pytest.raises(FormatError, match="segment size 65537"):
+        Huffman().decode({"data": Bytes(_one_symbol_stream(count, count))}, {"count": count, "alphabet": 1})
+    ok = _one_symbol_stream(count, 1 << 16)
+    assert Huffman().decode({"data": Bytes(ok)}, {"count": count, "alphabet": 1}).array.size == count
+
+
+@pytest.mark.parametrize("nseg, measure", [(1, True), (12, False)])
+def test_long_segments_decode_in_memory_linear_in_the_symbols(nseg, measure):
+    """Streams of maximal segments (the scalar loop below 12 lanes, lockstep from 12 on) decode exactly; the scalar
+    one with a working set of a few bytes a symbol (tracemalloc slows the lockstep's many small steps too much)."""
+    import tracemalloc
+
+    import dcframe_plugins.huffman as module
+
+    rng = np.random.default_rng(nseg)
+    array = (rng.geometric(0.4, nseg << 16) % 32).astype(np.uint8)
+    saved = module.choose_segment_size
+    module.choose_segment_size = lambda count, bits, maximum: maximum
+    try:
+        outputs, meta = Huffman(segment_size=1 << 16).encode(Symbols(array, 32))
+    finally:
+        module.choose_segment_size = saved
+    assert stored_segment_size(outputs["data"].data) == 1 << 16
+    if measure:
+        tracemalloc.start()
+    try:
+        decoded = Huffman().decode(outputs, meta)
+        peak = tracemalloc.get_traced_memory()[1] if measure else 0
+    finally:
+        tracemalloc.stop()
+    assert decoded.array.tobytes() == array.tobytes()
+    assert peak < 16 * array.size + (8 << 20), f"decoding {array.size} symbols cost {peak} bytes"

@@ -82,8 +82,35 @@ def test_integer_tensors_fall_back_to_lossless_next_to_a_fitted_lossy_chain(tmp_
 
     import dcframe
 
-    tensors = {"w": np.linspace(-1, 1, 40, dtype=np.float32), "n": np.arange(5, dtype=np.int32)}
+    tensors = {"w": np.linspace(-1, 1, 40, dtype=np.float32).reshape(4, 10), "n": np.arange(5, dtype=np.int32)}
     report = dcframe.compress(tensors, tmp_path / "m.dcf", pipeline="prune(sparsity=0.5, scope=global) | zstd")
     chains = {t["name"]: t["pipeline"] for t in report["tensors"]}
     assert chains["n"] == "raw | zstd(level=19)" and chains["w"].startswith("prune(")
     assert dcframe.decompress(tmp_path / "m.dcf")["n"].array.tobytes() == tensors["n"].tobytes()
+
+
+def test_a_lossy_pipeline_leaves_rank_0_and_1_tensors_exact_unless_a_rule_names_them(tmp_path):
+    import numpy as np
+
+    import dcframe
+
+    rng = np.random.default_rng(0)
+    tensors = {"fc.weight": rng.normal(size=(30, 20)).astype(np.float32),
+               "fc.bias": rng.normal(size=30).astype(np.float32),
+               "norm.weight": rng.normal(size=20).astype(np.float32),
+               "scale": np.float32(0.3)}
+    path = tmp_path / "m.dcf"
+    report = dcframe.compress(tensors, path, pipeline="kmeans(bits=2) | huffman")
+    chains = {t["name"]: t["pipeline"] for t in report["tensors"]}
+    assert chains["fc.weight"].startswith("kmeans(")
+    out = dcframe.decompress(path)
+    for name in ("fc.bias", "norm.weight", "scale"):
+        assert chains[name] == "raw | zstd(level=19)"
+        assert out[name].array.tobytes() == np.asarray(tensors[name]).tobytes()
+    assert np.unique(out["fc.weight"].array).size <= 4
+    named = dcframe.compress(tensors, path, pipeline="kmeans(bits=2) | huffman",
+                             rules=["*.bias=kmeans(bits=2) | huffman"])
+    chains = {t["name"]: t["pipeline"] for t in named["tensors"]}
+    assert chains["fc.bias"].startswith("kmeans(") and chains["norm.weight"] == "raw | zstd(level=19)"
+    lossless = dcframe.compress(tensors, path, pipeline="zstd(level=3)")  # a lossless pipeline applies to every rank
+    assert {t["pipeline"] for t in lossless["tensors"]} == {"raw | zstd(level=3)"}

@@ -176,3 +176,250 @@ def test_global_scope_uses_one_threshold_across_tensors(tmp_path):
         config = container.chains[0][0]["config"]
     assert config["scope"] == "global" and config["sparsity"] is None
     assert config["threshold"] == float(pruned.max())  # the container records the threshold actually applied
+
+
+# ---- data-aware criteria: wanda (activation side input) and sparsegpt (hessian side input) ----
+
+
+def with_side(dense: Dense, **side) -> Dense:
+    return Dense(dense.array, dense.dtype, side)
+
+
+@st.composite
+def activations(draw, shape):
+    """E[x^2] per weight's input feature: random, with dead inputs (0) and ties if drawn."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    act = rng.exponential(size=shape)
+    if draw(st.booleans()):
+        act = np.round(act * 2) / 2  # ties, and some zeros
+    if draw(st.booleans()):
+        act[rng.random(shape) < 0.2] = 0.0
+    return act
+
+
+def brute_force_wanda(values: np.ndarray, act: np.ndarray, sparsity: float) -> np.ndarray:
+    """The spec's rule, element by element: per row (slice along axis 0) the k lowest (score, |w|, column), no NaN."""
+    rows = values.reshape(1, -1) if values.ndim <= 1 else values.reshape(values.shape[0], math.prod(values.shape[1:]))
+    acts = act.reshape(rows.shape)
+    pruned = np.zeros(rows.shape, bool)
+    for r in range(rows.shape[0]):
+        k = math.floor(sparsity * rows.shape[1] + 0.5)
+        ranked = sorted((abs(float(w)) * math.sqrt(float(a)), abs(float(w)), j)
+                        for j, (w, a) in enumerate(zip(rows[r], acts[r], strict=True)) if not math.isnan(w))
+        for _, _, j in ranked[:k]:
+            pruned[r, j] = True
+        pruned[r] |= rows[r] == 0
+    return pruned.reshape(values.shape)
+
+
+@given(st.data(), weights(), st.floats(0, 1))
+def test_wanda_keeps_exactly_the_per_row_top_scores(data, dense, sparsity):
+    act = data.draw(activations(dense.array.shape))
+    out = prune(with_side(dense, activation=act), sparsity=sparsity, criterion="wanda")
+    expected = brute_force_wanda(dense.values(), act, sparsity)
+    assert (out.values() == 0).tolist() == (expected | (dense.values() == 0)).tolist()
+    assert (out.array[expected].view(f"u{out.array.itemsize}") == 0).all()  # +0.0, BF16 bit patterns too
+    kept = ~expected
+    assert out.array[kept].tobytes() == dense.array[kept].tobytes()  # survivors keep their exact bits
+    assert out.side["activation"] is act  # passed on for the next stage
+    check_stage(Prune(sparsity=sparsity, criterion="wanda"), with_side(dense, activation=act))  # idempotent
+
+
+def test_wanda_prunes_exactly_the_sparsity_in_every_row_and_channel():
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(16, 40)).astype(np.float32)
+    act = rng.exponential(size=40)[None, :].repeat(16, 0)  # E[x_j^2]: the same for every row
+    out = prune(with_side(Dense.of(w), activation=act), sparsity=0.3, criterion="wanda")
+    assert ((out.array == 0).sum(axis=1) == 12).all()  # floor(0.3 * 40 + 0.5) per row
+    conv = rng.normal(size=(6, 4, 3, 3)).astype(np.float32)
+    out = prune(with_side(Dense.of(conv), activation=rng.exponential(size=conv.shape)), sparsity=0.5,
+                criterion="wanda")
+    assert ((out.array == 0).reshape(6, -1).sum(axis=1) == 18).all()  # per output channel
+
+
+def test_wanda_differs_from_magnitude_where_the_inputs_differ():
+    """A large weight on a quiet input goes before a small weight on a loud one; magnitude does the opposite."""
+    w = np.array([[4.0, 1.0, 2.0, 3.0]], np.float32)
+    act = np.array([[0.01, 100.0, 1.0, 1.0]])
+    wanda = prune(with_side(Dense.of(w), activation=act), sparsity=0.5, criterion="wanda")
+    assert wanda.array.tolist() == [[0, 1, 0, 3]]  # scores 0.4, 10, 2, 3
+    assert prune(Dense.of(w), sparsity=0.5).array.tolist() == [[4, 0, 0, 3]]
+
+
+def test_wanda_ties_go_to_the_smaller_magnitude_then_the_earlier_column():
+    w = np.array([[2.0, -1.0, 1.0, 0.5, 3.0, -0.0]], np.float32)
+    act = np.array([[0.25, 1.0, 1.0, 4.0, 0.0, 1.0]])  # scores 1, 1, 1, 1, 0 (dead input), 0
+    out = prune(with_side(Dense.of(w), activation=act), sparsity=4 / 6, criterion="wanda")  # k = 4
+    # (0, |0|), (0, |3|), then among the scores 1: |0.5|, and of the two |1| the earlier column; -0.0 became +0.0
+    assert out.array.tobytes() == np.array([[2, 0, 1, 0, 0, 0]], np.float32).tobytes()
+
+
+def test_default_criterion_is_magnitude_and_stores_no_new_key():
+    stage = Prune(sparsity=0.5)
+    assert stage.criterion == "magnitude" and "criterion" not in stage.get_config()  # files written as before
+    assert Prune(sparsity=0.5, criterion="magnitude").get_config() == stage.get_config()
+    w = np.random.default_rng(5).normal(size=(9, 7)).astype(np.float32)
+    act = np.ones(w.shape)
+    assert prune(Dense.of(w), sparsity=0.5).array.tobytes() == prune(
+        with_side(Dense.of(w), activation=act), sparsity=0.5, criterion="magnitude").array.tobytes()
+    for criterion in ("wanda", "sparsegpt"):
+        s = Prune(sparsity=0.5, criterion=criterion)
+        assert s.get_config() == {"sparsity": 0.5, "threshold": None, "scope": "tensor", "criterion": criterion}
+        assert Prune.from_config(s.get_config()).get_config() == s.get_config()
+        assert repr(parse_pipeline(f"prune(sparsity=0.5, criterion='{criterion}')")[0]) == repr(s)
+        assert s.imposes == frozenset({"zeros"})  # retraining keeps the pruned positions at zero
+
+
+def test_data_aware_criteria_refuse_a_threshold_global_scope_or_unknown_name():
+    for bad in ({"threshold": 0.1, "criterion": "wanda"}, {"sparsity": 0.5, "scope": "global", "criterion": "wanda"},
+                {"threshold": 0.1, "criterion": "sparsegpt"}, {"sparsity": 0.5, "criterion": "obs"},
+                {"sparsity": 0.5, "criterion": None}):
+        with pytest.raises(ConfigError, match="criterion"):
+            Prune.from_config(bad)
+    with pytest.raises(ConfigError, match="scope 'global'"):
+        parse_pipeline("prune(sparsity=0.5, scope='global', criterion='wanda')")
+
+
+def test_missing_or_bad_side_inputs_are_one_line_errors():
+    w = Dense.of(np.ones((3, 4), np.float32))
+    wanda, obs = Prune(sparsity=0.5, criterion="wanda"), Prune(sparsity=0.5, criterion="sparsegpt")
+    cases = [
+        (wanda, w, r"prune: criterion 'wanda' on a tensor of shape \[3, 4\] needs the 'activation' side input.*"
+                   r"--calibration"),
+        (obs, w, r"criterion 'sparsegpt' .*\[3, 4\] needs the 'hessian' side input.*--calibration"),
+        (wanda, with_side(w, activation=np.ones((4, 3))), r"'activation' has shape \[4, 3\], expected \[3, 4\]"),
+        (wanda, with_side(w, activation=np.full((3, 4), np.nan)), "'activation' holds NaN"),
+        (wanda, with_side(w, activation=-np.ones((3, 4))), "negative"),
+        (obs, with_side(w, hessian=np.ones((3, 3))), r"'hessian' has shape \[3, 3\], expected \[4, 4\]"),
+        (obs, with_side(w, hessian=-np.eye(4)), "not positive semi-definite"),
+        (obs, with_side(Dense.of(np.ones((2, 3, 4), np.float32)), hessian=np.eye(4)),
+         r"works on 2-D weights.*shape \[2, 3, 4\].*rule"),
+        (obs, with_side(Dense.of(np.array([[1, np.nan]], np.float32)), hessian=np.eye(2)), "NaN or infinity"),
+    ]
+    for stage, dense, message in cases:
+        with pytest.raises(ConfigError, match=message) as info:
+            stage.encode(dense)
+        assert "\n" not in str(info.value)
+
+
+def test_a_chain_names_the_tensor_that_lacks_its_calibration():
+    from dcframe.orchestrator import encode_tensor
+    chain = build_chain(parse_pipeline("prune(sparsity=0.5, criterion='wanda') | zstd"))
+    with pytest.raises(ConfigError, match=r"tensor 'fc1.weight': prune: criterion 'wanda'.*'activation'"):
+        encode_tensor("fc1.weight", np.ones((3, 4), np.float32), chain)
+
+
+def correlated_inputs(seed: int, n: int, width: int) -> np.ndarray:
+    """Calibration inputs with correlated features of unequal scale, as layer inputs of real networks have."""
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(width, width)) / math.sqrt(width)
+    scale = rng.lognormal(sigma=0.5, size=width)
+    return (rng.normal(size=(n, width)) @ mix + 0.3 * rng.normal(size=(n, width))) * scale
+
+
+def sparsegpt_case(seed: int, rows: int, cols: int, dtype: str = "F32"):
+    x = correlated_inputs(seed, 4 * cols, cols)
+    w = np.random.default_rng(seed + 1).normal(scale=0.1, size=(rows, cols)).astype(np.float32)
+    dense = Dense.of(w, "F32") if dtype == "F32" else Dense.of(np.zeros(w.shape, np.float32), dtype).with_values(w)
+    side = {"hessian": x.T @ x / len(x), "activation": np.broadcast_to((x * x).mean(axis=0), w.shape)}
+    return x, Dense(dense.array, dense.dtype, side)
+
+
+def output_error(x: np.ndarray, before: Dense, after: Dense) -> float:
+    ref = x @ before.values().astype(np.float64).T
+    return float(np.linalg.norm(ref - x @ after.values().astype(np.float64).T) / np.linalg.norm(ref))
+
+
+@pytest.mark.parametrize("seed, rows, cols, sparsity", [(0, 24, 60, 0.5), (1, 16, 300, 0.5), (2, 40, 130, 0.7)])
+def test_sparsegpt_lowers_the_output_error_against_magnitude_and_wanda(seed, rows, cols, sparsity):
+    x, dense = sparsegpt_case(seed, rows, cols)
+    results = {c: prune(dense, sparsity=sparsity, criterion=c) for c in ("magnitude", "wanda", "sparsegpt")}
+    k = math.floor(sparsity * rows * cols + 0.5)
+    assert all(int((r.array == 0).sum()) == k for r in results.values())  # equal sparsity (continuous weights)
+    errors = {c: output_error(x, dense, r) for c, r in results.items()}
+    assert errors["sparsegpt"] < 0.95 * errors["wanda"] and errors["sparsegpt"] < 0.8 * errors["magnitude"], errors
+    assert errors["wanda"] < errors["magnitude"], errors  # inputs of unequal scale: activations matter
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16", "F64"])
+def test_sparsegpt_keeps_the_dtype_writes_positive_zeros_and_moves_the_kept_weights(dtype):
+    x, dense = sparsegpt_case(3, 10, 140, dtype)  # two blocks of columns
+    stage = Prune(sparsity=0.6, criterion="sparsegpt")
+    out = prune(dense, sparsity=0.6, criterion="sparsegpt")
+    assert out.dtype == dense.dtype and out.array.dtype == dense.array.dtype and out.array.shape == (10, 140)
+    zero = out.values() == 0
+    assert int(zero.sum()) == 840 and (out.array[zero].view(f"u{out.array.itemsize}") == 0).all()
+    assert (out.array[~zero] != dense.array[~zero]).mean() > 0.5  # OBS updates moved the survivors
+    check_stage(stage, dense)  # idempotent: its own zeros cost nothing, so encoding again changes no bit
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(1, 9), st.floats(0, 1), st.booleans())
+def test_sparsegpt_is_idempotent_with_dead_inputs_and_small_blocks(seed, rows, cols, sparsity, dead):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3 * cols, cols)) * rng.lognormal(size=cols)
+    if dead:
+        x[:, rng.random(cols) < 0.4] = 0.0  # inputs the layer never sees: H_cc = 0
+    w = rng.normal(size=(rows, cols)).astype(np.float32)
+    dense = Dense(w, "F32", {"hessian": x.T @ x / len(x)})
+    old = prune_module.BLOCK
+    prune_module.BLOCK = 4  # several blocks even on small weights
+    try:
+        once = prune(dense, sparsity=sparsity, criterion="sparsegpt")
+        assert prune(once, sparsity=sparsity, criterion="sparsegpt").array.tobytes() == once.array.tobytes()
+    finally:
+        prune_module.BLOCK = old
+    dead_cols = np.all(x == 0, axis=0)
+    assert (once.array[:, dead_cols] == 0).all()  # weights of dead inputs are zeroed, as the reference does
+    assert int((once.array == 0).sum()) >= math.floor(sparsity * w.size + 0.5)
+
+
+def test_sparsegpt_with_uncorrelated_inputs_is_magnitude_pruning():
+    """H diagonal and equal: no weight's error reaches another and every cost is w^2, so the mask is magnitude's."""
+    w = np.random.default_rng(4).normal(size=(12, 50)).astype(np.float32)
+    out = prune(with_side(Dense.of(w), hessian=np.eye(50) * 3.0), sparsity=0.5, criterion="sparsegpt")
+    assert out.array.tobytes() == prune(Dense.of(w), sparsity=0.5).array.tobytes()
+
+
+def test_wanda_file_decodes_to_the_pruned_tensor(tmp_path):
+    from dcframe.container import ContainerWriter
+    from dcframe.orchestrator import compress_tensors
+    from dcframe.pipeline import Policy
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(20, 30)).astype(np.float32)
+    act = rng.exponential(size=w.shape)
+    policy = Policy(pipeline="prune(sparsity=0.5, criterion='wanda') | sparse | kmeans(bits=8) | huffman")
+    path = tmp_path / "w.dcf"
+    with ContainerWriter(path, None, registry=policy.registry) as writer:
+        for encoded in compress_tensors({"w": w}, policy, side_inputs=lambda name, d: {"activation": act}):
+            writer.add(encoded)
+    out = dcframe.decompress(path)["w"].array
+    expected = prune(with_side(Dense.of(w), activation=act), sparsity=0.5, criterion="wanda").array
+    assert ((out == 0) == (expected == 0)).all()  # the positions wanda chose, through sparse|kmeans|huffman
+    with dcframe.open_container(path) as container:
+        assert container.chains[0][0]["config"]["criterion"] == "wanda"
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_data_aware_prune_is_exact_on_retrained_weights(criterion):
+    """Retraining keeps the zeros and moves the survivors; encoding the result again changes no bit (retrain.py)."""
+    x, dense = sparsegpt_case(9, 8, 150)
+    once = prune(dense, sparsity=0.5, criterion=criterion)
+    factor = np.random.default_rng(10).uniform(0.5, 2.0, size=once.array.shape).astype(np.float32)
+    retrained = Dense(once.array * factor, "F32", dense.side)  # zeros stay +0.0, survivors move
+    again = prune(retrained, sparsity=0.5, criterion=criterion)
+    assert again.array.tobytes() == retrained.array.tobytes()
+
+
+def test_cli_without_a_calibration_is_one_line_naming_tensor_criterion_and_input(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "m.safetensors"
+    dcframe.write_model(path, {"fc.weight": np.ones((4, 6), np.float32)})
+    out = tmp_path / "m.dcf"
+    result = subprocess.run([sys.executable, "-m", "dcframe.cli", "compress", str(path), "-o", str(out), "-p",
+                             "prune(sparsity=0.5, criterion='wanda') | zstd"], capture_output=True, text=True)
+    line = result.stderr.strip()
+    assert result.returncode == 1 and "Traceback" not in line and "\n" not in line, result.stderr
+    for needle in ("fc.weight", "criterion 'wanda'", "'activation'", "--calibration"):
+        assert needle in line, line
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))  # nothing half-written

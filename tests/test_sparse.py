@@ -182,3 +182,45 @@ def test_worked_example_of_the_spec():
     streams, back = encode_decode(Dense.of(x), 3)
     assert streams["positions"].array.tolist() == [0, 1, 1, 7, 0, 0, 2, 0, 0, 5]  # spec/stages/sparse.md, Encoding
     assert back.array.tobytes() == x.tobytes()
+
+
+def _peak(fn) -> tuple[object, int]:
+    """Run fn under tracemalloc; return its result (or the DcfError it raised) and the peak bytes it allocated."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        try:
+            result = fn()
+        except dcframe.DcfError as exc:
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_long_filler_stream_is_refused_without_64_bit_temporaries():
+    """Issue 15 item 1: 2^25 fillers with index_bits=1 reach far beyond a 2^20-element tensor. The old decoder built
+    int64 arrays over every symbol (about 0.5 GB here) before its range check; now the check is a reduction."""
+    symbols = np.zeros((1 << 25) + 1, dtype=np.uint8)
+    symbols[-1] = 1
+    stage = Sparse(index_bits=1)
+    streams = {"positions": Symbols(symbols, 2), "values": Dense(np.ones(1, np.float32), "F32")}
+    err, peak = _peak(lambda: stage.decode(streams, {"shape": [1 << 20]}))
+    assert isinstance(err, FormatError) and "reach element 33554432" in str(err)
+    assert peak < 1 << 20, f"refusing cost {peak} bytes"
+
+
+def test_long_positions_decode_chunk_by_chunk_in_bounded_memory():
+    """A legal stream of several CHUNKs of fillers and values decodes exactly, with memory of the output plus a few
+    chunks' temporaries (not 16+ bytes per symbol)."""
+    from dcframe_plugins import sparse as sparse_module
+    n = 3 * sparse_module.CHUNK + 12345
+    dense = np.zeros(n, np.float32)
+    dense[np.random.default_rng(3).choice(n, 900, replace=False)] = 1.5
+    dense[-1] = 2.0
+    stage = Sparse(index_bits=1)  # one symbol per element: n symbols, nearly all fillers
+    streams, meta = stage.encode(Dense.of(dense))
+    assert streams["positions"].array.size > 3 * sparse_module.CHUNK
+    back, peak = _peak(lambda: stage.decode(streams, meta))
+    assert back.array.tobytes() == dense.tobytes()
+    assert peak < dense.nbytes + 6 * 8 * sparse_module.CHUNK, f"decoding cost {peak} bytes"

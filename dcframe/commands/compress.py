@@ -12,6 +12,19 @@ from ..modelio import read_model
 from ..orchestrator import default_jobs
 
 SMALL_MODEL = 8 << 20  # bytes of tensors below which --jobs is ignored
+MOVED_WARN = 0.05  # relative RMS error of a tensor beyond which compress warns (no retraining follows it)
+
+
+def moved_warning(report: dict) -> str | None:
+    """One line when lossy tensors moved far from their values (RMS error / the tensor's RMS), else None."""
+    moved = [t for t in report["tensors"] if t.get("rel_rms", 0.0) > MOVED_WARN]
+    if not moved:
+        return None
+    worst = max(moved, key=lambda t: t["rel_rms"])
+    return (f"{len(moved)} of {len(report['tensors'])} tensors moved more than {MOVED_WARN:.0%} of their RMS "
+            f"(worst: '{worst['name']}', {worst['rel_rms']:.0%}) and nothing retrains them: a pretrained model may "
+            f"be badly hurt. Check its outputs; try --preset pretrained (or with --calibration, "
+            f"pretrained-calibrated), or retrain (README: 'Compressing a pretrained model you cannot retrain')")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -25,6 +38,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--rule", action="append", default=[], metavar="GLOB=PIPELINE",
                    help="chain for tensors whose name matches GLOB (or 'dim:N=...' for rank N, 'dim:N+=...' for "
                         "rank N or more); first match wins")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="calibration statistics (from `dcframe calibrate`) for data-aware stages: "
+                        'prune(criterion="wanda"), kmeans(weighting="activation"); not stored in the output')
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="user metadata to store")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="tensors compressed in parallel by N processes (default: the number of cores; "
@@ -55,9 +71,13 @@ def run(args: argparse.Namespace) -> int:
         jobs = 1  # starting processes costs more than it saves; the bytes are the same either way
     with console.progress_bar(total, "compressing", enabled=not args.quiet) as advance:
         report = compress(tensors, output, pipeline=args.pipeline, preset=args.preset, rules=args.rule,
-                          metadata=metadata, progress=advance, jobs=jobs, stats=not args.no_stats)
+                          metadata=metadata, progress=advance, jobs=jobs, stats=not args.no_stats,
+                          calibration=args.calibration)
     if args.json:
         console.print_json(report)
     else:
         console.report_tables(report)
+    warning = moved_warning(report)
+    if warning:
+        console.warn(warning)
     return 0

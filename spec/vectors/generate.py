@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import zstandard
 
 import dcframe
 from dcframe import Dense
@@ -434,6 +435,13 @@ def generate(root: Path) -> None:
                 ["sparse", "huffman", "raw", "dtype:F64"], pipeline="sparse(index_bits=4) | huffman", lossless=True)
     g.add_valid("prune-zstd", {"w": laplace(50, (40, 40))}, "prune(sparsity=0.5) | zstd: the dense stream stays dense.",
                 ["prune", "zstd"], pipeline="prune(sparsity=0.5) | zstd", lossless=False)
+    wanda = laplace(55, (12, 20))
+    activation = np.random.default_rng(56).exponential(size=(1, 20)).repeat(12, axis=0)
+    g.add_valid("prune-wanda-zstd", {"w": Dense(wanda, "F32", {"activation": activation})},
+                "prune(sparsity=0.5, criterion='wanda') | zstd: the stored config names the criterion; decoding is "
+                "the identity as for magnitude (the activation side input is not stored).",
+                ["prune", "prune:criterion", "zstd"], pipeline="prune(sparsity=0.5, criterion='wanda') | zstd",
+                lossless=False)
     g.add_valid("kmeans-raw", {"w": laplace(51, (30, 30)), "w64": laplace(52, (5, 5), dtype="float64")},
                 "kmeans(bits=3) | raw: codebook lookup with 1-byte indices.", ["kmeans", "raw"],
                 pipeline="kmeans(bits=3)", lossless=False)
@@ -640,11 +648,17 @@ def add_invalid_stage_vectors(g: Generator) -> None:
                   "huffman: one zero byte appended to the last segment (its codes no longer end in its last byte).",
                   ["huffman", "huffman:exact-bits"], tensor="w")
 
-    def big_count(meta: dict[str, Any]) -> None:
-        meta["count"] = 2**40
-    g.add_invalid("huffman-count-over-payload", rewrite(sh, step_meta_edit(0, 1, 0, big_count)), "FormatError",
-                  "huffman: meta count 2^40, more symbols than the payload can hold (checked before allocating).",
+    def set_count(count: int) -> Callable[[dict[str, Any]], None]:
+        def fn(meta: dict[str, Any]) -> None:
+            meta["count"] = count
+        return fn
+    g.add_invalid("huffman-count-over-payload", rewrite(sh, step_meta_edit(0, 1, 0, set_count(10**6))), "FormatError",
+                  "huffman: meta count 10^6, within the decode bound but more symbols than the payload can hold.",
                   ["huffman", "allocation"], tensor="w")
+    g.add_invalid("huffman-count-over-bound", rewrite(sh, step_meta_edit(0, 1, 0, set_count(2**40))), "LimitError",
+                  "huffman: meta count 2^40, over the tensor's decode bound: the bound is checked first, where the "
+                  "count is declared (FORMAT.md section 8), before the stream is read.",
+                  ["huffman", "allocation", "limit:decode-bound"], tensor="w")
 
     def drop_last_entry(meta: dict[str, Any]) -> None:
         meta["codebook"] = meta["codebook"][:-4]
@@ -677,10 +691,82 @@ def add_invalid_stage_vectors(g: Generator) -> None:
     g.add_invalid("raw-symbol-over-alphabet", rewrite(sf, stream_edit(0, "positions", lambda b: b"\x08" + b[1:])),
                   "FormatError", "raw: a position symbol 8 with alphabet 8.", ["raw", "symbols"], tensor="runs")
 
+    add_invalid_stage_vectors_round2(g)
+
     def bad_prune_config(index: dict[str, Any], tensors: list[Any]) -> None:
         index["chains"][0][0]["config"]["sparsity"] = 1.5
     g.add_invalid("prune-bad-config", rewrite(pz, bad_prune_config), "FormatError",
                   "prune: sparsity 1.5 in the stored config.", ["prune", "config"], tensor="w")
+
+    def prune_config(**changes: Any) -> Callable[..., None]:
+        def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+            index["chains"][0][0]["config"].update(changes)
+        return edit
+    g.add_invalid("prune-bad-criterion", rewrite(pz, prune_config(criterion="obs")), "FormatError",
+                  "prune: criterion 'obs' in the stored config.", ["prune", "prune:criterion", "config"], tensor="w")
+    g.add_invalid("prune-wanda-global", rewrite(pz, prune_config(criterion="wanda", scope="global")), "FormatError",
+                  "prune: criterion 'wanda' with scope 'global' (it takes a sparsity per tensor only).",
+                  ["prune", "prune:criterion", "config"], tensor="w")
+
+
+def add_invalid_stage_vectors_round2(g: Generator) -> None:
+    """Issue 15: one stream per codec and nothing after it, integers that are not booleans, BOOL bytes, stored
+    configs, segment sizes."""
+    zs, lz, bz, hs, base = (g.sources[n] for n in ("lossless-zstd", "lossless-lzma", "lossless-bz2",
+                                                   "huffman-segments", "dtypes-raw"))
+    _, zt = parse(zs)
+    first = zt[0][0]["name"]
+    names = [rec["name"] for rec, _ in zt]
+    empty = names.index("empty_f32")
+    zstd = zstandard.ZstdCompressor(level=3)
+    skippable = struct.pack("<II", 0x184D2A50, 4) + b"skip"
+    for name, tail, what in (("two-frames", zstd.compress(b"\x00" * 8), "a second frame"),
+                             ("trailing-empty-frame", zstd.compress(b""), "an empty frame"),
+                             ("trailing-skippable-frame", skippable, "a skippable frame")):
+        g.add_invalid(f"zstd-{name}", rewrite(zs, stream_edit(0, "data", lambda b, t=tail: b + t)), "FormatError",
+                      f"zstd: the tensor's frame followed by {what} (one frame, nothing after it).", ["zstd"],
+                      tensor=first)
+
+    def wide_window(b: bytes) -> bytes:
+        frame = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(
+            zstandard.ZstdDecompressor().decompress(b))
+        return frame[:5] + bytes([14 << 3]) + frame[6:]  # window descriptor: 16 MiB for 96 bytes of output
+    g.add_invalid("zstd-window-too-large", rewrite(zs, stream_edit(0, "data", wide_window)), "FormatError",
+                  "zstd: a frame asking for a 16 MiB window to produce 96 bytes (over max(size, 1 MiB)).", ["zstd"],
+                  tensor=first)
+    g.add_invalid("zstd-empty-truncated", rewrite(zs, stream_edit(empty, "data", lambda b: b[:6])), "FormatError",
+                  "zstd: meta size 0 and the empty frame cut to its 6-byte header (no last block).", ["zstd"],
+                  tensor="empty_f32")
+
+    def size_true(meta: dict[str, Any]) -> None:
+        meta["size"] = True
+    ones = [i for i, n in enumerate(names) if n == "scalar_bool"][0]
+    g.add_invalid("zstd-size-true", rewrite(zs, step_meta_edit(ones, 1, 0, size_true)), "FormatError",
+                  "zstd: meta size true for a 1-byte stream (a msgpack bool is not an int).", ["zstd", "msgpack"],
+                  tensor="scalar_bool")
+
+    def level_99(index: dict[str, Any], tensors: list[Any]) -> None:
+        index["chains"][0][1]["config"]["level"] = 99
+    g.add_invalid("zstd-level-99", rewrite(zs, level_99), "FormatError",
+                  "zstd: stored config level 99 (outside -7..22): a reader validates every stored config, even keys "
+                  "its decoder does not use.", ["zstd", "config"], tensor=first)
+    for comp, src in (("lzma", lz), ("bz2", bz)):
+        g.add_invalid(f"{comp}-trailing-data", rewrite(src, stream_edit(0, "data", lambda b: b + b"\x00\x01")),
+                      "FormatError", f"{comp} stream followed by 2 stray bytes (readers that declare {comp} "
+                      "unsupported raise MissingStageError instead).", [comp], tensor=first)
+
+    _, bt = parse(base)
+    b_i = [rec["name"] for rec, _ in bt].index("bool")
+    g.add_invalid("raw-bool-byte-2", rewrite(base, stream_edit(b_i, "data", lambda b: b[:1] + b"\x02" + b[2:])),
+                  "FormatError", "raw: a BOOL tensor holding the byte 2 (a BOOL byte is 0 or 1).",
+                  ["raw", "dtype:BOOL"], tensor="bool")
+
+    def segment_65537(b: bytes) -> bytes:
+        t = int.from_bytes(b[:4], "little")
+        return b[:4 + t] + (2**16 + 1).to_bytes(4, "little") + b[8 + t:]
+    g.add_invalid("huffman-segment-over-limit", rewrite(hs, stream_edit(0, "data", segment_65537)), "FormatError",
+                  "huffman: a stored segment size of 2^16 + 1 symbols (the limit is 2^16).",
+                  ["huffman", "huffman:segments"], tensor="w")
 
 
 def _first_chunk_pos(data: bytes) -> int:

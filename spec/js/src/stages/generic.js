@@ -3,6 +3,7 @@ import * as zlib from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
 import { FormatError, LimitError, MissingStageError } from '../errors.js';
 import { isInt, isMap } from '../mp.js';
+import { checkConfig, intIn } from './config.js';
 
 function metaSize(id, meta, ctx = {}) {
   if (!isMap(meta) || !isInt(meta.size) || meta.size < 0) throw new FormatError(`${id}: missing or bad size in meta`);
@@ -15,7 +16,8 @@ export const zlibStage = {
   version: 1,
   takes: ['bytes'],
   outputs: [{ name: 'data', kind: 'bytes' }],
-  decode([input], meta, _config, ctx) {
+  decode([input], meta, config, ctx) {
+    checkConfig('zlib', config, { level: intIn(0, 9) });
     const size = metaSize('zlib', meta, ctx);
     let res;
     try {
@@ -63,7 +65,25 @@ function zstdHeader(d) {
     for (let i = fcsBytes - 1; i >= 0; i--) fcs = fcs * 256 + d[p + i];
     if (fcsBytes === 2) fcs += 256;
   }
-  return { window: single ? fcs : window, contentSize: fcs };
+  return { window: single ? fcs : window, contentSize: fcs, checksum: (fhd >> 2) & 1, headerSize: p + fcsBytes };
+}
+
+// The byte length of the one frame at the start of `d` (RFC 8878 3.1.1): its header, every block up to the last
+// (3-byte header: last flag, type, size), then the 4-byte checksum if the header asks for one. A stream that ends
+// inside the frame is truncated; bytes after it (another frame, skippable or not) are trailing data.
+function zstdFrameLength(d, h) {
+  let p = h.headerSize;
+  for (;;) {
+    if (p + 3 > d.length) throw new FormatError('zstd: stream is truncated (it ends inside the frame)');
+    const bh = d[p] | (d[p + 1] << 8) | (d[p + 2] << 16);
+    const type = (bh >> 1) & 3, bsize = bh >>> 3;
+    if (type === 3) throw new FormatError('zstd: reserved block type');
+    p += 3 + (type === 1 ? 1 : bsize);
+    if (bh & 1) break;
+  }
+  p += 4 * h.checksum;
+  if (p > d.length) throw new FormatError('zstd: stream is truncated (it ends inside the frame)');
+  return p;
 }
 
 export const zstdStage = {
@@ -71,9 +91,12 @@ export const zstdStage = {
   version: 1,
   takes: ['bytes'],
   outputs: [{ name: 'data', kind: 'bytes' }],
-  decode([input], meta, _config, ctx) {
+  decode([input], meta, config, ctx) {
+    checkConfig('zstd', config, { level: intIn(-7, 22) });
     const size = metaSize('zstd', meta, ctx);
     const h = zstdHeader(input.data);
+    const length = zstdFrameLength(input.data, h);
+    if (length !== input.data.length) throw new FormatError(`zstd: ${input.data.length - length} bytes follow the end of the frame`);
     if (h.contentSize !== null && h.contentSize !== size) {
       throw new FormatError(`zstd: frame content size ${h.contentSize} differs from meta size ${size}`);
     }

@@ -1,6 +1,9 @@
 // Stage `huffman` (spec/stages/huffman.md): canonical length-limited Huffman code, segmented LSB-first payload.
-import { FormatError } from '../errors.js';
+import { FormatError, LimitError } from '../errors.js';
 import { isInt, isMap } from '../mp.js';
+import { checkConfig, intIn } from './config.js';
+
+export const MAX_SEGMENT = 2 ** 16;
 
 function u32(d, o) {
   return (d[o] | (d[o + 1] << 8) | (d[o + 2] << 16) | (d[o + 3] << 24)) >>> 0;
@@ -36,9 +39,13 @@ function readMeta(meta) {
   return { N, A };
 }
 
-export function huffmanDecode(data, meta) {
+export function huffmanDecode(data, meta, ctx = {}) {
   const { N, A } = readMeta(meta);
   const Out = A <= 256 ? Uint8Array : Uint16Array;
+  // The decode bound is checked where the count is declared, before the stream is read (FORMAT.md 8).
+  if (ctx.outputLimit !== undefined && N * Out.BYTES_PER_ELEMENT > ctx.outputLimit) {
+    throw new LimitError(`huffman: ${N} symbols of ${Out.BYTES_PER_ELEMENT} bytes over the decode bound ${ctx.outputLimit}`);
+  }
   if (N === 0) {
     if (data.length !== 0) throw new FormatError('huffman: non-empty stream for 0 symbols');
     return { kind: 'symbols', alphabet: A, data: new Out(0) };
@@ -61,7 +68,7 @@ export function huffmanDecode(data, meta) {
   if (nused === 0) throw new FormatError('huffman: table has no used symbol');
   if (nused === 1 ? maxlen !== 1 : kraft !== 65536) throw new FormatError('huffman: code lengths do not form a complete prefix code');
   const S = u32(data, 4 + T);
-  if (S < 1 || S > 2 ** 24) throw new FormatError(`huffman: segment size ${S} outside 1..2^24`);
+  if (S < 1 || S > MAX_SEGMENT) throw new FormatError(`huffman: segment size ${S} outside 1..2^16`);
   const K = Math.ceil(N / S);
   const rest = data.length - 8 - T;
   if (4 * K > rest) throw new FormatError(`huffman: stream too short for ${K} segment offsets`);
@@ -166,7 +173,7 @@ export function huffmanEncode(input, config) {
   const maxBits = isMap(config) && config.max_bits !== undefined ? config.max_bits : 12;
   const S = isMap(config) && config.segment_size !== undefined ? config.segment_size : 4096;
   if (!isInt(maxBits) || maxBits < 1 || maxBits > 16) throw new FormatError(`huffman: max_bits ${maxBits} outside 1..16`);
-  if (!isInt(S) || S < 1 || S > 2 ** 24) throw new FormatError(`huffman: segment_size ${S} outside 1..2^24`);
+  if (!isInt(S) || S < 1 || S > MAX_SEGMENT) throw new FormatError(`huffman: segment_size ${S} outside 1..2^16`);
   if (!isInt(A) || A < 1 || A > 65536) throw new FormatError(`huffman: alphabet ${A} outside 1..2^16`);
   const sym = input.data;
   const N = sym.length;
@@ -218,8 +225,9 @@ export const huffman = {
   version: 1,
   takes: ['symbols'],
   outputs: [{ name: 'data', kind: 'bytes' }],
-  decode([input], meta) {
-    return huffmanDecode(input.data, meta);
+  decode([input], meta, config, ctx) {
+    checkConfig('huffman', config, { max_bits: intIn(1, 16), segment_size: intIn(1, MAX_SEGMENT) });
+    return huffmanDecode(input.data, meta, ctx);
   },
   encode(input, config) {
     return huffmanEncode(input, config);

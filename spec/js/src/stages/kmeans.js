@@ -1,7 +1,8 @@
 // Stage `kmeans` (spec/stages/kmeans.md): decoding is a codebook lookup copying raw element bytes; the encoder is a
 // plain 1-D Lloyd k-means (linear init) keeping the invariants of the page's Encoding step 7.
-import { FormatError } from '../errors.js';
+import { FormatError, LimitError } from '../errors.js';
 import { isInt, isMap } from '../mp.js';
+import { checkConfig, intIn, oneOf, orNull } from './config.js';
 import { DTYPES, bitsView } from '../dtypes.js';
 
 const FLOATS = new Set(['F64', 'F32', 'F16', 'BF16']);
@@ -10,7 +11,7 @@ function checkMeta(meta) {
   if (!isMap(meta)) throw new FormatError('kmeans: meta is not a map');
   const { dtype, shape, codebook } = meta;
   if (!FLOATS.has(dtype)) throw new FormatError(`kmeans: dtype ${JSON.stringify(dtype)} is not F64, F32, F16 or BF16`);
-  if (!Array.isArray(shape) || shape.length > 64) throw new FormatError('kmeans: shape missing or over 64 dimensions');
+  if (!Array.isArray(shape) || shape.length > 32) throw new FormatError('kmeans: shape missing or over 32 dimensions');
   let count = 1;
   for (const d of shape) {
     if (!isInt(d) || d < 0) throw new FormatError(`kmeans: bad dimension ${d}`);
@@ -24,11 +25,30 @@ function checkMeta(meta) {
   return { dtype, shape, codebook, count, K };
 }
 
-export function kmeansDecode(indices, meta) {
+const CONFIG = {
+  bits: orNull(intIn(1, 16)),
+  clusters: orNull(intIn(1, 65536)),
+  init: oneOf('linear', 'density', 'random', 'kmeans++'),
+  max_iter: intIn(0, 2 ** 20),
+  tol: (v) => typeof v === 'number' && v >= 0 && Number.isFinite(v),
+  seed: intIn(0, Number.MAX_SAFE_INTEGER),
+  method: oneOf('lloyd', 'optimal'),
+};
+
+export function checkKmeansConfig(config) {
+  const c = checkConfig('kmeans', config, CONFIG);
+  if (c.bits !== undefined && c.bits !== null && c.clusters !== undefined && c.clusters !== null) {
+    throw new FormatError('kmeans: stored config gives both bits and clusters');
+  }
+}
+
+export function kmeansDecode(indices, meta, ctx = {}) {
   const { dtype, shape, codebook, count, K } = checkMeta(meta);
   const idx = indices.data;
   if (idx.length !== count) throw new FormatError(`kmeans: ${idx.length} indices for ${count} elements`);
   for (let i = 0; i < idx.length; i++) if (idx[i] >= K) throw new FormatError(`kmeans: index ${idx[i]} at ${i} not below ${K}`);
+  const bytes = count * DTYPES[dtype].size;
+  if (ctx.outputLimit !== undefined && bytes > ctx.outputLimit) throw new LimitError(`kmeans: ${bytes} bytes of output over the decode bound ${ctx.outputLimit}`);
   const T = DTYPES[dtype].array;
   const book = new T(codebook.slice().buffer);           // aligned copy of the K values
   const out = new T(count);
@@ -149,8 +169,9 @@ export const kmeans = {
   version: 1,
   takes: ['dense'],
   outputs: [{ name: 'indices', kind: 'symbols' }],
-  decode([indices], meta) {
-    return kmeansDecode(indices, meta);
+  decode([indices], meta, config, ctx) {
+    checkKmeansConfig(config);
+    return kmeansDecode(indices, meta, ctx);
   },
   encode(input, config) {
     return kmeansEncode(input, config);

@@ -3,6 +3,7 @@ import { FormatError } from '../errors.js';
 import { isMap } from '../mp.js';
 
 const FLOATS = new Set(['F64', 'F32', 'F16', 'BF16']);
+const CRITERIA = new Set(['magnitude', 'wanda', 'sparsegpt']);
 
 function isNumber(v) {
   return typeof v === 'number';
@@ -15,6 +16,12 @@ export function checkPruneConfig(config) {
   if (s !== null && (!isNumber(s) || !(s >= 0 && s <= 1))) throw new FormatError(`prune: sparsity ${s} outside 0..1`);
   if (t !== null && (!isNumber(t) || !(t >= 0))) throw new FormatError(`prune: bad threshold ${t}`);
   if (scope !== 'tensor' && scope !== 'global') throw new FormatError(`prune: scope ${JSON.stringify(scope)}`);
+  // `criterion` is absent in magnitude files; when present (even null) it must name a criterion
+  const criterion = Object.hasOwn(config, 'criterion') ? config.criterion : 'magnitude';
+  if (!CRITERIA.has(criterion)) throw new FormatError(`prune: criterion ${JSON.stringify(criterion)}`);
+  if (criterion !== 'magnitude' && (t !== null || scope !== 'tensor')) {
+    throw new FormatError(`prune: criterion ${criterion} takes a sparsity with scope tensor only`);
+  }
 }
 
 export const prune = {

@@ -2,6 +2,7 @@
 import { FormatError } from '../errors.js';
 import { isInt, isMap } from '../mp.js';
 import { DTYPES, bytesToTyped, checkShape, dtypeInfo, typedToBytes } from '../dtypes.js';
+import { checkConfig } from './config.js';
 
 function symbolWidth(alphabet) {
   return alphabet <= 256 ? 1 : alphabet <= 65536 ? 2 : 4;
@@ -13,7 +14,8 @@ export const raw = {
   takes: ['dense', 'symbols'],
   outputs: [{ name: 'data', kind: 'bytes' }],
 
-  decode([input], meta) {
+  decode([input], meta, config) {
+    checkConfig('raw', config, {});
     const bytes = input.data;
     if (!isMap(meta)) throw new FormatError('raw: meta is not a map');
     if (Object.hasOwn(meta, 'dtype')) {
@@ -21,6 +23,9 @@ export const raw = {
       const n = checkShape(meta.shape, 'raw');
       if (bytes.length !== n * size) {
         throw new FormatError(`raw: ${bytes.length} bytes for ${n} elements of ${meta.dtype}`);
+      }
+      if (meta.dtype === 'BOOL') {
+        for (let i = 0; i < n; i++) if (bytes[i] > 1) throw new FormatError(`raw: BOOL byte ${bytes[i]} at ${i} (only 0 and 1 are booleans)`);
       }
       return { kind: 'dense', dtype: meta.dtype, shape: meta.shape.slice(), data: bytesToTyped(bytes, meta.dtype) };
     }

@@ -2,8 +2,10 @@
 import { FormatError, LimitError } from '../errors.js';
 import { isInt, isMap } from '../mp.js';
 import { DTYPES, bitsView } from '../dtypes.js';
+import { checkConfig, intIn } from './config.js';
 
 function indexBits(config) {
+  checkConfig('sparse', config, { index_bits: intIn(1, 16) });
   const b = isMap(config) && config.index_bits !== undefined ? config.index_bits : 5;
   if (!isInt(b) || b < 1 || b > 16) throw new FormatError(`sparse: index_bits ${b} outside 1..16`);
   return b;
