@@ -77,18 +77,89 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"ext type {code} is not allowed in a .dcf file")
 
 
-def _unpack(data: bytes, what: str, offset: int) -> Any:
-    """msgpack-decode untrusted bytes with every length bounded by the input; no ext types, no timestamps.
+MAX_DEPTH = 32  # arrays and maps nested in one msgpack object, the outermost counting as 1 (FORMAT.md section 2)
+MAX_INT = (1 << 53) - 1  # integers a reader accepts: what JavaScript reads exactly (FORMAT.md section 2)
+BYTES_PER_CONTAINER = 8  # an object of n bytes may hold at most 64 + n / 8 arrays and maps (FORMAT.md section 8.1)
+OBJECT_FACTOR = 32  # Python objects built from n bytes of msgpack stay under 32 n bytes (tests/bench: worst 29)
 
-    Any failure becomes a FormatError naming what and where.
-    """
+
+class _Rejected(ValueError):
+    """A msgpack object breaks a rule of FORMAT.md section 2 (raised inside msgpack's hooks)."""
+
+
+def _hooks(n: int, left: list[int]) -> dict[str, Any]:
+    """msgpack hooks that count arrays and maps against the budget of an n-byte object (`left[0]`, spent as they
+    are built) and check map keys."""
+
+    def spend() -> None:
+        left[0] -= 1
+        if left[0] < 0:
+            raise _Rejected(f"more than {64 + n // BYTES_PER_CONTAINER} arrays and maps in {n} bytes")
+
+    def pairs(items: list[tuple[Any, Any]]) -> dict[str, Any]:
+        spend()
+        out = dict(items)
+        if len(out) != len(items):
+            raise _Rejected("a map repeats a key")
+        if not all(type(k) is str for k in out):
+            raise _Rejected("a map key is not a string")
+        return out
+
+    def array(items: list[Any]) -> list[Any]:
+        spend()
+        return items
+
+    return {"object_pairs_hook": pairs, "list_hook": array}
+
+
+def _unpack(data: bytes, what: str, offset: int) -> tuple[Any, bool]:
+    """msgpack-decode untrusted bytes: every length bounded by the input, at most 64 + n/8 arrays and maps, string
+    keys only and no key twice, no ext types or timestamps, nothing left over. Any failure is one FormatError
+    naming what and where (the budget bounds the Python objects built from n bytes, FORMAT.md 8.1).
+
+    Also returns whether depth and integer range need _check_plain: not when the object has at most MAX_DEPTH
+    arrays and maps (so it cannot nest deeper) and no int64/uint64 type byte anywhere in it (integers beyond
+    +-2^53 need one), which spares valid records a walk."""
     n = len(data)
+    budget = 64 + n // BYTES_PER_CONTAINER
+    left = [budget]
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=n, max_str_len=n,
-                               max_array_len=n, max_map_len=n // 2, max_ext_len=0, ext_hook=_no_ext,
-                               use_list=True)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=n, max_str_len=n,
+                              max_array_len=n, max_map_len=n // 2, max_ext_len=0, ext_hook=_no_ext,
+                              use_list=True, **_hooks(n, left))
+        return obj, budget - left[0] > MAX_DEPTH or b"\xcf" in data or b"\xd3" in data
+    except _Rejected as exc:
+        raise FormatError(f"{what} at byte {offset}: {exc}") from None
+    except msgpack.StackError:
+        raise FormatError(f"{what} at byte {offset} nests deeper than {MAX_DEPTH} levels") from None
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise FormatError(f"{what} at byte {offset} is not valid msgpack ({type(exc).__name__}: {exc})") from None
+
+
+def _check_plain(value: Any, what: str) -> None:
+    """Free-form msgpack data (configs, metas, stats, unknown keys): at most MAX_DEPTH levels of arrays and maps,
+    integers within +-(2^53 - 1). Walks with an explicit stack, so a deep value cannot overflow Python's."""
+    stack = [([value], 0)]
+    while stack:
+        items, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FormatError(f"{what}: arrays and maps nest deeper than {MAX_DEPTH} levels")
+        ints = [x for x in items if type(x) is int]  # min and max in C; no per-item objects are kept
+        if ints and not -MAX_INT <= min(ints) <= max(ints) <= MAX_INT:
+            bad = next(x for x in ints if not -MAX_INT <= x <= MAX_INT)
+            raise FormatError(f"{what}: integer {bad} is outside +-(2^53 - 1)")
+        del ints
+        stack.extend((x.values() if type(x) is dict else x, depth + 1) for x in items if type(x) in _NESTED)
+
+
+_NESTED = (list, dict)
+
+
+def _plain_fields(obj: dict[str, Any], skip: tuple[str, ...], what: str, walk: bool) -> None:
+    """_check_plain over every field of a map except those `skip` names (checked field by field elsewhere), if
+    `walk` (from _unpack) says it is needed."""
+    if walk:
+        _check_plain({k: v for k, v in obj.items() if k not in skip}, what)
 
 
 def chain_descriptor(chain: Chain, registry: Registry) -> list[dict[str, Any]]:
@@ -267,7 +338,7 @@ def write_container(path: str | os.PathLike, tensors: Iterable[EncodedTensor],
     return writer.close()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """Where one tensor's record lies in the file."""
 
@@ -321,6 +392,7 @@ class Container:
         return FormatError(f"{self.path}: {what}")
 
     def _read_index(self) -> None:
+        """Trailer, then the index: everything here is checked when the file is opened (FORMAT.md 8.2)."""
         if self.size < len(MAGIC) + TRAILER.size:
             raise FormatError(f"{self.path}: not a .dcf container (only {self.size} bytes)")
         if self._read_at(0, len(MAGIC), "magic") != MAGIC:
@@ -330,56 +402,95 @@ class Container:
             raise FormatError(f"{self.path}: the trailer is missing: the file is truncated or not a .dcf container")
         if length > self.limits.max_index_bytes:
             raise LimitError(f"{self.path}: index of {length} bytes exceeds the limit of {self.limits.max_index_bytes}")
+        if offset + length > self.size - TRAILER.size:
+            raise LimitError(f"{self.path}: index at byte {offset} ({length} bytes) runs past the trailer of the "
+                             f"{self.size}-byte file")
         if offset < len(MAGIC) or offset + length != self.size - TRAILER.size:
-            raise LimitError(f"{self.path}: index offset {offset} and length {length} do not fit the file")
+            raise self._fail(f"index at byte {offset} ({length} bytes) does not end at the trailer")
         data = self._read_at(offset, length, "index")
         if _crc(data) != crc:
             raise IntegrityError(f"{self.path}: index checksum mismatch at byte {offset}: the file is damaged")
-        index = _unpack(data, f"{self.path}: index", offset)
+        index, walk = _unpack(data, f"{self.path}: index", offset)
+        del data
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise self._fail("index is not a dcf index map")
+        _plain_fields(index, ("tensors",), f"{self.path}: index", walk)
         version = index.get("version")
-        if not (isinstance(version, list) and len(version) == 2 and all(isinstance(v, int) for v in version)):
+        if not (isinstance(version, list) and len(version) == 2 and all(_is_int(v) for v in version)):
             raise self._fail(f"bad format version {version!r}")
         if version[0] != VERSION[0]:
             raise FormatError(f"{self.path}: format version {version[0]}.{version[1]} is not supported by this "
                               f"reader (major {VERSION[0]}); upgrade dcframe")
         self.version = tuple(version)
-        self.producer = str(index.get("producer", ""))
-        metadata = index.get("metadata", {})
-        self.metadata = metadata if isinstance(metadata, dict) else {}
-        chains = index.get("chains")
+        producer = index.get("producer", "")
+        if not isinstance(producer, str):
+            raise self._fail("index producer is not a string")
+        self.producer = producer
+        self.metadata = self._metadata(index.get("metadata", {}))
+        self.chains = self._chains(index.get("chains"))
         tensors = index.get("tensors")
-        if not isinstance(chains, list) or not isinstance(tensors, list):
-            raise self._fail("index lacks its chains or tensors")
-        if len(tensors) > self.limits.max_tensors:
-            raise LimitError(f"{self.path}: {len(tensors)} tensors exceed the limit of {self.limits.max_tensors}")
-        for chain in chains:
-            if not isinstance(chain, list) or not all(
-                isinstance(s, dict) and isinstance(s.get("id"), str) and _is_int(s.get("version"))
-                and isinstance(s.get("config", {}), dict) and isinstance(s.get("package", ""), str) for s in chain):
-                raise self._fail("malformed chain in the index")
-        self.chains: list[list[dict[str, Any]]] = chains
-        self.entries: dict[str, Entry] = {}
-        end_of_last = len(MAGIC)
-        for item in tensors:
-            if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)
-                    and all(_is_int(v) and v >= 0 for v in item[1:])):
-                raise self._fail("malformed tensor entry in the index")
-            entry = Entry(*item)
-            if entry.name in self.entries:
-                raise self._fail(f"tensor '{entry.name}' is listed twice")
-            if (entry.offset != end_of_last or entry.record_length > entry.total_length
-                    or entry.record_length > self.limits.max_record_bytes
-                    or entry.offset + entry.total_length > offset):
-                raise LimitError(f"{self.path}: tensor '{entry.name}' at byte {entry.offset} "
-                                 f"({entry.total_length} bytes) does not fit the file")
-            end_of_last = entry.offset + entry.total_length
-            self.entries[entry.name] = entry
-        if end_of_last != offset:
-            raise self._fail(f"{offset - end_of_last} unaccounted bytes before the index")
+        if not isinstance(tensors, list):
+            raise self._fail("index lacks its tensors")
+        self.entries = self._entries(tensors, offset)
         self.index_offset = offset
         self.index_bytes = length
+
+    def _metadata(self, metadata: Any) -> dict[str, str]:
+        """User metadata: a map of str to str (FORMAT.md 3); anything else is a malformed index."""
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise self._fail("index metadata is not a map of strings to strings")
+        return metadata
+
+    def _chains(self, chains: Any) -> list[list[dict[str, Any]]]:
+        """The stored chains, each a list of stage descriptors (FORMAT.md 3.1)."""
+        if not isinstance(chains, list):
+            raise self._fail("index lacks its chains")
+        for i, chain in enumerate(chains):
+            if not isinstance(chain, list) or not chain:
+                raise self._fail(f"chain {i} is not a non-empty list of stages")
+            for s in chain:
+                if not (isinstance(s, dict) and isinstance(s.get("id"), str) and _is_int(s.get("version"))
+                        and s["version"] >= 1 and isinstance(s.get("config", {}), dict)
+                        and isinstance(s.get("package", ""), str)):
+                    raise self._fail(f"malformed stage descriptor in chain {i} (id str, version int >= 1, "
+                                     f"config map, package str)")
+        return chains
+
+    def _entries(self, tensors: list[Any], index_offset: int) -> dict[str, Entry]:
+        """The tensor entries: well-formed, unique names, records tiling the file up to the index (FORMAT.md 3.2)."""
+        if len(tensors) > self.limits.max_tensors:
+            raise LimitError(f"{self.path}: {len(tensors)} tensors exceed the limit of {self.limits.max_tensors}")
+        entries: dict[str, Entry] = {}
+        end_of_last = len(MAGIC)
+        for i, item in enumerate(tensors):
+            if not (type(item) is list and len(item) == 5 and type(item[0]) is str
+                    and all(type(v) is int and 0 <= v <= MAX_INT for v in item[1:])):
+                raise self._fail(f"malformed tensor entry {i} in the index")
+            entry = Entry(*item)
+            where = f"{self.path}: tensor '{entry.name}'"
+            if entry.name in entries:
+                raise FormatError(f"{where} is listed twice in the index")
+            if entry.offset != end_of_last:
+                raise FormatError(f"{where}: record at byte {entry.offset}, the records tile the file from byte 8 "
+                                  f"and the one before ends at {end_of_last}")
+            if entry.record_length > self.limits.max_record_bytes:
+                raise LimitError(f"{where}: record of {entry.record_length} bytes exceeds the limit of "
+                                 f"{self.limits.max_record_bytes}")
+            if not 1 <= entry.record_length <= entry.total_length:
+                raise FormatError(f"{where}: record length {entry.record_length} does not fit its total length "
+                                  f"{entry.total_length}")
+            end_of_last = entry.offset + entry.total_length
+            if end_of_last > self.size:
+                raise LimitError(f"{where}: {entry.total_length} bytes at byte {entry.offset} run past the end of "
+                                 f"the {self.size}-byte file")
+            if end_of_last > index_offset or entry.crc > 0xFFFFFFFF:
+                raise FormatError(f"{where}: {entry.total_length} bytes at byte {entry.offset} overlap the index "
+                                  f"at byte {index_offset}" if end_of_last > index_offset else
+                                  f"{where}: record checksum {entry.crc} is not a CRC-32")
+            entries[entry.name] = entry
+        if end_of_last != index_offset:
+            raise self._fail(f"{index_offset - end_of_last} unaccounted bytes before the index")
+        return entries
 
     # --- records ------------------------------------------------------------------------------------------------
     @property
@@ -392,9 +503,15 @@ class Container:
         data = self._read_at(entry.offset, entry.record_length, f"record of tensor '{name}'")
         if _crc(data) != entry.crc:
             raise IntegrityError(f"{self.path}: tensor '{name}': record checksum mismatch at byte {entry.offset}")
-        record = _unpack(data, f"{self.path}: record of tensor '{name}'", entry.offset)
-        self._check_record(name, record, entry)
+        record, walk = _unpack(data, f"{self.path}: record of tensor '{name}'", entry.offset)
+        self._check_record(name, record, entry, walk)
         return record
+
+    def header(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """The checked dtype and shape of one tensor; the rest of its record is dropped at once, so a caller
+        collecting every tensor's header holds O(tensors) small tuples, not every record."""
+        record = self.record(name)
+        return record["dtype"], tuple(record["shape"])
 
     def _entry(self, name: str) -> Entry:
         try:
@@ -402,10 +519,12 @@ class Container:
         except KeyError:
             raise DcfError(f"{self.path}: no tensor named '{name}'") from None
 
-    def _check_record(self, name: str, record: Any, entry: Entry) -> None:
+    def _check_record(self, name: str, record: Any, entry: Entry, walk: bool) -> None:
+        """Everything a record states, checked when its tensor is read (a bad record spoils only its own tensor)."""
         where = f"{self.path}: tensor '{name}'"
         if not isinstance(record, dict) or record.get("name") != name:
             raise FormatError(f"{where}: record does not match the index")
+        _plain_fields(record, ("streams",), f"{where}: record", walk)
         shape, dtype = record.get("shape"), record.get("dtype")
         if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
             raise FormatError(f"{where}: bad shape {shape!r}")
@@ -426,17 +545,21 @@ class Container:
             raise FormatError(f"{where}: refers to chain {chain!r}, the file has {len(self.chains)}")
         steps = record.get("steps")
         if not isinstance(steps, list) or len(steps) != len(self.chains[chain]) or \
-                not all(isinstance(s, list) for s in steps):
-            raise FormatError(f"{where}: step records do not match its chain")
-        streams = record.get("streams")
+                not all(isinstance(s, list) and s for s in steps):
+            raise FormatError(f"{where}: step records do not match its chain (one non-empty list of applications "
+                              f"per stage)")
+        self._check_streams(where, record.get("streams"), entry)
+
+    def _check_streams(self, where: str, streams: Any, entry: Entry) -> None:
+        """Stream descriptors: well-formed, unique names, chunks adding up, the record's bytes exactly used."""
         if not isinstance(streams, list):
             raise FormatError(f"{where}: bad stream list")
         available = entry.total_length - entry.record_length
         names: set[str] = set()
         for s in streams:
-            if not (isinstance(s, list) and len(s) == 4 and isinstance(s[0], str) and _is_int(s[1])
-                    and _is_int(s[2]) and isinstance(s[3], list)
-                    and all(_is_int(c) and c > 0 for c in s[3])):
+            if not (type(s) is list and len(s) == 4 and type(s[0]) is str and type(s[1]) is int
+                    and type(s[2]) is int and 0 <= s[2] <= 0xFFFFFFFF and type(s[3]) is list
+                    and all(type(c) is int and c > 0 for c in s[3])):
                 raise FormatError(f"{where}: malformed stream descriptor")
             if s[0] in names:
                 raise FormatError(f"{where}: stream '{s[0]}' is stored twice")

@@ -83,17 +83,23 @@ def _stats_fields(stats: dict[str, Any], streams: dict[str, int], count: int) ->
     entropy = stats.get("entropy_bits")
     if isinstance(entropy, dict) and entropy:
         out["entropy"] = {
-            name: {
-                "entropy_bytes": bits / 8,
-                "stored_bytes": streams.get(name),
-                "over_entropy": (streams[name] / (bits / 8) - 1) if name in streams and bits > 0 else None,
-            }
+            name: {"entropy_bytes": bits / 8, "stored_bytes": streams.get(name),
+                   "over_entropy": _over(streams.get(name), bits / 8)}
             for name, bits in entropy.items()
         }
     stages = stats.get("stages")
     if isinstance(stages, list):
         out["stage_bytes"] = stages
     return out
+
+
+def _over(stored: int | None, bound: float) -> float | None:
+    """How far a stream's size is above its entropy bound; None where that is not a finite number (a hostile
+    or degenerate stat, e.g. a subnormal entropy whose byte count underflows to 0)."""
+    if stored is None or not bound > 0:
+        return None
+    over = stored / bound - 1
+    return over if math.isfinite(over) else None
 
 
 def _ratio(original: int, compressed: int) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,12 +58,15 @@ def split(data: bytes) -> Parts:
     return parts
 
 
-def join(parts: Parts, chunk_size: int = 1 << 24, fix_streams: bool = True) -> bytes:
+def join(parts: Parts, chunk_size: int = 1 << 24, fix_streams: bool = True,
+         pack: Callable[[Any], bytes] | None = None) -> bytes:
     """Write Parts as a container whose checksums, sizes and offsets all match (whatever the records say).
 
     With fix_streams, each record's stream list is rebuilt from the stream bytes; without, it is kept as is (so
-    the caller's descriptors are used, and the chunks are laid out from them as far as the data allows).
+    the caller's descriptors are used, and the chunks are laid out from them as far as the data allows). `pack`
+    replaces the msgpack encoder of records and index (e.g. to write float 32).
     """
+    pack = pack or (lambda obj: msgpack.packb(obj, use_bin_type=True))
     out = bytearray(MAGIC)
     entries = []
     for record, streams in parts.tensors:
@@ -73,7 +77,7 @@ def join(parts: Parts, chunk_size: int = 1 << 24, fix_streams: bool = True) -> b
                 chunks = [len(blob[i:i + chunk_size]) for i in range(0, len(blob), chunk_size)]
                 descs.append([sname, len(blob), _crc(blob), chunks])
             record["streams"] = descs
-        packed = msgpack.packb(record, use_bin_type=True)
+        packed = pack(record)
         start = len(out)
         out += packed
         for blob in streams.values():
@@ -84,7 +88,7 @@ def join(parts: Parts, chunk_size: int = 1 << 24, fix_streams: bool = True) -> b
         entries.append([name, start, len(packed), len(out) - start, _crc(packed)])
     index = dict(parts.index)
     index["tensors"] = entries
-    packed = msgpack.packb(index, use_bin_type=True)
+    packed = pack(index)
     offset = len(out)
     out += packed
     out += struct.pack("<QII8s", offset, len(packed), _crc(packed), END_MAGIC)

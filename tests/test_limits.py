@@ -154,10 +154,15 @@ def test_truncated_files(tmp_path, cut):
 
 
 def test_index_must_end_where_the_trailer_starts(tmp_path):
+    """Inside the file but short of the trailer: fields contradicting each other, FormatError (FORMAT.md 8.2);
+    running past the trailer: LimitError."""
     data = bytearray(_container(tmp_path))
     offset, length, crc, end = struct.unpack("<QII8s", data[-24:])
     data[-24:] = struct.pack("<QII8s", offset - 1, length, crc, end)
-    _refused(tmp_path, bytes(data), LimitError, "do not fit")
+    err = _refused(tmp_path, bytes(data), FormatError, "does not end at the trailer")
+    assert not isinstance(err, LimitError)
+    data[-24:] = struct.pack("<QII8s", offset + 1, length, crc, end)
+    _refused(tmp_path, bytes(data), LimitError, "runs past the trailer")
 
 
 def test_undamaged_tensors_stay_readable(tmp_path):

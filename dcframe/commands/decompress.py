@@ -27,8 +27,7 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise DcfError(f"{args.input}: no tensor named {', '.join(map(repr, missing))}; "
                            f"it has {len(container.names)} (see `dcframe inspect`)")
-        records = {name: container.record(name) for name in names}  # checked: the output header needs them
-        specs = {name: (r["dtype"], tuple(r["shape"])) for name, r in records.items()}
+        specs = {name: container.header(name) for name in names}  # checked: the output header needs them
         total = sum(container.entries[n].total_length for n in names)
         with console.progress_bar(total, "decoding", enabled=not args.quiet) as advance:
 

@@ -183,6 +183,108 @@ def flip(data: bytes, pos: int) -> bytes:
     return data[:pos] + bytes([data[pos] ^ 1]) + data[pos + 1:]
 
 
+def repack_index(data: bytes, edit: Callable[[dict[str, Any]], bytes | None]) -> bytes:
+    """Replace the index of a valid file by edit(index) (raw msgpack bytes), or by the edited map re-packed when
+    edit returns None; the trailer's length and CRC are fixed up."""
+    io, il, _ = struct.unpack("<QII", data[-24:-8])
+    index = msgpack.unpackb(data[io:io + il], raw=False)
+    ib = edit(index) or pack(index)
+    return data[:io] + ib + struct.pack("<QII", io, len(ib), zlib.crc32(ib)) + END_MAGIC
+
+
+def add_key(packed_map: bytes, key: str, value: bytes) -> bytes:
+    """A packed fixmap with one more key whose value is the raw msgpack `value`."""
+    assert 0x80 <= packed_map[0] < 0x8F
+    return bytes([packed_map[0] + 1]) + packed_map[1:] + pack(key) + value
+
+
+def add_invalid_container_vectors(g: Generator) -> None:
+    """The msgpack and field rules of FORMAT.md 2, 3, 4 and 8.2 (issue 15's spec gaps), each with valid checksums."""
+    base = g.sources["dtypes-raw"]
+    first = parse(base)[1][0][0]["name"]
+
+    def index_field(fn: Callable[[dict[str, Any]], None]) -> bytes:
+        def edit(index: dict[str, Any]) -> None:
+            fn(index)
+        return repack_index(base, edit)
+
+    def record_field(key: str, value: bytes) -> bytes:
+        """The first record with one more key whose value is the raw msgpack `value`."""
+        def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+            tensors[0][0][key] = "@@value@@"
+        data = rewrite(base, edit)
+        old = pack("@@value@@")
+        io, il, _ = struct.unpack("<QII", data[-24:-8])
+        index = msgpack.unpackb(data[io:io + il], raw=False)
+        _name, off, rl, tl, _crc = index["tensors"][0]
+        rec = data[off:off + rl].replace(old, value)
+        delta = len(rec) - rl
+        index["tensors"][0][2:5] = [rl + delta, tl + delta, zlib.crc32(rec)]
+        for entry in index["tensors"][1:]:
+            entry[1] += delta
+        body = data[:off] + rec + data[off + rl:io]
+        ib = pack(index)
+        return body + ib + struct.pack("<QII", len(body), len(ib), zlib.crc32(ib)) + END_MAGIC
+
+    io, il, _ = struct.unpack("<QII", base[-24:-8])
+    g.add_invalid("index-short-of-trailer", set_trailer(base, offset=io - 1), "FormatError",
+                  "index_offset one byte early: the index stays inside the file but does not end at the trailer "
+                  "(malformed, not over a limit).", ["index", "trailer"])
+    g.add_invalid("records-not-tiling", index_field(lambda i: (i["tensors"][1].__setitem__(1, i["tensors"][1][1] + 1),
+                                                               i["tensors"][0].__setitem__(3, i["tensors"][0][3] + 1))),
+                  "FormatError", "The second record's offset one byte past the end of the first (whose total_length "
+                  "grew by one): the records no longer tile the file. Checked at open.", ["index", "tiling"])
+    g.add_invalid("record-length-over-limit",
+                  index_field(lambda i: i["tensors"][0].__setitem__(2, 64 * 2**20 + 1)), "LimitError",
+                  "An entry's record_length above 64 MiB (checked at open, before the record is read).",
+                  ["limit:record"])
+    g.add_invalid("entry-total-past-file", index_field(lambda i: i["tensors"][-1].__setitem__(3, 2**40)),
+                  "LimitError", "The last entry's total_length points past the end of the file.", ["limit:entry"])
+    g.add_invalid("entry-field-not-int", index_field(lambda i: i["tensors"][0].__setitem__(1, "8")), "FormatError",
+                  "An entry's offset is the string \"8\".", ["index", "entry"])
+    g.add_invalid("duplicate-tensor-name", index_field(lambda i: i["tensors"][1].__setitem__(0, first)),
+                  "FormatError", "Two index entries name the same tensor.", ["index", "names"])
+    g.add_invalid("version-bools", index_field(lambda i: i.__setitem__("version", [True, False])), "FormatError",
+                  "version [true, false]: booleans are not integers.", ["version", "msgpack:bool"])
+    g.add_invalid("metadata-not-string", index_field(lambda i: i.__setitem__("metadata", {"n": 5})), "FormatError",
+                  "A metadata value that is an int, not a str.", ["metadata"])
+    g.add_invalid("stage-version-zero", index_field(lambda i: i["chains"][0][0].__setitem__("version", 0)),
+                  "FormatError", "A stage descriptor with version 0 (versions start at 1).", ["stage:version"])
+    g.add_invalid("chain-empty", index_field(lambda i: i["chains"].append([])), "FormatError",
+                  "An extra chain with no stages.", ["chain"])
+    g.add_invalid("map-key-binary", repack_index(base, lambda i: add_key(pack(i), "x", b"\x81\xc4\x01k\xa1v")),
+                  "FormatError", "An unknown index key whose value is a map with a bin key.", ["msgpack:keys"])
+    g.add_invalid("map-key-repeated", repack_index(base, lambda i: add_key(pack(i), "producer", pack("again"))),
+                  "FormatError", "The index map has the key \"producer\" twice.", ["msgpack:keys"])
+    g.add_invalid("nesting-too-deep", repack_index(base, lambda i: add_key(pack(i), "x", b"\x91" * 31 + b"\x90")),
+                  "FormatError", "An unknown index key holding 32 nested arrays: 33 levels with the index map.",
+                  ["msgpack:depth"])
+    g.add_invalid("too-many-containers", repack_index(base, lambda i: add_key(pack(i), "x", b"\xdc\x07\xd0" +
+                                                                                   b"\x90" * 2000)),
+                  "FormatError", "An unknown index key holding 2000 empty arrays: more than 64 + n/8 arrays and maps "
+                  "in the n-byte index.", ["msgpack:budget"])
+    g.add_invalid("int-beyond-2^53", record_field("x", pack(2**53)), "FormatError",
+                  "A record key holding the integer 2^53.", ["msgpack:int"], tensor=first)
+    g.add_invalid("record-trailing-bytes", _record_trailing(base), "FormatError",
+                  "record_length covers one byte after the record map (the first chunk's header byte).",
+                  ["record", "msgpack:trailing"], tensor=first)
+
+    def no_apps(index: dict[str, Any], tensors: list[Any]) -> None:
+        tensors[0][0]["steps"][0] = []
+    g.add_invalid("empty-application-list", rewrite(base, no_apps), "FormatError",
+                  "A step with no applications.", ["steps"], tensor=first)
+
+
+def _record_trailing(data: bytes) -> bytes:
+    """The first record's length (and CRC) grown by one byte, into its first chunk's header."""
+    io, il, _ = struct.unpack("<QII", data[-24:-8])
+    index = msgpack.unpackb(data[io:io + il], raw=False)
+    _name, off, rl, _tl, _crc = index["tensors"][0]
+    index["tensors"][0][2:5:2] = [rl + 1, zlib.crc32(data[off:off + rl + 1])]
+    ib = pack(index)
+    return data[:io] + ib + struct.pack("<QII", io, len(ib), zlib.crc32(ib)) + END_MAGIC
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Generation
 
@@ -354,6 +456,7 @@ def generate(root: Path) -> None:
     g.add_valid("zlib-zstd", {"w": laplace(55, (20, 20))}, "raw | zlib | zstd: two byte compressors in a row.",
                 ["zlib", "zstd"], pipeline="zlib(level=1) | zstd(level=3)", lossless=True)
     add_invalid_vectors(g)
+    add_invalid_container_vectors(g)
     g.write_index()
 
 

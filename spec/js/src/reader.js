@@ -27,8 +27,9 @@ function equalBytes(a, b) {
 function checkStageDescriptor(d, i) {
   if (!isMap(d)) throw new FormatError(`chain stage ${i} is not a map`);
   if (typeof d.id !== 'string') throw new FormatError(`chain stage ${i}: id is not a string`);
-  if (!isInt(d.version) || d.version < 0) throw new FormatError(`chain stage ${d.id}: bad version`);
+  if (!isInt(d.version) || d.version < 1) throw new FormatError(`chain stage ${d.id}: version is not an int >= 1`);
   if (d.config !== undefined && !isMap(d.config)) throw new FormatError(`chain stage ${d.id}: config is not a map`);
+  if (d.package !== undefined && typeof d.package !== 'string') throw new FormatError(`chain stage ${d.id}: package is not a string`);
 }
 
 /** An opened .dcf file: `names`, `metadata`, `chains`, and `read(name)` to decode one tensor. */
@@ -49,18 +50,21 @@ export class DcfReader {
     const indexLength = view.getUint32(8, true);
     const indexCrc = view.getUint32(12, true);
     if (indexLength > this.limits.indexLength) throw new LimitError(`index length ${indexLength} over the limit ${this.limits.indexLength}`);
-    if (indexOffset + BigInt(indexLength) + 24n !== BigInt(n)) {
-      throw new LimitError(`index at ${indexOffset} of ${indexLength} bytes does not end at the trailer (file is ${n} bytes)`);
+    // Past the trailer is beyond the file (LimitError); inside it but not ending at the trailer, malformed (FORMAT.md 8.2).
+    if (indexOffset + BigInt(indexLength) + 24n > BigInt(n)) {
+      throw new LimitError(`index at ${indexOffset} of ${indexLength} bytes runs past the trailer (file is ${n} bytes)`);
+    }
+    if (indexOffset < 8n || indexOffset + BigInt(indexLength) + 24n !== BigInt(n)) {
+      throw new FormatError(`index at ${indexOffset} of ${indexLength} bytes does not end at the trailer (file is ${n} bytes)`);
     }
     const io = Number(indexOffset);
-    if (io < 8) throw new FormatError(`index offset ${io} inside the magic`);
     const indexBytes = bytes.subarray(io, io + indexLength);
     if (crc32(indexBytes) !== indexCrc) throw new IntegrityError('index checksum mismatch');
     const index = unpack(indexBytes, 'index');
-    this._parseIndex(index, io);
+    this._parseIndex(index, io, n);
   }
 
-  _parseIndex(index, indexOffset) {
+  _parseIndex(index, indexOffset, fileSize) {
     if (!isMap(index)) throw new FormatError('index is not a map');
     if (index.format !== 'dcf') throw new FormatError(`index format is ${JSON.stringify(index.format)}, not "dcf"`);
     const v = index.version;
@@ -77,7 +81,7 @@ export class DcfReader {
     this.metadata = md;
     if (!Array.isArray(index.chains)) throw new FormatError('index chains is not an array');
     index.chains.forEach((c, ci) => {
-      if (!Array.isArray(c)) throw new FormatError(`chain ${ci} is not an array`);
+      if (!Array.isArray(c) || c.length === 0) throw new FormatError(`chain ${ci} is not a non-empty array`);
       c.forEach(checkStageDescriptor);
     });
     this.chains = index.chains;
@@ -88,16 +92,18 @@ export class DcfReader {
     this._byName = new Map();
     let pos = 8;
     for (const e of tensors) {
-      if (!Array.isArray(e) || e.length < 5 || typeof e[0] !== 'string' || !e.slice(1, 5).every((x) => isInt(x) && x >= 0)) {
+      // Checked at open, in this order (FORMAT.md 8.2); the same order as dcframe's reader.
+      if (!Array.isArray(e) || e.length !== 5 || typeof e[0] !== 'string' || !e.slice(1, 5).every((x) => isInt(x) && x >= 0)) {
         throw new FormatError('malformed tensor entry in the index');
       }
       const [name, offset, recordLength, totalLength, recordCrc] = e;
+      if (this._byName.has(name)) throw new FormatError(`duplicate tensor name ${name}`);
       if (offset !== pos) throw new FormatError(`tensor ${name}: record at ${offset}, expected ${pos} (records must tile the file)`);
       if (recordLength > this.limits.recordLength) throw new LimitError(`tensor ${name}: record length ${recordLength} over the limit`);
       if (recordLength < 1 || recordLength > totalLength) throw new FormatError(`tensor ${name}: record length ${recordLength} vs total ${totalLength}`);
+      if (offset + totalLength > fileSize) throw new LimitError(`tensor ${name}: ${totalLength} bytes at ${offset} run past the end of the file`);
       if (offset + totalLength > indexOffset) throw new FormatError(`tensor ${name}: extends beyond the index offset`);
       if (recordCrc > 0xffffffff) throw new FormatError(`tensor ${name}: record crc32 out of range`);
-      if (this._byName.has(name)) throw new FormatError(`duplicate tensor name ${name}`);
       const entry = { name, offset, recordLength, totalLength, recordCrc };
       this._byName.set(name, entry);
       this.entries.push(entry);
@@ -128,7 +134,9 @@ export class DcfReader {
     const nel = checkShape(rec.shape, `tensor ${name}`, this.limits.dims);
     if (!isInt(rec.chain) || rec.chain < 0 || rec.chain >= this.chains.length) throw new FormatError(`tensor ${name}: chain index ${rec.chain} out of range`);
     const chain = this.chains[rec.chain];
-    if (!Array.isArray(rec.steps) || rec.steps.length !== chain.length) throw new FormatError(`tensor ${name}: steps do not match its chain`);
+    if (!Array.isArray(rec.steps) || rec.steps.length !== chain.length || !rec.steps.every((a) => Array.isArray(a) && a.length > 0)) {
+      throw new FormatError(`tensor ${name}: steps do not match its chain (one non-empty array of applications per stage)`);
+    }
     if (!Array.isArray(rec.streams)) throw new FormatError(`tensor ${name}: streams is not an array`);
     const end = offset + totalLength;
     let pos = offset + recordLength;
