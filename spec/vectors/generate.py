@@ -446,10 +446,12 @@ def generate(root: Path) -> None:
                 "kmeans(bits=3) | raw: codebook lookup with 1-byte indices.", ["kmeans", "raw"],
                 pipeline="kmeans(bits=3, init=linear, method=lloyd)", lossless=False)
     g.add_valid("kmeans-wide-raw", {"w": laplace(53, (1000,))}, "kmeans(clusters=300) | raw: 2-byte indices.",
-                ["kmeans", "raw", "symbols:2-byte"], pipeline="kmeans(clusters=300, init=linear, method=lloyd)", lossless=False)
+                ["kmeans", "raw", "symbols:2-byte"], pipeline="kmeans(clusters=300, init=linear, method=lloyd)",
+                lossless=False)
     g.add_valid("huffman-segments", {"w": laplace(54, (64, 64))}, "kmeans(bits=6) | huffman(max_bits=4, "
                 "segment_size=100): length-limited codes and many segments.", ["kmeans", "huffman", "huffman:limited",
-                "huffman:segments"], pipeline="kmeans(bits=6, init=linear, method=lloyd) | huffman(max_bits=4, segment_size=100)",
+                "huffman:segments"],
+                pipeline="kmeans(bits=6, init=linear, method=lloyd) | huffman(max_bits=4, segment_size=100)",
                 lossless=False)
     g.add_valid("huffman-one-symbol", {"c": np.full((10, 10), 0.5, np.float32), "s": np.array(0.5, np.float32)},
                 "kmeans | huffman on constant tensors: a single-symbol alphabet.", ["kmeans", "huffman",
