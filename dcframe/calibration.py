@@ -72,9 +72,9 @@ class Calibration:
         found = [k for k in self.entries if name.endswith("." + k) or k.endswith("." + name)]
         return self.entries[found[0]] if len(found) == 1 else None
 
-    def check_fits(self, tensors: Mapping[str, Dense], where: str = "calibration") -> None:
+    def check_fits(self, tensors: Mapping[str, Dense | np.ndarray], where: str = "calibration") -> None:
         """Every entry names a tensor of the model, and every statistic fits that tensor's shape (else ConfigError)."""
-        shapes = {name: tuple(tensors[name].array.shape) for name in tensors}
+        shapes = {name: _shape(tensors[name]) for name in tensors}
         matched = set()
         for name, shape in shapes.items():
             stats = self.lookup(name)
@@ -87,10 +87,14 @@ class Calibration:
                 raise ConfigError(f"{where}: weight '{name}' is not a tensor of the model (a calibration of another "
                                   f"model?)")
 
-    def side_inputs(self, name: str, tensor: Dense) -> dict[str, np.ndarray]:
+    def side_inputs(self, name: str, tensor: Dense | np.ndarray) -> dict[str, np.ndarray]:
         """The side inputs (dcframe.streams names) of one tensor; empty if the calibration does not cover it."""
         stats = self.lookup(name)
-        return {} if stats is None else side_inputs_for(name, tuple(tensor.array.shape), stats)
+        return {} if stats is None else side_inputs_for(name, _shape(tensor), stats)
+
+
+def _shape(tensor: Dense | np.ndarray) -> tuple[int, ...]:
+    return tuple(np.shape(tensor.array if isinstance(tensor, Dense) else tensor))
 
 
 def side_inputs_for(name: str, shape: tuple[int, ...], stats: Mapping[str, np.ndarray],
