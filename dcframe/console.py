@@ -123,3 +123,18 @@ def short_pipeline(text: str) -> str:
 
 def _opt(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(row[key]) if key in row else ""
+
+
+MAX_MESSAGE = 2000  # characters of an error message the CLI prints; the rest is cut from the middle
+# Every control character (C0, DEL, C1) and the Unicode line and paragraph separators, as a visible escape.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """A message as one printable line: control characters escaped (a name from a file may hold a newline), and
+    at most `limit` characters, keeping its start and its end (where the advice is)."""
+    text = message.translate(_CONTROL)
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    return f"{text[:limit - tail]} ...[{len(text) - limit} characters left out]... {text[-tail:]}"

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
                 status = "[yellow]STAGE NOT INSTALLED[/yellow]"
             else:
                 status = "[red]DAMAGED[/red]"
-            table.add_row(escape(row["name"]), status + ("" if row["ok"] else f": {escape(row['error'])}"))
+            error = "" if row["ok"] else f": {escape(console.one_line(row['error']))}"
+            table.add_row(escape(console.one_line(row["name"])), status + error)
         console.stdout.print(table)
         if result["damaged"]:
             console.stderr.print(escape(f"dcframe: {len(result['damaged'])} damaged tensor(s): "
