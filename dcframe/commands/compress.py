@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import console
 from ..api import compress
 from ..errors import DcfError
-from ..modelio import read_model
+from ..modelio import read_model, refuse_overwriting_input
 from ..orchestrator import default_jobs
 
 SMALL_MODEL = 8 << 20  # bytes of tensors below which --jobs is ignored
@@ -38,8 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".dcf")
-    if output.resolve() == Path(args.input).resolve():
-        raise DcfError(f"{output}: the output would overwrite the input")
+    refuse_overwriting_input(output, args.input)  # the same file by any path: a symlink, a hard link
     metadata = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")
