@@ -71,8 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _error(exc: BaseException) -> None:
     """Print an error as one line, `dcframe: error: ...`; an exception without a message is named by its type."""
     message = str(exc) or {"MemoryError": "out of memory"}.get(type(exc).__name__, type(exc).__name__)
-    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in message:
-        message = f"{exc.filename}: {message}"
     print(f"dcframe: error: {one_line(message)}", file=sys.stderr)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import sys
 from collections.abc import Iterator
@@ -58,16 +59,31 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
+MAX_TABLE_ROWS = 1000  # tensors a table shows (the largest); rich takes milliseconds a row, JSON lists them all
+
+
+def shown_tensors(tensors: list[dict[str, Any]], limit: int = MAX_TABLE_ROWS) -> list[dict[str, Any]]:
+    """The rows a table shows: every tensor, or with more than `limit`, the `limit` largest in file order."""
+    if len(tensors) <= limit:
+        return tensors
+    keep = set(heapq.nlargest(limit, range(len(tensors)), key=lambda i: tensors[i]["original_bytes"]))
+    return [t for i, t in enumerate(tensors) if i in keep]
+
+
 def report_tables(report: dict[str, Any]) -> None:
-    """Print a container report: one row per tensor, then per-stream detail where there is any, then totals."""
+    """Print a container report: one row per tensor, then per-stream detail where there is any, then totals.
+
+    With more than MAX_TABLE_ROWS tensors only the largest are listed (and a line says so).
+    """
     table = Table(title=escape(str(report["file"])), title_justify="left")
-    lossy = any("rms" in t for t in report["tensors"])
+    shown = shown_tensors(report["tensors"])
+    lossy = any("rms" in t for t in shown)
     columns = ["tensor", "dtype", "shape", "pipeline", "original", "compressed", "ratio", "bits/w"]
     columns += ["sparsity", "clusters", "rms err", "max err"] if lossy else []
     for col in columns:
         table.add_column(col, justify="left" if col in ("tensor", "dtype", "shape", "pipeline") else "right",
                          overflow="fold")
-    for t in report["tensors"]:
+    for t in shown:
         row = [escape(t["name"]), t["dtype"], "x".join(map(str, t["shape"])) or "scalar",
                escape(short_pipeline(t["pipeline"])),
                human_bytes(t["original_bytes"]), human_bytes(t["compressed_bytes"]), f"{t['ratio']:.2f}x",
@@ -81,7 +97,7 @@ def report_tables(report: dict[str, Any]) -> None:
     for col in ("tensor", "stream", "stored", "bits/kept weight", "entropy bound", "over bound"):
         detail.add_column(col, justify="left" if col in ("tensor", "stream") else "right")
     rows = 0
-    for t in report["tensors"]:
+    for t in shown:
         entropy = t.get("entropy", {})
         for name, size in t["streams"].items():
             e = entropy.get(name)
@@ -95,6 +111,9 @@ def report_tables(report: dict[str, Any]) -> None:
                            f"{e['over_entropy']:+.2%}" if e and e["over_entropy"] is not None else "")
     if rows:
         stdout.print(detail)
+    if len(shown) < len(report["tensors"]):
+        stdout.print(f"(the {len(shown)} largest of {len(report['tensors'])} tensors are listed; "
+                     f"--json lists every one)")
     stdout.print(
         f"total: {human_bytes(report['original_bytes'])} -> {human_bytes(report['compressed_bytes'])} "
         f"({report['compressed_bytes']} bytes), ratio {report['ratio']:.2f}x; "
