@@ -81,6 +81,22 @@ def test_model_tensor_lookup_does_not_scan_the_names(tmp_path, suffix):
     assert CountingKey.comparisons <= 4  # a dict lookup, not a scan of 3000 names
 
 
+def test_tables_list_the_largest_tensors_when_there_are_many(tmp_path, monkeypatch, capsys):
+    from dcframe import console
+
+    sizes = [4, 400, 40, 4000, 8]
+    path = tmp_path / "m.dcf"
+    dcframe.compress({f"t{i}": np.zeros(n, np.float32) for i, n in enumerate(sizes)}, path)
+    report = dcframe.inspect(path)
+    assert [t["name"] for t in console.shown_tensors(report["tensors"], limit=2)] == ["t1", "t3"]
+    assert console.shown_tensors(report["tensors"], limit=5) == report["tensors"]
+    real = console.shown_tensors
+    monkeypatch.setattr(console, "shown_tensors", lambda tensors: real(tensors, limit=3))
+    console.report_tables(report)
+    out = capsys.readouterr().out
+    assert "the 3 largest of 5 tensors are listed" in out and " t1 " in out and " t0 " not in out
+
+
 # --- item 6 and 11: the writer keeps the reader's limits, and a refusal keeps the old output -----------------------
 def test_compress_33_dimensions_keeps_the_existing_output(tmp_path, good_dcf, capsys):
     model = tmp_path / "deep.npy"
