@@ -486,6 +486,20 @@ def test_control_characters_in_errors_are_escaped(tmp_path, good_dcf, capsys):
     assert "evil\\x0astage\\x1b[31m" in line and "\x1b" not in line
 
 
+def test_verify_prints_a_damaged_name_with_a_newline_on_one_line(tmp_path, capsys):
+    path = tmp_path / "m.dcf"
+    dcframe.compress({"bad\nname": np.arange(100, dtype=np.float32)}, path)
+    data = bytearray(path.read_bytes())
+    with dcframe.open_container(path) as c:
+        entry = c.entries["bad\nname"]
+    data[entry.offset + entry.total_length - 5] ^= 0xFF
+    path.write_bytes(data)
+    assert main(["verify", str(path), "-q"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().count("\n") == 0 and "bad\\x0aname" in captured.err
+    assert "bad\\x0aname" in captured.out
+
+
 def test_disk_full_names_the_output(tmp_path, capsys, monkeypatch):
     """The write and the flush of the buffered tail both fail, as on a real full disk."""
     real = os.fdopen
