@@ -425,6 +425,20 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="dcframe-parent-watch", daemon=True).start()
 
 
+def _terminate_workers(pool) -> None:
+    """Kill a pool's worker processes now, rather than wait for the tensors they are encoding (SIGKILL: a forked
+    worker inherits the CLI's SIGTERM handler, which only interrupts the task; workers hold nothing to clean up)."""
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14
+    if kill is not None:
+        kill()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.kill()
+        except (OSError, ValueError):  # already gone, or closed
+            pass
+
+
 def _open_spills(spill_dir: str | os.PathLike, count: int) -> list:
     """`count` unnamed spill files: in memory (memfd; never written back to a disk) where the system has it, else
     temporary files in `spill_dir` (O_TMPFILE where supported). Nothing to clean up after a crash, either way."""
@@ -519,6 +533,8 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
         for future, *_ in pending:
             future.cancel()
         if pool is not None:
+            if pending:  # stopped early (an error, Ctrl-C, SIGTERM): tensors still encoding are not wanted
+                _terminate_workers(pool)
             pool.shutdown(wait=True, cancel_futures=True)
         for f in spills:
             f.close()

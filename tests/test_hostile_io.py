@@ -241,6 +241,34 @@ def test_sigkill_of_a_parallel_compress_kills_its_workers_and_the_next_run_clean
     assert leftovers(tmp_path) == []  # the next run removed it
 
 
+INTERRUPTED_COMPRESS = SLOW_COMPRESS.replace(
+    "dcframe.compress(tensors, sys.argv[1], pipeline=\"zstd(level=1)\", jobs=2)", textwrap.dedent("""
+    import os, signal, threading
+    threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while both workers are busy
+    try:
+        dcframe.compress(tensors, sys.argv[1], pipeline="zstd(level=1)", jobs=2)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    """))
+
+
+def test_interrupted_parallel_compress_stops_without_waiting_for_busy_workers(tmp_path):
+    """Ctrl-C (or SIGTERM, which the CLI turns into it) ends the workers; it used to wait for their tensors."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_COMPRESS)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "m.dcf")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    try:
+        out, err = proc.communicate(timeout=40)  # the workers sleep 120 s per tensor
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the interrupted compress waited for its workers") from None
+    assert out.strip() == "interrupted" and proc.returncode == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["interrupted.py"]
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
