@@ -38,9 +38,9 @@ MODEL_SUFFIXES = (".safetensors", ".npz", ".npy", ".pt", ".pth")
 class LazyTensors(Mapping[str, Dense]):
     """A read-only mapping name -> Dense that loads (or memory-maps) each tensor when asked for it."""
 
-    def __init__(self, names: list[str], load, path: Path, reopenable: bool = True) -> None:
+    def __init__(self, names: list[str], load, path: Path, reopenable: bool = True, sizes=None) -> None:
         self._names = dict.fromkeys(names)  # ordered, and `in` is O(1): 10^6 tensors stay linear
-        self._load, self.path = load, path
+        self._load, self._sizes, self.path = load, sizes, path
         self.reopenable = reopenable  # another process may read the same tensors by opening `path` again
         st = os.stat(path)
         self.stamp = (st.st_mtime_ns, st.st_size)  # to notice a file that changes while it is being read
@@ -52,6 +52,12 @@ class LazyTensors(Mapping[str, Dense]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
+
+    def nbytes(self, name: str) -> int:
+        """The bytes of one tensor's data, from the file's header where it has one (without reading the data)."""
+        if name not in self._names:
+            raise KeyError(name)
+        return self._sizes(name) if self._sizes else self._load(name).nbytes
 
     def __len__(self) -> int:
         return len(self._names)
@@ -154,7 +160,11 @@ def _read_safetensors(path: Path) -> LazyTensors:
             whole.append(np.memmap(path, dtype=np.uint8, mode="r"))
         return Dense(np.ndarray(shape, numpy_dtype(dtype), buffer=whole[0], offset=offset), dtype)
 
-    return LazyTensors(sorted(specs, key=lambda k: specs[k][2]), load, path)
+    def size(name: str) -> int:
+        dtype, shape, _ = specs[name]
+        return math.prod(shape) * numpy_dtype(dtype).itemsize
+
+    return LazyTensors(sorted(specs, key=lambda k: specs[k][2]), load, path, sizes=size)
 
 
 def _read_npz(path: Path) -> LazyTensors:
@@ -176,7 +186,12 @@ def _read_npz(path: Path) -> LazyTensors:
         array = _npz_member(path, archive, members[name], name)
         return _dense(path, name, array, true_dtypes.get(name))
 
-    return LazyTensors(list(members), load, path)
+    def size(name: str) -> int:  # the header only: the data is read once, when the tensor is compressed
+        with archive.open(members[name]) as f:
+            shape, _, dtype = _npz_header(path, f, name)
+        return math.prod(shape) * dtype.itemsize  # a dtype mark keeps the item size (checked when reading the mark)
+
+    return LazyTensors(list(members), load, path, sizes=size)
 
 
 def _npz_header(path: Path, f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype]:

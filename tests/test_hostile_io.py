@@ -97,6 +97,17 @@ def test_tables_list_the_largest_tensors_when_there_are_many(tmp_path, monkeypat
     assert "the 3 largest of 5 tensors are listed" in out and " t1 " in out and " t0 " not in out
 
 
+def test_compress_reads_each_npz_member_once(tmp_path, monkeypatch):
+    from dcframe import modelio
+
+    np.savez(tmp_path / "m.npz", **{f"t{i}": np.full(3, i, np.float32) for i in range(5)})
+    real, reads = modelio._npz_member, []
+    monkeypatch.setattr(modelio, "_npz_member", lambda *a, **k: reads.append(a[3]) or real(*a, **k))
+    assert main(["compress", str(tmp_path / "m.npz"), "-o", str(tmp_path / "m.dcf"), "-q", "--json"]) == 0
+    assert sorted(reads) == [f"t{i}" for i in range(5)]
+    assert read_model(tmp_path / "m.npz").nbytes("t2") == 12
+
+
 # --- item 6 and 11: the writer keeps the reader's limits, and a refusal keeps the old output -----------------------
 def test_compress_33_dimensions_keeps_the_existing_output(tmp_path, good_dcf, capsys):
     model = tmp_path / "deep.npy"

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more processes")
     tensors = read_model(args.input)
-    total = sum(tensors[name].nbytes for name in tensors)
+    total = sum(tensors.nbytes(name) for name in tensors)  # from headers: the data is read once, to compress it
     if total < SMALL_MODEL:
         jobs = 1  # starting processes costs more than it saves; the bytes are the same either way
     with console.progress_bar(total, "compressing", enabled=not args.quiet) as advance:
