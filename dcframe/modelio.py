@@ -27,8 +27,7 @@ from .errors import DcfError, FormatError, ModelIOError
 from .streams import Dense
 
 MAX_SAFETENSORS_HEADER = 100 << 20
-MAX_NDIM = 32  # as a .dcf reader allows (container.Limits.max_ndim)
-MAX_DIM = 1 << 53  # larger dimensions cannot be real, and JavaScript cannot read them exactly
+MAX_DIM = (1 << 53) - 1  # larger dimensions cannot be real, and JavaScript cannot read them exactly
 MAX_DTYPES_MEMBER = 1 << 26  # bytes of an .npz's __dcframe_dtypes__ member
 MAX_ZIP_NAME = 0xFFFF  # a zip member name is at most this many bytes (a 16-bit field)
 NPZ_DTYPES_KEY = "__dcframe_dtypes__"  # names the true dtype of tensors an .npz can only hold as bit patterns
@@ -108,7 +107,7 @@ def _check_shape(path: Path, name: str, shape: object) -> tuple[int, ...]:
     if not (isinstance(shape, (list, tuple))
             and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)):  # type(): True is not a dimension
         raise ModelIOError(f"{path}: tensor '{name}' has a bad shape {_short(repr(shape))} (dimensions are "
-                           f"integers from 0 to 2^53)")
+                           f"integers from 0 to 2^53 - 1)")
     return tuple(shape)
 
 

@@ -393,6 +393,17 @@ def test_safetensors_output_refuses_the_metadata_key(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_safetensors_header_over_the_readers_limit_is_refused(tmp_path, monkeypatch):
+    from dcframe import modelio
+
+    monkeypatch.setattr(modelio, "MAX_SAFETENSORS_HEADER", 1000)
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"old")
+    with pytest.raises(ModelIOError, match="header would take"):
+        write_model(out, {f"tensor_with_a_long_name_{i}": np.zeros(1, np.float32) for i in range(30)})
+    assert out.read_bytes() == b"old" and leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("suffix, names", [
     (".npz", ["a/b", "é", "x\ny", "__metadata__", "a..b", "." * 3, ""]),
     (".safetensors", ["../../x", "/abs/x", "a\0b", "a\\b", "x\ny", "n" * 100_000, "__dcframe_dtypes__"]),
