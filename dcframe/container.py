@@ -223,7 +223,10 @@ class ContainerWriter:
         if tensor.stats:
             record["stats"] = tensor.stats
         where = f"{self.path}: tensor '{_short(tensor.name)}'"
-        _check_plain(tensor.steps, where)  # stage meta; the rest of the record is built (and checked) here
+        try:
+            _check_plain(tensor.steps, where)  # stage meta; the rest of the record is built (and checked) here
+        except FormatError as exc:
+            self._refuse(exc)
         packed = _pack(record)
         if len(packed) > self.limits.max_record_bytes:
             self._refuse(LimitError(f"{where}: its record takes {len(packed)} bytes, over the limit of "
@@ -289,7 +292,10 @@ class ContainerWriter:
         """Write the index and trailer, flush to disk and rename into place; returns the file's size."""
         index = {"format": FORMAT, "version": list(VERSION), "producer": f"dcframe {__version__}",
                  "metadata": self.metadata, "chains": self._chains, "tensors": self._entries}
-        _check_plain([self.metadata, self._chains], f"{self.path}: index")  # the entries are counts and offsets
+        try:
+            _check_plain([self.metadata, self._chains], f"{self.path}: index")  # entries: names, counts, offsets
+        except FormatError as exc:
+            self._refuse(exc)
         packed = _pack(index)
         if len(packed) > self.limits.max_index_bytes:
             self._refuse(LimitError(f"{self.path}: the index would take {len(packed)} bytes, over the limit of "

@@ -162,9 +162,10 @@ def test_writer_refuses_meta_outside_plain_msgpack(good_dcf, meta, error):
     encoded = _encoded()
     encoded.steps = [[(src, outs, {**m, **meta}) for src, outs, m in step] for step in encoded.steps]
     before = good_dcf.read_bytes()
+    writer = ContainerWriter(good_dcf)  # used without `with`: the refusal itself drops the temporary file
     with pytest.raises(error):
-        _write(good_dcf, [encoded])
-    assert good_dcf.read_bytes() == before
+        writer.add(encoded)
+    assert good_dcf.read_bytes() == before and leftovers(good_dcf.parent) == []
 
 
 def test_writer_refuses_meta_nested_deeper_than_readers_go(good_dcf):
