@@ -530,11 +530,12 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
     except BrokenProcessPool:
         raise DcfError("a worker process died (out of memory?); try fewer --jobs") from None
     finally:
-        for future, *_ in pending:
-            future.cancel()
         if pool is not None:
-            if pending:  # stopped early (an error, Ctrl-C, SIGTERM): tensors still encoding are not wanted
+            stopped_early = bool(pending)  # an error, Ctrl-C, SIGTERM: the tensors still encoding are not wanted
+            if stopped_early:
+                # The pool's manager then fails every waiting future itself; cancelling them as well would make
+                # it raise InvalidStateError in its thread (Python 3.11), printed as a traceback.
                 _terminate_workers(pool)
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=not stopped_early)
         for f in spills:
             f.close()
