@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .console import one_line
 from .errors import DcfError
 
 # Each module exposes add_parser(subparsers) -> ArgumentParser and run(args) -> int.
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DcfError as exc:
         if args.debug:
             raise
-        print(f"dcframe: error: {exc}", file=sys.stderr)
+        _error(exc)
         return 1
     except KeyboardInterrupt:
         print("dcframe: interrupted; no output was written", file=sys.stderr)
@@ -61,11 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, MemoryError) as exc:
         if args.debug:
             raise
-        print(f"dcframe: error: {exc}", file=sys.stderr)
+        _error(exc)
         return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _error(exc: BaseException) -> None:
+    """Print an error as one line, `dcframe: error: ...`; an exception without a message is named by its type."""
+    message = str(exc) or {"MemoryError": "out of memory"}.get(type(exc).__name__, type(exc).__name__)
+    print(f"dcframe: error: {one_line(message)}", file=sys.stderr)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import sys
 from collections.abc import Iterator
@@ -77,16 +78,31 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
+MAX_TABLE_ROWS = 1000  # tensors a table shows (the largest); rich takes milliseconds a row, JSON lists them all
+
+
+def shown_tensors(tensors: list[dict[str, Any]], limit: int = MAX_TABLE_ROWS) -> list[dict[str, Any]]:
+    """The rows a table shows: every tensor, or with more than `limit`, the `limit` largest in file order."""
+    if len(tensors) <= limit:
+        return tensors
+    keep = set(heapq.nlargest(limit, range(len(tensors)), key=lambda i: tensors[i]["original_bytes"]))
+    return [t for i, t in enumerate(tensors) if i in keep]
+
+
 def report_tables(report: dict[str, Any]) -> None:
-    """Print a container report: one row per tensor, then per-stream detail where there is any, then totals."""
+    """Print a container report: one row per tensor, then per-stream detail where there is any, then totals.
+
+    With more than MAX_TABLE_ROWS tensors only the largest are listed (and a line says so).
+    """
     table = Table(title=escape(str(report["file"])), title_justify="left")
-    lossy = any("rms" in t for t in report["tensors"])
+    shown = shown_tensors(report["tensors"])
+    lossy = any("rms" in t for t in shown)
     columns = ["tensor", "dtype", "shape", "pipeline", "original", "compressed", "ratio", "bits/w"]
     columns += ["sparsity", "clusters", "rms err", "rel err", "max err"] if lossy else []
     for col in columns:
         table.add_column(col, justify="left" if col in ("tensor", "dtype", "shape", "pipeline") else "right",
                          overflow="fold")
-    for t in report["tensors"]:
+    for t in shown:
         row = [escape(t["name"]), t["dtype"], "x".join(map(str, t["shape"])) or "scalar",
                escape(short_pipeline(t["pipeline"])),
                human_bytes(t["original_bytes"]), human_bytes(t["compressed_bytes"]), f"{t['ratio']:.2f}x",
@@ -100,7 +116,7 @@ def report_tables(report: dict[str, Any]) -> None:
     for col in ("tensor", "stream", "stored", "bits/kept weight", "entropy bound", "over bound"):
         detail.add_column(col, justify="left" if col in ("tensor", "stream") else "right")
     rows = 0
-    for t in report["tensors"]:
+    for t in shown:
         entropy = t.get("entropy", {})
         for name, size in t["streams"].items():
             e = entropy.get(name)
@@ -114,6 +130,9 @@ def report_tables(report: dict[str, Any]) -> None:
                            f"{e['over_entropy']:+.2%}" if e and e["over_entropy"] is not None else "")
     if rows:
         stdout.print(detail)
+    if len(shown) < len(report["tensors"]):
+        stdout.print(f"(the {len(shown)} largest of {len(report['tensors'])} tensors are listed; "
+                     f"--json lists every one)")
     stdout.print(
         f"total: {human_bytes(report['original_bytes'])} -> {human_bytes(report['compressed_bytes'])} "
         f"({report['compressed_bytes']} bytes), ratio {report['ratio']:.2f}x; "
@@ -142,3 +161,18 @@ def short_pipeline(text: str) -> str:
 
 def _opt(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(row[key]) if key in row else ""
+
+
+MAX_MESSAGE = 2000  # characters of an error message the CLI prints; the rest is cut from the middle
+# Every control character (C0, DEL, C1) and the Unicode line and paragraph separators, as a visible escape.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """A message as one printable line: control characters escaped (a name from a file may hold a newline), and
+    at most `limit` characters, keeping its start and its end (where the advice is)."""
+    text = message.translate(_CONTROL)
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    return f"{text[:limit - tail]} ...[{len(text) - limit} characters left out]... {text[-tail:]}"

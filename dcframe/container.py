@@ -10,7 +10,6 @@ import errno
 import math
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ import msgpack
 from . import __version__
 from .dtypes import numpy_dtype
 from .errors import ConfigError, DcfError, FormatError, IntegrityError, LimitError, MissingStageError, ModelIOError
-from .modelio import _sync_dir, _umask
+from .modelio import _short, _sync_dir, make_temporary
 from .orchestrator import EncodedTensor, Spilled, decode_tensor
 from .pipeline import Chain
 from .registry import Registry, get_registry
@@ -67,6 +66,33 @@ def _bin_header(n: int) -> bytes:
     if n < 1 << 16:
         return b"\xc5" + struct.pack(">H", n)
     return b"\xc6" + struct.pack(">I", n)
+
+
+MAX_INT = (1 << 53) - 1  # FORMAT.md section 2: integers JavaScript reads exactly
+MAX_DEPTH = 1024  # FORMAT.md section 8: the nesting depth readers stop at
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse (FormatError) what FORMAT.md section 2 forbids a writer: integers beyond 2^53 - 1, keys that are not
+    strings, other types than nil, bool, int, float, str, bin, array and map, nesting deeper than readers go."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FormatError(f"{where}: metadata nests deeper than {MAX_DEPTH} levels")
+        if isinstance(value, bool) or value is None or isinstance(value, (float, str, bytes, bytearray)):
+            continue
+        if isinstance(value, int):
+            if abs(value) > MAX_INT:
+                raise LimitError(f"{where}: the integer {value} is beyond 2^53 - 1, which readers cannot read exactly")
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, dict):
+            if not all(isinstance(k, str) for k in value):
+                raise FormatError(f"{where}: a map key is not a string")
+            stack.extend((v, depth + 1) for v in value.values())
+        else:
+            raise FormatError(f"{where}: {type(value).__name__} is not a plain msgpack value")
 
 
 def _pack(obj: Any) -> bytes:
@@ -188,16 +214,13 @@ class ContainerWriter:
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.chunk_size = chunk_size
         self.registry = registry or get_registry()
+        self.limits = Limits()  # what every reader enforces by default: a file beyond them would be unreadable
         self._chains: list[list[dict[str, Any]]] = []
         self._entries: list[list[Any]] = []
         self._names: set[str] = set()
-        self._descriptors: dict[int, tuple[Chain, list[dict[str, Any]]]] = {}
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                       dir=self.path.parent if str(self.path.parent) else ".")
-        except OSError as exc:
-            raise ModelIOError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        self._tmp = Path(tmp)
+        self._descriptors: dict[int, tuple[Chain, int]] = {}  # id(chain) -> (chain, its index in _chains)
+        self._largest = 0  # the largest declared tensor size, checked against the final file size in close()
+        fd, self._tmp, self._mode = make_temporary(self.path)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._copy_mode = ("range" if hasattr(os, "copy_file_range") else
                            "sendfile" if hasattr(os, "sendfile") else "user")  # how _copy appends spilled streams
@@ -254,27 +277,31 @@ class ContainerWriter:
             self._file.seek(end)
 
     def add(self, tensor: EncodedTensor) -> dict[str, Any]:
-        """Append one encoded tensor; returns its index entry as a report row."""
-        if tensor.name in self._names:
-            raise DcfError(f"tensor '{tensor.name}' appears twice")
+        """Append one encoded tensor; returns its index entry as a report row.
+
+        Everything a reader checks is checked here first (FORMAT.md section 8), so the writer never produces a file
+        a reader refuses: a LimitError (or FormatError) names the tensor, and the output is left as it was.
+        """
+        self._check_tensor(tensor)
         self._names.add(tensor.name)
-        known = self._descriptors.get(id(tensor.chain))
-        if known is None or known[0] is not tensor.chain:  # each chain object is described once, not per tensor
-            known = (tensor.chain, chain_descriptor(tensor.chain, self.registry))
-            self._descriptors[id(tensor.chain)] = known
-        descriptor = known[1]
-        if descriptor not in self._chains:
-            self._chains.append(descriptor)
         streams = []
         for name, data in tensor.streams.items():
             n = len(data)
             chunks = [min(self.chunk_size, n - i) for i in range(0, n, self.chunk_size)]
             streams.append([name, n, data.crc if isinstance(data, Spilled) else _crc(data), chunks])
         record = {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape),
-                  "chain": self._chains.index(descriptor), "steps": tensor.steps, "streams": streams}
+                  "chain": self._chain_index(tensor.chain), "steps": tensor.steps, "streams": streams}
         if tensor.stats:
             record["stats"] = tensor.stats
+        where = f"{self.path}: tensor '{_short(tensor.name)}'"
+        try:
+            _check_plain(tensor.steps, where)  # stage meta; the rest of the record is built (and checked) here
+        except FormatError as exc:
+            self._refuse(exc)
         packed = _pack(record)
+        if len(packed) > self.limits.max_record_bytes:
+            self._refuse(LimitError(f"{where}: its record takes {len(packed)} bytes, over the limit of "
+                                    f"{self.limits.max_record_bytes} (a very long name, or very large metadata)"))
         offset = self._file.tell()
         self._write(packed)
         for data in tensor.streams.values():
@@ -290,17 +317,71 @@ class ContainerWriter:
         self._entries.append([tensor.name, offset, len(packed), total, _crc(packed)])
         return {"name": tensor.name, "compressed_bytes": total}
 
+    def _refuse(self, error: DcfError) -> None:
+        """Drop the temporary file and raise `error`: the output keeps what it had."""
+        self.abort()
+        raise error
+
+    def _check_tensor(self, tensor: EncodedTensor) -> None:
+        """The reader's checks on a tensor's name, count, shape, dtype and declared size."""
+        name = tensor.name
+        if not isinstance(name, str):
+            self._refuse(DcfError(f"{self.path}: tensor names are strings, not {type(name).__name__}"))
+        where = f"{self.path}: tensor '{_short(name)}'"
+        if name in self._names:
+            self._refuse(DcfError(f"{where} appears twice"))
+        if len(self._names) >= self.limits.max_tensors:
+            self._refuse(LimitError(f"{where}: a file holds at most {self.limits.max_tensors} tensors"))
+        shape = tensor.shape
+        if len(shape) > self.limits.max_ndim:
+            self._refuse(LimitError(f"{where}: {len(shape)} dimensions exceed the limit of {self.limits.max_ndim}"))
+        if not all(_is_int(d) and 0 <= d <= MAX_INT for d in shape):
+            self._refuse(LimitError(f"{where}: shape {_short(repr(list(shape)))} has a dimension that is not an "
+                                    f"integer from 0 to 2^53 - 1"))
+        try:
+            nbytes = math.prod(shape) * numpy_dtype(tensor.dtype).itemsize
+        except FormatError as exc:
+            self._refuse(FormatError(f"{where}: {exc}"))
+        if nbytes > self.limits.max_tensor_bytes:
+            self._refuse(LimitError(f"{where}: declares {nbytes} bytes, over the limit of "
+                                    f"{self.limits.max_tensor_bytes}"))
+        self._largest = max(self._largest, nbytes)
+
+    def _chain_index(self, chain: Chain) -> int:
+        """The index of a chain's descriptor in the file, described once per chain object (O(1) per tensor)."""
+        known = self._descriptors.get(id(chain))
+        if known is None or known[0] is not chain:
+            descriptor = chain_descriptor(chain, self.registry)
+            index = next((i for i, d in enumerate(self._chains) if d == descriptor), None)
+            if index is None:
+                index = len(self._chains)
+                self._chains.append(descriptor)
+            known = self._descriptors[id(chain)] = (chain, index)
+        return known[1]
+
     def close(self) -> int:
         """Write the index and trailer, flush to disk and rename into place; returns the file's size."""
         index = {"format": FORMAT, "version": list(VERSION), "producer": f"dcframe {__version__}",
                  "metadata": self.metadata, "chains": self._chains, "tensors": self._entries}
+        try:
+            _check_plain([self.metadata, self._chains], f"{self.path}: index")  # entries: names, counts, offsets
+        except FormatError as exc:
+            self._refuse(exc)
         packed = _pack(index)
+        if len(packed) > self.limits.max_index_bytes:
+            self._refuse(LimitError(f"{self.path}: the index would take {len(packed)} bytes, over the limit of "
+                                    f"{self.limits.max_index_bytes} (too many or too long tensor names)"))
         offset = self._file.tell()
+        size = offset + len(packed) + TRAILER.size
+        bound = min(self.limits.max_tensor_bytes, max(1 << 30, size * self.limits.max_expansion))
+        if self._largest > bound:
+            self._refuse(LimitError(f"{self.path}: a tensor declares {self._largest} bytes, over the limit of "
+                                    f"{bound} for a {size}-byte file"))
         self._write(packed)
         self._write(TRAILER.pack(offset, len(packed), _crc(packed), END_MAGIC))
         with self._aborting():
             self._file.flush()
-            os.fchmod(self._file.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600: use the usual permissions
+            os.fchmod(self._file.fileno(), self._mode)  # an existing output's mode, else 0666 less the umask
             os.fsync(self._file.fileno())
             size = self._file.tell()
             self._file.close()
@@ -312,6 +393,8 @@ class ContainerWriter:
         """Drop the temporary file; the target path is left as it was."""
         try:
             self._file.close()
+        except OSError:  # the buffered tail cannot be written (disk full): the file is being dropped anyway
+            pass
         finally:
             self._tmp.unlink(missing_ok=True)
 

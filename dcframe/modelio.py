@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 import struct
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,6 +27,9 @@ from .errors import DcfError, FormatError, ModelIOError
 from .streams import Dense
 
 MAX_SAFETENSORS_HEADER = 100 << 20
+MAX_DIM = (1 << 53) - 1  # larger dimensions cannot be real, and JavaScript cannot read them exactly
+MAX_DTYPES_MEMBER = 1 << 26  # bytes of an .npz's __dcframe_dtypes__ member
+MAX_ZIP_NAME = 0xFFFF  # a zip member name is at most this many bytes (a 16-bit field)
 NPZ_DTYPES_KEY = "__dcframe_dtypes__"  # names the true dtype of tensors an .npz can only hold as bit patterns
 MODEL_SUFFIXES = (".safetensors", ".npz", ".npy", ".pt", ".pth")
 
@@ -31,9 +37,10 @@ MODEL_SUFFIXES = (".safetensors", ".npz", ".npy", ".pt", ".pth")
 class LazyTensors(Mapping[str, Dense]):
     """A read-only mapping name -> Dense that loads (or memory-maps) each tensor when asked for it."""
 
-    def __init__(self, names: list[str], load, path: Path, reopenable: bool = True,
+    def __init__(self, names: list[str], load, path: Path, reopenable: bool = True, sizes=None,
                  metadata: dict[str, str] | None = None) -> None:
-        self._names, self._load, self.path = names, load, path
+        self._names = dict.fromkeys(names)  # ordered, and `in` is O(1): 10^6 tensors stay linear
+        self._load, self._sizes, self.path = load, sizes, path
         self.metadata = metadata or {}  # a .safetensors file's __metadata__ (str -> str), else empty
         self.reopenable = reopenable  # another process may read the same tensors by opening `path` again
         st = os.stat(path)
@@ -47,6 +54,12 @@ class LazyTensors(Mapping[str, Dense]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 
+    def nbytes(self, name: str) -> int:
+        """The bytes of one tensor's data, from the file's header where it has one (without reading the data)."""
+        if name not in self._names:
+            raise KeyError(name)
+        return self._sizes(name) if self._sizes else self._load(name).nbytes
+
     def __len__(self) -> int:
         return len(self._names)
 
@@ -54,9 +67,12 @@ class LazyTensors(Mapping[str, Dense]):
 def read_model(path: str | os.PathLike) -> LazyTensors:
     """Open a model file by its extension; tensors load lazily."""
     path = Path(path)
-    if not path.exists():
-        raise ModelIOError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        st = os.stat(path)
+    except OSError as exc:  # a missing file, a symlink loop, a path through a non-directory...
+        why = "no such file" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc)).lower()
+        raise ModelIOError(f"{path}: {why}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ModelIOError(f"{path}: is a directory, expected a model file")
     suffix = path.suffix.lower()
     try:
@@ -78,6 +94,30 @@ def read_model(path: str | os.PathLike) -> LazyTensors:
     raise ModelIOError(f"{path}: unknown model format {suffix!r}; expected one of {', '.join(MODEL_SUFFIXES)}")
 
 
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object hook: a key given twice is an error, not "the last one wins"."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {twice!r} appears twice")
+    return out
+
+
+def _check_shape(path: Path, name: str, shape: object) -> tuple[int, ...]:
+    """A shape read from a model file: a list of plain ints (no booleans), each at most MAX_DIM."""
+    if not (isinstance(shape, (list, tuple))
+            and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)):  # type(): True is not a dimension
+        raise ModelIOError(f"{path}: tensor '{name}' has a bad shape {_short(repr(shape))} (dimensions are "
+                           f"integers from 0 to 2^53 - 1)")
+    return tuple(shape)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """Text from a file, cut to `limit` characters for an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _read_safetensors(path: Path) -> LazyTensors:
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -88,9 +128,11 @@ def _read_safetensors(path: Path) -> LazyTensors:
         if n > min(MAX_SAFETENSORS_HEADER, size - 8):
             raise ModelIOError(f"{path}: safetensors header length {n} does not fit the {size}-byte file")
         try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelIOError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+            header = json.loads(f.read(n), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise ModelIOError(f"{path}: safetensors header is not valid JSON ({_short(str(exc))})") from None
+        except RecursionError:
+            raise ModelIOError(f"{path}: safetensors header nests too deeply to be a tensor table") from None
     if not isinstance(header, dict):
         raise ModelIOError(f"{path}: safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -102,44 +144,113 @@ def _read_safetensors(path: Path) -> LazyTensors:
         try:
             dtype, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
         except (TypeError, KeyError, ValueError):
-            raise ModelIOError(f"{path}: tensor '{name}' has a malformed header entry") from None
-        if dtype not in DTYPE_NAMES:
-            raise ModelIOError(f"{path}: tensor '{name}' has unsupported dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise ModelIOError(f"{path}: tensor '{name}' has a bad shape {shape!r}")
+            raise ModelIOError(f"{path}: tensor '{_short(name)}' has a malformed header entry") from None
+        if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
+            raise ModelIOError(f"{path}: tensor '{_short(name)}' has unsupported dtype {_short(repr(dtype))}")
+        shape = _check_shape(path, name, shape)
         expected = math.prod(shape) * numpy_dtype(dtype).itemsize
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_size
+        if not (type(begin) is int and type(end) is int and 0 <= begin <= end <= data_size
                 and end - begin == expected):
-            raise ModelIOError(f"{path}: tensor '{name}' offsets [{begin}, {end}) do not fit its shape or the file")
-        specs[name] = (dtype, tuple(shape), base + begin)
+            raise ModelIOError(f"{path}: tensor '{_short(name)}' offsets do not fit its shape or the file")
+        specs[name] = (dtype, shape, base + begin)
+    whole: list[np.memmap] = []  # one map of the file for every tensor (a map per tensor costs an open() each)
 
     def load(name: str) -> Dense:
         dtype, shape, offset = specs[name]
         if math.prod(shape) == 0:
             return Dense(np.zeros(shape, numpy_dtype(dtype)), dtype)
-        array = np.memmap(path, dtype=numpy_dtype(dtype), mode="r", offset=offset, shape=shape)
-        return Dense(array, dtype)
+        if not whole:
+            whole.append(np.memmap(path, dtype=np.uint8, mode="r"))
+        return Dense(np.ndarray(shape, numpy_dtype(dtype), buffer=whole[0], offset=offset), dtype)
 
-    return LazyTensors(sorted(specs, key=lambda k: specs[k][2]), load, path, metadata=metadata)
+    def size(name: str) -> int:
+        dtype, shape, _ = specs[name]
+        return math.prod(shape) * numpy_dtype(dtype).itemsize
+
+    return LazyTensors(sorted(specs, key=lambda k: specs[k][2]), load, path, sizes=size, metadata=metadata)
 
 
 def _read_npz(path: Path) -> LazyTensors:
-    archive = np.load(path, allow_pickle=False)
-    names = [n for n in archive.files if n != NPZ_DTYPES_KEY]
-    true_dtypes = {}
-    if NPZ_DTYPES_KEY in archive.files:
-        for item in archive[NPZ_DTYPES_KEY].tolist():
-            key, _, value = str(item).rpartition("=")
-            true_dtypes[key] = value
+    """An .npz read member by member with zipfile (never numpy's NpzFile: its name lookups scan a list, and it
+    hands back whatever a member holds); every member must be an .npy array of a supported dtype."""
+    archive = zipfile.ZipFile(path)
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            raise ModelIOError(f"{path}: member '{_short(info.filename)}' is not an .npy array")
+        name = info.filename[:-4]
+        if name in members:
+            raise ModelIOError(f"{path}: tensor '{_short(name)}' is stored twice")
+        members[name] = info
+    dtypes_member = members.pop(NPZ_DTYPES_KEY, None)
+    true_dtypes = _npz_true_dtypes(path, archive, dtypes_member, members) if dtypes_member else {}
 
     def load(name: str) -> Dense:
-        try:
-            array = archive[name]
-        except ValueError as exc:
-            raise ModelIOError(f"{path}: tensor '{name}' cannot be read ({exc})") from None
+        array = _npz_member(path, archive, members[name], name)
         return _dense(path, name, array, true_dtypes.get(name))
 
-    return LazyTensors(names, load, path)
+    def size(name: str) -> int:  # the header only: the data is read once, when the tensor is compressed
+        with archive.open(members[name]) as f:
+            shape, _, dtype = _npz_header(path, f, name)
+        return math.prod(shape) * dtype.itemsize  # a dtype mark keeps the item size (checked when reading the mark)
+
+    return LazyTensors(list(members), load, path, sizes=size)
+
+
+def _npz_header(path: Path, f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of an .npy member (versions 1.0 and 2.0; numpy bounds the header's size)."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported")
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+        raise ModelIOError(f"{path}: tensor '{_short(name)}' is not an .npy array ({_short(str(exc))})") from None
+    if dtype.hasobject:
+        raise ModelIOError(f"{path}: tensor '{_short(name)}' holds Python objects; dcframe never unpickles")
+    return _check_shape(path, name, shape), bool(fortran), dtype
+
+
+def _npz_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str,
+                limit: int | None = None) -> np.ndarray:
+    """One .npy member: its header checked (dtype, shape against the member's size) before the data is read."""
+    with archive.open(info) as f:
+        shape, fortran, dtype = _npz_header(path, f, name)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > info.file_size - f.tell() or (limit is not None and nbytes > limit):
+            raise ModelIOError(f"{path}: tensor '{_short(name)}' declares {nbytes} bytes, more than its member "
+                               f"holds")
+        data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ModelIOError(f"{path}: tensor '{_short(name)}' is truncated")
+    array = np.frombuffer(data, dtype=dtype)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def _npz_true_dtypes(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo,
+                     members: Mapping[str, zipfile.ZipInfo]) -> dict[str, str]:
+    """The `__dcframe_dtypes__` member: "name=DTYPE" strings for tensors stored as bit patterns (BF16 as uint16).
+
+    A dtype is accepted only where the stored array carries it bit for bit: anything else would be a silent cast.
+    """
+    array = _npz_member(path, archive, info, NPZ_DTYPES_KEY, MAX_DTYPES_MEMBER)
+    if array.ndim != 1 or array.dtype.kind != "U":
+        raise ModelIOError(f"{path}: {NPZ_DTYPES_KEY} must be a list of 'name=DTYPE' strings")
+    out = {}
+    for item in array.tolist():
+        name, _, dtype = item.rpartition("=")
+        if name not in members or dtype not in DTYPE_NAMES:
+            raise ModelIOError(f"{path}: {NPZ_DTYPES_KEY} entry '{_short(item)}' names no tensor or no dtype")
+        carrier = numpy_dtype(dtype)
+        with archive.open(members[name]) as f:
+            stored = _npz_header(path, f, name)[2]
+        if (stored.kind, stored.itemsize) != (carrier.kind, carrier.itemsize):
+            raise ModelIOError(f"{path}: tensor '{_short(name)}' is stored as {stored} but {NPZ_DTYPES_KEY} marks "
+                               f"it {dtype}; only a dtype the array carries bit for bit can be marked")
+        out[name] = dtype
+    return out
 
 
 def _read_npy(path: Path) -> LazyTensors:
@@ -199,32 +310,120 @@ def _sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Temporary outputs are named .{output name}.dcftmp-{pid}-{random}.tmp beside the output: a run that finds one
+# whose process is gone and that is older than itself removes it (a SIGKILLed run cannot clean up after itself).
+TEMP_TAG = "dcftmp"
+_TEMP_NAME = re.compile(r"^\..+\." + TEMP_TAG + r"-(\d+)-\w+\.tmp$")
+_STARTED = time.time()  # this process (module import) began no later than this
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def check_output_path(path: str | os.PathLike) -> int | None:
+    """Refuse (ModelIOError) an output that exists and is not a regular file, which a rename would replace;
+    return an existing file's permission bits, to keep them, or None if there is no such file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ModelIOError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelIOError(f"cannot write {path}: it is {_file_kind(st.st_mode)}; dcframe only writes regular "
+                           f"files (it would replace it)")
+    return stat.S_IMODE(st.st_mode)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if both paths exist and name one file (through symlinks and hard links too)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def refuse_overwriting_input(output: str | os.PathLike, source: str | os.PathLike) -> None:
+    """A command must not write over the file it reads."""
+    if same_file(output, source):
+        raise ModelIOError(f"{output}: the output is the input file {source}; choose another output")
+
+
+def _process_gone(pid: int) -> bool:
+    """True only if no process `pid` exists (POSIX); anywhere else, or if unsure, False."""
+    if os.name != "posix" or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, under another user
+        return False
+    return False
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Delete dcframe temporaries in `directory` left by processes that are gone and older than this one."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if not match or not _process_gone(int(match[1])):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < _STARTED:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
+
+
+def make_temporary(path: Path) -> tuple[int, Path, int]:
+    """Open a temporary file beside `path` for an atomic write: (descriptor, its path, the mode to give it).
+
+    Checks the output first (a regular file or nothing), and clears stale temporaries of earlier, killed runs.
+    """
+    directory = path.parent if str(path.parent) else Path(".")
+    mode = check_output_path(path)
+    remove_stale_temporaries(directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_TAG}-{os.getpid()}-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise ModelIOError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return fd, Path(tmp), (0o666 & ~_umask()) if mode is None else mode
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Open a temporary file beside `path`; flush, fsync and rename it into place only if the block succeeds.
 
     On any failure (an exception, Ctrl-C, a full disk) the temporary file is removed and `path` is left as it was.
+    An existing output keeps its permissions; a new one gets the usual ones (0666 less the umask).
     """
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise ModelIOError(f"cannot write {path}: {exc.strerror or exc}") from None
+    fd, tmp, mode = make_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise ModelIOError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    _sync_dir(directory)
+    _sync_dir(tmp.parent)
 
 
 TensorSpec = tuple[str, tuple[int, ...]]  # dtype name, shape
@@ -246,24 +445,56 @@ def write_model_stream(path: str | os.PathLike, specs: Mapping[str, TensorSpec],
     """Write tensors one at a time as `tensors` yields them (in the order of `specs`), atomically.
 
     Only the dtypes and shapes are needed up front (for the safetensors header), so at most one tensor is in
-    memory at a time. Each yielded tensor must match its spec.
+    memory at a time. Each yielded tensor must match its spec. Names a format cannot carry are refused first.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".npz"):
         raise ModelIOError(f"{path}: can write .safetensors or .npz, not {suffix or 'a file without extension'}")
-    if suffix == ".npz" and NPZ_DTYPES_KEY in specs:
-        raise ModelIOError(f"{path}: a tensor may not be called {NPZ_DTYPES_KEY}")
+    for name in specs:
+        why = _name_problem(name, suffix)
+        if why:
+            raise ModelIOError(f"{path}: cannot write tensor '{_short(str(name))}': {why}")
     if metadata and suffix != ".safetensors":
         raise ModelIOError(f"{path}: only .safetensors files carry metadata")
     for dtype, _shape in specs.values():
         numpy_dtype(dtype)  # refuse an unknown dtype before writing anything
+    header = _safetensors_header(path, specs, metadata) if suffix == ".safetensors" else b""
     checked = _checked(path, specs, tensors)
     with atomic_output(path) as f:
         if suffix == ".safetensors":
-            _write_safetensors(f, specs, checked, metadata)
+            _write_safetensors(f, header, len(specs), checked)
         else:
             _write_npz(f, specs, checked)
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _name_problem(name: object, suffix: str) -> str | None:
+    """Why a tensor name cannot go into an output of this format (None if it can); see README, "Tensor names".
+
+    Names are written as they are, never mapped, so two different names never collide in the output.
+    """
+    if not isinstance(name, str):
+        return "tensor names are strings"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid Unicode text"
+    if suffix == ".safetensors":
+        return "'__metadata__' is the safetensors header's metadata entry" if name == "__metadata__" else None
+    if name == NPZ_DTYPES_KEY:
+        return f"{NPZ_DTYPES_KEY} is the member where dcframe records BF16 tensors"
+    if "\0" in name:
+        return "an .npz member name cannot hold a NUL character (zip readers cut the name there)"
+    if "\\" in name:
+        return "an .npz member name cannot hold a backslash (zip readers on Windows take it for a folder separator)"
+    if name.startswith("/") or _DRIVE.match(name) or ".." in name.split("/"):
+        return "the name would extract outside the archive's folder ('/' first, a drive, or a '..' part)"
+    if len(encoded) + len(".npy") > MAX_ZIP_NAME:
+        return f"an .npz member name holds at most {MAX_ZIP_NAME - 4} bytes; this one has {len(encoded)}"
+    return None
 
 
 def _checked(path: Path, specs: Mapping[str, TensorSpec], tensors: Iterator[tuple[str, Dense]]) -> Iterator[Dense]:
@@ -278,8 +509,9 @@ def _checked(path: Path, specs: Mapping[str, TensorSpec], tensors: Iterator[tupl
         yield t
 
 
-def _write_safetensors(f: IO[bytes], specs: Mapping[str, TensorSpec], tensors: Iterator[Dense],
-                       metadata: Mapping[str, str] | None = None) -> None:
+def _safetensors_header(path: Path, specs: Mapping[str, TensorSpec],
+                        metadata: Mapping[str, str] | None = None) -> bytes:
+    """The 8-byte length and the JSON header, padded to 8 bytes; refused if a reader would refuse it."""
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, (dtype, shape) in specs.items():
@@ -288,16 +520,22 @@ def _write_safetensors(f: IO[bytes], specs: Mapping[str, TensorSpec], tensors: I
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the data to 8 bytes, as the safetensors writer does
-    f.write(struct.pack("<Q", len(blob)))
-    f.write(blob)
+    if len(blob) > MAX_SAFETENSORS_HEADER:
+        raise ModelIOError(f"{path}: the safetensors header would take {len(blob)} bytes, over the "
+                           f"{MAX_SAFETENSORS_HEADER}-byte limit of readers (too many or too long tensor names)")
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def _write_safetensors(f: IO[bytes], header: bytes, count: int, tensors: Iterator[Dense]) -> None:
+    f.write(header)
     written = 0
     for t in tensors:
         array = np.asarray(t.array, order="C")
         if array.size:
             f.write(memoryview(array.reshape(-1)).cast("B"))
         written += 1
-    if written != len(specs):
-        raise ModelIOError(f"only {written} of {len(specs)} tensors were written")
+    if written != count:
+        raise ModelIOError(f"only {written} of {count} tensors were written")
 
 
 def _write_npz(f: IO[bytes], specs: Mapping[str, TensorSpec], tensors: Iterator[Dense]) -> None:

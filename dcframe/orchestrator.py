@@ -396,6 +396,53 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
     return encoded
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the parent process dies, even by SIGKILL (which runs no cleanup).
+
+    Linux: the kernel sends SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG), and a parent that died before
+    the call is noticed at once. Elsewhere a daemon thread watches for the parent's PID to change.
+    """
+    import signal
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # orphaned before the death signal was armed
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass  # no usable libc: fall back to watching
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dcframe-parent-watch", daemon=True).start()
+
+
+def _terminate_workers(pool) -> None:
+    """Kill a pool's worker processes now, rather than wait for the tensors they are encoding (SIGKILL: a forked
+    worker inherits the CLI's SIGTERM handler, which only interrupts the task; workers hold nothing to clean up)."""
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14
+    if kill is not None:
+        kill()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.kill()
+        except (OSError, ValueError):  # already gone, or closed
+            pass
+
+
 def _open_spills(spill_dir: str | os.PathLike, count: int) -> list:
     """`count` unnamed spill files: in memory (memfd; never written back to a disk) where the system has it, else
     temporary files in `spill_dir` (O_TMPFILE where supported). Nothing to clean up after a crash, either way."""
@@ -443,7 +490,8 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
     pending: collections.deque = collections.deque()
     pool = None
     try:
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_die_with_parent,
+                                   initargs=(os.getpid(),))
 
         def drain() -> tuple[EncodedTensor, int | None]:
             nonlocal waiting_bytes
@@ -486,9 +534,12 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
     except BrokenProcessPool:
         raise DcfError("a worker process died (out of memory?); try fewer --jobs") from None
     finally:
-        for future, *_ in pending:
-            future.cancel()
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            stopped_early = bool(pending)  # an error, Ctrl-C, SIGTERM: the tensors still encoding are not wanted
+            if stopped_early:
+                # The pool's manager then fails every waiting future itself; cancelling them as well would make
+                # it raise InvalidStateError in its thread (Python 3.11), printed as a traceback.
+                _terminate_workers(pool)
+            pool.shutdown(wait=True, cancel_futures=not stopped_early)
         for f in spills:
             f.close()

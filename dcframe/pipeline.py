@@ -53,7 +53,7 @@ def _quote_keywords(part: str) -> str:
 def _parse_stage(part: str, text: str) -> tuple[str, dict[str, Any]]:
     try:
         node = ast.parse(_quote_keywords(part), mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting overflows the parser's stack
         raise PipelineError(
             f"cannot parse stage {part!r} in pipeline {text!r}; write it as name(key=value, ...)") from None
     if isinstance(node, ast.Name):

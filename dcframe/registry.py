@@ -1,12 +1,15 @@
 """Finds stages and presets through pluggy and the entry-point group `dcframe.stages`, on first use.
 
-Set DCFRAME_PLUGINS to a comma-separated list of entry-point names to load only those (a service that opens
-untrusted files loads only the stages it trusts); unset, every installed plugin loads.
+Set DCFRAME_PLUGINS to a comma-separated list of entry points to load only those (a service that opens untrusted
+files loads only the stages it trusts): `name` allows the entry point `name` of any distribution, `dist:name` only
+the one of that distribution (e.g. `dcframe:huffman`). Unset, every installed plugin loads. Two distributions that
+provide one stage id are an error naming both, never a silent choice.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -44,24 +47,27 @@ class Registry:
 
     def load_entry_points(self) -> None:
         """Register every allowed module of the `dcframe.stages` entry-point group."""
-        allowed = os.environ.get(ALLOW_ENV)
-        allow = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+        allow = allow_list()
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if (allow is not None and ep.name not in allow) or self.manager.has_plugin(ep.name):
-                continue
+            dist = ep.dist.name if ep.dist else "?"
+            key = f"{canonical_dist(dist)}:{ep.name}"  # plugins are told apart by distribution, not by name alone
+            if (allow is not None and ep.name not in allow and key not in allow) or self.manager.has_plugin(key):
+                continue  # not allowed, or the same distribution found twice on sys.path
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not take the others down; it is reported instead
-                self.broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                self.broken[key] = f"{type(exc).__name__}: {exc}"
                 continue
-            dist = ep.dist.name if ep.dist else "?"
-            version = ep.dist.version if ep.dist else "?"
-            self.register(module, ep.name, dist, version)
+            if self.manager.is_registered(module):
+                continue
+            self.register(module, key, dist, ep.dist.version if ep.dist else "?", plugin=ep.name)
 
-    def register(self, module: object, name: str, package: str = "?", package_version: str = "?") -> None:
-        """Register a plugin module (or object with hook implementations) by hand."""
+    def register(self, module: object, name: str, package: str = "?", package_version: str = "?",
+                 plugin: str | None = None) -> None:
+        """Register a plugin module (or object with hook implementations) by hand; `plugin` is its entry-point
+        name (default: `name`)."""
         self.manager.register(module, name=name)
-        self._origins[name] = (package, package_version, name)
+        self._origins[name] = (package, package_version, plugin or name)
         self._stages = self._presets = None
 
     def _collect(self) -> None:
@@ -73,8 +79,9 @@ class Registry:
                 if cls.id in stages and stages[cls.id].cls is not cls:
                     other = stages[cls.id]
                     raise PipelineError(
-                        f"stage id '{cls.id}' is provided by both {other.package} and {package}; "
-                        f"uninstall one or restrict plugins with {ALLOW_ENV}"
+                        f"stage id '{cls.id}' is provided by both {other.package} (plugin '{other.plugin}') and "
+                        f"{package} (plugin '{plugin}'); uninstall one, or allow only one with {ALLOW_ENV}="
+                        f"{canonical_dist(other.package)}:{other.plugin},... (distribution:entry point)"
                     )
                 stages[cls.id] = StageInfo(cls, package, version, plugin)
         for impl in self.manager.hook.dcframe_presets.get_hookimpls():
@@ -109,6 +116,24 @@ class Registry:
     def build(self, stage_id: str, config: dict[str, Any], package: str | None = None) -> Stage:
         """Instantiate a stage from its id and config."""
         return self.info(stage_id, package).cls.from_config(config)
+
+
+def canonical_dist(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): lower case, runs of - _ . as one '-'."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def allow_list() -> set[str] | None:
+    """The entries of DCFRAME_PLUGINS (`name` or `dist:name`, the distribution canonicalized), or None if unset."""
+    allowed = os.environ.get(ALLOW_ENV)
+    if allowed is None:
+        return None
+    out = set()
+    for item in (n.strip() for n in allowed.split(",")):
+        dist, sep, name = item.rpartition(":")
+        if item:
+            out.add(f"{canonical_dist(dist.strip())}:{name.strip()}" if sep else item)
+    return out
 
 
 _registry: Registry | None = None

@@ -134,6 +134,7 @@ def test_spilled_streams_copied_another_way_where_the_kernel_cannot(tmp_path, mo
     assert len(calls) == len(failing)  # each way is tried once per file, then the next (last: pread and pwrite)
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # the pool's threads stay quiet
 def test_disk_full_while_copying_a_spilled_stream_leaves_the_old_output(tmp_path, monkeypatch):
     import errno
 

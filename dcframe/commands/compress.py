@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import console
 from ..api import compress
 from ..errors import DcfError
-from ..modelio import read_model
+from ..modelio import read_model, refuse_overwriting_input
 from ..orchestrator import default_jobs
 
 SMALL_MODEL = 8 << 20  # bytes of tensors below which --jobs is ignored
@@ -54,8 +54,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".dcf")
-    if output.resolve() == Path(args.input).resolve():
-        raise DcfError(f"{output}: the output would overwrite the input")
+    refuse_overwriting_input(output, args.input)  # the same file by any path: a symlink, a hard link
     metadata = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more processes")
     tensors = read_model(args.input)
-    total = sum(tensors[name].nbytes for name in tensors)
+    total = sum(tensors.nbytes(name) for name in tensors)  # from headers: the data is read once, to compress it
     if total < SMALL_MODEL:
         jobs = 1  # starting processes costs more than it saves; the bytes are the same either way
     with console.progress_bar(total, "compressing", enabled=not args.quiet) as advance:

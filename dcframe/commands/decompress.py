@@ -7,7 +7,7 @@ import argparse
 from .. import console
 from ..container import Container
 from ..errors import DcfError
-from ..modelio import write_model_stream
+from ..modelio import refuse_overwriting_input, write_model_stream
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_overwriting_input(args.output, args.input)  # whatever the extensions say
     with Container(args.input) as container:
         names = list(dict.fromkeys(args.tensor)) if args.tensor else container.names  # a name given twice: once
         missing = [n for n in names if n not in container.entries]

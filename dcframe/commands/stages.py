@@ -6,6 +6,7 @@ import argparse
 import inspect as pyinspect
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from .. import console
@@ -60,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
             presets.add_row(name, which, rule["pipeline"])
     console.stdout.print(presets)
     for name, why in listing["broken_plugins"].items():
-        console.stderr.print(f"warning: plugin '{name}' failed to load: {why}")
+        console.stderr.print(escape(console.one_line(f"warning: plugin '{name}' failed to load: {why}")))
     return 0

@@ -40,13 +40,15 @@ def run(args: argparse.Namespace) -> int:
                 status = "[yellow]STAGE NOT INSTALLED[/yellow]"
             else:
                 status = "[red]DAMAGED[/red]"
-            table.add_row(escape(row["name"]), status + ("" if row["ok"] else f": {escape(row['error'])}"))
+            error = "" if row["ok"] else f": {escape(console.one_line(row['error']))}"
+            table.add_row(escape(console.one_line(row["name"])), status + error)
         console.stdout.print(table)
         if result["damaged"]:
-            console.stderr.print(escape(f"dcframe: {len(result['damaged'])} damaged tensor(s): "
-                                    f"{', '.join(result['damaged'])}; the others can still be read "
-                                    f"(dcframe decompress --tensor NAME)"))
+            console.stderr.print(escape(console.one_line(
+                f"dcframe: {len(result['damaged'])} damaged tensor(s): {', '.join(result['damaged'])}; the others "
+                f"can still be read (dcframe decompress --tensor NAME)")))
         if result["unreadable"]:
-            console.stderr.print(escape(f"dcframe: {len(result['unreadable'])} tensor(s) need a stage that is not "
-                                        f"installed: {', '.join(result['unreadable'])}; install it to check them"))
+            console.stderr.print(escape(console.one_line(
+                f"dcframe: {len(result['unreadable'])} tensor(s) need a stage that is not installed: "
+                f"{', '.join(result['unreadable'])}; install it to check them")))
     return 0 if result["ok"] else 1
