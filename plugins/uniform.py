@@ -6,7 +6,8 @@ codebook holds one reconstruction value per level in the tensor's dtype. The str
 (spec/stages/uniform.md), so decoding is kmeans's table lookup; the next coder (huffman) does the entropy coding.
 
 Reconstruction values are each bin's mean (importance-weighted with `weighting`), or with `method="gptq"` (Frantar et
-al. 2022) the grid points q * step after GPTQ's column-by-column error compensation from the Hessian side input.
+al. 2022) the bins' centres (the grid q * step without a dead zone) after GPTQ's column-by-column error compensation
+from the Hessian side input.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class Uniform(Stage):
     Parameters: `step` (absolute bin width) or `rel_step` (step = rel_step x the RMS of every weight of the chain,
     found by `fit`), exactly one; `dead_zone` (>= 0: the zero bin is |w| < (0.5 + dead_zone) * step);
     `weighting` ("none", "activation", "fisher": reconstruction values as importance-weighted bin means, from the
-    calibration side input of that name); `method` ("round", or "gptq": GPTQ onto the grid q * step from the
-    `hessian` side input, 2-D weights only).
+    calibration side input of that name); `method` ("round", or "gptq": GPTQ onto the bins' centres, q * step without
+    a dead zone, from the `hessian` side input, 2-D weights only).
     """
 
     id = "uniform"
@@ -70,7 +71,7 @@ class Uniform(Stage):
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if method == "gptq" and weighting != "none":
-            raise ValueError("method 'gptq' reconstructs to the grid points q * step: it takes weighting 'none'")
+            raise ValueError("method 'gptq' reconstructs to the bins' centres: it takes weighting 'none'")
         self.dead_zone = float(dead_zone)
         self.weighting = weighting
         self.method = method
@@ -118,7 +119,7 @@ class Uniform(Stage):
         hessian = _side(stream, HESSIAN, "method 'gptq'", (shape[1], shape[1]))
 
         def grid(levels: np.ndarray) -> np.ndarray:
-            return to_float(from_float(levels * self.step, stream.dtype), stream.dtype).astype(np.float64)
+            return to_float(from_float(self._grid(levels), stream.dtype), stream.dtype).astype(np.float64)
 
         try:
             return gptq(x.reshape(shape), hessian, lambda w: quantize_levels(w, self.step, self.dead_zone), grid)
@@ -126,9 +127,14 @@ class Uniform(Stage):
             raise ConfigError(f"{where}: side input 'hessian' is not positive semi-definite (not an X^T X / n)") \
                 from None
 
+    def _grid(self, levels: np.ndarray) -> np.ndarray:
+        """The centres of the levels' bins: sign(q) * (|q| + dead_zone) * step, 0 for q = 0 (q * step without a dead
+        zone)."""
+        return np.sign(levels) * (np.abs(levels) + self.dead_zone) * self.step
+
     def _grid_book(self, levels: np.ndarray, dtype: str) -> np.ndarray:
-        """The grid points levels * step in the dtype; ConfigError if rounding moved one into another level's bin."""
-        book = from_float(levels * self.step, dtype)
+        """The grid points of `levels` in the dtype; ConfigError if rounding moved one into another level's bin."""
+        book = from_float(self._grid(levels), dtype)
         back = quantize_levels(to_float(book, dtype).astype(np.float64), self.step, self.dead_zone)
         if not np.array_equal(back, levels):
             bad = float(np.abs(levels[back != levels]).max() * self.step)

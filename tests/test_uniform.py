@@ -65,10 +65,15 @@ def test_laws_weighted(dtype, weighting):
 
 
 @pytest.mark.parametrize("dtype", ["F64", "F32", "F16", "BF16"])
-def test_laws_gptq(dtype):
+@pytest.mark.parametrize("dead_zone", [0.0, 0.5, 1.25])
+def test_laws_gptq(dtype, dead_zone):
     x = correlated(300, 24)
     w = np.random.default_rng(3).normal(size=(10, 24))
-    check_with_side(Uniform(step=0.25, method="gptq", dead_zone=0.2), dense(w, dtype, hessian=x.T @ x / len(x)))
+    stage = Uniform(step=0.25, method="gptq", dead_zone=dead_zone)
+    decoded = check_with_side(stage, dense(w, dtype, hessian=x.T @ x / len(x)))
+    values = np.unique(decoded.values())
+    centres = np.sign(values) * (np.round(np.abs(values) / 0.25 - dead_zone) + dead_zone) * 0.25
+    assert np.array_equal(values, centres)  # the bins' centres (0.25 and the dead zones are exact in every dtype)
 
 
 def test_decoded_values_are_bin_means_and_symbols_follow_levels():
