@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dcframe
-from dcframe import ConfigError, Dense, FormatError, LimitError, write_model
+from dcframe import Bytes, ConfigError, Dense, FormatError, LimitError, Symbols, write_model
 from dcframe.dtypes import f32_to_bf16
 from dcframe.orchestrator import _OUTPUT_LIMIT
 from dcframe.testing import check_config, check_hostile, check_stage, encode_decode, stream_bytes
@@ -237,4 +237,39 @@ def test_cli_too_fine_a_step_fails_in_one_line_and_writes_nothing(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     line = result.stderr.strip()
     assert "\n" not in line and "uniform" in line and "larger step" in line, line
+    assert not out.exists()
+
+
+def test_hostile_symbol_streams_are_format_errors_naming_the_stage():
+    outputs, meta, _ = encode_decode(Uniform(step=0.5), Dense.of(np.linspace(-2, 2, 50, dtype=np.float32)))
+    alphabet = outputs["indices"].alphabet
+    for streams in ({}, {"indices": Bytes(b"\x00" * 50)}, {"indices": Symbols(np.full(50, alphabet, np.uint16), 999)},
+                    {"indices": Symbols(np.zeros(49, np.uint8), alphabet)},
+                    {"indices": Symbols(np.zeros((5, 10), np.uint8), alphabet)},
+                    {"indices": Symbols(np.full(50, -1, np.int64), alphabet)},
+                    {"indices": Symbols(np.zeros(50, np.float32), alphabet)}):
+        with pytest.raises(FormatError, match="^uniform: "):
+            Uniform(step=0.5).decode(streams, meta)
+
+
+def test_one_value_per_bin_is_exact_so_retrained_shared_weights_survive():
+    """The retraining loop's contract: shared values that stay within their bins are reproduced bit for bit."""
+    rng = np.random.default_rng(10)
+    for dtype in ("F64", "F32", "F16", "BF16"):
+        levels = np.arange(-20, 21)
+        values = dense((levels + rng.uniform(-0.45, 0.45, levels.size)) * 0.05, dtype).values()
+        tensor = dense(rng.choice(values, size=(30, 30)), dtype)
+        _, _, decoded = encode_decode(Uniform(step=0.05), tensor)
+        assert stream_bytes(decoded) == stream_bytes(tensor), dtype
+
+
+def test_cli_without_calibration_fails_in_one_line_naming_tensor_and_input(tmp_path):
+    src = tmp_path / "m.safetensors"
+    write_model(src, {"fc.weight": np.ones((8, 4), np.float32)})
+    out = tmp_path / "m.dcf"
+    result = subprocess.run([sys.executable, "-m", "dcframe.cli", "compress", str(src), "-o", str(out), "-p",
+                             "uniform(rel_step=0.25, weighting=fisher) | huffman"], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and "fc.weight" in line and "'fisher'" in line and "--calibration" in line, line
     assert not out.exists()
