@@ -96,14 +96,11 @@ class Uniform(Stage):
         if x.size and not np.isfinite(x).all():
             raise ConfigError("stage 'uniform' (lossy) only accepts finite values; the tensor holds NaN or infinity")
         if self.method == "gptq":
-            q = self._gptq(stream, x)
-        else:
-            q = quantize_levels(x, self.step, self.dead_zone)
-        levels, symbols = _symbols(q)
-        if self.method == "gptq":
+            levels, symbols = _symbols(self._gptq(stream, x))
             book = self._grid_book(levels, stream.dtype)
         else:
             weights = None if self.weighting == "none" else _side_weights(stream, self.weighting)
+            levels, symbols = _symbols(quantize_levels(x, self.step, self.dead_zone))
             book = from_float(bin_means(x, symbols, levels.size, weights), stream.dtype)
         meta = {"dtype": stream.dtype, "shape": list(stream.array.shape),
                 "codebook": book.astype(numpy_dtype(stream.dtype)).tobytes()}
