@@ -273,3 +273,24 @@ def test_cli_without_calibration_fails_in_one_line_naming_tensor_and_input(tmp_p
     line = result.stderr.strip()
     assert "\n" not in line and "fc.weight" in line and "'fisher'" in line and "--calibration" in line, line
     assert not out.exists()
+
+
+def test_retraining_loop_keeps_uniform_shared_weights_exactly(tmp_path):
+    """imposes "shared": the loop hands the shared values to the retrainer and the file decodes to what it returned,
+    also with rel_step refitted on the retrained weights."""
+    rng = np.random.default_rng(11)
+    tensors = {"a": rng.laplace(scale=0.02, size=(60, 50)).astype(np.float32),
+               "b": rng.laplace(scale=0.05, size=(20, 30)).astype(np.float32)}
+    returned = {}
+
+    def retrainer(weights, constraints, phase):
+        assert set(constraints) == {"a", "b"} and phase.imposes == {"shared"}
+        moved = {n: (constraints[n].codebook * np.float32(1.002))[constraints[n].assignment].reshape(w.shape)
+                 for n, w in weights.items()}  # every shared value moves a little, and the chain's RMS with it
+        returned.update(moved)
+        return moved
+
+    path = tmp_path / "r.dcf"
+    dcframe.compress_with_retraining(tensors, path, retrainer, pipeline="uniform(rel_step=0.5) | huffman")
+    decoded = dcframe.decompress(path)
+    assert all(decoded[n].array.tobytes() == returned[n].tobytes() for n in tensors)
