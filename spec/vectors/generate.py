@@ -456,6 +456,17 @@ def generate(root: Path) -> None:
     g.add_valid("huffman-one-symbol", {"c": np.full((10, 10), 0.5, np.float32), "s": np.array(0.5, np.float32)},
                 "kmeans | huffman on constant tensors: a single-symbol alphabet.", ["kmeans", "huffman",
                 "huffman:one-symbol"], pipeline="kmeans(bits=2, init=linear, method=lloyd) | huffman", lossless=False)
+    g.add_valid("uniform-huffman", {"f32": laplace(60, (40, 30)), "f64": laplace(61, (50,), dtype="float64"),
+                                    "f16": laplace(62, (6, 7), dtype="float16"), "bf16": bf16(laplace(63, (33,))),
+                                    "scalar": np.array(0.75, np.float32), "empty": np.zeros((0, 4), np.float32)},
+                "uniform(rel_step=0.3) | huffman: the fitted absolute step is stored, codebooks of bin means in "
+                "every float dtype (decoded as kmeans's lookup).", ["uniform", "huffman", "dtype:F64", "dtype:F16",
+                "bf16", "shape:scalar", "shape:empty"], pipeline="uniform(rel_step=0.3) | huffman", lossless=False)
+    gptq_x = rng(64).normal(size=(200, 12)).cumsum(axis=1)
+    g.add_valid("uniform-gptq-raw", {"w": Dense(laplace(65, (8, 12)), "F32", {"hessian": gptq_x.T @ gptq_x / 200})},
+                "uniform(step=0.02, dead_zone=0.5, method='gptq') | raw: grid points as the codebook, a widened zero "
+                "bin (the hessian side input is not stored).", ["uniform", "uniform:gptq", "raw"],
+                pipeline="uniform(step=0.02, dead_zone=0.5, method='gptq')", lossless=False)
     g.add_valid("zlib-zstd", {"w": laplace(55, (20, 20))}, "raw | zlib | zstd: two byte compressors in a row.",
                 ["zlib", "zstd"], pipeline="zlib(level=1) | zstd(level=3)", lossless=True)
     add_invalid_vectors(g)
@@ -695,6 +706,7 @@ def add_invalid_stage_vectors(g: Generator) -> None:
                   "FormatError", "raw: a position symbol 8 with alphabet 8.", ["raw", "symbols"], tensor="runs")
 
     add_invalid_stage_vectors_round2(g)
+    add_invalid_uniform_vectors(g)
 
     def bad_prune_config(index: dict[str, Any], tensors: list[Any]) -> None:
         index["chains"][0][0]["config"]["sparsity"] = 1.5
@@ -770,6 +782,27 @@ def add_invalid_stage_vectors_round2(g: Generator) -> None:
     g.add_invalid("huffman-segment-over-limit", rewrite(hs, stream_edit(0, "data", segment_65537)), "FormatError",
                   "huffman: a stored segment size of 2^16 + 1 symbols (the limit is 2^16).",
                   ["huffman", "huffman:segments"], tensor="w")
+
+
+def add_invalid_uniform_vectors(g: Generator) -> None:
+    """Issue 13: the uniform stage decodes as kmeans does and validates its stored config."""
+    ug = g.sources["uniform-gptq-raw"]
+
+    def drop_last_entry(meta: dict[str, Any]) -> None:
+        meta["codebook"] = meta["codebook"][:-4]
+    g.add_invalid("uniform-index-out-of-range", rewrite(ug, step_meta_edit(0, 0, 0, drop_last_entry)), "FormatError",
+                  "uniform: the last codebook entry removed, an index is now >= U.", ["uniform"], tensor="w")
+
+    def uniform_config(**changes: Any) -> Callable[..., None]:
+        def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+            index["chains"][0][0]["config"].update(changes)
+        return edit
+    for name, changes, what in (("both-steps", {"rel_step": 0.5}, "both step and rel_step"),
+                                ("no-step", {"step": None}, "neither step nor rel_step"),
+                                ("negative-dead-zone", {"dead_zone": -0.5}, "dead_zone -0.5"),
+                                ("gptq-weighted", {"weighting": "fisher"}, "method 'gptq' with weighting 'fisher'")):
+        g.add_invalid(f"uniform-{name}", rewrite(ug, uniform_config(**changes)), "FormatError",
+                      f"uniform: {what} in the stored config.", ["uniform", "config"], tensor="w")
 
 
 def _first_chunk_pos(data: bytes) -> int:

@@ -5,6 +5,7 @@ import { prune } from './prune.js';
 import { sparse } from './sparse.js';
 import { huffman } from './huffman.js';
 import { kmeans } from './kmeans.js';
+import { uniform } from './uniform.js';
 
 export const STAGES = Object.freeze({
   raw,
@@ -16,4 +17,5 @@ export const STAGES = Object.freeze({
   sparse,
   huffman,
   kmeans,
+  uniform,
 });
