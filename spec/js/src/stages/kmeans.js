@@ -28,11 +28,12 @@ function checkMeta(meta) {
 const CONFIG = {
   bits: orNull(intIn(1, 16)),
   clusters: orNull(intIn(1, 65536)),
-  init: oneOf('linear', 'density', 'random', 'kmeans++'),
+  init: oneOf('compander', 'linear', 'density', 'random', 'kmeans++'),
   max_iter: intIn(0, 2 ** 20),
   tol: (v) => typeof v === 'number' && v >= 0 && Number.isFinite(v),
   seed: intIn(0, Number.MAX_SAFE_INTEGER),
-  method: oneOf('lloyd', 'optimal'),
+  method: oneOf('refine', 'lloyd', 'optimal'),
+  weighting: oneOf('none', 'activation', 'fisher'),
 };
 
 export function checkKmeansConfig(config) {
