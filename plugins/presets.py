@@ -19,6 +19,27 @@ HAN_FC = "prune(sparsity=0.92) | sparse(index_bits=5) | kmeans(bits=5, init=line
 HAN_CONV = "prune(sparsity=0.65) | sparse(index_bits=8) | kmeans(bits=8, init=linear, method=lloyd) | huffman"
 QUANTIZE8 = "kmeans(bits=8) | huffman"
 
+# Pretrained models that will not be retrained (spec/presets.md, "pretrained"): entropy-constrained uniform
+# quantization, one step per chain (rel_step x the RMS of its tensors: the same distortion for every weight), a small
+# dead zone, Huffman-coded levels. Token embedding tables (a lookup: a row's error stays in its token) and attention
+# query/key projections (their error is softened by the softmax) take coarser steps than the other matrices; rank 0-1
+# tensors stay exact. The steps were chosen on all-MiniLM-L6-v2 (tests/bench/bench_pretrained.py).
+TOKEN_EMBEDDINGS = ("*word_embeddings.weight", "*embed_tokens.weight", "*wte.weight", "*tok_embeddings.weight")
+QUERY_KEY = ("*query.weight", "*key.weight", "*q_proj.weight", "*k_proj.weight")
+
+
+def uniform(rel_step: float, method: str | None = None) -> str:
+    extra = f", method={method}" if method else ""
+    return f"uniform(rel_step={rel_step}, dead_zone=0.2{extra}) | huffman"
+
+
+def pretrained_rules(matrices: str, embeddings: str, query_key: str) -> list[dict]:
+    """Rank 0-1 exact, token embeddings, query/key projections, then every other tensor of rank >= 2."""
+    return [{"match": {"ndim": [0, 1]}, "pipeline": LOSSLESS},
+            *({"match": {"name": g}, "pipeline": embeddings} for g in TOKEN_EMBEDDINGS),
+            *({"match": {"name": g}, "pipeline": query_key} for g in QUERY_KEY),
+            {"match": {}, "pipeline": matrices}]
+
 
 @hookimpl
 def dcframe_presets():
@@ -45,7 +66,19 @@ def dcframe_presets():
             ],
         },
         "quantize8": {
-            "description": "weight sharing only: 8-bit k-means codebook, Huffman-coded indices, no pruning",
-            "rules": [{"match": {}, "pipeline": QUANTIZE8}],
+            "description": "weight sharing only: 8-bit k-means codebook, Huffman-coded indices, no pruning; rank 0-1 "
+                           "tensors exact",
+            "rules": [{"match": {"min_ndim": 2}, "pipeline": QUANTIZE8}, {"match": {}, "pipeline": LOSSLESS}],
+        },
+        "pretrained": {
+            "description": "for a pretrained model that will not be retrained, no data needed: uniform quantization "
+                           "(one step per kind of tensor, coarser for token embeddings and query/key), Huffman; "
+                           "rank 0-1 tensors exact",
+            "rules": pretrained_rules(uniform(0.085), uniform(0.25), uniform(0.2)),
+        },
+        "pretrained-calibrated": {
+            "description": "pretrained with a calibration (--calibration): GPTQ on the matrices whose X^T X it has, "
+                           "activation-weighted levels elsewhere, coarser steps as in pretrained",
+            "rules": pretrained_rules(uniform(0.14, "auto"), uniform(0.25, "auto"), uniform(0.25, "auto")),
         },
     }

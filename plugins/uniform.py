@@ -27,7 +27,7 @@ from dcframe.streams import ACTIVATION, FISHER, HESSIAN
 MAX_LEVELS = MAX_CLUSTERS  # 2^16: the codebook limit the kmeans layout shares
 MAX_LEVEL = float(1 << 52)  # |q| above this is no longer an exact integer in float64
 WEIGHTINGS = ("none", "activation", "fisher")
-METHODS = ("round", "gptq")
+METHODS = ("round", "gptq", "auto")
 _BINCOUNT_SPAN = 1 << 20  # level ranges up to this (or 2n) are mapped to symbols by counting, wider ones by sorting
 
 
@@ -47,8 +47,9 @@ class Uniform(Stage):
     Parameters: `step` (absolute bin width) or `rel_step` (step = rel_step x the RMS of every weight of the chain,
     found by `fit`), exactly one; `dead_zone` (>= 0: the zero bin is |w| < (0.5 + dead_zone) * step);
     `weighting` ("none", "activation", "fisher": reconstruction values as importance-weighted bin means, from the
-    calibration side input of that name); `method` ("round", or "gptq": GPTQ onto the bins' centres, q * step without
-    a dead zone, from the `hessian` side input, 2-D weights only).
+    calibration side input of that name); `method` ("round"; "gptq": GPTQ onto the bins' centres, q * step without
+    a dead zone, from the `hessian` side input, 2-D weights only; "auto": gptq where the tensor has a hessian, else
+    round with activation-weighted means where it has an activation, else round).
     """
 
     id = "uniform"
@@ -70,8 +71,8 @@ class Uniform(Stage):
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        if method == "gptq" and weighting != "none":
-            raise ValueError("method 'gptq' reconstructs to the bins' centres: it takes weighting 'none'")
+        if method in ("gptq", "auto") and weighting != "none":
+            raise ValueError(f"method {method!r} chooses its own reconstruction values: it takes weighting 'none'")
         self.dead_zone = float(dead_zone)
         self.weighting = weighting
         self.method = method
@@ -95,11 +96,15 @@ class Uniform(Stage):
         x = stream.values().reshape(-1).astype(np.float64)
         if x.size and not np.isfinite(x).all():
             raise ConfigError("stage 'uniform' (lossy) only accepts finite values; the tensor holds NaN or infinity")
-        if self.method == "gptq":
+        method, weighting = self.method, self.weighting
+        if method == "auto":  # what the calibration allows: gptq with a hessian, else activation-weighted means
+            method = "gptq" if HESSIAN in stream.side and stream.array.ndim == 2 else "round"
+            weighting = ACTIVATION if method == "round" and ACTIVATION in stream.side else "none"
+        if method == "gptq":
             levels, symbols = _symbols(self._gptq(stream, x))
             book = self._grid_book(levels, stream.dtype)
         else:
-            weights = None if self.weighting == "none" else _side_weights(stream, self.weighting)
+            weights = None if weighting == "none" else _side_weights(stream, weighting)
             levels, symbols = _symbols(quantize_levels(x, self.step, self.dead_zone))
             book = from_float(bin_means(x, symbols, levels.size, weights), stream.dtype)
         meta = {"dtype": stream.dtype, "shape": list(stream.array.shape),
@@ -205,7 +210,9 @@ def gptq(weights: np.ndarray, hessian: np.ndarray, levels: Callable[[np.ndarray]
          grid: Callable[[np.ndarray], np.ndarray], block: int = BLOCK, percdamp: float = PERCDAMP) -> np.ndarray:
     """GPTQ on a 2-D weight [out, in] with H = X^T X / n: the integer level of every weight.
 
-    Columns are quantized left to right with `levels` (value -> level) and `grid` (level -> the value decoded); each
+    Columns are quantized in decreasing order of H's diagonal (GPTQ's act-order: the inputs carrying the most energy
+    first, while the most columns remain to absorb their error) with `levels` (value -> level) and `grid` (level ->
+    the value decoded); each
     column's error, scaled by the Cholesky factor U of H^-1 (U^T U = H^-1), is spread over the columns still to come:
     within a block of `block` columns at once, to later blocks in one matrix product (lazy batch updates). Dead
     inputs (H_cc = 0) get H_cc = 1 and zero weights; H's diagonal is damped by percdamp x its mean, as the reference
@@ -219,6 +226,8 @@ def gptq(weights: np.ndarray, hessian: np.ndarray, levels: Callable[[np.ndarray]
     w[:, dead] = 0.0
     if cols:
         h[np.diag_indices(cols)] += percdamp * float(np.mean(np.diag(h)))
+    order = np.argsort(-np.diag(h), kind="stable")  # act-order: the inputs with the most energy first
+    w, h = w[:, order], h[np.ix_(order, order)]
     u = _upper_cholesky_of_inverse(h)
     q = np.zeros(w.shape, dtype=np.int64)
     for start in range(0, cols, block):
@@ -229,7 +238,9 @@ def gptq(weights: np.ndarray, hessian: np.ndarray, levels: Callable[[np.ndarray]
             err[:, c - start] = (w[:, c] - grid(q[:, c])) / u[c, c]
             w[:, c + 1:stop] -= np.outer(err[:, c - start], u[c, c + 1:stop])
         w[:, stop:] -= err @ u[start:stop, stop:]
-    return q.reshape(-1)
+    restored = np.empty_like(q)
+    restored[:, order] = q
+    return restored.reshape(-1)
 
 
 def _side(stream: Dense, name: str, what: str, shape: tuple[int, ...]) -> np.ndarray:

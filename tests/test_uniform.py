@@ -294,3 +294,23 @@ def test_retraining_loop_keeps_uniform_shared_weights_exactly(tmp_path):
     dcframe.compress_with_retraining(tensors, path, retrainer, pipeline="uniform(rel_step=0.5) | huffman")
     decoded = dcframe.decompress(path)
     assert all(decoded[n].array.tobytes() == returned[n].tobytes() for n in tensors)
+
+
+def test_auto_uses_what_the_side_inputs_allow():
+    x = correlated(400, 24, seed=9)
+    rng = np.random.default_rng(10)
+    w = rng.normal(size=(12, 24))
+    act = rng.exponential(size=w.shape)
+    cases = [({"hessian": x.T @ x / len(x)}, Uniform(step=0.3, method="gptq")),
+             ({"activation": act}, Uniform(step=0.3, weighting="activation")),
+             ({}, Uniform(step=0.3))]
+    for side, same_as in cases:
+        auto = encode_decode(Uniform(step=0.3, method="auto"), dense(w, "F32", **side))[2]
+        expected = encode_decode(same_as, dense(w, "F32", **side))[2]
+        assert auto.array.tobytes() == expected.array.tobytes(), sorted(side)
+        check_with_side(Uniform(step=0.3, method="auto"), dense(w, "F32", **side))
+    conv = rng.normal(size=(4, 3, 2, 2))  # a hessian is used only for 2-D weights; a kernel falls back to round
+    auto = encode_decode(Uniform(step=0.3, method="auto"), dense(conv, "F32"))[2]
+    assert auto.array.tobytes() == encode_decode(Uniform(step=0.3), dense(conv, "F32"))[2].array.tobytes()
+    with pytest.raises(ConfigError):
+        Uniform.from_config({"step": 0.3, "method": "auto", "weighting": "fisher"})

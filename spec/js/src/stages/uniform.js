@@ -11,7 +11,7 @@ const CONFIG = {
   rel_step: orNull(positive),
   dead_zone: (v) => typeof v === 'number' && v >= 0 && Number.isFinite(v),
   weighting: oneOf('none', 'activation', 'fisher'),
-  method: oneOf('round', 'gptq'),
+  method: oneOf('round', 'gptq', 'auto'),
 };
 
 export function checkUniformConfig(config) {
@@ -19,8 +19,8 @@ export function checkUniformConfig(config) {
   if (((c.step ?? null) === null) === ((c.rel_step ?? null) === null)) {
     throw new FormatError('uniform: stored config must give exactly one of step and rel_step');
   }
-  if ((c.method ?? 'round') === 'gptq' && (c.weighting ?? 'none') !== 'none') {
-    throw new FormatError(`uniform: stored config method gptq with weighting ${JSON.stringify(c.weighting)}`);
+  if (['gptq', 'auto'].includes(c.method ?? 'round') && (c.weighting ?? 'none') !== 'none') {
+    throw new FormatError(`uniform: stored config method ${c.method} with weighting ${JSON.stringify(c.weighting)}`);
   }
 }
 
