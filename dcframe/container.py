@@ -68,14 +68,15 @@ def _bin_header(n: int) -> bytes:
     return b"\xc6" + struct.pack(">I", n)
 
 
-MAX_INT = (1 << 53) - 1  # FORMAT.md section 2: integers JavaScript reads exactly
-MAX_DEPTH = 1024  # FORMAT.md section 8: the nesting depth readers stop at
+MAX_DEPTH = 32  # arrays and maps nested in one msgpack object, the outermost counting as 1 (FORMAT.md section 2)
+MAX_INT = (1 << 53) - 1  # integers a reader accepts: what JavaScript reads exactly (FORMAT.md section 2)
 
 
-def _check_plain(obj: Any, where: str) -> None:
+def _check_writable(obj: Any, where: str, depth: int = 1) -> None:
     """Refuse (FormatError) what FORMAT.md section 2 forbids a writer: integers beyond 2^53 - 1, keys that are not
-    strings, other types than nil, bool, int, float, str, bin, array and map, nesting deeper than readers go."""
-    stack = [(obj, 1)]
+    strings, other types than nil, bool, int, float, str, bin, array and map, nesting deeper than readers go (`depth`:
+    the level `obj` sits at inside its msgpack object)."""
+    stack = [(obj, depth)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -103,8 +104,6 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"ext type {code} is not allowed in a .dcf file")
 
 
-MAX_DEPTH = 32  # arrays and maps nested in one msgpack object, the outermost counting as 1 (FORMAT.md section 2)
-MAX_INT = (1 << 53) - 1  # integers a reader accepts: what JavaScript reads exactly (FORMAT.md section 2)
 BYTES_PER_CONTAINER = 8  # an object of n bytes may hold at most 64 + n / 8 arrays and maps (FORMAT.md section 8.1)
 OBJECT_FACTOR = 32  # Python objects built from n bytes of msgpack stay under 32 n bytes (tests/bench: worst 29)
 
@@ -295,7 +294,7 @@ class ContainerWriter:
             record["stats"] = tensor.stats
         where = f"{self.path}: tensor '{_short(tensor.name)}'"
         try:
-            _check_plain(tensor.steps, where)  # stage meta; the rest of the record is built (and checked) here
+            _check_writable(tensor.steps, where, depth=2)  # stage meta, inside the record map; the rest is built here
         except FormatError as exc:
             self._refuse(exc)
         packed = _pack(record)
@@ -364,7 +363,7 @@ class ContainerWriter:
         index = {"format": FORMAT, "version": list(VERSION), "producer": f"dcframe {__version__}",
                  "metadata": self.metadata, "chains": self._chains, "tensors": self._entries}
         try:
-            _check_plain([self.metadata, self._chains], f"{self.path}: index")  # entries: names, counts, offsets
+            _check_writable([self.metadata, self._chains], f"{self.path}: index")  # entries: names, counts, offsets
         except FormatError as exc:
             self._refuse(exc)
         packed = _pack(index)

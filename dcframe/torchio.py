@@ -95,10 +95,13 @@ def _escape(name: str) -> str:
 
 
 def _resolve_pipeline(spec: str) -> str:
-    """A preset name with a single pipeline (han-fc, han-conv, quantize8, lossless) or a pipeline string."""
+    """A preset name with a single pipeline (han-fc, han-conv, lossless; quantize8's for rank >= 2) or a pipeline
+    string."""
     presets = get_registry().presets
     if spec in presets:
         rules = presets[spec]["rules"]
+        if len(rules) == 2 and rules[0].get("match") == {"min_ndim": 2} and not rules[1].get("match"):
+            rules = rules[:1]  # a weight pipeline with the lossless fallback for rank 0-1: layer_rules picks weights
         if len(rules) != 1:
             raise PipelineError(f"preset {spec!r} chooses by tensor rank; give a single-pipeline preset or a pipeline")
         return rules[0]["pipeline"]
