@@ -25,7 +25,7 @@ QUANTIZE8 = "kmeans(bits=8) | huffman"
 # query/key projections (their error is softened by the softmax) take coarser steps than the other matrices; rank 0-1
 # tensors stay exact. The steps were chosen on all-MiniLM-L6-v2 (tests/bench/bench_pretrained.py).
 TOKEN_EMBEDDINGS = ("*word_embeddings.weight", "*embed_tokens.weight", "*wte.weight", "*tok_embeddings.weight")
-QUERY_KEY = ("*query.weight", "*key.weight", "*q_proj.weight", "*k_proj.weight")
+QUERY_KEY = ("*query.weight", "*key.weight", "*q_proj.weight", "*k_proj.weight", "*q_lin.weight", "*k_lin.weight")
 
 
 def uniform(rel_step: float, method: str | None = None) -> str:
