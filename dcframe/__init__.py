@@ -9,7 +9,7 @@ Public API:
     compress_with_retraining(tensors, path, retrainer, ...) -> report dict        the paper's loop, any framework
     Constraints, PhaseInfo                                                        what a retrainer is given
     read_model(path) / write_model(path, tensors)                                 .safetensors .npz .npy .pt
-    Stage, Dense, Symbols, Bytes, hookimpl                                        to write a stage plugin
+    Stage, Dense, Symbols, Bytes, hookimpl, require_side                          to write a stage plugin
     Policy, Rule, parse_pipeline                                                  to choose chains per tensor
     DcfError and its subclasses                                                   every error dcframe raises
 """
@@ -36,7 +36,7 @@ from .modelio import read_model, write_model  # noqa: E402
 from .orchestrator import check_output, output_limit  # noqa: E402
 from .pipeline import Policy, Rule, parse_pipeline  # noqa: E402
 from .retrain import Constraints, PhaseInfo, compress_with_retraining  # noqa: E402
-from .stage import Stage  # noqa: E402
+from .stage import Stage, require_side  # noqa: E402
 from .streams import MAX_NDIM, Bytes, Dense, Symbols, check_shape, symbol_width  # noqa: E402
 
 __all__ = [
@@ -44,5 +44,5 @@ __all__ = [
     "IntegrityError", "LimitError", "Limits", "MissingStageError", "ModelIOError", "PhaseInfo", "PipelineError",
     "Policy", "Rule", "Stage", "Symbols", "check_output", "check_shape", "compress", "compress_with_retraining",
     "decompress", "hookimpl", "inspect", "numpy_dtype", "open_container", "output_limit", "parse_pipeline",
-    "read_model", "symbol_width", "verify", "write_model", "__version__",
+    "read_model", "require_side", "symbol_width", "verify", "write_model", "__version__",
 ]

@@ -33,7 +33,8 @@ and decode never needs them, so files and golden vectors do not depend on them. 
 A stage reads ``stream.side.get(name)``, and either works without it (falling back to its data-free rule) or raises
 ConfigError naming what is missing. A stage that gives a dense stream passes side inputs on: the same elements in the
 same layout keep them all (``Dense(array, dtype, stream.side)``, ``with_values``); a subset of the elements keeps the
-element-aligned ones, selected (``stream.select(indices)``); other outputs carry none.
+element-aligned ones, selected (``stream.select(indices)``); other outputs carry none. ``require_side`` fetches one
+and checks it, with the error message every built-in stage gives.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .errors import ConfigError
-from .streams import Stream
+from .streams import Dense, Stream
 
 Meta = dict[str, Any]
 
@@ -100,6 +103,22 @@ class Stage:
 
     def __repr__(self) -> str:
         return format_stage(self.id, self.get_config())
+
+
+def require_side(stream: Dense, name: str, where: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The side input `name` of `stream`, present, of `shape` (default: the stream's) and finite; else ConfigError
+    starting with `where` (which stage, and what needs it) and saying how to provide it."""
+    value = stream.side.get(name)
+    if value is None:
+        raise ConfigError(f"{where} needs the '{name}' side input, which this tensor lacks: pass a calibration that "
+                          f"covers it (--calibration FILE, or calibration= in Python), or give it another chain")
+    value = np.asarray(value)
+    expected = tuple(stream.array.shape) if shape is None else tuple(shape)
+    if value.shape != expected:
+        raise ConfigError(f"{where}: side input '{name}' has shape {list(value.shape)}, expected {list(expected)}")
+    if not np.isfinite(value).all():
+        raise ConfigError(f"{where}: side input '{name}' holds NaN or infinity")
+    return value
 
 
 def format_stage(stage_id: str, config: dict[str, Any]) -> str:

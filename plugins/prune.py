@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from dcframe import ConfigError, Dense, FormatError, Stage, hookimpl
+from dcframe import ConfigError, Dense, FormatError, Stage, hookimpl, require_side
 from dcframe.dtypes import is_float
 from dcframe.streams import ACTIVATION, HESSIAN
 
@@ -219,18 +219,9 @@ def _eliminate(w: np.ndarray, u: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _side(stream: Dense, name: str, criterion: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The side input `name` a criterion reads, checked present, of `shape` and finite (else ConfigError saying so)."""
-    value = stream.side.get(name)
+    """The side input `name`, checked (dcframe.require_side), with this stage's place in the message."""
     where = f"prune: criterion '{criterion}' on a tensor of shape {list(stream.array.shape)}"
-    if value is None:
-        raise ConfigError(f"{where} needs the '{name}' side input, which this tensor lacks: pass a calibration "
-                          f"that covers it (--calibration FILE, or calibration= in Python), or give it another chain")
-    value = np.asarray(value)
-    if value.shape != shape:
-        raise ConfigError(f"{where}: side input '{name}' has shape {list(value.shape)}, expected {list(shape)}")
-    if not np.isfinite(value).all():
-        raise ConfigError(f"{where}: side input '{name}' holds NaN or infinity")
-    return value
+    return require_side(stream, name, where, shape)
 
 
 class Prune(Stage):

@@ -20,7 +20,7 @@ import numpy as np
 from dcframe_plugins.kmeans import FLOAT_DTYPES, MAX_CLUSTERS, Kmeans, _index_dtype
 from dcframe_plugins.prune import BLOCK, PERCDAMP, _upper_cholesky_of_inverse
 
-from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, hookimpl, numpy_dtype
+from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, hookimpl, numpy_dtype, require_side
 from dcframe.dtypes import from_float, to_float
 from dcframe.streams import ACTIVATION, FISHER, HESSIAN
 
@@ -244,18 +244,9 @@ def gptq(weights: np.ndarray, hessian: np.ndarray, levels: Callable[[np.ndarray]
 
 
 def _side(stream: Dense, name: str, what: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The side input `name`, checked present, of `shape`, finite (ConfigError naming stage, input and the fix)."""
-    value = stream.side.get(name)
+    """The side input `name`, checked (dcframe.require_side), with this stage's place in the message."""
     where = f"stage 'uniform': {what} on a tensor of shape {list(stream.array.shape)}"
-    if value is None:
-        raise ConfigError(f"{where} needs the '{name}' side input, which this tensor lacks: pass a calibration that "
-                          f"covers it (--calibration FILE, or calibration= in Python), or give it another chain")
-    value = np.asarray(value)
-    if value.shape != shape:
-        raise ConfigError(f"{where}: side input '{name}' has shape {list(value.shape)}, expected {list(shape)}")
-    if not np.isfinite(value).all():
-        raise ConfigError(f"{where}: side input '{name}' holds NaN or infinity")
-    return value
+    return require_side(stream, name, where, shape)
 
 
 def _side_weights(stream: Dense, weighting: str) -> np.ndarray:
