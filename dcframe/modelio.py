@@ -63,6 +63,10 @@ class LazyTensors(Mapping[str, Dense]):
     def __len__(self) -> int:
         return len(self._names)
 
+    def source(self, name: str) -> tuple[str, int, int] | None:
+        """Where another process re-opens this tensor (the file's path and stamp), or None if it cannot."""
+        return (str(self.path), *self.stamp) if self.reopenable else None
+
 
 def read_model(path: str | os.PathLike) -> LazyTensors:
     """Open a model file by its extension; tensors load lazily."""
