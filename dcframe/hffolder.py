@@ -20,7 +20,17 @@ from pathlib import Path
 from .container import INDEX_SUFFIX, MAX_FILES, MAX_FILES_BYTES, SHARD_SUFFIX, Container, Layout, file_name_problem
 from .dtypes import numpy_dtype
 from .errors import DcfError, ModelIOError
-from .modelio import TEMP_TAG, LazyTensors, _no_duplicates, _short, _sync_dir, _umask, read_model, write_model_stream
+from .modelio import (
+    TEMP_TAG,
+    LazyTensors,
+    _no_duplicates,
+    _short,
+    _sync_dir,
+    _umask,
+    read_model,
+    remove_stale_temporaries,
+    write_model_stream,
+)
 from .streams import Dense
 
 SINGLE = "model.safetensors"
@@ -207,6 +217,7 @@ def write_folder(out: str | os.PathLike, container: Container, single_file: bool
     layout = container.layout() or Layout([(SINGLE, {})], dict.fromkeys(container.names, 0))
     files = _plan(container, layout, single_file)
     parent = out.parent if str(out.parent) else Path(".")
+    remove_stale_temporaries(parent)  # staging folders of killed runs
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{TEMP_TAG}-{os.getpid()}-", suffix=".tmp", dir=parent))
     except OSError as exc:

@@ -101,6 +101,15 @@ def test_plain_safetensors_keeps_its_metadata(tmp_path: Path, capsys) -> None:
     assert safetensors_metadata(tmp_path / "back.safetensors") == {"format": "pt", "k": "v"}
 
 
+def test_a_container_without_layout_becomes_model_safetensors(tmp_path: Path, capsys) -> None:
+    """A container written from arrays (no layout) decompresses into a folder as one model.safetensors."""
+    dcframe.compress({"w": np.arange(6, dtype=np.float32)}, tmp_path / "w.dcf")
+    assert run(["decompress", str(tmp_path / "w.dcf"), "-o", str(tmp_path / "out"), "-q"], capsys)[0] == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.safetensors"]
+    assert read_model(tmp_path / "out" / "model.safetensors")["w"].array.tobytes() == np.arange(6, dtype=np.float32
+                                                                                                 ).tobytes()
+
+
 def test_parallel_compress_of_a_folder_gives_the_serial_bytes(tmp_path: Path) -> None:
     """Workers re-open each tensor's own shard: --jobs 2 writes the same file as a serial run."""
     src = make_sharded(tmp_path / "src", two_shards())
@@ -130,6 +139,29 @@ def test_output_folder_must_be_new_or_empty(tmp_path: Path, capsys) -> None:
     assert not (out / "model.safetensors").exists() and (out / "notes.txt").read_bytes() == b"mine"
     assert tensor_bytes(out) == tensor_bytes(src)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a staging folder was left behind"
+
+
+def test_a_killed_runs_staging_folder_is_removed(tmp_path: Path) -> None:
+    """The hidden staging folder of a run that was killed (its process gone, older than this one) is removed by the
+    next folder output beside it; a live process's is not touched."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    stale = tmp_path / f".out.dcftmp-{child.pid}-abc123.tmp"
+    live = tmp_path / f".out.dcftmp-{os.getpid()}-abc456.tmp"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+        os.utime(d, (time.time() - 3600,) * 2)
+    src = make_sharded(tmp_path / "src", two_shards())
+    dcframe.compress(read_folder(src), tmp_path / "m.dcf")
+    with Container(tmp_path / "m.dcf") as c:
+        write_folder(tmp_path / "out", c)
+    assert not stale.exists() and live.exists()
 
 
 HOSTILE = [
