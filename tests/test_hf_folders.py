@@ -101,6 +101,21 @@ def test_plain_safetensors_keeps_its_metadata(tmp_path: Path, capsys) -> None:
     assert safetensors_metadata(tmp_path / "back.safetensors") == {"format": "pt", "k": "v"}
 
 
+def test_a_bad_layout_does_not_stop_a_file_output(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Decompressing to a .safetensors file with a malformed layout: a warning, the tensors, no __metadata__."""
+    write_model(tmp_path / "w.safetensors", {"w": np.ones(3, np.float32)}, metadata={"format": "pt"})
+    dcframe.compress(read_model(tmp_path / "w.safetensors"), tmp_path / "w.dcf")
+
+    def hostile(self):
+        raise FormatError(f"{self.path}: layout: shard 0 '../x.safetensors': bad")
+
+    monkeypatch.setattr(Container, "layout", hostile)
+    code, err = run(["decompress", str(tmp_path / "w.dcf"), "-o", str(tmp_path / "W.SAFETENSORS"), "-q"], capsys)
+    assert code == 0 and "warning" in err and "without __metadata__" in err
+    assert safetensors_metadata(tmp_path / "W.SAFETENSORS") == {}
+    assert read_model(tmp_path / "W.SAFETENSORS")["w"].array.tolist() == [1.0, 1.0, 1.0]
+
+
 def test_a_container_without_layout_becomes_model_safetensors(tmp_path: Path, capsys) -> None:
     """A container written from arrays (no layout) decompresses into a folder as one model.safetensors."""
     dcframe.compress({"w": np.arange(6, dtype=np.float32)}, tmp_path / "w.dcf")

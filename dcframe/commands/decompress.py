@@ -6,14 +6,15 @@ import argparse
 
 from .. import console
 from ..container import Container
-from ..errors import DcfError
+from ..errors import DcfError, FormatError
 from ..hffolder import is_folder, write_folder
 from ..modelio import refuse_overwriting_input, write_model_stream
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("decompress", help="decode a .dcf container into .safetensors or .npz",
-                       description="Decode a .dcf container into a model file; its extension picks the format.")
+    p = sub.add_parser("decompress", help="decode a .dcf container into .safetensors, .npz or a model folder",
+                       description="Decode a .dcf container into a model file (its extension picks the format) or "
+                                   "a Hugging Face folder.")
     p.add_argument("input", help=".dcf container")
     p.add_argument("-o", "--output", required=True,
                    help="model file to write (.safetensors or .npz), or a folder (new or empty; any other name) to "
@@ -45,12 +46,23 @@ def run(args: argparse.Namespace) -> int:
                     advance(name, container.entries[name].total_length)
                     yield name, tensor
 
-            layout = container.layout()
-            write_model_stream(args.output, specs, decoded(),
-                               layout.common_metadata() if layout and args.output.endswith(".safetensors") else None)
+            write_model_stream(args.output, specs, decoded(), _metadata(container, args.output))
     if not args.quiet:
         console.stderr.print(f"wrote {len(names)} tensors to {args.output}", markup=False)
     return 0
+
+
+def _metadata(container: Container, output: str) -> dict[str, str] | None:
+    """The safetensors __metadata__ the container's layout keeps (the entries all its shards share), if any; a bad
+    layout spoils only that, with a warning (FORMAT.md 3.3: it never prevents reading the tensors)."""
+    if not output.lower().endswith(".safetensors"):
+        return None
+    try:
+        layout = container.layout()
+    except FormatError as exc:
+        console.warn(f"{exc}; writing {output} without __metadata__")
+        return None
+    return layout.common_metadata() if layout else None
 
 
 def _is_folder_output(output: str) -> bool:
