@@ -17,9 +17,18 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from .container import INDEX_SUFFIX, MAX_FILES, MAX_FILES_BYTES, SHARD_SUFFIX, Container, Layout, file_name_problem
+from .container import (
+    INDEX_SUFFIX,
+    MAX_FILES,
+    MAX_FILES_BYTES,
+    SHARD_SUFFIX,
+    Container,
+    Layout,
+    _check_writable,
+    file_name_problem,
+)
 from .dtypes import numpy_dtype
-from .errors import DcfError, ModelIOError
+from .errors import DcfError, FormatError, ModelIOError
 from .modelio import (
     TEMP_TAG,
     LazyTensors,
@@ -80,14 +89,28 @@ def read_folder(path: str | os.PathLike) -> ModelFolder:
     files. Every problem is one ModelIOError naming the file."""
     path = Path(path)
     files, dirs = _entries(path)
+    pickles = sorted(n for n in files if n.lower().endswith(PICKLES) or n.lower().endswith(".bin.index.json"))
+    index_file, shard_names, weight_map, index_metadata = _weights(path, files, pickles)
+    shards = [read_model(path / name) for name in shard_names]
+    shard_of = _shard_of(path, index_file, shard_names, shards, weight_map)
+    used = {*shard_names, *([index_file] if index_file else [])}
+    small = _small_files(path, [n for n in files if n not in used and n not in pickles])
+    skipped = [f"{n}/ (a subfolder)" for n in dirs if not n.startswith(".")]
+    skipped += [f"{n} (a pickle, never read; the safetensors weights are stored)" for n in pickles]
+    layout = Layout([(n, dict(s.metadata)) for n, s in zip(shard_names, shards, strict=True)], shard_of,
+                    index_file, index_metadata, small)
+    return ModelFolder(path, shards, layout, skipped)
+
+
+def _weights(path: Path, files: Mapping[str, os.stat_result],
+             pickles: list[str]) -> tuple[str | None, list[str], dict[str, str] | None, dict]:
+    """Which files hold the weights: (index file or None, shard names, weight map or None, index metadata)."""
     indexes = sorted(n for n in files if n.endswith(INDEX_SUFFIX))
     weights = sorted(n for n in files if n.endswith(SHARD_SUFFIX))
-    pickles = sorted(n for n in files if n.lower().endswith(PICKLES) or n.lower().endswith(".bin.index.json"))
     if len(indexes) > 1:
         raise ModelIOError(f"{path}: several safetensors indexes ({', '.join(indexes)}); keep one")
     if indexes:
-        index_file = indexes[0]
-        shard_names, weight_map, index_metadata = _read_index(path / index_file, files)
+        index_file, (shard_names, weight_map, index_metadata) = indexes[0], _read_index(path / indexes[0], files)
     elif SINGLE in weights or len(weights) == 1:
         index_file, weight_map, index_metadata = None, None, {}
         shard_names = [SINGLE if SINGLE in weights else weights[0]]
@@ -102,15 +125,7 @@ def read_folder(path: str | os.PathLike) -> ModelFolder:
     if stray is not None:
         raise ModelIOError(f"{path / stray}: a .safetensors file that is not part of the model's weights"
                            f"{f' (not in {index_file})' if index_file else ''}; move it out of the folder")
-    shards = [read_model(path / name) for name in shard_names]
-    shard_of = _shard_of(path, index_file, shard_names, shards, weight_map)
-    used = {*shard_names, *([index_file] if index_file else [])}
-    small = _small_files(path, [n for n in files if n not in used and n not in pickles])
-    skipped = [f"{n}/ (a subfolder)" for n in dirs if not n.startswith(".")]
-    skipped += [f"{n} (a pickle, never read; the safetensors weights are stored)" for n in pickles]
-    layout = Layout([(n, dict(s.metadata)) for n, s in zip(shard_names, shards, strict=True)], shard_of,
-                    index_file, index_metadata, small)
-    return ModelFolder(path, shards, layout, skipped)
+    return index_file, shard_names, weight_map, index_metadata
 
 
 def _entries(path: Path) -> tuple[dict[str, os.stat_result], list[str]]:
@@ -150,6 +165,10 @@ def _read_index(path: Path, files: Mapping[str, os.stat_result]) -> tuple[list[s
     if not isinstance(metadata, dict):
         raise ModelIOError(f"{path}: metadata is not a JSON object")
     metadata = {k: v for k, v in metadata.items() if k != "total_size"}  # recomputed when the folder is written
+    try:
+        _check_writable(metadata, f"{path}: metadata", depth=3)  # index, layout, this map
+    except FormatError as exc:
+        raise ModelIOError(str(exc)) from None
     shard_names = sorted(set(weight_map.values()))
     for name in shard_names:
         why = file_name_problem(name) or (None if name.endswith(SHARD_SUFFIX) else f"not a {SHARD_SUFFIX} file")
@@ -194,8 +213,11 @@ def _small_files(path: Path, names: list[str]) -> dict[str, bytes]:
         why = file_name_problem(name)
         if why:
             raise ModelIOError(f"{path / _short(name)}: cannot store this file ({why})")
-        with open(path / name, "rb") as f:
-            data = f.read(MAX_FILES_BYTES - total + 1)  # never more than the limit allows, whatever stat said
+        try:
+            with open(path / name, "rb") as f:
+                data = f.read(MAX_FILES_BYTES - total + 1)  # never more than the limit allows, whatever stat said
+        except OSError as exc:
+            raise ModelIOError(f"{path / name}: cannot read it ({exc.strerror or exc})") from None
         total += len(data)
         if total > MAX_FILES_BYTES:
             raise ModelIOError(f"{path / name}: the folder's non-weight files exceed {MAX_FILES_BYTES >> 20} MiB "

@@ -218,7 +218,9 @@ def test_hostile_folders_give_one_line_errors(tmp_path: Path, capsys, name, edit
 
 
 @pytest.mark.parametrize("content", [b"not json", b"[]", b'{"weight_map": {"a": 1}}', b'{"weight_map": {}}',
-                                     b'{"weight_map": {"a": "x.safetensors", "a": "y.safetensors"}}'])
+                                     b'{"weight_map": {"a": "x.safetensors", "a": "y.safetensors"}}',
+                                     b'{"metadata": {"n": 18014398509481985}, "weight_map": {"a.weight": '
+                                     b'"model-00001-of-00002.safetensors"}}'])
 def test_malformed_index_files(tmp_path: Path, content: bytes) -> None:
     """An index that is not JSON, not a map of names to shard files, empty, or repeats a name: ModelIOError."""
     src = make_sharded(tmp_path / "src", two_shards())
