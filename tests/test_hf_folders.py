@@ -247,6 +247,7 @@ def test_pickles_are_refused_with_how_to_convert(tmp_path: Path, capsys) -> None
 
 
 def test_pickles_and_subfolders_beside_safetensors_are_skipped_with_a_warning(tmp_path: Path, capsys) -> None:
+    """Beside safetensors weights, a pickle and a subfolder are not stored (never read), and the CLI says so."""
     src = make_sharded(tmp_path / "src", two_shards())
     (src / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
     (src / "1_Pooling").mkdir()
@@ -332,6 +333,7 @@ def test_bert_folder_round_trip_loads_in_transformers(bert: Path, tmp_path: Path
 
 
 def test_bert_single_file_loads_in_transformers(bert: Path, tmp_path: Path, capsys) -> None:
+    """--single-file on a real sharded checkpoint: one model.safetensors that transformers loads, same outputs."""
     dcframe.compress(read_folder(bert), tmp_path / "bert.dcf")
     code, _ = run(["decompress", str(tmp_path / "bert.dcf"), "-o", str(tmp_path / "one"), "--single-file", "-q"],
                   capsys)
