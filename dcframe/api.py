@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 
 from .calibration import Calibration, as_calibration
-from .container import DEFAULT_CHUNK, Container, ContainerWriter
+from .container import DEFAULT_CHUNK, Container, ContainerWriter, Layout
 from .errors import DcfError, MissingStageError
+from .hffolder import SINGLE, ModelFolder
+from .modelio import LazyTensors
 from .orchestrator import compress_tensors
 from .pipeline import Policy, Rule
 from .report import container_report
@@ -29,6 +31,7 @@ def compress(
     jobs: int = 1,
     stats: bool = True,
     calibration: Calibration | str | os.PathLike | None = None,
+    layout: Layout | None = None,
 ) -> dict[str, Any]:
     """Compress named tensors into a .dcf file at `path` (atomically) and return its report.
 
@@ -37,18 +40,29 @@ def compress(
     (same bytes as a serial run). On any failure, Ctrl-C included, an existing file at `path` is left untouched.
     `stats=False` leaves out the informative per-tensor statistics (entropy, error; ~200 bytes per lossy tensor).
     `calibration` (a Calibration or its file) feeds data-aware stages (prune criterion="wanda", kmeans weighting=...)
-    at encode time; the file does not store it.
+    at encode time; the file does not store it. `layout` records the files the tensors came in (FORMAT.md 3.3):
+    by default a Hugging Face folder's (`dcframe.hffolder.read_folder`) or a .safetensors file's `__metadata__`.
     """
     policy = Policy(pipeline=pipeline, preset=preset, rules=rules)
     calib = as_calibration(calibration)
     if calib is not None:
         calib.check_fits(tensors, str(calibration) if not isinstance(calibration, Calibration) else "calibration")
-    with ContainerWriter(path, metadata, chunk_size, policy.registry) as writer:
+    layout = layout or source_layout(tensors)
+    with ContainerWriter(path, metadata, chunk_size, policy.registry, layout) as writer:
         for encoded in compress_tensors(tensors, policy, stats=stats, progress=progress, jobs=jobs,
                                         spill_dir=writer.path.parent,
                                         side_inputs=calib.side_inputs if calib is not None else None):
             writer.add(encoded)
     return inspect(path)
+
+
+def source_layout(tensors: Mapping[str, Any]) -> Layout | None:
+    """The layout a container keeps for tensors read from a folder, or from a .safetensors file with metadata."""
+    if isinstance(tensors, ModelFolder):
+        return tensors.layout
+    if isinstance(tensors, LazyTensors) and tensors.metadata and tensors.path.suffix.lower() == ".safetensors":
+        return Layout([(SINGLE, dict(tensors.metadata))], dict.fromkeys(tensors, 0))
+    return None
 
 
 def open_container(path: str | os.PathLike) -> Container:

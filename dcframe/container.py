@@ -34,6 +34,7 @@ END_MAGIC = b"DCFINDEX"
 TRAILER = struct.Struct("<QII8s")  # index offset, index length, index CRC32, END_MAGIC
 FORMAT = "dcf"
 VERSION = (1, 0)
+LAYOUT_VERSION = (1, 1)  # a file with a `layout` key (FORMAT.md 3.3) says so; older 1.x readers ignore the key
 DEFAULT_CHUNK = 1 << 24
 COPY_BLOCK = 1 << 22  # bytes per read when a spilled stream is copied through user space
 
@@ -202,17 +203,139 @@ def pipeline_text(descriptor: list[dict[str, Any]]) -> str:
     return " | ".join(format_stage(str(s.get("id")), s.get("config", {})) for s in descriptor)
 
 
+# --- where the tensors came from: a model file or a Hugging Face folder (FORMAT.md 3.3) ------------------------------
+MAX_SHARDS = 1 << 16
+MAX_FILES = 256  # non-weight files of a folder (config, tokenizer...)
+MAX_FILES_BYTES = 32 << 20  # their total size
+MAX_FILE_NAME = 255  # bytes of UTF-8, as most file systems allow
+SHARD_SUFFIX = ".safetensors"
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def file_name_problem(name: object) -> str | None:
+    """Why `name` cannot be a file name inside a model folder (None if it can): one plain name, never a path."""
+    if not isinstance(name, str) or not name:
+        return "a file name is a non-empty string"
+    if "/" in name or "\\" in name or ":" in name:
+        return "a file name holds no path separator ('/', '\\' or ':')"
+    if ".." in name or name == ".":
+        return "a file name holds no '..' (and is not '.')"
+    if any(ord(c) < 32 for c in name):
+        return "a file name holds no control character"
+    try:
+        if len(name.encode("utf-8")) > MAX_FILE_NAME:
+            return f"a file name takes at most {MAX_FILE_NAME} bytes"
+    except UnicodeEncodeError:
+        return "a file name is valid Unicode text"
+    return None
+
+
+@dataclass
+class Layout:
+    """The files a model came in: its safetensors shards (each with its `__metadata__`), which shard holds each
+    tensor, the index file of a sharded folder and its metadata, and the folder's small non-weight files."""
+
+    shards: list[tuple[str, dict[str, str]]]  # file name, __metadata__
+    shard_of: dict[str, int]  # tensor name -> index into shards
+    index_file: str | None = None  # e.g. model.safetensors.index.json; None for a single file
+    index_metadata: dict[str, Any] | None = None  # that file's "metadata" map, without total_size
+    files: dict[str, bytes] | None = None  # non-weight file name -> its bytes
+
+    def to_index(self, names: list[str], where: str) -> dict[str, Any]:
+        """The `layout` map of the index, for tensors `names` in file order (FORMAT.md 3.3)."""
+        missing = next((n for n in names if n not in self.shard_of), None)
+        if missing is not None:
+            raise FormatError(f"{where}: tensor '{_short(missing)}' belongs to no shard of the layout")
+        out: dict[str, Any] = {"shards": [{"file": f, "metadata": dict(m)} for f, m in self.shards],
+                               "tensor_shards": [self.shard_of[n] for n in names]}
+        if self.index_file is not None:
+            out["index"] = self.index_file
+        if self.index_metadata:
+            out["index_metadata"] = dict(self.index_metadata)
+        if self.files:
+            out["files"] = dict(self.files)
+        check_layout(out, len(names), where)
+        return out
+
+    @classmethod
+    def from_index(cls, raw: Any, names: list[str], where: str) -> Layout:
+        """A checked `layout` map of a file's index (FormatError, LimitError: one line naming what is wrong)."""
+        check_layout(raw, len(names), where)
+        shards = [(s["file"], dict(s.get("metadata", {}))) for s in raw["shards"]]
+        return cls(shards, dict(zip(names, raw["tensor_shards"], strict=True)), raw.get("index"),
+                   raw.get("index_metadata"), raw.get("files", {}))
+
+    def common_metadata(self) -> dict[str, str]:
+        """The `__metadata__` entries every shard shares (a merged single file gets these)."""
+        if not self.shards:
+            return {}
+        first, rest = self.shards[0][1], [m for _, m in self.shards[1:]]
+        return {k: v for k, v in first.items() if all(m.get(k) == v for m in rest)}
+
+
+def check_layout(raw: Any, count: int, where: str) -> None:
+    """Everything FORMAT.md 3.3 requires of a `layout` map, for a file of `count` tensors."""
+    where = f"{where}: layout"
+    if not isinstance(raw, dict):
+        raise FormatError(f"{where} is not a map")
+    shards = raw.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise FormatError(f"{where}: shards is not a non-empty list")
+    if len(shards) > MAX_SHARDS:
+        raise LimitError(f"{where}: {len(shards)} shards, over the limit of {MAX_SHARDS}")
+    taken: set[str] = set()
+
+    def claim(name: Any, what: str, suffix: str | None) -> None:
+        why = file_name_problem(name)
+        if why is None and suffix and not name.endswith(suffix):
+            why = f"it must end with {suffix}"
+        if why is None and name.casefold() in taken:
+            why = "another file of the layout has this name"
+        if why:
+            raise FormatError(f"{where}: {what} {_short(repr(name))}: {why}")
+        taken.add(name.casefold())
+
+    for i, s in enumerate(shards):
+        if not isinstance(s, dict):
+            raise FormatError(f"{where}: shard {i} is not a map")
+        claim(s.get("file"), f"shard {i}", SHARD_SUFFIX)
+        metadata = s.get("metadata", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise FormatError(f"{where}: shard {i} metadata is not a map of strings to strings")
+    of = raw.get("tensor_shards")
+    if not (isinstance(of, list) and len(of) == count and all(_is_int(i) and 0 <= i < len(shards) for i in of)):
+        raise FormatError(f"{where}: tensor_shards must give one shard number (0 to {len(shards) - 1}) per tensor, "
+                          f"{count} in all")
+    index = raw.get("index")
+    if index is None and len(shards) != 1:
+        raise FormatError(f"{where}: {len(shards)} shards and no index file")
+    if index is not None:
+        claim(index, "index file", INDEX_SUFFIX)
+    if not isinstance(raw.get("index_metadata", {}), dict):
+        raise FormatError(f"{where}: index_metadata is not a map")
+    files = raw.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, (bytes, bytearray)) for v in files.values()):
+        raise FormatError(f"{where}: files is not a map of file names to bin")
+    if len(files) > MAX_FILES or sum(map(len, files.values())) > MAX_FILES_BYTES:
+        raise LimitError(f"{where}: {len(files)} files of {sum(map(len, files.values()))} bytes, over the limit of "
+                         f"{MAX_FILES} files and {MAX_FILES_BYTES} bytes")
+    for name in files:
+        claim(name, "file", None)
+
+
 class ContainerWriter:
     """Writes a container to a temporary file beside `path` and renames it into place on close()."""
 
     def __init__(self, path: str | os.PathLike, metadata: dict[str, str] | None = None,
-                 chunk_size: int = DEFAULT_CHUNK, registry: Registry | None = None) -> None:
+                 chunk_size: int = DEFAULT_CHUNK, registry: Registry | None = None,
+                 layout: Layout | None = None) -> None:
         if not 0 < chunk_size <= Limits().max_chunk_bytes:
             raise DcfError(f"chunk size must be 1 to {Limits().max_chunk_bytes} bytes")
         self.path = Path(path)
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.chunk_size = chunk_size
         self.registry = registry or get_registry()
+        self.layout = layout  # the model's files (FORMAT.md 3.3), stored in the index if given
         self.limits = Limits()  # what every reader enforces by default: a file beyond them would be unreadable
         self._chains: list[list[dict[str, Any]]] = []
         self._entries: list[list[Any]] = []
@@ -363,7 +486,10 @@ class ContainerWriter:
         index = {"format": FORMAT, "version": list(VERSION), "producer": f"dcframe {__version__}",
                  "metadata": self.metadata, "chains": self._chains, "tensors": self._entries}
         try:
-            _check_writable([self.metadata, self._chains], f"{self.path}: index")  # entries: names, counts, offsets
+            if self.layout is not None:
+                index["version"] = list(LAYOUT_VERSION)
+                index["layout"] = self.layout.to_index([e[0] for e in self._entries], str(self.path))
+            _check_writable([self.metadata, self._chains, index.get("layout")], f"{self.path}: index")
         except FormatError as exc:
             self._refuse(exc)
         packed = _pack(index)
@@ -509,6 +635,7 @@ class Container:
             raise self._fail("index producer is not a string")
         self.producer = producer
         self.metadata = self._metadata(index.get("metadata", {}))
+        self._layout = index.get("layout")  # checked when asked for (layout()): it never spoils reading tensors
         self.chains = self._chains(index.get("chains"))
         tensors = index.get("tensors")
         if not isinstance(tensors, list):
@@ -573,6 +700,12 @@ class Container:
         if end_of_last != index_offset:
             raise self._fail(f"{index_offset - end_of_last} unaccounted bytes before the index")
         return entries
+
+    def layout(self) -> Layout | None:
+        """The files the model came in (FORMAT.md 3.3), checked; None if the file does not say."""
+        if self._layout is None:
+            return None
+        return Layout.from_index(self._layout, self.names, str(self.path))
 
     # --- records ------------------------------------------------------------------------------------------------
     @property

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import struct
 import tempfile
@@ -62,6 +63,10 @@ class LazyTensors(Mapping[str, Dense]):
 
     def __len__(self) -> int:
         return len(self._names)
+
+    def source(self, name: str) -> tuple[str, int, int] | None:
+        """Where another process re-opens this tensor (the file's path and stamp), or None if it cannot."""
+        return (str(self.path), *self.stamp) if self.reopenable else None
 
 
 def read_model(path: str | os.PathLike) -> LazyTensors:
@@ -366,7 +371,8 @@ def _process_gone(pid: int) -> bool:
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
-    """Delete dcframe temporaries in `directory` left by processes that are gone and older than this one."""
+    """Delete dcframe temporaries in `directory` left by processes that are gone and older than this one (files,
+    and the staging folders of folder outputs)."""
     removed = []
     try:
         entries = list(os.scandir(directory))
@@ -378,9 +384,13 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
             continue
         try:
             st = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_mtime < _STARTED:
+            if st.st_mtime >= _STARTED or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(entry.path)
+            else:
                 os.unlink(entry.path)
-                removed.append(entry.name)
+            removed.append(entry.name)
         except OSError:  # gone meanwhile, or not ours to remove
             continue
     return removed

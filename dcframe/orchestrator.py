@@ -354,6 +354,7 @@ def default_jobs() -> int:
 
 
 _WORKER_MODELS: dict[tuple[str, int, int], Mapping[str, Dense]] = {}
+WORKER_MODELS_KEPT = 8  # model files (a folder's shards) a worker keeps open
 SPILL_SLOTS_PER_JOB = 4  # tensors in flight per worker when results go through spill files
 SPILL_BUDGET = 1 << 29  # input bytes in flight beyond the oldest tensor, when results go through spill files
 SPILL_KEEP = 1 << 26  # a spill file that grew past this is emptied when its slot frees up
@@ -373,7 +374,8 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
             st = os.stat(source[0])
             if (st.st_mtime_ns, st.st_size) != source[1:]:
                 raise ModelIOError(f"{source[0]}: the file changed while it was being compressed")
-            _WORKER_MODELS.clear()
+            if len(_WORKER_MODELS) >= WORKER_MODELS_KEPT:
+                _WORKER_MODELS.clear()
             _WORKER_MODELS[source] = read_model(source[0])
         tensor = _WORKER_MODELS[source][name]
     assert tensor is not None
@@ -470,11 +472,7 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    from .modelio import LazyTensors
-
-    source = None
-    if isinstance(tensors, LazyTensors) and tensors.reopenable:
-        source = (str(tensors.path), *tensors.stamp)  # workers memory-map the file themselves
+    sources = getattr(tensors, "source", None)  # model files and folders: workers memory-map the files themselves
     # fork on Linux: workers start at once with every module and plugin loaded, and the caller's __main__ is not
     # re-run (spawn and forkserver would re-import it); elsewhere spawn, the only safe choice there.
     fork = sys.platform.startswith("linux")
@@ -517,6 +515,7 @@ def _compress_parallel(tensors: Mapping[str, np.ndarray | Dense], policy: Policy
             dense = as_dense(tensors[name])
             chain = chains[policy.pipeline_for(name, dense.array.shape, dense.dtype)]
             nbytes = dense.nbytes
+            source = sources(name) if sources is not None else None
             payload = None if source is not None else dense
             side = side_inputs(name, dense) if side_inputs else None
             del dense  # a memory-mapped tensor is read by the worker, not here

@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import console
 from ..api import compress
 from ..errors import DcfError
+from ..hffolder import is_folder, read_folder
 from ..modelio import read_model, refuse_overwriting_input
 from ..orchestrator import default_jobs
 
@@ -30,8 +31,9 @@ def moved_warning(report: dict) -> str | None:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress a model file into a .dcf container",
-                       description="Compress a model (.safetensors .npz .npy .pt) into a .dcf container.")
-    p.add_argument("input", help="model file")
+                       description="Compress a model (.safetensors .npz .npy .pt, or a Hugging Face folder) into a "
+                                   ".dcf container.")
+    p.add_argument("input", help="model file, or a Hugging Face folder (safetensors weights, config, tokenizer)")
     p.add_argument("-o", "--output", help="container to write (default: INPUT with .dcf)")
     p.add_argument("-p", "--pipeline",
                    help='stage chain, e.g. "prune(sparsity=0.9) | sparse | kmeans(bits=5) | huffman"')
@@ -65,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more processes")
-    tensors = read_model(args.input)
+    tensors = read_folder(args.input) if is_folder(args.input) else read_model(args.input)
+    for what in getattr(tensors, "skipped", ()):
+        console.warn(f"{args.input}: not stored: {what}")
     total = sum(tensors.nbytes(name) for name in tensors)  # from headers: the data is read once, to compress it
     if total < SMALL_MODEL:
         jobs = 1  # starting processes costs more than it saves; the bytes are the same either way

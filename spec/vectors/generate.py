@@ -24,6 +24,7 @@ import zstandard
 
 import dcframe
 from dcframe import Dense
+from dcframe.container import Layout
 
 HERE = Path(__file__).resolve().parent
 MAGIC = b"\x89DCF\r\n\x1a\n"
@@ -302,11 +303,12 @@ class Generator:
 
     def add_valid(self, name: str, tensors: dict[str, np.ndarray | Dense], description: str, exercises: list[str], *,
                   pipeline: str | None = None, preset: str | None = None, rules: tuple[str, ...] = (),
-                  chunk_size: int = 16 * 2**20, metadata: dict[str, str] | None = None, lossless: bool) -> None:
+                  chunk_size: int = 16 * 2**20, metadata: dict[str, str] | None = None, lossless: bool,
+                  layout: Layout | None = None) -> None:
         """Compress `tensors` with dcframe, decode them again, store the file and the expected decoded bytes."""
         path = self.root / "valid" / f"{name}.dcf"
         dcframe.compress(tensors, path, pipeline=pipeline, preset=preset, rules=rules, metadata=metadata,
-                         chunk_size=chunk_size)
+                         chunk_size=chunk_size, layout=layout)
         data = path.read_bytes()
         decoded = dcframe.decompress(path)
         expected = bytearray()
@@ -469,6 +471,15 @@ def generate(root: Path) -> None:
                 pipeline="uniform(step=0.02, dead_zone=0.5, method='gptq')", lossless=False)
     g.add_valid("zlib-zstd", {"w": laplace(55, (20, 20))}, "raw | zlib | zstd: two byte compressors in a row.",
                 ["zlib", "zstd"], pipeline="zlib(level=1) | zstd(level=3)", lossless=True)
+    folder = {"embed.weight": laplace(70, (6, 4)), "layer.weight": laplace(71, (4, 4)), "layer.bias": laplace(72, (4,))}
+    g.add_valid("layout-folder", folder, "Version 1.1: a Hugging Face folder's layout in the index (FORMAT.md 3.3): "
+                "two shards with their __metadata__, the index file and two small files; readers that do not "
+                "recreate folders ignore it.", ["layout", "version:1.1", "zstd"], preset="lossless", lossless=True,
+                layout=Layout([("model-00001-of-00002.safetensors", {"format": "pt"}),
+                               ("model-00002-of-00002.safetensors", {"format": "pt"})],
+                              {"embed.weight": 0, "layer.weight": 1, "layer.bias": 1}, "model.safetensors.index.json",
+                              {"total_parameters": "44"}, {"config.json": b'{"model_type": "bert"}\n',
+                                                           "vocab.txt": "[PAD]\n[UNK]\nü\n".encode()}))
     add_invalid_vectors(g)
     add_invalid_container_vectors(g)
     g.write_index()
