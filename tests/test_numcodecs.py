@@ -1,6 +1,7 @@
 """dcframe chains as a numcodecs codec (the extra dcframe[zarr]): numcodecs' own codec laws, Zarr arrays, bad chunks."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,42 @@ def few_values(shape, distinct=200, dtype="<f4", seed=0) -> np.ndarray:
     """Floats with at most `distinct` different values: what an 8-bit kmeans | huffman chain stores exactly."""
     rng = np.random.default_rng(seed)
     return (rng.integers(0, distinct, shape) / 7).astype(dtype)
+
+
+FIXTURES = Path(__file__).parent / "numcodecs_fixtures"
+# name -> (config, the original chunk): chunks written by this codec, committed, so a change that cannot read them fails
+FIXTURE_CASES = {
+    "huffman-exact": ({"id": "dcframe", "pipeline": HUFFMAN, "dtype": "<f4", "shape": None}, lambda: few_values(1000)),
+    "kmeans4-lossy": ({"id": "dcframe", "pipeline": LOSSY, "dtype": "<f4", "shape": None},
+                      lambda: np.random.default_rng(7).normal(size=1000).astype("f4")),
+    "sparse-u1": ({"id": "dcframe", "pipeline": "sparse | huffman", "dtype": "|u1", "shape": [10, 100]},
+                  lambda: (np.arange(1000) % 7 == 0).astype("u1") * 200),
+}
+
+
+def write_fixtures() -> None:
+    """Regenerate the committed chunks (only when the format changes on purpose): python -c 'import
+    tests.test_numcodecs as t; t.write_fixtures()'. Each case: config.json, data.npy, chunk, decoded.npy."""
+    for name, (config, make) in FIXTURE_CASES.items():
+        folder = FIXTURES / name
+        folder.mkdir(parents=True, exist_ok=True)
+        codec, data = get_codec(config), make()
+        chunk = codec.encode(data)
+        (folder / "config.json").write_text(json.dumps(config) + "\n")
+        (folder / "chunk").write_bytes(chunk)
+        np.save(folder / "data.npy", data)
+        np.save(folder / "decoded.npy", codec.decode(chunk))
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_CASES))
+def test_committed_chunks_still_decode(name):
+    folder = FIXTURES / name
+    codec = get_codec(json.loads((folder / "config.json").read_text()))
+    decoded = codec.decode((folder / "chunk").read_bytes())
+    assert decoded.tobytes() == np.load(folder / "decoded.npy").tobytes()
+    data = np.load(folder / "data.npy")
+    if not codec._chain.lossy:
+        assert decoded.tobytes() == data.tobytes()
 
 
 def test_the_entry_point_finds_the_codec():
