@@ -9,7 +9,8 @@ Config (plain JSON, numcodecs' get_config/from_config): ``{"id": "dcframe", "pip
 "shape": list | None}``. `dtype` is a numpy dtype string; chunks arrive as untyped buffers, so it says how to read
 them. `shape`, if given, is the shape each chunk is encoded with (for stages that look at rows); else chunks are 1-D.
 The codec is registered under numcodecs' entry-point group ``numcodecs.codecs`` as "dcframe" (the extra
-``dcframe[zarr]``), so ``numcodecs.get_codec({"id": "dcframe", ...})`` and Zarr format 2 arrays find it.
+``dcframe[zarr]``), so ``numcodecs.get_codec({"id": "dcframe", ...})`` and Zarr format 2 arrays find it; Zarr format 3
+arrays use it through dcframe.zarr3_codec.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """dcframe chains as a numcodecs codec (the extra dcframe[zarr]): numcodecs' own codec laws, Zarr arrays, bad chunks."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +167,27 @@ def test_a_zarr_array_with_a_lossy_kmeans_chain_stays_on_its_codebooks():
     assert np.sqrt(np.mean((back - data) ** 2)) < 0.15  # 16 levels over a unit normal: rms error ~0.1
 
 
+def test_a_zarr_format_3_array_reads_back_exactly_in_a_process_that_never_imports_dcframe(tmp_path):
+    from dcframe.zarr3_codec import DcframeZarr3
+
+    data = few_values((200, 300), seed=8)
+    with pytest.warns(UserWarning, match="not in the Zarr version 3 specification"):  # zarr's note on numcodecs codecs
+        serializer = DcframeZarr3(pipeline=HUFFMAN, dtype="<f4")
+    array = zarr.create_array(str(tmp_path / "v3.zarr"), shape=data.shape, chunks=(128, 128), dtype="f4",
+                              serializer=serializer, compressors=None)
+    array[:] = data
+    stored = json.loads((tmp_path / "v3.zarr" / "zarr.json").read_text())
+    assert stored["codecs"] == [{"name": "numcodecs.dcframe", "configuration": {"pipeline": HUFFMAN, "dtype": "<f4"}}]
+    np.save(tmp_path / "data.npy", data)
+    script = ("import sys, numpy as np, zarr; before = 'dcframe' in sys.modules; "
+              "a = zarr.open_array(sys.argv[1], mode='r')[:]; "
+              "print(before, 'dcframe' in sys.modules, a.tobytes() == np.load(sys.argv[2]).tobytes())")
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script, str(tmp_path / "v3.zarr"),
+                           str(tmp_path / "data.npy")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True", "True"]  # loaded through the entry point, and exact
+
+
 def test_bad_configs_fail_when_the_codec_is_built():
     with pytest.raises(DcfError, match="nosuchstage"):
         DcframeCodec("nosuchstage | huffman")
@@ -174,6 +197,10 @@ def test_bad_configs_fail_when_the_codec_is_built():
         DcframeCodec("zstd", "<U4")
     with pytest.raises(DcfError, match="huffman"):
         DcframeCodec("huffman")  # takes symbols; a chunk is dense
+    from dcframe.zarr3_codec import DcframeZarr3
+
+    with pytest.warns(UserWarning), pytest.raises(DcfError, match="nosuchstage"):
+        DcframeZarr3(pipeline="nosuchstage", dtype="<f4")  # at once, not at the array's first write
 
 
 def test_a_buffer_that_is_not_whole_elements_is_refused():
