@@ -23,7 +23,7 @@ that already hold that many zeros prunes nothing more, so retrained weights that
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 from .container import DEFAULT_CHUNK, ContainerWriter
 from .dtypes import is_float
 from .errors import DcfError
-from .orchestrator import as_dense, decode_tensor, encode_tensor, fit_chains, roundtrip
+from .orchestrator import EncodedTensor, as_dense, compress_tensors, decode_tensor, encode_tensor, fit_chains, roundtrip
 from .pipeline import Chain, Policy, Rule, build_chain
 from .stage import Stage
 from .streams import Dense
@@ -97,6 +97,12 @@ class PhaseInfo:
     count: int
     stages: dict[str, str] = field(default_factory=dict)  # tensor -> its k-th lossy stage (if its chain has one)
     imposes: frozenset[str] = frozenset()  # every constraint kind present in this phase
+    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)  # the caller's channel
+
+    def say(self, message: str) -> None:
+        """Report a line of the retrainer's own progress (an epoch's loss) where the caller's progress goes."""
+        if self.progress is not None:
+            self.progress(message)
 
     def __str__(self) -> str:
         ids = ", ".join(sorted(set(self.stages.values()))) or "nothing"
@@ -133,6 +139,7 @@ class Retrained:
     chains: dict[str, Chain]
     constraints: dict[str, Constraints]
     phases: int
+    policy: Policy | None = None  # what chose the chains: parallel encoding refits them from it
 
 
 def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, retrainer: Retrainer,
@@ -172,7 +179,7 @@ def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, re
                 if found is not None:
                     constraints[name] = found
             weights[name] = current[name].values().astype(np.float32)  # a fresh copy the retrainer may keep
-        info = PhaseInfo(k, count, stage_ids, _imposed(constraints))
+        info = PhaseInfo(k, count, stage_ids, _imposed(constraints), progress)
         say(f"{info}: retraining")
         result = retrainer(weights, constraints, info)
         if not isinstance(result, Mapping):
@@ -183,7 +190,7 @@ def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, re
             current[name] = _accept(name, value, current[name], constraints.get(name))
     if count:
         chains = _fit(policy, current, say)
-    return Retrained(current, chains, constraints, count)
+    return Retrained(current, chains, constraints, count, policy)
 
 
 def _fit(policy: Policy, tensors: Mapping[str, Dense], say: Progress) -> dict[str, Chain]:
@@ -225,20 +232,31 @@ def _accept(name: str, value: Any, before: Dense, constraint: Constraints | None
 
 def write_retrained(retrained: Retrained, path: str | os.PathLike, registry: Any = None,
                     metadata: dict[str, str] | None = None, stats: bool = True, chunk_size: int = DEFAULT_CHUNK,
-                    progress: Progress | None = None) -> int:
-    """Encode the retrained weights with their full chains, check each decodes exactly, write the container."""
+                    progress: Progress | None = None, jobs: int = 1) -> int:
+    """Encode the retrained weights with their full chains, check each decodes exactly, write the container.
+
+    `jobs` > 1 encodes in that many processes (dcframe.compress's workers; the same bytes as serial)."""
     say = progress or (lambda message: None)
     with ContainerWriter(path, metadata, chunk_size, registry) as writer:
-        for name, dense in retrained.weights.items():
-            chain = retrained.chains[name]
-            say(f"encoding {name}")
-            encoded = encode_tensor(name, dense, chain, stats=stats)
+        for encoded in _encodings(retrained, stats, jobs):
+            name, dense, chain = encoded.name, retrained.weights[encoded.name], retrained.chains[encoded.name]
+            say(f"encoded {name}")
             decoded = decode_tensor(chain.stages, encoded.steps, encoded.streams, dense.dtype, dense.array.shape,
                                     where=f"tensor '{name}'")
             if decoded.array.tobytes() != dense.array.tobytes():
                 raise DcfError(_culprit(name, dense, chain, registry))
             writer.add(encoded)
     return os.path.getsize(path)
+
+
+def _encodings(retrained: Retrained, stats: bool, jobs: int) -> Iterator[EncodedTensor]:
+    """Each retrained tensor through its full chain: serially with the fitted chains, or in `jobs` processes, whose
+    global fits over the same final weights give the same chains."""
+    if jobs > 1 and retrained.policy is not None:
+        yield from compress_tensors(retrained.weights, retrained.policy, stats=stats, jobs=jobs)
+        return
+    for name, dense in retrained.weights.items():
+        yield encode_tensor(name, dense, retrained.chains[name], stats=stats)
 
 
 def _culprit(name: str, dense: Dense, chain: Chain, registry: Any) -> str:
@@ -263,17 +281,19 @@ def compress_with_retraining(
     stats: bool = True,
     chunk_size: int = DEFAULT_CHUNK,
     progress: Progress | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Compress with retraining after each lossy stage (see the module docstring) and return the file's report.
 
     Chains are chosen as in dcframe.compress; `retrainer` fine-tunes the weights between phases under the
-    constraints the lossy stages leave. The report is dcframe.inspect(path).
+    constraints the lossy stages leave (it may report through phase.say, which goes to `progress`). `jobs` > 1
+    encodes the final weights in that many processes (the same bytes). The report is dcframe.inspect(path).
     """
     from .api import inspect
 
     policy = Policy(pipeline=pipeline, preset=preset, rules=rules)
     retrained = retrain_phases(tensors, policy, retrainer, progress)
-    write_retrained(retrained, path, policy.registry, metadata, stats, chunk_size, progress)
+    write_retrained(retrained, path, policy.registry, metadata, stats, chunk_size, progress, jobs)
     return inspect(path)
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .api import compress, decompress
-from .errors import ModelIOError, PipelineError
+from .errors import ConfigError, ModelIOError, PipelineError
 from .modelio import MODEL_SUFFIXES, read_model
 from .pipeline import Rule, format_pipeline, parse_pipeline
 from .registry import get_registry
@@ -175,25 +175,29 @@ def compress_module(
     metadata: dict[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
     calibration: Any = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Write a module's (or state dict's, or model file's) tensors to a .dcf and return its report.
 
     Chains are chosen as in dcframe.compress (give rules=layer_rules(model) for the paper's per-layer settings). With
-    a `retrainer` (e.g. dcframe.torchretrain.TorchRetrainer) the weights are retrained after every lossy stage.
-    `calibration` (dcframe.torch.calibrate's result, or its file) feeds data-aware stages.
+    a `retrainer` (e.g. dcframe.torchretrain.TorchRetrainer) the weights are retrained after every lossy stage; its
+    per-epoch loss lines go to `progress` too. `calibration` (dcframe.torch.calibrate's result, or its file) feeds
+    data-aware stages. `jobs` > 1 encodes in that many processes (the same bytes as serial).
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"compress_module: jobs must be a positive integer, got {jobs!r}")
     tensors = state_tensors(source)
     if retrainer is None:
-        tell = (lambda message, done: progress(message)) if progress else None
+        tell = (lambda message, done: progress(f"encoded {message}")) if progress else None
         return compress(tensors, path, pipeline=pipeline, preset=preset, rules=rules, metadata=metadata,
-                        progress=tell, calibration=calibration)
+                        progress=tell, calibration=calibration, jobs=jobs)
     if calibration is not None:
         raise PipelineError("compress_module: a calibration with a retrainer is not supported (retraining moves "
                             "the weights the statistics describe); give one or the other")
     from .retrain import compress_with_retraining
 
     return compress_with_retraining(tensors, path, retrainer, pipeline=pipeline, preset=preset, rules=rules,
-                                    metadata=metadata, progress=progress)
+                                    metadata=metadata, progress=progress, jobs=jobs)
 
 
 def load_state_dict(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

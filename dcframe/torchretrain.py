@@ -15,8 +15,10 @@ underneath it, for users who run their own loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .console import progress_bar
 from .errors import DcfError
 from .retrain import Constraints, PhaseInfo
 
@@ -157,6 +160,32 @@ def _pick(value: Any, phase: PhaseInfo) -> Any:
     raise DcfError(f"{phase}: no setting for stages {sorted(set(ids))} in {sorted(value)}")
 
 
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where retraining stands after a batch (or an epoch): counts for a progress bar, the loss for a person.
+
+    `step` of `steps` counts the phase's batches over all its epochs (`steps`/`batches` are None when `data` has no
+    len()); `loss` is the mean loss of this epoch's batches so far; `seconds` is the time since the epoch began.
+    """
+
+    phase: PhaseInfo
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int | None
+    step: int
+    steps: int | None
+    loss: float
+    seconds: float
+
+    def __str__(self) -> str:
+        return (f"{self.phase}: epoch {self.epoch}/{self.epochs}, loss {self.loss:.4g} "
+                f"({self.batch} batches, {self.seconds:.1f} s)")
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+
 class TorchRetrainer:
     """A dcframe.retrain retrainer that fine-tunes an nn.Module under the phase's constraints.
 
@@ -164,20 +193,28 @@ class TorchRetrainer:
     or `loss(model, batch) -> scalar tensor` with `data` (an iterable of batches, re-iterated every epoch; or None to
     call `loss(model)` `epochs` times). `optimizer(params)` builds the optimizer (default Adam, lr 1e-3); it and
     `epochs` may map the phase's lossy stage id ("prune", "kmeans"; or "default") to a value. `on_phase(model, phase,
-    when)` is called with when="before" (weights approximated, not yet retrained) and "after". The model ends up
-    holding the last weights; state entries the protocol does not pass (integer buffers) keep their values.
+    when)` is called with when="before" (weights approximated, not yet retrained) and "after". With `loss`, every
+    epoch's mean loss goes to the caller's progress (phase.say: compress_module(progress=print) prints it), and
+    `on_batch`/`on_epoch` get a TrainingProgress after every batch/epoch; `bar=True` draws a progress bar per phase
+    on stderr (counts, ETA, loss; only on a terminal). The model ends up holding the last weights; state entries the
+    protocol does not pass (integer buffers) keep their values.
     """
 
     def __init__(self, model: nn.Module, loss: Callable[..., torch.Tensor] | None = None,
                  data: Iterable[Any] | None = None, fit: Callable[[nn.Module, PhaseInfo], None] | None = None,
                  optimizer: OptimizerFactory | Mapping[str, OptimizerFactory] | None = None,
                  epochs: int | Mapping[str, int] = 1,
-                 on_phase: Callable[[nn.Module, PhaseInfo, str], None] | None = None) -> None:
+                 on_phase: Callable[[nn.Module, PhaseInfo, str], None] | None = None,
+                 on_batch: ProgressCallback | None = None, on_epoch: ProgressCallback | None = None,
+                 bar: bool = False) -> None:
         if (loss is None) == (fit is None):
             raise ValueError("give exactly one of loss (a (model, batch) -> loss closure, with data) or fit (a loop)")
+        if fit is not None and (on_batch or on_epoch or bar):
+            raise ValueError("on_batch/on_epoch/bar report the built-in loop (loss=); with fit=, report from your loop")
         self.model, self.loss, self.data, self.fit = model, loss, data, fit
         self.optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.epochs, self.on_phase = epochs, on_phase
+        self.on_batch, self.on_epoch, self.bar = on_batch, on_epoch, bar
 
     def __call__(self, weights: dict[str, np.ndarray], constraints: Mapping[str, Constraints],
                  phase: PhaseInfo) -> dict[str, np.ndarray]:
@@ -217,15 +254,68 @@ class TorchRetrainer:
         if self.fit is not None:
             self.fit(self.model, phase)
             return
+        bars = TrainingBars(enabled=True) if self.bar else None
+        try:
+            self._epochs(phase, bars)
+        finally:
+            if bars is not None:
+                bars.close()
+
+    def _epochs(self, phase: PhaseInfo, bars: TrainingBars | None) -> None:
+        """The built-in loop: `epochs` passes over `data`, reporting every batch and every epoch."""
         optimizer = _pick(self.optimizer, phase)([p for p in self.model.parameters() if p.requires_grad])
         epochs = int(_pick(self.epochs, phase))
-        for _ in range(epochs):
-            batches: Iterable[Any] = self.data if self.data is not None else [None]
+        batches: Iterable[Any] = self.data if self.data is not None else [None]
+        per_epoch = len(batches) if isinstance(batches, Sized) else None
+        steps = None if per_epoch is None else per_epoch * epochs
+        listeners = [f for f in (bars, self.on_batch) if f is not None]
+        step = 0
+        for epoch in range(1, epochs + 1):
+            start, total, count = time.perf_counter(), 0.0, 0
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
-                value = self.loss(self.model) if batch is None and self.data is None else self.loss(self.model, batch)
+                value = self.loss(self.model) if self.data is None else self.loss(self.model, batch)
                 value.backward()
                 optimizer.step()
+                total, count, step = total + float(value.detach()), count + 1, step + 1
+                if listeners:
+                    now = TrainingProgress(phase, epoch, epochs, count, per_epoch, step, steps, total / count,
+                                           time.perf_counter() - start)
+                    for listener in listeners:
+                        listener(now)
+            done = TrainingProgress(phase, epoch, epochs, count, per_epoch, step, steps,
+                                    total / count if count else float("nan"), time.perf_counter() - start)
+            phase.say(str(done))
+            if self.on_epoch:
+                self.on_epoch(done)
 
 
-__all__ = ["Masked", "SharedWeights", "TorchRetrainer", "constrained"]
+class TrainingBars:
+    """An on_batch callback drawing one rich progress bar per retraining phase on stderr: batches done of the
+    phase's total, an ETA, the running loss (dcframe.console.progress_bar; nothing when stderr is not a terminal).
+    TorchRetrainer(bar=True) uses one and closes it after each phase; call close() when you pass your own."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._bar = ExitStack()
+        self._phase: PhaseInfo | None = None
+        self._advance: Callable[[str, int], None] = lambda name, amount: None
+
+    def __call__(self, progress: TrainingProgress) -> None:
+        if progress.phase is not self._phase:
+            self.close()
+            self._phase = progress.phase
+            self._advance = self._bar.enter_context(
+                progress_bar(progress.steps, f"retraining {progress.phase}", self.enabled, unit="items"))
+        self._advance(f"epoch {progress.epoch}/{progress.epochs} loss {progress.loss:.4g}", 1)
+        if progress.steps is not None and progress.step >= progress.steps:
+            self.close()
+
+    def close(self) -> None:
+        """End the current bar (the next phase's first batch starts a new one)."""
+        self._bar.close()
+        self._phase = None
+        self._advance = lambda name, amount: None
+
+
+__all__ = ["Masked", "SharedWeights", "TorchRetrainer", "TrainingBars", "TrainingProgress", "constrained"]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcframe import decompress, parse_pipeline
+from dcframe.console import note
 from dcframe.demo import layer_table, load_digits
 from dcframe.torchio import compress_module, layer_rules, load_module
 from dcframe.torchretrain import TorchRetrainer
@@ -68,6 +69,9 @@ def batches(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> Iterable[
         def __iter__(self):  # noqa: ANN204
             order = torch.randperm(len(x), generator=self.generator)
             return iter([(x[order[i:i + size]], y[order[i:i + size]]) for i in range(0, len(x), size)])
+
+        def __len__(self) -> int:  # batches per epoch: what lets a progress bar show counts and an ETA
+            return -(-len(x) // size)
 
     return Epochs()
 
@@ -126,8 +130,11 @@ def paper_table(report: dict[str, Any], path: str) -> list[dict[str, Any]]:
 
 
 def run(output: str = "lenet5.dcf", epochs: int = 8, prune_epochs: int = 4, quant_epochs: int = 2, seed: int = 0,
-        sparsity: dict[str, float] | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train LeNet-5, compress it with retraining into `output`, load the file back; return the numbers."""
+        sparsity: dict[str, float] | None = None, progress: Callable[[str], None] | None = None,
+        bar: bool = False, jobs: int = 1) -> dict[str, Any]:
+    """Train LeNet-5, compress it with retraining into `output`, load the file back; return the numbers.
+
+    `progress` gets the phases and every retraining epoch's loss; `bar` draws a progress bar per phase on stderr."""
     start = time.perf_counter()
     say = progress or (lambda message: None)
     x_train, y_train, x_test, y_test = digits()
@@ -144,9 +151,9 @@ def run(output: str = "lenet5.dcf", epochs: int = 8, prune_epochs: int = 4, quan
         model, loss=loss, data=batches(x_train, y_train, 32, seed + 1),
         optimizer={"prune": lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4),
                    "kmeans": lambda p: torch.optim.Adam(p, lr=1e-4)},
-        epochs={"prune": prune_epochs, "kmeans": quant_epochs}, on_phase=on_phase)
+        epochs={"prune": prune_epochs, "kmeans": quant_epochs}, on_phase=on_phase, bar=bar)
     rules = layer_rules(model, sparsity=PAPER_SPARSITY if sparsity is None else sparsity)
-    report = compress_module(model, output, rules=rules, retrainer=retrainer,
+    report = compress_module(model, output, rules=rules, retrainer=retrainer, progress=progress, jobs=jobs,
                              metadata={"model": "LeNet-5", "dataset": "UCI digits 28x28 (bundled with dcframe)"})
     loaded = LeNet5()
     load_module(output, loaded)  # strict: every key of the model, nothing else
@@ -194,11 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: fastest for this small network on a busy machine)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes encoding the final weights (same bytes)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = run(args.output, args.epochs, seed=args.seed,
-                 progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
+                 progress=None if args.json else note, bar=not args.json, jobs=args.jobs)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0 if math.isfinite(result["ratio"]) else 1
 

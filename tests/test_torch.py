@@ -1,8 +1,10 @@
 """The PyTorch extra: module <-> .dcf, strict loading, layer rules, constraints through real optimizers, LeNet-5."""
 
 import importlib.util
+import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -446,3 +448,101 @@ def test_lenet5_example_keeps_accuracy_at_30x(tmp_path: Path) -> None:
     assert layers["total"]["rate_pqh"] == pytest.approx(result["ratio"])
     text = example.format_result(result)
     assert "| fc1.weight | 400,000 | 8.0% |" in text
+
+
+# --- progress: per-epoch loss, per-batch counts, bars; jobs -----------------------------------------------------------
+
+def test_retrainer_reports_each_epochs_mean_loss_through_compress_modules_progress(tmp_path: Path) -> None:
+    model, data = _tiny_task()
+    expected: dict[int, float] = {}
+
+    def on_phase(m: nn.Module, phase: PhaseInfo, when: str) -> None:
+        if when == "before":  # lr=0: every epoch sees these weights, so its mean loss is this
+            with torch.no_grad():
+                expected[phase.index] = float(np.mean([float(_tiny_loss(m, b)) for b in data]))
+
+    batches, epochs = [], []
+    retrainer = TorchRetrainer(model, loss=_tiny_loss, data=data, epochs={"prune": 3, "kmeans": 2},
+                               optimizer=lambda p: torch.optim.SGD(p, lr=0.0), on_phase=on_phase,
+                               on_batch=batches.append, on_epoch=epochs.append)
+    lines: list[str] = []
+    compress_module(model, tmp_path / "t.dcf", rules=layer_rules(model), retrainer=retrainer, progress=lines.append)
+    epoch_lines = [line for line in lines if ": epoch " in line]
+    assert [line.split(",")[0] for line in epoch_lines] == (
+        [f"phase 1/2 (after prune): epoch {e}/3" for e in (1, 2, 3)]
+        + [f"phase 2/2 (after kmeans): epoch {e}/2" for e in (1, 2)])
+    assert all(re.fullmatch(r".*, loss [0-9.e+-]+ \(4 batches, \d+\.\d s\)", line) for line in epoch_lines)
+    for report in epochs:
+        assert report.loss == pytest.approx(expected[report.phase.index], rel=1e-5)
+        assert f"loss {report.loss:.4g}" in epoch_lines[epochs.index(report)]
+    assert [(b.phase.index, b.step, b.steps) for b in batches] == (
+        [(1, s, 12) for s in range(1, 13)] + [(2, s, 8) for s in range(1, 9)])
+    assert [b.batch for b in batches[:5]] == [1, 2, 3, 4, 1] and {b.batches for b in batches} == {4}
+
+
+class _FakeBars:
+    """Stands in for dcframe.console.progress_bar: records each bar's total, label, advances and whether it ended."""
+
+    def __init__(self) -> None:
+        self.bars: list[dict] = []
+
+    @contextmanager
+    def __call__(self, total, label, enabled=True, unit="bytes"):  # noqa: ANN001, ANN204
+        bar = {"total": total, "label": label, "unit": unit, "advanced": 0, "names": [], "closed": False}
+        self.bars.append(bar)
+
+        def advance(name: str, amount: int) -> None:
+            bar["advanced"] += amount
+            bar["names"].append(name)
+        try:
+            yield advance
+        finally:
+            bar["closed"] = True
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_bar_true_draws_one_counted_bar_per_phase_and_ends_it(tmp_path: Path, monkeypatch, sized: bool) -> None:
+    import dcframe.torchretrain as torchretrain
+
+    fake = _FakeBars()
+    monkeypatch.setattr(torchretrain, "progress_bar", fake)
+    model, data = _tiny_task()
+    source = data if sized else _Unsized(data)  # without len(): counts without a total, and still one bar a phase
+    retrainer = TorchRetrainer(model, loss=_tiny_loss, data=source, epochs={"prune": 3, "kmeans": 2}, bar=True)
+    compress_module(model, tmp_path / "t.dcf", rules=layer_rules(model), retrainer=retrainer)
+    assert [(b["label"], b["total"], b["advanced"], b["unit"], b["closed"]) for b in fake.bars] == [
+        ("retraining phase 1/2 (after prune)", 12 if sized else None, 12, "items", True),
+        ("retraining phase 2/2 (after kmeans)", 8 if sized else None, 8, "items", True)]
+    assert fake.bars[0]["names"][0].startswith("epoch 1/3 loss ") and fake.bars[0]["names"][-1].startswith("epoch 3/3")
+
+
+class _Unsized:
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.items)
+
+
+def test_progress_callbacks_belong_to_the_built_in_loop() -> None:
+    with pytest.raises(ValueError, match="with fit=, report from your loop"):
+        TorchRetrainer(nn.Linear(2, 2), fit=lambda m, p: None, bar=True)
+
+
+def _retrained_file(path: Path, jobs: int) -> bytes:
+    model, data = _tiny_task()  # seeded: the same model and batches every call
+    retrainer = TorchRetrainer(model, loss=_tiny_loss, data=data, epochs={"prune": 2, "kmeans": 1})
+    rules = layer_rules(model, sparsity={"emb.weight": 0.5, "fc.weight": 0.5})
+    compress_module(model, path, rules=rules, retrainer=retrainer, jobs=jobs)
+    return path.read_bytes()
+
+
+def test_compress_module_jobs_writes_the_same_bytes_as_serial(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    for jobs in (1, 2):
+        compress_module(model, tmp_path / f"plain{jobs}.dcf", rules=layer_rules(model), jobs=jobs)
+    assert (tmp_path / "plain1.dcf").read_bytes() == (tmp_path / "plain2.dcf").read_bytes()
+    assert _retrained_file(tmp_path / "r1.dcf", 1) == _retrained_file(tmp_path / "r2.dcf", 2)
+    with pytest.raises(dcframe.ConfigError, match="jobs must be a positive integer, got 0"):
+        compress_module(model, tmp_path / "bad.dcf", jobs=0)
+    assert not (tmp_path / "bad.dcf").exists()
