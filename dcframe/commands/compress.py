@@ -50,6 +50,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="do not store per-tensor statistics (entropy, reconstruction error) in the file: "
                         "~200 bytes less per lossy tensor, fewer columns in `inspect`")
     console.add_output_flags(p)
+    console.add_tensors_flag(p)
     return p
 
 
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         console.print_json(report)
     else:
-        console.report_tables(report)
+        console.report_tables(report, tensors=args.tensors)
     warning = moved_warning(report)
     if warning:
         console.warn(warning)
