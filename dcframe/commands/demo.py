@@ -15,13 +15,16 @@ from ..console import Col, fit_table, short_pipeline
 from ..demo import DemoSettings, plot_sweep, require_matplotlib, run_demo, run_sweep, sweep_points
 from ..errors import DcfError
 
+DEFAULT_OUTPUT = "lenet-300-100.dcf"
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="compress the bundled LeNet-300-100 with retraining; print the paper's table",
                        description="Deep Compression of the bundled LeNet-300-100 (trained on the bundled digits): "
                                    "prune, retrain, quantize, retrain the centroids, Huffman-code; print the paper's "
                                    "per-layer table (Tables 2-5) and the test accuracy after every step.")
-    p.add_argument("-o", "--output", default="lenet-300-100.dcf", help="container to write (default: %(default)s)")
+    p.add_argument("-o", "--output", help=f"container to write (default: {DEFAULT_OUTPUT}; not with --sweep, "
+                                          "which writes no container)")
     p.add_argument("--prune-epochs", type=int, default=DemoSettings.prune_epochs, metavar="N",
                    help="retraining epochs after pruning (default: %(default)s)")
     p.add_argument("--quant-epochs", type=int, default=DemoSettings.quant_epochs, metavar="N",
@@ -51,6 +54,9 @@ def _progress(total: int, enabled: bool):
 def run(args: argparse.Namespace) -> int:
     if args.plot and not args.sweep:
         raise DcfError("--plot draws the sweep: use it with --sweep")
+    if args.sweep and args.output:
+        raise DcfError(f"-o {args.output}: --sweep writes no container (its files are temporary); "
+                       f"use --json for its numbers or --plot FILE for the figure")
     if args.sweep:
         if args.plot:
             require_matplotlib()  # fail before the work, not after
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     settings = DemoSettings(prune_epochs=args.prune_epochs, quant_epochs=args.quant_epochs)
     with _progress(settings.work, not args.quiet) as tell:
-        result = run_demo(args.output, settings, progress=tell)
+        result = run_demo(args.output or DEFAULT_OUTPUT, settings, progress=tell)
     if args.json:
         console.print_json(result)
     else:
