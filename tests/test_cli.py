@@ -192,7 +192,7 @@ def test_unwritable_output_leaves_nothing_and_keeps_existing(model, tmp_path):
     fails(cli("compress", model, "-o", tmp_path / "no" / "dir" / "x.dcf"), "cannot write")
     existing = tmp_path / "keep.dcf"
     existing.write_bytes(b"precious")
-    fails(cli("compress", model, "-o", existing, "-p", "nosuch"), "nosuch")
+    fails(cli("compress", model, "-o", existing, "-p", "nosuch", "-f"), "nosuch")  # forced, and still kept
     assert existing.read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -208,3 +208,39 @@ def test_no_stats_makes_a_smaller_file_that_decodes_the_same(tmp_path):
     assert without["compressed_bytes"] < with_stats["compressed_bytes"]
     a, b = dcframe.decompress(tmp_path / "a.dcf"), dcframe.decompress(tmp_path / "b.dcf")
     assert a["w"].array.tobytes() == b["w"].array.tobytes()
+
+
+def test_existing_output_is_kept_unless_force(model, tmp_path):
+    out = tmp_path / "m.dcf"
+    out.write_bytes(b"precious")
+    fails(cli("compress", model, "-o", out, "-q"), "m.dcf", "already exists", "-f/--force")
+    assert out.read_bytes() == b"precious"
+    assert cli("compress", model, "-o", out, "-q", "-f").returncode == 0 and out.read_bytes()[:4] != b"prec"
+    back = tmp_path / "back.safetensors"
+    back.write_bytes(b"mine")
+    fails(cli("decompress", out, "-o", back, "-q"), "back.safetensors", "already exists")
+    assert back.read_bytes() == b"mine"
+    assert cli("decompress", out, "-o", back, "-q", "--force").returncode == 0
+    assert back.read_bytes() == model.read_bytes()
+    (tmp_path / "dangling.dcf").symlink_to(tmp_path / "nowhere")
+    fails(cli("compress", model, "-o", tmp_path / "dangling.dcf", "-q"), "already exists")
+    assert not (tmp_path / "nowhere").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    dcframe.compress(read_model_dict(model), out)  # the Python API still replaces, as documented
+    assert dcframe.inspect(out)["tensors"][0]["name"] == "fc.weight"
+
+
+def read_model_dict(path):
+    return dict(dcframe.read_model(path))
+
+
+def test_rule_that_matches_nothing_warns_once_per_rule(model, tmp_path):
+    out = cli("compress", model, "-o", tmp_path / "m.dcf", "-q", "--rule", "*.weigth=zstd", "--rule",
+              "dim:4=zstd(level=3)", "--rule", "fc.*=zstd(level=5)", "--json")
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("dcframe: warning: --rule '*.weigth=zstd' matched none of the 4 tensors")
+    assert "names look like 'fc.weight'" in lines[0]
+    assert "'dim:4=zstd(level=3)'" in lines[1] and "ranks 0, 1, 2" in lines[1]
+    assert json.loads(out.stdout)["tensors"][0]["pipeline"].endswith("zstd(level=5)")

@@ -8,6 +8,7 @@ from .. import console
 from ..container import Container
 from ..errors import DcfError
 from ..modelio import refuse_overwriting_input, write_model_stream
+from . import add_force_flag, refuse_existing_output
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -17,11 +18,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors or .npz)")
     p.add_argument("--tensor", action="append", metavar="NAME", help="decode only this tensor (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_force_flag(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     refuse_overwriting_input(args.output, args.input)  # whatever the extensions say
+    refuse_existing_output(args.output, args.force)
     with Container(args.input) as container:
         names = list(dict.fromkeys(args.tensor)) if args.tensor else container.names  # a name given twice: once
         missing = [n for n in names if n not in container.entries]
