@@ -23,6 +23,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -76,11 +77,24 @@ def progress_bar(total: int, label: str, enabled: bool = True, unit: str = "byte
     if not enabled or not stderr.is_terminal:
         yield lambda name, nbytes: None
         return
-    counter = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
-    with Progress(TextColumn("{task.description}"), BarColumn(), counter, TimeRemainingColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), counter_column(unit), TimeRemainingColumn(),
                   TextColumn("{task.fields[tensor]}"), console=stderr, transient=True) as progress:
         task = progress.add_task(label, total=total, tensor="")
         yield lambda name, nbytes: progress.update(task, advance=nbytes, tensor=name)
+
+
+def counter_column(unit: str = "bytes") -> ProgressColumn:
+    """done/total in a progress bar: bytes in binary units (KiB, MiB: what the summaries print), else a count."""
+    return DownloadColumn(binary_units=True) if unit == "bytes" else MofNCompleteColumn()
+
+
+def mb_s(value: float | None) -> str:
+    """A speed in MB/s with three significant digits (never "0.0" for a measured speed); "" when not measured."""
+    if value is None:
+        return ""
+    if value >= 100 or value <= 0:
+        return f"{value:.0f}"
+    return f"{value:.{2 - math.floor(math.log10(value))}f}"
 
 
 def human_bytes(n: float) -> str:
