@@ -272,7 +272,7 @@ def _read_torch(path: Path) -> LazyTensors:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types; weights_only refuses anything but tensors and containers
-        raise ModelIOError(f"{path}: cannot load as a PyTorch state dict ({exc})".splitlines()[0]) from None
+        raise ModelIOError(f"{path}: {_torch_load_problem(str(exc))}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -285,6 +285,31 @@ def _read_torch(path: Path) -> LazyTensors:
         return _dense(path, name, t.numpy())
 
     return LazyTensors(list(state), load, path, reopenable=False)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal escape sequences (torch bolds part of its message)
+
+
+def _torch_load_problem(message: str) -> str:
+    """torch.load's refusal as one clause for an error line: without terminal escapes, whole sentences only, and
+    for a pickled module (the common case) what to do instead."""
+    text = _ANSI.sub("", message)
+    _, found, rest = text.partition("WeightsUnpickler error:")
+    reason = next((" ".join(part.split()) for part in rest.split("\n\n") if part.strip()), "") if found else ""
+    if reason:
+        reason = _sentences(reason.split(". ")[0].rstrip(".") + ".")
+    if "Unsupported global" in reason:
+        return (f"holds pickled Python objects, not only tensors (torch: {reason}); dcframe never unpickles: "
+                f"save the weights with torch.save(model.state_dict(), PATH) and compress that file")
+    return f"cannot load as a PyTorch state dict (torch: {reason or _sentences(' '.join(text.split()))})"
+
+
+def _sentences(text: str, limit: int = 200) -> str:
+    """The whole sentences of `text` that fit in `limit` characters (the first one cut only if it alone is longer)."""
+    if len(text) <= limit:
+        return text
+    end = text.rfind(". ", 0, limit)
+    return text[:end + 1] if end > 0 else _short(text, limit)
 
 
 def _dense(path: Path, name: str, array: np.ndarray, dtype: str | None = None) -> Dense:

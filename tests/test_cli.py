@@ -70,8 +70,80 @@ def test_decompress_to_npz_keeps_bf16_and_selected_tensors(model, tmp_path):
 
 def test_human_tables(model, tmp_path):
     out = cli("compress", model, "-o", tmp_path / "m.dcf", "-q")
-    assert out.returncode == 0 and "fc.weight" in out.stdout and "total:" in out.stdout
+    assert out.returncode == 0 and "4 tensors:" in out.stdout and "--tensors" in out.stdout
+    assert "fc.weight" not in out.stdout  # the summary names pipelines, not tensors (no lossy tensor here)
+    listed = cli("inspect", tmp_path / "m.dcf", "--tensors")
+    assert listed.returncode == 0 and "fc.weight" in listed.stdout and "4 tensors:" in listed.stdout
+    assert cli("inspect", tmp_path / "m.dcf", "-v").stdout == listed.stdout
     assert "zstd" in cli("stages").stdout
+
+
+def narrow(*args, columns=80):
+    """The CLI with stdout piped but COLUMNS set, as a terminal of that width would show it."""
+    env = dict(os.environ, COLUMNS=str(columns))
+    return subprocess.run([sys.executable, "-m", "dcframe.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env)
+
+
+@pytest.fixture
+def model100(tmp_path):
+    """100 tensors named like a transformer's: long names, lossy matrices and exact vectors under --preset han."""
+    rng = np.random.default_rng(2)
+    tensors = {}
+    for i in range(10):
+        for part in ("attention.q_lin", "attention.k_lin", "attention.v_lin", "ffn.lin1", "ffn.lin2"):
+            prefix = f"distilbert.transformer.layer.{i}.{part}"
+            tensors[f"{prefix}.weight"] = rng.standard_normal((24, 16)).astype(np.float32) * (1 + i)
+            tensors[f"{prefix}.bias"] = rng.standard_normal(24).astype(np.float32)
+    path = tmp_path / "m100.safetensors"
+    write_model(path, tensors)
+    return path, list(tensors)
+
+
+def first_column(text: str, title: str) -> list[str]:
+    """The cells of the first column of the table titled `title`, folded pieces joined (names hold no spaces)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    rule = next(i for i in range(start, len(lines)) if set(lines[i].strip()) <= set("━╇┡┩─┼├┤"))
+    cells: list[str] = []
+    for line in lines[rule + 1:]:
+        tokens = line.translate(str.maketrans("│┃", "  ")).split()
+        if not tokens or set(line.strip()) <= set("─┴└┘"):  # a table ends with a blank line or its bottom edge
+            break
+        if len(tokens) > 1:
+            cells.append(tokens[0])
+        else:
+            cells[-1] += tokens[0]
+    return cells
+
+
+def test_default_summary_fits_80_columns_and_40_lines(model100, tmp_path):
+    path, names = model100
+    out = narrow("compress", path, "-o", tmp_path / "m.dcf", "--preset", "han", "-q")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.rstrip("\n").splitlines()
+    assert len(lines) <= 40, out.stdout
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert "…" not in out.stdout and "..." not in out.stdout
+    assert "100 tensors:" in out.stdout and "container overhead" in out.stdout
+    assert sum(line.lstrip().startswith(("1 ", "2 ")) for line in lines) == 2  # one row per pipeline
+    report = json.loads(cli("inspect", tmp_path / "m.dcf", "--json").stdout)
+    lossy = sorted((t for t in report["tensors"] if "rel_rms" in t), key=lambda t: -t["rel_rms"])
+    assert first_column(out.stdout, "worst 5 of 50 lossy tensors") == [t["name"] for t in lossy[:5]]
+    assert narrow("inspect", tmp_path / "m.dcf").stdout == out.stdout
+
+
+def test_tensors_flag_lists_every_name_whole_at_80_columns(model100, tmp_path):
+    path, names = model100
+    out = narrow("compress", path, "-o", tmp_path / "m.dcf", "--preset", "han", "-q", "--tensors")
+    assert out.returncode == 0, out.stderr
+    assert "…" not in out.stdout and max(len(line.rstrip()) for line in out.stdout.splitlines()) <= 80
+    assert first_column(out.stdout, str(tmp_path / "m.dcf")) == names
+    assert first_column(out.stdout, "errors") == [n for n in names if n.endswith(".weight")]
+    assert "streams" in out.stdout and "100 tensors:" in out.stdout
+    wide = narrow("inspect", tmp_path / "m.dcf", "-v", columns=200)
+    assert first_column(wide.stdout, str(tmp_path / "m.dcf")) == names
+    assert len(wide.stdout.splitlines()) < len(out.stdout.splitlines())  # no folding needed at 200 columns
 
 
 def test_missing_file(tmp_path):
@@ -120,7 +192,7 @@ def test_unwritable_output_leaves_nothing_and_keeps_existing(model, tmp_path):
     fails(cli("compress", model, "-o", tmp_path / "no" / "dir" / "x.dcf"), "cannot write")
     existing = tmp_path / "keep.dcf"
     existing.write_bytes(b"precious")
-    fails(cli("compress", model, "-o", existing, "-p", "nosuch"), "nosuch")
+    fails(cli("compress", model, "-o", existing, "-p", "nosuch", "-f"), "nosuch")  # forced, and still kept
     assert existing.read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -136,3 +208,39 @@ def test_no_stats_makes_a_smaller_file_that_decodes_the_same(tmp_path):
     assert without["compressed_bytes"] < with_stats["compressed_bytes"]
     a, b = dcframe.decompress(tmp_path / "a.dcf"), dcframe.decompress(tmp_path / "b.dcf")
     assert a["w"].array.tobytes() == b["w"].array.tobytes()
+
+
+def test_existing_output_is_kept_unless_force(model, tmp_path):
+    out = tmp_path / "m.dcf"
+    out.write_bytes(b"precious")
+    fails(cli("compress", model, "-o", out, "-q"), "m.dcf", "already exists", "-f/--force")
+    assert out.read_bytes() == b"precious"
+    assert cli("compress", model, "-o", out, "-q", "-f").returncode == 0 and out.read_bytes()[:4] != b"prec"
+    back = tmp_path / "back.safetensors"
+    back.write_bytes(b"mine")
+    fails(cli("decompress", out, "-o", back, "-q"), "back.safetensors", "already exists")
+    assert back.read_bytes() == b"mine"
+    assert cli("decompress", out, "-o", back, "-q", "--force").returncode == 0
+    assert back.read_bytes() == model.read_bytes()
+    (tmp_path / "dangling.dcf").symlink_to(tmp_path / "nowhere")
+    fails(cli("compress", model, "-o", tmp_path / "dangling.dcf", "-q"), "already exists")
+    assert not (tmp_path / "nowhere").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    dcframe.compress(read_model_dict(model), out)  # the Python API still replaces, as documented
+    assert dcframe.inspect(out)["tensors"][0]["name"] == "fc.weight"
+
+
+def read_model_dict(path):
+    return dict(dcframe.read_model(path))
+
+
+def test_rule_that_matches_nothing_warns_once_per_rule(model, tmp_path):
+    out = cli("compress", model, "-o", tmp_path / "m.dcf", "-q", "--rule", "*.weigth=zstd", "--rule",
+              "dim:4=zstd(level=3)", "--rule", "fc.*=zstd(level=5)", "--json")
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("dcframe: warning: --rule '*.weigth=zstd' matched none of the 4 tensors")
+    assert "names look like 'fc.weight'" in lines[0]
+    assert "'dim:4=zstd(level=3)'" in lines[1] and "ranks 0, 1, 2" in lines[1]
+    assert json.loads(out.stdout)["tensors"][0]["pipeline"].endswith("zstd(level=5)")

@@ -115,3 +115,50 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch):
     with contextlib.redirect_stderr(err):
         assert main(["demo", "--sweep", "--plot", "x.png", "-q"]) == 1
     assert "matplotlib" in err.getvalue()
+
+
+def _console80(monkeypatch):
+    from rich.console import Console
+
+    from dcframe import console
+
+    recorder = Console(width=80, record=True, file=io.StringIO())
+    monkeypatch.setattr(console, "stdout", recorder)
+    return recorder
+
+
+def test_demo_table_at_80_columns_cuts_no_layer_name_or_number(demo_json, monkeypatch):
+    from dcframe.commands import demo as command
+
+    recorder = _console80(monkeypatch)
+    command._tables(demo_json[1])
+    text = recorder.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80
+    for layer in demo_json[1]["layers"]:
+        row = next(line for line in text.splitlines() if line.lstrip("│ ").startswith(layer["layer"] + " "))
+        assert f"{layer['weights']:,}" in row and f"{layer['rate_pqh']:.1f}x" in row
+    assert "decoded" in text and f"{100 * demo_json[1]['accuracy']['final']:.2f}%" in text
+
+
+def test_sweep_table_at_80_columns_keeps_every_pipeline_whole(monkeypatch):
+    from dcframe.commands import demo as command
+    from dcframe.console import short_pipeline
+
+    recorder = _console80(monkeypatch)
+    series = {kind: [{"pipeline": p, "ratio": 10.0 + i, "accuracy": 0.9} for i, p in enumerate(pipelines)]
+              for kind, pipelines in demo.SWEEP.items()}
+    command._sweep_table({"dense_accuracy": 0.974, "epochs": 0, "series": series})
+    text = recorder.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80
+    for pipelines in demo.SWEEP.values():
+        for pipeline in pipelines:  # every word of every pipeline is printed whole: the rows stay apart
+            assert all(word in text for word in short_pipeline(pipeline).split())
+    assert all(kind in text for kind in demo.SWEEP)
+
+
+def test_sweep_with_output_refuses_in_one_line(tmp_path):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["demo", "--sweep", "-q", "-o", str(tmp_path / "sweep.dcf")]) == 1
+    assert err.getvalue().count("\n") == 1 and "--sweep writes no container" in err.getvalue()
+    assert not (tmp_path / "sweep.dcf").exists()

@@ -156,7 +156,7 @@ def test_cli_ctrl_c_exits_130_and_keeps_output(tmp_path, monkeypatch, capsys):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(orchestrator, "encode_tensor", interrupted)
-    assert main(["compress", str(model), "-o", str(target), "-q", "--jobs", "1"]) == 130
+    assert main(["compress", str(model), "-o", str(target), "-q", "--jobs", "1", "-f"]) == 130
     assert "interrupted" in capsys.readouterr().err
     _assert_untouched(target)
 

@@ -92,7 +92,7 @@ def test_tables_list_the_largest_tensors_when_there_are_many(tmp_path, monkeypat
     assert console.shown_tensors(report["tensors"], limit=5) == report["tensors"]
     real = console.shown_tensors
     monkeypatch.setattr(console, "shown_tensors", lambda tensors: real(tensors, limit=3))
-    console.report_tables(report)
+    console.report_tables(report, tensors=True)
     out = capsys.readouterr().out
     assert "the 3 largest of 5 tensors are listed" in out and " t1 " in out and " t0 " not in out
 
@@ -113,7 +113,7 @@ def test_compress_33_dimensions_keeps_the_existing_output(tmp_path, good_dcf, ca
     model = tmp_path / "deep.npy"
     np.save(model, np.zeros((1,) * 33, np.float32))
     before = good_dcf.read_bytes()
-    assert main(["compress", str(model), "-o", str(good_dcf), "-q"]) == 1
+    assert main(["compress", str(model), "-o", str(good_dcf), "-q", "-f"]) == 1
     assert "33 dimensions exceed the limit of 32" in one_error_line(capsys)
     assert good_dcf.read_bytes() == before
     assert leftovers(tmp_path) == []
@@ -248,7 +248,7 @@ def test_sigkill_of_a_parallel_compress_kills_its_workers_and_the_next_run_clean
     assert out.read_bytes() == b"old"
     np.savez(tmp_path / "in.npz", **GOOD)
     done = subprocess.run([sys.executable, "-m", "dcframe.cli", "compress", str(tmp_path / "in.npz"), "-o", str(out),
-                           "-q"], capture_output=True, text=True)
+                           "-q", "-f"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert leftovers(tmp_path) == []  # the next run removed it
 
@@ -319,6 +319,8 @@ def test_fifo_output_is_refused_and_kept(tmp_path, good_dcf, capsys, command):
     np.savez(source, **GOOD)
     args = [str(source) if command == "compress" else str(good_dcf), "-o", str(fifo), "-q"]
     assert main([command, *args]) == 1
+    assert "already exists" in one_error_line(capsys)
+    assert main([command, *args, "-f"]) == 1
     assert "it is a FIFO" in one_error_line(capsys)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and leftovers(tmp_path) == []
 
@@ -330,7 +332,7 @@ def test_character_device_output_is_refused(tmp_path, capsys):
     link.symlink_to("/dev/null")  # the output resolves to a character device
     source = tmp_path / "m.npz"
     np.savez(source, **GOOD)
-    assert main(["compress", str(source), "-o", str(link), "-q"]) == 1
+    assert main(["compress", str(source), "-o", str(link), "-q", "-f"]) == 1
     assert "character device" in one_error_line(capsys)
     assert link.is_symlink() and stat.S_ISCHR(os.stat(link).st_mode)
 
@@ -343,7 +345,7 @@ def test_existing_outputs_keep_their_mode(tmp_path, good_dcf):
     back = tmp_path / "back.safetensors"
     back.write_bytes(b"old")
     back.chmod(0o640)
-    assert main(["decompress", str(good_dcf), "-o", str(back), "-q"]) == 0
+    assert main(["decompress", str(good_dcf), "-o", str(back), "-q", "-f"]) == 0
     assert stat.S_IMODE(back.stat().st_mode) == 0o640 and read_model(back)["w"].array.tolist() == GOOD["w"].tolist()
 
 

@@ -72,3 +72,17 @@ def test_bf16_widening_is_exact_and_rounding_is_to_nearest_even():
     halfway = np.array([0x3F808000, 0x3F818000], dtype=np.uint32).view(np.float32)
     assert f32_to_bf16(halfway).tolist() == [0x3F80, 0x3F82]
     assert Dense.of(bits, "BF16").values().dtype == np.float32
+
+
+def test_pickled_module_pt_is_refused_in_one_clean_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3)), tmp_path / "full.pt")
+    with pytest.raises(ModelIOError) as info:
+        read_model(tmp_path / "full.pt")
+    message = str(info.value)
+    assert "\x1b" not in message and "\n" not in message  # torch bolds part of its text with ANSI escapes
+    assert "pickled Python objects" in message and "state_dict()" in message
+    assert "Sequential was not an allowed global by default.)" in message  # torch's sentence, whole
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ModelIOError, match=r"junk.pt: cannot load as a PyTorch state dict \(torch: [^()]+\.\)$"):
+        read_model(tmp_path / "junk.pt")

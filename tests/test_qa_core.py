@@ -16,7 +16,7 @@ def test_tensor_names_with_brackets_are_printed_not_parsed_as_markup(tmp_path):
     names = ["x[/y]", "[bold]w", "a[/]"]
     write_model(tmp_path / "m.npz", {n: np.ones((4, 4), np.float32) for n in names})
     dcf = tmp_path / "m[bold].dcf"
-    for args in (("compress", tmp_path / "m.npz", "-o", dcf, "-q"), ("inspect", dcf), ("verify", dcf)):
+    for args in (("compress", tmp_path / "m.npz", "-o", dcf, "-q", "-v"), ("inspect", dcf, "-v"), ("verify", dcf)):
         out = cli(*args)
         assert out.returncode == 0 and "Traceback" not in out.stderr, (args, out.stderr[-500:])
         for name in names:
@@ -74,7 +74,7 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     out = tmp_path / "m.dcf"
     out.write_bytes(b"precious")
     proc = subprocess.Popen([sys.executable, "-m", "dcframe.cli", "compress", str(tmp_path / "m.safetensors"),
-                             "-o", str(out), "-p", "zstd(level=19)", "-j", "2", "-q"],
+                             "-o", str(out), "-p", "zstd(level=19)", "-j", "2", "-q", "-f"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(2.5)
     proc.send_signal(signal.SIGTERM)

@@ -11,6 +11,8 @@ from ..errors import DcfError
 from ..hffolder import is_folder, read_folder
 from ..modelio import read_model, refuse_overwriting_input
 from ..orchestrator import default_jobs
+from ..pipeline import Rule
+from . import add_force_flag, refuse_existing_output
 
 SMALL_MODEL = 8 << 20  # bytes of tensors below which --jobs is ignored
 MOVED_WARN = 0.2  # relative RMS error of a tensor beyond which compress warns (pruning moves weights that far; the
@@ -27,6 +29,20 @@ def moved_warning(report: dict) -> str | None:
             f"(worst: '{worst['name']}', {worst['rel_rms']:.0%}) and nothing retrains them: a pretrained model may "
             f"be badly hurt. Check its outputs; try --preset pretrained (or with --calibration, "
             f"pretrained-calibrated), or retrain (README: 'Compressing a pretrained model you cannot retrain')")
+
+
+def rule_warnings(rules: list[str], tensors: list[dict]) -> list[str]:
+    """One line per --rule that matched no tensor by name and rank (a typo in a glob would pass silently)."""
+    ranks = sorted({len(t["shape"]) for t in tensors})
+    out = []
+    for text in rules:
+        rule = Rule.parse(text)
+        if any(rule.matches(t["name"], t["shape"]) for t in tensors):
+            continue
+        hint = (f"the tensors have ranks {', '.join(map(str, ranks))}" if rule.pattern == "*" else
+                f"names look like {tensors[0]['name']!r}" if tensors else "the model has no tensors")
+        out.append(f"--rule {text!r} matched none of the {len(tensors):,} tensors ({hint}); it changed nothing")
+    return out
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -52,12 +68,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="do not store per-tensor statistics (entropy, reconstruction error) in the file: "
                         "~200 bytes less per lossy tensor, fewer columns in `inspect`")
     console.add_output_flags(p)
+    console.add_tensors_flag(p)
+    add_force_flag(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".dcf")
     refuse_overwriting_input(output, args.input)  # the same file by any path: a symlink, a hard link
+    refuse_existing_output(output, args.force)
     metadata = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")
@@ -80,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         console.print_json(report)
     else:
-        console.report_tables(report)
-    warning = moved_warning(report)
-    if warning:
-        console.warn(warning)
+        console.report_tables(report, tensors=args.tensors)
+    for warning in [*rule_warnings(args.rule, report["tensors"]), moved_warning(report)]:
+        if warning:
+            console.warn(warning)
     return 0

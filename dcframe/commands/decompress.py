@@ -9,6 +9,7 @@ from ..container import Container
 from ..errors import DcfError, FormatError
 from ..hffolder import is_folder, write_folder
 from ..modelio import refuse_overwriting_input, write_model_stream
+from . import add_force_flag, refuse_existing_output
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -23,13 +24,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="in the output folder, merge the shards into one model.safetensors")
     p.add_argument("--tensor", action="append", metavar="NAME", help="decode only this tensor (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_force_flag(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     refuse_overwriting_input(args.output, args.input)  # whatever the extensions say
     if args.single_file or _is_folder_output(args.output):
-        return _to_folder(args)
+        return _to_folder(args)  # a folder: new, empty, or replaced with --force (its own rule)
+    refuse_existing_output(args.output, args.force)
     with Container(args.input) as container:
         names = list(dict.fromkeys(args.tensor)) if args.tensor else container.names  # a name given twice: once
         missing = [n for n in names if n not in container.entries]

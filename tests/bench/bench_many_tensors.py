@@ -5,7 +5,7 @@ Each count runs `dcframe compress` in a fresh process on a model of that many 2-
 seconds and seconds per 1,000 tensors; "vs first" is the per-1k time against the smallest count, measured in the
 same run: about 1.0 everywhere means linear (before the fix, 10k/20k/40k took 2.4/6.7/22.6 s: a ratio of ~2.4 at
 40k). By default the command runs with --json (the report is built, printed and discarded); --table prints the rich
-tables instead (capped at console.MAX_TABLE_ROWS rows).
+per-tensor tables instead (`--tensors`, capped at console.MAX_TABLE_ROWS rows).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def run(model_path: Path, out: Path, table: bool) -> float:
     """Seconds one `dcframe compress` process takes (start-up included: it is the same for every count)."""
     args = [sys.executable, "-m", "dcframe.cli", "compress", str(model_path), "-o", str(out), "-q", "-j", "1"]
     started = time.perf_counter()
-    done = subprocess.run(args + ([] if table else ["--json"]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, env=dict(os.environ, COLUMNS="200"))
+    done = subprocess.run(args + (["--tensors"] if table else ["--json"]), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="200"))
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"compress of {model_path} failed: {done.stderr.strip()}")
