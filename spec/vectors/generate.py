@@ -469,6 +469,7 @@ def generate(root: Path) -> None:
                 pipeline="uniform(step=0.02, dead_zone=0.5, method='gptq')", lossless=False)
     g.add_valid("zlib-zstd", {"w": laplace(55, (20, 20))}, "raw | zlib | zstd: two byte compressors in a row.",
                 ["zlib", "zstd"], pipeline="zlib(level=1) | zstd(level=3)", lossless=True)
+    add_valid_rans_vectors(g)
     add_invalid_vectors(g)
     add_invalid_container_vectors(g)
     g.write_index()
@@ -707,6 +708,7 @@ def add_invalid_stage_vectors(g: Generator) -> None:
 
     add_invalid_stage_vectors_round2(g)
     add_invalid_uniform_vectors(g)
+    add_invalid_rans_vectors(g)
 
     def bad_prune_config(index: dict[str, Any], tensors: list[Any]) -> None:
         index["chains"][0][0]["config"]["sparsity"] = 1.5
@@ -803,6 +805,72 @@ def add_invalid_uniform_vectors(g: Generator) -> None:
                                 ("gptq-weighted", {"weighting": "fisher"}, "method 'gptq' with weighting 'fisher'")):
         g.add_invalid(f"uniform-{name}", rewrite(ug, uniform_config(**changes)), "FormatError",
                       f"uniform: {what} in the stored config.", ["uniform", "config"], tensor="w")
+
+
+def add_valid_rans_vectors(g: Generator) -> None:
+    """Issue 13: the rans stage on 1- and 2-byte symbols, several lanes, positions, and a single symbol."""
+    g.add_valid("kmeans-rans", {"w": laplace(70, (64, 64))}, "kmeans(bits=6) | rans(lanes=8): 8 interleaved lanes, "
+                "words and a partial last step.", ["kmeans", "rans", "rans:lanes"],
+                pipeline="kmeans(bits=6, init=linear, method=lloyd) | rans(lanes=8)", lossless=False)
+    g.add_valid("rans-wide", {"w": laplace(71, (1001,))}, "kmeans(clusters=300) | rans(scale_bits=12): 2-byte "
+                "symbols.", ["kmeans", "rans", "symbols:2-byte"],
+                pipeline="kmeans(clusters=300, init=linear, method=lloyd) | rans(scale_bits=12)", lossless=False)
+    g.add_valid("sparse-rans", {"w": np.where(rng(72).random((90, 70)) < 0.1, rng(73).normal(size=(90, 70)), 0.0)},
+                "sparse(index_bits=4) | rans: positions rANS-coded, F64 values serialized raw.",
+                ["sparse", "rans", "raw", "dtype:F64"], pipeline="sparse(index_bits=4) | rans", lossless=True)
+    g.add_valid("rans-one-symbol", {"c": np.full((10, 10), 0.5, np.float32), "s": np.array(0.5, np.float32)},
+                "kmeans | rans on constant tensors: one distinct symbol, no words.", ["kmeans", "rans",
+                "rans:one-symbol"], pipeline="kmeans(bits=2, init=linear, method=lloyd) | rans", lossless=False)
+
+
+def rans_layout(b: bytes) -> tuple[int, int]:
+    """(offset of the lane-count varint, offset of the first state) of a rans stream (spec/stages/rans.md)."""
+    pos = 1
+
+    def varint() -> int:
+        nonlocal pos
+        v, k = 0, 0
+        while True:
+            v |= (b[pos] & 0x7F) << (7 * k)
+            pos, k = pos + 1, k + 1
+            if b[pos - 1] < 0x80:
+                return v
+    for _ in range(2 * varint()):
+        varint()
+    at = pos
+    varint()
+    return at, pos
+
+
+def add_invalid_rans_vectors(g: Generator) -> None:
+    """Issue 13: rans streams whose table, states or words a decoder must reject."""
+    kr = g.sources["kmeans-rans"]
+
+    def state_low(b: bytes) -> bytes:
+        _, sp = rans_layout(b)
+        return b[:sp] + (0xFFFF).to_bytes(4, "little") + b[sp + 4:]
+
+    def flip_word(b: bytes) -> bytes:
+        _, sp = rans_layout(b)
+        i = sp + 8 * 4 + 2 * ((len(b) - sp - 32) // 4)  # a word halfway through
+        return b[:i] + bytes([b[i] ^ 0x01]) + b[i + 1:]
+    for name, fn, what, tag in (
+            ("rans-freq-sum", lambda b: bytes([b[0] + 1]) + b[1:], "scale bits raised by one: the frequencies no "
+             "longer sum to 2^n", "rans:table"),
+            ("rans-state-low", state_low, "lane 0's stored state set to 2^16 - 1 (below the state range)",
+             "rans:states"),
+            ("rans-truncated-lane", lambda b: b[:-2], "the last 16-bit word removed: a lane runs out of words",
+             "rans:exact-words"),
+            ("rans-damaged-word", flip_word, "one bit of a word flipped: the lanes no longer end in state 2^16",
+             "rans:exact-words")):
+        g.add_invalid(name, rewrite(kr, stream_edit(0, "data", fn)), "FormatError", f"rans: {what}.", ["rans", tag],
+                      tensor="w")
+
+    def set_count(meta: dict[str, Any]) -> None:
+        meta["count"] = 2**40
+    g.add_invalid("rans-count-over-bound", rewrite(kr, step_meta_edit(0, 1, 0, set_count)), "LimitError",
+                  "rans: meta count 2^40, over the tensor's decode bound (checked before the stream is read).",
+                  ["rans", "allocation", "limit:decode-bound"], tensor="w")
 
 
 def _first_chunk_pos(data: bytes) -> int:
