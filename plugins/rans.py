@@ -1,12 +1,14 @@
 """The `rans` stage: symbols -> bytes with static order-0 rANS over many interleaved lanes.
 
-Byte layout (spec/stages/rans.md), integers little-endian, varints unsigned LEB128 of at most 3 bytes:
+Byte layout (spec/stages/rans.md); integers little-endian, varints unsigned LEB128 of at most 3 bytes:
 
-    u8 n | varint D | D x (varint symbol gap, varint freq - 1) | varint K | u32 states[K] | u16 words[W]
+    u8 n | varint D | u8 k | table bits | varint K | u32 states[K] | u16 words[W]
 
-Frequencies sum to 2^n. Symbol i goes to lane i mod K; every lane holds a 32-bit state in [2^16, 2^32) and
-renormalizes by 16-bit words, so one numpy step codes one symbol of every lane at once (encode runs the steps
-backwards). The encoder starts every lane at 2^16, so a decoder ends with every state at 2^16 and every word read.
+The table holds, per used symbol, its gap to the previous one (Exp-Golomb order 0) and its frequency - 1 (order k),
+bit-packed LSB-first and padded to a byte; the frequencies sum to 2^n. Symbol i goes to lane i mod K; every lane
+holds a 32-bit state in [2^16, 2^32) and renormalizes by 16-bit words, so one numpy step codes one symbol of every
+lane at once (encode runs the steps backwards). The encoder starts every lane at 2^16, so a decoder ends with every
+state at 2^16 and every word read.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ MAX_ALPHABET = 1 << 16
 STATE_LOW = 1 << 16  # L: states live in [L, 2^32); the encoder's initial state and the decoder's final one
 MAX_STEPS = 1 << 16  # symbols per lane, so a decode takes at most this many numpy steps
 MAX_LANES = 1 << 20
-MIN_PER_LANE = 256  # short streams get fewer lanes: each costs a 4-byte final state
+MIN_PER_LANE = 1024  # short streams get fewer lanes: each costs a 4-byte final state
 VARINT_BYTES = 3  # every varint value is < 2^21
+MAX_WIDTH = 21  # Exp-Golomb: at most 21 bits after the leading zeros and the 1 (values < 2^21)
+MAX_ORDER = 15  # Exp-Golomb order of the frequencies
+EXCHANGE_ROUNDS = 32  # the normalizer's unit moves between symbols (each round moves at most one unit per symbol)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -36,16 +41,33 @@ def _unsigned_dtype(alphabet: int) -> np.dtype:
 def normalize(counts: np.ndarray, bits: int) -> np.ndarray:
     """Frequencies >= 1 summing to 2^bits for positive `counts`, near the minimum of sum(count x -log2(freq)).
 
-    Every symbol gets 1 plus its share of the rest (rounded down); the d units left over go, one each, to the d
-    symbols whose code length drops most from one more unit. Needs counts.size <= 2^bits.
+    max(1, floor(share x scale)) with the largest scale whose sum is <= 2^bits (bisection); the units left over go,
+    one each, to the symbols whose code length drops most from one more unit; then single units move from symbol to
+    symbol while a move lowers the cost (at a fixed point no move does: the optimum, the cost being convex in each
+    frequency). Needs counts.size <= 2^bits.
     """
-    total, used = 1 << bits, counts.size
-    counts = counts.astype(np.float64)
-    freq = 1 + np.floor(counts * (total - used) / counts.sum()).astype(np.int64)
-    left = total - int(freq.sum())  # 0 <= left < used: the floors drop less than one unit each
-    if left:
+    total = 1 << bits
+    share = counts.astype(np.float64) / float(counts.sum())
+    lo, hi = 0.0, 2.0 * total + 1  # fill(lo) sums to counts.size <= total; fill(hi) to more than total
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        if np.maximum(1, np.floor(share * mid)).sum() <= total:
+            lo = mid
+        else:
+            hi = mid
+    freq = np.maximum(1, np.floor(share * lo)).astype(np.int64)
+    while (left := total - int(freq.sum())) > 0:  # one round in practice: fewer units left than symbols
         gain = counts * np.log2((freq + 1) / freq)
         freq[np.argsort(-gain, kind="stable")[:left]] += 1
+    for _ in range(EXCHANGE_ROUNDS):  # move single units while that lowers the cost (the floor of 1 skews shares)
+        gain = counts * np.log2((freq + 1) / freq)
+        loss = np.where(freq > 1, counts * np.log2(freq / np.maximum(freq - 1, 1)), np.inf)
+        up, down = np.argsort(-gain, kind="stable"), np.argsort(loss, kind="stable")
+        moves = int(np.count_nonzero(gain[up] > loss[down] * (1 + 1e-12)))  # a prefix: gains fall, losses rise
+        if not moves:
+            break
+        freq[up[:moves]] += 1
+        freq[down[:moves]] -= 1
     return freq
 
 
@@ -85,10 +107,78 @@ def choose_scale(counts: np.ndarray, scale_bits: int) -> tuple[int, np.ndarray]:
     best = None
     for bits in range(low, max(low, scale_bits) + 1):
         freq = normalize(counts, bits)
-        cost = float(np.dot(counts, bits - np.log2(freq))) / 8 + int(_varints(freq - 1).size)
+        cost = float(np.dot(counts, bits - np.log2(freq))) / 8 + best_order(freq - 1)[1] / 8
         if best is None or cost < best[0]:
             best = (cost, bits, freq)
     return best[1], best[2]
+
+
+def _golomb_widths(values: np.ndarray, order: np.ndarray | int) -> np.ndarray:
+    """m per value: values + 2^order has m + 1 bits (the Exp-Golomb code takes m - order zeros and those bits)."""
+    return np.floor(np.log2(values.astype(np.float64) + np.left_shift(1, order))).astype(np.int64)  # exact < 2^52
+
+
+def best_order(values: np.ndarray) -> tuple[int, int]:
+    """The Exp-Golomb order 0..MAX_ORDER coding `values` in the fewest bits, and those bits."""
+    costs = [int(np.sum(2 * _golomb_widths(values, k) - k + 1)) for k in range(MAX_ORDER + 1)]
+    k = int(np.argmin(costs))
+    return k, costs[k]
+
+
+def golomb_pack(values: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """Exp-Golomb codes (value i of order orders[i]) one after the other, LSB-first, zero-padded to whole bytes.
+
+    The code of v in order k: w = v + 2^k has m + 1 bits; write m - k zero bits, then w from its top bit down.
+    """
+    values, orders = values.astype(np.int64), orders.astype(np.int64)
+    w = values + np.left_shift(1, orders)
+    m = _golomb_widths(values, orders)
+    sizes = 2 * m - orders + 1
+    starts = np.cumsum(sizes) - sizes
+    field = np.repeat(np.arange(values.size), m + 1)  # one entry per bit of w
+    j = np.arange(field.size) - np.repeat(np.cumsum(m + 1) - (m + 1), m + 1)  # 0 = w's top bit
+    bits = np.zeros(8 * -(-int(sizes.sum()) // 8), dtype=np.uint8)
+    bits[starts[field] + (m - orders)[field] + j] = (w[field] >> (m[field] - j)) & 1
+    return np.packbits(bits, bitorder="little")
+
+
+def golomb_unpack(data: np.ndarray, start: int, pairs: int, orders: tuple[int, int],
+                  what: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Read `pairs` pairs of Exp-Golomb codes (orders[0], orders[1]) from byte `start`: return both value arrays and
+    the byte offset past the zero-padded last byte. Code starts come from pointer doubling over every bit position,
+    so the work is O(bits x log(pairs)) in numpy steps whatever the bytes hold; a code has at most MAX_WIDTH bits
+    after its leading 1."""
+    bits = np.unpackbits(data[start:start + -(-pairs * 2 * (2 * MAX_WIDTH + 1) // 8)], bitorder="little")
+    size = bits.size
+    pos = np.arange(size + 2, dtype=np.int64)  # size + 1: "no code here", which maps to itself
+    ones = np.flatnonzero(bits)
+    zeros = np.append(ones, 2 * size + 2 * MAX_WIDTH)[np.searchsorted(ones, pos)] - pos
+
+    def jump(order: int) -> np.ndarray:
+        end = pos + 2 * zeros + 1 + order
+        return np.where((zeros + order <= MAX_WIDTH) & (end <= size), end, size + 1)
+
+    def value(at: np.ndarray, order: int) -> np.ndarray:
+        width = zeros[at] + order  # bits after the leading 1
+        j = np.arange(MAX_WIDTH)
+        idx = np.minimum(at[:, None] + zeros[at][:, None] + 1 + j, size - 1)
+        low = np.where(j < width[:, None], bits[idx].astype(np.int64) << np.maximum(width[:, None] - 1 - j, 0), 0)
+        return (np.left_shift(1, width) | low.sum(axis=1)) - (1 << order)
+    first, second = jump(orders[0]), jump(orders[1])
+    step = second[first]
+    heads = np.zeros(1, dtype=np.int64)  # starts of the first 1, 2, 4, ... pairs
+    while heads.size < pairs:
+        heads = np.concatenate([heads, step[heads]])
+        step = step[step]
+    heads = heads[:pairs]
+    seconds = first[heads]
+    stop = int(second[seconds[-1]])
+    if stop > size or int(heads.max()) >= size or int(seconds.max()) >= size:
+        raise FormatError(f"rans: {what}: the stream ends inside its codes, or a code is longer than allowed")
+    nbytes = -(-stop // 8)
+    if np.any(bits[stop:8 * nbytes]):
+        raise FormatError(f"rans: {what}: the padding bits after the last code are not zero")
+    return value(heads, orders[0]), value(seconds, orders[1]), start + nbytes
 
 
 def choose_lanes(count: int, lanes: int) -> int:
@@ -131,8 +221,9 @@ class Rans(Stage):
         lanes = choose_lanes(count, self.lanes)
         states, words = _encode(symbols, freq, bits, lanes)
         gaps = np.diff(used, prepend=-1) - 1
-        table = _varints(np.column_stack([gaps, freq[used] - 1]).reshape(-1))
-        parts = [bytes([bits]), _varints(np.array([used.size])).tobytes(), table.tobytes(),
+        order = best_order(freq[used] - 1)[0]
+        table = golomb_pack(np.column_stack([gaps, freq[used] - 1]).reshape(-1), np.tile([0, order], used.size))
+        parts = [bytes([bits]), _varints(np.array([used.size])).tobytes(), bytes([order]), table.tobytes(),
                  _varints(np.array([lanes])).tobytes(), states.astype("<u4").tobytes(), words.astype("<u2").tobytes()]
         return {"data": Bytes(b"".join(parts))}, meta
 
@@ -192,9 +283,11 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
     distinct = int(distinct)
     if not 1 <= distinct <= min(alphabet, 1 << bits):
         raise FormatError(f"rans: {distinct} distinct symbols for an alphabet of {alphabet} and total 2^{bits}")
-    table, pos = _read_varints(data, pos, 2 * distinct, "frequency table")
-    symbols = np.cumsum(table[0::2] + 1) - 1
-    freq = table[1::2] + 1
+    if pos >= size or data[pos] > MAX_ORDER:
+        raise FormatError(f"rans: no Exp-Golomb order, or one above {MAX_ORDER}")
+    gaps, freq, pos = golomb_unpack(data, pos + 1, distinct, (0, int(data[pos])), "frequency table")
+    symbols = np.cumsum(gaps + 1) - 1
+    freq += 1
     if int(symbols[-1]) >= alphabet:
         raise FormatError(f"rans: frequency table names symbol {int(symbols[-1])}, the alphabet is {alphabet}")
     if int(freq.sum()) != 1 << bits:
