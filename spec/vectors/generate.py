@@ -812,7 +812,7 @@ def add_valid_rans_vectors(g: Generator) -> None:
     g.add_valid("kmeans-rans", {"w": laplace(70, (64, 64))}, "kmeans(bits=6) | rans(lanes=8): 8 interleaved lanes, "
                 "words and a partial last step.", ["kmeans", "rans", "rans:lanes"],
                 pipeline="kmeans(bits=6, init=linear, method=lloyd) | rans(lanes=8)", lossless=False)
-    g.add_valid("rans-wide", {"w": laplace(71, (1001,))}, "kmeans(clusters=300) | rans(scale_bits=12): 2-byte "
+    g.add_valid("rans-wide", {"w": laplace(71, (11, 91))}, "kmeans(clusters=300) | rans(scale_bits=12): 2-byte "
                 "symbols.", ["kmeans", "rans", "symbols:2-byte"],
                 pipeline="kmeans(clusters=300, init=linear, method=lloyd) | rans(scale_bits=12)", lossless=False)
     g.add_valid("sparse-rans", {"w": np.where(rng(72).random((90, 70)) < 0.1, rng(73).normal(size=(90, 70)), 0.0)},
@@ -824,22 +824,22 @@ def add_valid_rans_vectors(g: Generator) -> None:
 
 
 def rans_layout(b: bytes) -> tuple[int, int]:
-    """(offset of the lane-count varint, offset of the first state) of a rans stream (spec/stages/rans.md)."""
-    pos = 1
+    """(offset of the lane-count varint, offset of the first state) of a rans stream (spec/stages/rans.md): n, the
+    one-byte varint D, k, then 2D Exp-Golomb codes, LSB-first, zero-padded to a byte."""
+    d, k, p = b[1], b[2], 8 * 3
+    assert d < 128
 
-    def varint() -> int:
-        nonlocal pos
-        v, k = 0, 0
-        while True:
-            v |= (b[pos] & 0x7F) << (7 * k)
-            pos, k = pos + 1, k + 1
-            if b[pos - 1] < 0x80:
-                return v
-    for _ in range(2 * varint()):
-        varint()
-    at = pos
-    varint()
-    return at, pos
+    def golomb(order: int) -> None:
+        nonlocal p
+        z = 0
+        while not b[p >> 3] >> (p & 7) & 1:
+            z, p = z + 1, p + 1
+        p += 1 + z + order
+    for _ in range(d):
+        golomb(0)
+        golomb(k)
+    at = -(-p // 8)
+    return at, at + 1
 
 
 def add_invalid_rans_vectors(g: Generator) -> None:

@@ -34,6 +34,34 @@ function varints(data, pos) {
   return r;
 }
 
+/** A reader of Exp-Golomb codes, LSB-first from byte `start` (at most 21 bits after the leading 1). */
+function golomb(data, start) {
+  let p = 8 * start;
+  const end = 8 * data.length;
+  const bit = () => {
+    if (p >= end) throw new FormatError('rans: frequency table: the stream ends inside its codes');
+    const b = (data[p >>> 3] >>> (p & 7)) & 1;
+    p++;
+    return b;
+  };
+  return {
+    next(order) {
+      let z = 0;
+      while (bit() === 0) {
+        z++;
+        if (z + order > 21) throw new FormatError('rans: frequency table: a code longer than allowed');
+      }
+      let w = 1;
+      for (let i = 0; i < z + order; i++) w = w * 2 + bit();
+      return w - 2 ** order;
+    },
+    finish() { // the padding bits up to the next byte MUST be zero
+      while (p & 7) if (bit() !== 0) throw new FormatError('rans: frequency table: the padding bits are not zero');
+      return p >>> 3;
+    },
+  };
+}
+
 export function ransDecode(data, meta, ctx = {}) {
   const { N, A } = readMeta(meta);
   const Out = A <= 256 ? Uint8Array : Uint16Array;
@@ -52,15 +80,19 @@ export function ransDecode(data, meta, ctx = {}) {
   const rd = varints(data, 1);
   const D = rd.next('symbol count');
   if (D < 1 || D > Math.min(A, total)) throw new FormatError(`rans: ${D} distinct symbols for alphabet ${A}, total 2^${n}`);
+  if (rd.pos >= data.length || data[rd.pos] > 15) throw new FormatError('rans: no Exp-Golomb order, or one above 15');
+  const order = data[rd.pos];
+  const bits = golomb(data, rd.pos + 1);
   const sym = new Uint32Array(D), f = new Uint32Array(D), cum = new Uint32Array(D);
   let s = -1, sum = 0;
   for (let i = 0; i < D; i++) {
-    s += 1 + rd.next('frequency table');
+    s += 1 + bits.next(0);
     sym[i] = Math.min(s, 2 ** 31);
-    f[i] = rd.next('frequency table') + 1;
+    f[i] = bits.next(order) + 1;
     cum[i] = Math.min(sum, 2 ** 31);
     sum += f[i];
   }
+  rd.pos = bits.finish();
   if (s >= A) throw new FormatError(`rans: frequency table names symbol ${s}, the alphabet is ${A}`);
   if (sum !== total) throw new FormatError(`rans: frequencies sum to ${sum}, not 2^${n}`);
   const K = rd.next('lane count');
