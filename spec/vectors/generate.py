@@ -861,8 +861,8 @@ def add_invalid_rans_vectors(g: Generator) -> None:
              "rans:states"),
             ("rans-truncated-lane", lambda b: b[:-2], "the last 16-bit word removed: a lane runs out of words",
              "rans:exact-words"),
-            ("rans-damaged-word", flip_word, "one bit of a word flipped: the lanes no longer end in state 2^16",
-             "rans:exact-words")):
+            ("rans-damaged-word", flip_word, "one bit of a word flipped: the lanes' reads no longer match the "
+             "words (a lane runs out of words, or ends in a state other than 2^16)", "rans:exact-words")):
         g.add_invalid(name, rewrite(kr, stream_edit(0, "data", fn)), "FormatError", f"rans: {what}.", ["rans", tag],
                       tensor="w")
 
