@@ -23,7 +23,8 @@ MAX_STEPS = 1 << 16  # symbols per lane, so a decode takes at most this many num
 MAX_LANES = 1 << 20
 MIN_PER_LANE = 1024  # short streams get fewer lanes: each costs a 4-byte final state
 VARINT_BYTES = 3  # every varint value is < 2^21
-MAX_WIDTH = 21  # Exp-Golomb: at most 21 bits after the leading zeros and the 1 (values < 2^21)
+MAX_WIDTH = 16  # Exp-Golomb: at most 16 bits after the leading zeros and the 1 (gaps and freq - 1 are < 2^16),
+# so a table entry takes at most 66 bits and a decoder reads at most 66 x D bits (D <= N, D <= 2^16) of table
 MAX_ORDER = 15  # Exp-Golomb order of the frequencies
 EXCHANGE_ROUNDS = 32  # the normalizer's unit moves between symbols (each round moves at most one unit per symbol)
 
@@ -149,10 +150,10 @@ def golomb_unpack(data: np.ndarray, start: int, pairs: int, orders: tuple[int, i
     so the work is O(bits x log(pairs)) in numpy steps whatever the bytes hold; a code has at most MAX_WIDTH bits
     after its leading 1."""
     bits = np.unpackbits(data[start:start + -(-pairs * 2 * (2 * MAX_WIDTH + 1) // 8)], bitorder="little")
-    size = bits.size
-    pos = np.arange(size + 2, dtype=np.int64)  # size + 1: "no code here", which maps to itself
-    ones = np.flatnonzero(bits)
-    zeros = np.append(ones, 2 * size + 2 * MAX_WIDTH)[np.searchsorted(ones, pos)] - pos
+    size = bits.size  # < 2^23: int32 positions keep the temporaries at about 20 bytes per table bit
+    pos = np.arange(size + 2, dtype=np.int32)  # size + 1: "no code here", which maps to itself
+    ones = np.flatnonzero(bits).astype(np.int32)
+    zeros = np.append(ones, np.int32(2 * size + 2 * MAX_WIDTH))[np.searchsorted(ones, pos)] - pos
 
     def jump(order: int) -> np.ndarray:
         end = pos + 2 * zeros + 1 + order
@@ -166,7 +167,7 @@ def golomb_unpack(data: np.ndarray, start: int, pairs: int, orders: tuple[int, i
         return (np.left_shift(1, width) | low.sum(axis=1)) - (1 << order)
     first, second = jump(orders[0]), jump(orders[1])
     step = second[first]
-    heads = np.zeros(1, dtype=np.int64)  # starts of the first 1, 2, 4, ... pairs
+    heads = np.zeros(1, dtype=np.int32)  # starts of the first 1, 2, 4, ... pairs
     while heads.size < pairs:
         heads = np.concatenate([heads, step[heads]])
         step = step[step]
@@ -281,8 +282,9 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
         raise FormatError(f"rans: scale bits {bits} outside 1..16")
     (distinct,), pos = _read_varints(data, 1, 1, "symbol count")
     distinct = int(distinct)
-    if not 1 <= distinct <= min(alphabet, 1 << bits):
-        raise FormatError(f"rans: {distinct} distinct symbols for an alphabet of {alphabet} and total 2^{bits}")
+    if not 1 <= distinct <= min(alphabet, 1 << bits, count):
+        raise FormatError(f"rans: {distinct} distinct symbols for {count} symbols, an alphabet of {alphabet} and "
+                          f"total 2^{bits}")
     if pos >= size or data[pos] > MAX_ORDER:
         raise FormatError(f"rans: no Exp-Golomb order, or one above {MAX_ORDER}")
     gaps, freq, pos = golomb_unpack(data, pos + 1, distinct, (0, int(data[pos])), "frequency table")

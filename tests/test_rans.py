@@ -176,13 +176,23 @@ def test_table_symbol_beyond_the_alphabet():
         decode(data, {"count": 9000, "alphabet": top})
 
 
-@given(st.lists(st.tuples(st.integers(0, 2**21 - 1), st.integers(0, 2**16 - 1)), min_size=1, max_size=60),
+@given(st.lists(st.tuples(st.integers(0, 2**16 - 1), st.integers(0, 2**16 - 1)), min_size=1, max_size=60),
        st.integers(0, 15), st.binary(max_size=4))
 def test_golomb_codes_round_trip(pairs, order, tail):
     values = np.array(pairs).reshape(-1)
     packed = golomb_pack(values, np.tile([0, order], len(pairs)))
     first, second, end = golomb_unpack(np.frombuffer(packed.tobytes() + tail, np.uint8), 0, len(pairs), (0, order), "t")
     assert end == packed.size and np.array_equal(np.column_stack([first, second]).reshape(-1), values)
+
+
+def test_table_codes_and_size_are_bounded():
+    """A code of more than 16 bits after its 1 is refused, and so is a table of more symbols than the count."""
+    long_code = golomb_pack(np.array([0, 1 << 17]), np.array([0, 0]))  # 2^17 + 1 has 17 bits after its top 1
+    with pytest.raises(FormatError, match="longer than allowed"):
+        golomb_unpack(long_code, 0, 1, (0, 0), "table")
+    data, _ = sample()
+    with pytest.raises(FormatError, match="distinct symbols for"):
+        decode(data, {"count": data[1] - 1, "alphabet": 50})
 
 
 def test_damaged_word_is_caught_at_the_final_states():

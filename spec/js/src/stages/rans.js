@@ -34,7 +34,7 @@ function varints(data, pos) {
   return r;
 }
 
-/** A reader of Exp-Golomb codes, LSB-first from byte `start` (at most 21 bits after the leading 1). */
+/** A reader of Exp-Golomb codes, LSB-first from byte `start` (at most 16 bits after the leading 1). */
 function golomb(data, start) {
   let p = 8 * start;
   const end = 8 * data.length;
@@ -49,7 +49,7 @@ function golomb(data, start) {
       let z = 0;
       while (bit() === 0) {
         z++;
-        if (z + order > 21) throw new FormatError('rans: frequency table: a code longer than allowed');
+        if (z + order > 16) throw new FormatError('rans: frequency table: a code longer than allowed');
       }
       let w = 1;
       for (let i = 0; i < z + order; i++) w = w * 2 + bit();
@@ -79,7 +79,7 @@ export function ransDecode(data, meta, ctx = {}) {
   const total = 2 ** n;
   const rd = varints(data, 1);
   const D = rd.next('symbol count');
-  if (D < 1 || D > Math.min(A, total)) throw new FormatError(`rans: ${D} distinct symbols for alphabet ${A}, total 2^${n}`);
+  if (D < 1 || D > Math.min(A, total, N)) throw new FormatError(`rans: ${D} distinct symbols for ${N} symbols, alphabet ${A}, total 2^${n}`);
   if (rd.pos >= data.length || data[rd.pos] > 15) throw new FormatError('rans: no Exp-Golomb order, or one above 15');
   const order = data[rd.pos];
   const bits = golomb(data, rd.pos + 1);
