@@ -107,6 +107,7 @@ CHAINS = [
     ("raw", None), ("zstd(level=3)", None), ("zlib", None), (None, "han-fc"), (None, "han-conv"), (None, "quantize8"),
     ("sparse(index_bits=2) | huffman(max_bits=5, segment_size=7)", None),
     ("prune(sparsity=0.7) | sparse(index_bits=3) | kmeans(bits=4) | huffman(max_bits=6, segment_size=64)", None),
+    ("sparse(index_bits=3) | kmeans(bits=5) | rans(lanes=5)", None),
 ]
 
 

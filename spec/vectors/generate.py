@@ -480,6 +480,7 @@ def generate(root: Path) -> None:
                               {"embed.weight": 0, "layer.weight": 1, "layer.bias": 1}, "model.safetensors.index.json",
                               {"total_parameters": "44"}, {"config.json": b'{"model_type": "bert"}\n',
                                                            "vocab.txt": "[PAD]\n[UNK]\nü\n".encode()}))
+    add_valid_rans_vectors(g)
     add_invalid_vectors(g)
     add_invalid_container_vectors(g)
     g.write_index()
@@ -718,6 +719,7 @@ def add_invalid_stage_vectors(g: Generator) -> None:
 
     add_invalid_stage_vectors_round2(g)
     add_invalid_uniform_vectors(g)
+    add_invalid_rans_vectors(g)
 
     def bad_prune_config(index: dict[str, Any], tensors: list[Any]) -> None:
         index["chains"][0][0]["config"]["sparsity"] = 1.5
@@ -814,6 +816,72 @@ def add_invalid_uniform_vectors(g: Generator) -> None:
                                 ("gptq-weighted", {"weighting": "fisher"}, "method 'gptq' with weighting 'fisher'")):
         g.add_invalid(f"uniform-{name}", rewrite(ug, uniform_config(**changes)), "FormatError",
                       f"uniform: {what} in the stored config.", ["uniform", "config"], tensor="w")
+
+
+def add_valid_rans_vectors(g: Generator) -> None:
+    """Issue 13: the rans stage on 1- and 2-byte symbols, several lanes, positions, and a single symbol."""
+    g.add_valid("kmeans-rans", {"w": laplace(70, (64, 64))}, "kmeans(bits=6) | rans(lanes=8): 8 interleaved lanes, "
+                "words and a partial last step.", ["kmeans", "rans", "rans:lanes"],
+                pipeline="kmeans(bits=6, init=linear, method=lloyd) | rans(lanes=8)", lossless=False)
+    g.add_valid("rans-wide", {"w": laplace(71, (11, 91))}, "kmeans(clusters=300) | rans(scale_bits=12): 2-byte "
+                "symbols.", ["kmeans", "rans", "symbols:2-byte"],
+                pipeline="kmeans(clusters=300, init=linear, method=lloyd) | rans(scale_bits=12)", lossless=False)
+    g.add_valid("sparse-rans", {"w": np.where(rng(72).random((90, 70)) < 0.1, rng(73).normal(size=(90, 70)), 0.0)},
+                "sparse(index_bits=4) | rans: positions rANS-coded, F64 values serialized raw.",
+                ["sparse", "rans", "raw", "dtype:F64"], pipeline="sparse(index_bits=4) | rans", lossless=True)
+    g.add_valid("rans-one-symbol", {"c": np.full((10, 10), 0.5, np.float32), "s": np.array(0.5, np.float32)},
+                "kmeans | rans on constant tensors: one distinct symbol, no words.", ["kmeans", "rans",
+                "rans:one-symbol"], pipeline="kmeans(bits=2, init=linear, method=lloyd) | rans", lossless=False)
+
+
+def rans_layout(b: bytes) -> tuple[int, int]:
+    """(offset of the lane-count varint, offset of the first state) of a rans stream (spec/stages/rans.md): n, the
+    one-byte varint D, k, then 2D Exp-Golomb codes, LSB-first, zero-padded to a byte."""
+    d, k, p = b[1], b[2], 8 * 3
+    assert d < 128
+
+    def golomb(order: int) -> None:
+        nonlocal p
+        z = 0
+        while not b[p >> 3] >> (p & 7) & 1:
+            z, p = z + 1, p + 1
+        p += 1 + z + order
+    for _ in range(d):
+        golomb(0)
+        golomb(k)
+    at = -(-p // 8)
+    return at, at + 1
+
+
+def add_invalid_rans_vectors(g: Generator) -> None:
+    """Issue 13: rans streams whose table, states or words a decoder must reject."""
+    kr = g.sources["kmeans-rans"]
+
+    def state_low(b: bytes) -> bytes:
+        _, sp = rans_layout(b)
+        return b[:sp] + (0xFFFF).to_bytes(4, "little") + b[sp + 4:]
+
+    def flip_word(b: bytes) -> bytes:
+        _, sp = rans_layout(b)
+        i = sp + 8 * 4 + 2 * ((len(b) - sp - 32) // 4)  # a word halfway through
+        return b[:i] + bytes([b[i] ^ 0x01]) + b[i + 1:]
+    for name, fn, what, tag in (
+            ("rans-freq-sum", lambda b: bytes([b[0] + 1]) + b[1:], "scale bits raised by one: the frequencies no "
+             "longer sum to 2^n", "rans:table"),
+            ("rans-state-low", state_low, "lane 0's stored state set to 2^16 - 1 (below the state range)",
+             "rans:states"),
+            ("rans-truncated-lane", lambda b: b[:-2], "the last 16-bit word removed: a lane runs out of words",
+             "rans:exact-words"),
+            ("rans-damaged-word", flip_word, "one bit of a word flipped: the lanes' reads no longer match the "
+             "words (a lane runs out of words, or ends in a state other than 2^16)", "rans:exact-words")):
+        g.add_invalid(name, rewrite(kr, stream_edit(0, "data", fn)), "FormatError", f"rans: {what}.", ["rans", tag],
+                      tensor="w")
+
+    def set_count(meta: dict[str, Any]) -> None:
+        meta["count"] = 2**40
+    g.add_invalid("rans-count-over-bound", rewrite(kr, step_meta_edit(0, 1, 0, set_count)), "LimitError",
+                  "rans: meta count 2^40, over the tensor's decode bound (checked before the stream is read).",
+                  ["rans", "allocation", "limit:decode-bound"], tensor="w")
 
 
 def _first_chunk_pos(data: bytes) -> int:

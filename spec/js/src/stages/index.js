@@ -6,6 +6,7 @@ import { sparse } from './sparse.js';
 import { huffman } from './huffman.js';
 import { kmeans } from './kmeans.js';
 import { uniform } from './uniform.js';
+import { rans } from './rans.js';
 
 export const STAGES = Object.freeze({
   raw,
@@ -18,4 +19,5 @@ export const STAGES = Object.freeze({
   huffman,
   kmeans,
   uniform,
+  rans,
 });
