@@ -7,8 +7,14 @@
 - ``streams``: the streams the lossy prefix of the chains leaves (relative-index positions, cluster indices, any dense
   values left) plus the raw weights' bytes, each coded by every coder: bytes, bits per symbol, the order-0 entropy
   bound, median encode/decode time. Every output is decoded and checked equal before its row is returned.
-- ``baselines``: lossless coding of the whole model's raw bytes, plain and byte-grouped (one stream per byte plane,
+- ``baselines``: lossless coding of the model's raw bytes, plain and byte-grouped (one stream per byte plane,
   floats rotated left by one bit so that sign and exponent share no byte with the mantissa).
+- ``sample``: what the raw-bytes measurements (the ``weights`` case and the baselines) coded. A model larger than
+  `sample_bytes` is sampled (`sample_tensors`): every tensor gives the same fraction of its elements, as evenly spaced
+  chunks of at most SAMPLE_CHUNK_BYTES, so lzma or zstd -19 on an 87 MB model takes seconds, not half an hour.
+
+The default coders are the fast ones (DEFAULT_CODERS, >= 40 MB/s encode on real weights); the slow ones (SLOW_CODERS,
+1-13 MB/s) are opt-in by naming them, as `tests/bench/bench_compare.py` measures.
 
 Coders are stages from the registry: a symbols->bytes stage (huffman) gets the symbols, a bytes->bytes stage (zstd,
 lzma, bz2, zlib) gets them as the smallest little-endian unsigned ints that hold them (what the `raw` stage writes).
@@ -21,6 +27,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +44,21 @@ from .stage import Stage
 from .streams import BYTES, DENSE, SYMBOLS, Bytes, Dense, Stream, Symbols
 
 SCHEMA = "dcframe.compare/1"
-DEFAULT_CODERS = ("huffman", "zstd-3", "zstd-19", "lzma", "bz2", "zlib")
+DEFAULT_CODERS = ("huffman", "zstd-3", "zlib-1")  # fast: 40-300 MB/s encode on a real transformer's weights
+SLOW_CODERS = ("zstd-19", "lzma", "bz2", "zlib")  # 1-13 MB/s there (zlib's default level is 9): opt-in via coders
 DEFAULT_PRESET = "han"
+DEFAULT_SAMPLE_BYTES = 16 * 2**20  # raw bytes a model may have before its raw-bytes measurements are sampled
+SAMPLE_CHUNK_BYTES = 64 * 2**10  # the longest run of consecutive bytes a sample takes from one tensor
 WEIGHTS = "weights"  # the case name of the raw weights' bytes
 MB = 1e6
 
-Progress = Callable[[str], None]
+Advance = Callable[[str, int], None]  # advance(what, amount): `amount` more of the step's total is done
+Progress = Callable[[str, int], AbstractContextManager[Advance]]  # progress(step, total) -> context giving advance
+
+
+def no_progress(label: str, total: int) -> AbstractContextManager[Advance]:
+    """The silent Progress: a context whose advance does nothing."""
+    return nullcontext(lambda name, amount: None)
 
 
 @dataclass(frozen=True)
@@ -260,17 +276,28 @@ def _marks(rows: list[dict[str, Any]]) -> dict[str, str | None]:
             "fastest_encode": best("encode_mb_s", -1), "fastest_decode": best("decode_mb_s", -1)}
 
 
+def _runs(coder: Coder, parts: Sequence[Symbols], repeat: int, raw: Stage, advance: Advance,
+          label: str) -> list[CoderRun]:
+    """One coder on every part, advancing the progress bar by each part's bytes as it is done."""
+    runs = []
+    for part in parts:
+        runs.append(run_coder(coder, part, repeat, raw))
+        advance(f"{label} {coder.name}", part.nbytes)
+    return runs
+
+
 def compare_case(case: str, parts: list[_Part], coders: Sequence[Coder], repeat: int = 3,
-                 keep: dict | None = None) -> dict[str, Any]:
+                 keep: dict | None = None, advance: Advance | None = None) -> dict[str, Any]:
     """Every coder on one kind of stream (each tensor's part coded on its own, as the container does), summed."""
     raw = get_registry().build(SERIALIZER, {})
+    advance = advance or (lambda name, amount: None)
     count = sum(int(p.symbols.array.size) for p in parts)
     input_bytes = sum(p.symbols.nbytes for p in parts)
     bound = sum(order0_entropy_bits(p.symbols.array, p.symbols.alphabet) for p in parts)
     rows = []
     for coder in coders:
         try:
-            runs = [run_coder(coder, p.symbols, repeat, raw) for p in parts]
+            runs = _runs(coder, [p.symbols for p in parts], repeat, raw, advance, case)
         except (ConfigError, DcfError) as exc:
             rows.append(_error_row(coder.name, str(exc)))
             continue
@@ -333,9 +360,12 @@ def unplane(planes: Sequence[np.ndarray], tensors: Sequence[tuple[str, Sequence[
 
 
 def lossless_baselines(tensors: Sequence[Dense], coders: Sequence[Coder], repeat: int = 3,
-                       keep: dict | None = None) -> dict[str, Any]:
-    """Every coder over the whole model's raw bytes, plain and byte-grouped; each result decoded and checked."""
+                       keep: dict | None = None, advance: Advance | None = None) -> dict[str, Any]:
+    """Every coder over the given tensors' raw bytes, plain and byte-grouped; each result decoded and checked.
+
+    `original_bytes` and `weights` are of the tensors given: a sample's, when compare_model sampled the model."""
     raw = get_registry().build(SERIALIZER, {})
+    advance = advance or (lambda name, amount: None)
     original = sum(d.nbytes for d in tensors)
     plain = Symbols(np.concatenate([as_symbols(d).array for d in tensors]) if tensors else
                     np.zeros(0, np.uint8), 256)
@@ -349,7 +379,7 @@ def lossless_baselines(tensors: Sequence[Dense], coders: Sequence[Coder], repeat
         bound = sum(order0_entropy_bits(p.array, 256) for p in parts)
         for coder in coders:
             try:
-                runs = [run_coder(coder, p, repeat, raw) for p in parts]
+                runs = _runs(coder, parts, repeat, raw, advance, transform)
             except (ConfigError, DcfError) as exc:
                 row = _error_row(coder.name, str(exc))
             else:
@@ -368,6 +398,43 @@ def lossless_baselines(tensors: Sequence[Dense], coders: Sequence[Coder], repeat
                                                            for r in rows])}
 
 
+def _sample_one(dense: Dense, fraction: float, chunk_bytes: int) -> tuple[Dense, int]:
+    """`fraction` of one tensor's elements (at least one) as evenly spaced chunks, the first at its start and the last
+    at its end (one chunk: the middle); the whole tensor when that is all of it. Returns the 1-D sample and its number
+    of chunks."""
+    flat = np.ascontiguousarray(dense.array).reshape(-1)
+    n = flat.size
+    m = min(n, max(1, math.floor(n * fraction)))
+    if m >= n:
+        return Dense(flat, dense.dtype), 1 if n else 0
+    k = -(-m // max(1, chunk_bytes // flat.dtype.itemsize))  # chunks of at most chunk_bytes
+    bounds = (np.arange(k + 1, dtype=np.int64) * m) // k  # where each chunk starts within the sample
+    gaps = (np.arange(k, dtype=np.int64) * (n - m)) // (k - 1) if k > 1 else np.array([(n - m) // 2])  # skipped
+    index = np.repeat(gaps, np.diff(bounds)) + np.arange(m, dtype=np.int64)
+    return Dense(flat[index], dense.dtype), k
+
+
+def sample_tensors(tensors: Sequence[Dense], budget: int | None,
+                   chunk_bytes: int = SAMPLE_CHUNK_BYTES) -> tuple[list[Dense], dict[str, Any]]:
+    """The tensors as they are if their bytes fit `budget` (or it is None), else a deterministic sample of each.
+
+    Each tensor gives floor(budget / total bytes * its elements) elements (at least one) as evenly spaced chunks of
+    at most `chunk_bytes`, so the sample holds at most the budget plus one element per tensor. Returns the (1-D)
+    samples in order and what they are: the `sample` object of the compare report.
+    """
+    total = sum(d.nbytes for d in tensors)
+    weights = sum(int(d.array.size) for d in tensors)
+    sampled = budget is not None and total > budget
+    if sampled:
+        picked = [_sample_one(d, budget / total, chunk_bytes) for d in tensors]
+        out, chunks = [d for d, _ in picked], sum(k for _, k in picked)
+    else:
+        out, chunks = list(tensors), sum(1 for d in tensors if d.array.size)
+    return out, {"sampled": sampled, "budget_bytes": budget, "chunk_bytes": chunk_bytes, "chunks": chunks,
+                 "bytes": sum(d.nbytes for d in out), "weights": sum(int(d.array.size) for d in out),
+                 "of_bytes": total, "of_weights": weights}
+
+
 def _sum_steps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     original = sum(r["original_bytes"] for r in rows)
@@ -383,22 +450,37 @@ def _sum_steps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _total_bytes(tensors: Mapping[str, np.ndarray | Dense]) -> int:
+    """The tensors' bytes, from a lazy model's headers where it has them (nothing is read for this)."""
+    sizes = getattr(tensors, "nbytes", None)
+    return sum(sizes(n) if callable(sizes) else tensors[n].nbytes for n in tensors)
+
+
+def _check_positive(name: str, value: Any, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+
+
 def compare_model(tensors: Mapping[str, np.ndarray | Dense], pipeline: str | None = None, preset: str | None = None,
                   coders: str | Sequence[str] = DEFAULT_CODERS, repeat: int = 3, file: str | None = None,
                   file_bytes: int | None = None, progress: Progress | None = None,
-                  keep: dict | None = None) -> dict[str, Any]:
+                  keep: dict | None = None, sample_bytes: int | None = DEFAULT_SAMPLE_BYTES) -> dict[str, Any]:
     """Measure a model: stage by stage, coder against coder on the lossy prefix's streams, lossless baselines.
 
-    `keep`, if given, receives every coder's outputs, for tests: {(case or transform, coder): [(symbols, output,
-    metas)]}.
+    The raw-bytes measurements (`weights` case, baselines) code a sample when the model has more than `sample_bytes`
+    (None: never; see sample_tensors). `progress(step, total)` is entered once per step (stages, coders, baselines)
+    and gives advance(what, amount), amounts summing to `total` bytes. `keep`, if given, receives every coder's
+    outputs, for tests: {(case or transform, coder): [(symbols, output, metas)]}.
     """
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise ConfigError(f"repeat must be a positive integer, got {repeat!r}")
+    _check_positive("repeat", repeat)
+    _check_positive("sample_bytes", sample_bytes, optional=True)
     if pipeline is None and preset is None:
         preset = DEFAULT_PRESET
     policy = Policy(pipeline=pipeline, preset=preset)
     coder_list = parse_coders(coders, policy.registry)
-    note = progress or (lambda label: None)
+    progress = progress or no_progress
 
     def items():
         for name in tensors:
@@ -406,22 +488,26 @@ def compare_model(tensors: Mapping[str, np.ndarray | Dense], pipeline: str | Non
 
     chains = fit_chains(policy, items)
     rows, cases, dense_list = [], {}, []
-    weights: list[_Part] = []
-    for name, dense in items():
-        note(f"stages: {name}")
-        text = policy.pipeline_for(name, dense.array.shape, dense.dtype)
-        row, tensor_cases = stage_by_stage(name, dense, chains[text], text)
-        rows.append(row)
-        for case, parts in tensor_cases.items():
-            cases.setdefault(case, []).extend(parts)
-        weights.append(_Part(name, as_symbols(dense)))
-        dense_list.append(dense)
+    with progress("stage by stage", _total_bytes(tensors)) as advance:
+        for name, dense in items():
+            text = policy.pipeline_for(name, dense.array.shape, dense.dtype)
+            row, tensor_cases = stage_by_stage(name, dense, chains[text], text)
+            rows.append(row)
+            for case, parts in tensor_cases.items():
+                cases.setdefault(case, []).extend(parts)
+            dense_list.append(dense)
+            advance(name, dense.nbytes)
+    sampled, sample = sample_tensors(dense_list, sample_bytes)
+    weights = [_Part(name, as_symbols(d)) for name, d in zip(tensors, sampled, strict=True)]
+    work = [*cases.items(), (WEIGHTS, weights)]
     streams = []
-    for case, parts in [*cases.items(), (WEIGHTS, weights)]:
-        note(f"coders: {case}")
-        streams.append(compare_case(case, parts, coder_list, repeat, keep))
-    note("lossless baselines")
-    baselines = lossless_baselines(dense_list, coder_list, repeat, keep)
+    with progress("coding streams", len(coder_list) * sum(p.symbols.nbytes for _, ps in work for p in ps)) as advance:
+        for case, parts in work:
+            streams.append(compare_case(case, parts, coder_list, repeat, keep, advance))
+    streams[-1]["sample"] = sample
+    with progress("lossless baselines", 2 * len(coder_list) * sample["bytes"]) as advance:
+        baselines = lossless_baselines(sampled, coder_list, repeat, keep, advance)
+    baselines["sample"] = sample
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row["pipeline"], []).append(row)
@@ -444,4 +530,5 @@ def compare_model(tensors: Mapping[str, np.ndarray | Dense], pipeline: str | Non
                        sum(r["original_bytes"] for r in rs), "steps": _sum_steps(rs)} for p, rs in groups.items()],
         "streams": streams,
         "baselines": baselines,
+        "sample": sample,
     }

@@ -1,6 +1,7 @@
 """`dcframe compare`: every coder row decodes back, its bytes are what it produced, no row beats the entropy bound,
 the JSON schema keeps its keys, the plot is a real PNG/SVG."""
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -10,9 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dcframe import Bytes, Dense, MissingStageError, PipelineError, Policy, write_model
+from dcframe import Bytes, ConfigError, Dense, MissingStageError, PipelineError, Policy, compare, write_model
 from dcframe.cli import main
-from dcframe.compare import byte_planes, compare_model, parse_coders, unplane
+from dcframe.compare import (
+    DEFAULT_CODERS,
+    DEFAULT_SAMPLE_BYTES,
+    SLOW_CODERS,
+    byte_planes,
+    compare_model,
+    parse_coders,
+    unplane,
+)
 from dcframe.orchestrator import encode_tensor
 from dcframe.registry import get_registry
 
@@ -209,9 +218,10 @@ def model_file(tmp_path):
     return path
 
 
-# The documented --json schema (README, "dcframe compare"): changing a key set here means a new schema version.
+# The documented --json schema (README, "dcframe compare"): within schema 1 keys are only ever added (the `sample`
+# keys were); removing or renaming one here means a new schema version.
 TOP_KEYS = {"schema", "dcframe_version", "file", "file_bytes", "pipeline", "preset", "coders", "repeat",
-            "original_bytes", "final_bytes", "ratio", "tensors", "pipelines", "streams", "baselines"}
+            "original_bytes", "final_bytes", "ratio", "tensors", "pipelines", "streams", "baselines", "sample"}
 TENSOR_KEYS = {"name", "dtype", "shape", "pipeline", "original_bytes", "steps", "final_bytes", "ratio"}
 STEP_KEYS = {"stage", "config", "streams", "stream_bytes", "packed_bytes", "meta_bytes", "total_bytes",
              "total_packed_bytes", "ratio", "packed_ratio"}
@@ -222,7 +232,9 @@ CASE_KEYS = {"name", "tensors", "count", "alphabet", "input_bytes", "entropy_bit
              "smallest", "fastest_encode", "fastest_decode"}
 CODER_KEYS = {"coder", "bytes", "meta_bytes", "bits_per_symbol", "over_bound", "below_bound", "ratio",
               "encode_seconds", "decode_seconds", "encode_mb_s", "decode_mb_s", "verified", "error"}
-BASELINE_KEYS = {"original_bytes", "weights", "planes", "rows", "smallest", "fastest_encode", "fastest_decode"}
+BASELINE_KEYS = {"original_bytes", "weights", "planes", "rows", "smallest", "fastest_encode", "fastest_decode",
+                 "sample"}
+SAMPLE_KEYS = {"sampled", "budget_bytes", "chunk_bytes", "chunks", "bytes", "weights", "of_bytes", "of_weights"}
 BASELINE_ROW_KEYS = CODER_KEYS | {"transform", "entropy_bits", "bits_per_weight"}
 
 
@@ -243,8 +255,12 @@ def test_json_schema_is_stable(model_file, capsys):
         assert set(p) == PIPELINE_KEYS and all(set(s) == PIPELINE_STEP_KEYS for s in p["steps"])
     assert [c["name"] for c in report["streams"]] == ["sparse.positions", "kmeans.indices", "weights"]
     for case in report["streams"]:
-        assert set(case) == CASE_KEYS and all(set(r) == CODER_KEYS for r in case["coders"])
+        extra = {"sample"} if case["name"] == "weights" else set()
+        assert set(case) == CASE_KEYS | extra and all(set(r) == CODER_KEYS for r in case["coders"])
     assert set(report["baselines"]) == BASELINE_KEYS
+    assert set(report["sample"]) == SAMPLE_KEYS
+    assert report["baselines"]["sample"] == report["streams"][-1]["sample"] == report["sample"]
+    assert not report["sample"]["sampled"]  # 8 KiB: far below the default budget, coded whole
     assert all(set(r) == BASELINE_ROW_KEYS for r in report["baselines"]["rows"])
 
 
@@ -296,3 +312,138 @@ def test_tensor_names_with_brackets_print_as_text(tmp_path):
                           "--coders", "huffman,zlib", "-q"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "w[/y]" in out.stdout
+
+
+def test_defaults_are_the_fast_coders(model_file, capsys):
+    assert not set(DEFAULT_CODERS) & set(SLOW_CODERS)
+    assert main(["compare", str(model_file), "--json", "--repeat", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["coders"] == list(DEFAULT_CODERS) == ["huffman", "zstd-3", "zlib-1"]
+    for case in report["streams"]:
+        assert [r["coder"] for r in case["coders"]] == list(DEFAULT_CODERS)
+    levels = {c.name: c.stage.get_config() for c in parse_coders(DEFAULT_CODERS)}
+    assert levels["zstd-3"] == {"level": 3} and levels["zlib-1"] == {"level": 1}  # zlib's own default is 9: slow
+    # the slow ones stay one option away
+    assert main(["compare", str(model_file), "--json", "--repeat", "1", "--coders", ",".join(SLOW_CODERS)]) == 0
+    assert json.loads(capsys.readouterr().out)["coders"] == list(SLOW_CODERS)
+
+
+def positional_model() -> dict[str, np.ndarray]:
+    """Tensors whose values are their own flat positions, so a sample shows exactly which elements it took."""
+    return {"big": np.arange(60_000, dtype=np.float32).reshape(300, 200), "mid": np.arange(9_000, dtype=np.int64),
+            "half": np.arange(2_000, dtype=np.float16), "tiny": np.arange(3, dtype=np.float32)}
+
+
+def runs_of(positions: np.ndarray) -> list[tuple[int, int]]:
+    """(start, length) of each run of consecutive positions."""
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    return [(int(r[0]), r.size) for r in np.split(positions, breaks)]
+
+
+def check_sample(model: dict[str, np.ndarray], samples: list[np.ndarray], budget: int, chunk: int) -> int:
+    """Each tensor's sample is its share of the budget, as evenly spaced chunks of at most `chunk` bytes, taken
+    from where it says (the values are the positions); returns the number of chunks."""
+    total = sum(v.nbytes for v in model.values())
+    chunks = 0
+    for (name, original), values in zip(model.items(), samples, strict=True):
+        taken = values.astype(np.int64)
+        assert np.array_equal(original.reshape(-1)[taken], values), name  # the values are the positions taken
+        assert taken.size == (math.floor(original.size * budget / total) or 1), name
+        runs = runs_of(taken)
+        chunks += len(runs)
+        assert all(length * original.itemsize <= chunk for _, length in runs), name
+        starts, lengths = np.array([s for s, _ in runs]), np.array([n for _, n in runs])
+        if len(runs) > 1:  # evenly spaced: from the first element to the last, equal lengths and gaps (+-1)
+            assert starts[0] == 0 and starts[-1] + lengths[-1] == original.size, name
+            k, m, n = len(runs), taken.size, original.size
+            ideal = np.arange(k) * (m / k + (n - m) / (k - 1))
+            assert np.ptp(lengths) <= 1 and np.all(np.abs(starts - ideal) < 2), name
+        elif taken.size < original.size:  # one chunk: the middle of the tensor
+            assert starts[0] == (original.size - taken.size) // 2, name
+    return chunks
+
+
+def test_sampled_baselines_say_what_they_sampled():
+    model = positional_model()
+    total = sum(v.nbytes for v in model.values())
+    budget = 40_000
+    keep: dict = {}
+    report = compare_model(model, pipeline="zstd(level=1)", coders="zstd-3", repeat=1, keep=keep, sample_bytes=budget)
+    sample = report["sample"]
+    assert sample["sampled"] and sample["budget_bytes"] == budget and sample["of_bytes"] == total
+    assert sample["of_weights"] == sum(v.size for v in model.values())
+    assert sample["chunk_bytes"] == compare.SAMPLE_CHUNK_BYTES
+    widths = sum(v.itemsize for v in model.values())
+    assert budget - widths <= sample["bytes"] <= budget + widths
+    assert sample["weights"] == sum(math.floor(v.size * budget / total) or 1 for v in model.values())
+    (plain, _, _), = keep[("none", "zstd-3")]
+    assert plain.array.size == sample["bytes"] == report["baselines"]["original_bytes"]
+    assert report["baselines"]["weights"] == sample["weights"]
+    weights_case = report["streams"][-1]
+    assert weights_case["name"] == "weights" and weights_case["input_bytes"] == sample["bytes"]
+    assert weights_case["sample"] == sample == report["baselines"]["sample"]
+    samples = [np.frombuffer(symbols.array.tobytes(), v.dtype) for v, (symbols, _, _) in
+               zip(model.values(), keep[("weights", "zstd-3")], strict=True)]
+    assert check_sample(model, samples, budget, compare.SAMPLE_CHUNK_BYTES) == sample["chunks"] == len(model)
+    # smaller chunks: the same share of each tensor as more, shorter, evenly spaced chunks
+    small, info = compare.sample_tensors([Dense.of(v) for v in model.values()], budget, chunk_bytes=2048)
+    assert info["chunk_bytes"] == 2048 and info["bytes"] == sample["bytes"]
+    assert check_sample(model, [d.array for d in small], budget, 2048) == info["chunks"] > 2 * len(model)
+
+
+def test_sample_is_shown_in_the_tables(tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    write_model(path, positional_model())
+    assert main(["compare", str(path), "--pipeline", "zstd(level=1)", "--coders", "zstd-3", "--repeat", "1",
+                 "--sample-mib", "0.02"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "lossless baselines on a sample of 20.5 KiB of 308.6 KiB (6.6%, 4 chunks)" in out
+    assert "weights: 20968 bytes of weights, a sample of 20.5 KiB" in out and "(on the sample)" in out
+    assert "evenly spaced chunks of at most 64.0 KiB; --sample-mib 0 codes the whole model" in out
+    assert main(["compare", str(path), "--pipeline", "zstd(level=1)", "--coders", "zstd-3", "--repeat", "1",
+                 "--sample-mib", "0"]) == 0
+    assert "lossless baselines on the whole model (308.6 KiB)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_big_model_takes_the_sampled_path(tmp_path, capsys):
+    path = tmp_path / "big.safetensors"
+    rng = np.random.default_rng(5)
+    big = {"emb": rng.laplace(scale=0.05, size=(4096, 1100)).astype(np.float32),  # 17.2 MiB: over the default
+           "norm": rng.normal(size=1100).astype(np.float32)}
+    write_model(path, big)
+    assert main(["compare", str(path), "--json", "-q", "--pipeline", "zstd(level=1)", "--coders", "zstd-3",
+                 "--repeat", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    sample = report["sample"]
+    total = sum(v.nbytes for v in big.values())
+    assert sample["sampled"] and sample["budget_bytes"] == DEFAULT_SAMPLE_BYTES < total == sample["of_bytes"]
+    assert DEFAULT_SAMPLE_BYTES - 8 <= sample["bytes"] <= DEFAULT_SAMPLE_BYTES
+    assert sample["chunks"] >= DEFAULT_SAMPLE_BYTES // compare.SAMPLE_CHUNK_BYTES
+    assert report["baselines"]["original_bytes"] == report["streams"][-1]["input_bytes"] == sample["bytes"]
+    assert report["original_bytes"] == total  # the stage-by-stage part always sees the whole model
+
+
+def test_progress_covers_every_step():
+    seen: dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def progress(label, total):
+        amounts: list[int] = []
+        yield lambda name, amount: amounts.append(amount)
+        seen[label] = [total, sum(amounts), len(amounts)]
+
+    model = gaussian_model()
+    compare_model(model, preset="han", coders="huffman,zlib-1", repeat=1, progress=progress, sample_bytes=10_000)
+    assert list(seen) == ["stage by stage", "coding streams", "lossless baselines"]
+    assert seen["stage by stage"] == [sum(v.nbytes for v in model.values())] * 2 + [len(model)]
+    for label, (total, done, calls) in seen.items():
+        assert total == done > 0 and calls >= 2, label  # counted to the end, in more than one step
+
+
+def test_sample_size_errors(model_file, capsys):
+    for bad in ("-1", "nan", "inf"):
+        assert main(["compare", str(model_file), "--sample-mib", bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "--sample-mib" in err and "\n" not in err
+    with pytest.raises(ConfigError, match="sample_bytes"):
+        compare_model(gaussian_model(), sample_bytes=0)

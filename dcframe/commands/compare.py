@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import console
-from ..compare import DEFAULT_CODERS, DEFAULT_PRESET, compare_model
+from ..compare import DEFAULT_CODERS, DEFAULT_PRESET, DEFAULT_SAMPLE_BYTES, SLOW_CODERS, compare_model
 from ..errors import DcfError
 from ..modelio import read_model
 
@@ -30,7 +31,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     group.add_argument("-p", "--pipeline", help='stage chain, e.g. "prune(sparsity=0.9) | sparse | kmeans | huffman"')
     group.add_argument("--preset", help=f"named per-tensor rules (default: {DEFAULT_PRESET})")
     p.add_argument("--coders", default=",".join(DEFAULT_CODERS),
-                   help="comma-separated coders; id-N sets a level (default: %(default)s)")
+                   help=f"comma-separated coders; id-N sets a level (default: the fast %(default)s; the slow "
+                        f"{','.join(SLOW_CODERS)} only when named)")
+    p.add_argument("--sample-mib", type=float, default=DEFAULT_SAMPLE_BYTES / 2**20, metavar="N",
+                   help="code the raw weights (weights row, lossless baselines) on a sample of about N MiB when the "
+                        "model is bigger: evenly spaced chunks of every tensor; 0: the whole model "
+                        "(default: %(default)g)")
     p.add_argument("--repeat", type=int, default=3, metavar="N",
                    help="time each encode and decode N times and report the median (default: %(default)s)")
     p.add_argument("--plot", metavar="FILE", help="also draw the sizes to FILE.png or FILE.svg (needs dcframe[plot])")
@@ -49,24 +55,19 @@ def check_plot_target(path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise DcfError(f"--repeat {args.repeat}: must be at least 1")
+    if not (args.sample_mib >= 0 and math.isfinite(args.sample_mib)):
+        raise DcfError(f"--sample-mib {args.sample_mib}: must be 0 (the whole model) or a size in MiB")
     if args.plot:
         check_plot_target(args.plot)
     tensors = read_model(args.input)
-    status = console.stderr.status("measuring") if console.stderr.is_terminal and not args.quiet else None
+    budget = max(1, round(args.sample_mib * 2**20)) if args.sample_mib > 0 else None
 
-    def progress(label: str) -> None:
-        if status is not None:
-            status.update(f"measuring: {label}")
+    def progress(label: str, total: int):
+        return console.progress_bar(total, label, enabled=not args.quiet)
 
-    if status is not None:
-        status.start()
-    try:
-        report = compare_model(tensors, pipeline=args.pipeline, preset=args.preset, coders=args.coders,
-                               repeat=args.repeat, file=str(args.input), file_bytes=os.path.getsize(args.input),
-                               progress=progress)
-    finally:
-        if status is not None:
-            status.stop()
+    report = compare_model(tensors, pipeline=args.pipeline, preset=args.preset, coders=args.coders,
+                           repeat=args.repeat, file=str(args.input), file_bytes=os.path.getsize(args.input),
+                           progress=progress, sample_bytes=budget)
     if args.plot:
         plot(report, args.plot)
     if args.json:
@@ -86,6 +87,14 @@ def _best(row: dict[str, Any], marks: dict[str, Any], name: str) -> str:
     labels = [label for key, label in (("smallest", "smallest"), ("fastest_encode", "fastest enc"),
                                        ("fastest_decode", "fastest dec")) if marks.get(key) == name]
     return ", ".join(labels)
+
+
+def sample_text(sample: dict[str, Any]) -> str:
+    """What the raw-bytes measurements coded, for a table title: the whole model, or which sample of it."""
+    if not sample["sampled"]:
+        return f"the whole model ({console.human_bytes(sample['bytes'])})"
+    return (f"a sample of {console.human_bytes(sample['bytes'])} of {console.human_bytes(sample['of_bytes'])} "
+            f"({sample['bytes'] / sample['of_bytes']:.1%}, {sample['chunks']} chunks)")
 
 
 def print_tables(report: dict[str, Any]) -> None:
@@ -113,7 +122,8 @@ def print_tables(report: dict[str, Any]) -> None:
         count = case["count"]
         unit = "bytes of weights" if case["name"] == "weights" else "symbols"
         bound = case["entropy_bits"] / count if count else 0.0
-        table = Table(title=f"{case['name']}: {count} {unit}, alphabet {case['alphabet']}, order-0 bound "
+        of = f", {sample_text(case['sample'])}" if case.get("sample", {}).get("sampled") else ""
+        table = Table(title=f"{case['name']}: {count} {unit}{of}, alphabet {case['alphabet']}, order-0 bound "
                             f"{console.human_bytes(case['entropy_bytes'])} ({bound:.3f} bits/symbol)",
                       title_justify="left")
         for col in ("coder", "bytes", "side info", "bits/symbol", "vs bound", "encode MB/s", "decode MB/s", "best"):
@@ -127,8 +137,8 @@ def print_tables(report: dict[str, Any]) -> None:
                           _mb_s(row["encode_mb_s"]), _mb_s(row["decode_mb_s"]), _best(row, case, row["coder"]))
         out.print(table)
     base = report["baselines"]
-    table = Table(title=f"lossless baselines: the raw weights ({console.human_bytes(base['original_bytes'])}), "
-                        f"plain and byte-grouped ({base['planes']} planes)", title_justify="left")
+    table = Table(title=f"lossless baselines on {sample_text(base['sample'])}, plain and byte-grouped "
+                        f"({base['planes']} planes)", title_justify="left")
     for col in ("transform", "coder", "bytes", "ratio", "bits/weight", "vs bound", "encode MB/s", "decode MB/s",
                 "best"):
         table.add_column(col, justify="left" if col in ("transform", "coder", "best") else "right")
@@ -142,9 +152,13 @@ def print_tables(report: dict[str, Any]) -> None:
                       _mb_s(row["encode_mb_s"]), _mb_s(row["decode_mb_s"]),
                       _best(row, base, f"{row['transform']}:{row['coder']}"))
     out.print(table)
+    if base["sample"]["sampled"]:
+        out.print(f"(sampled: the same share of every tensor, as evenly spaced chunks of at most "
+                  f"{console.human_bytes(base['sample']['chunk_bytes'])}; --sample-mib 0 codes the whole model)")
     best = max((r["ratio"] for r in base["rows"] if r["ratio"]), default=0.0)
     out.print(f"chain: {console.human_bytes(report['original_bytes'])} -> {console.human_bytes(report['final_bytes'])}"
-              f" ({report['ratio']:.2f}x, container overhead not counted); best lossless baseline {best:.3f}x")
+              f" ({report['ratio']:.2f}x, container overhead not counted); best lossless baseline {best:.3f}x"
+              f"{' (on the sample)' if base['sample']['sampled'] else ''}")
 
 
 def plot(report: dict[str, Any], path: str) -> None:

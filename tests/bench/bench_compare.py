@@ -1,6 +1,12 @@
-"""`dcframe compare` at scale: the bundled LeNet-300-100 and synthetic models of 10^5 to 10^7 (or more) weights.
+"""`dcframe compare` at scale: the bundled LeNet-300-100, synthetic models of 10^5 to 10^7 (or more) weights, and the
+wall time of `dcframe compare`'s defaults on a real model against `dcframe compress --preset han` on it.
 
-Run: python tests/bench/bench_compare.py [--sizes 1e5,1e6,1e7] [--repeat 3] [--out bench_compare.md]
+Run: python tests/bench/bench_compare.py [--sizes 1e5,1e6,1e7|none] [--repeat 3] [--model FILE] [--with-slow]
+     [--with-full] [--out bench_compare.md]
+Real model (default: all-MiniLM-L6-v2's model.safetensors, 90.9 MB, in ~/.cache/dcframe-bench if there): both
+commands run as subprocesses, as a person runs them, in the same run; `--with-slow` adds compare with every coder
+(zstd -19, lzma, bz2, zlib -9 too) and `--with-full` compare with `--sample-mib 0` (and how far the sample's lossless
+ratios are from the whole model's).
 Synthetic models: fully connected layers of 1000 inputs, Laplace weights (scale 0.05) as trained fc layers roughly
 are, small normal biases; the `han` preset (prune 92%, 5-bit indices and k-means, Huffman; biases zstd -19).
 Reference, measured in the same run on the same streams: zstd -19 (size) and zstd -3 (speed) against Huffman.
@@ -10,10 +16,12 @@ Prints (and with --out writes) markdown: machine, versions, command, then one ta
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,9 +30,11 @@ import zstandard
 
 import dcframe
 from dcframe import read_model
-from dcframe.compare import DEFAULT_CODERS, compare_model
+from dcframe.compare import DEFAULT_CODERS, SLOW_CODERS, compare_model
 
 BUNDLED = Path(dcframe.__file__).parent / "data" / "lenet_300_100.safetensors"
+REAL = Path.home() / ".cache" / "dcframe-bench" / "all-minilm-l6-v2" / "model.safetensors"
+ALL_CODERS = ",".join((*DEFAULT_CODERS, *SLOW_CODERS))  # every coder compare knows by name
 
 
 def synthetic(weights: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -65,23 +75,75 @@ def row(rows: list[dict], name: str) -> dict:
     return next(r for r in rows if r["coder"] == name)
 
 
+def wall(command: list[str]) -> tuple[float, str]:
+    """Run a dcframe command as a subprocess (a fresh interpreter, as a person runs it): seconds and its stdout."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "dcframe.cli", *command], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if out.returncode:
+        raise SystemExit(f"dcframe {' '.join(command)} failed: {out.stderr.strip()}")
+    return elapsed, out.stdout
+
+
+def real_model(path: Path, with_slow: bool, with_full: bool) -> list[str]:
+    """Wall time of compare's defaults on a real model against compress --preset han, measured here, now."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [("`dcframe compress MODEL -o OUT --preset han` (reference)",
+                 wall(["compress", str(path), "-o", str(Path(tmp) / "m.dcf"), "--preset", "han", "-q"]))]
+    runs.append(("`dcframe compare MODEL` (defaults)", wall(["compare", str(path), "--json", "-q"])))
+    if with_slow:
+        runs.append((f"`dcframe compare MODEL --coders {ALL_CODERS}`",
+                     wall(["compare", str(path), "--json", "-q", "--coders", ALL_CODERS])))
+    if with_full:
+        runs.append(("`dcframe compare MODEL --sample-mib 0` (the whole model)",
+                     wall(["compare", str(path), "--json", "-q", "--sample-mib", "0"])))
+    ref = runs[0][1][0]
+    lines = [f"## `dcframe compare` defaults on a real model: {path.parent.name} ({path.stat().st_size / 1e6:.1f} MB)",
+             "", "| command | wall time | vs compress | coders | raw bytes coded |", "|---|---:|---:|---|---:|"]
+    reports = {}
+    for label, (seconds, stdout) in runs:
+        report = json.loads(stdout) if stdout.startswith("{") else None
+        coded = ""
+        if report:
+            reports[label] = report
+            sample = report["sample"]
+            coded = f"{sample['bytes'] / 2**20:.1f} of {sample['of_bytes'] / 2**20:.1f} MiB"
+        coders = ", ".join(report["coders"]) if report else ""
+        lines.append(f"| {label} | {seconds:.1f} s | {seconds / ref:.1f}x | {coders} | {coded} |")
+    if with_full:
+        sampled, full = (reports[label] for label, _ in (runs[1], runs[-1]))
+        lines += ["", "Lossless ratios, default sample against the whole model (same coders, same run):", "",
+                  "| transform | coder | sample | whole model | difference |", "|---|---|---:|---:|---:|"]
+        whole = {(r["transform"], r["coder"]): r["ratio"] for r in full["baselines"]["rows"]}
+        for r in sampled["baselines"]["rows"]:
+            w = whole[(r["transform"], r["coder"])]
+            lines.append(f"| {r['transform']} | {r['coder']} | {r['ratio']:.4f}x | {w:.4f}x | "
+                         f"{r['ratio'] / w - 1:+.2%} |")
+    return [*lines, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e5,1e6,1e7", help="synthetic model sizes in weights (default %(default)s)")
     parser.add_argument("--repeat", type=int, default=3, help="timing runs per coder, median (default %(default)s)")
     parser.add_argument("--big-repeat", type=int, default=1, help="timing runs for models of 10^7+ weights")
-    parser.add_argument("--coders", default=",".join(DEFAULT_CODERS))
+    parser.add_argument("--coders", default=ALL_CODERS, help="coders for the synthetic models (default: all)")
     parser.add_argument("--big-coders", default=None,
                         help="coders for models of 10^8+ weights (default: --coders)")
+    parser.add_argument("--model", type=Path, default=REAL if REAL.exists() else None,
+                        help="a real model for the wall-time table (default: %(default)s)")
+    parser.add_argument("--with-slow", action="store_true", help="real model: also compare with every coder")
+    parser.add_argument("--with-full", action="store_true", help="real model: also compare without sampling")
     parser.add_argument("--out", help="also write the markdown here")
     args = parser.parse_args()
+    real = real_model(args.model, args.with_slow, args.with_full) if args.model else []
 
     models = []
     if BUNDLED.exists():
         models.append(("bundled LeNet-300-100", lambda: read_model(BUNDLED)))
     else:
         models.append(("synthetic LeNet-300-100 (bundled file absent)", lambda: synthetic(266_200)))
-    for text in args.sizes.split(","):
+    for text in [] if args.sizes == "none" else args.sizes.split(","):
         n = int(float(text))
         models.append((f"synthetic 10^{round(np.log10(n))}" if n == 10 ** round(np.log10(n)) else f"synthetic {n}",
                        lambda n=n: synthetic(n)))
@@ -99,7 +161,7 @@ def main() -> None:
         results.append((label, n, repeat, elapsed, report))
         print(f"{label}: {n} weights, {elapsed:.1f} s", file=sys.stderr)
 
-    lines = ["# `dcframe compare` benchmark", "", *machine(), ""]
+    lines = ["# `dcframe compare` benchmark", "", *machine(), "", *real]
     lines += ["## What each stage buys (han preset), and how far lossless alone goes", "",
               "| model | weights | prune+sparse | +kmeans | +huffman (final) | best lossless plain | "
               "best lossless byte-grouped | compare time |",
