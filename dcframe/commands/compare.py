@@ -79,10 +79,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mb_s(value: float | None) -> str:
-    return f"{value:.1f}" if value is not None else ""
-
-
 def _best(row: dict[str, Any], marks: dict[str, Any], name: str) -> str:
     labels = [label for key, label in (("smallest", "smallest"), ("fastest_encode", "fastest enc"),
                                        ("fastest_decode", "fastest dec")) if marks.get(key) == name]
@@ -134,7 +130,8 @@ def print_tables(report: dict[str, Any]) -> None:
                 continue
             table.add_row(row["coder"], str(row["bytes"]), str(row["meta_bytes"]), f"{row['bits_per_symbol']:.3f}",
                           f"{row['over_bound']:+.2%}" if row["over_bound"] is not None else "",
-                          _mb_s(row["encode_mb_s"]), _mb_s(row["decode_mb_s"]), _best(row, case, row["coder"]))
+                          console.mb_s(row["encode_mb_s"]), console.mb_s(row["decode_mb_s"]),
+                          _best(row, case, row["coder"]))
         out.print(table)
     base = report["baselines"]
     table = Table(title=f"lossless baselines on {sample_text(base['sample'])}, plain and byte-grouped "
@@ -149,7 +146,7 @@ def print_tables(report: dict[str, Any]) -> None:
         over = row["over_bound"]
         table.add_row(row["transform"], row["coder"], str(row["bytes"]), f"{row['ratio']:.3f}x",
                       f"{row['bits_per_weight']:.2f}", f"{over:+.2%}" if over is not None else "",
-                      _mb_s(row["encode_mb_s"]), _mb_s(row["decode_mb_s"]),
+                      console.mb_s(row["encode_mb_s"]), console.mb_s(row["decode_mb_s"]),
                       _best(row, base, f"{row['transform']}:{row['coder']}"))
     out.print(table)
     if base["sample"]["sampled"]:
