@@ -9,9 +9,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-from rich.table import Table
-
 from .. import console
 from ..compare import DEFAULT_CODERS, DEFAULT_PRESET, DEFAULT_SAMPLE_BYTES, SLOW_CODERS, compare_model
 from ..errors import DcfError
@@ -94,61 +91,58 @@ def sample_text(sample: dict[str, Any]) -> str:
 
 
 def print_tables(report: dict[str, Any]) -> None:
-    """The three parts of a compare report as rich tables, smallest and fastest rows marked."""
-    out = console.stdout
+    """The three parts of a compare report as tables that cut no name or number at any width, smallest and fastest
+    rows marked."""
+    out, Col = console.stdout, console.Col
     for group in report["pipelines"]:
         steps = group["steps"]
-        table = Table(title=f"stage by stage: {escape(group['pipeline'])}", title_justify="left")
-        table.add_column("tensor")
-        for step in steps:
-            table.add_column("original" if step["stage"] == "input" else step["stage"], justify="right")
-        table.add_column("ratio", justify="right")
-        table.add_column("packed ratio", justify="right")
-        rows = [r for r in report["tensors"] if r["name"] in set(group["tensors"])]
-        for r in rows:
-            table.add_row(escape(r["name"]), *[console.human_bytes(s["total_bytes"]) for s in r["steps"]],
-                          f"{r['ratio']:.2f}x", f"{r['steps'][-1]['packed_ratio']:.2f}x")
+        columns = [Col("tensor", "text"), *(Col("original" if s["stage"] == "input" else s["stage"]) for s in steps),
+                   Col("ratio"), Col("packed ratio")]
+        rows = [[r["name"], *[console.human_bytes(s["total_bytes"]) for s in r["steps"]], f"{r['ratio']:.2f}x",
+                 f"{r['steps'][-1]['packed_ratio']:.2f}x"]
+                for r in report["tensors"] if r["name"] in set(group["tensors"])]
+        sections = ()
         if len(rows) > 1:
-            table.add_row("[b]total[/b]", *[f"[b]{console.human_bytes(s['total_bytes'])}[/b]" for s in steps],
-                          f"[b]{steps[-1]['ratio']:.2f}x[/b]", f"[b]{steps[-1]['packed_ratio']:.2f}x[/b]")
-        out.print(table)
+            sections = (len(rows) - 1,)
+            rows.append(["total", *[console.human_bytes(s["total_bytes"]) for s in steps], f"{steps[-1]['ratio']:.2f}x",
+                         f"{steps[-1]['packed_ratio']:.2f}x"])
+        out.print(console.fit_table(f"stage by stage: {group['pipeline']}", columns, rows, sections))
     out.print("(sizes after each stage include every stage's metadata so far; "
-              "packed ratio counts symbols at ceil(log2 alphabet) bits, as the paper does)")
+              "packed ratio counts symbols at ceil(log2 alphabet) bits, as the paper does)", markup=False)
     for case in report["streams"]:
         count = case["count"]
         unit = "bytes of weights" if case["name"] == "weights" else "symbols"
         bound = case["entropy_bits"] / count if count else 0.0
         of = f", {sample_text(case['sample'])}" if case.get("sample", {}).get("sampled") else ""
-        table = Table(title=f"{case['name']}: {count} {unit}{of}, alphabet {case['alphabet']}, order-0 bound "
-                            f"{console.human_bytes(case['entropy_bytes'])} ({bound:.3f} bits/symbol)",
-                      title_justify="left")
-        for col in ("coder", "bytes", "side info", "bits/symbol", "vs bound", "encode MB/s", "decode MB/s", "best"):
-            table.add_column(col, justify="left" if col in ("coder", "best") else "right")
+        columns = [Col("coder", "label"), Col("bytes"), Col("side info"), Col("bits/ symbol"), Col("vs bound"),
+                   Col("encode MB/s"), Col("decode MB/s"), Col("best", "text")]
+        rows = []
         for row in case["coders"]:
             if row["error"]:
-                table.add_row(row["coder"], "", "", "", "", "", "", f"[red]{escape(row['error'])}[/red]")
+                rows.append([row["coder"], "", "", "", "", "", "", f"error: {row['error']}"])
                 continue
-            table.add_row(row["coder"], str(row["bytes"]), str(row["meta_bytes"]), f"{row['bits_per_symbol']:.3f}",
-                          f"{row['over_bound']:+.2%}" if row["over_bound"] is not None else "",
-                          console.mb_s(row["encode_mb_s"]), console.mb_s(row["decode_mb_s"]),
-                          _best(row, case, row["coder"]))
-        out.print(table)
+            rows.append([row["coder"], str(row["bytes"]), str(row["meta_bytes"]), f"{row['bits_per_symbol']:.3f}",
+                         f"{row['over_bound']:+.2%}" if row["over_bound"] is not None else "",
+                         console.mb_s(row["encode_mb_s"]), console.mb_s(row["decode_mb_s"]),
+                         _best(row, case, row["coder"])])
+        title = (f"{case['name']}: {count} {unit}{of}, alphabet {case['alphabet']}, order-0 bound "
+                 f"{console.human_bytes(case['entropy_bytes'])} ({bound:.3f} bits/symbol)")
+        out.print(console.fit_table(title, columns, rows))
     base = report["baselines"]
-    table = Table(title=f"lossless baselines on {sample_text(base['sample'])}, plain and byte-grouped "
-                        f"({base['planes']} planes)", title_justify="left")
-    for col in ("transform", "coder", "bytes", "ratio", "bits/weight", "vs bound", "encode MB/s", "decode MB/s",
-                "best"):
-        table.add_column(col, justify="left" if col in ("transform", "coder", "best") else "right")
+    columns = [Col("transform", "label"), Col("coder", "label"), Col("bytes"), Col("ratio"), Col("bits/ weight"),
+               Col("vs bound"), Col("encode MB/s"), Col("decode MB/s"), Col("best", "text")]
+    rows = []
     for row in base["rows"]:
         if row["error"]:
-            table.add_row(row["transform"], row["coder"], "", "", "", "", "", "", f"[red]{escape(row['error'])}[/red]")
+            rows.append([row["transform"], row["coder"], "", "", "", "", "", "", f"error: {row['error']}"])
             continue
         over = row["over_bound"]
-        table.add_row(row["transform"], row["coder"], str(row["bytes"]), f"{row['ratio']:.3f}x",
-                      f"{row['bits_per_weight']:.2f}", f"{over:+.2%}" if over is not None else "",
-                      console.mb_s(row["encode_mb_s"]), console.mb_s(row["decode_mb_s"]),
-                      _best(row, base, f"{row['transform']}:{row['coder']}"))
-    out.print(table)
+        rows.append([row["transform"], row["coder"], str(row["bytes"]), f"{row['ratio']:.3f}x",
+                     f"{row['bits_per_weight']:.2f}", f"{over:+.2%}" if over is not None else "",
+                     console.mb_s(row["encode_mb_s"]), console.mb_s(row["decode_mb_s"]),
+                     _best(row, base, f"{row['transform']}:{row['coder']}")])
+    out.print(console.fit_table(f"lossless baselines on {sample_text(base['sample'])}, plain and byte-grouped "
+                                f"({base['planes']} planes)", columns, rows))
     if base["sample"]["sampled"]:
         out.print(f"(sampled: the same share of every tensor, as evenly spaced chunks of at most "
                   f"{console.human_bytes(base['sample']['chunk_bytes'])}; --sample-mib 0 codes the whole model)")
