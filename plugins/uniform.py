@@ -81,7 +81,7 @@ class Uniform(Stage):
         """For rel_step: the stage with the absolute step rel_step x RMS over every weight of the chain."""
         if self.rel_step is None:
             return self
-        step = self.rel_step * chain_rms(streams)
+        step = float(f"{self.rel_step * chain_rms(streams):.6g}")  # 6 digits: readable in configs and tables
         if not 0 < step < math.inf:
             raise ConfigError(f"stage 'uniform': rel_step={self.rel_step} gives the step {step}; give a smaller "
                               f"rel_step or an absolute step")

@@ -147,12 +147,12 @@ def test_fit_uses_the_rms_of_every_tensor_of_the_chain(tmp_path):
     a, b = rng.normal(size=(30, 20)).astype(np.float32), 5 * rng.normal(size=(10, 10)).astype(np.float32)
     rms = np.sqrt((np.sum(a.astype(np.float64) ** 2) + np.sum(b.astype(np.float64) ** 2)) / (a.size + b.size))
     fitted = Uniform(rel_step=0.5, dead_zone=0.1).fit(lambda: iter([Dense.of(a), Dense.of(b)]))
-    assert fitted.get_config() == {"step": pytest.approx(0.5 * rms, rel=1e-12), "rel_step": None, "dead_zone": 0.1,
+    assert fitted.get_config() == {"step": float(f"{0.5 * rms:.6g}"), "rel_step": None, "dead_zone": 0.1,
                                    "weighting": "none", "method": "round"}
     path = tmp_path / "m.dcf"
     dcframe.compress({"a": a, "b": b}, path, pipeline="uniform(rel_step=0.5) | huffman")
     with dcframe.open_container(path) as c:
-        assert c.chains[0][0]["config"]["step"] == pytest.approx(0.5 * rms, rel=1e-12)
+        assert c.chains[0][0]["config"]["step"] == float(f"{0.5 * rms:.6g}")
         decoded = c.read("b").array
     assert np.abs(decoded - b).max() < 0.5 * rms  # a weight and its bin's mean share a bin one step wide
     again = tmp_path / "again.dcf"
