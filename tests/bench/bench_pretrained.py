@@ -181,7 +181,7 @@ def main() -> None:
     print("| chain | flags | bytes | ratio | mean cos | min cos | spearman | compress s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, report, faith, seconds, error in rows:
-        flags = " ".join(f"'{f[7:]}'" if f.startswith("--rule=") else f for f in ROWS[name] if f != "@calib")
+        flags = " ".join(f"--rule '{f[7:]}'" if f.startswith("--rule=") else f for f in ROWS[name] if f != "@calib")
         flags += " --calibration" if "@calib" in ROWS[name] else ""
         flags = flags.replace("|", "\\|")
         if report is None:
