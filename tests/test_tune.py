@@ -7,10 +7,11 @@ import pytest
 
 from dcframe import decompress, write_model
 from dcframe.cli import main
+from dcframe.demo import MODEL
 from dcframe.errors import ConfigError
 from dcframe.mlp import accuracy
 from dcframe.pipeline import Rule
-from dcframe.tune import Point, allocate, escape_glob, greedy, read_rules_file, tune
+from dcframe.tune import Point, allocate, escape_glob, greedy, read_rules_file, sweep_size, tune
 
 BUDGET = 0.02
 
@@ -185,3 +186,27 @@ def test_tune_api_reports_test_metric_without_choosing_on_it():
     result = tune(model, val_accuracy, BUDGET, test=test_eval)
     assert len(seen) == 2 and result.test_metric == 0.5  # dense and chosen model only
     assert result.total_bytes < result.lossless_bytes
+
+
+def test_progress_counts_every_measured_point():
+    model = synthetic_mlp()
+    calls = []
+    tune(model, val_accuracy, BUDGET, progress=lambda name, n: calls.append((name, n)))
+    assert len(calls) == sweep_size(model) == 2 * 6  # two matrices, five steps plus lossless each
+
+
+def test_existing_rules_file_is_kept_without_force(model_file, tmp_path, capsys):
+    out = tmp_path / "rules.json"
+    out.write_text("mine")
+    assert main(["tune", str(model_file), "--budget", "0.01", "--eval", "tune_eval_mod:val_accuracy",
+                 "-o", str(out), "-q"]) == 1
+    assert "already exists" in capsys.readouterr().err and out.read_text() == "mine"
+
+
+def test_bundled_lenet_uses_builtin_evaluator_and_reports_test(tmp_path, capsys):
+    out = tmp_path / "rules.json"
+    assert main(["tune", str(MODEL), "--budget", "0.005", "-o", str(out), "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dense_metric"] - report["metric"] <= 0.005
+    assert report["test_metric"] is not None and report["total_bytes"] < report["lossless_bytes"] / 5
+    assert read_rules_file(out) == report["rules"] and len(report["rules"]) == 3
