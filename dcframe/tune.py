@@ -101,8 +101,13 @@ def measure(name: str, dense: Dense, policy: Policy, pipeline: str) -> tuple[int
 
 
 def _score(evaluate: Evaluator, params: dict[str, np.ndarray]) -> float:
-    """The evaluator's value as a float; a non-number or NaN is a ConfigError, not a silent wrong choice."""
-    value = evaluate(params)
+    """The evaluator's value as a float; a failure, a non-number or NaN is a ConfigError, not a silent wrong choice."""
+    try:
+        value = evaluate(params)
+    except DcfError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code fails in any way; the CLI shows it on one line
+        raise ConfigError(f"the evaluator failed: {type(exc).__name__}: {exc}") from exc
     try:
         value = float(value)
     except (TypeError, ValueError):

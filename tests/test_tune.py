@@ -210,3 +210,23 @@ def test_bundled_lenet_uses_builtin_evaluator_and_reports_test(tmp_path, capsys)
     assert report["dense_metric"] - report["metric"] <= 0.005
     assert report["test_metric"] is not None and report["total_bytes"] < report["lossless_bytes"] / 5
     assert read_rules_file(out) == report["rules"] and len(report["rules"]) == 3
+
+
+def broken_eval(params):
+    """An --eval target that fails inside user code."""
+    raise KeyError("fc9.weight")
+
+
+def nan_eval(params):
+    return float("nan")
+
+
+@pytest.mark.parametrize("target,message", [("broken_eval", "the evaluator failed: KeyError"),
+                                            ("nan_eval", "not a finite number")])
+def test_failing_evaluator_is_one_line_error(model_file, tmp_path, capsys, target, message):
+    (tmp_path / f"tune_eval_{target}.py").write_text(f"from test_tune import {target}\n")  # one module each
+    out = tmp_path / "rules.json"
+    assert main(["tune", str(model_file), "--budget", "0.01", "--eval", f"tune_eval_{target}:{target}",
+                 "-o", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()
