@@ -31,6 +31,7 @@ MAX_RULES_FILE = 16 << 20  # bytes: a rules file is text lines, one per tensor
 DEFAULT_REL_STEPS = (0.05, 0.1, 0.2, 0.35, 0.5)  # uniform steps relative to the tensor's RMS
 VALIDATION_FRACTION = 0.2  # of the training digits, held out for the built-in LeNet evaluator
 SPLIT_SEED = 0
+EXACT_LIMIT = 1 << 16  # combinations of points up to which the allocation tries all of them
 
 Evaluator = Callable[[dict[str, np.ndarray]], float]
 Progress = Callable[[str, int], None]
@@ -216,13 +217,44 @@ def greedy(points: dict[str, list[Point]], base: float, budget: float) -> list[M
         loss[best.name] = max(base - points[best.name][best.dst].metric, 0.0)
 
 
+def exact_choice(points: dict[str, list[Point]], base: float, budget: float,
+                 limit: int = EXACT_LIMIT) -> dict[str, int] | None:
+    """The point index per tensor with the fewest total bytes whose summed losses fit `budget`, by trying every
+    combination (vectorized); None when there are more than `limit` combinations. Ties go to the smaller loss."""
+    names = list(points)
+    if not names:
+        return {}
+    if math.prod(len(points[n]) for n in names) > limit:
+        return None
+    grids = np.meshgrid(*[np.arange(len(points[n])) for n in names], indexing="ij")
+    index = [g.ravel() for g in grids]
+    nbytes = sum(np.array([p.nbytes for p in points[n]], np.int64)[i] for n, i in zip(names, index, strict=True))
+    loss = sum(np.array([max(base - p.metric, 0.0) for p in points[n]])[i] for n, i in zip(names, index, strict=True))
+    fits = np.flatnonzero(np.asarray(loss) <= budget + 1e-12)  # all-lossless (loss 0) always fits
+    best = fits[np.lexsort((np.asarray(loss)[fits], np.asarray(nbytes)[fits]))[0]]
+    return {n: int(i[best]) for n, i in zip(names, index, strict=True)}
+
+
+def _verified(points: dict[str, list[Point]], decoded: dict[str, dict[str, np.ndarray]], exact: dict[str, np.ndarray],
+              evaluate: Evaluator, current: dict[str, int]) -> float:
+    """The metric of the model with every tensor at its chosen point (tensors interact: measured, not summed)."""
+    return _score(evaluate, {**exact, **{n: decoded[n][points[n][i].pipeline] for n, i in current.items()}})
+
+
 def allocate(points: dict[str, list[Point]], decoded: dict[str, dict[str, np.ndarray]],
              exact: dict[str, np.ndarray], evaluate: Evaluator, base: float,
              budget: float) -> tuple[dict[str, Point], float, int]:
-    """Greedy on the measured points, then verify the combination and undo the least efficient last move of any
-    tensor until the measured loss is within budget. Returns the chosen points, their metric, evaluations spent."""
-    moves = greedy(points, base, budget)
+    """The best combination by summed losses (exact when small, else greedy), verified end to end; if it misses the
+    budget, the greedy path backs off, undoing the least efficient last move of any tensor, until the measured loss
+    is within budget. Returns the chosen points, their metric and the evaluations spent."""
     evaluations = 0
+    best = exact_choice(points, base, budget)
+    if best is not None and any(best.values()):
+        metric = _verified(points, decoded, exact, evaluate, best)
+        evaluations += 1
+        if base - metric <= budget + 1e-12:
+            return {n: points[n][i] for n, i in best.items()}, metric, evaluations
+    moves = greedy(points, base, budget)
     while True:
         current = {n: 0 for n in points}
         for m in moves:
@@ -230,7 +262,7 @@ def allocate(points: dict[str, list[Point]], decoded: dict[str, dict[str, np.nda
         chosen = {n: points[n][i] for n, i in current.items()}
         if not moves:
             return chosen, base, evaluations
-        metric = _score(evaluate, {**exact, **{n: decoded[n][p.pipeline] for n, p in chosen.items()}})
+        metric = _verified(points, decoded, exact, evaluate, current)
         evaluations += 1
         if base - metric <= budget + 1e-12:
             return chosen, metric, evaluations

@@ -1,5 +1,6 @@
 """`dcframe tune`: sensitivity sweep, greedy allocation with end-to-end back-off, rules files and their replay."""
 
+import itertools
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from dcframe.demo import MODEL
 from dcframe.errors import ConfigError
 from dcframe.mlp import accuracy
 from dcframe.pipeline import Rule
-from dcframe.tune import Point, allocate, escape_glob, greedy, read_rules_file, sweep_size, tune
+from dcframe.tune import Point, allocate, escape_glob, exact_choice, greedy, read_rules_file, sweep_size, tune
 
 BUDGET = 0.02
 
@@ -106,7 +107,7 @@ def test_backoff_restores_the_budget_when_tensors_interact():
 
     assert len(greedy(points, base, 0.05)) == 2  # predicted 0.02: both taken before verification
     chosen, metric, evaluations = allocate(points, decoded, {"a": np.zeros(1), "b": np.zeros(1)}, evaluate, base, 0.05)
-    assert base - metric <= 0.05 and evaluations == 2
+    assert base - metric <= 0.05 and evaluations == 3  # the exact choice, then greedy's two and one change
     assert sorted(p.nbytes for p in chosen.values()) == [10, 100]
 
 
@@ -230,3 +231,26 @@ def test_failing_evaluator_is_one_line_error(model_file, tmp_path, capsys, targe
                  "-o", str(out), "-q"]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_exact_choice_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    base, budget = 1.0, float(rng.uniform(0, 0.1))
+    points = {f"t{k}": [Point("l", 1000, base)] + [Point(f"q{j}", int(rng.integers(1, 1000)),
+                                                         base - float(rng.uniform(-0.01, 0.08))) for j in range(3)]
+              for k in range(int(rng.integers(1, 5)))}
+    names = list(points)
+    fits = [c for c in itertools.product(*[range(len(points[n])) for n in names])
+            if sum(max(base - points[n][i].metric, 0.0) for n, i in zip(names, c, strict=True)) <= budget]
+    smallest = min(sum(points[n][i].nbytes for n, i in zip(names, c, strict=True)) for c in fits)
+    chosen = exact_choice(points, base, budget)
+    assert sum(max(base - points[n][i].metric, 0.0) for n, i in chosen.items()) <= budget
+    assert sum(points[n][i].nbytes for n, i in chosen.items()) == smallest
+
+
+def test_exact_choice_gives_way_to_greedy_beyond_its_limit():
+    points = {n: [Point("l", 10, 1.0), Point("q", 1, 1.0)] for n in "abc"}
+    assert exact_choice(points, 1.0, 0.0, limit=7) is None
+    assert exact_choice(points, 1.0, 0.0, limit=8) == {"a": 1, "b": 1, "c": 1}
+    assert exact_choice({}, 1.0, 0.0) == {}
