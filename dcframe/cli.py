@@ -22,6 +22,7 @@ COMMANDS = (
     "dcframe.commands.verify",
     "dcframe.commands.compare",
     "dcframe.commands.demo",
+    "dcframe.commands.tune",
 )
 
 

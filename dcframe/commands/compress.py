@@ -12,6 +12,7 @@ from ..hffolder import is_folder, read_folder
 from ..modelio import read_model, refuse_overwriting_input
 from ..orchestrator import default_jobs
 from ..pipeline import Rule
+from ..tune import read_rules_file
 from . import add_force_flag, refuse_existing_output
 
 SMALL_MODEL = 8 << 20  # bytes of tensors below which --jobs is ignored
@@ -57,6 +58,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--rule", action="append", default=[], metavar="GLOB=PIPELINE",
                    help="chain for tensors whose name matches GLOB (or 'dim:N=...' for rank N, 'dim:N+=...' for "
                         "rank N or more); first match wins")
+    p.add_argument("--rules-file", metavar="FILE",
+                   help="rules from a file (JSON dcframe.rules/1, as `dcframe tune` writes), tried before --rule")
     p.add_argument("--calibration", metavar="FILE",
                    help="calibration statistics (from `dcframe calibrate`) for data-aware stages: "
                         'prune(criterion="wanda"), kmeans(weighting="activation"); not stored in the output')
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise DcfError(f"--metadata {item!r}: expected KEY=VALUE")
         metadata[key] = value
+    rules = [*read_rules_file(args.rules_file), *args.rule] if args.rules_file else list(args.rule)
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more processes")
@@ -93,14 +97,14 @@ def run(args: argparse.Namespace) -> int:
     if total < SMALL_MODEL:
         jobs = 1  # starting processes costs more than it saves; the bytes are the same either way
     with console.progress_bar(total, "compressing", enabled=not args.quiet) as advance:
-        report = compress(tensors, output, pipeline=args.pipeline, preset=args.preset, rules=args.rule,
+        report = compress(tensors, output, pipeline=args.pipeline, preset=args.preset, rules=rules,
                           metadata=metadata, progress=advance, jobs=jobs, stats=not args.no_stats,
                           calibration=args.calibration)
     if args.json:
         console.print_json(report)
     else:
         console.report_tables(report, tensors=args.tensors)
-    for warning in [*rule_warnings(args.rule, report["tensors"]), moved_warning(report)]:
+    for warning in [*rule_warnings(rules, report["tensors"]), moved_warning(report)]:
         if warning:
             console.warn(warning)
     return 0
