@@ -33,11 +33,16 @@ def uniform(rel_step: float, method: str | None = None) -> str:
     return f"uniform(rel_step={rel_step}, dead_zone=0.2{extra}) | huffman"
 
 
+POOLER = "*pooler.dense.weight"  # BERT's pooler: an RMS far below the other matrices' (0.009 against 0.06)
+
+
 def pretrained_rules(matrices: str, embeddings: str, query_key: str) -> list[dict]:
-    """Rank 0-1 exact, token embeddings, query/key projections, then every other tensor of rank >= 2."""
+    """Rank 0-1 exact, token embeddings, query/key projections, the pooler (a chain of its own, so its step follows
+    its own RMS), then every other tensor of rank >= 2."""
     return [{"match": {"ndim": [0, 1]}, "pipeline": LOSSLESS},
             *({"match": {"name": g}, "pipeline": embeddings} for g in TOKEN_EMBEDDINGS),
             *({"match": {"name": g}, "pipeline": query_key} for g in QUERY_KEY),
+            {"match": {"name": POOLER}, "pipeline": uniform(0.085, "round")},
             {"match": {}, "pipeline": matrices}]
 
 
