@@ -108,6 +108,29 @@ class Bytes:
 Stream = Dense | Symbols | Bytes
 
 
+def symbol_dtype(alphabet: int) -> np.dtype:
+    """The unsigned dtype entropy coders hold symbols of an alphabet of at most 2^16 in: uint8 or uint16."""
+    return np.dtype(np.uint8) if alphabet <= 256 else np.dtype(np.uint16)
+
+
+def coder_symbols(stage_id: str, stream: Symbols, max_alphabet: int) -> np.ndarray:
+    """The flat symbols an entropy coder codes, checked (ConfigError naming the stage): an alphabet in
+    1..max_alphabet and, unless there are none, integer symbols inside it; as symbol_dtype(alphabet)."""
+    from .errors import ConfigError
+
+    alphabet = int(stream.alphabet)
+    if not 1 <= alphabet <= max_alphabet:
+        raise ConfigError(f"{stage_id}: alphabet {alphabet} is outside 1..{max_alphabet}")
+    symbols = np.asarray(stream.array).reshape(-1)
+    if symbols.size == 0:
+        return symbols.astype(symbol_dtype(alphabet))
+    if symbols.dtype.kind not in "ui":
+        raise ConfigError(f"{stage_id}: symbols must be integers, got {symbols.dtype}")
+    if (symbols.dtype.kind == "i" and int(symbols.min()) < 0) or int(symbols.max()) >= alphabet:
+        raise ConfigError(f"{stage_id}: symbols must lie in 0..{alphabet - 1}")
+    return symbols.astype(symbol_dtype(alphabet), copy=False)
+
+
 def symbol_width(alphabet: int) -> int:
     """The smallest of 1, 2, 4 or 8 bytes that holds every symbol below `alphabet`."""
     for width in (1, 2, 4, 8):

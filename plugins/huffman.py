@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, check_output, hookimpl
+from dcframe.streams import coder_symbols, symbol_dtype
 
 LIMIT = 16  # the longest code a decoder accepts
 MAX_ALPHABET = 1 << 16
@@ -115,10 +116,6 @@ def choose_segment_size(count: int, payload_bits: int, maximum: int) -> int:
     return max(1, min(maximum, max(seg, -(-count // WANT_LANES))))
 
 
-def _unsigned_dtype(alphabet: int) -> np.dtype:
-    return np.dtype(np.uint8) if alphabet <= 256 else np.dtype(np.uint16)
-
-
 class Huffman(Stage):
     """Canonical Huffman coding, optimal under a `max_bits` code-length limit, in byte-aligned segments."""
 
@@ -133,18 +130,11 @@ class Huffman(Stage):
     def encode(self, stream: Symbols) -> tuple[dict[str, Bytes], dict]:
         """Code the symbols; table, segment ends and payload all go into the one output stream."""
         alphabet = int(stream.alphabet)
-        if not 1 <= alphabet <= MAX_ALPHABET:
-            raise ConfigError(f"huffman: alphabet {alphabet} is outside 1..{MAX_ALPHABET}")
-        symbols = np.asarray(stream.array).reshape(-1)
+        symbols = coder_symbols("huffman", stream, MAX_ALPHABET)
         count = int(symbols.size)
         meta = {"count": count, "alphabet": alphabet}
         if count == 0:
             return {"data": Bytes(b"")}, meta
-        if symbols.dtype.kind not in "ui":
-            raise ConfigError(f"huffman: symbols must be integers, got {symbols.dtype}")
-        if (symbols.dtype.kind == "i" and int(symbols.min()) < 0) or int(symbols.max()) >= alphabet:
-            raise ConfigError(f"huffman: symbols must lie in 0..{alphabet - 1}")
-        symbols = symbols.astype(_unsigned_dtype(alphabet), copy=False)
         freq = np.zeros(alphabet, dtype=np.int64)
         for lo in range(0, count, 1 << 18):  # in cache-sized pieces: bincount widens to int64 first
             freq += np.bincount(symbols[lo:lo + (1 << 18)], minlength=alphabet)
@@ -171,7 +161,7 @@ class Huffman(Stage):
             raise FormatError(f"huffman: bad alphabet {alphabet!r} in metadata (must be 1..{MAX_ALPHABET})")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise FormatError(f"huffman: bad count {count!r} in metadata")
-        dtype = _unsigned_dtype(alphabet)
+        dtype = symbol_dtype(alphabet)
         check_output(self.id, count * dtype.itemsize, "declared count")  # where the size is declared (FORMAT.md 8)
         if count == 0:
             if len(data):

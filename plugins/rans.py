@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, check_output, hookimpl
+from dcframe import Bytes, FormatError, Stage, Symbols, check_output, hookimpl
+from dcframe.streams import coder_symbols, symbol_dtype
 
 MAX_ALPHABET = 1 << 16
 STATE_LOW = 1 << 16  # L: states live in [L, 2^32); the encoder's initial state and the decoder's final one
@@ -33,10 +34,6 @@ def _check_int(name: str, value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"rans: {name} must be an integer from {low} to {high}, got {value!r}")
     return value
-
-
-def _unsigned_dtype(alphabet: int) -> np.dtype:
-    return np.dtype(np.uint8) if alphabet <= 256 else np.dtype(np.uint16)
 
 
 def normalize(counts: np.ndarray, bits: int) -> np.ndarray:
@@ -202,18 +199,11 @@ class Rans(Stage):
     def encode(self, stream: Symbols) -> tuple[dict[str, Bytes], dict]:
         """Code the symbols; the frequency table, final states and words all go into the one output stream."""
         alphabet = int(stream.alphabet)
-        if not 1 <= alphabet <= MAX_ALPHABET:
-            raise ConfigError(f"rans: alphabet {alphabet} is outside 1..{MAX_ALPHABET}")
-        symbols = np.asarray(stream.array).reshape(-1)
+        symbols = coder_symbols("rans", stream, MAX_ALPHABET)
         count = int(symbols.size)
         meta = {"count": count, "alphabet": alphabet}
         if count == 0:
             return {"data": Bytes(b"")}, meta
-        if symbols.dtype.kind not in "ui":
-            raise ConfigError(f"rans: symbols must be integers, got {symbols.dtype}")
-        if (symbols.dtype.kind == "i" and int(symbols.min()) < 0) or int(symbols.max()) >= alphabet:
-            raise ConfigError(f"rans: symbols must lie in 0..{alphabet - 1}")
-        symbols = symbols.astype(_unsigned_dtype(alphabet), copy=False)
         counts = np.bincount(symbols, minlength=alphabet)
         used = np.flatnonzero(counts)
         bits, freq_used = choose_scale(counts[used], self.scale_bits)
@@ -236,7 +226,7 @@ class Rans(Stage):
             raise FormatError(f"rans: bad alphabet {alphabet!r} in metadata (must be 1..{MAX_ALPHABET})")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise FormatError(f"rans: bad count {count!r} in metadata")
-        dtype = _unsigned_dtype(alphabet)
+        dtype = symbol_dtype(alphabet)
         check_output(self.id, count * dtype.itemsize, "declared count")  # where the size is declared (FORMAT.md 8)
         if count == 0:
             if len(data):
