@@ -131,6 +131,25 @@ def coder_symbols(stage_id: str, stream: Symbols, max_alphabet: int) -> np.ndarr
     return symbols.astype(symbol_dtype(alphabet), copy=False)
 
 
+def declared_symbols(stage_id: str, meta: object, data: bytes, max_alphabet: int) -> tuple[int, int, np.dtype]:
+    """An entropy decoder's `count` and `alphabet` from its meta, checked (FormatError naming the stage), the count
+    checked against the decode bound before anything is allocated (FORMAT.md 8), and an empty stream for 0 symbols;
+    returns (count, alphabet, symbol_dtype(alphabet))."""
+    from .errors import FormatError
+    from .orchestrator import check_output
+
+    count, alphabet = (meta.get("count"), meta.get("alphabet")) if isinstance(meta, dict) else (None, None)
+    if isinstance(alphabet, bool) or not isinstance(alphabet, int) or not 1 <= alphabet <= max_alphabet:
+        raise FormatError(f"{stage_id}: bad alphabet {alphabet!r} in metadata (must be 1..{max_alphabet})")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise FormatError(f"{stage_id}: bad count {count!r} in metadata")
+    dtype = symbol_dtype(alphabet)
+    check_output(stage_id, count * dtype.itemsize, "declared count")  # where the size is declared
+    if count == 0 and len(data):
+        raise FormatError(f"{stage_id}: {len(data)} bytes for 0 symbols (the stream must be empty)")
+    return count, alphabet, dtype
+
+
 def symbol_width(alphabet: int) -> int:
     """The smallest of 1, 2, 4 or 8 bytes that holds every symbol below `alphabet`."""
     for width in (1, 2, 4, 8):

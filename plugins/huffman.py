@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, check_output, hookimpl
-from dcframe.streams import coder_symbols, symbol_dtype
+from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, hookimpl
+from dcframe.streams import coder_symbols, declared_symbols
 
 LIMIT = 16  # the longest code a decoder accepts
 MAX_ALPHABET = 1 << 16
@@ -156,16 +156,8 @@ class Huffman(Stage):
     def decode(self, streams: dict[str, Bytes], meta: dict) -> Symbols:
         """Check meta and stream against each other, then decode; anything inconsistent is a FormatError."""
         data = streams["data"].data
-        count, alphabet = meta.get("count"), meta.get("alphabet")
-        if isinstance(alphabet, bool) or not isinstance(alphabet, int) or not 1 <= alphabet <= MAX_ALPHABET:
-            raise FormatError(f"huffman: bad alphabet {alphabet!r} in metadata (must be 1..{MAX_ALPHABET})")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise FormatError(f"huffman: bad count {count!r} in metadata")
-        dtype = symbol_dtype(alphabet)
-        check_output(self.id, count * dtype.itemsize, "declared count")  # where the size is declared (FORMAT.md 8)
+        count, alphabet, dtype = declared_symbols(self.id, meta, data, MAX_ALPHABET)
         if count == 0:
-            if len(data):
-                raise FormatError(f"huffman: {len(data)} bytes for 0 symbols (the stream must be empty)")
             return Symbols(np.zeros(0, dtype=dtype), alphabet)
         return Symbols(_decode(memoryview(data).cast("B"), count, alphabet, dtype), alphabet)
 

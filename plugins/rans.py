@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcframe import Bytes, FormatError, Stage, Symbols, check_output, hookimpl
-from dcframe.streams import coder_symbols, symbol_dtype
+from dcframe import Bytes, FormatError, Stage, Symbols, hookimpl
+from dcframe.streams import coder_symbols, declared_symbols
 
 MAX_ALPHABET = 1 << 16
 STATE_LOW = 1 << 16  # L: states live in [L, 2^32); the encoder's initial state and the decoder's final one
@@ -221,16 +221,8 @@ class Rans(Stage):
     def decode(self, streams: dict[str, Bytes], meta: dict) -> Symbols:
         """Check meta and stream against each other, then decode; anything inconsistent is a FormatError."""
         data = streams["data"].data
-        count, alphabet = meta.get("count"), meta.get("alphabet")
-        if isinstance(alphabet, bool) or not isinstance(alphabet, int) or not 1 <= alphabet <= MAX_ALPHABET:
-            raise FormatError(f"rans: bad alphabet {alphabet!r} in metadata (must be 1..{MAX_ALPHABET})")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise FormatError(f"rans: bad count {count!r} in metadata")
-        dtype = symbol_dtype(alphabet)
-        check_output(self.id, count * dtype.itemsize, "declared count")  # where the size is declared (FORMAT.md 8)
+        count, alphabet, dtype = declared_symbols(self.id, meta, data, MAX_ALPHABET)
         if count == 0:
-            if len(data):
-                raise FormatError(f"rans: {len(data)} bytes for 0 symbols (the stream must be empty)")
             return Symbols(np.zeros(0, dtype=dtype), alphabet)
         return Symbols(_decode(np.frombuffer(data, dtype=np.uint8), count, alphabet, dtype), alphabet)
 

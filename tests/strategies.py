@@ -39,3 +39,20 @@ storage_chains = st.tuples(st.sampled_from([1, 3, 5, 8]), st.sampled_from(["", "
                            st.sampled_from([4, 12, 16])).map(
     lambda p: f"sparse(index_bits={p[0]}) | huffman(max_bits={p[2]}, segment_size=7){p[1]}")
 lossless_chains = st.one_of(generic_chains, storage_chains)
+
+
+@st.composite
+def symbol_arrays(draw):
+    """Symbol streams for entropy coders: (array, alphabet), uniform, skewed or of few distinct values."""
+    alphabet = draw(st.one_of(st.integers(1, 8), st.integers(1, 300), st.sampled_from([255, 256, 257, 4096, 65536])))
+    n = draw(st.integers(0, 3000))
+    kind = draw(st.sampled_from(["uniform", "skewed", "few"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "uniform":
+        array = rng.integers(0, alphabet, n)
+    elif kind == "skewed":
+        array = np.minimum(rng.geometric(draw(st.floats(0.01, 0.99)), n) - 1, alphabet - 1)
+    else:
+        array = rng.choice(rng.integers(0, alphabet, draw(st.integers(1, 3))), n)
+    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.uint32, np.int64])) if alphabet <= 256 else np.uint16
+    return array.astype(dtype), alphabet

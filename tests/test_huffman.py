@@ -9,6 +9,7 @@ import pytest
 from dcframe_plugins.huffman import LIMIT, Huffman, canonical_codes, choose_segment_size, limited_code_lengths
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import symbol_arrays
 
 from dcframe import Bytes, ConfigError, DcfError, FormatError, Symbols
 
@@ -24,22 +25,6 @@ def table_of(data: bytes) -> np.ndarray:
     """The code-length table at the start of a stream (layout in spec/stages/huffman.md)."""
     size = int.from_bytes(data[:4], "little")
     return np.frombuffer(data, np.uint8, count=size, offset=4)
-
-
-@st.composite
-def symbol_arrays(draw):
-    alphabet = draw(st.one_of(st.integers(1, 8), st.integers(1, 300), st.sampled_from([255, 256, 257, 4096, 65536])))
-    n = draw(st.integers(0, 3000))
-    kind = draw(st.sampled_from(["uniform", "skewed", "few"]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    if kind == "uniform":
-        array = rng.integers(0, alphabet, n)
-    elif kind == "skewed":
-        array = np.minimum(rng.geometric(draw(st.floats(0.01, 0.99)), n) - 1, alphabet - 1)
-    else:
-        array = rng.choice(rng.integers(0, alphabet, draw(st.integers(1, 3))), n)
-    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.uint32, np.int64])) if alphabet <= 256 else np.uint16
-    return array.astype(dtype), alphabet
 
 
 @given(symbol_arrays(), st.integers(1, 16), st.sampled_from([1, 7, 64, 1000, 4096]))

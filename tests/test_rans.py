@@ -7,6 +7,7 @@ from dcframe_plugins.kmeans import Kmeans
 from dcframe_plugins.rans import MAX_STEPS, Rans, choose_lanes, golomb_pack, golomb_unpack, normalize
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import symbol_arrays
 
 from dcframe import Bytes, ConfigError, Dense, FormatError, LimitError, Symbols
 from dcframe.orchestrator import _OUTPUT_LIMIT
@@ -25,22 +26,6 @@ def entropy_bytes(array: np.ndarray) -> float:
     counts = np.bincount(array.reshape(-1).astype(np.int64))
     p = counts[counts > 0] / array.size
     return float(-(p * np.log2(p)).sum() * array.size / 8)
-
-
-@st.composite
-def symbol_arrays(draw):
-    alphabet = draw(st.one_of(st.integers(1, 8), st.integers(1, 300), st.sampled_from([255, 256, 257, 4096, 65536])))
-    n = draw(st.integers(0, 3000))
-    kind = draw(st.sampled_from(["uniform", "skewed", "few"]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    if kind == "uniform":
-        array = rng.integers(0, alphabet, n)
-    elif kind == "skewed":
-        array = np.minimum(rng.geometric(draw(st.floats(0.01, 0.99)), n) - 1, alphabet - 1)
-    else:
-        array = rng.choice(rng.integers(0, alphabet, draw(st.integers(1, 3))), n)
-    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.uint32, np.int64])) if alphabet <= 256 else np.uint16
-    return array.astype(dtype), alphabet
 
 
 @given(symbol_arrays(), st.integers(1, 16), st.sampled_from([1, 3, 64, 1000]))
