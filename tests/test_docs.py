@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADINGS = ["## Summary", "## Configuration", "## Streams", "## Metadata", "## Encoding", "## Decoding",
             "## Validation", "## Version history"]
 BUILTIN = [info for info in get_registry().stages.values() if info.plugin in
-           {"raw", "generic", "prune", "sparse", "kmeans", "uniform", "huffman", "rans"}]
+           {"raw", "generic", "prune", "sparse", "kmeans", "uniform", "huffman", "rans", "bytegroup"}]
 
 
 def spec_page(stage_id: str) -> Path:
@@ -27,7 +27,7 @@ def spec_page(stage_id: str) -> Path:
 
 def test_every_builtin_stage_is_registered():
     assert {i.cls.id for i in BUILTIN} == {"raw", "zlib", "zstd", "lzma", "bz2", "prune", "sparse", "kmeans", "uniform",
-                                             "huffman", "rans"}
+                                             "huffman", "rans", "bytegroup"}
 
 
 @pytest.mark.parametrize("info", BUILTIN, ids=lambda i: i.cls.id)
