@@ -390,8 +390,9 @@ def generate(root: Path) -> None:
     for comp in ("zstd", "zlib", "lzma", "bz2"):
         g.add_valid(f"lossless-{comp}", lossless_mix, f"Every dtype, scalars and empty tensors through raw | {comp}.",
                     ["raw", comp, "dtype:all", "shape:scalar", "shape:empty"], pipeline=comp, lossless=True)
-    g.add_valid("preset-lossless", mixed_model(), "The lossless preset (raw | zstd(level=19)) with user metadata and "
-                "non-ASCII tensor names.", ["preset:lossless", "zstd", "metadata", "utf8-names"],
+    g.add_valid("preset-lossless", mixed_model(), "The lossless preset (bytegroup | zstd(level=1) | rans(lanes=1024)) "
+                "with user metadata and non-ASCII tensor names.", ["preset:lossless", "bytegroup", "zstd", "rans",
+                "metadata", "utf8-names"],
                 preset="lossless", metadata={"model": "tiny", "note": "über ✓"}, lossless=True)
     big = {"ramp": np.arange(3000, dtype=np.float32).reshape(30, 100), "noise": laplace(20, (40, 50)),
            "empty": np.zeros((0,), np.float32)}
@@ -474,13 +475,14 @@ def generate(root: Path) -> None:
     folder = {"embed.weight": laplace(70, (6, 4)), "layer.weight": laplace(71, (4, 4)), "layer.bias": laplace(72, (4,))}
     g.add_valid("layout-folder", folder, "Version 1.1: a Hugging Face folder's layout in the index (FORMAT.md 3.3): "
                 "two shards with their __metadata__, the index file and two small files; readers that do not "
-                "recreate folders ignore it.", ["layout", "version:1.1", "zstd"], preset="lossless", lossless=True,
+                "recreate folders ignore it.", ["layout", "version:1.1", "zstd"], pipeline="zstd", lossless=True,
                 layout=Layout([("model-00001-of-00002.safetensors", {"format": "pt"}),
                                ("model-00002-of-00002.safetensors", {"format": "pt"})],
                               {"embed.weight": 0, "layer.weight": 1, "layer.bias": 1}, "model.safetensors.index.json",
                               {"total_parameters": "44"}, {"config.json": b'{"model_type": "bert"}\n',
                                                            "vocab.txt": "[PAD]\n[UNK]\nü\n".encode()}))
     add_valid_rans_vectors(g)
+    add_valid_bytegroup_vectors(g, lossless_mix)
     add_invalid_vectors(g)
     add_invalid_container_vectors(g)
     g.write_index()
@@ -720,6 +722,7 @@ def add_invalid_stage_vectors(g: Generator) -> None:
     add_invalid_stage_vectors_round2(g)
     add_invalid_uniform_vectors(g)
     add_invalid_rans_vectors(g)
+    add_invalid_bytegroup_vectors(g)
 
     def bad_prune_config(index: dict[str, Any], tensors: list[Any]) -> None:
         index["chains"][0][0]["config"]["sparsity"] = 1.5
@@ -834,6 +837,18 @@ def add_valid_rans_vectors(g: Generator) -> None:
                 "rans:one-symbol"], pipeline="kmeans(bits=2, init=linear, method=lloyd) | rans", lossless=False)
 
 
+def add_valid_bytegroup_vectors(g: Generator, lossless_mix: dict[str, np.ndarray | Dense]) -> None:
+    """Issue 13: byte planes of every dtype (float specials, NaN payloads, integer extremes), scalars and empty
+    tensors; the exponent plane through rans or raw, the mantissa planes through zstd or stored."""
+    g.add_valid("bytegroup-zstd-rans", lossless_mix, "bytegroup | zstd(level=1) | rans on every dtype, scalars and "
+                "empty tensors: the exponent plane rANS-coded, the mantissa planes through zstd (1-byte dtypes: an "
+                "empty mantissa stream).", ["bytegroup", "zstd", "rans", "dtype:all", "nan-payload", "shape:scalar",
+                "shape:empty"], pipeline="bytegroup | zstd(level=1) | rans", lossless=True)
+    g.add_valid("bytegroup-raw", lossless_mix, "bytegroup alone: the exponent plane serialized raw, the mantissa "
+                "planes stored as they are.", ["bytegroup", "raw", "dtype:all", "nan-payload"], pipeline="bytegroup",
+                lossless=True)
+
+
 def rans_layout(b: bytes) -> tuple[int, int]:
     """(offset of the lane-count varint, offset of the first state) of a rans stream (spec/stages/rans.md): n, the
     one-byte varint D, k, then 2D Exp-Golomb codes, LSB-first, zero-padded to a byte."""
@@ -882,6 +897,28 @@ def add_invalid_rans_vectors(g: Generator) -> None:
     g.add_invalid("rans-count-over-bound", rewrite(kr, step_meta_edit(0, 1, 0, set_count)), "LimitError",
                   "rans: meta count 2^40, over the tensor's decode bound (checked before the stream is read).",
                   ["rans", "allocation", "limit:decode-bound"], tensor="w")
+
+
+def add_invalid_bytegroup_vectors(g: Generator) -> None:
+    """Issue 13: bytegroup planes whose sizes or bytes do not fit the tensor."""
+    br = g.sources["bytegroup-raw"]
+    names = list(index_tensor_names(br))
+    f32, boolean = names.index("f32"), names.index("bool")
+    g.add_invalid("bytegroup-mantissa-short", rewrite(br, stream_edit(f32, "mantissa", lambda b: b[:-1])),
+                  "FormatError", "bytegroup: the F32 tensor's mantissa planes one byte short of 3 x 12.",
+                  ["bytegroup"], tensor="f32")
+    g.add_invalid("bytegroup-exponent-long", rewrite(br, stream_edit(f32, "exponent", lambda b: b + b"\x00")),
+                  "FormatError", "bytegroup: the F32 tensor's exponent plane holds 13 bytes for 12 elements.",
+                  ["bytegroup"], tensor="f32")
+    g.add_invalid("bytegroup-bool-byte", rewrite(br, stream_edit(boolean, "exponent", lambda b: b"\x02" + b[1:])),
+                  "FormatError", "bytegroup: a BOOL tensor's plane holds the byte 2 (only 0 and 1 are booleans).",
+                  ["bytegroup", "bool"], tensor="bool")
+
+
+def index_tensor_names(data: bytes) -> list[str]:
+    """The tensor names of a container, in index order (the order stream_edit counts in)."""
+    io, il, _ = struct.unpack("<QII", data[-24:-8])
+    return [t[0] for t in msgpack.unpackb(data[io:io + il], raw=False)["tensors"]]
 
 
 def _first_chunk_pos(data: bytes) -> int:

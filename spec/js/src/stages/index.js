@@ -7,6 +7,7 @@ import { huffman } from './huffman.js';
 import { kmeans } from './kmeans.js';
 import { uniform } from './uniform.js';
 import { rans } from './rans.js';
+import { bytegroup } from './bytegroup.js';
 
 export const STAGES = Object.freeze({
   raw,
@@ -20,4 +21,5 @@ export const STAGES = Object.freeze({
   kmeans,
   uniform,
   rans,
+  bytegroup,
 });
