@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dcframe_plugins.presets import HAN_CONV, HAN_FC, LOSSLESS, QUANTIZE8
+from dcframe_plugins.presets import BYTEGROUP, HAN_CONV, HAN_FC, HAN_RANS_CONV, HAN_RANS_FC, LOSSLESS, QUANTIZE8
+from hypothesis import given
+from strategies import dense_tensors
 
 from dcframe import Dense
 from dcframe.orchestrator import roundtrip
 from dcframe.pipeline import Policy, build_chain, parse_pipeline
 from dcframe.registry import get_registry
 
-PRESETS = ["lossless", "han-fc", "han-conv", "han", "quantize8"]
+PRESETS = ["lossless", "han-fc", "han-conv", "han", "han-rans", "quantize8"]
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -25,8 +27,25 @@ def test_preset_expands_to_valid_chains(name):
 
 
 def test_lossless_keeps_one_first_rule():
-    assert get_registry().presets["lossless"]["rules"][0]["pipeline"] == LOSSLESS
-    assert Policy(preset="han").lossless_pipeline() == LOSSLESS
+    assert get_registry().presets["lossless"]["rules"] == [{"pipeline": BYTEGROUP}]
+    assert Policy(preset="han").lossless_pipeline() == BYTEGROUP
+
+
+@given(dense_tensors())
+def test_lossless_preset_is_bit_exact_for_every_dtype(dense):
+    policy = Policy(preset="lossless")
+    chain = policy.chain_for_pipeline(policy.pipeline_for("t", dense.array.shape, dense.dtype))
+    out = roundtrip(chain, dense)
+    assert (out.dtype, out.array.shape, out.array.tobytes()) == \
+        (dense.dtype, dense.array.shape, np.ascontiguousarray(dense.array).tobytes())
+
+
+def test_han_rans_is_han_with_rans_in_place_of_huffman():
+    policy = Policy(preset="han-rans")
+    assert HAN_RANS_FC == HAN_FC.replace("huffman", "rans") and HAN_RANS_CONV == HAN_CONV.replace("huffman", "rans")
+    assert policy.pipeline_for("conv1.weight", (20, 1, 5, 5), "F32") == HAN_RANS_CONV
+    assert policy.pipeline_for("fc1.weight", (300, 784), "F32") == HAN_RANS_FC
+    assert policy.pipeline_for("fc1.bias", (300,), "F32") == BYTEGROUP
 
 
 def test_han_picks_per_rank():
@@ -37,7 +56,7 @@ def test_han_picks_per_rank():
     assert policy.pipeline_for("fc1.weight", (300, 784), "F32") == HAN_FC
     assert policy.pipeline_for("fc1.bias", (300,), "F32") == LOSSLESS
     assert policy.pipeline_for("scale", (), "F32") == LOSSLESS
-    assert policy.pipeline_for("embedding.index", (10, 10), "I64") == LOSSLESS  # integers are never approximated
+    assert policy.pipeline_for("embedding.index", (10, 10), "I64") == BYTEGROUP  # integers: the lossless preset
 
 
 def test_single_chain_presets_apply_to_every_tensor():
