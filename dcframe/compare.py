@@ -7,8 +7,8 @@
 - ``streams``: the streams the lossy prefix of the chains leaves (relative-index positions, cluster indices, any dense
   values left) plus the raw weights' bytes, each coded by every coder: bytes, bits per symbol, the order-0 entropy
   bound, median encode/decode time. Every output is decoded and checked equal before its row is returned.
-- ``baselines``: lossless coding of the model's raw bytes, plain and byte-grouped (one stream per byte plane,
-  floats rotated left by one bit so that sign and exponent share no byte with the mantissa).
+- ``baselines``: lossless coding of the model's raw bytes, plain and byte-grouped (one stream per byte plane, as the
+  `bytegroup` stage splits them: floats rotated left by one bit so that the exponent has a byte of its own).
 - ``sample``: what the raw-bytes measurements (the ``weights`` case and the baselines) coded. A model larger than
   `sample_bytes` is sampled (`sample_tensors`): every tensor gives the same fraction of its elements, as evenly spaced
   chunks of at most SAMPLE_CHUNK_BYTES, so lzma or zstd -19 on an 87 MB model takes seconds, not half an hour.
@@ -35,7 +35,6 @@ import msgpack
 import numpy as np
 
 from . import __version__
-from .dtypes import is_float
 from .errors import ConfigError, DcfError, PipelineError
 from .orchestrator import as_dense, fit_chains, order0_entropy_bits, run_steps
 from .pipeline import ROOT, SERIALIZER, Chain, Policy, Step
@@ -311,52 +310,25 @@ def compare_case(case: str, parts: list[_Part], coders: Sequence[Coder], repeat:
             "entropy_bits": bound, "entropy_bytes": bound / 8, "coders": rows, **_marks(rows)}
 
 
-def byte_planes(tensors: Sequence[Dense]) -> list[np.ndarray]:
-    """Split the model's bytes into planes: per element width, one stream per byte position, most significant first.
+def byte_planes(tensors: Sequence[Dense], registry: Registry | None = None) -> list[np.ndarray]:
+    """The model's bytes as byte planes through the `bytegroup` stage (spec/stages/bytegroup.md): per element width,
+    one stream per byte position, most significant first, each the concatenation of every tensor's plane.
 
-    Float elements are first rotated left by one bit (sign to the bottom), so the top plane holds exponent bits only.
+    Each tensor is grouped by the stage (floats rotated left by one bit, so the top plane holds exponent bits only)
+    and decoded back, checked bit-exact, before its planes are used.
     """
-    groups: dict[int, list[np.ndarray]] = {}
-    for d in tensors:
-        width = d.array.dtype.itemsize
-        flat = np.ascontiguousarray(d.array).reshape(-1)
-        if width > 1:
-            u = flat.view(f"<u{width}")
-            if is_float(d.dtype):
-                u = (u << np.array(1, u.dtype)) | (u >> np.array(8 * width - 1, u.dtype))
-            flat = u
-        groups.setdefault(width, []).append(flat.view(np.uint8))
-    planes = []
-    for width in sorted(groups):
-        rows = np.concatenate(groups[width]).reshape(-1, width)
-        planes.extend(np.ascontiguousarray(rows[:, j]) for j in reversed(range(width)))
-    return planes
-
-
-def unplane(planes: Sequence[np.ndarray], tensors: Sequence[tuple[str, Sequence[int], np.dtype]]) -> list[bytes]:
-    """Invert byte_planes: the C-order bytes of each tensor, given each one's dtype name, shape and numpy dtype."""
-    widths = sorted({dt.itemsize for _, _, dt in tensors})
-    out: dict[int, bytes] = {}
-    start = 0
-    cursor: dict[int, int] = {}
-    for width in widths:
-        rows = np.stack(list(reversed(planes[start:start + width])), axis=1) if width > 1 else planes[start][:, None]
-        start += width
-        out[width] = rows.reshape(-1)
-        cursor[width] = 0
-    result = []
-    for dtype_name, shape, dt in tensors:
-        width = dt.itemsize
-        n = math.prod(shape) * width
-        chunk = out[width][cursor[width]:cursor[width] + n]
-        cursor[width] += n
-        if width > 1:
-            u = chunk.view(f"<u{width}")
-            if is_float(dtype_name):
-                u = (u >> np.array(1, u.dtype)) | (u << np.array(8 * width - 1, u.dtype))
-            chunk = u.view(np.uint8)
-        result.append(chunk.tobytes())
-    return result
+    stage = (registry or get_registry()).build("bytegroup", {})
+    groups: dict[int, list[list[np.ndarray]]] = {}
+    for dense in tensors:
+        outputs, meta = stage.encode(dense)
+        back = stage.decode(outputs, meta)
+        if back.array.tobytes() != np.ascontiguousarray(dense.array).tobytes():
+            raise DcfError("byte grouping did not invert")
+        width, count = dense.array.dtype.itemsize, int(dense.array.size)
+        mantissa = np.frombuffer(outputs["mantissa"].data, np.uint8).reshape(width - 1, count)
+        groups.setdefault(width, []).append([np.asarray(outputs["exponent"].array, np.uint8), *mantissa])
+    return [np.concatenate([planes[p] for planes in groups[width]])
+            for width in sorted(groups) for p in range(width)]
 
 
 def lossless_baselines(tensors: Sequence[Dense], coders: Sequence[Coder], repeat: int = 3,
@@ -370,10 +342,6 @@ def lossless_baselines(tensors: Sequence[Dense], coders: Sequence[Coder], repeat
     plain = Symbols(np.concatenate([as_symbols(d).array for d in tensors]) if tensors else
                     np.zeros(0, np.uint8), 256)
     planes = [Symbols(p, 256) for p in byte_planes(tensors)]
-    specs = [(d.dtype, d.array.shape, d.array.dtype) for d in tensors]
-    rebuilt = unplane([p.array for p in planes], specs)
-    if b"".join(rebuilt) != plain.array.tobytes():
-        raise DcfError("byte grouping did not invert")
     rows = []
     for transform, parts in (("none", [plain]), ("bytegroup", planes)):
         bound = sum(order0_entropy_bits(p.array, 256) for p in parts)

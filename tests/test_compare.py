@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from dcframe_plugins.bytegroup import split_planes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +21,6 @@ from dcframe.compare import (
     byte_planes,
     compare_model,
     parse_coders,
-    unplane,
 )
 from dcframe.orchestrator import encode_tensor
 from dcframe.registry import get_registry
@@ -171,7 +171,7 @@ DTYPES = ["F32", "F16", "F64", "BF16", "I8", "U8", "I32", "BOOL"]
 
 
 @given(st.lists(st.tuples(st.sampled_from(DTYPES), st.integers(0, 40), st.integers(0, 2**32 - 1)), max_size=5))
-def test_byte_planes_invert(specs):
+def test_byte_planes_are_the_bytegroup_stages(specs):
     tensors = []
     for dtype, n, seed in specs:
         carrier = {"F32": "<u4", "F16": "<u2", "F64": "<u8", "BF16": "<u2", "I8": "i1", "U8": "u1", "I32": "<i4",
@@ -183,8 +183,10 @@ def test_byte_planes_invert(specs):
         tensors.append(Dense(array, dtype))
     planes = byte_planes(tensors)
     assert sum(p.size for p in planes) == sum(d.nbytes for d in tensors)
-    rebuilt = unplane(planes, [(d.dtype, d.array.shape, d.array.dtype) for d in tensors])
-    assert rebuilt == [d.array.tobytes() for d in tensors]
+    widths = sorted({d.array.dtype.itemsize for d in tensors})
+    expected = [np.concatenate([split_planes(d.array, d.dtype)[p] for d in tensors if d.array.dtype.itemsize == w])
+                for w in widths for p in range(w)]  # the bytegroup stage's planes, tensor after tensor
+    assert [p.tobytes() for p in planes] == [e.tobytes() for e in expected]
 
 
 def test_byte_planes_put_the_exponent_in_its_own_plane():
@@ -253,7 +255,9 @@ def test_json_schema_is_stable(model_file, capsys):
             assert all(set(s) == STEP_STREAM_KEYS for s in step["streams"])
     for p in report["pipelines"]:
         assert set(p) == PIPELINE_KEYS and all(set(s) == PIPELINE_STEP_KEYS for s in p["steps"])
-    assert [c["name"] for c in report["streams"]] == ["sparse.positions", "kmeans.indices", "weights"]
+    # the 1-D tensor takes the lossless chain: its exponent plane is the stream rans codes there
+    assert [c["name"] for c in report["streams"]] == ["sparse.positions", "kmeans.indices", "bytegroup.exponent",
+                                                      "weights"]
     for case in report["streams"]:
         extra = {"sample"} if case["name"] == "weights" else set()
         assert set(case) == CASE_KEYS | extra and all(set(r) == CODER_KEYS for r in case["coders"])

@@ -5,6 +5,8 @@ import pytest
 from dcframe import ConfigError, MissingStageError, PipelineError, Policy, Rule, parse_pipeline
 from dcframe.pipeline import build_chain, format_pipeline
 
+LOSSLESS_CHAIN = "bytegroup | zstd(level=1) | rans(scale_bits=14, lanes=1024)"  # the lossless preset in reports
+
 
 def test_parse_with_literals_and_bare_words():
     stages = parse_pipeline("zstd(level=3) | zlib(level = 1)|bz2")
@@ -85,7 +87,7 @@ def test_integer_tensors_fall_back_to_lossless_next_to_a_fitted_lossy_chain(tmp_
     tensors = {"w": np.linspace(-1, 1, 40, dtype=np.float32).reshape(4, 10), "n": np.arange(5, dtype=np.int32)}
     report = dcframe.compress(tensors, tmp_path / "m.dcf", pipeline="prune(sparsity=0.5, scope=global) | zstd")
     chains = {t["name"]: t["pipeline"] for t in report["tensors"]}
-    assert chains["n"] == "raw | zstd(level=19)" and chains["w"].startswith("prune(")
+    assert chains["n"] == LOSSLESS_CHAIN and chains["w"].startswith("prune(")
     assert dcframe.decompress(tmp_path / "m.dcf")["n"].array.tobytes() == tensors["n"].tobytes()
 
 
@@ -105,12 +107,12 @@ def test_a_lossy_pipeline_leaves_rank_0_and_1_tensors_exact_unless_a_rule_names_
     assert chains["fc.weight"].startswith("kmeans(")
     out = dcframe.decompress(path)
     for name in ("fc.bias", "norm.weight", "scale"):
-        assert chains[name] == "raw | zstd(level=19)"
+        assert chains[name] == LOSSLESS_CHAIN
         assert out[name].array.tobytes() == np.asarray(tensors[name]).tobytes()
     assert np.unique(out["fc.weight"].array).size <= 4
     named = dcframe.compress(tensors, path, pipeline="kmeans(bits=2) | huffman",
                              rules=["*.bias=kmeans(bits=2) | huffman"])
     chains = {t["name"]: t["pipeline"] for t in named["tensors"]}
-    assert chains["fc.bias"].startswith("kmeans(") and chains["norm.weight"] == "raw | zstd(level=19)"
+    assert chains["fc.bias"].startswith("kmeans(") and chains["norm.weight"] == LOSSLESS_CHAIN
     lossless = dcframe.compress(tensors, path, pipeline="zstd(level=3)")  # a lossless pipeline applies to every rank
     assert {t["pipeline"] for t in lossless["tensors"]} == {"raw | zstd(level=3)"}

@@ -97,7 +97,12 @@ def test_a_plugin_allow_list_without_presets_says_how_to_get_them(tmp_path):
                           str(tmp_path / "m.dcf")], capture_output=True, text=True, env=env)
     line = out.stderr.strip()
     assert out.returncode == 1 and "\n" not in line and "'lossless'" in line and "DCFRAME_PLUGINS" in line, line
-    env["DCFRAME_PLUGINS"] = "raw,generic,presets"
+    env["DCFRAME_PLUGINS"] = "raw,generic,presets"  # the lossless preset's chain needs bytegroup and rans too
+    out = subprocess.run([sys.executable, "-m", "dcframe.cli", "compress", str(tmp_path / "m.npz"), "-o",
+                          str(tmp_path / "m.dcf")], capture_output=True, text=True, env=env)
+    line = out.stderr.strip()
+    assert out.returncode == 1 and "\n" not in line and "'bytegroup'" in line and "DCFRAME_PLUGINS" in line, line
+    env["DCFRAME_PLUGINS"] = "raw,generic,presets,bytegroup,rans"
     out = subprocess.run([sys.executable, "-m", "dcframe.cli", "compress", str(tmp_path / "m.npz"), "-o",
                           str(tmp_path / "m.dcf"), "-q", "--json"], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
