@@ -26,7 +26,8 @@ HAN_FC = "prune(sparsity=0.92) | sparse(index_bits=5) | kmeans(bits=5, init=line
 HAN_CONV = "prune(sparsity=0.65) | sparse(index_bits=8) | kmeans(bits=8, init=linear, method=lloyd) | huffman"
 QUANTIZE8 = "kmeans(bits=8) | huffman"
 # The paper's chain with rANS in place of Huffman (issue 13 item 5): the same streams within ~0.1% of their order-0
-# entropy instead of Huffman's +1-4%; rank 0-1 tensors through the lossless preset's chain.
+# entropy instead of Huffman's +1-4%; rank 0-1 tensors as in han (zstd -19: on vectors of a few hundred floats the
+# lossless preset's three stages cost more side information than byte grouping saves).
 HAN_RANS_FC = HAN_FC.replace("| huffman", "| rans")
 HAN_RANS_CONV = HAN_CONV.replace("| huffman", "| rans")
 
@@ -83,11 +84,11 @@ def dcframe_presets():
         },
         "han-rans": {
             "description": "han with rANS in place of Huffman (conv as han-conv, matrices as han-fc, both streams "
-                           "rANS-coded); everything else as the lossless preset",
+                           "rANS-coded); everything else lossless as in han",
             "rules": [
                 {"match": {"min_ndim": 3}, "pipeline": HAN_RANS_CONV},
                 {"match": {"ndim": [2]}, "pipeline": HAN_RANS_FC},
-                {"match": {}, "pipeline": BYTEGROUP},
+                {"match": {}, "pipeline": LOSSLESS},
             ],
         },
         "quantize8": {
