@@ -451,3 +451,18 @@ def test_sample_size_errors(model_file, capsys):
         assert "--sample-mib" in err and "\n" not in err
     with pytest.raises(ConfigError, match="sample_bytes"):
         compare_model(gaussian_model(), sample_bytes=0)
+
+
+def test_rans_and_uniform_rows_beside_huffman():
+    """`uniform | rans` and `kmeans | rans` chains: their index streams get rans and huffman rows on the same symbols;
+    on these i.i.d. indices rans is closer to the order-0 bound than huffman, tables included."""
+    model = gaussian_model()
+    for quantizer in ("uniform(rel_step=0.25)", "kmeans(bits=4)"):
+        report = compare_model(model, pipeline=f"prune(sparsity=0.5) | sparse | {quantizer} | rans",
+                               coders="huffman,rans,zstd-3", repeat=1, sample_bytes=None)
+        case = next(c for c in report["streams"] if c["name"] == f"{quantizer.split('(')[0]}.indices")
+        rows = {r["coder"]: r for r in case["coders"]}
+        assert rows["rans"]["verified"] and rows["huffman"]["verified"]
+        assert rows["rans"]["bytes"] < rows["huffman"]["bytes"]
+        assert 0 < rows["rans"]["over_bound"] < rows["huffman"]["over_bound"]
+        assert report["pipelines"][0]["steps"][-1]["stage"] == "rans"
