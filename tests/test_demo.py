@@ -162,3 +162,12 @@ def test_sweep_with_output_refuses_in_one_line(tmp_path):
         assert main(["demo", "--sweep", "-q", "-o", str(tmp_path / "sweep.dcf")]) == 1
     assert err.getvalue().count("\n") == 1 and "--sweep writes no container" in err.getvalue()
     assert not (tmp_path / "sweep.dcf").exists()
+
+
+def test_demo_file_keeps_the_papers_chains_whatever_the_lossless_preset(demo_json):
+    """The demo's weights take Huffman and its biases zstd -19, named by the demo (not the lossless preset's chain)."""
+    _, result = demo_json
+    chains = {t["name"]: t["pipeline"] for t in result["report"]["tensors"]}
+    assert {chains[n] for n in chains if n.endswith(".bias")} == {"raw | zstd(level=19)"}
+    assert all(chains[n].endswith("huffman(max_bits=12, segment_size=4096)") for n in chains if n.endswith(".weight"))
+    assert all(rule.endswith("| rans") for rule in demo.DemoSettings(coder="rans").rules())
