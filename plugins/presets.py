@@ -13,10 +13,11 @@ from dcframe import hookimpl
 
 LOSSLESS = "zstd(level=19)"  # the exact chain of rank 0-1 tensors in the lossy presets (their files stay as they were)
 # The lossless preset: byte planes (the exponent on a plane of its own, spec/stages/bytegroup.md), the exponent plane
-# rANS-coded, the mantissa planes through fast zstd (F32's lower planes shrink a little; BF16's and F16's pass at
-# +0.004%). At or above ZipNN's ratio on a real transformer in F32, BF16 and F16, several times faster than zstd -19
-# (tests/bench/bench_lossless.py). 1024 lanes: fewer numpy steps than rans's default 64, for 0.05-0.1% more bytes.
-BYTEGROUP = "bytegroup | zstd(level=1) | rans(lanes=1024)"
+# rANS-coded, the mantissa planes through zstd (F32's lower planes shrink 1.5%, level 5 taking 0.07% more than level 1;
+# BF16's and F16's pass at +0.004%). At or above ZipNN's ratio on a real transformer in F32, BF16 and F16, several
+# times faster than zstd -19 (tests/bench/bench_lossless.py). 256 lanes: a quarter of the numpy steps of rans's
+# default 64 on the largest tensors; 1024 would cost 0.05-0.1% of the file, under ZipNN's BF16 ratio.
+BYTEGROUP = "bytegroup | zstd(level=5) | rans(lanes=256)"
 # Deep Compression (Han, Mao & Dally 2016): prune, store relative indices, share weights by k-means, Huffman-code both
 # streams. Fully connected layers: 5-bit indices and 5-bit weights (the paper's LeNet and AlexNet fc settings);
 # 92% pruned (the paper's LeNet-300-100 keeps 8%). Conv layers: 8-bit indices and weights, 65% pruned (AlexNet conv).
@@ -62,7 +63,7 @@ def pretrained_rules(matrices: str, embeddings: str, query_key: str) -> list[dic
 def dcframe_presets():
     return {
         "lossless": {
-            "description": "exact: byte planes, the exponent plane rANS-coded, the mantissa planes through zstd -1",
+            "description": "exact: byte planes, the exponent plane rANS-coded, the mantissa planes through zstd -5",
             "rules": [{"pipeline": BYTEGROUP}],
         },
         "han-fc": {

@@ -36,7 +36,7 @@ def test_lossless_chain_is_bit_exact_through_a_file(tmp_path_factory, tensors, p
 def test_default_is_lossless_and_integers_stay_lossless(tmp_path):
     tensors = {"w": np.linspace(-1, 1, 50, dtype=np.float32).reshape(5, 10), "steps": np.arange(7, dtype=np.int64)}
     report = dcframe.compress(tensors, tmp_path / "m.dcf")
-    assert {t["pipeline"] for t in report["tensors"]} == {"bytegroup | zstd(level=1) | rans(scale_bits=14, lanes=1024)"}
+    assert {t["pipeline"] for t in report["tensors"]} == {"bytegroup | zstd(level=5) | rans(scale_bits=14, lanes=256)"}
     back = dcframe.decompress(tmp_path / "m.dcf")
     assert back["w"].array.tobytes() == tensors["w"].tobytes()
     assert back["steps"].array.tobytes() == tensors["steps"].tobytes()

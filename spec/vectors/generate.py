@@ -390,7 +390,7 @@ def generate(root: Path) -> None:
     for comp in ("zstd", "zlib", "lzma", "bz2"):
         g.add_valid(f"lossless-{comp}", lossless_mix, f"Every dtype, scalars and empty tensors through raw | {comp}.",
                     ["raw", comp, "dtype:all", "shape:scalar", "shape:empty"], pipeline=comp, lossless=True)
-    g.add_valid("preset-lossless", mixed_model(), "The lossless preset (bytegroup | zstd(level=1) | rans(lanes=1024)) "
+    g.add_valid("preset-lossless", mixed_model(), "The lossless preset (bytegroup | zstd(level=5) | rans(lanes=256)) "
                 "with user metadata and non-ASCII tensor names.", ["preset:lossless", "bytegroup", "zstd", "rans",
                 "metadata", "utf8-names"],
                 preset="lossless", metadata={"model": "tiny", "note": "über ✓"}, lossless=True)

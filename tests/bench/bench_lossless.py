@@ -1,0 +1,121 @@
+"""Lossless on a real transformer (issue 13 item 3): the `lossless` preset against zstd and ZipNN, same run.
+
+Run:  python tests/bench/bench_lossless.py [--dtypes F32 BF16 F16] [--chains "bytegroup | zstd(level=1) | rans" ...]
+The model is all-MiniLM-L6-v2 (22.7 M parameters, fetched and cached as tests/bench/bench_pretrained.py does), cast to
+each dtype (BF16 rounded to nearest even) and written as one .safetensors file. dcframe rows run the CLI in a
+subprocess (`dcframe compress --preset/-p`, then `dcframe decompress` to .safetensors), so their MB/s are wall clock of
+what a user runs, start-up and file I/O included, and every output is compared byte for byte with the input tensors.
+zstd rows compress the tensors' concatenated raw bytes in-process (python-zstandard); the ZipNN row (`pip install
+zipnn`, benchmark only) is its byte API on the same bytes, with its round trip checked too. Ratios: input tensor
+bytes / output bytes (a .dcf file's whole size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zstandard
+from bench_pretrained import fetch_model
+from safetensors.numpy import load_file
+
+from dcframe import Dense, read_model, write_model
+from dcframe.dtypes import f32_to_bf16
+from dcframe.orchestrator import as_dense
+
+OLD_LOSSLESS = "zstd(level=19)"  # the lossless preset before issue 13: its expansion, as a pipeline
+ZIPNN_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def cast(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """The model's float tensors in `dtype` (BF16 as its uint16 bit patterns)."""
+    if dtype == "BF16":
+        return {k: f32_to_bf16(v.astype(np.float32)) for k, v in tensors.items()}
+    return {k: v.astype({"F32": np.float32, "F16": np.float16}[dtype]) for k, v in tensors.items()}
+
+
+def write_input(tensors: dict[str, np.ndarray], dtype: str, path: Path) -> None:
+    """A .safetensors file of the tensors, BF16 ones stored as BF16."""
+    write_model(path, {k: Dense(v, dtype) if dtype == "BF16" else Dense.of(v) for k, v in tensors.items()})
+
+
+def dcli(*args: str) -> float:
+    """Run the dcframe CLI (quiet) and return its wall-clock seconds."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dcframe.cli", *args, "-q"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def dcframe_row(flags: list[str], source: Path, tensors: dict[str, np.ndarray], work: Path) -> tuple[int, float, float,
+                                                                                                   bool]:
+    """(bytes, compress s, decompress s, exact) of one chain through the CLI."""
+    out, back = work / "out.dcf", work / "back.safetensors"
+    enc = dcli("compress", str(source), "-o", str(out), "-f", *flags)
+    dec = dcli("decompress", str(out), "-o", str(back), "-f")
+    restored = read_model(back)
+    exact = all(as_dense(restored[k]).array.tobytes() == v.tobytes() for k, v in tensors.items())
+    return out.stat().st_size, enc, dec, exact
+
+
+def zstd_row(data: bytes, level: int) -> tuple[int, float, float, bool]:
+    start = time.perf_counter()
+    packed = zstandard.ZstdCompressor(level=level).compress(data)
+    mid = time.perf_counter()
+    back = zstandard.ZstdDecompressor().decompress(packed)
+    return len(packed), mid - start, time.perf_counter() - mid, back == data
+
+
+def zipnn_row(data: bytes, dtype: str) -> tuple[int, float, float, bool] | None:
+    try:
+        import zipnn
+    except ImportError:
+        return None
+    codec = zipnn.ZipNN(input_format="byte", bytearray_dtype=ZIPNN_DTYPES[dtype])
+    start = time.perf_counter()
+    packed = codec.compress(data)
+    mid = time.perf_counter()
+    back = bytes(codec.decompress(packed))
+    return len(packed), mid - start, time.perf_counter() - mid, back == data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtypes", nargs="+", default=["F32", "BF16", "F16"])
+    parser.add_argument("--chains", nargs="*", default=[], help="extra pipelines to measure beside the presets")
+    args = parser.parse_args()
+    model = load_file(str(fetch_model() / "model.safetensors"))
+    print("| dtype | method | ratio | vs ZipNN | compress MB/s | decompress MB/s | exact |")
+    print("|---|---|---|---|---|---|---|")
+    for dtype in args.dtypes:
+        tensors = cast(model, dtype)
+        data = b"".join(v.tobytes() for v in tensors.values())
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            source = work / "model.safetensors"
+            write_input(tensors, dtype, source)
+            rows = [("ZipNN (zipnn, byte API)", zipnn_row(data, dtype))]
+            rows += [("dcframe --preset lossless", dcframe_row(["--preset", "lossless"], source, tensors, work)),
+                     (f"dcframe -p '{OLD_LOSSLESS}' (old lossless)",
+                      dcframe_row(["-p", OLD_LOSSLESS], source, tensors, work))]
+            rows += [(f"dcframe -p '{c}'", dcframe_row(["-p", c], source, tensors, work)) for c in args.chains]
+            rows += [(f"zstd -{level} (raw bytes)", zstd_row(data, level)) for level in (3, 19)]
+        reference = rows[0][1]
+        ref_ratio = len(data) / reference[0] if reference else None
+        for name, result in rows:
+            if result is None:
+                print(f"| {dtype} | {name} | not installed | | | | |")
+                continue
+            size, enc, dec, exact = result
+            ratio = len(data) / size
+            versus = f"{ratio / ref_ratio:.4f}x" if ref_ratio else "n/a"
+            print(f"| {dtype} | {name} | {ratio:.4f} | {versus} | {len(data) / enc / 1e6:.1f} | "
+                  f"{len(data) / dec / 1e6:.1f} | {'yes' if exact else 'NO'} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
