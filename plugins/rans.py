@@ -18,6 +18,8 @@ import numpy as np
 from dcframe import Bytes, FormatError, Stage, Symbols, hookimpl
 from dcframe.streams import coder_symbols, declared_symbols
 
+from ._kernels import compiled
+
 MAX_ALPHABET = 1 << 16
 STATE_LOW = 1 << 16  # L: states live in [L, 2^32); the encoder's initial state and the decoder's final one
 MAX_STEPS = 1 << 16  # symbols per lane, so a decode takes at most this many numpy steps
@@ -143,10 +145,29 @@ def golomb_pack(values: np.ndarray, orders: np.ndarray) -> np.ndarray:
 def golomb_unpack(data: np.ndarray, start: int, pairs: int, orders: tuple[int, int],
                   what: str) -> tuple[np.ndarray, np.ndarray, int]:
     """Read `pairs` pairs of Exp-Golomb codes (orders[0], orders[1]) from byte `start`: return both value arrays and
-    the byte offset past the zero-padded last byte. Code starts come from pointer doubling over every bit position,
-    so the work is O(bits x log(pairs)) in numpy steps whatever the bytes hold; a code has at most MAX_WIDTH bits
-    after its leading 1."""
+    the byte offset past the zero-padded last byte. A code has at most MAX_WIDTH bits after its leading 1; the codes
+    are read from at most the bits `pairs` pairs of the longest codes take."""
     bits = np.unpackbits(data[start:start + -(-pairs * 2 * (2 * MAX_WIDTH + 1) // 8)], bitorder="little")
+    kernels = compiled()
+    if kernels is not None:
+        status, first, second, stop = kernels.golomb_pairs(bits, pairs, orders[0], orders[1], MAX_WIDTH)
+        found = None if status else (first, second, stop)
+    else:
+        found = _golomb_doubling(bits, pairs, orders)
+    if found is None:
+        raise FormatError(f"rans: {what}: the stream ends inside its codes, or a code is longer than allowed")
+    first, second, stop = found
+    nbytes = -(-stop // 8)
+    if np.any(bits[stop:8 * nbytes]):
+        raise FormatError(f"rans: {what}: the padding bits after the last code are not zero")
+    return first, second, start + nbytes
+
+
+def _golomb_doubling(bits: np.ndarray, pairs: int,
+                     orders: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """golomb_unpack's numpy path: code starts from pointer doubling over every bit position, so the work is
+    O(bits x log(pairs)) in numpy steps whatever the bytes hold. Both value arrays and the bit position past the
+    last code, or None if a code runs past the bits or is too long."""
     size = bits.size  # < 2^23: int32 positions keep the temporaries at about 20 bytes per table bit
     pos = np.arange(size + 2, dtype=np.int32)  # size + 1: "no code here", which maps to itself
     ones = np.flatnonzero(bits).astype(np.int32)
@@ -172,11 +193,8 @@ def golomb_unpack(data: np.ndarray, start: int, pairs: int, orders: tuple[int, i
     seconds = first[heads]
     stop = int(second[seconds[-1]])
     if stop > size or int(heads.max()) >= size or int(seconds.max()) >= size:
-        raise FormatError(f"rans: {what}: the stream ends inside its codes, or a code is longer than allowed")
-    nbytes = -(-stop // 8)
-    if np.any(bits[stop:8 * nbytes]):
-        raise FormatError(f"rans: {what}: the padding bits after the last code are not zero")
-    return value(heads, orders[0]), value(seconds, orders[1]), start + nbytes
+        return None
+    return value(heads, orders[0]), value(seconds, orders[1]), stop
 
 
 def choose_lanes(count: int, lanes: int) -> int:
@@ -229,6 +247,10 @@ class Rans(Stage):
 
 def _encode(symbols: np.ndarray, freq: np.ndarray, bits: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     """Run every lane backwards from state L; return the final states and the words in decoder read order."""
+    kernels = compiled()
+    if kernels is not None:
+        cum = np.cumsum(freq) - freq
+        return kernels.rans_encode(np.ascontiguousarray(symbols), freq, cum, bits, lanes, STATE_LOW)
     count = symbols.size
     steps = -(-count // lanes)
     last = count - (steps - 1) * lanes  # lanes holding a symbol in the last step
@@ -289,12 +311,22 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
     if int(x.min()) < STATE_LOW:
         raise FormatError(f"rans: a lane's state {int(x.min())} is below 2^16")
     nwords = rest // 2
-    words = np.zeros(nwords + lanes, dtype=np.int64)  # padded: one step reads at most `lanes` words
-    words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
     total = 1 << bits
     slot_sym = np.repeat(symbols, freq).astype(dtype)
     slot_freq = np.repeat(freq, freq)
     slot_bias = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(freq) - freq, freq)
+    kernels = compiled()
+    if kernels is not None:
+        out = np.empty(count, dtype=dtype)
+        words = np.zeros(nwords + lanes, dtype=np.int64)
+        words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
+        read = kernels.rans_decode(x, words, nwords, count, bits, slot_sym, slot_freq, slot_bias, out, STATE_LOW)
+        if read < 0:
+            raise FormatError(f"rans: the lanes need more than the stream's {nwords} words (truncated)")
+        _check_end(read, nwords, x)
+        return out
+    words = np.zeros(nwords + lanes, dtype=np.int64)  # padded: one step reads at most `lanes` words
+    words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
     out = np.empty((steps, lanes), dtype=dtype)
     last = count - (steps - 1) * lanes
     read = 0
@@ -312,11 +344,16 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
             if read > nwords:
                 raise FormatError(f"rans: the lanes need more than the stream's {nwords} words (truncated)")
         x[:a] = xs
+    _check_end(read, nwords, x)
+    return out.reshape(-1)[:count]
+
+
+def _check_end(read: int, nwords: int, x: np.ndarray) -> None:
+    """The decoder's exact end (spec: Decoding, last step): every word read, every lane back at state L."""
     if read != nwords:
         raise FormatError(f"rans: {nwords - read} of {nwords} words left unread")
     if np.any(x != STATE_LOW):
         raise FormatError("rans: a lane does not end in the encoder's initial state 2^16 (damaged stream)")
-    return out.reshape(-1)[:count]
 
 
 @hookimpl

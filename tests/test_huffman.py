@@ -9,6 +9,7 @@ import pytest
 from dcframe_plugins.huffman import LIMIT, Huffman, canonical_codes, choose_segment_size, limited_code_lengths
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_paths import available, coder_path
 from strategies import symbol_arrays
 
 from dcframe import Bytes, ConfigError, DcfError, FormatError, Symbols
@@ -57,7 +58,8 @@ def test_roundtrip_in_small_blocks(case, segment_size, lanes, block):
     saved = module.LANES, module.ENCODE_BLOCK
     module.LANES, module.ENCODE_BLOCK = lanes, block
     try:
-        data, _, decoded = roundtrip(Huffman(segment_size=segment_size), array, alphabet)
+        with coder_path("numpy"):  # the blocks are the numpy path's
+            data, _, decoded = roundtrip(Huffman(segment_size=segment_size), array, alphabet)
     finally:
         module.LANES, module.ENCODE_BLOCK = saved
     assert decoded.array.astype(np.uint64).tobytes() == array.astype(np.uint64).tobytes()
@@ -251,16 +253,19 @@ def test_hostile_sizes_do_not_allocate_much():
     import tracemalloc
 
     header = bytes([2, 0, 0, 0, 1, 1]) + (1 << 16).to_bytes(4, "little") + (4).to_bytes(4, "little")
-    tracemalloc.start()
-    try:
-        out = Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": 32, "alphabet": 2})
-        assert out.array.tobytes() == b"\1" * 32
-        for count in (33, 2**53 - 1):
-            with pytest.raises(FormatError):
-                Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": count, "alphabet": 2})
-        assert tracemalloc.get_traced_memory()[1] < 1 << 20
-    finally:
-        tracemalloc.stop()
+    for path in available():
+        Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": 32, "alphabet": 2})  # kernels compiled
+        tracemalloc.start()
+        try:
+            with coder_path(path):
+                out = Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": 32, "alphabet": 2})
+                assert out.array.tobytes() == b"\1" * 32
+                for count in (33, 2**53 - 1):
+                    with pytest.raises(FormatError):
+                        Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": count, "alphabet": 2})
+            assert tracemalloc.get_traced_memory()[1] < 1 << 20, path
+        finally:
+            tracemalloc.stop()
 
 
 def stored_segment_size(data: bytes) -> int:
@@ -301,12 +306,14 @@ def test_adaptive_segments_keep_side_information_small(count):
     assert side < 0.01 * bits / 8
 
 
-DECODE_PATHS = {  # module constants that force one decoder: scalar, one symbol per step, two per step
+DECODE_PATHS = {  # module constants that force one numpy decoder: scalar, one symbol per step, two per step
     "scalar": {"SCALAR_LANES": 1 << 30},
     "lockstep": {"SCALAR_LANES": 0, "PAIR_COUNT": 1 << 62},
     "pairs": {"SCALAR_LANES": 0, "PAIR_COUNT": 0, "PAIR_SHARE": 0.0, "PAIR_REPAIR": 1e9},
     "pairs, small budget": {"SCALAR_LANES": 0, "PAIR_COUNT": 0, "PAIR_SHARE": 0.0, "PAIR_REPAIR": 0.0},
 }
+if "numba" in available():
+    DECODE_PATHS["kernels"] = {}  # the compiled decoder (tests/test_kernels.py compares the two paths further)
 
 
 def decode_with(path: str, data: bytes, meta: dict) -> bytes | str:
@@ -316,9 +323,10 @@ def decode_with(path: str, data: bytes, meta: dict) -> bytes | str:
     try:
         for key, value in DECODE_PATHS[path].items():
             setattr(module, key, value)
-        return Huffman().decode({"data": Bytes(data)}, meta).array.tobytes()
-    except FormatError:
-        return "FormatError"
+        with coder_path("numba" if path == "kernels" else "numpy"):
+            return Huffman().decode({"data": Bytes(data)}, meta).array.tobytes()
+    except FormatError as exc:
+        return f"FormatError: {exc}"
     finally:
         for key, value in saved.items():
             setattr(module, key, value)
@@ -432,7 +440,8 @@ def test_long_segments_decode_in_memory_linear_in_the_symbols(nseg, measure):
     if measure:
         tracemalloc.start()
     try:
-        decoded = Huffman().decode(outputs, meta)
+        with coder_path("numpy"):  # the numpy path's scalar loop and lockstep
+            decoded = Huffman().decode(outputs, meta)
         peak = tracemalloc.get_traced_memory()[1] if measure else 0
     finally:
         tracemalloc.stop()
