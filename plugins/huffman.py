@@ -36,9 +36,11 @@ WANT_LANES = 2048  # at least this many segments, while segments stay at most `s
 SCALAR_LANES = 12  # fewer segments than this: a plain loop beats numpy calls over so few lanes (at most
 # 12 x MAX_SEGMENT symbols, so its cost stays bounded too)
 PAIR_BITS = 16  # window of the two-symbol decode table (2^16 four-byte entries)
-PAIR_SHARE = 0.9  # use it when at least this share of lookups (by the code's own distribution) yields two symbols
-PAIR_COUNT = 1 << 15  # ... and the stream is long enough to pay for building it
 PAIR_REPAIR = 1 / 64  # share of symbols the pair decoder may re-decode one at a time before it gives up
+PAIR_SHARE = 0.998  # use it when at least this share of lookups (by the code's own distribution) yields two symbols:
+# a lane's whole refill group (3-4 pairs) is repaired when one pair does not fit, so 1 - 0.998^4 < PAIR_REPAIR / 2
+# keeps the decoder inside its budget (at 0.9, 8-bit k-means indices, 93%, gave up on every stream after the work)
+PAIR_COUNT = 1 << 15  # ... and the stream is long enough to pay for building it
 ENCODE_BLOCK = 1 << 18  # about this many symbols (whole segments) are packed at a time, for the same reason
 
 

@@ -447,3 +447,23 @@ def test_long_segments_decode_in_memory_linear_in_the_symbols(nseg, measure):
         tracemalloc.stop()
     assert decoded.array.tobytes() == array.tobytes()
     assert peak < 16 * array.size + (8 << 20), f"decoding {array.size} symbols cost {peak} bytes"
+
+
+@pytest.mark.parametrize("levels, pairs", [(32, True), (256, False)])
+def test_pair_decoder_is_tried_only_where_it_keeps_its_repair_budget(monkeypatch, levels, pairs):
+    """Issue 13 item 4: PAIR_SHARE (0.9) let 8-bit k-means indices (93% of pairs fit the window) into the pair
+    decoder, which gave up on its repair budget every time and the stream was decoded again one symbol a step. The
+    share now follows from the budget; 5-bit indices (99.9%) still decode two symbols a step."""
+    import dcframe_plugins.huffman as module
+
+    calls = []
+    real = module._decode_pairs
+    monkeypatch.setattr(module, "_decode_pairs", lambda *a: calls.append(real(*a)) or calls[-1])
+    weights = np.random.default_rng(256).laplace(size=100_000)
+    centroids = np.linspace(weights.min(), weights.max(), levels)  # the paper's linear initialization
+    array = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, weights).astype(np.uint8)
+    outputs, meta = Huffman().encode(Symbols(array, levels))
+    with coder_path("numpy"):
+        assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
+    assert all(found is not None for found in calls), "the pair decoder gave up"
+    assert bool(calls) == pairs
