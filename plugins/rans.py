@@ -327,25 +327,34 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
     slot_sym = np.repeat(symbols, freq).astype(dtype)
     slot_freq = np.repeat(freq, freq)
     slot_bias = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(freq) - freq, freq)
+    words = np.zeros(nwords + lanes, dtype=np.int64)  # padded: one step reads at most `lanes` words
+    words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
     kernels = compiled()
     if kernels is not None:
         out = np.empty(count, dtype=dtype)
-        words = np.zeros(nwords + lanes, dtype=np.int64)
-        words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
         read = kernels.rans_decode(x, words, nwords, count, bits, slot_sym, slot_freq, slot_bias, out, STATE_LOW)
-        if read < 0:
-            raise FormatError(f"rans: the lanes need more than the stream's {nwords} words (truncated)")
-        _check_end(read, nwords, x)
-        return out
-    words = np.zeros(nwords + lanes, dtype=np.int64)  # padded: one step reads at most `lanes` words
-    words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
-    out = np.empty((steps, lanes), dtype=dtype)
-    last = count - (steps - 1) * lanes
+    else:
+        out, read = _decode_lanes(x, words, nwords, count, bits, slot_sym, slot_freq, slot_bias)
+    if read < 0:
+        raise FormatError(f"rans: the lanes need more than the stream's {nwords} words (truncated)")
+    _check_end(read, nwords, x)
+    return out
+
+
+def _decode_lanes(x: np.ndarray, words: np.ndarray, nwords: int, count: int, bits: int, slot_sym: np.ndarray,
+                  slot_freq: np.ndarray, slot_bias: np.ndarray) -> tuple[np.ndarray, int]:
+    """The numpy path: one step decodes one symbol of every lane (x updated in place); returns the symbols and the
+    words read, or -1 once a step needed more than `nwords` (as the kernel does). Plain expressions: on arrays of
+    a few dozen lanes they beat ufuncs with out= and np.take, whose argument handling costs more than the copies."""
+    lanes = x.size
+    steps = -(-count // lanes)
+    out = np.empty((steps, lanes), dtype=slot_sym.dtype)
+    mask = (1 << bits) - 1
     read = 0
     for t in range(steps):
-        a = lanes if t < steps - 1 else last
+        a = min(lanes, count - t * lanes)
         xs = x[:a]
-        slot = xs & (total - 1)
+        slot = xs & mask
         out[t, :a] = slot_sym[slot]
         xs = slot_freq[slot] * (xs >> bits) + slot_bias[slot]
         need = xs < STATE_LOW
@@ -354,10 +363,9 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
             xs[need] = (xs[need] << 16) | words[read:read + k]
             read += k
             if read > nwords:
-                raise FormatError(f"rans: the lanes need more than the stream's {nwords} words (truncated)")
+                return out.reshape(-1)[:count], -1
         x[:a] = xs
-    _check_end(read, nwords, x)
-    return out.reshape(-1)[:count]
+    return out.reshape(-1)[:count], read
 
 
 def _check_end(read: int, nwords: int, x: np.ndarray) -> None:
