@@ -3,7 +3,9 @@
 The kernels (`_numba_kernels`) need numba, the `fast` extra (pip install 'dcframe[fast]'); they are imported on the
 first encode or decode that wants them, never when dcframe or a stage module is imported. Both paths give the same
 bytes, the same symbols and the same errors. The environment variable DCFRAME_KERNELS chooses, read on every call:
-`auto` (default; numba when it imports), `numpy` (always the numpy path) or `numba` (a ConfigError if it is missing).
+`auto` (default): the kernels once a stream of IMPORT_MIN+ symbols has loaded them (importing numba and its cached
+kernels costs a process about 0.3-0.5 s of CPU, more than the numpy path spends on smaller streams), numpy before
+that or without numba; `numba`: the kernels for every stream (a ConfigError if they do not import); `numpy`: never.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dcframe import ConfigError
 
 ENV = "DCFRAME_KERNELS"
 CHOICES = ("auto", "numba", "numpy")
+IMPORT_MIN = 1 << 17  # symbols of the first stream worth importing numba for, under `auto`
 _module: ModuleType | None = None
 _missing: str | None = None  # why the kernels could not be imported, once that was tried
 
@@ -32,12 +35,17 @@ def _load() -> ModuleType | None:
     return _module
 
 
-def compiled() -> ModuleType | None:
-    """The compiled kernels to use now, or None for the numpy path (DCFRAME_KERNELS=numpy, or numba not installed)."""
+def installed() -> bool:
+    """Whether the kernels import here (numba installed and working)."""
+    return _load() is not None
+
+
+def compiled(symbols: int) -> ModuleType | None:
+    """The compiled kernels for a stream of `symbols` symbols, or None for the numpy path (see the module doc)."""
     choice = os.environ.get(ENV, "").strip().lower() or "auto"
     if choice not in CHOICES:
         raise ConfigError(f"{ENV}={choice!r} is not one of {', '.join(CHOICES)}")
-    if choice == "numpy":
+    if choice == "numpy" or (choice == "auto" and _module is None and symbols < IMPORT_MIN):
         return None
     module = _load()
     if module is None and choice == "numba":

@@ -150,7 +150,7 @@ class Huffman(Stage):
         codes, _ = canonical_codes(table)
         rev = bit_reverse(codes, table).astype(np.uint64)
         seg = choose_segment_size(count, int(np.dot(freq[used], table[used])), self.segment_size)
-        kernels = compiled()
+        kernels = compiled(count)
         if kernels is not None:
             payload, ends = kernels.huffman_pack(np.ascontiguousarray(symbols), table.astype(np.int64), rev, seg)
         else:
@@ -272,7 +272,7 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     words = np.zeros((plen + 23) >> 3, dtype="<u8")  # the payload, zero padded by at least 16 bytes
     buf = words.view(np.uint8)
     buf[:plen] = np.frombuffer(data, dtype=np.uint8, count=plen, offset=size - plen)
-    kernels = compiled()
+    kernels = compiled(count)
     if kernels is not None:
         out = np.empty(count, dtype=dtype)
         lut = kernels.huffman_table(lengths, ordered, codes, width)

@@ -160,7 +160,7 @@ def golomb_unpack(data: np.ndarray, start: int, pairs: int, orders: tuple[int, i
     the byte offset past the zero-padded last byte. A code has at most MAX_WIDTH bits after its leading 1; the codes
     are read from at most the bits `pairs` pairs of the longest codes take."""
     bits = np.unpackbits(data[start:start + -(-pairs * 2 * (2 * MAX_WIDTH + 1) // 8)], bitorder="little")
-    kernels = compiled()
+    kernels = compiled(pairs)  # under `auto`: the kernels if the stream's decoder has loaded them
     if kernels is not None:
         status, first, second, stop = kernels.golomb_pairs(bits, pairs, orders[0], orders[1], MAX_WIDTH)
         found = None if status else (first, second, stop)
@@ -259,7 +259,7 @@ class Rans(Stage):
 
 def _encode(symbols: np.ndarray, freq: np.ndarray, bits: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     """Run every lane backwards from state L; return the final states and the words in decoder read order."""
-    kernels = compiled()
+    kernels = compiled(symbols.size)
     if kernels is not None:
         cum = np.cumsum(freq) - freq
         return kernels.rans_encode(np.ascontiguousarray(symbols), freq, cum, bits, lanes, STATE_LOW)
@@ -293,6 +293,7 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
     size = data.size
     if size < 1:
         raise FormatError("rans: empty stream for a non-zero count")
+    kernels = compiled(count)  # first: under `auto`, a long stream loads them for its table too
     bits = int(data[0])
     if not 1 <= bits <= 16:
         raise FormatError(f"rans: scale bits {bits} outside 1..16")
@@ -329,7 +330,6 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
     slot_bias = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(freq) - freq, freq)
     words = np.zeros(nwords + lanes, dtype=np.int64)  # padded: one step reads at most `lanes` words
     words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
-    kernels = compiled()
     if kernels is not None:
         out = np.empty(count, dtype=dtype)
         read = kernels.rans_decode(x, words, nwords, count, bits, slot_sym, slot_freq, slot_bias, out, STATE_LOW)

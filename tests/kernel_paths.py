@@ -11,12 +11,7 @@ from dcframe_plugins import _kernels
 
 def available() -> tuple[str, ...]:
     """The paths this install can run: numpy always, numba with the `fast` extra."""
-    saved = os.environ.pop(_kernels.ENV, None)
-    try:
-        return ("numpy", "numba") if _kernels.compiled() is not None else ("numpy",)
-    finally:
-        if saved is not None:
-            os.environ[_kernels.ENV] = saved
+    return ("numpy", "numba") if _kernels.installed() else ("numpy",)
 
 
 @contextmanager

@@ -26,13 +26,11 @@ PATHS = ("numpy", "numba")
 @pytest.fixture(scope="module")
 def kernels():
     """The kernels module; CI installs the `fast` extra, so there a missing numba fails instead of skipping."""
-    os.environ.pop(_kernels.ENV, None)
-    module = _kernels.compiled()
-    if module is None:
+    if not _kernels.installed():
         if os.environ.get("CI"):
             pytest.fail("CI must test both paths: numba is missing (install the `fast` extra)")
         pytest.skip("numba is not installed (the `fast` extra): only the numpy path can run")
-    return module
+    return _kernels._load()
 
 
 def on_path(path: str, fn):
@@ -136,32 +134,42 @@ def test_rans_truncated_words_fail_alike(kernels):
 
 def test_environment_variable_chooses_the_path(monkeypatch):
     monkeypatch.setenv(_kernels.ENV, "numpy")
-    assert _kernels.compiled() is None
+    assert _kernels.compiled(1 << 30) is None
     monkeypatch.setenv(_kernels.ENV, "fortran")
     with pytest.raises(ConfigError, match="DCFRAME_KERNELS='fortran' is not one of auto, numba, numpy"):
-        _kernels.compiled()
+        _kernels.compiled(10)
     monkeypatch.setattr(_kernels, "_module", None)
     monkeypatch.setattr(_kernels, "_missing", "No module named 'numba'")
     monkeypatch.setenv(_kernels.ENV, "numba")
     with pytest.raises(ConfigError, match=r"numba, but the kernels do not import .*dcframe\[fast\]"):
-        _kernels.compiled()
+        _kernels.compiled(10)
     monkeypatch.setenv(_kernels.ENV, "auto")
-    assert _kernels.compiled() is None  # auto falls back to numpy
+    assert _kernels.compiled(1 << 30) is None  # auto falls back to numpy
     array = np.arange(100, dtype=np.uint8) % 7
     outputs, meta = Huffman().encode(Symbols(array, 7))
     assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
 
 
-def test_numba_is_imported_only_when_a_coder_runs():
-    """Importing dcframe and its stages (and listing them) must not pay numba's import; the first encode may."""
-    code = ("import sys, numpy as np, dcframe\n"
-            "from dcframe.registry import get_registry\n"
-            "assert 'huffman' in get_registry().stages\n"
-            "import dcframe_plugins.huffman as h, dcframe_plugins.rans\n"
-            "assert 'numba' not in sys.modules and 'dcframe_plugins._numba_kernels' not in sys.modules\n"
-            "h.Huffman().encode(dcframe.Symbols(np.zeros(5, np.uint8), 2))\n"
-            "print('numba' in sys.modules)\n")
+NUMBA_LOADED = """
+import sys, numpy as np, dcframe
+from dcframe.registry import get_registry
+assert 'huffman' in get_registry().stages
+import dcframe_plugins.huffman as h, dcframe_plugins.rans as r
+loaded = lambda: 'numba' in sys.modules or 'dcframe_plugins._numba_kernels' in sys.modules
+small = dcframe.Symbols(np.arange(1000, dtype=np.uint8) % 5, 5)
+h.Huffman().decode(*h.Huffman().encode(small)), r.Rans().decode(*r.Rans().encode(small))
+print(loaded())
+big = dcframe.Symbols(np.arange(1 << 17, dtype=np.uint8) % 5, 5)
+h.Huffman().encode(big)
+print(loaded())
+"""
+
+
+def test_numba_is_imported_only_for_a_long_stream():
+    """Importing dcframe and its stages, listing them and coding small streams never pays numba's import (about
+    0.3-0.5 s of CPU); under `auto` the first stream of IMPORT_MIN symbols loads the kernels, if installed."""
     env = {k: v for k, v in os.environ.items() if k != _kernels.ENV}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, "-c", NUMBA_LOADED], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(_kernels._load() is not None)
+    assert done.stdout.split() == ["False", str(_kernels.installed())]
+    assert _kernels.IMPORT_MIN == 1 << 17  # the script's long stream

@@ -58,8 +58,7 @@ def main() -> None:
     ap.add_argument("--time", type=float, default=0.3, help="seconds of repeats per figure (at least 3 runs)")
     args = ap.parse_args()
     saved = os.environ.get(_kernels.ENV)
-    os.environ[_kernels.ENV] = "auto"
-    paths = ["numpy"] + (["numba"] if _kernels.compiled() is not None else [])
+    paths = ["numpy"] + (["numba"] if _kernels.installed() else [])
     print("| symbols | alphabet | coder | path | encode M sym/s | encode / zstd -3 compress | decode M sym/s "
           "| decode / zstd -19 decompress |")
     print("|---|---|---|---|---|---|---|---|")
