@@ -11,6 +11,7 @@ that or without numba; `numba`: the kernels for every stream (a ConfigError if t
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 
 from dcframe import ConfigError
@@ -26,6 +27,9 @@ def _load() -> ModuleType | None:
     """The kernels module, imported once; None (and the reason kept) when numba is not there."""
     global _module, _missing
     if _module is None and _missing is None:
+        if sys.byteorder != "little":  # the kernels read the payload as native 64-bit words
+            _missing = "the kernels assume a little-endian machine"
+            return None
         try:
             from . import _numba_kernels
         except ImportError as exc:

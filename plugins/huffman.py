@@ -8,7 +8,8 @@ The code is built with package-merge (optimal under the length limit), stored as
 symbols are cut into segments of S symbols, each starting on a byte boundary. The encoder picks S per stream (at
 most `segment_size`, see `choose_segment_size`) so that mid-size streams still have hundreds of segments. The decoder
 runs every segment in lockstep: one numpy step decodes one symbol of every segment at once, or two for byte symbols
-(a 2^16-entry pair table); a stream of a few segments is decoded by a plain loop instead.
+(a 2^16-entry pair table); a stream of a few segments is decoded by a plain loop instead. With the `fast` extra,
+compiled kernels (`_kernels`) pack and decode instead, with the same bytes, symbols and errors.
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ def canonical_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, ordered
 
 
+_REV8 = np.array([int(f"{v:08b}"[::-1], 2) for v in range(256)], dtype=np.int64)  # each byte, bits reversed
+
+
 def bit_reverse(values: np.ndarray, widths: np.ndarray | int) -> np.ndarray:
-    """Reverse the low `widths` bits of each value (to store MSB-first codes in an LSB-first stream)."""
+    """Reverse the low `widths` bits of each value (to store MSB-first codes in an LSB-first stream); values and
+    widths up to LIMIT (16) bits: two byte lookups, a fixed cost of a few numpy calls per table."""
     values = values.astype(np.int64)
-    out = np.zeros_like(values)
-    for bit in range(LIMIT):
-        out |= ((values >> bit) & 1) << (LIMIT - 1 - bit)
-    return out >> (LIMIT - np.asarray(widths, dtype=np.int64))
+    rev16 = (_REV8[values & 0xFF] << 8) | _REV8[(values >> 8) & 0xFF]
+    return rev16 >> (LIMIT - np.asarray(widths, dtype=np.int64))
 
 
 def choose_segment_size(count: int, payload_bits: int, maximum: int) -> int:

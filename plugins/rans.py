@@ -8,7 +8,8 @@ The table holds, per used symbol, its gap to the previous one (Exp-Golomb order 
 bit-packed LSB-first and padded to a byte; the frequencies sum to 2^n. Symbol i goes to lane i mod K; every lane
 holds a 32-bit state in [2^16, 2^32) and renormalizes by 16-bit words, so one numpy step codes one symbol of every
 lane at once (encode runs the steps backwards). The encoder starts every lane at 2^16, so a decoder ends with every
-state at 2^16 and every word read.
+state at 2^16 and every word read. With the `fast` extra, compiled kernels (`_kernels`) run the lanes and read the
+table instead, with the same bytes, symbols and errors.
 """
 
 from __future__ import annotations

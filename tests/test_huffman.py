@@ -467,3 +467,14 @@ def test_pair_decoder_is_tried_only_where_it_keeps_its_repair_budget(monkeypatch
         assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
     assert all(found is not None for found in calls), "the pair decoder gave up"
     assert bool(calls) == pairs
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**16 - 1), st.integers(1, 16)), min_size=1, max_size=50))
+def test_bit_reverse_reverses_the_low_bits(cases):
+    """bit_reverse (two byte lookups since issue 13) against its definition: the low `width` bits, read backwards."""
+    from dcframe_plugins.huffman import bit_reverse
+
+    values, widths = (np.array(c) for c in zip(*cases, strict=True))
+    expected = [int(f"{v & ((1 << w) - 1):0{w}b}"[::-1], 2) for v, w in cases]
+    assert bit_reverse(values, widths).tolist() == expected
+    assert bit_reverse(np.arange(1 << 12), 12)[[1, 2, 3, 2048]].tolist() == [2048, 1024, 3072, 1]
