@@ -187,10 +187,17 @@ def golomb_pairs(bits: np.ndarray, pairs: int, order0: int, order1: int,
 def rans_encode(symbols: np.ndarray, freq: np.ndarray, cum: np.ndarray, bits: int, lanes: int,
                 low: int) -> tuple[np.ndarray, np.ndarray]:
     """Run every lane backwards from state `low`; return the final states and the words in decoder read order
-    (step by step, lane by lane: written from the back while the steps run backwards)."""
+    (step by step, lane by lane: written from the back while the steps run backwards).
+
+    state // f by a float multiply: state < 2^32, so state x (1/f) is within 1 of the quotient, and one correction
+    of the remainder makes it exact (a 64-bit division costs several times more)."""
     count = symbols.size
     x = np.full(lanes, low, dtype=np.int64)
     words = np.empty(count, dtype=np.uint16)  # a step emits at most one word per lane
+    inverse = np.zeros(freq.size)
+    for s in range(freq.size):
+        if freq[s]:
+            inverse[s] = 1.0 / freq[s]
     at = count
     last_row = ((count - 1) // lanes) * lanes
     for i0 in range(last_row, -1, -lanes):
@@ -202,5 +209,13 @@ def rans_encode(symbols: np.ndarray, freq: np.ndarray, cum: np.ndarray, bits: in
                 at -= 1
                 words[at] = state & 0xFFFF
                 state >>= 16
-            x[j] = ((state // f) << bits) + state % f + cum[s]
+            q = np.int64(state * inverse[s])
+            r = state - q * f
+            if r >= f:
+                q += 1
+                r -= f
+            elif r < 0:
+                q -= 1
+                r += f
+            x[j] = (q << bits) + r + cum[s]
     return x, words[at:]
