@@ -32,8 +32,8 @@ def _load() -> ModuleType | None:
             return None
         try:
             from . import _numba_kernels
-        except ImportError as exc:
-            _missing = str(exc)
+        except Exception as exc:  # not installed, or broken (ImportError, OSError from llvmlite, MemoryError under
+            _missing = f"{type(exc).__name__}: {exc}"  # an address-space limit): the numpy path does the same work
         else:
             _module = _numba_kernels
     return _module
