@@ -8,7 +8,8 @@ The code is built with package-merge (optimal under the length limit), stored as
 symbols are cut into segments of S symbols, each starting on a byte boundary. The encoder picks S per stream (at
 most `segment_size`, see `choose_segment_size`) so that mid-size streams still have hundreds of segments. The decoder
 runs every segment in lockstep: one numpy step decodes one symbol of every segment at once, or two for byte symbols
-(a 2^16-entry pair table); a stream of a few segments is decoded by a plain loop instead.
+(a 2^16-entry pair table); a stream of a few segments is decoded by a plain loop instead. With the `fast` extra,
+compiled kernels (`_kernels`) pack and decode instead, with the same bytes, symbols and errors.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 
 from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, hookimpl
 from dcframe.streams import coder_symbols, declared_symbols
+
+from ._kernels import compiled
 
 LIMIT = 16  # the longest code a decoder accepts
 MAX_ALPHABET = 1 << 16
@@ -34,9 +37,11 @@ WANT_LANES = 2048  # at least this many segments, while segments stay at most `s
 SCALAR_LANES = 12  # fewer segments than this: a plain loop beats numpy calls over so few lanes (at most
 # 12 x MAX_SEGMENT symbols, so its cost stays bounded too)
 PAIR_BITS = 16  # window of the two-symbol decode table (2^16 four-byte entries)
-PAIR_SHARE = 0.9  # use it when at least this share of lookups (by the code's own distribution) yields two symbols
-PAIR_COUNT = 1 << 15  # ... and the stream is long enough to pay for building it
 PAIR_REPAIR = 1 / 64  # share of symbols the pair decoder may re-decode one at a time before it gives up
+PAIR_SHARE = 0.998  # use it when at least this share of lookups (by the code's own distribution) yields two symbols:
+# a lane's whole refill group (3-4 pairs) is repaired when one pair does not fit, so 1 - 0.998^4 < PAIR_REPAIR / 2
+# keeps the decoder inside its budget (at 0.9, 8-bit k-means indices, 93%, gave up on every stream after the work)
+PAIR_COUNT = 1 << 15  # ... and the stream is long enough to pay for building it
 ENCODE_BLOCK = 1 << 18  # about this many symbols (whole segments) are packed at a time, for the same reason
 
 
@@ -94,13 +99,15 @@ def canonical_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, ordered
 
 
+_REV8 = np.array([int(f"{v:08b}"[::-1], 2) for v in range(256)], dtype=np.int64)  # each byte, bits reversed
+
+
 def bit_reverse(values: np.ndarray, widths: np.ndarray | int) -> np.ndarray:
-    """Reverse the low `widths` bits of each value (to store MSB-first codes in an LSB-first stream)."""
+    """Reverse the low `widths` bits of each value (to store MSB-first codes in an LSB-first stream); values and
+    widths up to LIMIT (16) bits: two byte lookups, a fixed cost of a few numpy calls per table."""
     values = values.astype(np.int64)
-    out = np.zeros_like(values)
-    for bit in range(LIMIT):
-        out |= ((values >> bit) & 1) << (LIMIT - 1 - bit)
-    return out >> (LIMIT - np.asarray(widths, dtype=np.int64))
+    rev16 = (_REV8[values & 0xFF] << 8) | _REV8[(values >> 8) & 0xFF]
+    return rev16 >> (LIMIT - np.asarray(widths, dtype=np.int64))
 
 
 def choose_segment_size(count: int, payload_bits: int, maximum: int) -> int:
@@ -146,7 +153,11 @@ class Huffman(Stage):
         codes, _ = canonical_codes(table)
         rev = bit_reverse(codes, table).astype(np.uint64)
         seg = choose_segment_size(count, int(np.dot(freq[used], table[used])), self.segment_size)
-        payload, ends = _pack(symbols, table, rev, seg)
+        kernels = compiled(count)
+        if kernels is not None:
+            payload, ends = kernels.huffman_pack(np.ascontiguousarray(symbols), table.astype(np.int64), rev, seg)
+        else:
+            payload, ends = _pack(symbols, table, rev, seg)
         if payload.size > MAX_PAYLOAD:
             raise ConfigError(f"huffman: payload of {payload.size} bytes exceeds 2^32 - 1; split the tensor")
         parts = [np.array([table.size], "<u4").tobytes(), table.tobytes(),
@@ -259,28 +270,18 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     sizes = ends - starts
     if np.any(sizes < (nsyms * min_len + 7) >> 3) or np.any(sizes > (nsyms * max_len + 7) >> 3):
         raise FormatError("huffman: segment offsets are not increasing or do not match the segment symbol counts")
-    # decode tables over a window of max_len bits, first stream bit = least significant bit of the index
     codes, ordered = canonical_codes(lengths)
     width = max_len
-    msb_sym = np.repeat(ordered, np.left_shift(1, width - lengths[ordered]))
-    msb_len = np.repeat(lengths[ordered], np.left_shift(1, width - lengths[ordered]))
-    if msb_sym.size < 1 << width:  # only the single-symbol table is incomplete: mark the rest invalid (length 0)
-        msb_sym = np.concatenate([msb_sym, np.zeros((1 << width) - msb_sym.size, dtype=np.int64)])
-        msb_len = np.concatenate([msb_len, np.zeros((1 << width) - msb_len.size, dtype=np.int64)])
-    idx = bit_reverse(np.arange(1 << width, dtype=np.int64), width)
-    lut_sym = msb_sym[idx].astype(dtype)
-    lut_len = msb_len[idx].astype(np.int64)
-    buf = np.zeros(plen + 16, dtype=np.uint8)
+    words = np.zeros((plen + 23) >> 3, dtype="<u8")  # the payload, zero padded by at least 16 bytes
+    buf = words.view(np.uint8)
     buf[:plen] = np.frombuffer(data, dtype=np.uint8, count=plen, offset=size - plen)
-    if nseg < SCALAR_LANES:
-        out, end_pos = _decode_scalar(buf, starts, nsyms, lut_sym, lut_len, width, dtype)
+    kernels = compiled(count)
+    if kernels is not None:
+        out = np.empty(count, dtype=dtype)
+        lut = kernels.huffman_table(lengths, ordered, codes, width)
+        end_pos = kernels.huffman_decode(words, starts, nsyms, seg, lut, width, out)
     else:
-        lut2 = _pair_table(lut_sym, lut_len, width) if dtype == np.uint8 and count >= PAIR_COUNT else None
-        found = None if lut2 is None else _decode_pairs(buf, starts, ends, nsyms, seg, count, lut2, lut_sym, lut_len,
-                                                         width, lengths)
-        if found is None:  # no pair table, or too many pairs needed repair (hostile or odd streams)
-            found = _decode_lockstep(buf, starts, ends, nsyms, seg, count, lut_sym, lut_len, width, dtype)
-        out, end_pos = found
+        out, end_pos = _decode_numpy(buf, starts, ends, nsyms, seg, count, lengths, codes, ordered, width, dtype)
     # exact bit consumption: every segment ends inside its last byte, and the padding bits above are zero
     last_byte = ends - 1
     used_bits = end_pos - 8 * last_byte
@@ -289,6 +290,30 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     if np.any(buf[last_byte].astype(np.int64) >> used_bits):
         raise FormatError("huffman: a segment's padding bits are not zero or hold an invalid code")
     return out
+
+
+def _decode_numpy(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
+                  lengths: np.ndarray, codes: np.ndarray, ordered: np.ndarray, width: int,
+                  dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy decoders: a plain loop over few segments, else lockstep steps (two byte symbols a step if that
+    pays); returns the symbols and every segment's end bit position."""
+    # decode tables over a window of max_len bits, first stream bit = least significant bit of the index
+    msb_sym = np.repeat(ordered, np.left_shift(1, width - lengths[ordered]))
+    msb_len = np.repeat(lengths[ordered], np.left_shift(1, width - lengths[ordered]))
+    if msb_sym.size < 1 << width:  # only the single-symbol table is incomplete: mark the rest invalid (length 0)
+        msb_sym = np.concatenate([msb_sym, np.zeros((1 << width) - msb_sym.size, dtype=np.int64)])
+        msb_len = np.concatenate([msb_len, np.zeros((1 << width) - msb_len.size, dtype=np.int64)])
+    idx = bit_reverse(np.arange(1 << width, dtype=np.int64), width)
+    lut_sym = msb_sym[idx].astype(dtype)
+    lut_len = msb_len[idx].astype(np.int64)
+    if starts.size < SCALAR_LANES:
+        return _decode_scalar(buf, starts, nsyms, lut_sym, lut_len, width, dtype)
+    lut2 = _pair_table(lut_sym, lut_len, width) if dtype == np.uint8 and count >= PAIR_COUNT else None
+    found = None if lut2 is None else _decode_pairs(buf, starts, ends, nsyms, seg, count, lut2, lut_sym, lut_len,
+                                                     width, lengths)
+    if found is None:  # no pair table, or too many pairs needed repair (hostile or odd streams)
+        found = _decode_lockstep(buf, starts, ends, nsyms, seg, count, lut_sym, lut_len, width, dtype)
+    return found
 
 
 def _lane_blocks(starts: np.ndarray, ends: np.ndarray, steps: int) -> Iterator[tuple[int, int]]:

@@ -8,7 +8,8 @@ The table holds, per used symbol, its gap to the previous one (Exp-Golomb order 
 bit-packed LSB-first and padded to a byte; the frequencies sum to 2^n. Symbol i goes to lane i mod K; every lane
 holds a 32-bit state in [2^16, 2^32) and renormalizes by 16-bit words, so one numpy step codes one symbol of every
 lane at once (encode runs the steps backwards). The encoder starts every lane at 2^16, so a decoder ends with every
-state at 2^16 and every word read.
+state at 2^16 and every word read. With the `fast` extra, compiled kernels (`_kernels`) run the lanes and read the
+table instead, with the same bytes, symbols and errors.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 
 from dcframe import Bytes, FormatError, Stage, Symbols, hookimpl
 from dcframe.streams import coder_symbols, declared_symbols
+
+from ._kernels import compiled
 
 MAX_ALPHABET = 1 << 16
 STATE_LOW = 1 << 16  # L: states live in [L, 2^32); the encoder's initial state and the decoder's final one
@@ -44,16 +47,27 @@ def normalize(counts: np.ndarray, bits: int) -> np.ndarray:
     symbol while a move lowers the cost (at a fixed point no move does: the optimum, the cost being convex in each
     frequency). Needs counts.size <= 2^bits.
     """
-    total = 1 << bits
+    return normalize_all(counts, [bits])[0]
+
+
+def normalize_all(counts: np.ndarray, bits: list[int]) -> list[np.ndarray]:
+    """`normalize(counts, b)` for every b in `bits`, the bisections of all run together (one numpy step each for
+    every total): the same floating-point operations per total, so the same frequencies, in far fewer calls."""
+    totals = np.left_shift(1, np.array(bits, dtype=np.int64))
     share = counts.astype(np.float64) / float(counts.sum())
-    lo, hi = 0.0, 2.0 * total + 1  # fill(lo) sums to counts.size <= total; fill(hi) to more than total
+    lo = np.zeros(totals.size)
+    hi = 2.0 * totals + 1  # fill(lo) sums to counts.size <= total; fill(hi) to more than total
     for _ in range(64):
         mid = (lo + hi) / 2
-        if np.maximum(1, np.floor(share * mid)).sum() <= total:
-            lo = mid
-        else:
-            hi = mid
-    freq = np.maximum(1, np.floor(share * lo)).astype(np.int64)
+        fits = np.maximum(1, np.floor(share * mid[:, None])).sum(axis=1) <= totals  # sums of integers: exact
+        lo = np.where(fits, mid, lo)
+        hi = np.where(fits, hi, mid)
+    fills = np.maximum(1, np.floor(share * lo[:, None])).astype(np.int64)
+    return [_settle(counts, fill, int(total)) for fill, total in zip(fills, totals, strict=True)]
+
+
+def _settle(counts: np.ndarray, freq: np.ndarray, total: int) -> np.ndarray:
+    """normalize's last two steps: hand out the units left over, then move single units while that lowers the cost."""
     while (left := total - int(freq.sum())) > 0:  # one round in practice: fewer units left than symbols
         gain = counts * np.log2((freq + 1) / freq)
         freq[np.argsort(-gain, kind="stable")[:left]] += 1
@@ -103,8 +117,8 @@ def choose_scale(counts: np.ndarray, scale_bits: int) -> tuple[int, np.ndarray]:
     `scale_bits` giving the smallest table plus ideal code size; more precision costs table bytes on short streams."""
     low = max(1, int(counts.size - 1).bit_length())
     best = None
-    for bits in range(low, max(low, scale_bits) + 1):
-        freq = normalize(counts, bits)
+    candidates = list(range(low, max(low, scale_bits) + 1))
+    for bits, freq in zip(candidates, normalize_all(counts, candidates), strict=True):
         cost = float(np.dot(counts, bits - np.log2(freq))) / 8 + best_order(freq - 1)[1] / 8
         if best is None or cost < best[0]:
             best = (cost, bits, freq)
@@ -118,9 +132,10 @@ def _golomb_widths(values: np.ndarray, order: np.ndarray | int) -> np.ndarray:
 
 def best_order(values: np.ndarray) -> tuple[int, int]:
     """The Exp-Golomb order 0..MAX_ORDER coding `values` in the fewest bits, and those bits."""
-    costs = [int(np.sum(2 * _golomb_widths(values, k) - k + 1)) for k in range(MAX_ORDER + 1)]
+    orders = np.arange(MAX_ORDER + 1)
+    costs = (2 * _golomb_widths(values[None, :], orders[:, None]) - orders[:, None] + 1).sum(axis=1)  # every order
     k = int(np.argmin(costs))
-    return k, costs[k]
+    return k, int(costs[k])
 
 
 def golomb_pack(values: np.ndarray, orders: np.ndarray) -> np.ndarray:
@@ -143,10 +158,29 @@ def golomb_pack(values: np.ndarray, orders: np.ndarray) -> np.ndarray:
 def golomb_unpack(data: np.ndarray, start: int, pairs: int, orders: tuple[int, int],
                   what: str) -> tuple[np.ndarray, np.ndarray, int]:
     """Read `pairs` pairs of Exp-Golomb codes (orders[0], orders[1]) from byte `start`: return both value arrays and
-    the byte offset past the zero-padded last byte. Code starts come from pointer doubling over every bit position,
-    so the work is O(bits x log(pairs)) in numpy steps whatever the bytes hold; a code has at most MAX_WIDTH bits
-    after its leading 1."""
+    the byte offset past the zero-padded last byte. A code has at most MAX_WIDTH bits after its leading 1; the codes
+    are read from at most the bits `pairs` pairs of the longest codes take."""
     bits = np.unpackbits(data[start:start + -(-pairs * 2 * (2 * MAX_WIDTH + 1) // 8)], bitorder="little")
+    kernels = compiled(pairs)  # under `auto`: the kernels if the stream's decoder has loaded them
+    if kernels is not None:
+        status, first, second, stop = kernels.golomb_pairs(bits, pairs, orders[0], orders[1], MAX_WIDTH)
+        found = None if status else (first, second, stop)
+    else:
+        found = _golomb_doubling(bits, pairs, orders)
+    if found is None:
+        raise FormatError(f"rans: {what}: the stream ends inside its codes, or a code is longer than allowed")
+    first, second, stop = found
+    nbytes = -(-stop // 8)
+    if np.any(bits[stop:8 * nbytes]):
+        raise FormatError(f"rans: {what}: the padding bits after the last code are not zero")
+    return first, second, start + nbytes
+
+
+def _golomb_doubling(bits: np.ndarray, pairs: int,
+                     orders: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """golomb_unpack's numpy path: code starts from pointer doubling over every bit position, so the work is
+    O(bits x log(pairs)) in numpy steps whatever the bytes hold. Both value arrays and the bit position past the
+    last code, or None if a code runs past the bits or is too long."""
     size = bits.size  # < 2^23: int32 positions keep the temporaries at about 20 bytes per table bit
     pos = np.arange(size + 2, dtype=np.int32)  # size + 1: "no code here", which maps to itself
     ones = np.flatnonzero(bits).astype(np.int32)
@@ -172,11 +206,8 @@ def golomb_unpack(data: np.ndarray, start: int, pairs: int, orders: tuple[int, i
     seconds = first[heads]
     stop = int(second[seconds[-1]])
     if stop > size or int(heads.max()) >= size or int(seconds.max()) >= size:
-        raise FormatError(f"rans: {what}: the stream ends inside its codes, or a code is longer than allowed")
-    nbytes = -(-stop // 8)
-    if np.any(bits[stop:8 * nbytes]):
-        raise FormatError(f"rans: {what}: the padding bits after the last code are not zero")
-    return value(heads, orders[0]), value(seconds, orders[1]), start + nbytes
+        return None
+    return value(heads, orders[0]), value(seconds, orders[1]), stop
 
 
 def choose_lanes(count: int, lanes: int) -> int:
@@ -229,6 +260,10 @@ class Rans(Stage):
 
 def _encode(symbols: np.ndarray, freq: np.ndarray, bits: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     """Run every lane backwards from state L; return the final states and the words in decoder read order."""
+    kernels = compiled(symbols.size)
+    if kernels is not None:
+        cum = np.cumsum(freq) - freq
+        return kernels.rans_encode(np.ascontiguousarray(symbols), freq, cum, bits, lanes, STATE_LOW)
     count = symbols.size
     steps = -(-count // lanes)
     last = count - (steps - 1) * lanes  # lanes holding a symbol in the last step
@@ -259,6 +294,7 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
     size = data.size
     if size < 1:
         raise FormatError("rans: empty stream for a non-zero count")
+    kernels = compiled(count)  # first: under `auto`, a long stream loads them for its table too
     bits = int(data[0])
     if not 1 <= bits <= 16:
         raise FormatError(f"rans: scale bits {bits} outside 1..16")
@@ -289,19 +325,37 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
     if int(x.min()) < STATE_LOW:
         raise FormatError(f"rans: a lane's state {int(x.min())} is below 2^16")
     nwords = rest // 2
-    words = np.zeros(nwords + lanes, dtype=np.int64)  # padded: one step reads at most `lanes` words
-    words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
     total = 1 << bits
     slot_sym = np.repeat(symbols, freq).astype(dtype)
     slot_freq = np.repeat(freq, freq)
     slot_bias = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(freq) - freq, freq)
-    out = np.empty((steps, lanes), dtype=dtype)
-    last = count - (steps - 1) * lanes
+    words = np.zeros(nwords + lanes, dtype=np.int64)  # padded: one step reads at most `lanes` words
+    words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
+    if kernels is not None:
+        out = np.empty(count, dtype=dtype)
+        read = kernels.rans_decode(x, words, nwords, count, bits, slot_sym, slot_freq, slot_bias, out, STATE_LOW)
+    else:
+        out, read = _decode_lanes(x, words, nwords, count, bits, slot_sym, slot_freq, slot_bias)
+    if read < 0:
+        raise FormatError(f"rans: the lanes need more than the stream's {nwords} words (truncated)")
+    _check_end(read, nwords, x)
+    return out
+
+
+def _decode_lanes(x: np.ndarray, words: np.ndarray, nwords: int, count: int, bits: int, slot_sym: np.ndarray,
+                  slot_freq: np.ndarray, slot_bias: np.ndarray) -> tuple[np.ndarray, int]:
+    """The numpy path: one step decodes one symbol of every lane (x updated in place); returns the symbols and the
+    words read, or -1 once a step needed more than `nwords` (as the kernel does). Plain expressions: on arrays of
+    a few dozen lanes they beat ufuncs with out= and np.take, whose argument handling costs more than the copies."""
+    lanes = x.size
+    steps = -(-count // lanes)
+    out = np.empty((steps, lanes), dtype=slot_sym.dtype)
+    mask = (1 << bits) - 1
     read = 0
     for t in range(steps):
-        a = lanes if t < steps - 1 else last
+        a = min(lanes, count - t * lanes)
         xs = x[:a]
-        slot = xs & (total - 1)
+        slot = xs & mask
         out[t, :a] = slot_sym[slot]
         xs = slot_freq[slot] * (xs >> bits) + slot_bias[slot]
         need = xs < STATE_LOW
@@ -310,13 +364,17 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
             xs[need] = (xs[need] << 16) | words[read:read + k]
             read += k
             if read > nwords:
-                raise FormatError(f"rans: the lanes need more than the stream's {nwords} words (truncated)")
+                return out.reshape(-1)[:count], -1
         x[:a] = xs
+    return out.reshape(-1)[:count], read
+
+
+def _check_end(read: int, nwords: int, x: np.ndarray) -> None:
+    """The decoder's exact end (spec: Decoding, last step): every word read, every lane back at state L."""
     if read != nwords:
         raise FormatError(f"rans: {nwords - read} of {nwords} words left unread")
     if np.any(x != STATE_LOW):
         raise FormatError("rans: a lane does not end in the encoder's initial state 2^16 (damaged stream)")
-    return out.reshape(-1)[:count]
 
 
 @hookimpl

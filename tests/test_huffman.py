@@ -9,6 +9,7 @@ import pytest
 from dcframe_plugins.huffman import LIMIT, Huffman, canonical_codes, choose_segment_size, limited_code_lengths
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_paths import available, coder_path
 from strategies import symbol_arrays
 
 from dcframe import Bytes, ConfigError, DcfError, FormatError, Symbols
@@ -57,7 +58,8 @@ def test_roundtrip_in_small_blocks(case, segment_size, lanes, block):
     saved = module.LANES, module.ENCODE_BLOCK
     module.LANES, module.ENCODE_BLOCK = lanes, block
     try:
-        data, _, decoded = roundtrip(Huffman(segment_size=segment_size), array, alphabet)
+        with coder_path("numpy"):  # the blocks are the numpy path's
+            data, _, decoded = roundtrip(Huffman(segment_size=segment_size), array, alphabet)
     finally:
         module.LANES, module.ENCODE_BLOCK = saved
     assert decoded.array.astype(np.uint64).tobytes() == array.astype(np.uint64).tobytes()
@@ -251,16 +253,20 @@ def test_hostile_sizes_do_not_allocate_much():
     import tracemalloc
 
     header = bytes([2, 0, 0, 0, 1, 1]) + (1 << 16).to_bytes(4, "little") + (4).to_bytes(4, "little")
-    tracemalloc.start()
-    try:
-        out = Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": 32, "alphabet": 2})
-        assert out.array.tobytes() == b"\1" * 32
-        for count in (33, 2**53 - 1):
-            with pytest.raises(FormatError):
-                Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": count, "alphabet": 2})
-        assert tracemalloc.get_traced_memory()[1] < 1 << 20
-    finally:
-        tracemalloc.stop()
+    for path in available():
+        with coder_path(path):  # the kernels loaded (and compiled) outside the measurement
+            Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": 32, "alphabet": 2})
+        tracemalloc.start()
+        try:
+            with coder_path(path):
+                out = Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": 32, "alphabet": 2})
+                assert out.array.tobytes() == b"\1" * 32
+                for count in (33, 2**53 - 1):
+                    with pytest.raises(FormatError):
+                        Huffman().decode({"data": Bytes(header + b"\xff" * 4)}, {"count": count, "alphabet": 2})
+            assert tracemalloc.get_traced_memory()[1] < 1 << 20, path
+        finally:
+            tracemalloc.stop()
 
 
 def stored_segment_size(data: bytes) -> int:
@@ -301,12 +307,14 @@ def test_adaptive_segments_keep_side_information_small(count):
     assert side < 0.01 * bits / 8
 
 
-DECODE_PATHS = {  # module constants that force one decoder: scalar, one symbol per step, two per step
+DECODE_PATHS = {  # module constants that force one numpy decoder: scalar, one symbol per step, two per step
     "scalar": {"SCALAR_LANES": 1 << 30},
     "lockstep": {"SCALAR_LANES": 0, "PAIR_COUNT": 1 << 62},
     "pairs": {"SCALAR_LANES": 0, "PAIR_COUNT": 0, "PAIR_SHARE": 0.0, "PAIR_REPAIR": 1e9},
     "pairs, small budget": {"SCALAR_LANES": 0, "PAIR_COUNT": 0, "PAIR_SHARE": 0.0, "PAIR_REPAIR": 0.0},
 }
+if "numba" in available():
+    DECODE_PATHS["kernels"] = {}  # the compiled decoder (tests/test_kernels.py compares the two paths further)
 
 
 def decode_with(path: str, data: bytes, meta: dict) -> bytes | str:
@@ -316,9 +324,10 @@ def decode_with(path: str, data: bytes, meta: dict) -> bytes | str:
     try:
         for key, value in DECODE_PATHS[path].items():
             setattr(module, key, value)
-        return Huffman().decode({"data": Bytes(data)}, meta).array.tobytes()
-    except FormatError:
-        return "FormatError"
+        with coder_path("numba" if path == "kernels" else "numpy"):
+            return Huffman().decode({"data": Bytes(data)}, meta).array.tobytes()
+    except FormatError as exc:
+        return f"FormatError: {exc}"
     finally:
         for key, value in saved.items():
             setattr(module, key, value)
@@ -432,9 +441,41 @@ def test_long_segments_decode_in_memory_linear_in_the_symbols(nseg, measure):
     if measure:
         tracemalloc.start()
     try:
-        decoded = Huffman().decode(outputs, meta)
+        with coder_path("numpy"):  # the numpy path's scalar loop and lockstep
+            decoded = Huffman().decode(outputs, meta)
         peak = tracemalloc.get_traced_memory()[1] if measure else 0
     finally:
         tracemalloc.stop()
     assert decoded.array.tobytes() == array.tobytes()
     assert peak < 16 * array.size + (8 << 20), f"decoding {array.size} symbols cost {peak} bytes"
+
+
+@pytest.mark.parametrize("levels, pairs", [(32, True), (256, False)])
+def test_pair_decoder_is_tried_only_where_it_keeps_its_repair_budget(monkeypatch, levels, pairs):
+    """Issue 13 item 4: PAIR_SHARE (0.9) let 8-bit k-means indices (93% of pairs fit the window) into the pair
+    decoder, which gave up on its repair budget every time and the stream was decoded again one symbol a step. The
+    share now follows from the budget; 5-bit indices (99.9%) still decode two symbols a step."""
+    import dcframe_plugins.huffman as module
+
+    calls = []
+    real = module._decode_pairs
+    monkeypatch.setattr(module, "_decode_pairs", lambda *a: calls.append(real(*a)) or calls[-1])
+    weights = np.random.default_rng(256).laplace(size=100_000)
+    centroids = np.linspace(weights.min(), weights.max(), levels)  # the paper's linear initialization
+    array = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, weights).astype(np.uint8)
+    outputs, meta = Huffman().encode(Symbols(array, levels))
+    with coder_path("numpy"):
+        assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
+    assert all(found is not None for found in calls), "the pair decoder gave up"
+    assert bool(calls) == pairs
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**16 - 1), st.integers(1, 16)), min_size=1, max_size=50))
+def test_bit_reverse_reverses_the_low_bits(cases):
+    """bit_reverse (two byte lookups since issue 13) against its definition: the low `width` bits, read backwards."""
+    from dcframe_plugins.huffman import bit_reverse
+
+    values, widths = (np.array(c) for c in zip(*cases, strict=True))
+    expected = [int(f"{v & ((1 << w) - 1):0{w}b}"[::-1], 2) for v, w in cases]
+    assert bit_reverse(values, widths).tolist() == expected
+    assert bit_reverse(np.arange(1 << 12), 12)[[1, 2, 3, 2048]].tolist() == [2048, 1024, 3072, 1]

@@ -7,6 +7,7 @@ from dcframe_plugins.kmeans import Kmeans
 from dcframe_plugins.rans import MAX_STEPS, Rans, choose_lanes, golomb_pack, golomb_unpack, normalize
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_paths import available, coder_path
 from strategies import symbol_arrays
 
 from dcframe import Bytes, ConfigError, Dense, FormatError, LimitError, Symbols
@@ -166,15 +167,19 @@ def test_table_symbol_beyond_the_alphabet():
 def test_golomb_codes_round_trip(pairs, order, tail):
     values = np.array(pairs).reshape(-1)
     packed = golomb_pack(values, np.tile([0, order], len(pairs)))
-    first, second, end = golomb_unpack(np.frombuffer(packed.tobytes() + tail, np.uint8), 0, len(pairs), (0, order), "t")
-    assert end == packed.size and np.array_equal(np.column_stack([first, second]).reshape(-1), values)
+    for path in available():
+        with coder_path(path):
+            first, second, end = golomb_unpack(np.frombuffer(packed.tobytes() + tail, np.uint8), 0, len(pairs),
+                                               (0, order), "t")
+        assert end == packed.size and np.array_equal(np.column_stack([first, second]).reshape(-1), values), path
 
 
 def test_table_codes_and_size_are_bounded():
     """A code of more than 16 bits after its 1 is refused, and so is a table of more symbols than the count."""
     long_code = golomb_pack(np.array([0, 1 << 17]), np.array([0, 0]))  # 2^17 + 1 has 17 bits after its top 1
-    with pytest.raises(FormatError, match="longer than allowed"):
-        golomb_unpack(long_code, 0, 1, (0, 0), "table")
+    for path in available():
+        with coder_path(path), pytest.raises(FormatError, match="longer than allowed"):
+            golomb_unpack(long_code, 0, 1, (0, 0), "table")
     data, _ = sample()
     with pytest.raises(FormatError, match="distinct symbols for"):
         decode(data, {"count": data[1] - 1, "alphabet": 50})
