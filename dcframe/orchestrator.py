@@ -120,6 +120,10 @@ def run_steps(steps: Iterable[Step], streams: dict[str, Stream], record: list | 
 
 
 SideInputs = Callable[[str, Dense], Mapping[str, np.ndarray]]  # tensor name, tensor -> its side inputs (stage.py)
+# Runs the encoding elsewhere (dcframe.daskexec.DaskExecutor): (tensors, policy, fitted chains, stats, progress,
+# side_inputs) -> the EncodedTensors in the mapping's order, the same as a serial run's.
+Executor = Callable[[Mapping[str, Any], Policy, dict[str, Chain], bool, Callable[[str, int], None] | None,
+                     SideInputs | None], Iterator["EncodedTensor"]]
 
 
 def encode_tensor(name: str, tensor: np.ndarray | Dense, chain: Chain, stats: bool = True,
@@ -317,7 +321,8 @@ def fit_chains(policy: Policy, tensors: Callable[[], Iterator[tuple[str, Dense]]
 def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, stats: bool = True,
                      progress: Callable[[str, int], None] | None = None, jobs: int = 1,
                      spill_dir: str | os.PathLike | None = None,
-                     side_inputs: SideInputs | None = None) -> Iterator[EncodedTensor]:
+                     side_inputs: SideInputs | None = None,
+                     executor: Executor | None = None) -> Iterator[EncodedTensor]:
     """Encode every tensor with the chain the policy chooses for it, lazily, in the mapping's order.
 
     With `jobs` > 1, tensors are encoded in that many worker processes, at most 2 * jobs in flight, and yielded in
@@ -326,6 +331,7 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
     files in `spill_dir`) and the yielded tensors hold Spilled streams instead of bytes, valid only until the next
     tensor is requested: for a ContainerWriter, which copies them in the kernel, so the streams never pass through
     pipes and pickle. Then up to 4 * jobs tensors (at most SPILL_BUDGET input bytes beyond one) are in flight.
+    With `executor` (e.g. dcframe.daskexec.DaskExecutor), it encodes the tensors instead, and `jobs` is not used.
     """
 
     def items() -> Iterator[tuple[str, Dense]]:
@@ -333,6 +339,9 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
             yield name, as_dense(tensors[name])
 
     chains = fit_chains(policy, items)
+    if executor is not None:
+        yield from executor(tensors, policy, chains, stats, progress, side_inputs)
+        return
     if jobs > 1 and len(tensors) > 1:
         yield from _compress_parallel(tensors, policy, chains, stats, progress, jobs, spill_dir, side_inputs)
         return

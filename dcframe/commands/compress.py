@@ -67,6 +67,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="tensors compressed in parallel by N processes (default: the number of cores; "
                         "the output bytes do not depend on N)")
+    p.add_argument("--executor", choices=("local", "dask"), default=None,
+                   help="where tensors are encoded: local processes (default), or a Dask cluster (the dask extra): "
+                        "a LocalCluster of --jobs workers (default 2) on this machine, or the --scheduler's")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="with --executor dask (implied): a running Dask scheduler; its workers must reach INPUT "
+                        "by the same path (this machine, or a shared filesystem)")
     p.add_argument("--no-stats", action="store_true",
                    help="do not store per-tensor statistics (entropy, reconstruction error) in the file: "
                         "~200 bytes less per lossy tensor, fewer columns in `inspect`")
@@ -74,6 +80,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     console.add_tensors_flag(p)
     add_force_flag(p)
     return p
+
+
+def dask_executor(args: argparse.Namespace):
+    """The DaskExecutor that --executor dask / --scheduler ask for, else None (dask is imported only when used)."""
+    if args.executor == "local":
+        if args.scheduler:
+            raise DcfError("--scheduler runs on a Dask cluster: give --executor dask (or leave --executor out)")
+        return None
+    if args.executor is None and not args.scheduler:
+        return None
+    from ..daskexec import DEFAULT_WORKERS, DaskExecutor
+
+    return DaskExecutor(scheduler=args.scheduler, workers=args.jobs or DEFAULT_WORKERS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more processes")
+    executor = dask_executor(args)
     tensors = read_folder(args.input) if is_folder(args.input) else read_model(args.input)
     for what in getattr(tensors, "skipped", ()):
         console.warn(f"{args.input}: not stored: {what}")
@@ -99,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     with console.progress_bar(total, "compressing", enabled=not args.quiet) as advance:
         report = compress(tensors, output, pipeline=args.pipeline, preset=args.preset, rules=rules,
                           metadata=metadata, progress=advance, jobs=jobs, stats=not args.no_stats,
-                          calibration=args.calibration)
+                          calibration=args.calibration, executor=executor)
     if args.json:
         console.print_json(report)
     else:

@@ -1,0 +1,168 @@
+"""Compress on a Dask cluster (`compress --executor dask`, `--scheduler tcp://HOST:PORT`): the `dask` extra.
+
+Tasks are per tensor, or per batch of consecutive small tensors. A task names its tensors and the model file they are
+in (each worker memory-maps the file itself: the same machine or a shared filesystem), never ships their data, and
+returns the encoded streams. The client submits tasks in tensor order, keeps a bounded number in flight and takes
+the results in order, so the container gets the same bytes as a serial run and the client holds one result at a
+time. Global fits (scope=global pruning) run on the client before any task, streaming one tensor at a time, exactly
+as in a serial run. Dask reruns the tasks of a worker that dies (up to its `allowed-failures`). Importing this
+module does not import dask: the cluster starts when the first tensor is wanted.
+"""
+
+from __future__ import annotations
+
+import collections
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DcfError
+from .orchestrator import EncodedTensor, SideInputs, _encode_job, as_dense
+from .pipeline import Chain, Policy
+from .streams import Dense
+
+SMALL_TENSOR = 1 << 20  # input bytes under which consecutive tensors share a task
+BATCH_BYTES = 16 << 20  # input bytes a batch of small tensors grows to
+TASKS_PER_WORKER = 2  # tasks in flight per worker thread (one running, one queued behind it)
+DEFAULT_WORKERS = 2  # LocalCluster workers when --jobs is not given
+CONNECT_TIMEOUT = 10.0  # seconds to reach a --scheduler before giving up (Dask's own default is 30)
+INSTALL_HINT = "pip install 'dcframe[dask]'"
+
+# One task: per tensor (name, model file source or None, the tensor itself when it has no source, chain, side inputs)
+Item = tuple[str, "tuple[str, int, int] | None", "Dense | None", Chain, "Mapping[str, np.ndarray] | None"]
+
+
+def _distributed():
+    """The `distributed` module, or a ConfigError saying how to install it."""
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError(f"--executor dask needs Dask's distributed scheduler: {INSTALL_HINT}") from None
+    return distributed
+
+
+def encode_batch(items: list[Item], stats: bool) -> list[EncodedTensor]:
+    """Worker side: encode each tensor of a task, reading it from its model file (opened once per worker process)."""
+    return [_encode_job(source, name, tensor, chain, stats, side=side) for name, source, tensor, chain, side in items]
+
+
+class DaskExecutor:
+    """Encodes tensors as Dask tasks; pass it to `dcframe.compress(..., executor=)` (or `compress_tensors`).
+
+    Parameters: `scheduler`, the address of a running scheduler (tcp://HOST:PORT); without it, a LocalCluster of
+    `workers` processes with one thread each starts on this machine and stops when the last tensor is taken.
+    """
+
+    def __init__(self, scheduler: str | None = None, workers: int = DEFAULT_WORKERS,
+                 connect_timeout: float | None = None) -> None:
+        if scheduler is None and workers < 1:
+            raise ConfigError(f"a Dask LocalCluster needs 1 or more workers, got {workers}")
+        self.scheduler, self.workers = scheduler, workers
+        self.connect_timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+
+    @contextmanager
+    def client(self) -> Iterator[Any]:
+        """A distributed.Client on the scheduler, or on a LocalCluster started (and stopped) here."""
+        distributed = _distributed()
+        if self.scheduler is not None:
+            try:
+                client = distributed.Client(self.scheduler, timeout=self.connect_timeout)
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise DcfError(f"cannot reach a Dask scheduler at {self.scheduler} within {self.connect_timeout:g} s "
+                               f"({_first_line(exc)}); start one with `dask scheduler`, or "
+                               f"leave out --scheduler to start a local cluster") from None
+            with client:
+                yield client
+            return
+        import logging
+
+        # Workers log a failed task with its traceback; the client raises the same error, as one line.
+        cluster = distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=":0", silence_logs=logging.CRITICAL)
+        with cluster, distributed.Client(cluster) as client:
+            yield client
+
+    def __call__(self, tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
+                 stats: bool, progress: Callable[[str, int], None] | None,
+                 side_inputs: SideInputs | None) -> Iterator[EncodedTensor]:
+        """Encode every tensor on the cluster; yield them in the mapping's order (the orchestrator's executor seam)."""
+        with self.client() as client:
+            threads = sum(client.nthreads().values()) or self.workers
+            yield from _run(client, _tasks(tensors, policy, chains, side_inputs), stats, progress,
+                            TASKS_PER_WORKER * max(1, threads))
+
+
+def _tasks(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
+           side_inputs: SideInputs | None) -> Iterator[tuple[list[Item], int]]:
+    """Tasks in tensor order, each (items, input bytes): one per tensor, small consecutive tensors batched."""
+    sources = getattr(tensors, "source", None)
+    batch: list[Item] = []
+    batch_bytes = 0
+    for name in tensors:
+        dense = as_dense(tensors[name])
+        chain = chains[policy.pipeline_for(name, dense.array.shape, dense.dtype)]
+        source = sources(name) if sources is not None else None
+        side = side_inputs(name, dense) if side_inputs else None
+        nbytes = dense.nbytes
+        item = (name, source, None if source is not None else dense, chain, side)
+        del dense  # a memory-mapped tensor is read by the worker, not here
+        if nbytes >= SMALL_TENSOR:
+            if batch:
+                yield batch, batch_bytes
+                batch, batch_bytes = [], 0
+            yield [item], nbytes
+            continue
+        if batch and batch_bytes + nbytes > BATCH_BYTES:
+            yield batch, batch_bytes
+            batch, batch_bytes = [], 0
+        batch.append(item)
+        batch_bytes += nbytes
+    if batch:
+        yield batch, batch_bytes
+
+
+def _run(client: Any, tasks: Iterator[tuple[list[Item], int]], stats: bool,
+         progress: Callable[[str, int], None] | None, in_flight: int) -> Iterator[EncodedTensor]:
+    """Submit tasks with at most `in_flight` unfinished-or-unread, and yield their tensors in submission order."""
+    distributed = _distributed()
+    pending: collections.deque = collections.deque()
+    run = uuid.uuid4().hex[:12]
+
+    def drain() -> Iterator[EncodedTensor]:
+        future, items = pending.popleft()
+        try:
+            results = future.result()
+        except distributed.KilledWorker as exc:
+            raise DcfError(f"tensor '{items[0][0]}': a Dask worker died on it {_failures()} times (out of memory?); "
+                           f"give the workers more memory ({exc.__class__.__name__})") from None
+        future.release()  # the worker may drop the result now
+        for (name, _source, _tensor, chain, _side), encoded in zip(items, results, strict=True):
+            encoded.chain = chain  # the very object of every tensor of that pipeline: the writer caches by it
+            if progress:
+                progress(name, encoded.original_bytes)
+            yield encoded
+
+    try:
+        for number, (items, _nbytes) in enumerate(tasks):
+            while len(pending) >= in_flight:
+                yield from drain()
+            key = f"dcframe-encode-{run}-{number}"  # unique per run: never another run's cached result
+            pending.append((client.submit(encode_batch, items, stats, key=key, pure=False), items))
+        while pending:
+            yield from drain()
+    finally:
+        if pending:  # an error or an interrupt: the remaining tasks are not wanted
+            client.cancel([future for future, _ in pending])
+
+
+def _failures() -> int:
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures", 3)) + 1
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0]
