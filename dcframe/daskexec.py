@@ -30,6 +30,7 @@ TASKS_PER_WORKER = 2  # tasks in flight per worker thread (one running, one queu
 DEFAULT_WORKERS = 2  # LocalCluster workers when --jobs is not given
 CONNECT_TIMEOUT = 10.0  # seconds to reach a --scheduler before giving up (Dask's own default is 30)
 INSTALL_HINT = "pip install 'dcframe[dask]'"
+SPAWN_ENVIRON = "distributed.nanny.pre-spawn-environ"  # the environment a nanny starts its worker process with
 
 # One task: per tensor (name, model file source or None, the tensor itself when it has no source, chain, side inputs)
 Item = tuple[str, "tuple[str, int, int] | None", "Dense | None", Chain, "Mapping[str, np.ndarray] | None"]
@@ -42,6 +43,23 @@ def _distributed():
     except ImportError:
         raise ConfigError(f"--executor dask needs Dask's distributed scheduler: {INSTALL_HINT}") from None
     return distributed
+
+
+def local_cluster(workers: int) -> Any:
+    """A LocalCluster of `workers` processes with one thread each, quiet, its dashboard on a free port.
+
+    Without Dask's MALLOC_TRIM_THRESHOLD_ for its workers: setting it turns off glibc's adaptive mmap threshold, so
+    every large numpy temporary is a fresh mmap faulted in page by page (3x the system time of a han run here).
+    Workers log a failed task with its traceback; the client raises the same error, as one line.
+    """
+    import logging
+
+    import dask
+
+    distributed = _distributed()
+    with dask.config.set({f"{SPAWN_ENVIRON}.MALLOC_TRIM_THRESHOLD_": None}):
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=":0", silence_logs=logging.CRITICAL)
 
 
 def encode_batch(items: list[Item], stats: bool) -> list[EncodedTensor]:
@@ -77,12 +95,7 @@ class DaskExecutor:
             with client:
                 yield client
             return
-        import logging
-
-        # Workers log a failed task with its traceback; the client raises the same error, as one line.
-        cluster = distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=":0", silence_logs=logging.CRITICAL)
-        with cluster, distributed.Client(cluster) as client:
+        with local_cluster(self.workers) as cluster, distributed.Client(cluster) as client:
             yield client
 
     def __call__(self, tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],

@@ -3,7 +3,6 @@ process workers; a worker killed mid-run; a failing task; a scheduler nobody run
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
@@ -30,15 +29,10 @@ from dcframe.daskexec import DaskExecutor  # noqa: E402
 GLOBAL_PRUNE = "prune(sparsity=0.8, scope='global') | sparse | kmeans(bits=4) | huffman"
 
 
-def _cluster(workers: int = 2):
-    return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                    silence_logs=logging.CRITICAL)
-
-
 @pytest.fixture(scope="module")
 def scheduler():
     """The address of a LocalCluster of two process workers, shared by the tests that do not harm it."""
-    with _cluster() as cluster:
+    with daskexec.local_cluster(2) as cluster:
         yield cluster.scheduler_address
 
 
@@ -127,7 +121,10 @@ def test_folder_and_own_local_cluster_from_the_cli(tmp_path, capsys):
 def test_a_killed_worker_is_retried_and_the_bytes_stay(tmp_path):
     model = read_model(_model(tmp_path / "m.safetensors", n=16))
     dcframe.compress(model, tmp_path / "serial.dcf", preset="han")
-    with _cluster() as cluster, distributed.Client(cluster) as client:
+    with DaskExecutor(workers=2).client() as client:  # the LocalCluster that --executor dask starts
+        address = client.scheduler.address
+        # Dask's MALLOC_TRIM_THRESHOLD_ would make every large numpy temporary a fresh mmap: not in our workers
+        assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
         before = client.run(os.getpid)
         victim = sorted(before.values())[0]
         killed = []
@@ -138,7 +135,7 @@ def test_a_killed_worker_is_retried_and_the_bytes_stay(tmp_path):
                 killed.append(name)
 
         dcframe.compress(model, tmp_path / "dask.dcf", preset="han", progress=progress,
-                         executor=DaskExecutor(cluster.scheduler_address))
+                         executor=DaskExecutor(address))
         client.wait_for_workers(2, timeout=30)
         after = client.run(os.getpid)
     assert killed and victim not in after.values()  # it did die, and its nanny started another
