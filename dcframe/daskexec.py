@@ -12,6 +12,7 @@ module does not import dask: the cluster starts when the first tensor is wanted.
 from __future__ import annotations
 
 import collections
+import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -108,6 +109,37 @@ class DaskExecutor:
                             TASKS_PER_WORKER * max(1, threads))
 
 
+    def write_shards(self, container: str, stamp: tuple[int, int], shards: Mapping[str, tuple[list[str], Any]],
+                     progress: Callable[[str, int], None] | None) -> None:
+        """Write each shard file (path -> its tensor names and __metadata__) from `container`, one task per shard
+        (dcframe.hffolder.write_folder's executor seam); progress per shard, as each finishes."""
+        from .hffolder import write_shard
+
+        distributed = _distributed()
+        run = uuid.uuid4().hex[:12]
+        with self.client() as client:
+            futures = {client.submit(write_shard, container, stamp, path, names, metadata, pure=False,
+                                     key=f"dcframe-shard-{run}-{number}"): path
+                       for number, (path, (names, metadata)) in enumerate(shards.items())}
+            try:
+                for future in distributed.as_completed(futures):
+                    done = _result(future, f"shard {os.path.basename(futures[future])}")
+                    if progress:
+                        progress(os.path.basename(futures[future]), done)
+            finally:
+                client.cancel(list(futures))
+
+
+def _result(future: Any, what: str) -> Any:
+    """A task's result; a task whose workers kept dying is a one-line DcfError naming `what`."""
+    distributed = _distributed()
+    try:
+        return future.result()
+    except distributed.KilledWorker as exc:
+        raise DcfError(f"{what}: a Dask worker died on it {_failures()} times (out of memory?); give the workers "
+                       f"more memory ({exc.__class__.__name__})") from None
+
+
 def _tasks(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
            side_inputs: SideInputs | None) -> Iterator[tuple[list[Item], int]]:
     """Tasks in tensor order, each (items, input bytes): one per tensor, small consecutive tensors batched."""
@@ -140,17 +172,12 @@ def _tasks(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: di
 def _run(client: Any, tasks: Iterator[tuple[list[Item], int]], stats: bool,
          progress: Callable[[str, int], None] | None, in_flight: int) -> Iterator[EncodedTensor]:
     """Submit tasks with at most `in_flight` unfinished-or-unread, and yield their tensors in submission order."""
-    distributed = _distributed()
     pending: collections.deque = collections.deque()
     run = uuid.uuid4().hex[:12]
 
     def drain() -> Iterator[EncodedTensor]:
         future, items = pending.popleft()
-        try:
-            results = future.result()
-        except distributed.KilledWorker as exc:
-            raise DcfError(f"tensor '{items[0][0]}': a Dask worker died on it {_failures()} times (out of memory?); "
-                           f"give the workers more memory ({exc.__class__.__name__})") from None
+        results = _result(future, f"tensor '{items[0][0]}'")
         future.release()  # the worker may drop the result now
         for (name, _source, _tensor, chain, _side), encoded in zip(items, results, strict=True):
             encoded.chain = chain  # the very object of every tensor of that pipeline: the writer caches by it

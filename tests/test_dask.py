@@ -189,3 +189,29 @@ def test_dcframe_and_its_cli_never_import_dask():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_decompress_a_folder_per_shard_on_the_cluster(tmp_path, scheduler, capsys):
+    dcf = tmp_path / "m.dcf"
+    assert main(["compress", str(_folder(tmp_path / "model")), "-o", str(dcf), "--preset", "han", "-q"]) == 0
+    assert main(["decompress", str(dcf), "-o", str(tmp_path / "local"), "-q"]) == 0
+    assert main(["decompress", str(dcf), "-o", str(tmp_path / "dask"), "--scheduler", scheduler, "-q"]) == 0
+    local, dask = _files(tmp_path / "local"), _files(tmp_path / "dask")
+    assert dask == local and sum(n.endswith(".safetensors") for n in dask) == 3
+
+
+def test_a_damaged_shard_on_the_cluster_is_one_line_and_writes_nothing(tmp_path, scheduler, capsys):
+    dcf = tmp_path / "m.dcf"
+    assert main(["compress", str(_folder(tmp_path / "model")), "-o", str(dcf), "-q"]) == 0
+    data = bytearray(dcf.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a tensor's stream: its checksum fails on the worker
+    dcf.write_bytes(bytes(data))
+    code = main(["decompress", str(dcf), "-o", str(tmp_path / "out"), "--scheduler", scheduler, "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(dcf) in err and "checksum" in err.lower()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.dcf", "model"]  # no output, no staging folder left

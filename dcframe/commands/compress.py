@@ -13,7 +13,7 @@ from ..modelio import read_model, refuse_overwriting_input
 from ..orchestrator import default_jobs
 from ..pipeline import Rule
 from ..tune import read_rules_file
-from . import add_force_flag, refuse_existing_output
+from . import add_executor_flags, add_force_flag, executor_from_flags, refuse_existing_output
 
 SMALL_MODEL = 8 << 20  # bytes of tensors below which --jobs is ignored
 MOVED_WARN = 0.2  # relative RMS error of a tensor beyond which compress warns (pruning moves weights that far; the
@@ -67,12 +67,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="tensors compressed in parallel by N processes (default: the number of cores; "
                         "the output bytes do not depend on N)")
-    p.add_argument("--executor", choices=("local", "dask"), default=None,
-                   help="where tensors are encoded: local processes (default), or a Dask cluster (the dask extra): "
-                        "a LocalCluster of --jobs workers (default 2) on this machine, or the --scheduler's")
-    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                   help="with --executor dask (implied): a running Dask scheduler; its workers must reach INPUT "
-                        "by the same path (this machine, or a shared filesystem)")
+    add_executor_flags(p, "tensors are encoded")
     p.add_argument("--no-stats", action="store_true",
                    help="do not store per-tensor statistics (entropy, reconstruction error) in the file: "
                         "~200 bytes less per lossy tensor, fewer columns in `inspect`")
@@ -80,19 +75,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     console.add_tensors_flag(p)
     add_force_flag(p)
     return p
-
-
-def dask_executor(args: argparse.Namespace):
-    """The DaskExecutor that --executor dask / --scheduler ask for, else None (dask is imported only when used)."""
-    if args.executor == "local":
-        if args.scheduler:
-            raise DcfError("--scheduler runs on a Dask cluster: give --executor dask (or leave --executor out)")
-        return None
-    if args.executor is None and not args.scheduler:
-        return None
-    from ..daskexec import DEFAULT_WORKERS, DaskExecutor
-
-    return DaskExecutor(scheduler=args.scheduler, workers=args.jobs or DEFAULT_WORKERS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more processes")
-    executor = dask_executor(args)
+    executor = executor_from_flags(args)
     tensors = read_folder(args.input) if is_folder(args.input) else read_model(args.input)
     for what in getattr(tensors, "skipped", ()):
         console.warn(f"{args.input}: not stored: {what}")
