@@ -4,9 +4,11 @@ Tasks are per tensor, or per batch of consecutive small tensors. A task names it
 in (each worker memory-maps the file itself: the same machine or a shared filesystem), never ships their data, and
 returns the encoded streams. The client submits tasks in tensor order, keeps a bounded number in flight and takes
 the results in order, so the container gets the same bytes as a serial run and the client holds one result at a
-time. Global fits (scope=global pruning) run on the client before any task, streaming one tensor at a time, exactly
-as in a serial run. Dask reruns the tasks of a worker that dies (up to its `allowed-failures`). Importing this
-module does not import dask: the cluster starts when the first tensor is wanted.
+time. Global fits come first: a stage with a fit_plan (scope=global pruning: counts, then digit histograms of the
+magnitudes) has each pass mapped on the workers, per tensor, and merged on the client; another stage's `fit` runs
+on the client, streaming one tensor at a time, as in a serial run. Dask reruns the tasks of a worker that dies (up to
+its `allowed-failures`). Importing this module does not import dask: the cluster starts when the first tensor is
+wanted. A folder container decompresses per shard on the same executor (write_shards).
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ from __future__ import annotations
 import collections
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError, DcfError
-from .orchestrator import EncodedTensor, SideInputs, _encode_job, as_dense
-from .pipeline import Chain, Policy
-from .streams import Dense
+from .orchestrator import EncodedTensor, SideInputs, _encode_job, as_dense, fit_chains, run_steps, worker_tensor
+from .pipeline import ROOT, Chain, Policy, Step
+from .streams import Dense, Stream
 
 SMALL_TENSOR = 1 << 20  # input bytes under which consecutive tensors share a task
 BATCH_BYTES = 16 << 20  # input bytes a batch of small tensors grows to
@@ -99,15 +102,26 @@ class DaskExecutor:
         with local_cluster(self.workers) as cluster, distributed.Client(cluster) as client:
             yield client
 
-    def __call__(self, tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
-                 stats: bool, progress: Callable[[str, int], None] | None,
+    def __call__(self, tensors: Mapping[str, np.ndarray | Dense], policy: Policy, stats: bool,
+                 progress: Callable[[str, int], None] | None,
                  side_inputs: SideInputs | None) -> Iterator[EncodedTensor]:
-        """Encode every tensor on the cluster; yield them in the mapping's order (the orchestrator's executor seam)."""
+        """Fit, then encode every tensor on the cluster; yield them in the mapping's order (the orchestrator's
+        executor seam). A stage with a fit_plan (global pruning) fits by passes mapped on the workers."""
         with self.client() as client:
-            threads = sum(client.nthreads().values()) or self.workers
-            yield from _run(client, _tasks(tensors, policy, chains, side_inputs), stats, progress,
-                            TASKS_PER_WORKER * max(1, threads))
+            in_flight = TASKS_PER_WORKER * max(1, sum(client.nthreads().values()) or self.workers)
 
+            def items() -> Iterator[tuple[str, Dense]]:  # for a stage that fits only here, through `fit`
+                for name in tensors:
+                    yield name, as_dense(tensors[name])
+
+            chains = fit_chains(policy, items, partial(_fit_pass, client, tensors, policy, in_flight))
+            tasks = _tasks(tensors, policy, chains, side_inputs)
+            for batch, results in _ordered(client, encode_batch, tasks, (stats,), in_flight, "encode"):
+                for (name, _source, _tensor, chain, _side), encoded in zip(batch, results, strict=True):
+                    encoded.chain = chain  # the very object of every tensor of that pipeline: the writer caches by it
+                    if progress:
+                        progress(name, encoded.original_bytes)
+                    yield encoded
 
     def write_shards(self, container: str, stamp: tuple[int, int], shards: Mapping[str, tuple[list[str], Any]],
                      progress: Callable[[str, int], None] | None) -> None:
@@ -140,62 +154,95 @@ def _result(future: Any, what: str) -> Any:
                        f"more memory ({exc.__class__.__name__})") from None
 
 
-def _tasks(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
-           side_inputs: SideInputs | None) -> Iterator[tuple[list[Item], int]]:
-    """Tasks in tensor order, each (items, input bytes): one per tensor, small consecutive tensors batched."""
-    sources = getattr(tensors, "source", None)
-    batch: list[Item] = []
+def _batched(entries: Iterable[tuple[Any, int]]) -> Iterator[tuple[list, int]]:
+    """(item, input bytes) grouped in order: an item of SMALL_TENSOR bytes or more alone, consecutive smaller ones
+    together up to BATCH_BYTES."""
+    batch: list = []
     batch_bytes = 0
-    for name in tensors:
-        dense = as_dense(tensors[name])
-        chain = chains[policy.pipeline_for(name, dense.array.shape, dense.dtype)]
-        source = sources(name) if sources is not None else None
-        side = side_inputs(name, dense) if side_inputs else None
-        nbytes = dense.nbytes
-        item = (name, source, None if source is not None else dense, chain, side)
-        del dense  # a memory-mapped tensor is read by the worker, not here
-        if nbytes >= SMALL_TENSOR:
-            if batch:
-                yield batch, batch_bytes
-                batch, batch_bytes = [], 0
-            yield [item], nbytes
-            continue
-        if batch and batch_bytes + nbytes > BATCH_BYTES:
+    for item, nbytes in entries:
+        if batch and (nbytes >= SMALL_TENSOR or batch_bytes + nbytes > BATCH_BYTES):
             yield batch, batch_bytes
             batch, batch_bytes = [], 0
+        if nbytes >= SMALL_TENSOR:
+            yield [item], nbytes
+            continue
         batch.append(item)
         batch_bytes += nbytes
     if batch:
         yield batch, batch_bytes
 
 
-def _run(client: Any, tasks: Iterator[tuple[list[Item], int]], stats: bool,
-         progress: Callable[[str, int], None] | None, in_flight: int) -> Iterator[EncodedTensor]:
-    """Submit tasks with at most `in_flight` unfinished-or-unread, and yield their tensors in submission order."""
+def _tasks(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
+           side_inputs: SideInputs | None) -> Iterator[tuple[list[Item], int]]:
+    """Encoding tasks in tensor order, each (items, input bytes): a tensor's model file rather than its data."""
+    sources = getattr(tensors, "source", None)
+
+    def entries() -> Iterator[tuple[Item, int]]:
+        for name in tensors:
+            dense = as_dense(tensors[name])
+            chain = chains[policy.pipeline_for(name, dense.array.shape, dense.dtype)]
+            source = sources(name) if sources is not None else None
+            side = side_inputs(name, dense) if side_inputs else None
+            yield (name, source, None if source is not None else dense, chain, side), dense.nbytes
+
+    return _batched(entries())
+
+
+def fit_batch(items: list[tuple[str, Any, Dense | None]], before: list[Step], inputs: tuple[str, ...],
+              function: Callable[[Stream], Any]) -> list[Any]:
+    """Worker side of one fit pass: each tensor through the steps before the fitting stage, then `function` of
+    each stream that stage takes."""
+    out = []
+    for name, source, tensor in items:
+        streams = run_steps(before, {ROOT: worker_tensor(source, name, tensor)})
+        out.extend(function(streams[n]) for n in inputs)
+    return out
+
+
+def _fit_pass(client: Any, tensors: Mapping[str, np.ndarray | Dense], policy: Policy, in_flight: int,
+              pipeline: str, before: list[Step], inputs: tuple[str, ...],
+              function: Callable[[Stream], Any]) -> Iterator[Any]:
+    """One FitPlan pass on the cluster (an orchestrator.FitMapper): `function`'s results over the streams of every
+    tensor of `pipeline`, read from the model files by the workers."""
+    sources = getattr(tensors, "source", None)
+
+    def entries() -> Iterator[tuple[tuple, int]]:
+        for name in tensors:
+            dense = as_dense(tensors[name])
+            if policy.pipeline_for(name, dense.array.shape, dense.dtype) == pipeline:
+                source = sources(name) if sources is not None else None
+                yield (name, source, None if source is not None else dense), dense.nbytes
+
+    for _batch, results in _ordered(client, fit_batch, _batched(entries()), (before, inputs, function), in_flight,
+                                    "fit"):
+        yield from results
+
+
+def _ordered(client: Any, function: Callable, tasks: Iterable[tuple[list, int]], args: tuple, in_flight: int,
+             label: str) -> Iterator[tuple[list, list]]:
+    """Submit function(items, *args) per task, at most `in_flight` not yet taken; yield (items, results) in task
+    order. Leaving early (an error, an interrupt) cancels the tasks not taken."""
     pending: collections.deque = collections.deque()
     run = uuid.uuid4().hex[:12]
-
-    def drain() -> Iterator[EncodedTensor]:
-        future, items = pending.popleft()
-        results = _result(future, f"tensor '{items[0][0]}'")
-        future.release()  # the worker may drop the result now
-        for (name, _source, _tensor, chain, _side), encoded in zip(items, results, strict=True):
-            encoded.chain = chain  # the very object of every tensor of that pipeline: the writer caches by it
-            if progress:
-                progress(name, encoded.original_bytes)
-            yield encoded
-
     try:
         for number, (items, _nbytes) in enumerate(tasks):
             while len(pending) >= in_flight:
-                yield from drain()
-            key = f"dcframe-encode-{run}-{number}"  # unique per run: never another run's cached result
-            pending.append((client.submit(encode_batch, items, stats, key=key, pure=False), items))
+                yield _take(pending)
+            key = f"dcframe-{label}-{run}-{number}"  # unique per run: never another run's cached result
+            pending.append((client.submit(function, items, *args, key=key, pure=False), items))
         while pending:
-            yield from drain()
+            yield _take(pending)
     finally:
-        if pending:  # an error or an interrupt: the remaining tasks are not wanted
+        if pending:
             client.cancel([future for future, _ in pending])
+
+
+def _take(pending: collections.deque) -> tuple[list, list]:
+    """The oldest task's (items, results); its result may then leave the worker's memory."""
+    future, items = pending.popleft()
+    results = _result(future, f"tensor '{items[0][0]}'")
+    future.release()
+    return items, results
 
 
 def _failures() -> int:

@@ -71,6 +71,23 @@ def test_same_bytes_as_serial(tmp_path, scheduler, monkeypatch, kwargs, n):
     assert serial == dask
 
 
+def test_global_pruning_fits_by_passes_on_the_workers(tmp_path, scheduler, monkeypatch):
+    from dcframe_plugins.prune import Prune
+
+    model = read_model(_model(tmp_path / "m.safetensors"))
+    dcframe.compress(model, tmp_path / "serial.dcf", pipeline=GLOBAL_PRUNE)
+
+    def no_local_fit(self, streams):
+        raise AssertionError("the fit ran on the client")
+
+    monkeypatch.setattr(Prune, "fit", no_local_fit)
+    with distributed.Client(scheduler) as client, distributed.get_task_stream(client) as stream:
+        dcframe.compress(model, tmp_path / "dask.dcf", pipeline=GLOBAL_PRUNE, executor=DaskExecutor(scheduler))
+    assert (tmp_path / "dask.dcf").read_bytes() == (tmp_path / "serial.dcf").read_bytes()
+    fits = [t["key"] for t in stream.data if str(t["key"]).startswith("dcframe-fit-")]
+    assert len({k.split("-")[2] for k in fits}) >= 2  # passes (a run id each): counts, then histograms
+
+
 def test_tasks_batch_small_tensors_in_order_and_read_from_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(daskexec, "BATCH_BYTES", 8 << 10)
     model = read_model(_model(tmp_path / "m.safetensors", n=2))
