@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DcfError
-from .orchestrator import EncodedTensor, SideInputs, _encode_job, as_dense, fit_chains, run_steps, worker_tensor
+from .orchestrator import EncodedTensor, SideInputs, as_dense, encode_tensor, fit_chains, run_steps, worker_tensor
 from .pipeline import ROOT, Chain, Policy, Step
 from .streams import Dense, Stream
 
@@ -67,8 +67,15 @@ def local_cluster(workers: int) -> Any:
 
 
 def encode_batch(items: list[Item], stats: bool) -> list[EncodedTensor]:
-    """Worker side: encode each tensor of a task, reading it from its model file (opened once per worker process)."""
-    return [_encode_job(source, name, tensor, chain, stats, side=side) for name, source, tensor, chain, side in items]
+    """Worker side: encode each tensor of a task, reading it from its model file, mapped for this task only (a
+    mapping kept open would keep every page the worker has read in its RSS, which Dask's memory monitor counts)."""
+    models: dict = {}
+    out = []
+    for name, source, tensor, chain, side in items:
+        encoded = encode_tensor(name, worker_tensor(source, name, tensor, models), chain, stats=stats, side=side)
+        encoded.chain = None  # type: ignore[assignment]  # the client puts back its own (no need to send it back)
+        out.append(encoded)
+    return out
 
 
 class DaskExecutor:
@@ -192,9 +199,10 @@ def fit_batch(items: list[tuple[str, Any, Dense | None]], before: list[Step], in
               function: Callable[[Stream], Any]) -> list[Any]:
     """Worker side of one fit pass: each tensor through the steps before the fitting stage, then `function` of
     each stream that stage takes."""
+    models: dict = {}  # mapped for this task only, as in encode_batch
     out = []
     for name, source, tensor in items:
-        streams = run_steps(before, {ROOT: worker_tensor(source, name, tensor)})
+        streams = run_steps(before, {ROOT: worker_tensor(source, name, tensor, models)})
         out.extend(function(streams[n]) for n in inputs)
     return out
 

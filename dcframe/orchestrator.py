@@ -394,22 +394,24 @@ SPILL_BUDGET = 1 << 29  # input bytes in flight beyond the oldest tensor, when r
 SPILL_KEEP = 1 << 26  # a spill file that grew past this is emptied when its slot frees up
 
 
-def worker_tensor(source: tuple[str, int, int] | None, name: str, tensor: Dense | None) -> Dense:
-    """In a worker: the tensor `name` from its model file (memory-mapped, opened once per process and checked
-    against the stamp the parent saw), or `tensor` itself when it has no file."""
+def worker_tensor(source: tuple[str, int, int] | None, name: str, tensor: Dense | None,
+                  models: dict | None = None) -> Dense:
+    """In a worker: the tensor `name` from its model file (memory-mapped, opened once per `models` cache, by
+    default the process's, and checked against the stamp the parent saw), or `tensor` itself when it has no file."""
     if source is None:
         assert tensor is not None
         return tensor
-    if source not in _WORKER_MODELS:
+    models = _WORKER_MODELS if models is None else models
+    if source not in models:
         from .modelio import read_model
 
         st = os.stat(source[0])
         if (st.st_mtime_ns, st.st_size) != source[1:]:
             raise ModelIOError(f"{source[0]}: the file changed while it was being compressed")
-        if len(_WORKER_MODELS) >= WORKER_MODELS_KEPT:
-            _WORKER_MODELS.clear()
-        _WORKER_MODELS[source] = read_model(source[0])
-    return _WORKER_MODELS[source][name]
+        if len(models) >= WORKER_MODELS_KEPT:
+            models.clear()
+        models[source] = read_model(source[0])
+    return models[source][name]
 
 
 def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | None, chain: Chain,

@@ -83,9 +83,20 @@ def test_global_pruning_fits_by_passes_on_the_workers(tmp_path, scheduler, monke
     monkeypatch.setattr(Prune, "fit", no_local_fit)
     with distributed.Client(scheduler) as client, distributed.get_task_stream(client) as stream:
         dcframe.compress(model, tmp_path / "dask.dcf", pipeline=GLOBAL_PRUNE, executor=DaskExecutor(scheduler))
+        mapped = client.run(_maps, str(model.path))
     assert (tmp_path / "dask.dcf").read_bytes() == (tmp_path / "serial.dcf").read_bytes()
+    assert not any(mapped.values())  # tasks unmap the model when they end: none of its pages stay in a worker's RSS
     fits = [t["key"] for t in stream.data if str(t["key"]).startswith("dcframe-fit-")]
     assert len({k.split("-")[2] for k in fits}) >= 2  # passes (a run id each): counts, then histograms
+
+
+def _maps(path: str) -> bool:
+    """In a worker: whether the process still maps `path` (Linux; elsewhere: False)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return path in f.read()
+    except OSError:
+        return False
 
 
 def test_tasks_batch_small_tensors_in_order_and_read_from_the_file(tmp_path, monkeypatch):

@@ -7,12 +7,13 @@
 The checkpoint is a Hugging Face folder made here (under a temporary directory, deleted after): transformer-shaped
 tensors (bench_bigmodel.transformer_shapes), BF16 by default (2 bytes per parameter; F32 with --dtype), split into
 4 shards model-0000k-of-00004.safetensors with their index and a config.json. Each row runs the CLI in a fresh child
-process and reports wall time, CPU seconds of the whole process tree (user + system, every worker included), the
-client's own CPU seconds, throughput (input bytes / wall), per-worker throughput (input bytes / wall / workers),
-the peak RSS of the client and of each worker process (sampled from /proc every 50 ms), and whether the output is
-byte-identical to the serial run's. Reference in the same run: the serial row of the same pipeline (speed-up).
-Targets: dask2 >= 1.6x serial on han; client peak RSS <= 1.5 GiB. On a shared machine (other jobs on the cores),
-wall times and speed-ups move with the load: compare CPU s, which does not.
+process and reports: wall time; CPU seconds of the whole process tree (user + system, every worker included) and of
+the client alone; throughput (input bytes / wall); per worker, input bytes / wall / workers and input bytes per CPU
+second of the workers (what a worker does on a free core, whatever the load); the peak RSS of the client and of each
+worker process (sampled from /proc every 50 ms); whether the output is byte-identical to the serial run's.
+Reference in the same run: the serial row of the same pipeline (speed-up). Targets: dask2 >= 1.6x serial on han;
+client peak RSS <= 1.5 GiB. On a shared machine (other jobs on the cores), wall times and speed-ups move with the
+load: compare CPU s, which does not.
 """
 
 from __future__ import annotations
@@ -192,8 +193,8 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start (shared); "
               f"python {sys.version.split()[0]}, numpy {np.__version__}\n")
         print("| pipeline | mode | wall s | speed-up | CPU s (tree) | client CPU s | MB/s | MB/s per worker "
-              "| client peak RSS | worker peak RSS | output | identical |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+              "| MB per worker CPU s | client peak RSS | worker peak RSS | output | identical |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for name in args.pipelines.split(","):
             reference = digest_ref = None
             for mode in modes:
@@ -207,8 +208,10 @@ def main() -> None:
                 digest_ref = digest_ref or sha
                 mbps = model_bytes / r["wall"] / 1e6
                 workers = ", ".join(f"{w / GiB:.2f}" for w in r["worker_rss"]) or "-"
+                worker_cpu = r["cpu"] - (r["client_cpu"] if mode != "serial" else 0.0)  # serial: the client works
                 print(f"| {name} | {mode} | {r['wall']:.1f} | {reference / r['wall']:.2f}x | {r['cpu']:.1f} "
                       f"| {r['client_cpu']:.1f} | {mbps:.0f} | {mbps / workers_of(mode):.0f} "
+                      f"| {model_bytes / worker_cpu / 1e6:.0f} "
                       f"| {r['client_rss'] / GiB:.2f} GiB | {workers} GiB | {size / 1e6:,.0f} MB "
                       f"| {'yes' if sha == digest_ref else 'NO'} |", flush=True)
         print(f"\ntargets: dask2 >= 1.6x serial on han; client peak RSS <= 1.5 GiB (largest tensor "
