@@ -147,8 +147,14 @@ class DaskExecutor:
                     done = _result(future, f"shard {os.path.basename(futures[future])}")
                     if progress:
                         progress(os.path.basename(futures[future]), done)
-            finally:
+            except Exception:  # a task's error (a damaged tensor, a full disk)
+                # A task already running cannot be stopped and writes on into the staging folder, which the caller
+                # removes: let the others end first, so nothing of this run is left behind.
+                distributed.wait(list(futures))
+                raise
+            except BaseException:  # an interrupt: stop now (a later run removes a staging folder left over)
                 client.cancel(list(futures))
+                raise
 
 
 def _result(future: Any, what: str) -> Any:
