@@ -62,8 +62,14 @@ def local_cluster(workers: int) -> Any:
 
     distributed = _distributed()
     with dask.config.set({f"{SPAWN_ENVIRON}.MALLOC_TRIM_THRESHOLD_": None}):
-        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=":0", silence_logs=logging.CRITICAL)
+        try:
+            return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=":0", silence_logs=logging.CRITICAL)
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            cause = exc.__cause__ or exc
+            raise DcfError(f"cannot start a Dask LocalCluster of {workers} workers ({_first_line(cause)}); a script "
+                           f"that starts one needs `if __name__ == '__main__':` around its work (workers are spawned "
+                           f"processes that import it)") from None
 
 
 def encode_batch(items: list[Item], stats: bool) -> list[EncodedTensor]:

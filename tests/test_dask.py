@@ -212,6 +212,17 @@ def test_without_distributed_the_error_says_how_to_install(tmp_path, monkeypatch
     assert not (tmp_path / "m.dcf").exists()
 
 
+def test_a_local_cluster_that_cannot_start_is_one_line(tmp_path):
+    script = tmp_path / "no_main_guard.py"  # spawned workers re-import it: without the guard they cannot start
+    script.write_text("import dcframe, numpy as np\nfrom dcframe.daskexec import DaskExecutor\n"
+                      f"dcframe.compress({{'w': np.ones(4, np.float32)}}, {str(tmp_path / 'm.dcf')!r}, "
+                      "executor=DaskExecutor(workers=1))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0 and last.startswith("dcframe.errors.DcfError: cannot start a Dask LocalCluster")
+    assert "__main__" in last and not (tmp_path / "m.dcf").exists()
+
+
 def test_dcframe_and_its_cli_never_import_dask():
     code = ("import sys, dcframe, dcframe.api, dcframe.cli; dcframe.cli.build_parser(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
