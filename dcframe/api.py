@@ -13,7 +13,7 @@ from .container import DEFAULT_CHUNK, Container, ContainerWriter, Layout
 from .errors import DcfError, MissingStageError
 from .hffolder import SINGLE, ModelFolder
 from .modelio import LazyTensors
-from .orchestrator import compress_tensors
+from .orchestrator import Executor, compress_tensors
 from .pipeline import Policy, Rule
 from .report import container_report
 from .streams import Dense
@@ -32,6 +32,7 @@ def compress(
     stats: bool = True,
     calibration: Calibration | str | os.PathLike | None = None,
     layout: Layout | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Compress named tensors into a .dcf file at `path` (atomically) and return its report.
 
@@ -42,6 +43,8 @@ def compress(
     `calibration` (a Calibration or its file) feeds data-aware stages (prune criterion="wanda", kmeans weighting=...)
     at encode time; the file does not store it. `layout` records the files the tensors came in (FORMAT.md 3.3):
     by default a Hugging Face folder's (`dcframe.hffolder.read_folder`) or a .safetensors file's `__metadata__`.
+    `executor` encodes the tensors elsewhere instead of `jobs` processes, e.g. `dcframe.daskexec.DaskExecutor()` on
+    a Dask cluster; the bytes are the same.
     """
     policy = Policy(pipeline=pipeline, preset=preset, rules=rules)
     calib = as_calibration(calibration)
@@ -51,7 +54,8 @@ def compress(
     with ContainerWriter(path, metadata, chunk_size, policy.registry, layout) as writer:
         for encoded in compress_tensors(tensors, policy, stats=stats, progress=progress, jobs=jobs,
                                         spill_dir=writer.path.parent,
-                                        side_inputs=calib.side_inputs if calib is not None else None):
+                                        side_inputs=calib.side_inputs if calib is not None else None,
+                                        executor=executor):
             writer.add(encoded)
     return inspect(path)
 

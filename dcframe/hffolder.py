@@ -15,7 +15,9 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .container import (
     INDEX_SUFFIX,
@@ -227,10 +229,12 @@ def _small_files(path: Path, names: list[str]) -> dict[str, bytes]:
 
 
 def write_folder(out: str | os.PathLike, container: Container, single_file: bool = False, overwrite: bool = False,
-                 progress: Callable[[str, int], None] | None = None) -> list[str]:
+                 progress: Callable[[str, int], None] | None = None, executor: Any = None) -> list[str]:
     """Recreate a model folder in `out` (new or empty; with `overwrite`, a non-empty one, see README): the shards
     with their `__metadata__`, the index, the small files; or with `single_file` one model.safetensors. Written in a
-    hidden folder beside `out`, moved into place only when complete. Returns the file names written."""
+    hidden folder beside `out`, moved into place only when complete. Returns the file names written.
+    With `executor` (dcframe.daskexec.DaskExecutor), the shards are decoded and written by its workers, one task
+    per shard, into that hidden folder (which the workers must reach, as they must reach the container)."""
     out = Path(out)
     existing = _existing(out)
     if existing and not overwrite:
@@ -245,6 +249,13 @@ def write_folder(out: str | os.PathLike, container: Container, single_file: bool
     except OSError as exc:
         raise ModelIOError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
+        shards = {name: w for name, w in files.items() if isinstance(w, ShardFile)}
+        if executor is not None and len(shards) > 1:
+            stamp = os.stat(container.path)
+            executor.write_shards(str(container.path), (stamp.st_mtime_ns, stamp.st_size),
+                                  {str(staging / name): (w.names, w.metadata) for name, w in shards.items()},
+                                  progress)
+            files = {name: w for name, w in files.items() if name not in shards}
         for name, write in files.items():
             write(staging / name, progress)
         os.chmod(staging, 0o777 & ~_umask())
@@ -287,7 +298,7 @@ def _plan(container: Container, layout: Layout, single_file: bool) -> dict[str, 
         metadata = dict(layout.shards)
     plan: dict[str, Writer] = {}
     for shard, members in groups.items():
-        plan[shard] = _shard_writer(container, {n: specs[n] for n in members}, metadata.get(shard) or None)
+        plan[shard] = ShardFile(container, members, metadata.get(shard) or None)
     if len(groups) > 1 or not single_file and layout.index_file is not None:
         index_file = layout.index_file or SINGLE + ".index.json"
         plan[index_file] = _index_writer(layout, groups, specs)
@@ -298,8 +309,18 @@ def _plan(container: Container, layout: Layout, single_file: bool) -> dict[str, 
     return plan
 
 
-def _shard_writer(container: Container, specs: dict, metadata: dict[str, str] | None) -> Writer:
-    def write(path: Path, progress: Callable[[str, int], None] | None) -> None:
+@dataclass
+class ShardFile:
+    """A Writer of one weight file: these tensors of the container, in order, with this `__metadata__`."""
+
+    container: Container
+    names: list[str]
+    metadata: dict[str, str] | None
+
+    def __call__(self, path: Path, progress: Callable[[str, int], None] | None) -> None:
+        container = self.container
+        specs = {name: container.header(name) for name in self.names}
+
         def decoded() -> Iterator[tuple[str, Dense]]:  # one tensor in memory at a time
             for name in specs:
                 tensor = container.read(name)
@@ -307,9 +328,19 @@ def _shard_writer(container: Container, specs: dict, metadata: dict[str, str] | 
                     progress(name, container.entries[name].total_length)
                 yield name, tensor
 
-        write_model_stream(path, specs, decoded(), metadata)
+        write_model_stream(path, specs, decoded(), self.metadata)
 
-    return write
+
+def write_shard(container_path: str, stamp: tuple[int, int], path: str, names: list[str],
+                metadata: dict[str, str] | None) -> int:
+    """Worker side of a folder decompress: write one shard from the container (unchanged since `stamp`, its
+    mtime_ns and size); returns the stored bytes it decoded."""
+    st = os.stat(container_path)
+    if (st.st_mtime_ns, st.st_size) != tuple(stamp):
+        raise ModelIOError(f"{container_path}: the file changed while it was being decompressed")
+    with Container(container_path) as container:
+        ShardFile(container, names, metadata)(Path(path), None)
+        return sum(container.entries[name].total_length for name in names)
 
 
 def _index_writer(layout: Layout, groups: dict[str, list[str]], specs: dict) -> Writer:

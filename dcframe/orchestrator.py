@@ -18,7 +18,7 @@ import numpy as np
 from .dtypes import numpy_dtype
 from .errors import DcfError, FormatError, LimitError, ModelIOError
 from .pipeline import ROOT, Chain, Policy, Step
-from .stage import Stage
+from .stage import FitPlan, Stage
 from .streams import Bytes, Dense, Stream, Symbols
 
 Application = tuple[str, list[str], dict[str, Any]]  # input stream, output streams, the stage's meta
@@ -120,6 +120,10 @@ def run_steps(steps: Iterable[Step], streams: dict[str, Stream], record: list | 
 
 
 SideInputs = Callable[[str, Dense], Mapping[str, np.ndarray]]  # tensor name, tensor -> its side inputs (stage.py)
+# Runs the fits and the encoding elsewhere (dcframe.daskexec.DaskExecutor): (tensors, policy, stats, progress,
+# side_inputs) -> the EncodedTensors in the mapping's order, the same as a serial run's (fit_chains with a mapper).
+Executor = Callable[[Mapping[str, Any], Policy, bool, Callable[[str, int], None] | None, SideInputs | None],
+                    Iterator["EncodedTensor"]]
 
 
 def encode_tensor(name: str, tensor: np.ndarray | Dense, chain: Chain, stats: bool = True,
@@ -293,13 +297,27 @@ def error_stats(original: Dense, approx: Dense) -> dict[str, float]:
     }
 
 
-def fit_chains(policy: Policy, tensors: Callable[[], Iterator[tuple[str, Dense]]]) -> dict[str, Chain]:
-    """Let stages that look at every tensor first (global pruning) fit themselves, per pipeline."""
+# Runs one pass of a FitPlan elsewhere: (pipeline, the steps before the fitting one, the stream names it takes, the
+# pass's function of one stream) -> that function's results over every such stream of the pipeline's tensors.
+FitMapper = Callable[[str, list[Step], tuple[str, ...], Callable[[Stream], Any]], Iterable[Any]]
+
+
+def fit_chains(policy: Policy, tensors: Callable[[], Iterator[tuple[str, Dense]]],
+               mapper: FitMapper | None = None) -> dict[str, Chain]:
+    """Let stages that look at every tensor first (global pruning) fit themselves, per pipeline.
+
+    With `mapper`, a stage with a fit_plan has its passes mapped by it (an executor, where the tensors are) and
+    merged here; the result is the same stage as a local fit.
+    """
     fitted: dict[str, Chain] = {}
     for pipeline, chain in list(policy._chains.items()):
         steps = list(chain.steps)
         for i, step in enumerate(steps):
             if type(step.stage).fit is Stage.fit:
+                continue
+            plan = step.stage.fit_plan() if mapper is not None else None
+            if plan is not None:
+                steps[i] = replace(step, stage=_run_mapped(plan, mapper, pipeline, steps[:i], tuple(step.inputs)))
                 continue
 
             def inputs(i=i, pipeline=pipeline, steps=steps) -> Iterator[Stream]:
@@ -314,10 +332,22 @@ def fit_chains(policy: Policy, tensors: Callable[[], Iterator[tuple[str, Dense]]
     return fitted
 
 
+def _run_mapped(plan: FitPlan, mapper: FitMapper, pipeline: str, before: list[Step],
+                inputs: tuple[str, ...]) -> Stage:
+    """Drive a FitPlan with each pass mapped by `mapper` over the pipeline's tensors."""
+    try:
+        request = next(plan)
+        while True:
+            request = plan.send(mapper(pipeline, before, inputs, request))
+    except StopIteration as done:
+        return done.value
+
+
 def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, stats: bool = True,
                      progress: Callable[[str, int], None] | None = None, jobs: int = 1,
                      spill_dir: str | os.PathLike | None = None,
-                     side_inputs: SideInputs | None = None) -> Iterator[EncodedTensor]:
+                     side_inputs: SideInputs | None = None,
+                     executor: Executor | None = None) -> Iterator[EncodedTensor]:
     """Encode every tensor with the chain the policy chooses for it, lazily, in the mapping's order.
 
     With `jobs` > 1, tensors are encoded in that many worker processes, at most 2 * jobs in flight, and yielded in
@@ -326,12 +356,16 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
     files in `spill_dir`) and the yielded tensors hold Spilled streams instead of bytes, valid only until the next
     tensor is requested: for a ContainerWriter, which copies them in the kernel, so the streams never pass through
     pipes and pickle. Then up to 4 * jobs tensors (at most SPILL_BUDGET input bytes beyond one) are in flight.
+    With `executor` (e.g. dcframe.daskexec.DaskExecutor), it fits and encodes the tensors instead; `jobs` is unused.
     """
 
     def items() -> Iterator[tuple[str, Dense]]:
         for name in tensors:
             yield name, as_dense(tensors[name])
 
+    if executor is not None:
+        yield from executor(tensors, policy, stats, progress, side_inputs)
+        return
     chains = fit_chains(policy, items)
     if jobs > 1 and len(tensors) > 1:
         yield from _compress_parallel(tensors, policy, chains, stats, progress, jobs, spill_dir, side_inputs)
@@ -360,6 +394,26 @@ SPILL_BUDGET = 1 << 29  # input bytes in flight beyond the oldest tensor, when r
 SPILL_KEEP = 1 << 26  # a spill file that grew past this is emptied when its slot frees up
 
 
+def worker_tensor(source: tuple[str, int, int] | None, name: str, tensor: Dense | None,
+                  models: dict | None = None) -> Dense:
+    """In a worker: the tensor `name` from its model file (memory-mapped, opened once per `models` cache, by
+    default the process's, and checked against the stamp the parent saw), or `tensor` itself when it has no file."""
+    if source is None:
+        assert tensor is not None
+        return tensor
+    models = _WORKER_MODELS if models is None else models
+    if source not in models:
+        from .modelio import read_model
+
+        st = os.stat(source[0])
+        if (st.st_mtime_ns, st.st_size) != source[1:]:
+            raise ModelIOError(f"{source[0]}: the file changed while it was being compressed")
+        if len(models) >= WORKER_MODELS_KEPT:
+            models.clear()
+        models[source] = read_model(source[0])
+    return models[source][name]
+
+
 def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | None, chain: Chain,
                 stats: bool, spill: int | None = None, side: Mapping[str, np.ndarray] | None = None) -> EncodedTensor:
     """Worker side of a parallel compress: re-open (memory-map) the model file once per process, encode one tensor.
@@ -367,19 +421,7 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
     With `spill` (a spill file's descriptor, inherited through fork), the final streams are written there from
     offset 0 and returned as (offset, length, crc) triples; the chain is left out (the parent has it).
     """
-    if source is not None:
-        if source not in _WORKER_MODELS:
-            from .modelio import read_model
-
-            st = os.stat(source[0])
-            if (st.st_mtime_ns, st.st_size) != source[1:]:
-                raise ModelIOError(f"{source[0]}: the file changed while it was being compressed")
-            if len(_WORKER_MODELS) >= WORKER_MODELS_KEPT:
-                _WORKER_MODELS.clear()
-            _WORKER_MODELS[source] = read_model(source[0])
-        tensor = _WORKER_MODELS[source][name]
-    assert tensor is not None
-    encoded = encode_tensor(name, tensor, chain, stats=stats, side=side)
+    encoded = encode_tensor(name, worker_tensor(source, name, tensor), chain, stats=stats, side=side)
     encoded.chain = None  # type: ignore[assignment]  # the parent puts back its own (no need to pickle it back)
     if spill is None:
         return encoded

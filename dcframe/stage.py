@@ -19,7 +19,10 @@ A stage is one step of a compression chain. It is a class with:
   it calls ``dcframe.check_output(self.id, nbytes)``: while a tensor decodes, no stream may exceed
   ``dcframe.output_limit()`` (a small multiple of the tensor's declared size), so a tiny stream cannot claim gigabytes.
 
-A stage needing a look at every tensor before encoding any (global pruning) overrides ``fit``.
+A stage needing a look at every tensor before encoding any (global pruning) overrides ``fit``. If that look can be
+cut into passes that map each stream to a small result and merge the results in any order (histograms, counts), it
+may also define ``fit_plan`` (a FitPlan, below): an executor then runs each pass's map where the tensors are, and
+the fitted stage is the same as ``fit``'s.
 
 Side inputs. Data-aware stages (Wanda pruning, importance-weighted k-means) need statistics of the model's data that
 are not in the tensor. They arrive at encode time only, in ``Dense.side`` (name -> numpy array), filled from a
@@ -40,7 +43,7 @@ and checks it, with the error message every built-in stage gives.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,6 +52,19 @@ from .errors import ConfigError
 from .streams import Dense, Stream
 
 Meta = dict[str, Any]
+# A fit in passes: the generator yields a picklable function of one stream, is sent an iterable of that function's
+# results over every stream of the chain (in any order), and finally returns its result (the fitted stage).
+FitPlan = Generator[Callable[[Any], Any], Iterable[Any], Any]
+
+
+def run_fit_plan(plan: FitPlan, streams: Callable[[], Iterable[Stream]]) -> Any:
+    """Run a FitPlan here: each pass maps its function over `streams()`, one stream at a time."""
+    try:
+        request = next(plan)
+        while True:
+            request = plan.send(request(s) for s in streams())
+    except StopIteration as done:
+        return done.value
 
 
 class Stage:
@@ -70,6 +86,11 @@ class Stage:
     def fit(self, streams: Callable[[], Iterable[Stream]]) -> Stage:
         """Return the stage to use on every tensor of its chain, given a way to iterate over their input streams."""
         return self
+
+    def fit_plan(self) -> FitPlan | None:
+        """Optional: `fit` as a FitPlan an executor may distribute (its result: the same stage as `fit`'s); None
+        when this stage has nothing to fit, or fits only through `fit`."""
+        return None
 
     @classmethod
     def parameters(cls) -> dict[str, inspect.Parameter]:

@@ -16,12 +16,14 @@ Decoding is the identity for all of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 
 from dcframe import ConfigError, Dense, FormatError, Stage, hookimpl, require_side
 from dcframe.dtypes import is_float
+from dcframe.stage import FitPlan, run_fit_plan
 from dcframe.streams import ACTIVATION, HESSIAN
 
 SCOPES = ("tensor", "global")
@@ -69,37 +71,54 @@ def global_threshold(streams: Callable[[], Iterable[Dense]], sparsity: float) ->
     Memory: one tensor's magnitudes at a time plus 65536 counters (and at most 2^22 gathered candidates), never the
     whole model; it reads the streams two to five times (usually twice).
     """
-    total = valid = 0
-    for stream in streams():
-        total += int(stream.array.size)
-        valid += int(_keys(stream).size)
-    k = min(_target_count(sparsity, total), valid)  # NaN is never pruned
+    return run_fit_plan(threshold_plan(sparsity), streams)
+
+
+def threshold_plan(sparsity: float) -> FitPlan:
+    """global_threshold as passes over the streams (dcframe.stage.FitPlan): counts, then 16-bit digit histograms
+    of the magnitudes' float64 bit patterns, then the few candidates left; each pass merges per-stream results by
+    sums and concatenation, so the streams may be visited in any order, wherever they are."""
+    counts = [0, 0]
+    for size, valid in (yield _counts):
+        counts[0] += size
+        counts[1] += valid
+    k = min(_target_count(sparsity, counts[0]), counts[1])  # NaN is never pruned
     if k == 0:
         return 0.0
     prefix, shift = 0, 64
     while shift > 0:
         shift -= _BIN_BITS
         hist = np.zeros(1 << _BIN_BITS, dtype=np.int64)
-        for keys in _matching(streams, prefix, shift + _BIN_BITS):
-            hist += np.bincount((keys >> np.uint64(shift)) & np.uint64((1 << _BIN_BITS) - 1),
-                                minlength=1 << _BIN_BITS)
+        for part in (yield partial(_histogram, prefix=prefix, above=shift + _BIN_BITS, shift=shift)):
+            hist += part
         cum = np.cumsum(hist)
         digit = int(np.searchsorted(cum, k))  # the first bin whose running count reaches k
         k -= int(cum[digit - 1]) if digit else 0
         prefix = (prefix << _BIN_BITS) | digit
         if shift and hist[digit] <= _COLLECT:
-            candidates = np.concatenate([np.zeros(0, np.uint64), *_matching(streams, prefix, shift)])
+            parts = (yield partial(_matching, prefix=prefix, shift=shift))
+            candidates = np.concatenate([np.zeros(0, np.uint64), *parts])
             return float(np.partition(candidates, k - 1)[k - 1:k].view(np.float64)[0])
     return float(np.array([prefix], dtype=np.uint64).view(np.float64)[0])
 
 
-def _matching(streams: Callable[[], Iterable[Dense]], prefix: int, shift: int) -> Iterator[np.ndarray]:
-    """The keys of every stream whose bits above `shift` equal `prefix`."""
-    for stream in streams():
-        keys = _keys(stream)
-        if shift < 64:
-            keys = keys[(keys >> np.uint64(shift)) == np.uint64(prefix)]
-        yield keys
+def _counts(stream: Dense) -> tuple[int, int]:
+    """Elements, and non-NaN elements, of one stream."""
+    return int(stream.array.size), int(_keys(stream).size)
+
+
+def _histogram(stream: Dense, prefix: int, above: int, shift: int) -> np.ndarray:
+    """Counts of the 16-bit digit at `shift` of the keys whose bits from `above` up equal `prefix`."""
+    keys = _matching(stream, prefix, above)
+    return np.bincount((keys >> np.uint64(shift)) & np.uint64((1 << _BIN_BITS) - 1), minlength=1 << _BIN_BITS)
+
+
+def _matching(stream: Dense, prefix: int, shift: int) -> np.ndarray:
+    """The keys of a stream whose bits above `shift` equal `prefix`."""
+    keys = _keys(stream)
+    if shift < 64:
+        keys = keys[(keys >> np.uint64(shift)) == np.uint64(prefix)]
+    return keys
 
 
 def _rows(array: np.ndarray) -> np.ndarray:
@@ -273,9 +292,19 @@ class Prune(Stage):
 
     def fit(self, streams: Callable[[], Iterable[Dense]]) -> Prune:
         """For scope=global with a sparsity: the stage with the one absolute threshold that reaches it over all."""
+        plan = self.fit_plan()
+        return self if plan is None else run_fit_plan(plan, streams)
+
+    def fit_plan(self) -> FitPlan | None:
+        """`fit` as passes an executor can run where the tensors are (threshold_plan); None unless it fits."""
         if self.scope != "global" or self.sparsity is None:
-            return self
-        return Prune(threshold=global_threshold(streams, self.sparsity), scope="global")
+            return None
+        return self._fitted(threshold_plan(self.sparsity))
+
+    @staticmethod
+    def _fitted(plan: FitPlan) -> FitPlan:
+        threshold = yield from plan
+        return Prune(threshold=threshold, scope="global")
 
     def encode(self, stream: Dense) -> tuple[dict[str, Dense], dict]:
         if not is_float(stream.dtype):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ModelIOError
+from ..errors import DcfError, ModelIOError
 
 
 def add_force_flag(parser) -> None:
@@ -16,3 +16,26 @@ def refuse_existing_output(output: str | os.PathLike, force: bool) -> None:
     """Refuse to replace a file (or a symlink, even a dangling one) at `output` unless `force`; nothing is touched."""
     if not force and os.path.lexists(output):
         raise ModelIOError(f"{output}: already exists; use -f/--force to overwrite it")
+
+
+def add_executor_flags(parser, what: str) -> None:
+    """`--executor local|dask` and `--scheduler ADDR`: where `what` runs (the dask extra for a Dask cluster)."""
+    parser.add_argument("--executor", choices=("local", "dask"), default=None,
+                        help=f"where {what}: locally (default), or on a Dask cluster (the dask extra): a LocalCluster "
+                             f"of --jobs workers (default 2) on this machine, or the --scheduler's")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                        help="with --executor dask (implied): a running Dask scheduler; its workers must reach the "
+                             "input and output paths as given (this machine, or a shared filesystem)")
+
+
+def executor_from_flags(args):
+    """The DaskExecutor that --executor dask / --scheduler ask for, else None (dask is imported only when used)."""
+    if args.executor == "local":
+        if args.scheduler:
+            raise DcfError("--scheduler runs on a Dask cluster: give --executor dask (or leave --executor out)")
+        return None
+    if args.executor is None and not args.scheduler:
+        return None
+    from ..daskexec import DEFAULT_WORKERS, DaskExecutor
+
+    return DaskExecutor(scheduler=args.scheduler, workers=getattr(args, "jobs", None) or DEFAULT_WORKERS)

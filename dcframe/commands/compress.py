@@ -13,7 +13,7 @@ from ..modelio import read_model, refuse_overwriting_input
 from ..orchestrator import default_jobs
 from ..pipeline import Rule
 from ..tune import read_rules_file
-from . import add_force_flag, refuse_existing_output
+from . import add_executor_flags, add_force_flag, executor_from_flags, refuse_existing_output
 
 SMALL_MODEL = 8 << 20  # bytes of tensors below which --jobs is ignored
 MOVED_WARN = 0.2  # relative RMS error of a tensor beyond which compress warns (pruning moves weights that far; the
@@ -67,6 +67,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="tensors compressed in parallel by N processes (default: the number of cores; "
                         "the output bytes do not depend on N)")
+    add_executor_flags(p, "tensors are encoded")
     p.add_argument("--no-stats", action="store_true",
                    help="do not store per-tensor statistics (entropy, reconstruction error) in the file: "
                         "~200 bytes less per lossy tensor, fewer columns in `inspect`")
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more processes")
+    executor = executor_from_flags(args)
     tensors = read_folder(args.input) if is_folder(args.input) else read_model(args.input)
     for what in getattr(tensors, "skipped", ()):
         console.warn(f"{args.input}: not stored: {what}")
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     with console.progress_bar(total, "compressing", enabled=not args.quiet) as advance:
         report = compress(tensors, output, pipeline=args.pipeline, preset=args.preset, rules=rules,
                           metadata=metadata, progress=advance, jobs=jobs, stats=not args.no_stats,
-                          calibration=args.calibration)
+                          calibration=args.calibration, executor=executor)
     if args.json:
         console.print_json(report)
     else:

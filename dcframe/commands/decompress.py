@@ -9,7 +9,7 @@ from ..container import Container
 from ..errors import DcfError, FormatError
 from ..hffolder import is_folder, write_folder
 from ..modelio import refuse_overwriting_input, write_model_stream
-from . import add_force_flag, refuse_existing_output
+from . import add_executor_flags, add_force_flag, executor_from_flags, refuse_existing_output
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -24,12 +24,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="in the output folder, merge the shards into one model.safetensors")
     p.add_argument("--tensor", action="append", metavar="NAME", help="decode only this tensor (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_executor_flags(p, "a folder's shards are decoded, one task per shard (a single file is decoded here)")
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                   help="with --executor dask: the LocalCluster's workers (default 2)")
     add_force_flag(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     refuse_overwriting_input(args.output, args.input)  # whatever the extensions say
+    if args.jobs is not None and args.jobs < 1:
+        raise DcfError(f"--jobs {args.jobs}: give 1 or more workers")
     if args.single_file or _is_folder_output(args.output):
         return _to_folder(args)  # a folder: new, empty, or replaced with --force (its own rule)
     refuse_existing_output(args.output, args.force)
@@ -81,7 +86,8 @@ def _to_folder(args: argparse.Namespace) -> int:
         total = sum(e.total_length for e in container.entries.values())
         with console.progress_bar(total, "decoding", enabled=not args.quiet) as advance:
             written = write_folder(args.output, container, single_file=args.single_file,
-                                   overwrite=getattr(args, "force", False), progress=advance)
+                                   overwrite=getattr(args, "force", False), progress=advance,
+                                   executor=executor_from_flags(args))
     if not args.quiet:
         console.stderr.print(f"wrote {len(container.names)} tensors and {len(written)} files to {args.output}",
                              markup=False)
