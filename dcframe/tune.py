@@ -31,7 +31,7 @@ from .orchestrator import decode_tensor, encode_tensor
 from .pipeline import Policy, Rule
 from .retrain import Retrainer
 from .streams import Dense
-from .tunealloc import Frontier, Point, bisect, frontier, within_budget, within_cap
+from .tunealloc import Frontier, Move, Point, bisect, frontier, greedy, within_budget, within_cap
 from .tunegrid import DEFAULT_REL_STEPS, Grid, check_pipelines, resolve_grid
 
 RULES_FORMAT = "dcframe.rules/1"
@@ -47,8 +47,8 @@ PLOT_POINTS = 2000  # predicted frontier points kept in results (plots and --jso
 Evaluator = Callable[[dict[str, np.ndarray]], float]
 Progress = Callable[[str, int], None]
 
-__all__ = ["DEFAULT_REL_STEPS", "Evaluator", "Grid", "Point", "TuneResult", "load_evaluator", "read_rules_file",
-           "tune", "write_rules_file"]
+__all__ = ["DEFAULT_REL_STEPS", "Evaluator", "Grid", "Move", "Point", "TuneResult", "greedy", "load_evaluator",
+           "read_rules_file", "tune", "write_rules_file"]
 
 
 @dataclass
@@ -111,14 +111,16 @@ class TuneResult:
         stages' metadata (codebooks, code lengths): what the allocation counts."""
         rows = []
         for name, p in self.chosen.items():
-            values = np.asarray(self.weights[name])
-            kept = int(np.count_nonzero(values))
             stored = self.tensor_bytes.get(name, p.stored)
             nbytes = stored - p.meta  # the streams
-            rows.append({"tensor": name, "weights": int(values.size), "kept_pct": 100 * kept / max(values.size, 1),
-                         "bits": 8 * nbytes / kept if kept else 0.0, "bytes": nbytes, "stored": stored,
-                         "ratio": 4 * values.size / max(nbytes, 1), "pipeline": p.pipeline,
-                         "metric_cost": self.dense_metric - p.metric})
+            row = {"tensor": name, "weights": None, "kept_pct": None, "bits": None, "ratio": None, "bytes": nbytes,
+                   "stored": stored, "pipeline": p.pipeline, "metric_cost": self.dense_metric - p.metric}
+            if name in self.weights:  # a result built elsewhere (without the model) leaves these out
+                values = np.asarray(self.weights[name])
+                kept = int(np.count_nonzero(values))
+                row.update(weights=int(values.size), kept_pct=100 * kept / max(values.size, 1),
+                           bits=8 * nbytes / kept if kept else 0.0, ratio=values.nbytes / max(nbytes, 1))
+            rows.append(row)
         return rows
 
     def as_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ budget, and the least loss within a byte cap (the dual: maximize the metric at a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,3 +126,43 @@ def bisect(ok, bad: int, good: int, rounds: int | None = None) -> int:
         else:
             bad = mid
     return good
+
+
+@dataclass(frozen=True)
+class Move:
+    """One greedy step: tensor `name` from point index `src` to `dst`, saving `saved` bytes for `lost` metric."""
+
+    name: str
+    src: int
+    dst: int
+    saved: int
+    lost: float
+
+    @property
+    def efficiency(self) -> float:
+        return self.saved / self.lost if self.lost > 0 else math.inf
+
+
+def greedy(points: dict[str, list[Point]], base: float, budget: float) -> list[Move]:
+    """Repeatedly take the move with the most bytes saved per metric lost, while the summed (predicted) loss of the
+    tensors' current points stays within `budget`. Each point's loss is its metric drop alone (0 if it gained)."""
+    current = {n: 0 for n in points}
+    loss = {n: 0.0 for n in points}
+    moves: list[Move] = []
+    while True:
+        spent = sum(loss.values())
+        best: Move | None = None
+        for name, pts in points.items():
+            here = pts[current[name]]
+            for j, p in enumerate(pts):
+                lost = max(base - p.metric, 0.0) - loss[name]
+                if p.nbytes >= here.nbytes or spent + lost > budget + 1e-12:
+                    continue
+                move = Move(name, current[name], j, here.nbytes - p.nbytes, max(lost, 0.0))
+                if best is None or (move.efficiency, move.saved) > (best.efficiency, best.saved):
+                    best = move
+        if best is None:
+            return moves
+        moves.append(best)
+        current[best.name] = best.dst
+        loss[best.name] = max(base - points[best.name][best.dst].metric, 0.0)

@@ -18,6 +18,7 @@ from dcframe.tune import (
     Point,
     TuneResult,
     escape_glob,
+    greedy,
     lenet_evaluators,
     lenet_retrainer,
     read_rules_file,
@@ -127,6 +128,28 @@ def test_backoff_restores_the_budget_when_tensors_interact():
     assert 1.0 - result.metric == pytest.approx(0.01)  # ... and backing off kept one tensor approximated
     assert sorted(p.pipeline.startswith("uniform") for p in result.chosen.values()) == [False, True]
     assert result.evaluations == 1 + 2 + len(result.frontier)
+
+
+def test_greedy_prefers_bytes_per_metric_lost():
+    """The greedy path (dcframe.tunehf allocates with it) takes the most bytes saved per metric lost first."""
+    base = 1.0
+    points = {"cheap": [Point("l", 1000, base), Point("q", 100, base - 0.001)],
+              "costly": [Point("l", 1000, base), Point("q", 100, base - 0.009)]}
+    moves = greedy(points, base, 0.005)
+    assert [(m.name, m.dst) for m in moves] == [("cheap", 1)]
+
+
+def test_a_result_built_without_the_model_still_renders(capsys):
+    """A TuneResult from another search (positional fields only, no weights) prints and serializes; the columns it
+    cannot know are left out, not made up."""
+    from dcframe.commands.tune import show
+
+    pts = {"w": [Point("l", 400, 1.0), Point("q", 100, 0.99)]}
+    result = TuneResult(1.0, 0.99, 0.02, pts, {"w": pts["w"][1]}, {"w": pts["w"][0]}, 10, 2)
+    row = result.layers()[0]
+    assert row["kept_pct"] is None and row["bytes"] == 100 and row["metric_cost"] == pytest.approx(0.01)
+    show(result)
+    assert "w" in capsys.readouterr().out and json.dumps(result.as_dict())
 
 
 def test_escaped_names_match_only_themselves():

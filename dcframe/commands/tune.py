@@ -124,8 +124,12 @@ def run(args: argparse.Namespace) -> int:
 
 def show(result: TuneResult) -> None:
     """The paper's per-layer columns plus the chosen setting and its metric cost, then the totals."""
-    rows = [[r["tensor"], f"{r['weights']:,}", f"{r['kept_pct']:.1f}%", f"{r['bits']:.2f}", f"{r['ratio']:.1f}x",
-             r["pipeline"], f"{r['metric_cost']:+.4f}"] for r in result.layers()]
+    def cell(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    rows = [[r["tensor"], cell(r["weights"], ","), cell(r["kept_pct"], ".1f") + "%" * (r["kept_pct"] is not None),
+             cell(r["bits"], ".2f"), cell(r["ratio"], ".1f") + "x" * (r["ratio"] is not None), r["pipeline"],
+             f"{r['metric_cost']:+.4f}"] for r in result.layers()]
     cols = [Col("tensor", "text"), Col("#weights"), Col("weights kept"), Col("bits/kept weight"), Col("ratio"),
             Col("chosen setting", "text"), Col("metric cost alone")]
     console.stdout.print(fit_table("dcframe tune", cols, rows))
