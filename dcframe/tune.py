@@ -162,8 +162,9 @@ def _score(evaluate: Evaluator, params: dict[str, np.ndarray]) -> float:
     return value
 
 
-def check_goal(budget: float | None, target_ratio: float | None) -> None:
-    """Exactly one of a metric budget (finite, >= 0) and a target ratio (finite, > 1)."""
+def check_goal(budget: float | None, target_ratio: float | None, pre_budget: float | None = None) -> None:
+    """Exactly one of a metric budget (finite, >= 0) and a target ratio (finite, > 1); a pre-retraining budget, if
+    given, finite and >= 0."""
     if (budget is None) == (target_ratio is None):
         raise ConfigError("give exactly one of --budget (metric loss) and --target-ratio (file size)")
     if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
@@ -171,6 +172,9 @@ def check_goal(budget: float | None, target_ratio: float | None) -> None:
     if target_ratio is not None and not (isinstance(target_ratio, (int, float)) and math.isfinite(target_ratio)
                                          and target_ratio > 1):
         raise ConfigError(f"--target-ratio {target_ratio!r}: give a finite ratio > 1 (original size / file size)")
+    if pre_budget is not None and not (isinstance(pre_budget, (int, float)) and math.isfinite(pre_budget)
+                                       and pre_budget >= 0):
+        raise ConfigError(f"--pre-budget {pre_budget!r}: give a finite metric loss >= 0")
 
 
 def tune(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, budget: float | None = None,
@@ -186,7 +190,7 @@ def tune(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, budget:
     try allows `pre_budget` of loss before retraining (default: budget + 0.1 x |dense metric|), backing off by
     bisection along the frontier in at most `rounds` retrainings. `test`, if given, is evaluated once, on the dense
     and the chosen model, never used to choose. `save`: write the chosen (retrained) model's .dcf there."""
-    check_goal(budget, target_ratio)
+    check_goal(budget, target_ratio, pre_budget)
     search = Search.start(tensors, evaluate, resolve_grid(grid, rel_steps), retrainer, progress)
     try:
         if budget is not None:
@@ -405,7 +409,8 @@ class Search:
         overhead = self.real_file(self.lossless_trial()) - self.trials[-1].nbytes
         self.trials.pop()  # the overhead probe is no allocation tried
         cap = math.floor(goal) - overhead - sum(self.fixed.values())
-        for _ in range(RATIO_TRIES if self.retrainer is None else max(rounds, 1)):
+        tries = RATIO_TRIES if self.retrainer is None else max(rounds, 1)
+        for _ in range(tries):
             index = within_cap(self.front, cap)
             if index is None:
                 smallest = int(self.front.nbytes[0]) + overhead + sum(self.fixed.values())
@@ -420,7 +425,7 @@ class Search:
                 return best
             cap -= math.ceil(miss)
         raise ConfigError(f"--target-ratio {ratio:g}: the files written stayed larger than "
-                          f"{math.floor(goal):,} bytes after {RATIO_TRIES} tries")
+                          f"{math.floor(goal):,} bytes after {tries} tries")
 
     def result(self, trial: Trial, budget: float | None, target_ratio: float | None) -> TuneResult:
         """The TuneResult of the chosen trial."""

@@ -378,6 +378,7 @@ def test_target_ratio_maximizes_the_metric_among_the_candidates():
     (["--target-ratio", "100000"], "out of this grid's reach"),
     (["--budget", "0.01", "--grid", "nosuchgrid"], "cannot read it"),
     (["--budget", "0.01", "--pre-budget", "0.1"], "--pre-budget applies with --retrain"),
+    (["--budget", "0.01", "--retrain", "--pre-budget", "nan"], "--pre-budget nan: give a finite"),
     (["--budget", "0.01", "--retrain"], "only the bundled LeNet-300-100 has a built-in retrainer"),
     (["--budget", "0.01", "--steps", "0.1,x"], "--steps"),
 ])

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         refuse_existing_output(output, args.force)
     if len(set(outputs)) < len(outputs):
         raise ConfigError("-o, --save and --plot must name different files")
-    check_goal(args.budget, args.target_ratio)
+    check_goal(args.budget, args.target_ratio, args.pre_budget)
     if args.pre_budget is not None and not (args.retrain and args.budget is not None):
         raise ConfigError("--pre-budget applies with --retrain and --budget only")
     grid = resolve_grid(args.grid)
