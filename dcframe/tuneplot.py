@@ -66,7 +66,7 @@ def frontier(ax, result: TuneResult) -> None:  # noqa: ANN001 - a matplotlib Axe
         ax.axhline(result.dense_metric - result.budget, color="red", linestyle=":", linewidth=0.8, label="budget")
     if result.target_ratio is not None:
         ax.axvline(result.original_bytes / result.target_ratio, color="red", linestyle=":", linewidth=0.8,
-                   label="target ratio")
+                   label="target ratio (whole file)")
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes of the model")
     ax.set_ylabel("metric (validation)")

@@ -135,7 +135,7 @@ def show(result: TuneResult) -> None:
     console.stdout.print(fit_table("dcframe tune", cols, rows))
     goal = f"budget {result.budget}" if result.budget is not None else f"target ratio {result.target_ratio:g}x"
     stored = result.original_bytes / max(result.total_bytes, 1)
-    lines = [f"streams: {result.total_bytes:,} bytes, {stored:.1f}x smaller than the original "
+    lines = [f"stored (streams + metadata): {result.total_bytes:,} bytes, {stored:.1f}x smaller than the original "
              f"({result.lossless_bytes / max(result.total_bytes, 1):.2f}x smaller than lossless)"]
     if result.file_bytes is not None:
         lines.append(f"file: {result.file_bytes:,} bytes, {result.original_bytes / result.file_bytes:.1f}x")
