@@ -7,6 +7,7 @@ Public API:
     inspect(path) -> report dict                                                  sizes, ratios, stats per tensor
     verify(path) -> {"ok", "tensors", "damaged"}                                  every checksum, every tensor decodes
     compress_with_retraining(tensors, path, retrainer, ...) -> report dict        the paper's loop, any framework
+    tune(tensors, evaluate, budget=B | target_ratio=R, ...) -> TuneResult         settings per tensor: .frontier, .rules
     Constraints, PhaseInfo                                                        what a retrainer is given
     read_model(path) / write_model(path, tensors)                                 .safetensors .npz .npy .pt
     Stage, Dense, Symbols, Bytes, hookimpl, require_side                          to write a stage plugin
@@ -38,11 +39,12 @@ from .pipeline import Policy, Rule, parse_pipeline  # noqa: E402
 from .retrain import Constraints, PhaseInfo, compress_with_retraining  # noqa: E402
 from .stage import Stage, require_side  # noqa: E402
 from .streams import MAX_NDIM, Bytes, Dense, Symbols, check_shape, symbol_width  # noqa: E402
+from .tune import TuneResult, tune  # noqa: E402
 
 __all__ = [
     "MAX_NDIM", "Bytes", "ConfigError", "Constraints", "Container", "DcfError", "Dense", "FormatError",
     "IntegrityError", "LimitError", "Limits", "MissingStageError", "ModelIOError", "PhaseInfo", "PipelineError",
     "Policy", "Rule", "Stage", "Symbols", "check_output", "check_shape", "compress", "compress_with_retraining",
     "decompress", "hookimpl", "inspect", "numpy_dtype", "open_container", "output_limit", "parse_pipeline",
-    "read_model", "require_side", "symbol_width", "verify", "write_model", "__version__",
+    "read_model", "require_side", "symbol_width", "TuneResult", "tune", "verify", "write_model", "__version__",
 ]

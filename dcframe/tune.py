@@ -1,9 +1,11 @@
-"""Per-tensor sensitivity and a greedy allocation of settings under a metric budget (issue #12, first slice).
+"""Per-tensor sensitivity, an allocation of settings for a metric budget or a target ratio, rules files (issue #12).
 
-Each tensor of rank >= 2 is swept alone (the rest exact) over a grid of candidate pipelines; its stored bytes are the
-real encoded streams' lengths and its metric comes from an evaluator (decoded tensors -> float, higher is better).
-The allocation then picks one point per tensor, verifies the combination end to end and backs off until the budget
-holds. Nothing here prints: the CLI (dcframe/commands/tune.py) renders the result.
+Each tensor of rank >= 2 is swept alone (the rest exact) over a grid of candidate pipelines (dcframe.tunegrid); its
+stored bytes are the real encoded streams' lengths and its metric comes from an evaluator (tensors -> float, higher is
+better). The allocation (dcframe.tunealloc) reads one point per tensor off the exact size-loss frontier, verifies the
+combination end to end and backs off until the goal holds. With a retrainer (dcframe.retrain's protocol), each
+verified combination is first retrained (the paper's loop) and judged by its retrained metric. Nothing here prints:
+the CLI (dcframe/commands/tune.py) renders the result.
 """
 
 from __future__ import annotations
@@ -12,47 +14,71 @@ import importlib
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from .dtypes import is_float
 from .errors import ConfigError, DcfError
 from .orchestrator import decode_tensor, encode_tensor
 from .pipeline import Policy, Rule
+from .retrain import Retrainer
 from .streams import Dense
+from .tunealloc import Frontier, Move, Point, bisect, frontier, greedy, within_budget, within_cap
+from .tunegrid import DEFAULT_REL_STEPS, Grid, check_pipelines, resolve_grid
 
 RULES_FORMAT = "dcframe.rules/1"
 MAX_RULES_FILE = 16 << 20  # bytes: a rules file is text lines, one per tensor
-DEFAULT_REL_STEPS = (0.05, 0.1, 0.2, 0.35, 0.5)  # uniform steps relative to the tensor's RMS
 VALIDATION_FRACTION = 0.2  # of the training digits, held out for the built-in LeNet evaluator
 SPLIT_SEED = 0
-EXACT_LIMIT = 1 << 16  # combinations of points up to which the allocation tries all of them
+PRE_RETRAIN_SLACK = 0.1  # with retraining, the first try may lose budget + this x |dense metric| before retraining
+RETRAIN_ROUNDS = 6  # retrained verifications at most (each runs the whole retraining loop)
+RATIO_CANDIDATES = 4  # without retraining, --target-ratio verifies this many frontier points under the cap
+RATIO_TRIES = 4  # caps tried when the real file misses the target ratio (container overhead, codebooks)
+PLOT_POINTS = 2000  # predicted frontier points kept in results (plots and --json)
 
 Evaluator = Callable[[dict[str, np.ndarray]], float]
 Progress = Callable[[str, int], None]
 
+__all__ = ["DEFAULT_REL_STEPS", "Evaluator", "Grid", "Move", "Point", "TuneResult", "greedy", "load_evaluator",
+           "read_rules_file", "tune", "write_rules_file"]
 
-@dataclass(frozen=True)
-class Point:
-    """One measured setting of one tensor: its pipeline, stored bytes and the metric with only it approximated."""
 
-    pipeline: str
-    nbytes: int
+@dataclass
+class Trial:
+    """One verified allocation: the point index per tensor, its metric (retrained, if so), stored stream bytes of
+    every tensor, the real file's bytes when one was written, and the weights that were evaluated."""
+
+    choice: dict[str, int]
     metric: float
+    tensor_bytes: dict[str, int]
+    weights: dict[str, np.ndarray]
+    retrained: bool = False
+    file_bytes: int | None = None
+    path: Path | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.tensor_bytes.values())
 
 
 @dataclass
 class TuneResult:
-    """The sweep, the chosen point per tensor and the end-to-end metrics (validation; test if given)."""
+    """The sweep, the chosen point per tensor and the end-to-end metrics (validation; test if given).
+
+    `frontier`: (stored bytes, metric) of every allocation verified end to end, in the order tried; `predicted`: the
+    frontier the sweep predicts, (stored bytes, dense metric - summed losses)."""
 
     dense_metric: float
     metric: float
-    budget: float
+    budget: float | None
     points: dict[str, list[Point]]
     chosen: dict[str, Point]
     lossless: dict[str, Point]
@@ -61,44 +87,62 @@ class TuneResult:
     test_dense: float | None = None
     test_metric: float | None = None
     rules: list[str] = field(default_factory=list)
+    target_ratio: float | None = None
+    original_bytes: int = 0
+    frontier: list[tuple[int, float]] = field(default_factory=list)
+    predicted: list[tuple[int, float]] = field(default_factory=list)
+    tensor_bytes: dict[str, int] = field(default_factory=dict)  # the chosen allocation's stored streams per tensor
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # the chosen model (decoded; retrained if so)
+    retrained: bool = False
+    file_bytes: int | None = None  # the chosen model's real file, when one was written
 
     @property
     def total_bytes(self) -> int:
-        return self.fixed_bytes + sum(p.nbytes for p in self.chosen.values())
+        return sum(self.tensor_bytes.values()) if self.tensor_bytes else \
+            self.fixed_bytes + sum(p.stored for p in self.chosen.values())
 
     @property
     def lossless_bytes(self) -> int:
-        return self.fixed_bytes + sum(p.nbytes for p in self.lossless.values())
+        return self.fixed_bytes + sum(p.stored for p in self.lossless.values())
+
+    def layers(self) -> list[dict[str, Any]]:
+        """The paper's per-layer columns for every tuned tensor: weights, % kept, bits per kept weight (its streams),
+        ratio against float32 (streams) - plus the chosen setting and its metric cost alone. `stored` adds the
+        stages' metadata (codebooks, code lengths): what the allocation counts."""
+        rows = []
+        for name, p in self.chosen.items():
+            stored = self.tensor_bytes.get(name, p.stored)
+            nbytes = stored - p.meta  # the streams
+            row = {"tensor": name, "weights": None, "kept_pct": None, "bits": None, "ratio": None, "bytes": nbytes,
+                   "stored": stored, "pipeline": p.pipeline, "metric_cost": self.dense_metric - p.metric}
+            if name in self.weights:  # a result built elsewhere (without the model) leaves these out
+                values = np.asarray(self.weights[name])
+                kept = int(np.count_nonzero(values))
+                row.update(weights=int(values.size), kept_pct=100 * kept / max(values.size, 1),
+                           bits=8 * nbytes / kept if kept else 0.0, ratio=values.nbytes / max(nbytes, 1))
+            rows.append(row)
+        return rows
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for `--json`."""
-        return {"format": "dcframe.tune/1", "budget": self.budget, "dense_metric": self.dense_metric,
-                "metric": self.metric, "test_dense_metric": self.test_dense, "test_metric": self.test_metric,
-                "total_bytes": self.total_bytes, "lossless_bytes": self.lossless_bytes,
+        return {"format": "dcframe.tune/2", "budget": self.budget, "target_ratio": self.target_ratio,
+                "dense_metric": self.dense_metric, "metric": self.metric, "test_dense_metric": self.test_dense,
+                "test_metric": self.test_metric, "retrained": self.retrained, "original_bytes": self.original_bytes,
+                "total_bytes": self.total_bytes, "lossless_bytes": self.lossless_bytes, "file_bytes": self.file_bytes,
                 "evaluations": self.evaluations, "rules": self.rules,
-                "tensors": [{"name": n, "pipeline": p.pipeline, "bytes": p.nbytes,
-                             "lossless_bytes": self.lossless[n].nbytes, "metric_cost": self.dense_metric - p.metric,
-                             "points": [vars(q) for q in self.points[n]]} for n, p in self.chosen.items()]}
+                "frontier": [list(f) for f in self.frontier], "predicted": [list(f) for f in self.predicted],
+                "tensors": [{**row, "name": row["tensor"], "lossless_bytes": self.lossless[row["tensor"]].stored,
+                             "points": [vars(q) for q in self.points[row["tensor"]]]} for row in self.layers()]}
 
 
-def candidate_pipelines(values: np.ndarray, rel_steps: Sequence[float], lossless: str) -> list[str]:
-    """The grid for one tensor: `uniform(step=s) | huffman` for s = rel x the tensor's RMS, plus the lossless chain.
-
-    Absolute steps (6 significant digits) make each rule replay to the same bytes whatever else is compressed."""
-    rms = float(np.sqrt(np.mean(np.square(values, dtype=np.float64)))) if values.size else 0.0
-    grid = [lossless]
-    if rms > 0 and math.isfinite(rms):
-        grid += [f"uniform(step={float(f'{r * rms:.6g}')!r}) | huffman" for r in rel_steps]
-    return list(dict.fromkeys(grid))
-
-
-def measure(name: str, dense: Dense, policy: Policy, pipeline: str) -> tuple[int, np.ndarray]:
-    """Encode one tensor with `pipeline`: the total length of its final streams and its decoded values."""
+def measure(name: str, dense: Dense, policy: Policy, pipeline: str) -> tuple[int, np.ndarray, int]:
+    """Encode one tensor with `pipeline`: the total length of its final streams, its decoded values and the bytes of
+    its stages' metadata (as msgpack, the way the container stores it)."""
     chain = policy.chain_for_pipeline(pipeline)
     encoded = encode_tensor(name, dense, chain, stats=False)
     nbytes = sum(len(s) for s in encoded.streams.values())
     decoded = decode_tensor(chain.stages, encoded.steps, encoded.streams, dense.dtype, dense.array.shape)
-    return nbytes, decoded.values()
+    return nbytes, decoded.values(), len(msgpack.packb(encoded.steps, use_bin_type=True))
 
 
 def _score(evaluate: Evaluator, params: dict[str, np.ndarray]) -> float:
@@ -118,51 +162,77 @@ def _score(evaluate: Evaluator, params: dict[str, np.ndarray]) -> float:
     return value
 
 
-def tune(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, budget: float,
-         rel_steps: Sequence[float] = DEFAULT_REL_STEPS, test: Evaluator | None = None,
-         progress: Progress | None = None) -> TuneResult:
-    """Sweep every float tensor of rank >= 2, allocate under `budget` (metric loss on `evaluate`'s data) and verify.
-
-    `test`, if given, is evaluated on the dense and the chosen model only, never used to choose."""
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
+def check_goal(budget: float | None, target_ratio: float | None, pre_budget: float | None = None) -> None:
+    """Exactly one of a metric budget (finite, >= 0) and a target ratio (finite, > 1); a pre-retraining budget, if
+    given, finite and >= 0."""
+    if (budget is None) == (target_ratio is None):
+        raise ConfigError("give exactly one of --budget (metric loss) and --target-ratio (file size)")
+    if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
         raise ConfigError(f"--budget {budget!r}: give a finite metric loss >= 0")
-    if not rel_steps or any(not (0 < r < math.inf) for r in rel_steps):
-        raise ConfigError(f"relative steps {list(rel_steps)!r}: give numbers > 0")
-    policy = Policy()
-    lossless = policy.lossless_pipeline()
-    dense = {n: (t if isinstance(t, Dense) else Dense.of(np.asarray(t))) for n, t in tensors.items()}
-    exact = {n: d.values() for n, d in dense.items()}
-    tuned = [n for n, d in dense.items() if tunable(d)]
-    fixed = sum(measure(n, dense[n], policy, lossless)[0] for n in dense if n not in tuned)
-    base = _score(evaluate, exact)
-    points, decoded = sweep(tuned, dense, exact, policy, lossless, rel_steps, evaluate, base, progress)
-    chosen, metric, evaluations = allocate(points, decoded, exact, evaluate, base, budget)
-    lossless_pts = {n: points[n][0] for n in tuned}
-    result = TuneResult(base, metric, float(budget), points, chosen, lossless_pts, fixed,
-                        evaluations + sum(len(p) - 1 for p in points.values()) + 1)
-    result.rules = rules_for(chosen)
-    if test is not None:
-        result.test_dense = _score(test, exact)
-        result.test_metric = _score(test, {**exact, **{n: decoded[n][p.pipeline] for n, p in chosen.items()}})
-    return result
+    if target_ratio is not None and not (isinstance(target_ratio, (int, float)) and math.isfinite(target_ratio)
+                                         and target_ratio > 1):
+        raise ConfigError(f"--target-ratio {target_ratio!r}: give a finite ratio > 1 (original size / file size)")
+    if pre_budget is not None and not (isinstance(pre_budget, (int, float)) and math.isfinite(pre_budget)
+                                       and pre_budget >= 0):
+        raise ConfigError(f"--pre-budget {pre_budget!r}: give a finite metric loss >= 0")
+
+
+def tune(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, budget: float | None = None,
+         rel_steps: Sequence[float] | None = None, test: Evaluator | None = None,
+         progress: Progress | None = None, *, grid: Grid | str | None = None, target_ratio: float | None = None,
+         retrainer: Retrainer | None = None, pre_budget: float | None = None, save: str | os.PathLike | None = None,
+         rounds: int = RETRAIN_ROUNDS) -> TuneResult:
+    """Sweep every float tensor of rank >= 2 over `grid` (a Grid, a grid's name or a grid file; `rel_steps` alone: the
+    uniform grid with those steps), then choose one setting per tensor: the fewest bytes within `budget` (metric loss
+    on `evaluate`'s data), or the best metric at a file >= `target_ratio` x smaller than the original - exactly one.
+
+    `retrainer` (dcframe.retrain's protocol): each verified allocation is retrained and judged retrained; the first
+    try allows `pre_budget` of loss before retraining (default: budget + 0.1 x |dense metric|), backing off by
+    bisection along the frontier in at most `rounds` retrainings. `test`, if given, is evaluated once, on the dense
+    and the chosen model, never used to choose. `save`: write the chosen (retrained) model's .dcf there."""
+    check_goal(budget, target_ratio, pre_budget)
+    search = Search.start(tensors, evaluate, resolve_grid(grid, rel_steps), retrainer, progress)
+    try:
+        if budget is not None:
+            trial = search.for_budget(float(budget), pre_budget, rounds)
+        else:
+            trial = search.for_ratio(float(target_ratio), rounds)
+        result = search.result(trial, budget, target_ratio)
+        if test is not None:
+            result.test_dense = _score(test, search.exact)
+            result.test_metric = _score(test, trial.weights)
+        if save is not None:
+            search.save(trial, save)
+        return result
+    finally:
+        search.close()
 
 
 def sweep(tuned: list[str], dense: dict[str, Dense], exact: dict[str, np.ndarray], policy: Policy, lossless: str,
-          rel_steps: Sequence[float], evaluate: Evaluator, base: float,
+          grid: Grid, evaluate: Evaluator, base: float,
           progress: Progress | None) -> tuple[dict[str, list[Point]], dict[str, dict[str, np.ndarray]]]:
-    """Each tensor alone through each candidate: points (the lossless one first, at the dense metric) and decodes."""
+    """Each tensor alone through each candidate, each encoded once: points (the lossless one first, at the dense
+    metric) and the decoded values, which the verifications reuse."""
     points: dict[str, list[Point]] = {}
     decoded: dict[str, dict[str, np.ndarray]] = {}
     for name in tuned:
         points[name], decoded[name] = [], {}
-        for pipeline in candidate_pipelines(exact[name], rel_steps, lossless):
-            nbytes, values = measure(name, dense[name], policy, pipeline)
+        for pipeline in grid.pipelines(exact[name], lossless):
+            nbytes, values, meta = measure(name, dense[name], policy, pipeline)
             metric = base if pipeline == lossless else _score(evaluate, {**exact, name: values})
-            points[name].append(Point(pipeline, nbytes, metric))
+            points[name].append(Point(pipeline, nbytes, metric, distortion(exact[name], values), meta))
             decoded[name][pipeline] = values
             if progress:
                 progress(name, 1)
     return points, decoded
+
+
+def distortion(exact: np.ndarray, approx: np.ndarray) -> float:
+    """||w - w'||^2 / ||w||^2 (0 for an all-zero tensor kept exact): the tie-breaker between equal metric losses."""
+    a, b = exact.astype(np.float64, copy=False), approx.astype(np.float64, copy=False)
+    err = float(np.sum(np.square(a - b)))
+    norm = float(np.sum(np.square(a)))
+    return err / norm if norm > 0 else (0.0 if err == 0 else math.inf)
 
 
 def tunable(dense: Dense) -> bool:
@@ -170,105 +240,218 @@ def tunable(dense: Dense) -> bool:
     return dense.array.ndim >= 2 and is_float(dense.dtype)
 
 
-def sweep_size(tensors: Mapping[str, np.ndarray | Dense], rel_steps: Sequence[float] = DEFAULT_REL_STEPS) -> int:
+def sweep_size(tensors: Mapping[str, np.ndarray | Dense], rel_steps: Sequence[float] | None = None,
+               grid: Grid | str | None = None, retrain: bool = False) -> int:
     """How many points tune() measures (the progress bar's total): one per candidate of each tuned tensor."""
     lossless = Policy().lossless_pipeline()
+    chosen = resolve_grid(grid, rel_steps)
+    chosen = chosen.without_uniform() if retrain else chosen
     dense = (t if isinstance(t, Dense) else Dense.of(np.asarray(t)) for t in tensors.values())
-    return sum(len(candidate_pipelines(d.values(), rel_steps, lossless)) for d in dense if tunable(d))
+    return sum(len(chosen.pipelines(d.values(), lossless)) for d in dense if tunable(d))
 
 
-@dataclass(frozen=True)
-class Move:
-    """One greedy step: tensor `name` from point index `src` to `dst`, saving `saved` bytes for `lost` metric."""
+@dataclass
+class Search:
+    """The sweep's measurements and the verifications built on them (one tune() call)."""
 
-    name: str
-    src: int
-    dst: int
-    saved: int
-    lost: float
+    dense: dict[str, Dense]
+    exact: dict[str, np.ndarray]
+    evaluate: Evaluator
+    base: float
+    points: dict[str, list[Point]]
+    decoded: dict[str, dict[str, np.ndarray]]
+    fixed: dict[str, int]
+    front: Frontier
+    policy: Policy
+    retrainer: Retrainer | None
+    progress: Progress | None
+    tmp: Path
+    evaluations: int = 0
+    trials: list[Trial] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, grid: Grid,
+              retrainer: Retrainer | None, progress: Progress | None) -> Search:
+        """Check the grid, measure the dense metric and sweep."""
+        if retrainer is not None:
+            grid = grid.without_uniform()
+            if not grid.sparsity and not grid.bits:
+                raise ConfigError("grid: with retraining only pruned/shared candidates apply (retrained centroids "
+                                  "leave uniform's grid): give sparsity and bits")
+        policy = Policy()
+        check_pipelines(grid, policy)
+        lossless = policy.lossless_pipeline()
+        dense = {n: (t if isinstance(t, Dense) else Dense.of(np.asarray(t))) for n, t in tensors.items()}
+        exact = {n: d.values() for n, d in dense.items()}
+        tuned = [n for n, d in dense.items() if tunable(d)]
+        fixed = {n: sum(measure(n, dense[n], policy, lossless)[::2]) for n in dense if n not in tuned}
+        base = _score(evaluate, exact)
+        points, decoded = sweep(tuned, dense, exact, policy, lossless, grid, evaluate, base, progress)
+        evaluations = 1 + sum(len(p) - 1 for p in points.values())
+        return cls(dense, exact, evaluate, base, points, decoded, fixed, frontier(points, base), policy, retrainer,
+                   progress, Path(tempfile.mkdtemp(prefix="dcframe-tune-")), evaluations)
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     @property
-    def efficiency(self) -> float:
-        return self.saved / self.lost if self.lost > 0 else math.inf
+    def original_bytes(self) -> int:
+        return sum(d.array.nbytes for d in self.dense.values())
 
+    def rules(self, choice: Mapping[str, int]) -> list[str]:
+        return rules_for({n: self.points[n][i] for n, i in choice.items()})
 
-def greedy(points: dict[str, list[Point]], base: float, budget: float) -> list[Move]:
-    """Repeatedly take the move with the most bytes saved per metric lost, while the summed (predicted) loss of the
-    tensors' current points stays within `budget`. Each point's loss is its metric drop alone (0 if it gained)."""
-    current = {n: 0 for n in points}
-    loss = {n: 0.0 for n in points}
-    moves: list[Move] = []
-    while True:
-        spent = sum(loss.values())
-        best: Move | None = None
-        for name, pts in points.items():
-            here = pts[current[name]]
-            for j, p in enumerate(pts):
-                lost = max(base - p.metric, 0.0) - loss[name]
-                if p.nbytes >= here.nbytes or spent + lost > budget + 1e-12:
-                    continue
-                move = Move(name, current[name], j, here.nbytes - p.nbytes, max(lost, 0.0))
-                if best is None or (move.efficiency, move.saved) > (best.efficiency, best.saved):
-                    best = move
-        if best is None:
-            return moves
-        moves.append(best)
-        current[best.name] = best.dst
-        loss[best.name] = max(base - points[best.name][best.dst].metric, 0.0)
+    def score(self, params: dict[str, np.ndarray]) -> float:
+        self.evaluations += 1
+        return _score(self.evaluate, params)
 
+    def plain(self, choice: dict[str, int]) -> Trial:
+        """Verify a combination as swept (no retraining): the decoded tensors together, measured, not summed."""
+        weights = {**self.exact, **{n: self.decoded[n][self.points[n][i].pipeline] for n, i in choice.items()}}
+        sizes = {**self.fixed, **{n: self.points[n][i].stored for n, i in choice.items()}}
+        trial = Trial(choice, self.score(weights), sizes, weights)
+        self.trials.append(trial)
+        return trial
 
-def exact_choice(points: dict[str, list[Point]], base: float, budget: float,
-                 limit: int = EXACT_LIMIT) -> dict[str, int] | None:
-    """The point index per tensor with the fewest total bytes whose summed losses fit `budget`, by trying every
-    combination (vectorized); None when there are more than `limit` combinations. Ties go to the smaller loss."""
-    names = list(points)
-    if not names:
-        return {}
-    if math.prod(len(points[n]) for n in names) > limit:
-        return None
-    grids = np.meshgrid(*[np.arange(len(points[n])) for n in names], indexing="ij")
-    index = [g.ravel() for g in grids]
-    nbytes = sum(np.array([p.nbytes for p in points[n]], np.int64)[i] for n, i in zip(names, index, strict=True))
-    loss = sum(np.array([max(base - p.metric, 0.0) for p in points[n]])[i] for n, i in zip(names, index, strict=True))
-    fits = np.flatnonzero(np.asarray(loss) <= budget + 1e-12)  # all-lossless (loss 0) always fits
-    best = fits[np.lexsort((np.asarray(loss)[fits], np.asarray(nbytes)[fits]))[0]]
-    return {n: int(i[best]) for n, i in zip(names, index, strict=True)}
+    def retrained(self, choice: dict[str, int]) -> Trial:
+        """Verify a combination through the retraining loop: compress with retraining, decode the file, evaluate."""
+        from .api import decompress
+        from .retrain import compress_with_retraining
 
+        path = self.tmp / f"trial{len(self.trials)}.dcf"
+        if self.progress:
+            self.progress(f"retraining {len(self.trials) + 1}", 0)
+        report = compress_with_retraining(self.dense, path, self.retrainer, rules=self.rules(choice))
+        weights = {n: d.values() for n, d in decompress(path).items()}
+        meta = {**{n: 0 for n in self.fixed}, **{n: self.points[n][i].meta for n, i in choice.items()}}
+        sizes = {t["name"]: sum(t["streams"].values()) + meta[t["name"]] for t in report["tensors"]}
+        trial = Trial(choice, self.score(weights), sizes, weights, True, report["compressed_bytes"], path)
+        self.trials.append(trial)
+        return trial
 
-def _verified(points: dict[str, list[Point]], decoded: dict[str, dict[str, np.ndarray]], exact: dict[str, np.ndarray],
-              evaluate: Evaluator, current: dict[str, int]) -> float:
-    """The metric of the model with every tensor at its chosen point (tensors interact: measured, not summed)."""
-    return _score(evaluate, {**exact, **{n: decoded[n][points[n][i].pipeline] for n, i in current.items()}})
+    def verify(self, index: int) -> Trial:
+        """Frontier point `index`, verified (retrained when there is a retrainer)."""
+        choice = self.front.choice(index)
+        return self.retrained(choice) if self.retrainer is not None else self.plain(choice)
 
+    def lossless_trial(self) -> Trial:
+        """Every tensor lossless: the dense metric exactly, no evaluation needed."""
+        sizes = {**self.fixed, **{n: p[0].stored for n, p in self.points.items()}}
+        trial = Trial({n: 0 for n in self.points}, self.base, sizes, dict(self.exact))
+        self.trials.append(trial)
+        return trial
 
-def allocate(points: dict[str, list[Point]], decoded: dict[str, dict[str, np.ndarray]],
-             exact: dict[str, np.ndarray], evaluate: Evaluator, base: float,
-             budget: float) -> tuple[dict[str, Point], float, int]:
-    """The best combination by summed losses (exact when small, else greedy), verified end to end; if it misses the
-    budget, the greedy path backs off, undoing the least efficient last move of any tensor, until the measured loss
-    is within budget. Returns the chosen points, their metric and the evaluations spent."""
-    evaluations = 0
-    best = exact_choice(points, base, budget)
-    if best is not None and any(best.values()):
-        metric = _verified(points, decoded, exact, evaluate, best)
-        evaluations += 1
-        if base - metric <= budget + 1e-12:
-            return {n: points[n][i] for n, i in best.items()}, metric, evaluations
-    moves = greedy(points, base, budget)
-    while True:
-        current = {n: 0 for n in points}
-        for m in moves:
-            current[m.name] = m.dst
-        chosen = {n: points[n][i] for n, i in current.items()}
-        if not moves:
-            return chosen, base, evaluations
-        metric = _verified(points, decoded, exact, evaluate, current)
-        evaluations += 1
-        if base - metric <= budget + 1e-12:
-            return chosen, metric, evaluations
-        last = {m.name: i for i, m in enumerate(moves)}  # each tensor's latest move: undoable
-        worst = min(last.values(), key=lambda i: (moves[i].efficiency, moves[i].saved))
-        del moves[worst]
+    def plain_budget(self, budget: float) -> Trial:
+        """Without retraining: the smallest predicted combination within `budget`, verified; if it misses, bisection
+        along the frontier towards less loss finds the smallest that holds (all-lossless at worst)."""
+        start, last = within_budget(self.front, budget), len(self.front) - 1
+        found: dict[int, Trial] = {}
+
+        def ok(i: int) -> bool:
+            found[i] = found.get(i) or self.plain(self.front.choice(i))
+            return self.base - found[i].metric <= budget + 1e-12
+
+        if ok(start):
+            return found[start]
+        if not ok(last):
+            return self.lossless_trial()
+        return found[bisect(ok, start, last)]
+
+    def for_budget(self, budget: float, pre_budget: float | None, rounds: int) -> Trial:
+        """The fewest bytes within `budget`; with a retrainer, tried first at the looser pre-retraining budget."""
+        safe = self.plain_budget(budget)
+        if self.retrainer is None:
+            return safe
+        pre = budget + PRE_RETRAIN_SLACK * abs(self.base) if pre_budget is None else max(pre_budget, budget)
+        start = within_budget(self.front, pre)
+        good = self._index_of(safe)
+        top = len(self.front) - 1 if good is None else good
+        passed: dict[int, Trial] = {}
+        measured = 0
+
+        def ok(i: int) -> bool:
+            nonlocal measured
+            measured += 1
+            trial = self.verify(i)
+            if self.base - trial.metric <= budget + 1e-12:
+                passed[i] = trial
+            return i in passed
+
+        if rounds < 1:
+            return safe
+        if ok(start) or start >= top:
+            return passed.get(start, safe)
+        index = bisect(ok, start, top, max(rounds - 2, 0))  # leaves one round for `top` itself
+        if index in passed or (index == top and measured < rounds and ok(top)):
+            return passed[index]
+        return safe  # no retrained allocation held the budget: the verified plain one
+
+    def _index_of(self, trial: Trial) -> int | None:
+        """The frontier index of a trial's combination (None for all-lossless when it is not on the frontier)."""
+        row = np.array([trial.choice[n] for n in self.front.names], np.int32)
+        hits = np.flatnonzero((self.front.choices == row).all(axis=1))
+        return int(hits[0]) if len(hits) else None
+
+    def real_file(self, trial: Trial) -> int:
+        """The bytes of the file the trial's rules write, as `compress --rules-file` writes it (stats included)."""
+        if trial.file_bytes is None:
+            from .api import compress
+
+            trial.path = self.tmp / f"trial{self.trials.index(trial)}.dcf"
+            trial.file_bytes = compress(self.dense, trial.path, rules=self.rules(trial.choice))["compressed_bytes"]
+        return trial.file_bytes
+
+    def for_ratio(self, ratio: float, rounds: int) -> Trial:
+        """The best metric with the file >= `ratio` x smaller than the original: the least predicted loss under a
+        byte cap (the lossless file's overhead subtracted), verified (several candidates without retraining), and
+        the cap lowered by the miss while the real file is too large."""
+        goal = self.original_bytes / ratio
+        overhead = self.real_file(self.lossless_trial()) - self.trials[-1].nbytes
+        self.trials.pop()  # the overhead probe is no allocation tried
+        cap = math.floor(goal) - overhead - sum(self.fixed.values())
+        tries = RATIO_TRIES if self.retrainer is None else max(rounds, 1)
+        for _ in range(tries):
+            index = within_cap(self.front, cap)
+            if index is None:
+                smallest = int(self.front.nbytes[0]) + overhead + sum(self.fixed.values())
+                raise ConfigError(f"--target-ratio {ratio:g}: out of this grid's reach (its smallest setting "
+                                  f"stores about {smallest:,} bytes, {self.original_bytes / smallest:.1f}x); "
+                                  f"give a lower ratio or a grid with more pruning or fewer bits")
+            count = 1 if self.retrainer is not None else RATIO_CANDIDATES
+            tried = [self.verify(i) for i in range(index, max(index - count, -1), -1)]
+            best = max(tried, key=lambda t: (t.metric, -t.nbytes))
+            miss = self.real_file(best) - goal
+            if miss <= 0:
+                return best
+            cap -= math.ceil(miss)
+        raise ConfigError(f"--target-ratio {ratio:g}: the files written stayed larger than "
+                          f"{math.floor(goal):,} bytes after {tries} tries")
+
+    def result(self, trial: Trial, budget: float | None, target_ratio: float | None) -> TuneResult:
+        """The TuneResult of the chosen trial."""
+        chosen = {n: self.points[n][i] for n, i in trial.choice.items()}
+        lossless = {n: p[0] for n, p in self.points.items()}
+        fixed = sum(self.fixed.values())
+        keep = np.unique(np.linspace(0, len(self.front) - 1, min(len(self.front), PLOT_POINTS)).astype(np.int64))
+        predicted = [(int(self.front.nbytes[i]) + fixed, self.base - float(self.front.loss[i])) for i in keep]
+        return TuneResult(self.base, trial.metric, None if budget is None else float(budget), self.points, chosen,
+                          lossless, fixed, self.evaluations, rules=self.rules(trial.choice),
+                          target_ratio=target_ratio, original_bytes=self.original_bytes,
+                          frontier=[(t.nbytes, t.metric) for t in self.trials], predicted=predicted,
+                          tensor_bytes=dict(trial.tensor_bytes), weights=trial.weights, retrained=trial.retrained,
+                          file_bytes=trial.file_bytes)
+
+    def save(self, trial: Trial, path: str | os.PathLike) -> None:
+        """Write the chosen model's file to `path` (the retrained file as it was verified, else a fresh compress),
+        atomically: a failure leaves an existing file untouched."""
+        self.real_file(trial)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            shutil.copyfile(trial.path, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def escape_glob(name: str) -> str:
@@ -356,6 +539,16 @@ def is_lenet(tensors: Mapping[str, Any]) -> bool:
         for n, t in tensors.items())
 
 
+def lenet_split() -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training digits: (validation, the rest), a fixed-seed split; retraining sees only the rest."""
+    from .demo import load_digits
+
+    n = len(load_digits()[0])
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    cut = int(n * VALIDATION_FRACTION)
+    return order[:cut], order[cut:]
+
+
 def lenet_evaluators() -> tuple[Evaluator, Evaluator]:
     """Accuracy on a fixed-seed validation split of the training digits (for choosing) and on the test digits
     (reported only)."""
@@ -363,11 +556,32 @@ def lenet_evaluators() -> tuple[Evaluator, Evaluator]:
     from .mlp import accuracy
 
     x_train, y_train, x_test, y_test = load_digits()
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(x_train))
-    val = order[:int(len(x_train) * VALIDATION_FRACTION)]
+    val, _ = lenet_split()
 
     def as32(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.asarray(v, np.float32) for k, v in params.items()}
 
     return (lambda p: accuracy(as32(p), x_train[val], y_train[val]),
             lambda p: accuracy(as32(p), x_test, y_test))
+
+
+LENET_EPOCHS = (16, 8)  # retraining epochs after pruning, after sharing (the demo: 8, 4, on all training digits)
+
+
+def lenet_retrainer(epochs: tuple[int, int] = LENET_EPOCHS) -> Retrainer:
+    """The demo's retraining loop (masks fixed, shared centroids trained; its rates and batch size) on the training
+    digits outside the validation split, so choosing on the validation split stays fair."""
+    from .demo import DemoSettings, load_digits
+    from .mlp import train
+
+    x_train, y_train, _, _ = load_digits()
+    _, fit = lenet_split()
+    s = DemoSettings()
+
+    def retrain(weights, constraints, phase):  # noqa: ANN001 - the dcframe.retrain protocol
+        pruning = phase.index == 1 and "prune" in phase.stages.values()
+        return train(weights, x_train[fit], y_train[fit], epochs=epochs[0] if pruning else epochs[1],
+                     lr=s.prune_lr if pruning else s.quant_lr, batch_size=s.batch_size, weight_decay=s.weight_decay,
+                     seed=s.seed + phase.index, constraints=constraints)
+
+    return retrain

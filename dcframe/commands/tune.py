@@ -1,4 +1,5 @@
-"""`dcframe tune MODEL --budget B -o RULES.json`: per-tensor sensitivity, settings for a metric budget, a rules file."""
+"""`dcframe tune MODEL (--budget B | --target-ratio R) -o RULES.json`: per-tensor sensitivity, an allocation of
+settings, a rules file; optionally retrained (the bundled LeNet), plotted, saved."""
 
 from __future__ import annotations
 
@@ -11,32 +12,51 @@ from ..console import Col, fit_table
 from ..errors import ConfigError
 from ..modelio import read_model, refuse_overwriting_input
 from ..tune import (
-    DEFAULT_REL_STEPS,
     TuneResult,
+    check_goal,
     is_lenet,
     lenet_evaluators,
+    lenet_retrainer,
     load_evaluator,
     sweep_size,
     tune,
     write_rules_file,
 )
+from ..tunegrid import DEFAULT_GRID, GRIDS, resolve_grid
 from . import add_force_flag, refuse_existing_output
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("tune", help="choose per-tensor settings for a metric budget; write a rules file",
-                       description="Sweep each weight tensor alone over uniform step sizes (and the lossless chain), "
-                                   "then choose one setting per tensor, smallest total, within --budget of the "
-                                   "dense model's metric; writes a rules file for `compress --rules-file`.")
+    p = sub.add_parser("tune", help="choose per-tensor settings for a metric budget or a target ratio; write a rules "
+                                    "file",
+                       description="Sweep each weight tensor alone over a grid of settings (pruning, k-means bits, "
+                                   "uniform steps, lossless), then choose one setting per tensor: the smallest file "
+                                   "within --budget of the dense model's metric, or the best metric at --target-ratio; "
+                                   "verified end to end; writes a rules file for `compress --rules-file`.")
     p.add_argument("input", help="model file (.safetensors .npz .npy .pt)")
     p.add_argument("-o", "--output", required=True, help="rules file to write (JSON, dcframe.rules/1)")
-    p.add_argument("--budget", type=float, required=True,
-                   help="allowed metric loss against the dense model, on the evaluator's (validation) data")
+    p.add_argument("--budget", type=float, help="allowed metric loss against the dense model, on the evaluator's "
+                                                "(validation) data")
+    p.add_argument("--target-ratio", type=float, metavar="R",
+                   help="instead of --budget: the best metric with the file >= R x smaller than the original")
     p.add_argument("--eval", dest="evaluator", metavar="MODULE:FUNCTION",
                    help="metric, higher is better: FUNCTION(dict name -> numpy array) -> float; "
                         "default for the bundled LeNet-300-100: accuracy on a validation split of its training digits")
-    p.add_argument("--steps", default=",".join(map(str, DEFAULT_REL_STEPS)), metavar="R1,R2,...",
-                   help="uniform step sizes to try, relative to each tensor's RMS (default: %(default)s)")
+    p.add_argument("--grid", default=DEFAULT_GRID, metavar="NAME|FILE",
+                   help=f"candidates per tensor: {', '.join(GRIDS)} or a grid file (JSON dcframe.grid/1); "
+                        f"default %(default)s")
+    p.add_argument("--steps", metavar="R1,R2,...",
+                   help="replace the grid's uniform step sizes (relative to each tensor's RMS)")
+    p.add_argument("--retrain", action="store_true",
+                   help="bundled LeNet-300-100: retrain each verified allocation (the demo's loop, on the training "
+                        "digits outside the validation split) and judge it retrained")
+    p.add_argument("--pre-budget", type=float, metavar="B",
+                   help="with --retrain --budget: the loss allowed before retraining on the first try "
+                        "(default: budget + 0.1 x the dense metric)")
+    p.add_argument("--save", metavar="FILE.dcf", help="also write the chosen model's container (retrained with "
+                                                      "--retrain)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the sensitivity figure and the size-metric frontier "
+                                                      "(needs matplotlib: the plot extra)")
     console.add_output_flags(p)
     add_force_flag(p)
     return p
@@ -54,45 +74,74 @@ def parse_steps(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    refuse_overwriting_input(output, args.input)
-    refuse_existing_output(output, args.force)
-    if not (math.isfinite(args.budget) and args.budget >= 0):
-        raise ConfigError(f"--budget {args.budget}: give a finite metric loss >= 0")
-    steps = parse_steps(args.steps)
+    outputs = [Path(p) for p in (args.output, args.save, args.plot) if p]
+    for output in outputs:
+        refuse_overwriting_input(output, args.input)
+        refuse_existing_output(output, args.force)
+    if len(set(outputs)) < len(outputs):
+        raise ConfigError("-o, --save and --plot must name different files")
+    check_goal(args.budget, args.target_ratio, args.pre_budget)
+    if args.pre_budget is not None and not (args.retrain and args.budget is not None):
+        raise ConfigError("--pre-budget applies with --retrain and --budget only")
+    grid = resolve_grid(args.grid)
+    if args.steps:
+        grid = grid.with_steps(parse_steps(args.steps))
+    if args.plot:
+        from ..demo import require_matplotlib
+
+        require_matplotlib()  # fail before the work, not after
     evaluate = load_evaluator(args.evaluator) if args.evaluator else None
     model = read_model(args.input)
     tensors = {name: model[name] for name in model}
     test = None
+    if (evaluate is None or args.retrain) and not is_lenet(tensors):
+        what = "a built-in evaluator" if evaluate is None else "a built-in retrainer"
+        raise ConfigError(f"{args.input}: only the bundled LeNet-300-100 has {what}"
+                          + (" (give --eval MODULE:FUNCTION)" if evaluate is None else
+                             "; from Python, pass tune(..., retrainer=...)"))
     if evaluate is None:
-        if not is_lenet(tensors):
-            raise ConfigError(f"{args.input}: give --eval MODULE:FUNCTION (only the bundled LeNet-300-100 has a "
-                              f"built-in evaluator)")
         evaluate, test = lenet_evaluators()
-    with console.progress_bar(sweep_size(tensors, steps), "sweeping", enabled=not args.quiet, unit="items") as adv:
-        result = tune(tensors, evaluate, args.budget, steps, test=test, progress=adv)
-    write_rules_file(output, result.rules)
+    retrainer = lenet_retrainer() if args.retrain else None
+    total = sweep_size(tensors, grid=grid, retrain=args.retrain)
+    with console.progress_bar(total, "sweeping", enabled=not args.quiet, unit="items") as adv:
+        result = tune(tensors, evaluate, args.budget, test=test, progress=adv, grid=grid,
+                      target_ratio=args.target_ratio, retrainer=retrainer, pre_budget=args.pre_budget,
+                      save=args.save)
+    if args.plot:
+        from ..tuneplot import plot_tune
+
+        plot_tune(result, args.plot)
+    write_rules_file(args.output, result.rules)
     if args.json:
         console.print_json(result.as_dict())
     else:
         show(result)
-        console.note(f"wrote {len(result.rules)} rules to {output}; replay: dcframe compress {args.input} "
-                     f"--rules-file {output}")
+        replay = "dcframe.compress_with_retraining(..., rules=...)" if result.retrained else \
+            f"dcframe compress {args.input} --rules-file {args.output}"
+        console.note(f"wrote {len(result.rules)} rules to {args.output}; replay: {replay}")
     return 0
 
 
 def show(result: TuneResult) -> None:
-    """The chosen setting per tensor and the totals."""
-    rows = [[name, p.pipeline, f"{p.nbytes:,}", f"{result.lossless[name].nbytes / max(p.nbytes, 1):.1f}x",
-             f"{result.dense_metric - p.metric:+.4f}"] for name, p in result.chosen.items()]
-    cols = [Col("tensor", "text"), Col("chosen pipeline", "text"), Col("bytes"), Col("vs lossless"),
-            Col("metric cost alone")]
+    """The paper's per-layer columns plus the chosen setting and its metric cost, then the totals."""
+    def cell(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    rows = [[r["tensor"], cell(r["weights"], ","), cell(r["kept_pct"], ".1f") + "%" * (r["kept_pct"] is not None),
+             cell(r["bits"], ".2f"), cell(r["ratio"], ".1f") + "x" * (r["ratio"] is not None), r["pipeline"],
+             f"{r['metric_cost']:+.4f}"] for r in result.layers()]
+    cols = [Col("tensor", "text"), Col("#weights"), Col("weights kept"), Col("bits/kept weight"), Col("ratio"),
+            Col("chosen setting", "text"), Col("metric cost alone")]
     console.stdout.print(fit_table("dcframe tune", cols, rows))
-    ratio = result.lossless_bytes / max(result.total_bytes, 1)
-    lines = [f"streams: {result.total_bytes:,} bytes ({ratio:.2f}x smaller than lossless {result.lossless_bytes:,})",
-             f"validation metric: {result.metric:.4f} (dense {result.dense_metric:.4f}, loss "
-             f"{result.dense_metric - result.metric:.4f}, budget {result.budget})",
-             f"evaluations: {result.evaluations}"]
+    goal = f"budget {result.budget}" if result.budget is not None else f"target ratio {result.target_ratio:g}x"
+    stored = result.original_bytes / max(result.total_bytes, 1)
+    lines = [f"stored (streams + metadata): {result.total_bytes:,} bytes, {stored:.1f}x smaller than the original "
+             f"({result.lossless_bytes / max(result.total_bytes, 1):.2f}x smaller than lossless)"]
+    if result.file_bytes is not None:
+        lines.append(f"file: {result.file_bytes:,} bytes, {result.original_bytes / result.file_bytes:.1f}x")
+    lines += [f"validation metric{' (retrained)' if result.retrained else ''}: {result.metric:.4f} (dense "
+              f"{result.dense_metric:.4f}, loss {result.dense_metric - result.metric:.4f}, {goal})",
+              f"evaluations: {result.evaluations}, allocations verified: {len(result.frontier)}"]
     if result.test_metric is not None:
         lines.append(f"test metric (never used to choose): {result.test_metric:.4f} (dense {result.test_dense:.4f})")
     for line in lines:
