@@ -1,0 +1,182 @@
+/* Stage `huffman` (spec/stages/huffman.md): canonical code lengths, segments of S symbols with end offsets, an
+ * LSB-first payload. Every header check is made when the stage is applied; segments decode as they are pulled. */
+#include "internal.h"
+
+typedef struct {
+    const uint8_t *pay, *ends;
+    uint64_t p, n, k_count;
+    uint32_t s, mask;
+    uint32_t *table; /* 2^maxlen entries: symbol << 5 | length (length 0: invalid) */
+    uint64_t k, left, bit, end; /* current segment, symbols left in it, bit position, end byte */
+} huff_st;
+
+int huffman_check_config(dec *d, const mp_tree *ct, uint32_t c) {
+    static const param ps[] = {{"max_bits", P_INT, 1, 16, 0, 0, 0, NULL}, {"segment_size", P_INT, 1, 65536, 0, 0, 0, NULL}};
+    return check_params(d, "huffman", ct, c, ps, 2);
+}
+
+static uint64_t load64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i]; /* compilers turn this into one load on little-endian */
+    return v;
+}
+
+/* The 8 bytes at byte b of the payload, zero past its end. */
+static uint64_t load_tail(const huff_st *st, uint64_t b) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | (b + (uint64_t)i < st->p ? st->pay[b + (uint64_t)i] : 0);
+    return v;
+}
+
+static int segment_end(dec *d, huff_st *st) {
+    uint64_t e = st->bit, end = st->end;
+    if (!(e > 8 * (end - 1) && e <= 8 * end))
+        return dfail(d, DCF_E_FORMAT, "huffman: segment %llu codes do not end in its last byte", (unsigned long long)st->k);
+    if (st->pay[end - 1] >> (e - 8 * (end - 1)))
+        return dfail(d, DCF_E_FORMAT, "huffman: segment %llu padding bits are not zero", (unsigned long long)st->k);
+    st->k++;
+    return DCF_OK;
+}
+
+static int huff_pull(dec *d, stream *s, void *dst, size_t n) {
+    huff_st *st = s->st;
+    if (!n) return DCF_OK;
+    uint32_t *o = dst;
+    const uint32_t *tab = st->table;
+    const uint32_t mask = st->mask;
+    while (n) {
+        if (!st->left) {
+            uint64_t start = st->k ? rd_u32(st->ends + 4 * (st->k - 1)) : 0;
+            st->end = rd_u32(st->ends + 4 * st->k);
+            st->bit = 8 * start;
+            st->left = st->k < st->k_count - 1 ? st->s : st->n - (uint64_t)st->s * (st->k_count - 1);
+        }
+        size_t m = st->left < n ? (size_t)st->left : n, i = 0;
+        uint64_t bp = st->bit;
+        while (i + 3 <= m && (bp >> 3) + 8 <= st->p) { /* three codes of <= 16 bits from one 57-bit window */
+            uint64_t v = load64(st->pay + (bp >> 3)) >> (bp & 7);
+            uint32_t e0 = tab[v & mask];
+            v >>= e0 & 31;
+            uint32_t e1 = tab[v & mask];
+            v >>= e1 & 31;
+            uint32_t e2 = tab[v & mask];
+            if (!((e0 & 31) && (e1 & 31) && (e2 & 31))) break;
+            o[i] = e0 >> 5;
+            o[i + 1] = e1 >> 5;
+            o[i + 2] = e2 >> 5;
+            i += 3;
+            bp += (e0 & 31) + (e1 & 31) + (e2 & 31);
+        }
+        for (; i < m; i++) {
+            uint64_t v = ((bp >> 3) + 8 <= st->p ? load64(st->pay + (bp >> 3)) : load_tail(st, bp >> 3)) >> (bp & 7);
+            uint32_t e = tab[v & mask];
+            if (!(e & 31)) return dfail(d, DCF_E_FORMAT, "huffman: invalid code in segment %llu", (unsigned long long)st->k);
+            o[i] = e >> 5;
+            bp += e & 31;
+        }
+        st->bit = bp;
+        st->left -= m;
+        o += m;
+        n -= m;
+        s->pos += m;
+        if (!st->left) {
+            int rc = segment_end(d, st);
+            if (rc) return rc;
+        }
+    }
+    return DCF_OK;
+}
+
+static uint32_t bitreverse(uint32_t v, int n) {
+    uint32_t r = 0;
+    for (int i = 0; i < n; i++, v >>= 1) r = r << 1 | (v & 1);
+    return r;
+}
+
+/* The header (table, S, ends) checked as Decoding steps 3-5 say, then the decode table of step 6. */
+static int header(dec *d, stream *in, uint64_t n, uint64_t a, huff_st *st, const uint8_t **lens_out, uint32_t *t_out,
+                  int *maxlen_out) {
+    const uint8_t *p;
+    int rc = bytes_view(d, in, &p);
+    if (rc) return rc;
+    uint64_t size = in->size;
+    if (size < 4) return dfail(d, DCF_E_FORMAT, "huffman: stream too short for the table size");
+    uint32_t t = rd_u32(p);
+    if (t < 1 || t > a) return dfail(d, DCF_E_FORMAT, "huffman: table of %u entries for alphabet %llu", t, (unsigned long long)a);
+    if (size < 8 + (uint64_t)t) return dfail(d, DCF_E_FORMAT, "huffman: stream too short for the table");
+    const uint8_t *len = p + 4;
+    int minlen = 17, maxlen = 0;
+    uint64_t used = 0, kraft = 0;
+    for (uint32_t i = 0; i < t; i++) {
+        if (!len[i]) continue;
+        if (len[i] > 16) return dfail(d, DCF_E_FORMAT, "huffman: code length %u above 16", len[i]);
+        used++;
+        kraft += (uint64_t)1 << (16 - len[i]);
+        if (len[i] < minlen) minlen = len[i];
+        if (len[i] > maxlen) maxlen = len[i];
+    }
+    if (!used) return dfail(d, DCF_E_FORMAT, "huffman: table has no used symbol");
+    if (used == 1 ? maxlen != 1 : kraft != 65536) return dfail(d, DCF_E_FORMAT, "huffman: code lengths do not form a complete prefix code");
+    uint32_t s = rd_u32(p + 4 + t);
+    if (s < 1 || s > 65536) return dfail(d, DCF_E_FORMAT, "huffman: segment size %u outside 1..2^16", s);
+    uint64_t k = (n + s - 1) / s, rest = size - 8 - t;
+    if (4 * k > rest) return dfail(d, DCF_E_FORMAT, "huffman: stream too short for %llu segment offsets", (unsigned long long)k);
+    uint64_t pl = rest - 4 * k;
+    if (n * (uint64_t)minlen > 8 * pl) return dfail(d, DCF_E_FORMAT, "huffman: %llu symbols cannot fit in %llu payload bytes", (unsigned long long)n, (unsigned long long)pl);
+    const uint8_t *ends = p + 8 + t;
+    uint64_t start = 0;
+    for (uint64_t j = 0; j < k; j++) {
+        uint64_t e = rd_u32(ends + 4 * j), nk = j < k - 1 ? s : n - (uint64_t)s * (k - 1);
+        if (e < start || e - start < (nk * (uint64_t)minlen + 7) / 8 || e - start > (nk * (uint64_t)maxlen + 7) / 8)
+            return dfail(d, DCF_E_FORMAT, "huffman: segment %llu of %lld bytes cannot hold %llu codes", (unsigned long long)j, (long long)e - (long long)start, (unsigned long long)nk);
+        start = e;
+    }
+    if (start != pl) return dfail(d, DCF_E_FORMAT, "huffman: last segment ends at %llu, payload is %llu bytes", (unsigned long long)start, (unsigned long long)pl);
+    st->pay = ends + 4 * k;
+    st->ends = ends;
+    st->p = pl;
+    st->n = n;
+    st->k_count = k;
+    st->s = s;
+    *lens_out = len;
+    *t_out = t;
+    *maxlen_out = maxlen;
+    return DCF_OK;
+}
+
+int huffman_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config;
+    uint64_t n, a;
+    int rc = check_count_alphabet(d, "huffman", meta, &n, &a);
+    if (rc) return rc;
+    out->kind = K_SYMBOLS;
+    out->count = n;
+    out->alphabet = a;
+    out->pull = huff_pull; /* with 0 symbols it is never asked for any */
+    if (!n) return ins[0]->size ? dfail(d, DCF_E_FORMAT, "huffman: non-empty stream for 0 symbols") : DCF_OK;
+    huff_st *st = dec_alloc(d, sizeof *st, 1, "huffman");
+    if (!st) return d->err ? d->err->code : DCF_E_NOMEM;
+    memset(st, 0, sizeof *st);
+    const uint8_t *len = NULL;
+    uint32_t t = 0;
+    int maxlen = 0;
+    if ((rc = header(d, ins[0], n, a, st, &len, &t, &maxlen))) return rc;
+    uint32_t size = 1u << maxlen;
+    if (!(st->table = dec_alloc(d, (uint64_t)size * 4, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
+    memset(st->table, 0, (size_t)size * 4);
+    uint32_t count[17] = {0}, next[17] = {0};
+    for (uint32_t i = 0; i < t; i++) count[len[i]]++;
+    count[0] = 0;
+    for (int l = 1; l <= 16; l++) next[l] = (next[l - 1] + count[l - 1]) << 1; /* canonical: (length, symbol) order */
+    for (uint32_t i = 0; i < t; i++) {
+        int l = len[i];
+        if (!l) continue;
+        uint32_t r = bitreverse(next[l]++, l), e = i << 5 | (uint32_t)l;
+        for (uint32_t v = r; v < size; v += 1u << l) st->table[v] = e;
+    }
+    st->mask = size - 1;
+    out->st = st;
+    out->in[0] = ins[0];
+    out->pull = huff_pull;
+    return DCF_OK;
+}
