@@ -2,12 +2,16 @@
  * LSB-first payload. Every header check is made when the stage is applied; segments decode as they are pulled. */
 #include "internal.h"
 
+#define GROUP 4           /* segments decoded in lockstep (independent dependency chains) */
+
 typedef struct {
     const uint8_t *pay, *ends;
     uint64_t p, n, k_count;
     uint32_t s, mask;
-    uint32_t *table; /* 2^maxlen entries: symbol << 5 | length (length 0: invalid) */
-    uint64_t k, left, bit, end; /* current segment, symbols left in it, bit position, end byte */
+    uint32_t *table;  /* 2^maxlen entries: symbol << 5 | length (length 0: invalid) */
+    uint64_t k;       /* next segment to decode */
+    uint16_t *buf;    /* the symbols of the last group decoded */
+    size_t buf_i, buf_n;
 } huff_st;
 
 int huffman_check_config(dec *d, const mp_tree *ct, uint32_t c) {
@@ -16,9 +20,15 @@ int huffman_check_config(dec *d, const mp_tree *ct, uint32_t c) {
 }
 
 static uint64_t load64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | p[i]; /* compilers turn this into one load on little-endian */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t v;
+    memcpy(&v, p, 8); /* one unaligned load */
     return v;
+#else
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+#endif
 }
 
 /* The 8 bytes at byte b of the payload, zero past its end. */
@@ -28,61 +38,95 @@ static uint64_t load_tail(const huff_st *st, uint64_t b) {
     return v;
 }
 
-static int segment_end(dec *d, huff_st *st) {
-    uint64_t e = st->bit, end = st->end;
-    if (!(e > 8 * (end - 1) && e <= 8 * end))
-        return dfail(d, DCF_E_FORMAT, "huffman: segment %llu codes do not end in its last byte", (unsigned long long)st->k);
-    if (st->pay[end - 1] >> (e - 8 * (end - 1)))
-        return dfail(d, DCF_E_FORMAT, "huffman: segment %llu padding bits are not zero", (unsigned long long)st->k);
-    st->k++;
+static uint64_t seg_symbols(const huff_st *st, uint64_t k) {
+    return k < st->k_count - 1 ? st->s : st->n - (uint64_t)st->s * (st->k_count - 1);
+}
+
+/* One code at bit bp (bits past the payload read as zero): its table entry. */
+static uint32_t entry_at(const huff_st *st, uint64_t bp) {
+    uint64_t v = ((bp >> 3) + 8 <= st->p ? load64(st->pay + (bp >> 3)) : load_tail(st, bp >> 3)) >> (bp & 7);
+    return st->table[v & st->mask];
+}
+
+/* Finish segment k from bit *bp with `left` symbols to go, then check it ends in its last byte, zero-padded. */
+static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, uint64_t left, uint16_t *o) {
+    for (uint64_t i = 0; i < left; i++) {
+        uint32_t e = entry_at(st, bp);
+        if (!(e & 31)) return dfail(d, DCF_E_FORMAT, "huffman: invalid code in segment %llu", (unsigned long long)k);
+        o[i] = (uint16_t)(e >> 5);
+        bp += e & 31;
+    }
+    uint64_t end = rd_u32(st->ends + 4 * k);
+    if (!(bp > 8 * (end - 1) && bp <= 8 * end))
+        return dfail(d, DCF_E_FORMAT, "huffman: segment %llu codes do not end in its last byte", (unsigned long long)k);
+    if (st->pay[end - 1] >> (bp - 8 * (end - 1)))
+        return dfail(d, DCF_E_FORMAT, "huffman: segment %llu padding bits are not zero", (unsigned long long)k);
+    return DCF_OK;
+}
+
+/* Decode segments k0 .. k0+g-1 into out (segment j at out + j*S): while every one has 3 codes left in a safe
+ * window, one round takes three codes from each (the g chains overlap in the CPU); a round holding an invalid
+ * code is not applied, and finish_segment then meets it exactly where the one-at-a-time procedure would. */
+static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint16_t *out) {
+    uint64_t bp[GROUP], left[GROUP];
+    uint16_t *o[GROUP];
+    const uint32_t *tab = st->table;
+    const uint32_t mask = st->mask;
+    for (int j = 0; j < g; j++) {
+        bp[j] = 8 * (uint64_t)(k0 + (uint64_t)j ? rd_u32(st->ends + 4 * (k0 + (uint64_t)j - 1)) : 0);
+        left[j] = seg_symbols(st, k0 + (uint64_t)j);
+        o[j] = out + (size_t)j * st->s;
+    }
+    for (;;) {
+        int ok = 1;
+        uint32_t e[GROUP][3];
+        for (int j = 0; j < g; j++) ok &= left[j] >= 3 && (bp[j] >> 3) + 8 <= st->p;
+        if (!ok) break;
+        for (int j = 0; j < g; j++) {
+            uint64_t v = load64(st->pay + (bp[j] >> 3)) >> (bp[j] & 7);
+            e[j][0] = tab[v & mask];
+            v >>= e[j][0] & 31;
+            e[j][1] = tab[v & mask];
+            v >>= e[j][1] & 31;
+            e[j][2] = tab[v & mask];
+            ok &= (e[j][0] & 31) && (e[j][1] & 31) && (e[j][2] & 31);
+        }
+        if (!ok) break;
+        for (int j = 0; j < g; j++) {
+            o[j][0] = (uint16_t)(e[j][0] >> 5);
+            o[j][1] = (uint16_t)(e[j][1] >> 5);
+            o[j][2] = (uint16_t)(e[j][2] >> 5);
+            o[j] += 3;
+            bp[j] += (e[j][0] & 31) + (e[j][1] & 31) + (e[j][2] & 31);
+            left[j] -= 3;
+        }
+    }
+    for (int j = 0; j < g; j++) {
+        int rc = finish_segment(d, st, k0 + (uint64_t)j, bp[j], left[j], o[j]);
+        if (rc) return rc;
+    }
     return DCF_OK;
 }
 
 static int huff_pull(dec *d, stream *s, void *dst, size_t n) {
     huff_st *st = s->st;
-    if (!n) return DCF_OK;
     uint32_t *o = dst;
-    const uint32_t *tab = st->table;
-    const uint32_t mask = st->mask;
     while (n) {
-        if (!st->left) {
-            uint64_t start = st->k ? rd_u32(st->ends + 4 * (st->k - 1)) : 0;
-            st->end = rd_u32(st->ends + 4 * st->k);
-            st->bit = 8 * start;
-            st->left = st->k < st->k_count - 1 ? st->s : st->n - (uint64_t)st->s * (st->k_count - 1);
+        if (st->buf_i == st->buf_n) {
+            uint64_t g = st->k_count - st->k < GROUP ? st->k_count - st->k : GROUP;
+            int rc = decode_group(d, st, st->k, (int)g, st->buf);
+            if (rc) return rc;
+            st->buf_i = 0;
+            st->buf_n = (size_t)((g - 1) * st->s + seg_symbols(st, st->k + g - 1));
+            st->k += g;
         }
-        size_t m = st->left < n ? (size_t)st->left : n, i = 0;
-        uint64_t bp = st->bit;
-        while (i + 3 <= m && (bp >> 3) + 8 <= st->p) { /* three codes of <= 16 bits from one 57-bit window */
-            uint64_t v = load64(st->pay + (bp >> 3)) >> (bp & 7);
-            uint32_t e0 = tab[v & mask];
-            v >>= e0 & 31;
-            uint32_t e1 = tab[v & mask];
-            v >>= e1 & 31;
-            uint32_t e2 = tab[v & mask];
-            if (!((e0 & 31) && (e1 & 31) && (e2 & 31))) break;
-            o[i] = e0 >> 5;
-            o[i + 1] = e1 >> 5;
-            o[i + 2] = e2 >> 5;
-            i += 3;
-            bp += (e0 & 31) + (e1 & 31) + (e2 & 31);
-        }
-        for (; i < m; i++) {
-            uint64_t v = ((bp >> 3) + 8 <= st->p ? load64(st->pay + (bp >> 3)) : load_tail(st, bp >> 3)) >> (bp & 7);
-            uint32_t e = tab[v & mask];
-            if (!(e & 31)) return dfail(d, DCF_E_FORMAT, "huffman: invalid code in segment %llu", (unsigned long long)st->k);
-            o[i] = e >> 5;
-            bp += e & 31;
-        }
-        st->bit = bp;
-        st->left -= m;
+        size_t m = st->buf_n - st->buf_i < n ? st->buf_n - st->buf_i : n;
+        const uint16_t *b = st->buf + st->buf_i;
+        for (size_t i = 0; i < m; i++) o[i] = b[i];
+        st->buf_i += m;
         o += m;
         n -= m;
         s->pos += m;
-        if (!st->left) {
-            int rc = segment_end(d, st);
-            if (rc) return rc;
-        }
     }
     return DCF_OK;
 }
@@ -175,6 +219,7 @@ int huffman_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, st
         for (uint32_t v = r; v < size; v += 1u << l) st->table[v] = e;
     }
     st->mask = size - 1;
+    if (!(st->buf = dec_alloc(d, (uint64_t)GROUP * st->s * sizeof *st->buf, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
     out->st = st;
     out->in[0] = ins[0];
     out->pull = huff_pull;

@@ -74,16 +74,17 @@ static int rans_pull(dec *d, stream *s, void *dst, size_t n) {
     const uint32_t nb = st->nbits, mask = st->smask;
     uint64_t lane = st->lane, next = st->next;
     const uint64_t lanes = st->lanes, w = st->w;
+    const uint8_t *wp = st->words;
     for (size_t i = 0; i < n; i++) {
         uint32_t xj = x[lane], sl = xj & mask, k = slot[sl], e = fc[k];
         o[i] = sym[k];
         xj = ((e >> 16) + 1) * (xj >> nb) + sl - (e & 0xffff);
-        if (xj < L_STATE) {
-            if (next >= w) return dfail(d, DCF_E_FORMAT, "rans: the lanes need more than the stream's %llu words (truncated)", (unsigned long long)w);
-            xj = xj << 16 | ((uint32_t)st->words[2 * next] | (uint32_t)st->words[2 * next + 1] << 8);
-            next++;
-        }
-        x[lane] = xj;
+        /* renormalize without a branch on the (unpredictable) need; running out of words is the rare branch */
+        uint32_t need = xj < L_STATE, have = next < w;
+        if (need & !have) return dfail(d, DCF_E_FORMAT, "rans: the lanes need more than the stream's %llu words (truncated)", (unsigned long long)w);
+        uint32_t word = have ? (uint32_t)wp[2 * next] | (uint32_t)wp[2 * next + 1] << 8 : 0;
+        x[lane] = need ? xj << 16 | word : xj;
+        next += need;
         if (++lane == lanes) lane = 0;
     }
     st->lane = lane;
