@@ -10,8 +10,10 @@ typedef struct {
     uint32_t s, mask;
     uint32_t *table;  /* 2^maxlen entries: symbol << 5 | length (length 0: invalid) */
     uint64_t k;       /* next segment to decode */
-    uint16_t *buf;    /* the symbols of the last group decoded */
+    uint32_t *buf;    /* the symbols of the last group decoded */
     size_t buf_i, buf_n;
+    int maxlen;
+    uint64_t group;   /* segments per group: GROUP, or 1 for segments over 2^14 symbols (bounded buffer) */
 } huff_st;
 
 int huffman_check_config(dec *d, const mp_tree *ct, uint32_t c) {
@@ -49,11 +51,11 @@ static uint32_t entry_at(const huff_st *st, uint64_t bp) {
 }
 
 /* Finish segment k from bit *bp with `left` symbols to go, then check it ends in its last byte, zero-padded. */
-static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, uint64_t left, uint16_t *o) {
+static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, uint64_t left, uint32_t *o) {
     for (uint64_t i = 0; i < left; i++) {
         uint32_t e = entry_at(st, bp);
         if (!(e & 31)) return dfail(d, DCF_E_FORMAT, "huffman: invalid code in segment %llu", (unsigned long long)k);
-        o[i] = (uint16_t)(e >> 5);
+        o[i] = e >> 5;
         bp += e & 31;
     }
     uint64_t end = rd_u32(st->ends + 4 * k);
@@ -64,12 +66,39 @@ static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, ui
     return DCF_OK;
 }
 
-/* Decode segments k0 .. k0+g-1 into out (segment j at out + j*S): while every one has 3 codes left in a safe
- * window, one round takes three codes from each (the g chains overlap in the CPU); a round holding an invalid
- * code is not applied, and finish_segment then meets it exactly where the one-at-a-time procedure would. */
-static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint16_t *out) {
+/* One round: PER codes from each of G segments, each segment's PER codes from one 57-bit window (PER x maxlen <=
+ * 57). A round holding an invalid code is not applied: finish_segment then meets it exactly where the
+ * one-at-a-time procedure would. */
+#define ROUNDS(G, PER)                                                                   \
+    for (;;) {                                                                           \
+        int ok = 1;                                                                      \
+        uint32_t e[G][PER];                                                              \
+        for (int j = 0; j < (G); j++) ok &= left[j] >= (PER) && (bp[j] >> 3) + 8 <= st->p; \
+        if (!ok) break;                                                                  \
+        for (int j = 0; j < (G); j++) {                                                  \
+            uint64_t v = load64(st->pay + (bp[j] >> 3)) >> (bp[j] & 7);                  \
+            for (int q = 0; q < (PER); q++) {                                            \
+                e[j][q] = tab[v & mask];                                                 \
+                v >>= e[j][q] & 31;                                                      \
+                ok &= (e[j][q] & 31) != 0;                                               \
+            }                                                                            \
+        }                                                                                \
+        if (!ok) break;                                                                  \
+        for (int j = 0; j < (G); j++) {                                                  \
+            for (int q = 0; q < (PER); q++) {                                            \
+                o[j][q] = e[j][q] >> 5;                                                  \
+                bp[j] += e[j][q] & 31;                                                   \
+            }                                                                            \
+            o[j] += (PER);                                                               \
+            left[j] -= (PER);                                                            \
+        }                                                                                \
+    }
+
+/* Decode segments k0 .. k0+g-1 into out (segment j at out + j*S), g <= GROUP, the g dependency chains overlapping
+ * in the CPU. */
+static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint32_t *out) {
     uint64_t bp[GROUP], left[GROUP];
-    uint16_t *o[GROUP];
+    uint32_t *o[GROUP];
     const uint32_t *tab = st->table;
     const uint32_t mask = st->mask;
     for (int j = 0; j < g; j++) {
@@ -77,30 +106,9 @@ static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint16_t 
         left[j] = seg_symbols(st, k0 + (uint64_t)j);
         o[j] = out + (size_t)j * st->s;
     }
-    for (;;) {
-        int ok = 1;
-        uint32_t e[GROUP][3];
-        for (int j = 0; j < g; j++) ok &= left[j] >= 3 && (bp[j] >> 3) + 8 <= st->p;
-        if (!ok) break;
-        for (int j = 0; j < g; j++) {
-            uint64_t v = load64(st->pay + (bp[j] >> 3)) >> (bp[j] & 7);
-            e[j][0] = tab[v & mask];
-            v >>= e[j][0] & 31;
-            e[j][1] = tab[v & mask];
-            v >>= e[j][1] & 31;
-            e[j][2] = tab[v & mask];
-            ok &= (e[j][0] & 31) && (e[j][1] & 31) && (e[j][2] & 31);
-        }
-        if (!ok) break;
-        for (int j = 0; j < g; j++) {
-            o[j][0] = (uint16_t)(e[j][0] >> 5);
-            o[j][1] = (uint16_t)(e[j][1] >> 5);
-            o[j][2] = (uint16_t)(e[j][2] >> 5);
-            o[j] += 3;
-            bp[j] += (e[j][0] & 31) + (e[j][1] & 31) + (e[j][2] & 31);
-            left[j] -= 3;
-        }
-    }
+    if (g == GROUP && st->maxlen <= 14) ROUNDS(GROUP, 4)
+    else if (g == GROUP) ROUNDS(GROUP, 3)
+    else if (g == 1) ROUNDS(1, 3)
     for (int j = 0; j < g; j++) {
         int rc = finish_segment(d, st, k0 + (uint64_t)j, bp[j], left[j], o[j]);
         if (rc) return rc;
@@ -108,21 +116,28 @@ static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint16_t 
     return DCF_OK;
 }
 
+/* Symbols in segment order: whole groups straight into dst when it has room for them, else through the buffer. */
 static int huff_pull(dec *d, stream *s, void *dst, size_t n) {
     huff_st *st = s->st;
     uint32_t *o = dst;
     while (n) {
         if (st->buf_i == st->buf_n) {
-            uint64_t g = st->k_count - st->k < GROUP ? st->k_count - st->k : GROUP;
-            int rc = decode_group(d, st, st->k, (int)g, st->buf);
+            uint64_t left = st->k_count - st->k, g = left < st->group ? left : st->group;
+            size_t size = (size_t)((g - 1) * st->s + seg_symbols(st, st->k + g - 1));
+            int direct = n >= size, rc = decode_group(d, st, st->k, (int)g, direct ? o : st->buf);
             if (rc) return rc;
-            st->buf_i = 0;
-            st->buf_n = (size_t)((g - 1) * st->s + seg_symbols(st, st->k + g - 1));
             st->k += g;
+            if (direct) {
+                o += size;
+                n -= size;
+                s->pos += size;
+                continue;
+            }
+            st->buf_i = 0;
+            st->buf_n = size;
         }
         size_t m = st->buf_n - st->buf_i < n ? st->buf_n - st->buf_i : n;
-        const uint16_t *b = st->buf + st->buf_i;
-        for (size_t i = 0; i < m; i++) o[i] = b[i];
+        memcpy(o, st->buf + st->buf_i, m * sizeof *o);
         st->buf_i += m;
         o += m;
         n -= m;
@@ -219,7 +234,9 @@ int huffman_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, st
         for (uint32_t v = r; v < size; v += 1u << l) st->table[v] = e;
     }
     st->mask = size - 1;
-    if (!(st->buf = dec_alloc(d, (uint64_t)GROUP * st->s * sizeof *st->buf, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
+    st->maxlen = maxlen;
+    st->group = st->s <= 16384 ? GROUP : 1;
+    if (!(st->buf = dec_alloc(d, st->group * st->s * sizeof *st->buf, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
     out->st = st;
     out->in[0] = ins[0];
     out->pull = huff_pull;
