@@ -116,7 +116,7 @@ def main() -> None:
         print()
         print("## Peak heap while decoding one tensor into the caller's buffer (counting allocator)")
         print()
-        print("| file | output bytes | memory mode heap | file mode heap | target: heap <= output + 1 MiB (memory mode) |")
+        print("| file | output bytes | memory mode heap | file mode heap | heap <= output + 1 MiB (memory mode) |")
         print("|---|---|---|---|---|")
         for name, path in [*files.items(), ("rans 10^7", tmp / f"sym-{cases[-2][0]}-rans.dcf")]:
             for r in bench(dcfbench, "decode", path, 1):
