@@ -52,11 +52,12 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def check(tool: Path, files: list[Path], outdir: Path | None = None) -> list[dict]:
-    """Run dcf-check on `files`; per file {"open": class, "tensors": {name: (class, index)}}."""
+def check(tool: Path, files: list[Path], outdir: Path | None = None, by_path: bool = False) -> list[dict]:
+    """Run dcf-check on `files` (opened from memory, or by path); per file {"open": class, "tensors": {name: (class,
+    index)}}."""
     lst = (outdir or files[0].parent) / f"list-{os.getpid()}-{random.random():.9f}.txt"
     lst.write_text("".join(f"{f}\n" for f in files), encoding="utf-8")
-    args = [str(tool)] + (["-o", str(outdir)] if outdir else []) + [str(lst)]
+    args = [str(tool)] + (["-o", str(outdir)] if outdir else []) + (["--path"] if by_path else []) + [str(lst)]
     res = subprocess.run(args, capture_output=True, text=True, timeout=600)
     lst.unlink()
     assert res.returncode == 0, res.stderr
@@ -73,10 +74,12 @@ def check(tool: Path, files: list[Path], outdir: Path | None = None) -> list[dic
 # -- golden vectors -----------------------------------------------------------------------------------------------
 
 
-def test_valid_vectors_decode_bit_for_bit(build: Path, tmp_path: Path) -> None:
-    """Every tensor of every valid vector decodes to exactly the expected bytes; lzma/bz2 ones are UnsupportedError."""
+@pytest.mark.parametrize("by_path", [False, True], ids=["memory", "path"])
+def test_valid_vectors_decode_bit_for_bit(build: Path, tmp_path: Path, by_path: bool) -> None:
+    """Every tensor of every valid vector decodes to exactly the expected bytes (from memory and through
+    dcf_open_path); lzma/bz2 ones are UnsupportedError."""
     files = [VECTORS / v["file"] for v in INDEX["valid"]]
-    results = check(build / "dcf-check", files, tmp_path)
+    results = check(build / "dcf-check", files, tmp_path, by_path)
     for i, (v, r) in enumerate(zip(INDEX["valid"], results, strict=True)):
         assert r["open"] == "OK", v["file"]
         expected = (VECTORS / v["expected"]).read_bytes()
@@ -91,16 +94,55 @@ def test_valid_vectors_decode_bit_for_bit(build: Path, tmp_path: Path) -> None:
             assert got == expected[t["offset"]:t["offset"] + t["length"]], (v["file"], t["name"])
 
 
-def test_invalid_vectors_rejected_with_their_class(build: Path) -> None:
+@pytest.mark.parametrize("by_path", [False, True], ids=["memory", "path"])
+def test_invalid_vectors_rejected_with_their_class(build: Path, by_path: bool) -> None:
     """Opening fails (tensor null) or reading the tensor fails, with exactly the vector's error class."""
     files = [VECTORS / v["file"] for v in INDEX["invalid"]]
-    for v, r in zip(INDEX["invalid"], check(build / "dcf-check", files), strict=True):
+    for v, r in zip(INDEX["invalid"], check(build / "dcf-check", files, by_path=by_path), strict=True):
         if v["tensor"] is None:
             assert r["open"] == v["error"], v["file"]
             continue
         assert r["open"] == "OK", v["file"]
         expected = "UnsupportedError" if set(v["exercises"]) & UNSUPPORTED else v["error"]
         assert r["tensors"][v["tensor"]][0] == expected, v["file"]
+
+
+def test_built_without_codecs_says_so(tmp_path: Path) -> None:
+    """`make ZSTD=0 ZLIB=0`: zstd and zlib tensors fail as UnsupportedError naming the missing library; the
+    codec-free stages still decode."""
+    out = tmp_path / "b"
+    res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={out}", f"CC={CC}", "ZSTD=0", "ZLIB=0", "-j2",
+                          str(out / "dcf-check")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    files = [VECTORS / "valid" / f for f in ("lossless-zstd.dcf", "lossless-zlib.dcf", "han-conv.dcf")]
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{f}\n" for f in files), encoding="utf-8")
+    res = subprocess.run([str(out / "dcf-check"), str(lst)], capture_output=True, text=True,
+                         env={**os.environ, "DCF_CHECK_VERBOSE": "1"})
+    codes = [line.split(" ")[2] for line in res.stdout.splitlines() if line.split(" ")[1] != "open"]
+    assert codes[:2] == ["UnsupportedError"] * 2 and codes[-1] == "OK"
+    assert "built without zstd" in res.stderr and "built without zlib" in res.stderr
+
+
+def test_peak_heap_within_output_plus_one_mib(tmp_path: Path) -> None:
+    """Decoding a han and a quantize8 tensor into the caller's buffer holds at most 1 MiB of heap (memory mode;
+    a counting allocator given to dcf_open_memory sees every allocation, zstd's included)."""
+    if subprocess.run([CC, "-include", "zstd.h", "-x", "c", "-", "-fsyntax-only"], input="int x;\n", text=True,
+                      capture_output=True).returncode:
+        pytest.skip("dcf-bench needs <zstd.h> (libzstd-dev), which this system lacks")
+    res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={tmp_path}", f"CC={CC}", str(tmp_path / "dcf-bench")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    w = np.random.default_rng(0).standard_normal((600, 500)).astype(np.float32)
+    for preset in ("han", "quantize8"):
+        path = tmp_path / f"{preset}.dcf"
+        dcframe.compress({"w": w}, path, preset=preset)
+        out = subprocess.run([str(tmp_path / "dcf-bench"), "decode", str(path), "1"], capture_output=True, text=True,
+                             check=True).stdout
+        (r,) = [json.loads(line) for line in out.splitlines()]
+        assert r["bytes"] == w.nbytes
+        assert 0 < r["peak_heap_memory"] <= 2**20, (preset, r)
+        assert r["peak_heap_file"] <= path.stat().st_size + 2**20, (preset, r)
 
 
 # -- Python-written files -----------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
  *   <file#> open <ErrorName or OK>
  *   <file#> <tensor#> <ErrorName or OK> <bytes> <name>
  * With -o DIR each decoded tensor is also written to DIR/<file#>-<tensor#>.bin. Each file is read into a buffer of
- * exactly its size, so that a sanitizer build catches any read past it. */
+ * exactly its size, so that a sanitizer build catches any read past it; with --path it is opened by path instead
+ * (dcf_open_path: the index read at open, each tensor's bytes when it is decoded). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,12 +36,14 @@ static unsigned char *slurp(const char *path, size_t *n) {
 
 int main(int argc, char **argv) {
     const char *outdir = NULL, *listfile = NULL;
+    int by_path = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) outdir = argv[++i];
+        else if (!strcmp(argv[i], "--path")) by_path = 1;
         else listfile = argv[i];
     }
     FILE *list = listfile ? fopen(listfile, "r") : NULL;
-    if (!list) { fprintf(stderr, "usage: dcf-check [-o DIR] LIST\n"); return 2; }
+    if (!list) { fprintf(stderr, "usage: dcf-check [-o DIR] [--path] LIST\n"); return 2; }
     char line[4096];
     long fileno = -1;
     while (fgets(line, sizeof line, list)) {
@@ -48,11 +51,11 @@ int main(int argc, char **argv) {
         if (!*line) continue;
         fileno++;
         size_t n = 0;
-        unsigned char *data = slurp(line, &n);
-        if (!data) { printf("%ld open IOError\n", fileno); continue; }
+        unsigned char *data = by_path ? NULL : slurp(line, &n);
+        if (!data && !by_path) { printf("%ld open IOError\n", fileno); continue; }
         dcf_file *f;
         dcf_error err;
-        int rc = dcf_open_memory(&f, data, n, NULL, &err);
+        int rc = by_path ? dcf_open_path(&f, line, NULL, &err) : dcf_open_memory(&f, data, n, NULL, &err);
         printf("%ld open %s\n", fileno, dcf_code_name(rc));
         if (!rc) {
             for (size_t i = 0; i < dcf_count(f); i++) {
