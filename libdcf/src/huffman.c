@@ -2,13 +2,15 @@
  * LSB-first payload. Every header check is made when the stage is applied; segments decode as they are pulled. */
 #include "internal.h"
 
+#define INVALID 0x80000000u /* a table entry no code reaches: length 0, and the flag a round tests once */
 #define GROUP 4           /* segments decoded in lockstep (independent dependency chains) */
 
 typedef struct {
     const uint8_t *pay, *ends;
     uint64_t p, n, k_count;
     uint32_t s, mask;
-    uint32_t *table;  /* 2^maxlen entries: symbol << 5 | length (length 0: invalid) */
+    uint32_t *table;  /* 2^maxlen entries: symbol << 5 | length; INVALID where no code matches */
+    uint32_t *pairs;  /* byte symbols: 2^maxlen entries of one or two codes (see build_pairs), else NULL */
     uint64_t k;       /* next segment to decode */
     uint32_t *buf;    /* the symbols of the last group decoded */
     size_t buf_i, buf_n;
@@ -72,7 +74,7 @@ static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, ui
 #define ROUNDS(G, PER)                                                                   \
     for (;;) {                                                                           \
         int ok = 1;                                                                      \
-        uint32_t e[G][PER];                                                              \
+        uint32_t e[G][PER], bad = 0;                                                     \
         for (int j = 0; j < (G); j++) ok &= left[j] >= (PER) && (bp[j] >> 3) + 8 <= st->p; \
         if (!ok) break;                                                                  \
         for (int j = 0; j < (G); j++) {                                                  \
@@ -80,10 +82,10 @@ static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, ui
             for (int q = 0; q < (PER); q++) {                                            \
                 e[j][q] = tab[v & mask];                                                 \
                 v >>= e[j][q] & 31;                                                      \
-                ok &= (e[j][q] & 31) != 0;                                               \
+                bad |= e[j][q];                                                          \
             }                                                                            \
         }                                                                                \
-        if (!ok) break;                                                                  \
+        if (bad >> 31) break;                                                            \
         for (int j = 0; j < (G); j++) {                                                  \
             for (int q = 0; q < (PER); q++) {                                            \
                 o[j][q] = e[j][q] >> 5;                                                  \
@@ -91,6 +93,38 @@ static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, ui
             }                                                                            \
             o[j] += (PER);                                                               \
             left[j] -= (PER);                                                            \
+        }                                                                                \
+    }
+
+/* As ROUNDS, with the pair table: each lookup gives one or two codes (up to 2 x PER symbols a segment a round).
+ * A round's results are committed only when none of its first codes was invalid. */
+#define ROUNDS2(G, PER)                                                                  \
+    for (;;) {                                                                           \
+        int ok = 1;                                                                      \
+        uint32_t bad = 0;                                                                \
+        uint64_t nbp[G], took[G];                                                        \
+        for (int j = 0; j < (G); j++) ok &= left[j] >= 2 * (PER) && (bp[j] >> 3) + 8 <= st->p; \
+        if (!ok) break;                                                                  \
+        for (int j = 0; j < (G); j++) {                                                  \
+            uint64_t v = load64(st->pay + (bp[j] >> 3)) >> (bp[j] & 7), b = bp[j];       \
+            uint32_t *w = o[j];                                                          \
+            for (int q = 0; q < (PER); q++) {                                            \
+                uint32_t e = pairs[v & mask];                                            \
+                v >>= e & 31;                                                            \
+                b += e & 31;                                                             \
+                bad |= e;                                                                \
+                w[0] = e >> 8 & 0xff;                                                    \
+                w[1] = e >> 16 & 0xff;                                                   \
+                w += e >> 5 & 3;                                                         \
+            }                                                                            \
+            nbp[j] = b;                                                                  \
+            took[j] = (uint64_t)(w - o[j]);                                              \
+        }                                                                                \
+        if (bad >> 31) break;                                                            \
+        for (int j = 0; j < (G); j++) {                                                  \
+            bp[j] = nbp[j];                                                              \
+            o[j] += took[j];                                                             \
+            left[j] -= took[j];                                                          \
         }                                                                                \
     }
 
@@ -106,7 +140,9 @@ static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint32_t 
         left[j] = seg_symbols(st, k0 + (uint64_t)j);
         o[j] = out + (size_t)j * st->s;
     }
-    if (g == GROUP && st->maxlen <= 14) ROUNDS(GROUP, 4)
+    const uint32_t *pairs = st->pairs;
+    if (g == GROUP && pairs) ROUNDS2(GROUP, 4)
+    else if (g == GROUP && st->maxlen <= 14) ROUNDS(GROUP, 4)
     else if (g == GROUP) ROUNDS(GROUP, 3)
     else if (g == 1) ROUNDS(1, 3)
     for (int j = 0; j < g; j++) {
@@ -150,6 +186,19 @@ static uint32_t bitreverse(uint32_t v, int n) {
     uint32_t r = 0;
     for (int i = 0; i < n; i++, v >>= 1) r = r << 1 | (v & 1);
     return r;
+}
+
+/* The pair table for byte symbols (A <= 256, maxlen <= 14): entry v holds the code at the window's start and, when
+ * the next code also lies inside the window's maxlen bits, that one too: total length | count << 5 | first << 8 |
+ * second << 16 (INVALID when the first code is invalid). Decoding a pair is decoding its two codes in turn. */
+static void build_pairs(huff_st *st, uint32_t size, int maxlen) {
+    for (uint32_t v = 0; v < size; v++) {
+        uint32_t e1 = st->table[v], l1 = e1 & 31;
+        if (e1 & INVALID) { st->pairs[v] = INVALID; continue; }
+        uint32_t e2 = st->table[(v >> l1) & st->mask], l2 = e2 & 31;
+        int two = !(e2 & INVALID) && l1 + l2 <= (uint32_t)maxlen;
+        st->pairs[v] = (two ? l1 + l2 : l1) | (two ? 2u : 1u) << 5 | (e1 >> 5) << 8 | (two ? (e2 >> 5) << 16 : 0);
+    }
 }
 
 /* The header (table, S, ends) checked as Decoding steps 3-5 say, then the decode table of step 6. */
@@ -222,7 +271,7 @@ int huffman_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, st
     if ((rc = header(d, ins[0], n, a, st, &len, &t, &maxlen))) return rc;
     uint32_t size = 1u << maxlen;
     if (!(st->table = dec_alloc(d, (uint64_t)size * 4, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
-    memset(st->table, 0, (size_t)size * 4);
+    for (uint32_t v = 0; v < size; v++) st->table[v] = INVALID;
     uint32_t count[17] = {0}, next[17] = {0};
     for (uint32_t i = 0; i < t; i++) count[len[i]]++;
     count[0] = 0;
@@ -235,6 +284,10 @@ int huffman_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, st
     }
     st->mask = size - 1;
     st->maxlen = maxlen;
+    if (a <= 256 && maxlen <= 14) {
+        if (!(st->pairs = dec_alloc(d, (uint64_t)size * 4, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
+        build_pairs(st, size, maxlen);
+    }
     st->group = st->s <= 16384 ? GROUP : 1;
     if (!(st->buf = dec_alloc(d, st->group * st->s * sizeof *st->buf, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
     out->st = st;
