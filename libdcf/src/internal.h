@@ -146,7 +146,8 @@ typedef struct {
     int (*check_config)(dec *d, const mp_tree *t, uint32_t config); /* config may be NONE */
     /* config is a node of the index tree `ct` (or NONE), meta a map node of the record tree d->rec */
     int (*decode)(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out);
-    const char *unsupported; /* non-NULL: why this build cannot decode it */
+    const char *unsupported; /* non-NULL: why this build cannot decode it (check_config and decode are then
+                                never called, and may be NULL) */
 } stage_def;
 
 const stage_def *stage_find(const mp_tree *t, uint32_t id_node);

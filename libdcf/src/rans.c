@@ -166,7 +166,6 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
     }
     for (uint64_t i = 0; i < dn; i++) { /* slot table: symbol i covers cum .. cum + f - 1 */
         uint32_t cum = st->fc[i] & 0xffff, f = (st->fc[i] >> 16) + 1;
-        if (dn == 1) cum = 0;
         for (uint32_t j = 0; j < f; j++) st->slot[cum + j] = (uint16_t)i;
     }
     st->words = r.p + r.pos + 4 * k;

@@ -116,8 +116,6 @@ static int uniform_config(dec *d, const mp_tree *ct, uint32_t c) {
     }
 LEVEL_CONFIG(zlib_config, "zlib", "level", 0, 9)
 LEVEL_CONFIG(zstd_config, "zstd", "level", -7, 22)
-LEVEL_CONFIG(lzma_config, "lzma", "preset", 0, 9)
-LEVEL_CONFIG(bz2_config, "bz2", "level", 1, 9)
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -532,11 +530,6 @@ static int zstd_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta
     return rc;
 }
 
-static int never_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
-    (void)ct; (void)config; (void)meta; (void)ins;
-    return dfail(d, DCF_E_UNSUPPORTED, "stage '%s' is not supported by this build", out->stage);
-}
-
 /* ---------------------------------------------------------------- the stage table */
 
 #define DENSE (1 << K_DENSE)
@@ -563,8 +556,8 @@ static const stage_def STAGES[] = {
     {"rans", 1, SYMS, 1, {K_BYTES, 0}, rans_check_config, rans_decode, NULL},
     {"zlib", 1, BYTES, 1, {K_BYTES, 0}, zlib_config, zlib_decode, NO_ZLIB},
     {"zstd", 1, BYTES, 1, {K_BYTES, 0}, zstd_config, zstd_decode, NO_ZSTD},
-    {"lzma", 1, BYTES, 1, {K_BYTES, 0}, lzma_config, never_decode, "libdcf has no lzma decoder; recompress the tensor with zstd or zlib"},
-    {"bz2", 1, BYTES, 1, {K_BYTES, 0}, bz2_config, never_decode, "libdcf has no bz2 decoder; recompress the tensor with zstd or zlib"},
+    {"lzma", 1, BYTES, 1, {K_BYTES, 0}, NULL, NULL, "libdcf has no lzma decoder; recompress the tensor with zstd or zlib"},
+    {"bz2", 1, BYTES, 1, {K_BYTES, 0}, NULL, NULL, "libdcf has no bz2 decoder; recompress the tensor with zstd or zlib"},
 };
 
 const stage_def *stage_find(const mp_tree *t, uint32_t id) {
