@@ -52,6 +52,18 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def refused(build: Path) -> set[str]:
+    """Stages this build refuses as UnsupportedError: lzma and bz2, and zstd / zlib when built without them."""
+    have = subprocess.run([str(build / "dcf-check"), "--features"], capture_output=True, text=True, check=True).stdout
+    return UNSUPPORTED | ({"zstd", "zlib"} - set(have.split()))
+
+
+def chain_of(container: dcframe.Container, name: str) -> set[str]:
+    """Stage ids of tensor `name`'s chain."""
+    return {s["id"] for s in container.chains[container.record(name)["chain"]]}
+
+
 def check(tool: Path, files: list[Path], outdir: Path | None = None, by_path: bool = False) -> list[dict]:
     """Run dcf-check on `files` (opened from memory, or by path); per file {"open": class, "tensors": {name: (class,
     index)}}."""
@@ -75,18 +87,19 @@ def check(tool: Path, files: list[Path], outdir: Path | None = None, by_path: bo
 
 
 @pytest.mark.parametrize("by_path", [False, True], ids=["memory", "path"])
-def test_valid_vectors_decode_bit_for_bit(build: Path, tmp_path: Path, by_path: bool) -> None:
+def test_valid_vectors_decode_bit_for_bit(build: Path, refused: set[str], tmp_path: Path, by_path: bool) -> None:
     """Every tensor of every valid vector decodes to exactly the expected bytes (from memory and through
-    dcf_open_path); lzma/bz2 ones are UnsupportedError."""
+    dcf_open_path); those whose chain has a stage this build refuses (lzma, bz2) are UnsupportedError."""
     files = [VECTORS / v["file"] for v in INDEX["valid"]]
     results = check(build / "dcf-check", files, tmp_path, by_path)
     for i, (v, r) in enumerate(zip(INDEX["valid"], results, strict=True)):
         assert r["open"] == "OK", v["file"]
         expected = (VECTORS / v["expected"]).read_bytes()
         assert list(r["tensors"]) == [t["name"] for t in v["tensors"]], v["file"]
+        container = dcframe.open_container(VECTORS / v["file"])
         for t in v["tensors"]:
             code, j = r["tensors"][t["name"]]
-            if set(v["stages"]) & UNSUPPORTED:
+            if chain_of(container, t["name"]) & refused:
                 assert code == "UnsupportedError", (v["file"], t["name"])
                 continue
             assert code == "OK", (v["file"], t["name"], code)
@@ -95,7 +108,7 @@ def test_valid_vectors_decode_bit_for_bit(build: Path, tmp_path: Path, by_path: 
 
 
 @pytest.mark.parametrize("by_path", [False, True], ids=["memory", "path"])
-def test_invalid_vectors_rejected_with_their_class(build: Path, by_path: bool) -> None:
+def test_invalid_vectors_rejected_with_their_class(build: Path, refused: set[str], by_path: bool) -> None:
     """Opening fails (tensor null) or reading the tensor fails, with exactly the vector's error class."""
     files = [VECTORS / v["file"] for v in INDEX["invalid"]]
     for v, r in zip(INDEX["invalid"], check(build / "dcf-check", files, by_path=by_path), strict=True):
@@ -103,7 +116,7 @@ def test_invalid_vectors_rejected_with_their_class(build: Path, by_path: bool) -
             assert r["open"] == v["error"], v["file"]
             continue
         assert r["open"] == "OK", v["file"]
-        expected = "UnsupportedError" if set(v["exercises"]) & UNSUPPORTED else v["error"]
+        expected = "UnsupportedError" if set(v["exercises"]) & refused else v["error"]
         assert r["tensors"][v["tensor"]][0] == expected, v["file"]
 
 
@@ -170,9 +183,11 @@ def tensor_sets(draw: st.DrawFn) -> dict[str, np.ndarray]:
 
 @settings(max_examples=30)
 @given(tensors=tensor_sets(), how=st.sampled_from(WAYS))
-def test_python_written_files_decode_identically(build: Path, tmp_path_factory: pytest.TempPathFactory,
+def test_python_written_files_decode_identically(build: Path, refused: set[str],
+                                                 tmp_path_factory: pytest.TempPathFactory,
                                                  tensors: dict[str, np.ndarray], how: tuple[str, str]) -> None:
-    """Whatever Python writes, libdcf decodes to the same bytes as dcframe's own reader."""
+    """Whatever Python writes, libdcf decodes to the same bytes as dcframe's own reader (a codec this build
+    lacks: UnsupportedError)."""
     tmp = tmp_path_factory.mktemp("py")
     path = tmp / "m.dcf"
     dcframe.compress(tensors, path, **{how[0]: how[1]})
@@ -181,6 +196,9 @@ def test_python_written_files_decode_identically(build: Path, tmp_path_factory: 
     c = dcframe.open_container(path)
     for name in c.names:
         code, j = r["tensors"][name]
+        if chain_of(c, name) & refused:
+            assert code == "UnsupportedError", (name, how)
+            continue
         assert code == "OK", (name, how)
         want = c.read(name)
         assert (tmp / f"0-{j}.bin").read_bytes() == np.ascontiguousarray(want.array).tobytes(), (name, how)
@@ -200,7 +218,7 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, list[int], bytes]]:
 
 def test_dcf_decode_writes_safetensors_and_lists(build: Path, tmp_path: Path) -> None:
     """dcf-decode FILE OUT gives the tensors dcframe reads; --list names each with dtype and shape."""
-    src = VECTORS / "valid" / "han.dcf"
+    src = VECTORS / "valid" / "han-conv.dcf"  # prune | sparse | kmeans | huffman: no optional codec
     out = tmp_path / "out.safetensors"
     res = subprocess.run([str(build / "dcf-decode"), str(src), str(out)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -390,7 +408,7 @@ def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
     assert answered == len(files)
 
 
-def test_mutants_get_the_same_verdict_as_dcframe(build: Path, tmp_path: Path) -> None:
+def test_mutants_get_the_same_verdict_as_dcframe(build: Path, refused: set[str], tmp_path: Path) -> None:
     """Differential: on 1200 mutants (half structured, CRCs fixed) libdcf opens, rejects (with the same class) and
     decodes (to the same bytes) exactly as dcframe's reader does. Bytes are not compared for tensors whose chain
     has zstd: a corrupted frame without a content checksum decodes to different garbage in different zstd versions
@@ -411,11 +429,39 @@ def test_mutants_get_the_same_verdict_as_dcframe(build: Path, tmp_path: Path) ->
         assert r["open"] == "OK", f
         for name in c.names:
             code, j = r["tensors"][name]
+            skip = False
             try:
+                skip = bool(chain_of(c, name) & refused)  # libdcf refuses the stage, or fails earlier as dcframe does
                 want = c.read(name)
             except dcframe.DcfError as exc:
-                assert code == type(exc).__name__, (f, name, str(exc))
+                assert code in ({"UnsupportedError"} if skip else set()) | {type(exc).__name__}, (f, name, str(exc))
+                continue
+            if skip:
+                assert code == "UnsupportedError", (f, name)
                 continue
             assert code == "OK", (f, name)
-            if "zstd" not in {s["id"] for s in c.chains[c.record(name)["chain"]]}:
+            if "zstd" not in chain_of(c, name):
                 assert (tmp_path / f"{i}-{j}.bin").read_bytes() == np.ascontiguousarray(want.array).tobytes(), (f, name)
+
+
+def test_stages_are_checked_in_chain_order_as_dcframe_does(build: Path, tmp_path: Path) -> None:
+    """A bad config in the chain's first stage is reported before a missing later stage (dcframe builds the stages
+    in chain order: missing, version, config, stage after stage), and the other way round."""
+    index, tensors = split((VECTORS / "valid" / "prune-zstd.dcf").read_bytes())
+    files = []
+    for bad_first in (True, False):
+        ix = json.loads(json.dumps(index))
+        chain = ix["chains"][0]  # prune | raw | zstd
+        (chain[0] if bad_first else chain[2])["config"] = {"sparsity": 1.5} if bad_first else {"level": 99}
+        (chain[2] if bad_first else chain[0])["id"] = "nosuch"
+        files.append(tmp_path / f"order-{bad_first}.dcf")
+        files[-1].write_bytes(join(ix, tensors))
+    results = check(build / "dcf-check", files)
+    expected = ["FormatError", "MissingStageError"]
+    for f, r, want in zip(files, results, expected, strict=True):
+        (code, _), = r["tensors"].values()
+        assert code == want, f
+        with pytest.raises(dcframe.DcfError) as exc:
+            c = dcframe.open_container(f)
+            c.read(c.names[0])
+        assert type(exc.value).__name__ == want

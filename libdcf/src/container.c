@@ -697,7 +697,8 @@ static uint64_t stream_nbytes(const stream *s) {
     return s->count * DTYPE_SIZES[s->dtype];
 }
 
-/* Check stages (missing, too new, unsupported) then every stored config, in chain order. */
+/* Each stage in chain order, as dcframe does: known and not too new (MissingStageError), supported by this build,
+ * then its stored config (FORMAT.md 4.3, 6). */
 static int check_stages(dec *d, const record *r, const stage_def **defs) {
     const mp_tree *it = &d->f->index;
     uint32_t s = mp_first(r->chain);
@@ -713,9 +714,6 @@ static int check_stages(dec *d, const record *r, const stage_def **defs) {
         if (v > defs[i]->version)
             return dfail(d, DCF_E_MISSING_STAGE, "stage '%.*s' version %lld is newer than this reader's %d (package '%.*s')", idl, ids, (long long)v, defs[i]->version, pl, pkg);
         if (defs[i]->unsupported) return dfail(d, DCF_E_UNSUPPORTED, "stage '%s' is not supported by this build: %s", defs[i]->id, defs[i]->unsupported);
-    }
-    s = mp_first(r->chain);
-    for (uint32_t i = 0; i < N(it, r->chain)->n; i++, s = mp_after(it, s)) {
         int rc = defs[i]->check_config(d, it, mp_get(it, s, "config"));
         if (rc) return rc;
     }

@@ -4,7 +4,8 @@
  *   <file#> <tensor#> <ErrorName or OK> <bytes> <name>
  * With -o DIR each decoded tensor is also written to DIR/<file#>-<tensor#>.bin. Each file is read into a buffer of
  * exactly its size, so that a sanitizer build catches any read past it; with --path it is opened by path instead
- * (dcf_open_path: the index read at open, each tensor's bytes when it is decoded). */
+ * (dcf_open_path: the index read at open, each tensor's bytes when it is decoded). `dcf-check --features` prints
+ * the optional codecs built in ("zstd zlib"). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,10 +41,14 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) outdir = argv[++i];
         else if (!strcmp(argv[i], "--path")) by_path = 1;
+        else if (!strcmp(argv[i], "--features")) { /* the optional codecs of this build */
+            printf("%s%s\n", dcf_features() & DCF_HAVE_ZSTD ? "zstd " : "", dcf_features() & DCF_HAVE_ZLIB ? "zlib" : "");
+            return 0;
+        }
         else listfile = argv[i];
     }
     FILE *list = listfile ? fopen(listfile, "r") : NULL;
-    if (!list) { fprintf(stderr, "usage: dcf-check [-o DIR] [--path] LIST\n"); return 2; }
+    if (!list) { fprintf(stderr, "usage: dcf-check [-o DIR] [--path] LIST | --features\n"); return 2; }
     char line[4096];
     long fileno = -1;
     while (fgets(line, sizeof line, list)) {
