@@ -6,13 +6,17 @@ leaving nothing behind."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import random
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -369,9 +373,21 @@ def structured_mutant(data: bytes, rng: random.Random) -> bytes:
         return data
 
 
+def hostile_cases() -> dict[str, Callable[[], bytes]]:
+    """Every CASES entry of tests/hostile/ (hand-built files at and beyond each limit), named module-case."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hostile
+
+    out = {}
+    for info in pkgutil.iter_modules(hostile.__path__):
+        module = importlib.import_module(f"hostile.{info.name}")
+        out.update({f"{info.name}-{k}": v for k, v in module.CASES.items()})
+    return out
+
+
 def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
     """5000 mutants of the golden vectors and Python-written files (3000 byte-level, 2000 structured with their
-    CRCs fixed): no sanitizer finding, no leak, every file answered."""
+    CRCs fixed), and every hand-built case of tests/hostile/: no sanitizer finding, no leak, every file answered."""
     if not sanitizers_available(tmp_path):
         pytest.skip(f"{CC} has no working AddressSanitizer/UBSan runtime")
     res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={tmp_path / 'b'}", f"CC={CC}", "-j2",
@@ -392,6 +408,9 @@ def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
         f = tmp_path / f"m{k}.dcf"
         f.write_bytes(data)
         files.append(f)
+    for name, make in hostile_cases().items():
+        files.append(tmp_path / f"hostile-{name}.dcf")
+        files[-1].write_bytes(make())
     halves = [files[: len(files) // 2], files[len(files) // 2:]]
     procs = []
     for h, part in enumerate(halves):
