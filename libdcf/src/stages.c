@@ -1,0 +1,580 @@
+/* Stages raw, prune, sparse, kmeans, uniform and the generic codecs (spec/stages/ pages), and the stage table.
+ * Each decode checks its meta and inputs and returns a lazy stream; the checks that need the data run as it is
+ * pulled. */
+#include <math.h>
+
+#include "internal.h"
+
+#ifdef DCF_WITH_ZSTD
+#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_createDCtx_advanced: zstd's memory through the caller's allocator */
+#include <zstd.h>
+#include <zstd_errors.h>
+#endif
+#ifdef DCF_WITH_ZLIB
+#include <zlib.h>
+#endif
+
+static int code_of(dec *d) { return d->err && d->err->code ? d->err->code : DCF_E_NOMEM; }
+
+/* ---------------------------------------------------------------- stored configs (FORMAT.md 4.3) */
+
+int check_params(dec *d, const char *stage, const mp_tree *ct, uint32_t config, const param *ps, int np) {
+    if (config == NONE) return DCF_OK;
+    uint32_t k = mp_first(config);
+    for (uint32_t i = 0; i < N(ct, config)->n; i++, k = mp_after(ct, mp_after(ct, k))) {
+        uint32_t v = mp_after(ct, k);
+        const param *p = NULL;
+        for (int j = 0; j < np && !p; j++)
+            if (mp_str_is(ct, k, ps[j].key)) p = &ps[j];
+        int kl = (int)(N(ct, k)->n > 40 ? 40 : N(ct, k)->n);
+        const char *ks = (const char *)ct->buf + N(ct, k)->off;
+        if (!p) return dfail(d, DCF_E_FORMAT, "%s: stored config has no parameter '%.*s'", stage, kl, ks);
+        int ok;
+        if (N(ct, v)->t == MP_NIL) ok = p->nullable;
+        else if (p->type == P_STR) {
+            ok = 0;
+            for (const char *const *nm = p->names; *nm && !ok; nm++) ok = mp_str_is(ct, v, *nm);
+        } else if (p->type == P_INT) ok = mp_is_int(ct, v) && N(ct, v)->v.i >= p->lo && N(ct, v)->v.i <= p->hi;
+        else {
+            double x = mp_is_num(ct, v) ? mp_num(ct, v) : NAN;
+            ok = mp_is_num(ct, v) && x == x && (p->open_lo ? x > p->lo : x >= p->lo) && x <= p->hi && (!p->finite || isfinite(x));
+        }
+        if (!ok) return dfail(d, DCF_E_FORMAT, "%s: stored config value of '%.*s' is not allowed", stage, kl, ks);
+    }
+    return DCF_OK;
+}
+
+static int nonnil(const mp_tree *ct, uint32_t config, const char *key) {
+    uint32_t v = mp_get(ct, config, key);
+    return v != NONE && N(ct, v)->t != MP_NIL;
+}
+
+static const char *const WEIGHTINGS[] = {"none", "activation", "fisher", NULL};
+
+static int raw_config(dec *d, const mp_tree *ct, uint32_t c) { return check_params(d, "raw", ct, c, NULL, 0); }
+
+static int prune_config(dec *d, const mp_tree *ct, uint32_t c) {
+    static const char *const scopes[] = {"tensor", "global", NULL}, *const crit[] = {"magnitude", "wanda", "sparsegpt", NULL};
+    static const param ps[] = {{"sparsity", P_NUM, 0, 1, 1, 0, 0, NULL},
+                               {"threshold", P_NUM, 0, INFINITY, 1, 0, 0, NULL},
+                               {"scope", P_STR, 0, 0, 0, 0, 0, scopes},
+                               {"criterion", P_STR, 0, 0, 0, 0, 0, crit}};
+    int rc = check_params(d, "prune", ct, c, ps, 4);
+    if (rc) return rc;
+    if (nonnil(ct, c, "sparsity") == nonnil(ct, c, "threshold"))
+        return dfail(d, DCF_E_FORMAT, "prune: stored config must give exactly one of sparsity and threshold");
+    uint32_t cr = mp_get(ct, c, "criterion");
+    if (cr != NONE && !mp_str_is(ct, cr, "magnitude") &&
+        (nonnil(ct, c, "threshold") || (mp_get(ct, c, "scope") != NONE && !mp_str_is(ct, mp_get(ct, c, "scope"), "tensor"))))
+        return dfail(d, DCF_E_FORMAT, "prune: a data-aware criterion takes a sparsity with scope 'tensor' only");
+    return DCF_OK;
+}
+
+static int sparse_config(dec *d, const mp_tree *ct, uint32_t c) {
+    static const param ps[] = {{"index_bits", P_INT, 1, 16, 0, 0, 0, NULL}};
+    return check_params(d, "sparse", ct, c, ps, 1);
+}
+
+static int kmeans_config(dec *d, const mp_tree *ct, uint32_t c) {
+    static const char *const inits[] = {"compander", "linear", "density", "random", "kmeans++", NULL};
+    static const char *const methods[] = {"refine", "lloyd", "optimal", NULL};
+    static const param ps[] = {{"bits", P_INT, 1, 16, 1, 0, 0, NULL},
+                               {"clusters", P_INT, 1, 65536, 1, 0, 0, NULL},
+                               {"init", P_STR, 0, 0, 0, 0, 0, inits},
+                               {"max_iter", P_INT, 0, 1 << 20, 0, 0, 0, NULL},
+                               {"tol", P_NUM, 0, INFINITY, 0, 1, 0, NULL},
+                               {"seed", P_INT, 0, (double)MAX_SAFE_INT, 0, 0, 0, NULL},
+                               {"method", P_STR, 0, 0, 0, 0, 0, methods},
+                               {"weighting", P_STR, 0, 0, 0, 0, 0, WEIGHTINGS}};
+    int rc = check_params(d, "kmeans", ct, c, ps, 8);
+    if (!rc && nonnil(ct, c, "bits") && nonnil(ct, c, "clusters"))
+        return dfail(d, DCF_E_FORMAT, "kmeans: stored config gives both bits and clusters");
+    return rc;
+}
+
+static int uniform_config(dec *d, const mp_tree *ct, uint32_t c) {
+    static const char *const methods[] = {"round", "gptq", "auto", NULL};
+    static const param ps[] = {{"step", P_NUM, 0, INFINITY, 1, 1, 1, NULL},
+                               {"rel_step", P_NUM, 0, INFINITY, 1, 1, 1, NULL},
+                               {"dead_zone", P_NUM, 0, INFINITY, 0, 1, 0, NULL},
+                               {"weighting", P_STR, 0, 0, 0, 0, 0, WEIGHTINGS},
+                               {"method", P_STR, 0, 0, 0, 0, 0, methods}};
+    int rc = check_params(d, "uniform", ct, c, ps, 5);
+    if (rc) return rc;
+    if (nonnil(ct, c, "step") == nonnil(ct, c, "rel_step"))
+        return dfail(d, DCF_E_FORMAT, "uniform: stored config must give exactly one of step and rel_step");
+    uint32_t m = mp_get(ct, c, "method"), w = mp_get(ct, c, "weighting");
+    if (m != NONE && !mp_str_is(ct, m, "round") && w != NONE && !mp_str_is(ct, w, "none"))
+        return dfail(d, DCF_E_FORMAT, "uniform: stored config method gptq/auto takes weighting 'none'");
+    return DCF_OK;
+}
+
+#define LEVEL_CONFIG(fn, name, key, lo, hi)                                   \
+    static int fn(dec *d, const mp_tree *ct, uint32_t c) {                    \
+        static const param ps[] = {{key, P_INT, lo, hi, 0, 0, 0, NULL}};      \
+        return check_params(d, name, ct, c, ps, 1);                           \
+    }
+LEVEL_CONFIG(zlib_config, "zlib", "level", 0, 9)
+LEVEL_CONFIG(zstd_config, "zstd", "level", -7, 22)
+
+/* ---------------------------------------------------------------- helpers */
+
+static const char *sname(const stream *s, int *len) {
+    *len = (int)(s->name_len > 40 ? 40 : s->name_len);
+    return (const char *)s->name;
+}
+
+/* A dense stream's shape from a meta `shape`: 0, or 1 if malformed (also above 2^52 elements). */
+static int set_shape(dec *d, stream *out, uint32_t shape) {
+    uint64_t n;
+    if (shape_check(&d->rec, shape, &n)) return 1;
+    out->shape_tree = &d->rec;
+    out->shape_node = shape;
+    out->ndim = N(&d->rec, shape)->n;
+    out->count = n;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- raw */
+
+static int raw_dense_pull(dec *d, stream *s, void *dst, size_t n) {
+    stream *in = s->in[0];
+    size_t isz = dcf_dtype_size(s->dtype);
+    if (!in->data && s->pos == 0 && n == s->count) { /* the whole tensor: decompress straight into dst */
+        int rc = in->fill(d, in, dst);
+        if (rc) return rc;
+    } else if (n) {
+        const uint8_t *p;
+        int rc = bytes_view(d, in, &p);
+        if (rc) return rc;
+        memcpy(dst, p + s->pos * isz, n * isz);
+    }
+    if (s->dtype == DCF_BOOL) {
+        const uint8_t *b = dst;
+        for (size_t i = 0; i < n; i++)
+            if (b[i] > 1) return dfail(d, DCF_E_FORMAT, "raw: BOOL byte %u at %llu (only 0 and 1 are booleans)", b[i], (unsigned long long)(s->pos + i));
+    }
+    s->pos += n;
+    return DCF_OK;
+}
+
+static int raw_symbols_pull(dec *d, stream *s, void *dst, size_t n) {
+    const uint8_t *p;
+    int rc = bytes_view(d, s->in[0], &p);
+    if (rc) return rc;
+    uint32_t *o = dst;
+    int w = s->alphabet <= 256 ? 1 : s->alphabet <= 65536 ? 2 : 4;
+    p += s->pos * (uint64_t)w;
+    if (w == 1) for (size_t i = 0; i < n; i++) o[i] = p[i];
+    else if (w == 2) for (size_t i = 0; i < n; i++) o[i] = (uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8;
+    else for (size_t i = 0; i < n; i++) o[i] = rd_u32(p + 4 * i);
+    for (size_t i = 0; i < n; i++)
+        if (o[i] >= s->alphabet) return dfail(d, DCF_E_FORMAT, "raw: symbol %u at %llu not below alphabet %llu", o[i], (unsigned long long)(s->pos + i), (unsigned long long)s->alphabet);
+    s->pos += n;
+    return DCF_OK;
+}
+
+static int raw_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config;
+    const mp_tree *t = &d->rec;
+    stream *in = ins[0];
+    out->in[0] = in;
+    uint32_t dt = mp_get(t, meta, "dtype");
+    if (dt != NONE) {
+        if (!dtype_parse(t, dt, &out->dtype)) return dfail(d, DCF_E_FORMAT, "raw: unknown dtype");
+        if (set_shape(d, out, mp_get(t, meta, "shape"))) return dfail(d, DCF_E_FORMAT, "raw: bad shape in meta");
+        if (in->size / dcf_dtype_size(out->dtype) != out->count || in->size % dcf_dtype_size(out->dtype))
+            return dfail(d, DCF_E_FORMAT, "raw: %llu bytes for %llu elements of %s", (unsigned long long)in->size, (unsigned long long)out->count, dcf_dtype_name(out->dtype));
+        out->kind = K_DENSE;
+        out->pull = raw_dense_pull;
+        return DCF_OK;
+    }
+    uint32_t a = mp_get(t, meta, "alphabet");
+    if (!mp_is_int(t, a) || N(t, a)->v.i < 1 || N(t, a)->v.i > ((int64_t)1 << 32))
+        return dfail(d, DCF_E_FORMAT, "raw: alphabet missing or outside 1..2^32");
+    out->alphabet = (uint64_t)N(t, a)->v.i;
+    int w = out->alphabet <= 256 ? 1 : out->alphabet <= 65536 ? 2 : 4;
+    if (in->size % (uint64_t)w) return dfail(d, DCF_E_FORMAT, "raw: %llu bytes is not a multiple of width %d", (unsigned long long)in->size, w);
+    out->kind = K_SYMBOLS;
+    out->count = in->size / (uint64_t)w;
+    out->pull = raw_symbols_pull;
+    return DCF_OK;
+}
+
+/* ---------------------------------------------------------------- prune: the identity on float tensors */
+
+static int prune_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config; (void)meta;
+    if (!dtype_is_float(ins[0]->dtype)) return dfail(d, DCF_E_FORMAT, "prune: input dtype %s is not a float dtype", dcf_dtype_name(ins[0]->dtype));
+    *out = *ins[0];
+    out->stage = "prune";
+    return DCF_OK;
+}
+
+/* ---------------------------------------------------------------- kmeans and uniform: codebook lookup */
+
+typedef struct {
+    const uint8_t *book;
+    uint32_t k;
+    uint32_t *idx; /* BLOCK indices */
+    const char *stage;
+} lookup_st;
+
+static int lookup_pull(dec *d, stream *s, void *dst, size_t n) {
+    lookup_st *st = s->st;
+    stream *in = s->in[0];
+    size_t isz = dcf_dtype_size(s->dtype);
+    uint8_t *o = dst;
+    while (n) {
+        size_t m = n < BLOCK ? n : BLOCK;
+        int rc = in->pull(d, in, st->idx, m);
+        if (rc) return rc;
+        uint32_t bad = 0;
+        for (size_t i = 0; i < m; i++) bad |= st->idx[i] >= st->k;
+        if (bad)
+            for (size_t i = 0; i < m; i++)
+                if (st->idx[i] >= st->k)
+                    return dfail(d, DCF_E_FORMAT, "%s: index %u at %llu not below %u", st->stage, st->idx[i], (unsigned long long)(s->pos + i), st->k);
+        const uint32_t *ix = st->idx;
+        if (isz == 4) for (size_t i = 0; i < m; i++) memcpy(o + 4 * i, st->book + 4 * (size_t)ix[i], 4);
+        else if (isz == 2) for (size_t i = 0; i < m; i++) memcpy(o + 2 * i, st->book + 2 * (size_t)ix[i], 2);
+        else for (size_t i = 0; i < m; i++) memcpy(o + 8 * i, st->book + 8 * (size_t)ix[i], 8);
+        o += m * isz;
+        s->pos += m;
+        n -= m;
+    }
+    return DCF_OK;
+}
+
+static int lookup_decode(dec *d, const char *stage, uint32_t meta, stream **ins, stream *out) {
+    const mp_tree *t = &d->rec;
+    stream *in = ins[0];
+    if (!dtype_parse(t, mp_get(t, meta, "dtype"), &out->dtype) || !dtype_is_float(out->dtype))
+        return dfail(d, DCF_E_FORMAT, "%s: meta dtype is not F64, F32, F16 or BF16", stage);
+    uint32_t shape = mp_get(t, meta, "shape");
+    uint64_t n;
+    int sc = shape_check(t, shape, &n);
+    if (sc == 1) return dfail(d, DCF_E_FORMAT, "%s: shape missing, over 32 dimensions or not non-negative integers", stage);
+    uint32_t cb = mp_get(t, meta, "codebook");
+    size_t isz = dcf_dtype_size(out->dtype);
+    if (cb == NONE || N(t, cb)->t != MP_BIN) return dfail(d, DCF_E_FORMAT, "%s: codebook missing or not bin", stage);
+    if (N(t, cb)->n % isz) return dfail(d, DCF_E_FORMAT, "%s: codebook of %u bytes for itemsize %zu", stage, N(t, cb)->n, isz);
+    uint32_t k = (uint32_t)(N(t, cb)->n / isz);
+    if (k < 1 || k > 65536) return dfail(d, DCF_E_FORMAT, "%s: %u codebook entries (1..65536)", stage, k);
+    if (sc == 2 || in->count != n)
+        return dfail(d, DCF_E_FORMAT, "%s: %llu indices for %s elements", stage, (unsigned long long)in->count, sc == 2 ? "over 2^52" : "a different number of");
+    if (n > d->bound / isz) return dfail(d, DCF_E_LIMIT, "%s: %llu bytes of output over the decode bound %llu", stage, (unsigned long long)n, (unsigned long long)d->bound);
+    lookup_st *st = dec_alloc(d, sizeof *st + BLOCK * sizeof(uint32_t), 1, stage);
+    if (!st) return code_of(d);
+    st->book = t->buf + N(t, cb)->off;
+    st->k = k;
+    st->idx = (uint32_t *)(st + 1);
+    st->stage = stage;
+    set_shape(d, out, shape);
+    out->kind = K_DENSE;
+    out->st = st;
+    out->in[0] = in;
+    out->pull = lookup_pull;
+    return DCF_OK;
+}
+
+static int kmeans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config;
+    return lookup_decode(d, "kmeans", meta, ins, out);
+}
+
+static int uniform_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config;
+    return lookup_decode(d, "uniform", meta, ins, out);
+}
+
+/* ---------------------------------------------------------------- sparse: relative positions and values */
+
+typedef struct {
+    uint64_t m;        /* largest gap one symbol holds */
+    int64_t q;         /* last position reached */
+    uint64_t next;     /* next stored position, when pending */
+    int pending, started;
+    uint32_t *pbuf;    /* BLOCK position symbols */
+    size_t pi, pn;
+    uint8_t *vbuf;     /* BLOCK values */
+    size_t vi, vn;
+} sparse_st;
+
+static int sp_advance(dec *d, stream *s) {
+    sparse_st *st = s->st;
+    stream *ps = s->in[0];
+    int filler = 0;
+    for (;;) {
+        if (st->pi == st->pn) {
+            uint64_t left = ps->count - ps->pos;
+            if (!left) {
+                st->pending = 0;
+                return filler ? dfail(d, DCF_E_FORMAT, "sparse: the positions stream ends with a filler") : DCF_OK;
+            }
+            size_t m = left < BLOCK ? (size_t)left : BLOCK;
+            int rc = ps->pull(d, ps, st->pbuf, m);
+            if (rc) return rc;
+            st->pi = 0;
+            st->pn = m;
+        }
+        uint32_t sym = st->pbuf[st->pi++];
+        if (sym > st->m) return dfail(d, DCF_E_FORMAT, "sparse: position symbol %u above %llu", sym, (unsigned long long)st->m);
+        st->q += sym ? sym : (int64_t)st->m;
+        if ((uint64_t)st->q >= s->count)
+            return dfail(d, DCF_E_FORMAT, "sparse: stored position %lld beyond %llu elements", (long long)st->q, (unsigned long long)s->count);
+        if (sym) { st->next = (uint64_t)st->q; st->pending = 1; return DCF_OK; }
+        filler = 1;
+    }
+}
+
+static int sparse_pull(dec *d, stream *s, void *dst, size_t n) {
+    sparse_st *st = s->st;
+    stream *vs = s->in[1];
+    size_t isz = dcf_dtype_size(s->dtype);
+    int rc;
+    if (!st->started) {
+        st->started = 1;
+        if ((rc = sp_advance(d, s))) return rc;
+    }
+    uint8_t *o = dst;
+    if (n) memset(o, 0, n * isz);
+    uint64_t end = s->pos + n;
+    while (st->pending && st->next < end) {
+        if (st->vi == st->vn) {
+            uint64_t left = vs->count - vs->pos;
+            if (!left) return dfail(d, DCF_E_FORMAT, "sparse: more stored positions than the %llu values", (unsigned long long)vs->count);
+            size_t m = left < BLOCK ? (size_t)left : BLOCK;
+            if ((rc = vs->pull(d, vs, st->vbuf, m))) return rc;
+            st->vi = 0;
+            st->vn = m;
+        }
+        memcpy(o + (st->next - s->pos) * isz, st->vbuf + st->vi * isz, isz);
+        st->vi++;
+        if ((rc = sp_advance(d, s))) return rc;
+    }
+    s->pos = end;
+    if (end == s->count && (st->vi != st->vn || vs->pos != vs->count))
+        return dfail(d, DCF_E_FORMAT, "sparse: %llu values but fewer stored positions", (unsigned long long)vs->count);
+    return DCF_OK;
+}
+
+static int sparse_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    uint32_t ib = mp_get(ct, config, "index_bits");
+    int bits = ib == NONE ? 5 : (int)N(ct, ib)->v.i;
+    uint64_t m = ((uint64_t)1 << bits) - 1, n;
+    const mp_tree *t = &d->rec;
+    stream *ps = ins[0], *vs = ins[1];
+    uint32_t shape = mp_get(t, meta, "shape");
+    if (shape_check(t, shape, &n) || n > ((uint64_t)1 << 40)) return dfail(d, DCF_E_FORMAT, "sparse: meta shape missing, malformed or over 2^40 elements");
+    size_t isz = dcf_dtype_size(vs->dtype);
+    if (n > d->bound / isz) return dfail(d, DCF_E_LIMIT, "sparse: %llu elements of output over the decode bound %llu", (unsigned long long)n, (unsigned long long)d->bound);
+    int l;
+    const char *nm = sname(ps, &l);
+    if (ps->alphabet != m + 1) return dfail(d, DCF_E_FORMAT, "sparse: positions '%.*s' alphabet %llu, expected %llu", l, nm, (unsigned long long)ps->alphabet, (unsigned long long)(m + 1));
+    if (vs->ndim != 1 && vs->shape_node != NONE) return dfail(d, DCF_E_FORMAT, "sparse: values stream has %u dimensions, expected 1", vs->ndim);
+    sparse_st *st = dec_alloc(d, sizeof *st + BLOCK * sizeof(uint32_t) + BLOCK * isz, 1, "sparse");
+    if (!st) return code_of(d);
+    memset(st, 0, sizeof *st);
+    st->m = m;
+    st->q = -1;
+    st->pbuf = (uint32_t *)(st + 1);
+    st->vbuf = (uint8_t *)(st->pbuf + BLOCK);
+    out->kind = K_DENSE;
+    out->dtype = vs->dtype;
+    set_shape(d, out, shape);
+    out->st = st;
+    out->in[0] = ps;
+    out->in[1] = vs;
+    out->pull = sparse_pull;
+    return DCF_OK;
+}
+
+/* ---------------------------------------------------------------- generic codecs */
+
+static int codec_size(dec *d, const char *stage, uint32_t meta, stream *in, stream *out) {
+    const mp_tree *t = &d->rec;
+    uint32_t s = mp_get(t, meta, "size");
+    if (!mp_is_int(t, s) || N(t, s)->v.i < 0) return dfail(d, DCF_E_FORMAT, "%s: missing or bad size in meta", stage);
+    if ((uint64_t)N(t, s)->v.i > d->bound)
+        return dfail(d, DCF_E_LIMIT, "%s: size %lld over the decode bound %llu", stage, (long long)N(t, s)->v.i, (unsigned long long)d->bound);
+    out->kind = K_BYTES;
+    out->size = (uint64_t)N(t, s)->v.i;
+    out->in[0] = in;
+    return DCF_OK;
+}
+
+#ifdef DCF_WITH_ZLIB
+static voidpf z_alloc(voidpf ctx, uInt items, uInt size) {
+    dcf_allocator *al = ctx;
+    return (uint64_t)items * size > SIZE_MAX / 2 ? NULL : al->alloc(al->ctx, (size_t)items * size);
+}
+static void z_free(voidpf ctx, voidpf p) { dcf_allocator *al = ctx; al->free(al->ctx, p); }
+
+/* Inflate exactly one zlib stream of exactly `size` bytes, with nothing after it (generic.md, Decoding). */
+static int zlib_fill(dec *d, stream *s, uint8_t *dst) {
+    const uint8_t *src;
+    int rc = bytes_view(d, s->in[0], &src);
+    if (rc) return rc;
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    z.zalloc = z_alloc;
+    z.zfree = z_free;
+    z.opaque = &d->f->al;
+    if (inflateInit(&z) != Z_OK) return dfail(d, DCF_E_NOMEM, "zlib: cannot start a decoder");
+    uint64_t in_left = s->in[0]->size, out_left = s->size;
+    uint8_t extra[1];
+    int over = 0, zr;
+    for (;;) {
+        if (!z.avail_in && in_left) {
+            z.next_in = (Bytef *)src;
+            z.avail_in = (uInt)(in_left > (1u << 30) ? 1u << 30 : in_left);
+            src += z.avail_in;
+            in_left -= z.avail_in;
+        }
+        if (!z.avail_out) {
+            if (out_left) {
+                z.next_out = dst;
+                z.avail_out = (uInt)(out_left > (1u << 30) ? 1u << 30 : out_left);
+                dst += z.avail_out;
+                out_left -= z.avail_out;
+            } else if (!over) { over = 1; z.next_out = extra; z.avail_out = 1; }
+            else { rc = dfail(d, DCF_E_FORMAT, "zlib: output longer than size %llu", (unsigned long long)s->size); break; }
+        }
+        zr = inflate(&z, Z_NO_FLUSH);
+        if (zr == Z_STREAM_END) {
+            if (over && !z.avail_out) rc = dfail(d, DCF_E_FORMAT, "zlib: output longer than size %llu", (unsigned long long)s->size);
+            else if (out_left || (!over && z.avail_out)) rc = dfail(d, DCF_E_FORMAT, "zlib: output is shorter than size %llu", (unsigned long long)s->size);
+            else if (z.avail_in || in_left) rc = dfail(d, DCF_E_FORMAT, "zlib: %llu bytes of trailing data", (unsigned long long)(z.avail_in + in_left));
+            break;
+        }
+        if (zr == Z_BUF_ERROR && !z.avail_in && !in_left) { rc = dfail(d, DCF_E_FORMAT, "zlib: stream is truncated"); break; }
+        if (zr != Z_OK && zr != Z_BUF_ERROR) { rc = dfail(d, DCF_E_FORMAT, "zlib: corrupt stream (%s)", z.msg ? z.msg : "error"); break; }
+        if (over && !z.avail_out) { rc = dfail(d, DCF_E_FORMAT, "zlib: output longer than size %llu", (unsigned long long)s->size); break; }
+    }
+    inflateEnd(&z);
+    return rc;
+}
+#endif
+
+static int zlib_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config;
+    int rc = codec_size(d, "zlib", meta, ins[0], out);
+#ifdef DCF_WITH_ZLIB
+    out->fill = zlib_fill;
+#endif
+    return rc;
+}
+
+#ifdef DCF_WITH_ZSTD
+static void *zs_alloc(void *ctx, size_t n) { dcf_allocator *al = ctx; return al->alloc(al->ctx, n); }
+static void zs_free(void *ctx, void *p) { dcf_allocator *al = ctx; if (p) al->free(al->ctx, p); }
+
+static int zstd_fill(dec *d, stream *s, uint8_t *dst) {
+    const uint8_t *src;
+    int rc = bytes_view(d, s->in[0], &src);
+    if (rc) return rc;
+    ZSTD_customMem mem = {zs_alloc, zs_free, &d->f->al};
+    ZSTD_DCtx *z = ZSTD_createDCtx_advanced(mem);
+    if (!z) return dfail(d, DCF_E_NOMEM, "zstd: cannot start a decoder");
+    size_t r = ZSTD_decompressDCtx(z, dst, (size_t)s->size, src, (size_t)s->in[0]->size);
+    ZSTD_freeDCtx(z);
+    if (ZSTD_isError(r))
+        return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? dfail(d, DCF_E_FORMAT, "zstd: output longer than size %llu", (unsigned long long)s->size)
+                                                                   : dfail(d, DCF_E_FORMAT, "zstd: corrupt stream (%s)", ZSTD_getErrorName(r));
+    if (r != s->size) return dfail(d, DCF_E_FORMAT, "zstd: output is %zu bytes, meta says %llu", r, (unsigned long long)s->size);
+    return DCF_OK;
+}
+
+/* The frame header (RFC 8878 3.1.1.1) and the frame's extent: one frame, no dictionary, a window within
+ * max(size, 1 MiB), a content size equal to `size` when present, nothing after it. */
+static int zstd_check(dec *d, stream *s) {
+    const uint8_t *p;
+    int rc = bytes_view(d, s->in[0], &p);
+    if (rc) return rc;
+    uint64_t n = s->in[0]->size;
+    if (n < 6 || p[0] != 0x28 || p[1] != 0xb5 || p[2] != 0x2f || p[3] != 0xfd) return dfail(d, DCF_E_FORMAT, "zstd: not a Zstandard frame (bad magic)");
+    uint8_t fhd = p[4];
+    int fcs_flag = fhd >> 6, single = fhd >> 5 & 1, dict = fhd & 3;
+    if (fhd & 8) return dfail(d, DCF_E_FORMAT, "zstd: reserved bit set in the frame header");
+    if (dict) return dfail(d, DCF_E_FORMAT, "zstd: frames needing a dictionary are not supported");
+    uint64_t pos = 5, window = 0;
+    if (!single) {
+        uint8_t wd = p[pos++];
+        uint64_t base = (uint64_t)1 << (10 + (wd >> 3));
+        window = base + base / 8 * (wd & 7);
+    }
+    int fcs_bytes = fcs_flag == 0 ? single : 1 << fcs_flag;
+    if (pos + (uint64_t)fcs_bytes > n) return dfail(d, DCF_E_FORMAT, "zstd: truncated frame header");
+    int has_fcs = fcs_bytes > 0;
+    uint64_t fcs = 0;
+    for (int i = fcs_bytes - 1; i >= 0; i--) fcs = fcs << 8 | p[pos + (uint64_t)i];
+    if (fcs_bytes == 2) fcs += 256;
+    if (single) window = fcs;
+    size_t len = ZSTD_findFrameCompressedSize(p, (size_t)n);
+    if (ZSTD_isError(len)) return dfail(d, DCF_E_FORMAT, "zstd: stream is truncated or corrupt (%s)", ZSTD_getErrorName(len));
+    if (len != n) return dfail(d, DCF_E_FORMAT, "zstd: %llu bytes follow the end of the frame", (unsigned long long)(n - len));
+    if (has_fcs && fcs != s->size) return dfail(d, DCF_E_FORMAT, "zstd: frame content size %llu differs from meta size %llu", (unsigned long long)fcs, (unsigned long long)s->size);
+    if (window > (s->size > MIB ? s->size : MIB)) return dfail(d, DCF_E_FORMAT, "zstd: window of %llu bytes for %llu bytes of output", (unsigned long long)window, (unsigned long long)s->size);
+    return DCF_OK;
+}
+#endif
+
+static int zstd_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config;
+    int rc = codec_size(d, "zstd", meta, ins[0], out);
+#ifdef DCF_WITH_ZSTD
+    out->fill = zstd_fill;
+    if (!rc) rc = zstd_check(d, out);
+#endif
+    return rc;
+}
+
+/* ---------------------------------------------------------------- the stage table */
+
+#define DENSE (1 << K_DENSE)
+#define SYMS (1 << K_SYMBOLS)
+#define BYTES (1 << K_BYTES)
+#ifdef DCF_WITH_ZSTD
+#define NO_ZSTD NULL
+#else
+#define NO_ZSTD "built without zstd (rebuild libdcf with make ZSTD=1)"
+#endif
+#ifdef DCF_WITH_ZLIB
+#define NO_ZLIB NULL
+#else
+#define NO_ZLIB "built without zlib (rebuild libdcf with make ZLIB=1)"
+#endif
+
+static const stage_def STAGES[] = {
+    {"raw", 1, DENSE | SYMS, 1, {K_BYTES, 0}, raw_config, raw_decode, NULL},
+    {"prune", 1, DENSE, 1, {K_DENSE, 0}, prune_config, prune_decode, NULL},
+    {"sparse", 1, DENSE, 2, {K_SYMBOLS, K_DENSE}, sparse_config, sparse_decode, NULL},
+    {"kmeans", 1, DENSE, 1, {K_SYMBOLS, 0}, kmeans_config, kmeans_decode, NULL},
+    {"uniform", 1, DENSE, 1, {K_SYMBOLS, 0}, uniform_config, uniform_decode, NULL},
+    {"huffman", 1, SYMS, 1, {K_BYTES, 0}, huffman_check_config, huffman_decode, NULL},
+    {"rans", 1, SYMS, 1, {K_BYTES, 0}, rans_check_config, rans_decode, NULL},
+    {"zlib", 1, BYTES, 1, {K_BYTES, 0}, zlib_config, zlib_decode, NO_ZLIB},
+    {"zstd", 1, BYTES, 1, {K_BYTES, 0}, zstd_config, zstd_decode, NO_ZSTD},
+    {"lzma", 1, BYTES, 1, {K_BYTES, 0}, NULL, NULL, "libdcf has no lzma decoder; recompress the tensor with zstd or zlib"},
+    {"bz2", 1, BYTES, 1, {K_BYTES, 0}, NULL, NULL, "libdcf has no bz2 decoder; recompress the tensor with zstd or zlib"},
+};
+
+const stage_def *stage_find(const mp_tree *t, uint32_t id) {
+    for (size_t i = 0; i < sizeof STAGES / sizeof *STAGES; i++)
+        if (mp_str_is(t, id, STAGES[i].id)) return &STAGES[i];
+    return NULL;
+}
+
+int check_count_alphabet(dec *d, const char *stage, uint32_t meta, uint64_t *count, uint64_t *alphabet) {
+    const mp_tree *t = &d->rec;
+    uint32_t c = mp_get(t, meta, "count"), a = mp_get(t, meta, "alphabet");
+    if (!mp_is_int(t, c) || N(t, c)->v.i < 0) return dfail(d, DCF_E_FORMAT, "%s: count missing or not an integer >= 0", stage);
+    if (!mp_is_int(t, a) || N(t, a)->v.i < 1 || N(t, a)->v.i > 65536) return dfail(d, DCF_E_FORMAT, "%s: alphabet missing or outside 1..2^16", stage);
+    *count = (uint64_t)N(t, c)->v.i;
+    *alphabet = (uint64_t)N(t, a)->v.i;
+    uint64_t w = *alphabet <= 256 ? 1 : 2;
+    if (*count > d->bound / w)
+        return dfail(d, DCF_E_LIMIT, "%s: %llu symbols of %llu bytes over the decode bound %llu", stage, (unsigned long long)*count, (unsigned long long)w, (unsigned long long)d->bound);
+    return DCF_OK;
+}

@@ -1,0 +1,173 @@
+/* dcf-bench: timings and peak heap of libdcf, for tests/bench/bench_libdcf.py (one JSON object per line).
+ *   dcf-bench decode FILE REPEAT       per tensor: best decode time, output bytes, peak heap while decoding it
+ *                                      (memory mode, and file mode through dcf_open_path)
+ *   dcf-bench symbols FILE REPEAT      per tensor whose chain ends in huffman or rans: the best time to decode
+ *                                      that symbol stream alone, and zstd's (level 19) on the same symbols
+ * Built as one translation unit with the library (it includes container.c) so it can reach one stage's stream. */
+#include <time.h>
+#include <zstd.h>
+
+#include "../src/container.c"
+
+typedef struct {
+    size_t now, peak;
+} counter;
+
+static void *count_alloc(void *ctx, size_t n) {
+    counter *c = ctx;
+    size_t *p = malloc(n + 16);
+    if (!p) return NULL;
+    p[0] = n;
+    c->now += n;
+    if (c->now > c->peak) c->peak = c->now;
+    return (char *)p + 16;
+}
+
+static void count_free(void *ctx, void *q) {
+    counter *c = ctx;
+    size_t *p = (size_t *)((char *)q - 16);
+    c->now -= p[0];
+    free(p);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); /* CPU time: the bench machine may be shared */
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static unsigned char *slurp(const char *path, size_t *n) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp || fseek(fp, 0, SEEK_END)) exit(2);
+    long len = ftell(fp);
+    rewind(fp);
+    unsigned char *b = malloc((size_t)len + 1);
+    if (!b || fread(b, 1, (size_t)len, fp) != (size_t)len) exit(2);
+    fclose(fp);
+    *n = (size_t)len;
+    return b;
+}
+
+static int decode_bench(const char *path, int repeat) {
+    size_t n;
+    unsigned char *data = slurp(path, &n);
+    counter c = {0, 0};
+    dcf_allocator al = {count_alloc, count_free, &c};
+    dcf_options o;
+    memset(&o, 0, sizeof o);
+    o.allocator = &al;
+    dcf_file *f, *fp;
+    dcf_error err;
+    if (dcf_open_memory(&f, data, n, &o, &err) || dcf_open_path(&fp, path, &o, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
+    for (size_t i = 0; i < dcf_count(f); i++) {
+        dcf_info info;
+        if (dcf_info_at(f, i, &info, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
+        void *out = malloc(info.nbytes ? info.nbytes : 1);
+        double best = 1e30;
+        size_t peak_mem = 0, peak_file = 0;
+        for (int r = 0; r < repeat; r++) {
+            size_t base = c.now;
+            c.peak = c.now;
+            double t0 = now();
+            if (dcf_decode(f, i, out, info.nbytes, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
+            double t = now() - t0;
+            if (t < best) best = t;
+            peak_mem = c.peak - base;
+        }
+        size_t base = c.now;
+        c.peak = c.now;
+        if (dcf_decode(fp, i, out, info.nbytes, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
+        peak_file = c.peak - base;
+        printf("{\"tensor\": \"%s\", \"bytes\": %llu, \"seconds\": %.9f, \"peak_heap_memory\": %zu, \"peak_heap_file\": %zu}\n",
+               info.name, (unsigned long long)info.nbytes, best, peak_mem, peak_file);
+        free(out);
+    }
+    dcf_close(f);
+    dcf_close(fp);
+    free(data);
+    return 0;
+}
+
+/* Apply tensor i's chain up to its entropy coder and return that symbols stream (NULL if there is none). */
+static stream *entropy_stream(dec *d, dcf_file *f, size_t i, const char **coder) {
+    record r;
+    dec_init(d, f, i, NULL);
+    if (load_record(d, i, 1, &r)) return NULL;
+    uint32_t ns = N(&d->rec, r.streams)->n;
+    stream *stored = dec_alloc(d, (uint64_t)(ns ? ns : 1) * sizeof *stored, 0, "bench");
+    const stage_def **defs = dec_alloc(d, (uint64_t)N(&f->index, r.chain)->n * sizeof *defs, 0, "bench");
+    stream *root;
+    uint64_t m = r.nbytes > r.stored ? r.nbytes : r.stored;
+    d->bound = 8 * m + MIB;
+    if (!stored || !defs || load_streams(d, &r, stored) || check_stages(d, &r, defs) || run_chain(d, &r, defs, stored, &root)) return NULL;
+    for (size_t j = 0; j < d->nmade; j++)
+        if (!strcmp(d->made[j].stage, "huffman") || !strcmp(d->made[j].stage, "rans")) {
+            *coder = d->made[j].stage;
+            return &d->made[j];
+        }
+    return NULL;
+}
+
+static int symbols_bench(const char *path, int repeat) {
+    size_t n;
+    unsigned char *data = slurp(path, &n);
+    dcf_file *f;
+    dcf_error err;
+    if (dcf_open_memory(&f, data, n, NULL, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
+    for (size_t i = 0; i < dcf_count(f); i++) {
+        double best = 1e30;
+        uint32_t *sym = NULL;
+        uint64_t count = 0, alphabet = 0;
+        const char *coder = NULL;
+        for (int r = 0; r < repeat; r++) {
+            dec d;
+            stream *s = entropy_stream(&d, f, i, &coder);
+            if (!s) { dec_release(&d); break; }
+            count = s->count;
+            alphabet = s->alphabet;
+            if (!sym) sym = malloc(count * 4 + 4);
+            double t0 = now();
+            if (s->pull(&d, s, sym, (size_t)count)) { fprintf(stderr, "%s\n", d.err ? d.err->message : "error"); return 1; }
+            double t = now() - t0;
+            if (t < best) best = t;
+            dec_release(&d);
+        }
+        if (!sym) continue;
+        size_t w = alphabet <= 256 ? 1 : 2, raw = (size_t)count * w;
+        unsigned char *bytes = malloc(raw + 1), *back = malloc(raw + 1);
+        for (uint64_t k = 0; k < count; k++) {
+            if (w == 1) bytes[k] = (unsigned char)sym[k];
+            else { bytes[2 * k] = (unsigned char)sym[k]; bytes[2 * k + 1] = (unsigned char)(sym[k] >> 8); }
+        }
+        size_t cap = ZSTD_compressBound(raw);
+        unsigned char *z = malloc(cap);
+        size_t zn = ZSTD_compress(z, cap, bytes, raw, 19);
+        double zbest = 1e30;
+        ZSTD_DCtx *dz = ZSTD_createDCtx();
+        for (int r = 0; r < repeat; r++) {
+            double t0 = now();
+            size_t got = ZSTD_decompressDCtx(dz, back, raw, z, zn);
+            double t = now() - t0;
+            if (got != raw || memcmp(back, bytes, raw)) { fprintf(stderr, "zstd round trip failed\n"); return 1; }
+            if (t < zbest) zbest = t;
+        }
+        ZSTD_freeDCtx(dz);
+        printf("{\"tensor\": \"%s\", \"coder\": \"%s\", \"symbols\": %llu, \"alphabet\": %llu, \"seconds\": %.9f, "
+               "\"zstd_seconds\": %.9f, \"zstd_bytes\": %zu}\n",
+               dcf_name(f, i, NULL), coder, (unsigned long long)count, (unsigned long long)alphabet, best, zbest, zn);
+        free(sym);
+        free(bytes);
+        free(back);
+        free(z);
+    }
+    dcf_close(f);
+    free(data);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 4 && !strcmp(argv[1], "decode")) return decode_bench(argv[2], atoi(argv[3]));
+    if (argc == 4 && !strcmp(argv[1], "symbols")) return symbols_bench(argv[2], atoi(argv[3]));
+    fprintf(stderr, "usage: dcf-bench decode|symbols FILE REPEAT\n");
+    return 2;
+}

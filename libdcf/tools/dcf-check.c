@@ -1,0 +1,90 @@
+/* dcf-check: open every file named in LIST (one path a line) and decode every tensor, printing one line per
+ * result, so that tests and the fuzzer run thousands of files in one process:
+ *   <file#> open <ErrorName or OK>
+ *   <file#> <tensor#> <ErrorName or OK> <bytes> <name>
+ * With -o DIR each decoded tensor is also written to DIR/<file#>-<tensor#>.bin. Each file is read into a buffer of
+ * exactly its size, so that a sanitizer build catches any read past it; with --path it is opened by path instead
+ * (dcf_open_path: the index read at open, each tensor's bytes when it is decoded). `dcf-check --features` prints
+ * the optional codecs built in ("zstd zlib"). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dcf.h"
+
+static unsigned char *slurp(const char *path, size_t *n) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    size_t cap = 1 << 16, len = 0;
+    unsigned char *b = malloc(cap);
+    size_t got;
+    while (b && (got = fread(b + len, 1, cap - len, fp)) > 0) {
+        len += got;
+        if (len == cap) {
+            unsigned char *nb = realloc(b, cap *= 2);
+            if (!nb) { free(b); b = NULL; }
+            b = nb;
+        }
+    }
+    fclose(fp);
+    if (!b) return NULL;
+    unsigned char *exact = malloc(len ? len : 1); /* exactly the file's size */
+    if (exact) memcpy(exact, b, len);
+    free(b);
+    *n = len;
+    return exact;
+}
+
+int main(int argc, char **argv) {
+    const char *outdir = NULL, *listfile = NULL;
+    int by_path = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-o") && i + 1 < argc) outdir = argv[++i];
+        else if (!strcmp(argv[i], "--path")) by_path = 1;
+        else if (!strcmp(argv[i], "--features")) { /* the optional codecs of this build */
+            printf("%s%s\n", dcf_features() & DCF_HAVE_ZSTD ? "zstd " : "", dcf_features() & DCF_HAVE_ZLIB ? "zlib" : "");
+            return 0;
+        }
+        else listfile = argv[i];
+    }
+    FILE *list = listfile ? fopen(listfile, "r") : NULL;
+    if (!list) { fprintf(stderr, "usage: dcf-check [-o DIR] [--path] LIST | --features\n"); return 2; }
+    char line[4096];
+    long fileno = -1;
+    while (fgets(line, sizeof line, list)) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (!*line) continue;
+        fileno++;
+        size_t n = 0;
+        unsigned char *data = by_path ? NULL : slurp(line, &n);
+        if (!data && !by_path) { printf("%ld open IOError\n", fileno); continue; }
+        dcf_file *f;
+        dcf_error err;
+        int rc = by_path ? dcf_open_path(&f, line, NULL, &err) : dcf_open_memory(&f, data, n, NULL, &err);
+        printf("%ld open %s\n", fileno, dcf_code_name(rc));
+        if (!rc) {
+            for (size_t i = 0; i < dcf_count(f); i++) {
+                dcf_info info;
+                void *buf = NULL;
+                size_t size = 0;
+                rc = dcf_info_at(f, i, &info, &err);
+                if (!rc) rc = dcf_decode_alloc(f, i, (uint64_t)1 << 30, &buf, &size, &err);
+                printf("%ld %zu %s %zu %s\n", fileno, i, dcf_code_name(rc), size, dcf_name(f, i, NULL));
+                if (rc && getenv("DCF_CHECK_VERBOSE")) fprintf(stderr, "%s: %s\n", line, err.message);
+                if (!rc && outdir) {
+                    char path[4200];
+                    snprintf(path, sizeof path, "%s/%ld-%zu.bin", outdir, fileno, i);
+                    FILE *o = fopen(path, "wb");
+                    if (!o || fwrite(buf, 1, size, o) != size) { fprintf(stderr, "dcf-check: cannot write %s\n", path); return 1; }
+                    fclose(o);
+                }
+                dcf_free(f, buf);
+            }
+            dcf_close(f);
+        } else if (getenv("DCF_CHECK_VERBOSE"))
+            fprintf(stderr, "%s: %s\n", line, err.message);
+        free(data);
+    }
+    fclose(list);
+    return 0;
+}

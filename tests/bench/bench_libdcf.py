@@ -1,0 +1,131 @@
+"""Benchmark of libdcf, the C decoder, against references measured in the same run.
+
+Run: python tests/bench/bench_libdcf.py [--repeat 5] [--sizes 100000,10000000]
+Builds libdcf (make, into a temporary folder), then prints three markdown tables:
+1. decode of a 2000x1000 float32 tensor through `--preset han` and `--preset quantize8`, end to end (a process
+   writing the .safetensors file) by `dcf-decode` against `dcframe decompress`, and in-process (dcf_decode into a
+   buffer against dcframe's Container.read);
+2. huffman / rans symbol decode alone (the stage's stream pulled into a uint32 buffer) against zstd decompressing the
+   same symbols (as bytes, compressed at level 19), for k-means-like indices of Laplace weights (32 levels) and for
+   8-bit k-means indices of Gaussian weights (which zstd cannot compress: its "decode" is a copy);
+3. peak heap while decoding one tensor (a counting allocator), beyond the caller's output buffer, against the output
+   size: memory mode (dcf_open_memory, also what dcf-decode uses through mmap) and file mode (dcf_open_path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import dcframe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_huffman import laplace_indices  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def best_wall(cmd: list[str], repeat: int) -> float:
+    """The fastest of `repeat` runs of a command (seconds, wall clock)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench(tool: Path, mode: str, path: Path, repeat: int) -> list[dict]:
+    """dcf-bench's JSON lines for one file."""
+    out = subprocess.run([str(tool), mode, str(path), str(repeat)], check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def python_read(path: Path, repeat: int) -> float:
+    """Best in-process decode time (CPU time, as dcf-bench's) of every tensor with dcframe's reader."""
+    best = float("inf")
+    for _ in range(repeat):
+        c = dcframe.open_container(path)
+        t = time.process_time()
+        for name in c.names:
+            c.read(name)
+        best = min(best, time.process_time() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--sizes", default="100000,10000000", help="symbol counts of the entropy-decode rows")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-libdcf-"))
+    try:
+        build = tmp / "build"
+        subprocess.run(["make", "-C", str(ROOT / "libdcf"), f"BUILD={build}", "-j2", "tool", "bench"], check=True,
+                       capture_output=True)
+        tool, dcfbench = build / "dcf-decode", build / "dcf-bench"
+        cli = str(Path(sys.executable).parent / "dcframe")
+        rng = np.random.default_rng(0)
+        w = (rng.standard_normal((2000, 1000)) * 0.05).astype(np.float32)
+        files = {}
+        for preset in ("han", "quantize8"):
+            files[preset] = tmp / f"{preset}.dcf"
+            dcframe.compress({"fc.weight": w}, files[preset], preset=preset)
+
+        print("## Decode of a 2000x1000 float32 tensor (8 MB), same file")
+        print()
+        print("| preset | file bytes | dcframe decompress (s) | dcf-decode (s) | end to end | Container.read (ms) "
+              "| dcf_decode (ms) | in process | dcf_decode MB/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for preset, path in files.items():
+            out = tmp / "out.safetensors"
+            t_py = best_wall([cli, "decompress", str(path), "-o", str(out), "-q", "-f"], max(1, args.repeat // 2))
+            t_c = best_wall([str(tool), str(path), str(out)], args.repeat)
+            t_pyr = python_read(path, args.repeat)
+            t_cr = bench(dcfbench, "decode", path, args.repeat)[0]["seconds"]
+            print(f"| {preset} | {path.stat().st_size} | {t_py:.3f} | {t_c:.4f} | {t_py / t_c:.0f}x | "
+                  f"{1e3 * t_pyr:.1f} | {1e3 * t_cr:.2f} | {t_pyr / t_cr:.0f}x | {w.nbytes / t_cr / 1e6:.0f} |")
+
+        print()
+        print("## Symbol decode against zstd decompressing the same symbols (level 19), same run")
+        print()
+        print("| symbols | source | coder | zstd bytes | coder M sym/s | zstd M sym/s | coder / zstd speed |")
+        print("|---|---|---|---|---|---|---|")
+        cases = []
+        for n in (int(s) for s in args.sizes.split(",")):
+            x = laplace_indices(n, 32).astype(np.float32).reshape(-1, 100 if n % 100 == 0 else 1)
+            cases.append((n, "Laplace, 32 levels", x, "kmeans(clusters=32)"))
+        cases.append((w.size, "Gaussian, kmeans 8 bits", w, "kmeans(bits=8, init=linear, method=lloyd)"))
+        for n, source, x, quant in cases:
+            for coder in ("huffman", "rans"):
+                path = tmp / f"sym-{n}-{coder}.dcf"
+                dcframe.compress({"x": x}, path, pipeline=f"{quant} | {coder}")
+                (r,) = bench(dcfbench, "symbols", path, args.repeat)
+                mps, zmps = r["symbols"] / r["seconds"] / 1e6, r["symbols"] / r["zstd_seconds"] / 1e6
+                print(f"| {r['symbols']} | {source} | {coder} | {r['zstd_bytes']} | {mps:.0f} | {zmps:.0f} "
+                      f"| {r['zstd_seconds'] / r['seconds']:.2f} |")
+
+        print()
+        print("## Peak heap while decoding one tensor into the caller's buffer (counting allocator)")
+        print()
+        print("| file | output bytes | memory mode heap | file mode heap | heap <= output + 1 MiB (memory mode) |")
+        print("|---|---|---|---|---|")
+        for name, path in [*files.items(), ("rans 10^7", tmp / f"sym-{cases[-2][0]}-rans.dcf")]:
+            for r in bench(dcfbench, "decode", path, 1):
+                ok = r["bytes"] + r["peak_heap_memory"] <= r["bytes"] + 2**20
+                print(f"| {name} | {r['bytes']} | {r['peak_heap_memory']} | {r['peak_heap_file']} | "
+                      f"{'met' if ok else 'missed'} (output + {r['peak_heap_memory'] / 2**10:.0f} KiB) |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
