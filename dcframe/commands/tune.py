@@ -96,6 +96,7 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
     """A Hugging Face folder: tune on the outputs for --text's lines (dcframe.tunehf)."""
     from ..calibration import Calibration
     from ..hf import load_pretrained, read_lines
+    from ..tune import tunable
     from ..tunehf import EmbeddingMetric, ModelSlot, tune_pretrained
     from ..tunehf import sweep_size as hf_sweep_size
 
@@ -114,7 +115,7 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
                      f"its metric is not on unseen data")
     model, tokenizer = load_pretrained(args.input)
     slot = ModelSlot(model)
-    slot.check_names([n for n in tensors if tensors[n].array.ndim >= 2], str(args.input))
+    slot.check_names([n for n in tensors if tunable(tensors[n])], str(args.input))
     if not args.quiet:
         console.note(f"running the dense model on {len(lines)} lines" +
                      (f" and {len(held_out)} held-out lines" if held_out is not None else ""))
