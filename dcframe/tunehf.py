@@ -12,7 +12,7 @@ verified end to end on the real metric and rescaled until the budget holds. Need
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,8 @@ HF_REL_STEPS = (0.05, 0.085, 0.14, 0.2, 0.3, 0.45, 0.65, 0.9)  # uniform steps r
 SCALE_AT = 0.3  # the relative step whose real evaluation scales a tensor's distortion into a metric loss
 DEAD_ZONE = 0.2  # for rounding; GPTQ (a tensor with X^T X) takes none: measured, its dead zone costs more error than
 # the bits it saves (encoder.layer.2 of all-MiniLM-L6-v2: 3-10% more bits at equal layer-output error)
-MAX_ROUNDS = 8  # verify-and-rescale rounds of the allocation
+MAX_EVALUATIONS = 8  # end-to-end verifications of the allocation, once one fits
+MAX_PLANS = 60  # planning budgets tried (a plan landing on a measured allocation costs nothing)
 BATCH = 32
 
 
@@ -157,44 +158,42 @@ def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], 
 
 
 def allocate_rescaled(sweep: Sweep, exact: Mapping[str, np.ndarray], evaluate: Evaluator, base: float,
-                      budget: float, on_round: Callable[[int, float, int], None] | None = None
-                      ) -> tuple[dict[str, Point], float, list[tuple[int, float]]]:
-    """Greedy on the modelled losses for a planning budget, verified on the real metric; the planning budget is
-    rescaled by measured / planned loss until the real loss fits (the smallest verified fit wins). Returns the
-    chosen points, their real metric and the frontier of (bytes, metric) pairs verified."""
-    fallback = {n: pts[0] for n, pts in sweep.points.items()}
-    best: tuple[dict[str, Point], float] = (fallback, base)
+                      budget: float) -> tuple[dict[str, Point], float, list[tuple[int, float]]]:
+    """Greedy on the modelled losses for a planning budget, verified on the real metric; the plan is rescaled by
+    budget / measured loss (bisected once a plan that fits and one that misses bracket it) until the real loss fits
+    and the bracket is tight. A plan that lands on an allocation already measured costs no evaluation. Returns the
+    smallest verified allocation within the budget (all-lossless if none), its real metric and the (bytes, metric)
+    pairs verified."""
+    best: tuple[dict[str, Point], float] | None = None
+    measured: dict[tuple[int, ...], float] = {}
     frontier: list[tuple[int, float]] = []
-    plan, low, high = budget, 0.0, math.inf  # the planning budget and the bracket of ones known to fit / miss
-    tried: set[tuple[int, ...]] = set()
-    for round_ in range(MAX_ROUNDS):
+    plan, low, high = budget, 0.0, math.inf  # the planning budget and the bracket of plans known to fit / miss
+    for _ in range(MAX_PLANS):
         moves = greedy(sweep.points, base, plan)
         current = {n: 0 for n in sweep.points}
         for m in moves:
             current[m.name] = m.dst
-        if tuple(current.values()) in tried:  # the rescaled plan lands on an allocation already verified
-            break
-        tried.add(tuple(current.values()))
         chosen = {n: sweep.points[n][i] for n, i in current.items()}
         nbytes = sum(p.nbytes for p in chosen.values())
-        metric = evaluate({**exact, **{n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}})
-        frontier.append((nbytes, metric))
-        if on_round:
-            on_round(round_, metric, nbytes)
-        planned = sum(base - p.metric for p in chosen.values())
-        lost = base - metric
+        key = tuple(current.values())
+        if key not in measured:
+            if best is not None and len(measured) >= MAX_EVALUATIONS:
+                break
+            measured[key] = evaluate({**exact, **{n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}})
+            frontier.append((nbytes, measured[key]))
+        lost = base - measured[key]
         if lost <= budget:
             low = max(low, plan)
-            if nbytes < sum(p.nbytes for p in best[0].values()):
-                best = (chosen, metric)
+            if best is None or nbytes < sum(p.nbytes for p in best[0].values()):
+                best = (chosen, measured[key])
         else:
             high = min(high, plan)
-        if planned <= 0 or not moves:
+        if not moves or (best is not None and math.isfinite(high) and high - low < 0.02 * budget):
             break
         target = plan * budget / max(lost, 1e-12)  # the plan that would land on the budget if loss ~ plan
         plan = target if low < target < high else (low + high) / 2 if math.isfinite(high) else plan * 2
-        if math.isfinite(high) and high - low < 0.02 * budget:
-            break
+    if best is None:
+        best = ({n: pts[0] for n, pts in sweep.points.items()}, base)
     return best[0], best[1], frontier
 
 

@@ -72,6 +72,26 @@ def test_rescaled_allocation_meets_the_budget_when_the_model_is_off(misjudged):
     assert nbytes == min(fits)
 
 
+def test_rescaled_allocation_backs_off_when_any_change_costs_a_fixed_loss():
+    """Tensors interact: any approximation costs 0.8 x the budget on top of the modelled losses, so only plans far
+    below the budget fit; the allocation must find one rather than fall back to all-lossless."""
+    rng = np.random.default_rng(4)
+    exact = _weights(rng, [(32, 16), (16, 16), (16, 8)])
+    weight = {"w0": 0.002, "w1": 0.01, "w2": 0.05}
+    dense = {n: Dense.of(v) for n, v in exact.items()}
+    modelled = _quadratic_metric(exact, weight)
+    budget = 0.05
+    sweep = screened_sweep(dense, exact, {}, modelled, 1.0, (0.05, 0.1, 0.2, 0.4, 0.8))
+
+    def real(params):
+        changed = any(not np.array_equal(params[n], exact[n]) for n in exact)
+        return modelled(params) - (0.8 * budget if changed else 0.0)
+
+    chosen, metric, _ = allocate_rescaled(sweep, exact, real, 1.0, budget)
+    assert 1.0 - metric <= budget
+    assert sum(p.nbytes for p in chosen.values()) < sum(pts[0].nbytes for pts in sweep.points.values())
+
+
 def test_tune_pretrained_leaves_rank_one_tensors_exact_and_writes_rules():
     rng = np.random.default_rng(3)
     exact = {**_weights(rng, [(16, 8)]), "bias": rng.normal(size=8).astype(np.float32)}
