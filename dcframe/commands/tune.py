@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import console
 from ..console import Col, fit_table
 from ..errors import ConfigError
+from ..hffolder import is_folder, read_folder
 from ..modelio import read_model, refuse_overwriting_input
 from ..tune import (
     TuneResult,
@@ -33,7 +34,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "uniform steps, lossless), then choose one setting per tensor: the smallest file "
                                    "within --budget of the dense model's metric, or the best metric at --target-ratio; "
                                    "verified end to end; writes a rules file for `compress --rules-file`.")
-    p.add_argument("input", help="model file (.safetensors .npz .npy .pt)")
+    p.add_argument("input", help="model file (.safetensors .npz .npy .pt), or a Hugging Face folder (with --text)")
     p.add_argument("-o", "--output", required=True, help="rules file to write (JSON, dcframe.rules/1)")
     p.add_argument("--budget", type=float, help="allowed metric loss against the dense model, on the evaluator's "
                                                 "(validation) data")
@@ -57,6 +58,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                                       "--retrain)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the sensitivity figure and the size-metric frontier "
                                                       "(needs matplotlib: the plot extra)")
+    hf = p.add_argument_group("a Hugging Face folder (the hf extra): metric = mean cosine of mean-pooled outputs "
+                                   "against the dense model's, no retraining")
+    hf.add_argument("--text", metavar="FILE", help="sentences to tune on, one per line (the calibration's)")
+    hf.add_argument("--samples", type=int, default=256, help="lines of --text used (default: %(default)s)")
+    hf.add_argument("--calibration", metavar="FILE",
+                    help="calibration of the same lines (dcframe calibrate): GPTQ steps and weighted distortion; "
+                         "give it to compress too when replaying the rules")
+    hf.add_argument("--test-text", metavar="FILE", help="held-out sentences, reported once, never used to choose")
     console.add_output_flags(p)
     add_force_flag(p)
     return p
@@ -81,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
     if len(set(outputs)) < len(outputs):
         raise ConfigError("-o, --save and --plot must name different files")
     check_goal(args.budget, args.target_ratio, args.pre_budget)
+    if is_folder(args.input):
+        if args.target_ratio is not None or args.retrain or args.save or args.plot:
+            raise ConfigError(f"{args.input}: a model folder is tuned with --budget only "
+                              f"(no --target-ratio, --retrain, --save or --plot yet)")
+        return run_pretrained(args, Path(args.output))
     if args.pre_budget is not None and not (args.retrain and args.budget is not None):
         raise ConfigError("--pre-budget applies with --retrain and --budget only")
     grid = resolve_grid(args.grid)
@@ -119,6 +133,48 @@ def run(args: argparse.Namespace) -> int:
         replay = "dcframe.compress_with_retraining(..., rules=...)" if result.retrained else \
             f"dcframe compress {args.input} --rules-file {args.output}"
         console.note(f"wrote {len(result.rules)} rules to {args.output}; replay: {replay}")
+    return 0
+
+
+def run_pretrained(args: argparse.Namespace, output: Path) -> int:
+    """A Hugging Face folder: tune on the outputs for --text's lines (dcframe.tunehf)."""
+    from ..calibration import Calibration
+    from ..hf import load_pretrained, read_lines
+    from ..tune import tunable
+    from ..tunehf import EmbeddingMetric, ModelSlot, tune_pretrained
+    from ..tunehf import sweep_size as hf_sweep_size
+
+    if not args.text:
+        raise ConfigError(f"{args.input}: a model folder is tuned on its outputs: give --text FILE "
+                          f"(one sentence per line)")
+    if args.samples < 1:
+        raise ConfigError(f"--samples {args.samples}: give at least 1")
+    folder = read_folder(args.input)
+    tensors = {name: folder[name] for name in folder}
+    calibration = Calibration.load(args.calibration) if args.calibration else None
+    lines = read_lines(args.text, args.samples)
+    held_out = read_lines(args.test_text) if args.test_text else None
+    if held_out is not None and set(lines) & set(held_out):
+        console.warn(f"{args.test_text}: {len(set(lines) & set(held_out))} of its lines are also in {args.text}; "
+                     f"its metric is not on unseen data")
+    model, tokenizer = load_pretrained(args.input)
+    slot = ModelSlot(model)
+    slot.check_names([n for n in tensors if tunable(tensors[n])], str(args.input))
+    if not args.quiet:
+        console.note(f"running the dense model on {len(lines)} lines" +
+                     (f" and {len(held_out)} held-out lines" if held_out is not None else ""))
+    evaluate = load_evaluator(args.evaluator) if args.evaluator else EmbeddingMetric(slot, tokenizer, lines)
+    test = EmbeddingMetric(slot, tokenizer, held_out) if held_out is not None else None
+    with console.progress_bar(hf_sweep_size(tensors), "sweeping", enabled=not args.quiet, unit="items") as adv:
+        result = tune_pretrained(tensors, evaluate, args.budget, calibration, test=test, progress=adv)
+    write_rules_file(output, result.rules)
+    if args.json:
+        console.print_json(result.as_dict())
+    else:
+        show(result)
+        replay = f" --calibration {args.calibration}" if args.calibration else ""
+        console.note(f"wrote {len(result.rules)} rules to {output}; replay: dcframe compress {args.input} "
+                     f"--rules-file {output}{replay}")
     return 0
 
 

@@ -1,0 +1,239 @@
+"""Tuning a pretrained Hugging Face model without retraining: an output metric and a screened sweep (issue #12).
+
+The metric is the mean cosine between the model's mean-pooled outputs and the dense model's on the given lines of
+text. One forward pass on a few hundred sentences costs seconds on a small CPU, so the sweep does not run one per
+grid point: each tensor's metric loss is modelled as c x D, where D is the calibration-weighted distortion of that
+point (the layer-output error tr(dW H dW^T) where the calibration has X^T X, the activation- or Fisher-weighted squared
+error where it has those, the plain squared error otherwise: to first order the cosine loss is linear in it) and c
+is measured with one real evaluation per tensor. The allocation (dcframe.tune.greedy on the modelled losses) is then
+verified end to end on the real metric and rescaled until the budget holds. Needs the `hf` extra.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .calibration import Calibration
+from .errors import ConfigError, ModelIOError
+from .orchestrator import decode_tensor, encode_tensor
+from .pipeline import Policy
+from .streams import ACTIVATION, FISHER, HESSIAN, Dense
+from .tune import Evaluator, Point, Progress, TuneResult, greedy, rules_for, tunable
+
+HF_REL_STEPS = (0.05, 0.085, 0.14, 0.2, 0.3, 0.45, 0.65, 0.9)  # uniform steps relative to each tensor's RMS
+SCALE_AT = 0.3  # the relative step whose real evaluation scales a tensor's distortion into a metric loss
+DEAD_ZONE = 0.2  # for rounding; GPTQ (a tensor with X^T X) takes none: measured, its dead zone costs more error than
+# the bits it saves (encoder.layer.2 of all-MiniLM-L6-v2: 3-10% more bits at equal layer-output error)
+MAX_EVALUATIONS = 8  # end-to-end verifications of the allocation, once one fits
+MAX_PLANS = 60  # planning budgets tried (a plan landing on a measured allocation costs nothing)
+BATCH = 32
+
+
+class ModelSlot:
+    """A torch model whose weights are replaced in place, copying only the tensors that changed since the last load
+    (shared by the metrics that run the same model)."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self.model, self.torch = model, torch
+        self.own = dict(model.state_dict())
+        self.loaded: dict[str, int] = {}
+
+    def check_names(self, names: Sequence[str], where: str) -> None:
+        """Every tensor the tuning varies must be a weight of the model (a ModelIOError names the first one not)."""
+        for name in names:
+            if name not in self.own:
+                raise ModelIOError(f"{where}: tensor '{name}' is not a weight of the model transformers loads "
+                                   f"(its names look like {next(iter(self.own))!r})")
+
+    def load(self, params: Mapping[str, np.ndarray]) -> None:
+        """Copy the changed tensors into the model; names it lacks (non-persistent buffers) are left out."""
+        with self.torch.no_grad():
+            for name, values in params.items():
+                if name in self.own and self.loaded.get(name) != id(values):
+                    target = self.own[name]
+                    array = np.ascontiguousarray(values)
+                    array = array if array.flags.writeable else array.copy()  # torch refuses read-only memory
+                    target.copy_(self.torch.from_numpy(array).reshape(target.shape))
+                    self.loaded[name] = id(values)
+
+
+class EmbeddingMetric:
+    """Mean cosine of mean-pooled last hidden states against the dense model's, on fixed lines of text.
+
+    Called with a dict name -> array (the model's state-dict names). Lines are batched by length, so little padding
+    is computed. The reference is the model as it is when the metric is made: make it before changing weights."""
+
+    def __init__(self, slot: ModelSlot, tokenizer: Any, lines: Sequence[str], max_length: int = 128) -> None:
+        self.slot = slot
+        order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
+        self.batches = [tokenizer([lines[i] for i in order[k:k + BATCH]], padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt") for k in range(0, len(order), BATCH)]
+        self.reference = self._embed()
+
+    def _embed(self) -> np.ndarray:
+        out = []
+        with self.slot.torch.no_grad():
+            for enc in self.batches:
+                hidden = self.slot.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                out.append(((hidden * mask).sum(1) / mask.sum(1)).double().numpy())
+        emb = np.concatenate(out)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-30)
+
+    def __call__(self, params: Mapping[str, np.ndarray]) -> float:
+        self.slot.load(params)
+        return float(np.mean(np.sum(self._embed() * self.reference, axis=1)))
+
+
+def distortion(delta: np.ndarray, side: Mapping[str, np.ndarray]) -> float:
+    """The calibration-weighted squared error of a change `delta` of one weight (see the module docstring)."""
+    d = delta.astype(np.float64, copy=False)
+    if HESSIAN in side and d.ndim == 2:
+        return float(np.einsum("oi,ij,oj->", d, side[HESSIAN].astype(np.float64), d, optimize=True))
+    for name in (FISHER, ACTIVATION):
+        if name in side:
+            return float(np.sum(side[name] * np.square(d)))
+    return float(np.sum(np.square(d)))
+
+
+def candidates(values: np.ndarray, rel_steps: Sequence[float], lossless: str, gptq: bool) -> list[str]:
+    """The lossless chain, then `uniform(step=s, ...) | huffman` for s = rel x the tensor's RMS: GPTQ without a dead
+    zone where the tensor has X^T X (`gptq`), else rounding with a dead zone (activation-weighted levels where the
+    calibration has them: method=auto)."""
+    rms = float(np.sqrt(np.mean(np.square(values, dtype=np.float64)))) if values.size else 0.0
+    grid = [lossless]
+    options = "method=auto" if gptq else f"dead_zone={DEAD_ZONE}, method=auto"
+    if rms > 0 and math.isfinite(rms):
+        grid += [f"uniform(step={float(f'{r * rms:.6g}')!r}, {options}) | huffman" for r in rel_steps]
+    return list(dict.fromkeys(grid))
+
+
+@dataclass
+class Sweep:
+    """Per tensor: its points (metric = base - modelled loss), decoded values per pipeline and the scale c."""
+
+    points: dict[str, list[Point]]
+    decoded: dict[str, dict[str, np.ndarray]]
+    scale: dict[str, float]
+    evaluations: int
+
+
+def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], side: Mapping[str, dict],
+                   evaluate: Evaluator, base: float, rel_steps: Sequence[float],
+                   progress: Progress | None = None) -> Sweep:
+    """Encode every grid point of every tuned tensor once; evaluate one point per tensor for its scale."""
+    policy = Policy()
+    lossless = policy.lossless_pipeline()
+    scale_index = 1 + int(np.argmin(np.abs(np.asarray(rel_steps) - SCALE_AT)))
+    sweep = Sweep({}, {}, {}, 0)
+    for name, d in dense.items():
+        grid = candidates(exact[name], rel_steps, lossless, HESSIAN in side.get(name, {}) and d.array.ndim == 2)
+        pts, dist, decoded = [], [], {}
+        for pipeline in grid:
+            chain = policy.chain_for_pipeline(pipeline)
+            enc = encode_tensor(name, d, chain, stats=False, side=side.get(name))
+            values = decode_tensor(chain.stages, enc.steps, enc.streams, d.dtype, d.array.shape).values()
+            decoded[pipeline] = values
+            dist.append(distortion(np.subtract(values, exact[name], dtype=np.float64), side.get(name, {})))
+            pts.append((pipeline, sum(len(s) for s in enc.streams.values())))
+            if progress:
+                progress(name, 1)
+        c = 0.0
+        if len(grid) > 1:
+            probe = grid[min(scale_index, len(grid) - 1)]
+            loss = base - evaluate({**exact, name: decoded[probe]})
+            sweep.evaluations += 1
+            c = max(loss, 0.0) / dist[grid.index(probe)] if dist[grid.index(probe)] > 0 else 0.0
+        sweep.scale[name] = c
+        sweep.points[name] = [Point(p, n, base - c * dv) for (p, n), dv in zip(pts, dist, strict=True)]
+        sweep.decoded[name] = decoded
+    return sweep
+
+
+def allocate_rescaled(sweep: Sweep, exact: Mapping[str, np.ndarray], evaluate: Evaluator, base: float,
+                      budget: float) -> tuple[dict[str, Point], float, list[tuple[int, float]]]:
+    """Greedy on the modelled losses for a planning budget, verified on the real metric; the plan is rescaled by
+    budget / measured loss (bisected once a plan that fits and one that misses bracket it) until the real loss fits
+    and the bracket is tight. A plan that lands on an allocation already measured costs no evaluation. Returns the
+    smallest verified allocation within the budget (all-lossless if none), its real metric and the (bytes, metric)
+    pairs verified."""
+    best: tuple[dict[str, Point], float] | None = None
+    measured: dict[tuple[int, ...], float] = {}
+    frontier: list[tuple[int, float]] = []
+    plan, low, high = budget, 0.0, math.inf  # the planning budget and the bracket of plans known to fit / miss
+    for _ in range(MAX_PLANS):
+        moves = greedy(sweep.points, base, plan)
+        current = {n: 0 for n in sweep.points}
+        for m in moves:
+            current[m.name] = m.dst
+        chosen = {n: sweep.points[n][i] for n, i in current.items()}
+        nbytes = sum(p.nbytes for p in chosen.values())
+        key = tuple(current.values())
+        if key not in measured:
+            if best is not None and len(measured) >= MAX_EVALUATIONS:
+                break
+            measured[key] = evaluate({**exact, **{n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}})
+            frontier.append((nbytes, measured[key]))
+        lost = base - measured[key]
+        if lost <= budget:
+            low = max(low, plan)
+            if best is None or nbytes < sum(p.nbytes for p in best[0].values()):
+                best = (chosen, measured[key])
+        else:
+            high = min(high, plan)
+        if not moves or (best is not None and math.isfinite(high) and high - low < 0.02 * budget):
+            break
+        target = plan * budget / max(lost, 1e-12)  # the plan that would land on the budget if loss ~ plan
+        plan = target if low < target < high else (low + high) / 2 if math.isfinite(high) else plan * 2
+    if best is None:
+        best = ({n: pts[0] for n, pts in sweep.points.items()}, base)
+    return best[0], best[1], frontier
+
+
+def tune_pretrained(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, budget: float,
+                    calibration: Calibration | None = None, rel_steps: Sequence[float] = HF_REL_STEPS,
+                    test: Evaluator | None = None, progress: Progress | None = None) -> TuneResult:
+    """Choose a uniform step per weight tensor of a pretrained model for a metric `budget`, without retraining.
+
+    The grid uses `method=auto`: GPTQ where the calibration has X^T X, activation-weighted levels where it has
+    activations, plain rounding without one; D is calibration-weighted. Give the same calibration to
+    `compress --calibration` when the rules are replayed."""
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
+        raise ConfigError(f"--budget {budget!r}: give a finite metric loss >= 0")
+    policy = Policy()
+    lossless = policy.lossless_pipeline()
+    dense = {n: (t if isinstance(t, Dense) else Dense.of(np.asarray(t))) for n, t in tensors.items()}
+    if calibration is not None:
+        calibration.check_fits(dense)
+    exact = {n: d.values() for n, d in dense.items()}
+    tuned = {n: d for n, d in dense.items() if tunable(d)}
+    side = {n: calibration.side_inputs(n, d) for n, d in tuned.items()} if calibration is not None else {}
+    fixed = 0
+    for n, d in dense.items():
+        if n not in tuned:
+            chain = policy.chain_for_pipeline(lossless)
+            fixed += sum(len(s) for s in encode_tensor(n, d, chain, stats=False).streams.values())
+    base = evaluate(exact)
+    sweep = screened_sweep(tuned, exact, side, evaluate, base, rel_steps, progress)
+    chosen, metric, frontier = allocate_rescaled(sweep, exact, evaluate, base, budget)
+    result = TuneResult(base, metric, float(budget), sweep.points, chosen,
+                        {n: pts[0] for n, pts in sweep.points.items()}, fixed, sweep.evaluations + len(frontier) + 1)
+    result.rules = rules_for(chosen)
+    result.frontier = frontier
+    if test is not None:
+        result.test_dense = 1.0
+        result.test_metric = test({**exact, **{n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}})
+    return result
+
+
+def sweep_size(tensors: Mapping[str, np.ndarray | Dense], rel_steps: Sequence[float] = HF_REL_STEPS) -> int:
+    """Points the sweep encodes (the progress bar's total)."""
+    return sum(1 + len(rel_steps) for t in tensors.values()
+               if tunable(t if isinstance(t, Dense) else Dense.of(np.asarray(t))))

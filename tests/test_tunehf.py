@@ -1,0 +1,158 @@
+"""dcframe.tunehf: the distortion model, the screened sweep, the rescaled allocation, and `dcframe tune FOLDER`."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dcframe
+from dcframe.streams import ACTIVATION, HESSIAN, Dense
+from dcframe.tune import read_rules_file
+from dcframe.tunehf import allocate_rescaled, distortion, screened_sweep, tune_pretrained
+
+
+def test_distortion_with_a_hessian_is_the_layer_output_error():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6))
+    delta = rng.normal(size=(4, 6))
+    h = x.T @ x / len(x)
+    assert distortion(delta, {HESSIAN: h}) == pytest.approx(np.sum((x @ delta.T) ** 2) / len(x))
+
+
+def test_distortion_weights_by_activation_or_falls_back_to_squared_error():
+    delta = np.array([[1.0, 2.0], [3.0, 0.0]])
+    assert distortion(delta, {ACTIVATION: np.array([[2.0, 0.0], [1.0, 1.0]])}) == pytest.approx(2 + 9)
+    assert distortion(delta, {}) == pytest.approx(14)
+
+
+def _weights(rng, sizes):
+    return {f"w{i}": rng.normal(size=s).astype(np.float32) for i, s in enumerate(sizes)}
+
+
+def _quadratic_metric(exact, weight):
+    """metric = 1 - sum_t weight[t] * ||W_t - exact_t||^2: additive, linear in each tensor's squared error."""
+    def evaluate(params):
+        return 1.0 - sum(weight[n] * float(np.sum((params[n].astype(np.float64) - exact[n]) ** 2)) for n in exact)
+    return evaluate
+
+
+def test_screened_sweep_predicts_an_additive_metric_exactly():
+    rng = np.random.default_rng(1)
+    exact = _weights(rng, [(8, 16), (16, 4)])
+    weight = {"w0": 0.01, "w1": 0.2}
+    evaluate = _quadratic_metric(exact, weight)
+    dense = {n: Dense.of(v) for n, v in exact.items()}
+    sweep = screened_sweep(dense, exact, {}, evaluate, 1.0, (0.1, 0.3, 0.6))
+    assert sweep.evaluations == 2  # one real evaluation per tensor
+    for name, pts in sweep.points.items():
+        assert pts[0].metric == 1.0 and len(pts) == 4
+        for p in pts[1:]:
+            real = evaluate({**exact, name: sweep.decoded[name][p.pipeline]})
+            assert p.metric == pytest.approx(real, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("misjudged", [0.4, 3.0])  # the real loss is this many times the modelled one
+def test_rescaled_allocation_meets_the_budget_when_the_model_is_off(misjudged):
+    rng = np.random.default_rng(2)
+    exact = _weights(rng, [(32, 16), (16, 16), (16, 8)])
+    weight = {"w0": 0.002, "w1": 0.01, "w2": 0.05}
+    dense = {n: Dense.of(v) for n, v in exact.items()}
+    sweep = screened_sweep(dense, exact, {}, _quadratic_metric(exact, weight), 1.0, (0.05, 0.1, 0.2, 0.4, 0.8))
+    real = _quadratic_metric(exact, {n: misjudged * w for n, w in weight.items()})
+    budget = 0.05
+    chosen, metric, frontier = allocate_rescaled(sweep, exact, real, 1.0, budget)
+    assert metric == pytest.approx(real({**exact, **{n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}}))
+    assert 1.0 - metric <= budget
+    nbytes = sum(p.nbytes for p in chosen.values())
+    assert nbytes < sum(pts[0].nbytes for pts in sweep.points.values())
+    assert len(frontier) >= 2  # the first plan is off by the factor, so it is verified and rescaled at least once
+    fits = [b for b, m in frontier if 1.0 - m <= budget]
+    assert nbytes == min(fits)
+
+
+def test_rescaled_allocation_backs_off_when_any_change_costs_a_fixed_loss():
+    """Tensors interact: any approximation costs 0.8 x the budget on top of the modelled losses, so only plans far
+    below the budget fit; the allocation must find one rather than fall back to all-lossless."""
+    rng = np.random.default_rng(4)
+    exact = _weights(rng, [(32, 16), (16, 16), (16, 8)])
+    weight = {"w0": 0.002, "w1": 0.01, "w2": 0.05}
+    dense = {n: Dense.of(v) for n, v in exact.items()}
+    modelled = _quadratic_metric(exact, weight)
+    budget = 0.05
+    sweep = screened_sweep(dense, exact, {}, modelled, 1.0, (0.05, 0.1, 0.2, 0.4, 0.8))
+
+    def real(params):
+        changed = any(not np.array_equal(params[n], exact[n]) for n in exact)
+        return modelled(params) - (0.8 * budget if changed else 0.0)
+
+    chosen, metric, _ = allocate_rescaled(sweep, exact, real, 1.0, budget)
+    assert 1.0 - metric <= budget
+    assert sum(p.nbytes for p in chosen.values()) < sum(pts[0].nbytes for pts in sweep.points.values())
+
+
+def test_tune_pretrained_leaves_rank_one_tensors_exact_and_writes_rules():
+    rng = np.random.default_rng(3)
+    exact = {**_weights(rng, [(16, 8)]), "bias": rng.normal(size=8).astype(np.float32)}
+    result = tune_pretrained(exact, _quadratic_metric({"w0": exact["w0"]}, {"w0": 0.01}), 0.01)
+    assert set(result.chosen) == {"w0"} and result.fixed_bytes > 0
+    assert 1.0 - result.metric <= 0.01 and result.rules and result.rules[0].startswith("w0=uniform(")
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny_bert(folder) -> None:
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
+    import torch
+
+    torch.manual_seed(3)
+    transformers.BertModel(config).save_pretrained(folder, safe_serialization=True)
+    from safetensors.numpy import load_file, save_file
+
+    weights = folder / "model.safetensors"  # older checkpoints also store this int buffer, not in the state dict
+    save_file({**load_file(weights), "embeddings.position_ids": np.arange(32, dtype=np.int64)[None]}, weights,
+              metadata={"format": "pt"})
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "dcframe.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_tunes_a_folder_within_its_budget_and_the_rules_replay(tmp_path):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    _tiny_bert(folder)
+    text, held = tmp_path / "tune.txt", tmp_path / "held.txt"
+    text.write_text("the cat sat on a mat\nthe dog ran\na dog sat on the cat\nthe mat ran on a dog\n")
+    held.write_text("a cat ran\nthe dog sat on a mat\n")
+    calib = tmp_path / "calib.safetensors"
+    assert _cli("calibrate", folder, "--text", text, "-o", calib, "-q").returncode == 0
+    rules = tmp_path / "rules.json"
+    done = _cli("tune", folder, "--text", text, "--calibration", calib, "--test-text", held, "--budget", "0.002",
+                "-o", rules, "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["dense_metric"] == pytest.approx(1.0)
+    assert report["dense_metric"] - report["metric"] <= 0.002
+    assert report["test_metric"] is not None and report["total_bytes"] < report["lossless_bytes"]
+    assert any("method=auto" in r for r in read_rules_file(rules))
+    out = tmp_path / "m.dcf"
+    done = _cli("compress", folder, "-o", out, "--rules-file", rules, "--calibration", calib, "-q")
+    assert done.returncode == 0, done.stderr
+    assert dcframe.verify(out)["ok"]
+
+
+def test_cli_tune_of_a_folder_without_text_is_one_line(tmp_path):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    _tiny_bert(folder)
+    done = _cli("tune", folder, "--budget", "0.01", "-o", tmp_path / "r.json")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "--text" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
