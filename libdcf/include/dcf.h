@@ -96,7 +96,8 @@ DCF_API int dcf_open_memory(dcf_file **out, const void *data, size_t size, const
 /* Open a file through a read callback: the index is read at open, each tensor's bytes when it is decoded. */
 DCF_API int dcf_open_reader(dcf_file **out, dcf_read_fn read, void *ctx, uint64_t size, const dcf_options *opts,
                     dcf_error *err);
-/* Open a file by path (stdio; the file stays open until dcf_close). */
+/* Open a file by path: mapped read-only with mmap on POSIX systems (decoding then takes no heap for the stored
+ * bytes, as dcf_open_memory; the file must not shrink while open), else through stdio. Unmapped by dcf_close. */
 DCF_API int dcf_open_path(dcf_file **out, const char *path, const dcf_options *opts, dcf_error *err);
 DCF_API void dcf_close(dcf_file *f);
 
@@ -110,7 +111,7 @@ DCF_API int dcf_info_at(dcf_file *f, size_t i, dcf_info *info, dcf_error *err);
 
 /* Decode tensor i into dst (dst_size >= its nbytes: C order, little-endian). On error dst's contents are
  * unspecified. Heap use beyond the handle: the stages' working memory (<= max_work) plus, for a file opened with
- * dcf_open_reader/path, the tensor's stored bytes. */
+ * dcf_open_reader (or dcf_open_path where mmap is unavailable), the tensor's stored bytes. */
 DCF_API int dcf_decode(dcf_file *f, size_t i, void *dst, size_t dst_size, dcf_error *err);
 /* Decode tensor i into a buffer allocated with the handle's allocator (free it with dcf_free), refusing
  * (DCF_E_LIMIT) a tensor larger than max_bytes. */

@@ -7,6 +7,14 @@
 
 #include "internal.h"
 
+#if !defined(DCF_NO_MMAP) && (defined(__unix__) || defined(__APPLE__))
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define DCF_MMAP 1
+#endif
+
 static const uint8_t MAGIC[8] = {0x89, 'D', 'C', 'F', '\r', '\n', 0x1a, '\n'};
 static const char END_MAGIC[8] = {'D', 'C', 'F', 'I', 'N', 'D', 'E', 'X'};
 
@@ -395,16 +403,45 @@ static int stdio_read(void *ctx, uint64_t off, void *dst, size_t n) {
     return fread(dst, 1, n, fp) != n;
 }
 
+#ifdef DCF_MMAP
+/* Map a regular, non-empty file read-only (no heap for its bytes); NULL if it cannot be mapped. */
+static void *map_file(const char *path, uint64_t *size) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return NULL;
+    struct stat sb;
+    void *m = MAP_FAILED;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0 && (uint64_t)sb.st_size <= SIZE_MAX) {
+        m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        *size = (uint64_t)sb.st_size;
+    }
+    close(fd);
+    return m == MAP_FAILED ? NULL : m;
+}
+#endif
+
+/* By mmap where the OS has it (then decoding is memory mode: no heap for the stored bytes), else through stdio. */
 int dcf_open_path(dcf_file **out, const char *path, const dcf_options *opts, dcf_error *err) {
     if (!out || !path) return dcf_fail(err, DCF_E_ARG, "dcf_open_path: NULL argument");
+    dcf_file *f;
+    int rc;
+#ifdef DCF_MMAP
+    uint64_t msize = 0;
+    void *m = map_file(path, &msize);
+    if (m) {
+        if ((rc = make(&f, opts, err))) { munmap(m, (size_t)msize); return rc; }
+        f->mem = m;
+        f->map = m;
+        f->size = msize;
+        *out = f;
+        return finish_open(out, f, err);
+    }
+#endif
     FILE *fp = fopen(path, "rb");
     if (!fp) return dcf_fail(err, DCF_E_IO, "%s: cannot open the file", path);
     long size = -1;
     if (!fseek(fp, 0, SEEK_END)) size = ftell(fp);
     if (size < 0) { fclose(fp); return dcf_fail(err, DCF_E_IO, "%s: cannot find the file's size", path); }
-    dcf_file *f;
-    int rc = make(&f, opts, err);
-    if (rc) { fclose(fp); return rc; }
+    if ((rc = make(&f, opts, err))) { fclose(fp); return rc; }
     f->read = stdio_read;
     f->read_ctx = fp;
     f->fp = fp;
@@ -424,6 +461,9 @@ void dcf_close(dcf_file *f) {
     if (f->entries) al.free(al.ctx, f->entries);
     if (f->index_buf) al.free(al.ctx, f->index_buf);
     if (f->fp) fclose(f->fp);
+#ifdef DCF_MMAP
+    if (f->map) munmap(f->map, (size_t)f->size);
+#endif
     al.free(al.ctx, f);
 }
 

@@ -48,7 +48,8 @@ struct dcf_file {
     uint64_t size;
     dcf_read_fn read;
     void *read_ctx;
-    void *fp;           /* FILE* owned by dcf_open_path */
+    void *fp;           /* FILE* owned by dcf_open_path (when the file cannot be mapped) */
+    void *map;          /* the file mapped by dcf_open_path (then mem == map), unmapped by dcf_close */
     uint8_t *index_buf; /* owned copy of the index (reader mode) */
     mp_tree index;
     uint32_t chains;    /* the chains array node */

@@ -4,8 +4,10 @@
  *   <file#> <tensor#> <ErrorName or OK> <bytes> <name>
  * With -o DIR each decoded tensor is also written to DIR/<file#>-<tensor#>.bin. Each file is read into a buffer of
  * exactly its size, so that a sanitizer build catches any read past it; with --path it is opened by path instead
- * (dcf_open_path: the index read at open, each tensor's bytes when it is decoded). `dcf-check --features` prints
+ * (dcf_open_path, which maps it), or with --reader through dcf_open_reader over stdio (the index read at open,
+ * each tensor's bytes when it is decoded). `dcf-check --features` prints
  * the optional codecs built in ("zstd zlib"). */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,12 +37,28 @@ static unsigned char *slurp(const char *path, size_t *n) {
     return exact;
 }
 
+/* dcf_read_fn over a FILE*. */
+static int file_read(void *ctx, uint64_t off, void *dst, size_t n) {
+    FILE *fp = ctx;
+    if (off > (uint64_t)LONG_MAX || fseek(fp, (long)off, SEEK_SET)) return 1;
+    return fread(dst, 1, n, fp) != n;
+}
+
+/* Open `path` through dcf_open_reader; *fp stays open until the handle is closed. */
+static int open_reader(const char *path, FILE **fp, dcf_file **f, dcf_error *err) {
+    long size = -1;
+    if ((*fp = fopen(path, "rb")) && !fseek(*fp, 0, SEEK_END)) size = ftell(*fp);
+    if (size < 0) return DCF_E_IO;
+    return dcf_open_reader(f, file_read, *fp, (uint64_t)size, NULL, err);
+}
+
 int main(int argc, char **argv) {
     const char *outdir = NULL, *listfile = NULL;
-    int by_path = 0;
+    int by_path = 0, by_reader = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) outdir = argv[++i];
         else if (!strcmp(argv[i], "--path")) by_path = 1;
+        else if (!strcmp(argv[i], "--reader")) by_reader = 1;
         else if (!strcmp(argv[i], "--features")) { /* the optional codecs of this build */
             printf("%s%s\n", dcf_features() & DCF_HAVE_ZSTD ? "zstd " : "", dcf_features() & DCF_HAVE_ZLIB ? "zlib" : "");
             return 0;
@@ -48,7 +66,7 @@ int main(int argc, char **argv) {
         else listfile = argv[i];
     }
     FILE *list = listfile ? fopen(listfile, "r") : NULL;
-    if (!list) { fprintf(stderr, "usage: dcf-check [-o DIR] [--path] LIST | --features\n"); return 2; }
+    if (!list) { fprintf(stderr, "usage: dcf-check [-o DIR] [--path | --reader] LIST | --features\n"); return 2; }
     char line[4096];
     long fileno = -1;
     while (fgets(line, sizeof line, list)) {
@@ -56,11 +74,13 @@ int main(int argc, char **argv) {
         if (!*line) continue;
         fileno++;
         size_t n = 0;
-        unsigned char *data = by_path ? NULL : slurp(line, &n);
-        if (!data && !by_path) { printf("%ld open IOError\n", fileno); continue; }
+        unsigned char *data = by_path || by_reader ? NULL : slurp(line, &n);
+        FILE *fp = NULL;
+        if (!data && !by_path && !by_reader) { printf("%ld open IOError\n", fileno); continue; }
         dcf_file *f;
         dcf_error err;
-        int rc = by_path ? dcf_open_path(&f, line, NULL, &err) : dcf_open_memory(&f, data, n, NULL, &err);
+        int rc = by_path ? dcf_open_path(&f, line, NULL, &err)
+                 : by_reader ? open_reader(line, &fp, &f, &err) : dcf_open_memory(&f, data, n, NULL, &err);
         printf("%ld open %s\n", fileno, dcf_code_name(rc));
         if (!rc) {
             for (size_t i = 0; i < dcf_count(f); i++) {
@@ -84,6 +104,7 @@ int main(int argc, char **argv) {
         } else if (getenv("DCF_CHECK_VERBOSE"))
             fprintf(stderr, "%s: %s\n", line, err.message);
         free(data);
+        if (fp) fclose(fp);
     }
     fclose(list);
     return 0;
