@@ -2,6 +2,11 @@
  * The header (frequency table, lanes, states) is checked when the stage is applied; symbols decode as pulled. */
 #include "internal.h"
 
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(DCF_NO_SIMD)
+#include <immintrin.h>
+#define RANS_AVX2 1 /* 8 lanes per AVX2 step where the CPU has it (checked at run time), else scalar */
+#endif
+
 #define L_STATE 65536u
 #define MAX_STEPS 65536u
 
@@ -11,9 +16,12 @@ typedef struct {
     const uint8_t *words;
     uint64_t w, next;  /* word count, next word */
     uint32_t nbits, smask;
-    uint16_t *slot;    /* 2^n slots: index of the symbol covering it */
-    uint32_t *fc;      /* per table symbol: cum | (f - 1) << 16 */
-    uint16_t *sym;     /* per table symbol: its value */
+    uint32_t *fb;      /* per slot s (2^n): (f - 1) << 16 | (s - cum) of the symbol covering it */
+    uint32_t *ssym;    /* per slot: the symbol covering it (32 bits, as the output, so a vector gather fetches it) */
+    uint8_t (*perm)[8]; /* per 8-lane renormalization mask m: for lane l, which of the next words it takes */
+    int avx2;
+    uint32_t *fc;      /* per table symbol: cum | (f - 1) << 16 (while the table is read) */
+    uint16_t *sym;     /* per table symbol: its value (while the table is read) */
 } rans_st;
 
 int rans_check_config(dec *d, const mp_tree *ct, uint32_t c) {
@@ -66,34 +74,115 @@ static int golomb(dec *d, rd *r, uint32_t k, uint32_t *out) {
     return DCF_OK;
 }
 
-static int rans_pull(dec *d, stream *s, void *dst, size_t n) {
-    rans_st *st = s->st;
-    uint32_t *o = dst, *x = st->x;
-    const uint16_t *slot = st->slot, *sym = st->sym;
-    const uint32_t *fc = st->fc;
-    const uint32_t nb = st->nbits, mask = st->smask;
+static inline uint32_t word_at(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+
+/* The state after decoding from slot entry e: f (x >> n) + (x mod 2^n) - cum. */
+static inline uint32_t advance(uint32_t x, uint32_t e, uint32_t nb) { return ((e >> 16) + 1) * (x >> nb) + (e & 0xffff); }
+
+/* One lane's step: its symbol into *o, its state advanced and renormalized from the word at wp if it needs one
+ * (the caller guarantees that word exists). Masks, not a branch: the need is unpredictable. Returns 1 if it took it. */
+static inline uint32_t step(uint32_t *xp, uint32_t *o, const rans_st *st, const uint8_t *wp) {
+    uint32_t xj = *xp, sl = xj & st->smask;
+    *o = st->ssym[sl];
+    xj = advance(xj, st->fb[sl], st->nbits);
+    uint32_t need = xj < L_STATE, m = 0u - need;
+    *xp = (xj & ~m) | ((xj << 16 | word_at(wp)) & m);
+    return need;
+}
+
+#ifdef RANS_AVX2
+/* Lanes j..j+7 of one step at once: two gathers, the state update, and the words the needing lanes take (in lane
+ * order) moved into place by a permutation chosen by the need mask. Returns the words taken. */
+__attribute__((target("avx2,popcnt"))) static inline uint32_t step8(uint32_t *xs, uint32_t *o, const rans_st *st,
+                                                                    const uint8_t *wp) {
+    const __m256i lo16 = _mm256_set1_epi32(0xffff), one = _mm256_set1_epi32(1);
+    __m256i x = _mm256_loadu_si256((const __m256i *)xs);
+    __m256i sl = _mm256_and_si256(x, _mm256_set1_epi32((int)st->smask));
+    __m256i e = _mm256_i32gather_epi32((const int *)st->fb, sl, 4);
+    _mm256_storeu_si256((__m256i *)o, _mm256_i32gather_epi32((const int *)st->ssym, sl, 4));
+    __m256i f = _mm256_add_epi32(_mm256_srli_epi32(e, 16), one);
+    x = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srl_epi32(x, _mm_cvtsi32_si128((int)st->nbits))), _mm256_and_si256(e, lo16));
+    __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, lo16), x); /* x <= 0xffff */
+    unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
+    __m256i words = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)wp));
+    words = _mm256_permutevar8x32_epi32(words, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)st->perm[m])));
+    x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), words), need);
+    _mm256_storeu_si256((__m256i *)xs, x);
+    return (uint32_t)__builtin_popcount(m);
+}
+
+/* fast_steps with groups of 8 lanes by AVX2 (the rest of the K lanes scalar). */
+__attribute__((target("avx2,popcnt"))) static size_t fast_steps_avx2(rans_st *st, uint32_t *o, size_t n) {
+    const size_t k = (size_t)st->lanes;
+    uint64_t next = st->next;
+    size_t done = 0;
+    while (n - done >= k && st->w - next >= k) { /* each group's 16-byte word load stays within these k words */
+        size_t j = 0;
+        for (; j + 8 <= k; j += 8) next += step8(st->x + j, o + done + j, st, st->words + 2 * next);
+        for (; j < k; j++) next += step(&st->x[j], &o[done + j], st, st->words + 2 * next);
+        done += k;
+    }
+    st->next = next;
+    return done;
+}
+#endif
+
+/* Whole steps (all K lanes, in lane order) while the stream surely has the K words a step may take: no bounds check
+ * per symbol, the lanes' states are independent dependency chains, only `next` is shared. Returns symbols done. */
+static size_t fast_steps(rans_st *st, uint32_t *o, size_t n) {
+#ifdef RANS_AVX2
+    if (st->avx2) return fast_steps_avx2(st, o, n);
+#endif
+    const size_t k = (size_t)st->lanes;
+    uint64_t next = st->next;
+    size_t done = 0;
+    while (n - done >= k && st->w - next >= k) {
+        for (size_t j = 0; j < k; j++) next += step(&st->x[j], &o[done + j], st, st->words + 2 * next);
+        done += k;
+    }
+    st->next = next;
+    return done;
+}
+
+/* Symbols one at a time, checking that a needed word exists (a partial step, or the stream's last words). */
+static int slow_syms(dec *d, rans_st *st, uint32_t *o, size_t n) {
+    uint32_t *x = st->x;
     uint64_t lane = st->lane, next = st->next;
-    const uint64_t lanes = st->lanes, w = st->w;
-    const uint8_t *wp = st->words;
+    const uint64_t w = st->w;
     for (size_t i = 0; i < n; i++) {
-        uint32_t xj = x[lane], sl = xj & mask, k = slot[sl], e = fc[k];
-        o[i] = sym[k];
-        xj = ((e >> 16) + 1) * (xj >> nb) + sl - (e & 0xffff);
-        /* renormalize without a branch on the (unpredictable) need; running out of words is the rare branch */
-        uint32_t need = xj < L_STATE, have = next < w;
-        if (need & !have) return dfail(d, DCF_E_FORMAT, "rans: the lanes need more than the stream's %llu words (truncated)", (unsigned long long)w);
-        uint32_t word = have ? (uint32_t)wp[2 * next] | (uint32_t)wp[2 * next + 1] << 8 : 0;
-        x[lane] = need ? xj << 16 | word : xj;
-        next += need;
-        if (++lane == lanes) lane = 0;
+        uint32_t xj = x[lane], sl = xj & st->smask;
+        o[i] = st->ssym[sl];
+        xj = advance(xj, st->fb[sl], st->nbits);
+        if (xj < L_STATE) {
+            if (next >= w) return dfail(d, DCF_E_FORMAT, "rans: the lanes need more than the stream's %llu words (truncated)", (unsigned long long)w);
+            xj = xj << 16 | word_at(st->words + 2 * next++);
+        }
+        x[lane] = xj;
+        if (++lane == st->lanes) lane = 0;
     }
     st->lane = lane;
     st->next = next;
+    return DCF_OK;
+}
+
+static int rans_pull(dec *d, stream *s, void *dst, size_t n) {
+    rans_st *st = s->st;
+    uint32_t *o = dst;
+    size_t done = 0;
+    int rc;
+    if (st->lane) { /* finish the step a previous pull stopped in */
+        size_t head = (size_t)(st->lanes - st->lane);
+        done = head < n ? head : n;
+        if ((rc = slow_syms(d, st, o, done))) return rc;
+    }
+    if (!st->lane) done += fast_steps(st, o + done, n - done);
+    if ((rc = slow_syms(d, st, o + done, n - done))) return rc;
     s->pos += n;
     if (n && s->pos == st->n) {
+        uint64_t next = st->next, w = st->w;
         if (next != w) return dfail(d, DCF_E_FORMAT, "rans: %llu of %llu words left unread", (unsigned long long)(w - next), (unsigned long long)w);
-        for (uint64_t j = 0; j < lanes; j++)
-            if (x[j] != L_STATE) return dfail(d, DCF_E_FORMAT, "rans: a lane does not end in the encoder's initial state 2^16 (damaged stream)");
+        for (uint64_t j = 0; j < st->lanes; j++)
+            if (st->x[j] != L_STATE) return dfail(d, DCF_E_FORMAT, "rans: a lane does not end in the encoder's initial state 2^16 (damaged stream)");
     }
     return DCF_OK;
 }
@@ -105,7 +194,7 @@ static int table(dec *d, rd *r, uint64_t a, uint64_t dn, uint32_t order, uint32_
     r->bit = 8 * r->pos;
     r->end = 8 * r->size;
     for (uint64_t i = 0; i < dn; i++) {
-        uint32_t gap, f;
+        uint32_t gap = 0, f = 0;
         int rc;
         if ((rc = golomb(d, r, 0, &gap)) || (rc = golomb(d, r, order, &f))) return rc;
         s += 1 + (int64_t)gap;
@@ -148,12 +237,16 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
         return dfail(d, DCF_E_FORMAT, "rans: %llu distinct symbols for %llu symbols, alphabet %llu, total 2^%u", (unsigned long long)dn, (unsigned long long)n, (unsigned long long)a, nb);
     if (r.pos >= r.size || r.p[r.pos] > 15) return dfail(d, DCF_E_FORMAT, "rans: no Exp-Golomb order, or one above 15");
     uint32_t order = r.p[r.pos++];
-    rans_st *st = dec_alloc(d, sizeof *st + total * 2 + dn * 6, 1, "rans");
+    /* one block: the state, the slot tables (8 bytes per slot), the symbol table (6 bytes per symbol), the 2 KiB
+     * permutations */
+    rans_st *st = dec_alloc(d, sizeof *st + total * 8 + dn * 6 + 256 * 8, 1, "rans");
     if (!st) return d->err ? d->err->code : DCF_E_NOMEM;
     memset(st, 0, sizeof *st);
-    st->fc = (uint32_t *)(st + 1);
-    st->slot = (uint16_t *)(st->fc + dn);
-    st->sym = st->slot + total;
+    st->fb = (uint32_t *)(st + 1);
+    st->ssym = st->fb + total;
+    st->fc = st->ssym + total;
+    st->perm = (uint8_t (*)[8])(st->fc + dn);
+    st->sym = (uint16_t *)(st->perm + 256);
     if ((rc = table(d, &r, a, dn, order, nb, st))) return rc;
     if ((rc = varint(d, &r, "lane count", &k))) return rc;
     if (k < 1 || k > n || (n + k - 1) / k > MAX_STEPS) return dfail(d, DCF_E_FORMAT, "rans: %llu lanes for %llu symbols", (unsigned long long)k, (unsigned long long)n);
@@ -164,10 +257,21 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
         st->x[j] = rd_u32(r.p + r.pos + 4 * j);
         if (st->x[j] < L_STATE) return dfail(d, DCF_E_FORMAT, "rans: lane %llu state %u is below 2^16", (unsigned long long)j, st->x[j]);
     }
-    for (uint64_t i = 0; i < dn; i++) { /* slot table: symbol i covers cum .. cum + f - 1 */
+    for (uint64_t i = 0; i < dn; i++) { /* slot tables: symbol i covers cum .. cum + f - 1 */
         uint32_t cum = st->fc[i] & 0xffff, f = (st->fc[i] >> 16) + 1;
-        for (uint32_t j = 0; j < f; j++) st->slot[cum + j] = (uint16_t)i;
+        for (uint32_t j = 0; j < f; j++) {
+            st->fb[cum + j] = (f - 1) << 16 | j;
+            st->ssym[cum + j] = st->sym[i];
+        }
     }
+    for (uint32_t m = 0; m < 256; m++) /* lane l takes word number popcount(m & (2^l - 1)) of those at `next` */
+        for (uint32_t l = 0, c = 0; l < 8; l++) {
+            st->perm[m][l] = (uint8_t)c;
+            c += m >> l & 1;
+        }
+#ifdef RANS_AVX2
+    st->avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+#endif
     st->words = r.p + r.pos + 4 * k;
     st->w = (left - 4 * k) / 2;
     st->lanes = k;
