@@ -182,6 +182,34 @@ def test_peak_heap_by_path_within_output_plus_one_mib(tmp_path: Path) -> None:
     assert 0 < r["peak_heap_path"] <= 2**20, r
 
 
+def test_rans_vector_and_scalar_paths_agree(build: Path, tmp_path: Path) -> None:
+    """rANS streams decode to dcframe's bytes both 8 lanes at a time (AVX2, on x86-64 CPUs that have it) and by the
+    portable scalar loop (a SIMD=0 build: what ARM phones run), for lane counts around the 8-lane groups and pulls
+    that stop inside a step (kmeans pulls 4096 symbols; no K here divides it)."""
+    scalar = tmp_path / "scalar"
+    res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={scalar}", f"CC={CC}", "SIMD=0", "-j2", "tool"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    rng = np.random.default_rng(3)
+    files, want = [], []
+    for i, (lanes, bits, clusters) in enumerate([(1, 12, 8), (7, 14, 32), (9, 16, 200), (33, 10, 64), (200, 14, 256)]):
+        x = (rng.laplace(size=(3000, 40)) if i % 2 else rng.standard_normal((3000, 40))).astype(np.float32)
+        path = tmp_path / f"r{i}.dcf"
+        pipeline = f"kmeans(clusters={clusters}) | rans(lanes={lanes}, scale_bits={bits})"
+        dcframe.compress({"x": x}, path, pipeline=pipeline)
+        c = dcframe.open_container(path)
+        assert "rans" in {s["id"] for s in c.chains[c.record("x")["chain"]]}
+        files.append(path)
+        want.append(np.ascontiguousarray(c.read("x").array).tobytes())
+    for tool in (build / "dcf-check", scalar / "dcf-check"):
+        out = tmp_path / tool.parent.name
+        out.mkdir(exist_ok=True)
+        for k, (f, r) in enumerate(zip(files, check(tool, files, out), strict=True)):
+            code, j = r["tensors"]["x"]
+            assert code == "OK", (tool, f)
+            assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, f)
+
+
 # -- Python-written files -----------------------------------------------------------------------------------------
 
 PRESETS = ["lossless", "han", "quantize8", "pretrained"]
