@@ -8,48 +8,9 @@
 
 #include "dcf.h"
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#define HAVE_MMAP 1
-#endif
-
 static int fail(const char *path, const char *msg) {
     fprintf(stderr, "dcf-decode: %s: %s\n", path, msg);
     return 1;
-}
-
-/* Open by mmap where the OS has it (no heap for the file's bytes), else through stdio. */
-static int open_file(const char *path, dcf_file **f, dcf_error *err, void **map, size_t *map_len) {
-    *map = NULL;
-#ifdef HAVE_MMAP
-    int fd = open(path, O_RDONLY);
-    struct stat sb;
-    if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0) {
-        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        close(fd);
-        if (m != MAP_FAILED) {
-            *map = m;
-            *map_len = (size_t)sb.st_size;
-            return dcf_open_memory(f, m, (size_t)sb.st_size, NULL, err);
-        }
-    } else if (fd >= 0)
-        close(fd);
-#else
-    (void)map_len;
-#endif
-    return dcf_open_path(f, path, NULL, err);
-}
-
-static void close_file(dcf_file *f, void *map, size_t map_len) {
-    dcf_close(f);
-#ifdef HAVE_MMAP
-    if (map) munmap(map, map_len);
-#else
-    (void)map; (void)map_len;
-#endif
 }
 
 /* A JSON string literal of s (n bytes; UTF-8 passes through, control characters are escaped). */
@@ -67,9 +28,7 @@ static void json_str(FILE *o, const char *s, size_t n) {
 static int list(const char *path) {
     dcf_file *f;
     dcf_error err;
-    void *map;
-    size_t map_len = 0;
-    if (open_file(path, &f, &err, &map, &map_len)) return fail(path, err.message);
+    if (dcf_open_path(&f, path, NULL, &err)) return fail(path, err.message); /* mapped where the OS has mmap */
     int bad = 0;
     for (size_t i = 0; i < dcf_count(f); i++) {
         dcf_info info;
@@ -82,7 +41,7 @@ static int list(const char *path) {
         for (uint32_t j = 0; j < info.ndim; j++) printf(j ? ", %llu" : "%llu", (unsigned long long)info.shape[j]);
         printf("]\t%llu\n", (unsigned long long)info.nbytes);
     }
-    close_file(f, map, map_len);
+    dcf_close(f);
     return bad;
 }
 
@@ -119,12 +78,10 @@ static int write_header(FILE *o, const dcf_info *infos, size_t n) {
 static int decode(const char *path, const char *out) {
     dcf_file *f;
     dcf_error err;
-    void *map;
-    size_t map_len = 0;
-    if (open_file(path, &f, &err, &map, &map_len)) return fail(path, err.message);
+    if (dcf_open_path(&f, path, NULL, &err)) return fail(path, err.message); /* mapped where the OS has mmap */
     size_t n = dcf_count(f);
     dcf_info *infos = calloc(n ? n : 1, sizeof *infos);
-    if (!infos) { close_file(f, map, map_len); return fail(path, "out of memory"); }
+    if (!infos) { dcf_close(f); return fail(path, "out of memory"); }
     int rc = 0;
     for (size_t i = 0; i < n && !rc; i++) /* every record is checked before anything is written */
         if (dcf_info_at(f, i, &infos[i], &err)) rc = fail(path, err.message);
@@ -148,7 +105,7 @@ static int decode(const char *path, const char *out) {
     if (o && !rc && rename(tmp, out)) { remove(tmp); rc = fail(out, "cannot rename the finished output into place"); }
     free(tmp);
     free(infos);
-    close_file(f, map, map_len);
+    dcf_close(f);
     return rc;
 }
 
