@@ -68,6 +68,7 @@ static int golomb(dec *d, rd *r, uint32_t k, uint32_t *out) {
 
 static int rans_pull(dec *d, stream *s, void *dst, size_t n) {
     rans_st *st = s->st;
+    if (!st) return DCF_OK; /* an empty stream: rans_decode checked it holds no bytes */
     uint32_t *o = dst, *x = st->x;
     const uint16_t *slot = st->slot, *sym = st->sym;
     const uint32_t *fc = st->fc;
