@@ -104,21 +104,13 @@ def test_no_batches_is_an_error():
 
 transformers = pytest.importorskip("transformers")
 
-
-def _tiny_bert(folder) -> None:
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
-    torch.manual_seed(3)
-    transformers.BertModel(config).save_pretrained(folder, safe_serialization=True)
+from tiny_hf import tiny_bert  # noqa: E402
 
 
 def test_cli_calibrate_then_compress_a_hugging_face_folder(tmp_path):
     folder = tmp_path / "bert"
     folder.mkdir()
-    _tiny_bert(folder)
+    tiny_bert(folder)
     text = tmp_path / "samples.txt"
     text.write_text("the cat sat on a mat\n\nthe dog ran\na dog sat on the cat\n")
     calib_path = tmp_path / "calib.safetensors"

@@ -102,22 +102,7 @@ def test_tune_pretrained_leaves_rank_one_tensors_exact_and_writes_rules():
 
 transformers = pytest.importorskip("transformers")
 
-
-def _tiny_bert(folder) -> None:
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
-    import torch
-
-    torch.manual_seed(3)
-    transformers.BertModel(config).save_pretrained(folder, safe_serialization=True)
-    from safetensors.numpy import load_file, save_file
-
-    weights = folder / "model.safetensors"  # older checkpoints also store this int buffer, not in the state dict
-    save_file({**load_file(weights), "embeddings.position_ids": np.arange(32, dtype=np.int64)[None]}, weights,
-              metadata={"format": "pt"})
+from tiny_hf import tiny_bert  # noqa: E402
 
 
 def _cli(*args):
@@ -127,7 +112,7 @@ def _cli(*args):
 def test_cli_tunes_a_folder_within_its_budget_and_the_rules_replay(tmp_path):
     folder = tmp_path / "bert"
     folder.mkdir()
-    _tiny_bert(folder)
+    tiny_bert(folder, hidden=32, position_ids=True)
     text, held = tmp_path / "tune.txt", tmp_path / "held.txt"
     text.write_text("the cat sat on a mat\nthe dog ran\na dog sat on the cat\nthe mat ran on a dog\n")
     held.write_text("a cat ran\nthe dog sat on a mat\n")
@@ -151,7 +136,7 @@ def test_cli_tunes_a_folder_within_its_budget_and_the_rules_replay(tmp_path):
 def test_cli_tune_of_a_folder_without_text_is_one_line(tmp_path):
     folder = tmp_path / "bert"
     folder.mkdir()
-    _tiny_bert(folder)
+    tiny_bert(folder, hidden=32, position_ids=True)
     done = _cli("tune", folder, "--budget", "0.01", "-o", tmp_path / "r.json")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "--text" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -167,6 +167,7 @@ static int slow_syms(dec *d, rans_st *st, uint32_t *o, size_t n) {
 
 static int rans_pull(dec *d, stream *s, void *dst, size_t n) {
     rans_st *st = s->st;
+    if (!st) return DCF_OK; /* an empty stream: rans_decode checked it holds no bytes */
     uint32_t *o = dst;
     size_t done = 0;
     int rc;

@@ -1,4 +1,4 @@
-/* Stages raw, prune, sparse, kmeans, uniform and the generic codecs (spec/stages/ pages), and the stage table.
+/* Stages raw, prune, sparse, kmeans, uniform, bytegroup and the generic codecs (spec/stages/ pages), and the stage table.
  * Each decode checks its meta and inputs and returns a lazy stream; the checks that need the data run as it is
  * pulled. */
 #include <math.h>
@@ -288,6 +288,75 @@ static int uniform_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t m
     return lookup_decode(d, "uniform", meta, ins, out);
 }
 
+/* ---------------------------------------------------------------- bytegroup: byte planes back into elements */
+
+typedef struct {
+    const uint8_t *mantissa; /* planes 1 .. w-1, n bytes each (NULL when w = 1 or n = 0) */
+    uint32_t *sym;           /* BLOCK exponent symbols */
+} bytegroup_st;
+
+static int bytegroup_pull(dec *d, stream *s, void *dst, size_t n) {
+    bytegroup_st *st = s->st;
+    stream *in = s->in[0];
+    size_t w = dcf_dtype_size(s->dtype);
+    int rotate = dtype_is_float(s->dtype) && w > 1;
+    uint32_t top = s->dtype == DCF_BOOL ? 1 : 255;
+    uint8_t *o = dst;
+    while (n) {
+        size_t m = n < BLOCK ? n : BLOCK;
+        int rc = in->pull(d, in, st->sym, m);
+        if (rc) return rc;
+        for (size_t i = 0; i < m; i++)
+            if (st->sym[i] > top)
+                return dfail(d, DCF_E_FORMAT, "bytegroup: exponent symbol %u at %llu above %u", st->sym[i], (unsigned long long)(s->pos + i), top);
+        for (size_t i = 0; i < m; i++) {
+            uint64_t u = (uint64_t)st->sym[i] << (8 * (w - 1)); /* plane 0: the most significant byte */
+            for (size_t p = 1; p < w; p++)
+                u |= (uint64_t)st->mantissa[(p - 1) * s->count + s->pos + i] << (8 * (w - 1 - p));
+            if (rotate) u = (u >> 1) | ((u & 1) << (8 * w - 1)); /* the sign bit back on top */
+            for (size_t b = 0; b < w; b++) o[i * w + b] = (uint8_t)(u >> (8 * b)); /* little-endian */
+        }
+        o += m * w;
+        s->pos += m;
+        n -= m;
+    }
+    return DCF_OK;
+}
+
+static int bytegroup_config(dec *d, const mp_tree *ct, uint32_t c) { return check_params(d, "bytegroup", ct, c, NULL, 0); }
+
+static int bytegroup_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config;
+    const mp_tree *t = &d->rec;
+    stream *ex = ins[0], *ma = ins[1];
+    if (!dtype_parse(t, mp_get(t, meta, "dtype"), &out->dtype)) return dfail(d, DCF_E_FORMAT, "bytegroup: meta dtype missing or unknown");
+    uint32_t shape = mp_get(t, meta, "shape");
+    uint64_t n;
+    int sc = shape_check(t, shape, &n);
+    if (sc == 1) return dfail(d, DCF_E_FORMAT, "bytegroup: shape missing, over 32 dimensions or not non-negative integers");
+    if (ex->kind != K_SYMBOLS || ex->alphabet != 256) return dfail(d, DCF_E_FORMAT, "bytegroup: exponent stream is not symbols of alphabet 256");
+    if (sc == 2 || ex->count != n)
+        return dfail(d, DCF_E_FORMAT, "bytegroup: %llu exponent symbols for %s elements", (unsigned long long)ex->count, sc == 2 ? "over 2^52" : "a different number of");
+    size_t w = dcf_dtype_size(out->dtype);
+    if (ma->kind != K_BYTES || ma->size / (w > 1 ? w - 1 : 1) != (w > 1 ? n : 0) || ma->size % (w > 1 ? w - 1 : 1))
+        return dfail(d, DCF_E_FORMAT, "bytegroup: mantissa holds %llu bytes, expected %llu", (unsigned long long)ma->size, (unsigned long long)(n * (w - 1)));
+    if (n > d->bound / w) return dfail(d, DCF_E_LIMIT, "bytegroup: %llu bytes of output over the decode bound %llu", (unsigned long long)n * w, (unsigned long long)d->bound);
+    bytegroup_st *st = dec_alloc(d, sizeof *st + BLOCK * sizeof(uint32_t), 1, "bytegroup");
+    if (!st) return code_of(d);
+    st->sym = (uint32_t *)(st + 1);
+    st->mantissa = NULL;
+    if (ma->size) {
+        int rc = bytes_view(d, ma, &st->mantissa);
+        if (rc) return rc;
+    }
+    set_shape(d, out, shape);
+    out->kind = K_DENSE;
+    out->st = st;
+    out->in[0] = ex;
+    out->pull = bytegroup_pull;
+    return DCF_OK;
+}
+
 /* ---------------------------------------------------------------- sparse: relative positions and values */
 
 typedef struct {
@@ -551,6 +620,7 @@ static const stage_def STAGES[] = {
     {"prune", 1, DENSE, 1, {K_DENSE, 0}, prune_config, prune_decode, NULL},
     {"sparse", 1, DENSE, 2, {K_SYMBOLS, K_DENSE}, sparse_config, sparse_decode, NULL},
     {"kmeans", 1, DENSE, 1, {K_SYMBOLS, 0}, kmeans_config, kmeans_decode, NULL},
+    {"bytegroup", 1, DENSE, 2, {K_SYMBOLS, K_BYTES}, bytegroup_config, bytegroup_decode, NULL},
     {"uniform", 1, DENSE, 1, {K_SYMBOLS, 0}, uniform_config, uniform_decode, NULL},
     {"huffman", 1, SYMS, 1, {K_BYTES, 0}, huffman_check_config, huffman_decode, NULL},
     {"rans", 1, SYMS, 1, {K_BYTES, 0}, rans_check_config, rans_decode, NULL},
