@@ -9,8 +9,14 @@ function isNumber(v) {
   return typeof v === 'number';
 }
 
+const KEYS = new Set(['sparsity', 'threshold', 'scope', 'criterion']);
+
 export function checkPruneConfig(config) {
   if (!isMap(config)) throw new FormatError('prune: config is not a map');
+  // FORMAT.md 4.3: every key is one of the page's Configuration table
+  for (const k of Object.keys(config)) {
+    if (!KEYS.has(k)) throw new FormatError(`prune: stored config has no parameter ${JSON.stringify(k)}`);
+  }
   const s = config.sparsity ?? null, t = config.threshold ?? null, scope = config.scope ?? 'tensor';
   if ((s === null) === (t === null)) throw new FormatError('prune: exactly one of sparsity and threshold must be set');
   if (s !== null && (!isNumber(s) || !(s >= 0 && s <= 1))) throw new FormatError(`prune: sparsity ${s} outside 0..1`);
