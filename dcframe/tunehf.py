@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from .calibration import Calibration
@@ -142,7 +143,7 @@ def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], 
             values = decode_tensor(chain.stages, enc.steps, enc.streams, d.dtype, d.array.shape).values()
             decoded[pipeline] = values
             dist.append(distortion(np.subtract(values, exact[name], dtype=np.float64), side.get(name, {})))
-            pts.append((pipeline, sum(len(s) for s in enc.streams.values())))
+            pts.append((pipeline, sum(len(s) for s in enc.streams.values()), steps_bytes(enc.steps)))
             if progress:
                 progress(name, 1)
         c = 0.0
@@ -152,7 +153,7 @@ def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], 
             sweep.evaluations += 1
             c = max(loss, 0.0) / dist[grid.index(probe)] if dist[grid.index(probe)] > 0 else 0.0
         sweep.scale[name] = c
-        sweep.points[name] = [Point(p, n, base - c * dv) for (p, n), dv in zip(pts, dist, strict=True)]
+        sweep.points[name] = [Point(p, n, base - c * dv, meta=m) for (p, n, m), dv in zip(pts, dist, strict=True)]
         sweep.decoded[name] = decoded
     return sweep
 
@@ -174,7 +175,7 @@ def allocate_rescaled(sweep: Sweep, exact: Mapping[str, np.ndarray], evaluate: E
         for m in moves:
             current[m.name] = m.dst
         chosen = {n: sweep.points[n][i] for n, i in current.items()}
-        nbytes = sum(p.nbytes for p in chosen.values())
+        nbytes = sum(p.stored for p in chosen.values())
         key = tuple(current.values())
         if key not in measured:
             if best is not None and len(measured) >= MAX_EVALUATIONS:
@@ -184,7 +185,7 @@ def allocate_rescaled(sweep: Sweep, exact: Mapping[str, np.ndarray], evaluate: E
         lost = base - measured[key]
         if lost <= budget:
             low = max(low, plan)
-            if best is None or nbytes < sum(p.nbytes for p in best[0].values()):
+            if best is None or nbytes < sum(p.stored for p in best[0].values()):
                 best = (chosen, measured[key])
         else:
             high = min(high, plan)
@@ -219,7 +220,8 @@ def tune_pretrained(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluat
     for n, d in dense.items():
         if n not in tuned:
             chain = policy.chain_for_pipeline(lossless)
-            fixed += sum(len(s) for s in encode_tensor(n, d, chain, stats=False).streams.values())
+            enc = encode_tensor(n, d, chain, stats=False)
+            fixed += sum(len(s) for s in enc.streams.values()) + steps_bytes(enc.steps)
     base = evaluate(exact)
     sweep = screened_sweep(tuned, exact, side, evaluate, base, rel_steps, progress)
     chosen, metric, frontier = allocate_rescaled(sweep, exact, evaluate, base, budget)
@@ -227,10 +229,17 @@ def tune_pretrained(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluat
                         {n: pts[0] for n, pts in sweep.points.items()}, fixed, sweep.evaluations + len(frontier) + 1)
     result.rules = rules_for(chosen)
     result.frontier = frontier
+    result.original_bytes = sum(d.array.nbytes for d in dense.values())
+    result.weights = {n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}
     if test is not None:
         result.test_dense = 1.0
         result.test_metric = test({**exact, **{n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}})
     return result
+
+
+def steps_bytes(steps: Any) -> int:
+    """The bytes of a tensor's stage metadata as the container stores it (msgpack)."""
+    return len(msgpack.packb(steps, use_bin_type=True))
 
 
 def sweep_size(tensors: Mapping[str, np.ndarray | Dense], rel_steps: Sequence[float] = HF_REL_STEPS) -> int:

@@ -65,8 +65,8 @@ def test_rescaled_allocation_meets_the_budget_when_the_model_is_off(misjudged):
     chosen, metric, frontier = allocate_rescaled(sweep, exact, real, 1.0, budget)
     assert metric == pytest.approx(real({**exact, **{n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}}))
     assert 1.0 - metric <= budget
-    nbytes = sum(p.nbytes for p in chosen.values())
-    assert nbytes < sum(pts[0].nbytes for pts in sweep.points.values())
+    nbytes = sum(p.stored for p in chosen.values())
+    assert nbytes < sum(pts[0].stored for pts in sweep.points.values())
     assert len(frontier) >= 2  # the first plan is off by the factor, so it is verified and rescaled at least once
     fits = [b for b, m in frontier if 1.0 - m <= budget]
     assert nbytes == min(fits)
@@ -126,6 +126,8 @@ def test_cli_tunes_a_folder_within_its_budget_and_the_rules_replay(tmp_path):
     assert report["dense_metric"] == pytest.approx(1.0)
     assert report["dense_metric"] - report["metric"] <= 0.002
     assert report["test_metric"] is not None and report["total_bytes"] < report["lossless_bytes"]
+    assert report["original_bytes"] > report["lossless_bytes"]  # float32 weights: the lossless chain shrinks them
+    assert all(t["weights"] and t["bits"] > 0 for t in report["tensors"])  # the paper's columns are filled
     assert any("method=auto" in r for r in read_rules_file(rules))
     out = tmp_path / "m.dcf"
     done = _cli("compress", folder, "-o", out, "--rules-file", rules, "--calibration", calib, "-q")
