@@ -32,7 +32,7 @@ from .pipeline import Policy, Rule
 from .retrain import Retrainer
 from .streams import Dense
 from .tunealloc import Frontier, Move, Point, bisect, frontier, greedy, within_budget, within_cap
-from .tunegrid import DEFAULT_REL_STEPS, Grid, check_pipelines, resolve_grid
+from .tunegrid import DEFAULT_REL_STEPS, Grid, check_pipelines, read_json_file, resolve_grid
 
 RULES_FORMAT = "dcframe.rules/1"
 MAX_RULES_FILE = 16 << 20  # bytes: a rules file is text lines, one per tensor
@@ -481,19 +481,7 @@ def write_rules_file(path: str | os.PathLike, rules: Sequence[str]) -> None:
 
 def read_rules_file(path: str | os.PathLike) -> list[str]:
     """The rules of a rules file, each parsed and its pipeline checked; anything else is a one-line ConfigError."""
-    try:
-        size = os.stat(path).st_size
-        if size > MAX_RULES_FILE:
-            raise ConfigError(f"rules file {str(path)!r}: {size} bytes, more than the {MAX_RULES_FILE}-byte limit")
-        with open(path, "rb") as f:
-            data = json.loads(f.read(MAX_RULES_FILE + 1))
-    except OSError as exc:
-        raise ConfigError(f"rules file {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"rules file {str(path)!r}: not JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != RULES_FORMAT:
-        raise ConfigError(f"rules file {str(path)!r}: not a {RULES_FORMAT} file (expected a JSON object with "
-                          f'"format": "{RULES_FORMAT}")')
+    data = read_json_file(path, f"rules file {str(path)!r}", RULES_FORMAT, MAX_RULES_FILE)
     rules = data.get("rules")
     if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
         raise ConfigError(f"rules file {str(path)!r}: \"rules\" must be a list of \"GLOB=PIPELINE\" strings")

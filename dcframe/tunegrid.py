@@ -124,23 +124,29 @@ def _numbers(data: dict, key: str, kind: type, where: str) -> tuple:
     return tuple(kind(v) for v in value)
 
 
+def read_json_file(path: str | os.PathLike, where: str, fmt: str, limit: int, hint: str = "") -> dict:
+    """A JSON object of at most `limit` bytes whose "format" is `fmt` (the grid and rules files); every problem is one
+    ConfigError starting with `where` (`hint` follows an unreadable file's reason)."""
+    try:
+        size = os.stat(path).st_size
+        if size > limit:
+            raise ConfigError(f"{where}: {size} bytes, more than the {limit}-byte limit")
+        with open(path, "rb") as f:
+            data = json.loads(f.read(limit + 1))
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc}){hint}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ConfigError(f'{where}: not a {fmt} file (expected a JSON object with "format": "{fmt}")')
+    return data
+
+
 def read_grid_file(path: str | os.PathLike) -> Grid:
     """A grid file: JSON {"format": "dcframe.grid/1", "steps": [...], "sparsity": [...], "bits": [...],
     "criteria": [...], "index_bits": 5, "kmeans": ""}, every key but "format" optional; errors are one line."""
     where = f"grid file {str(path)!r}"
-    try:
-        size = os.stat(path).st_size
-        if size > MAX_GRID_FILE:
-            raise ConfigError(f"{where}: {size} bytes, more than the {MAX_GRID_FILE}-byte limit")
-        with open(path, "rb") as f:
-            data = json.loads(f.read(MAX_GRID_FILE + 1))
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc}); or name a grid: "
-                          f"{', '.join(GRIDS)}") from None
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"{where}: not JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != GRID_FORMAT:
-        raise ConfigError(f'{where}: not a {GRID_FORMAT} file (expected a JSON object with "format": "{GRID_FORMAT}")')
+    data = read_json_file(path, where, GRID_FORMAT, MAX_GRID_FILE, hint=f"; or name a grid: {', '.join(GRIDS)}")
     unknown = sorted(set(data) - {"format", "steps", "sparsity", "bits", "criteria", "index_bits", "kmeans"})
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
