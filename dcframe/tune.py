@@ -135,11 +135,12 @@ class TuneResult:
                              "points": [vars(q) for q in self.points[row["tensor"]]]} for row in self.layers()]}
 
 
-def measure(name: str, dense: Dense, policy: Policy, pipeline: str) -> tuple[int, np.ndarray, int]:
-    """Encode one tensor with `pipeline`: the total length of its final streams, its decoded values and the bytes of
-    its stages' metadata (as msgpack, the way the container stores it)."""
+def measure(name: str, dense: Dense, policy: Policy, pipeline: str,
+            side: Mapping[str, np.ndarray] | None = None) -> tuple[int, np.ndarray, int]:
+    """Encode one tensor with `pipeline` (and its calibration side inputs, if any): the total length of its final
+    streams, its decoded values and the bytes of its stages' metadata (as msgpack, the way the container stores it)."""
     chain = policy.chain_for_pipeline(pipeline)
-    encoded = encode_tensor(name, dense, chain, stats=False)
+    encoded = encode_tensor(name, dense, chain, stats=False, side=side)
     nbytes = sum(len(s) for s in encoded.streams.values())
     decoded = decode_tensor(chain.stages, encoded.steps, encoded.streams, dense.dtype, dense.array.shape)
     return nbytes, decoded.values(), len(msgpack.packb(encoded.steps, use_bin_type=True))

@@ -16,15 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from .calibration import Calibration
 from .errors import ConfigError, ModelIOError
-from .orchestrator import decode_tensor, encode_tensor
 from .pipeline import Policy
 from .streams import ACTIVATION, FISHER, HESSIAN, Dense
-from .tune import Evaluator, Point, Progress, TuneResult, greedy, rules_for, tunable
+from .tune import Evaluator, Point, Progress, TuneResult, greedy, measure, rules_for, tunable
 
 HF_REL_STEPS = (0.05, 0.085, 0.14, 0.2, 0.3, 0.45, 0.65, 0.9)  # uniform steps relative to each tensor's RMS
 SCALE_AT = 0.3  # the relative step whose real evaluation scales a tensor's distortion into a metric loss
@@ -138,12 +136,10 @@ def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], 
         grid = candidates(exact[name], rel_steps, lossless, HESSIAN in side.get(name, {}) and d.array.ndim == 2)
         pts, dist, decoded = [], [], {}
         for pipeline in grid:
-            chain = policy.chain_for_pipeline(pipeline)
-            enc = encode_tensor(name, d, chain, stats=False, side=side.get(name))
-            values = decode_tensor(chain.stages, enc.steps, enc.streams, d.dtype, d.array.shape).values()
+            nbytes, values, meta = measure(name, d, policy, pipeline, side.get(name))
             decoded[pipeline] = values
             dist.append(distortion(np.subtract(values, exact[name], dtype=np.float64), side.get(name, {})))
-            pts.append((pipeline, sum(len(s) for s in enc.streams.values()), steps_bytes(enc.steps)))
+            pts.append((pipeline, nbytes, meta))
             if progress:
                 progress(name, 1)
         c = 0.0
@@ -216,12 +212,7 @@ def tune_pretrained(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluat
     exact = {n: d.values() for n, d in dense.items()}
     tuned = {n: d for n, d in dense.items() if tunable(d)}
     side = {n: calibration.side_inputs(n, d) for n, d in tuned.items()} if calibration is not None else {}
-    fixed = 0
-    for n, d in dense.items():
-        if n not in tuned:
-            chain = policy.chain_for_pipeline(lossless)
-            enc = encode_tensor(n, d, chain, stats=False)
-            fixed += sum(len(s) for s in enc.streams.values()) + steps_bytes(enc.steps)
+    fixed = sum(sum(measure(n, d, policy, lossless)[::2]) for n, d in dense.items() if n not in tuned)
     base = evaluate(exact)
     sweep = screened_sweep(tuned, exact, side, evaluate, base, rel_steps, progress)
     chosen, metric, frontier = allocate_rescaled(sweep, exact, evaluate, base, budget)
@@ -235,11 +226,6 @@ def tune_pretrained(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluat
         result.test_dense = 1.0
         result.test_metric = test({**exact, **{n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}})
     return result
-
-
-def steps_bytes(steps: Any) -> int:
-    """The bytes of a tensor's stage metadata as the container stores it (msgpack)."""
-    return len(msgpack.packb(steps, use_bin_type=True))
 
 
 def sweep_size(tensors: Mapping[str, np.ndarray | Dense], rel_steps: Sequence[float] = HF_REL_STEPS) -> int:
