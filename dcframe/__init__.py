@@ -19,10 +19,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import compress, decompress, inspect, open_container, verify  # noqa: E402
-from .container import Container, Limits  # noqa: E402
-from .dtypes import numpy_dtype  # noqa: E402
-from .errors import (  # noqa: E402
+from dcframe.analysis.retrain import Constraints, PhaseInfo, compress_with_retraining  # noqa: E402
+from dcframe.analysis.tune import TuneResult, tune  # noqa: E402
+from dcframe.api import compress, decompress, inspect, open_container, verify  # noqa: E402
+from dcframe.core.container import Container, Limits  # noqa: E402
+from dcframe.core.dtypes import numpy_dtype  # noqa: E402
+from dcframe.core.errors import (  # noqa: E402
     ConfigError,
     DcfError,
     FormatError,
@@ -32,14 +34,12 @@ from .errors import (  # noqa: E402
     ModelIOError,
     PipelineError,
 )
-from .hookspecs import hookimpl  # noqa: E402
-from .modelio import read_model, write_model  # noqa: E402
-from .orchestrator import check_output, output_limit  # noqa: E402
-from .pipeline import Policy, Rule, parse_pipeline  # noqa: E402
-from .retrain import Constraints, PhaseInfo, compress_with_retraining  # noqa: E402
-from .stage import Stage, require_side  # noqa: E402
-from .streams import MAX_NDIM, Bytes, Dense, Symbols, check_shape, symbol_width  # noqa: E402
-from .tune import TuneResult, tune  # noqa: E402
+from dcframe.core.hookspecs import hookimpl  # noqa: E402
+from dcframe.core.orchestrator import check_output, output_limit  # noqa: E402
+from dcframe.core.pipeline import Policy, Rule, parse_pipeline  # noqa: E402
+from dcframe.core.stage import Stage, require_side  # noqa: E402
+from dcframe.core.streams import MAX_NDIM, Bytes, Dense, Symbols, check_shape, symbol_width  # noqa: E402
+from dcframe.io.modelio import read_model, write_model  # noqa: E402
 
 __all__ = [
     "MAX_NDIM", "Bytes", "ConfigError", "Constraints", "Container", "DcfError", "Dense", "FormatError",

@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import Calibration, as_calibration
-from .container import DEFAULT_CHUNK, Container, ContainerWriter, Layout
-from .errors import DcfError, MissingStageError
-from .hffolder import SINGLE, ModelFolder
-from .modelio import LazyTensors
-from .orchestrator import Executor, compress_tensors
-from .pipeline import Policy, Rule
-from .report import container_report
-from .streams import Dense
+from dcframe.core.container import DEFAULT_CHUNK, Container, ContainerWriter, Layout
+from dcframe.core.errors import DcfError, MissingStageError
+from dcframe.core.orchestrator import Executor, compress_tensors
+from dcframe.core.pipeline import Policy, Rule
+from dcframe.core.report import container_report
+from dcframe.core.streams import Dense
+from dcframe.io.calibration import Calibration, as_calibration
+from dcframe.io.hffolder import SINGLE, ModelFolder
+from dcframe.io.modelio import LazyTensors
 
 
 def compress(
@@ -42,8 +42,8 @@ def compress(
     `stats=False` leaves out the informative per-tensor statistics (entropy, error; ~200 bytes per lossy tensor).
     `calibration` (a Calibration or its file) feeds data-aware stages (prune criterion="wanda", kmeans weighting=...)
     at encode time; the file does not store it. `layout` records the files the tensors came in (FORMAT.md 3.3):
-    by default a Hugging Face folder's (`dcframe.hffolder.read_folder`) or a .safetensors file's `__metadata__`.
-    `executor` encodes the tensors elsewhere instead of `jobs` processes, e.g. `dcframe.daskexec.DaskExecutor()` on
+    by default a Hugging Face folder's (`dcframe.io.hffolder.read_folder`) or a .safetensors file's `__metadata__`.
+    `executor` encodes the tensors elsewhere instead of `jobs` processes, e.g. `daskexec.DaskExecutor()` on
     a Dask cluster; the bytes are the same.
     """
     policy = Policy(pipeline=pipeline, preset=preset, rules=rules)

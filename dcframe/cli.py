@@ -8,9 +8,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .console import one_line
-from .errors import DcfError
+from dcframe import __version__
+from dcframe.console import one_line
+from dcframe.core.errors import DcfError
 
 # Each module exposes add_parser(subparsers) -> ArgumentParser and run(args) -> int.
 COMMANDS = (

@@ -252,9 +252,9 @@ def _share(part: int, whole: int) -> str:
 @functools.lru_cache(maxsize=256)
 def short_pipeline(text: str) -> str:
     """A stored pipeline with only the parameters that differ from the stage's defaults (for tables; JSON has all)."""
-    from .errors import DcfError
-    from .pipeline import parse_pipeline
-    from .stage import format_stage
+    from dcframe.core.errors import DcfError
+    from dcframe.core.pipeline import parse_pipeline
+    from dcframe.core.stage import format_stage
 
     try:
         stages = parse_pipeline(text)

@@ -11,9 +11,9 @@ import random
 import msgpack
 import numpy as np
 
-from .errors import DcfError
-from .stage import Stage
-from .streams import Bytes, Dense, Stream, Symbols
+from dcframe.core.errors import DcfError
+from dcframe.core.stage import Stage
+from dcframe.core.streams import Bytes, Dense, Stream, Symbols
 
 
 def stream_bytes(stream: Stream) -> tuple:

@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from .torchcalib import calibrate
-from .torchio import compress_module, layer_rules, load_module, load_state_dict
-from .torchretrain import TorchRetrainer
+from dcframe.bindings.torchcalib import calibrate
+from dcframe.bindings.torchio import compress_module, layer_rules, load_module, load_state_dict
+from dcframe.bindings.torchretrain import TorchRetrainer
 
 __all__ = ["TorchRetrainer", "calibrate", "compress_module", "layer_rules", "load_module", "load_state_dict"]

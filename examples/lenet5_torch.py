@@ -7,7 +7,7 @@ parameters) on the digits bundled with dcframe, resampled to 28x28, trained on t
     python examples/lenet5_torch.py [--output lenet5.dcf] [--epochs 8] [--threads 1] [--json]
 
 It prints the dense accuracy, the accuracy after each step, the compression ratio and the paper's per-layer table.
-Chains come from dcframe.torchio.layer_rules (conv weights han-conv, linear weights han-fc, by module type) with the
+Chains come from dcframe.bindings.torchio.layer_rules (conv weights han-conv, linear weights han-fc, by module type) with the
 paper's per-layer pruning rates for LeNet-5.
 """
 
@@ -27,9 +27,9 @@ from torch import nn
 
 from dcframe import decompress, parse_pipeline
 from dcframe.console import note
-from dcframe.demo import layer_table, load_digits
-from dcframe.torchio import compress_module, layer_rules, load_module
-from dcframe.torchretrain import TorchRetrainer
+from dcframe.analysis.demo import layer_table, load_digits
+from dcframe.bindings.torchio import compress_module, layer_rules, load_module
+from dcframe.bindings.torchretrain import TorchRetrainer
 
 # Fraction of weights kept per layer in the paper's LeNet-5 (Table 3): 66%, 12%, 8%, 19%.
 PAPER_SPARSITY = {"conv1.weight": 0.34, "conv2.weight": 0.88, "fc1.weight": 0.92, "fc2.weight": 0.81}
@@ -109,7 +109,7 @@ def train_dense(epochs: int = 8, seed: int = 0, lr: float = 1e-3) -> LeNet5:
 
 
 def paper_table(report: dict[str, Any], path: str) -> list[dict[str, Any]]:
-    """The paper's per-layer columns (dcframe.demo.layer_table), each layer with the index bits of its own chain."""
+    """The paper's per-layer columns (dcframe.analysis.demo.layer_table), each layer with the index bits of its own chain."""
     decoded = decompress(path)
     by_name = {t["name"]: t for t in report["tensors"]}
     rows = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcframe import Bytes, Dense, FormatError, Stage, Symbols, check_output, check_shape, hookimpl, numpy_dtype
-from dcframe.dtypes import is_float
+from dcframe.core.dtypes import is_float
 
 ALPHABET = 256  # the exponent plane's symbols are bytes
 

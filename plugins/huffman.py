@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, hookimpl
-from dcframe.streams import coder_symbols, declared_symbols
+from dcframe.core.streams import coder_symbols, declared_symbols
 
 from ._kernels import compiled
 

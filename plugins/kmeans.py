@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, check_output, check_shape, hookimpl, numpy_dtype
-from dcframe.dtypes import from_float, to_float
+from dcframe.core.dtypes import from_float, to_float
 
 MAX_CLUSTERS = 1 << 16
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 INITS = ("compander", "linear", "density", "random", "kmeans++")
 METHODS = ("refine", "lloyd", "optimal")
-WEIGHTINGS = ("none", "activation", "fisher")  # "activation" and "fisher" name side inputs (dcframe.streams)
+WEIGHTINGS = ("none", "activation", "fisher")  # "activation" and "fisher" name side inputs (dcframe.core.streams)
 WEIGHT_FLOOR = 1e-3  # every weight gets this times the mean weight added, so no value is ignored entirely
 # method="refine": each round is a dynamic program over REFINE_CANDIDATES positions per boundary; it stops when a round
 # gains less than REFINE_GAIN of the SSE, after REFINE_ROUNDS rounds, and is skipped above REFINE_MAX_CLUSTERS clusters

@@ -7,7 +7,7 @@ exceeds it only by the weights tied at t; NaN is never pruned. Because zeros hav
 already pruned (and retrained: zeros kept, survivors non-zero) tensor with the same sparsity zeroes exactly the same
 positions.
 
-Data-aware criteria read calibration side inputs (dcframe/stage.py, "Side inputs"), at encode time only:
+Data-aware criteria read calibration side inputs (dcframe/core/stage.py, "Side inputs"), at encode time only:
 - wanda (Sun et al. 2023): score |w_ij| * sqrt(E[x_j^2]), each output row (slice along axis 0) loses its k lowest;
 - sparsegpt (Frantar & Alistarh 2023): OBS pruning column by column from H = X^T X / n, updating the kept weights.
 Decoding is the identity for all of them.
@@ -22,9 +22,9 @@ from functools import partial
 import numpy as np
 
 from dcframe import ConfigError, Dense, FormatError, Stage, hookimpl, require_side
-from dcframe.dtypes import is_float
-from dcframe.stage import FitPlan, run_fit_plan
-from dcframe.streams import ACTIVATION, HESSIAN
+from dcframe.core.dtypes import is_float
+from dcframe.core.stage import FitPlan, run_fit_plan
+from dcframe.core.streams import ACTIVATION, HESSIAN
 
 SCOPES = ("tensor", "global")
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
@@ -75,7 +75,7 @@ def global_threshold(streams: Callable[[], Iterable[Dense]], sparsity: float) ->
 
 
 def threshold_plan(sparsity: float) -> FitPlan:
-    """global_threshold as passes over the streams (dcframe.stage.FitPlan): counts, then 16-bit digit histograms
+    """global_threshold as passes over the streams (dcframe.core.stage.FitPlan): counts, then 16-bit digit histograms
     of the magnitudes' float64 bit patterns, then the few candidates left; each pass merges per-stream results by
     sums and concatenation, so the streams may be visited in any order, wherever they are."""
     counts = [0, 0]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcframe import Bytes, FormatError, Stage, Symbols, hookimpl
-from dcframe.streams import coder_symbols, declared_symbols
+from dcframe.core.streams import coder_symbols, declared_symbols
 
 from ._kernels import compiled
 

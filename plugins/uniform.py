@@ -21,8 +21,8 @@ from dcframe_plugins.kmeans import FLOAT_DTYPES, MAX_CLUSTERS, Kmeans, _index_dt
 from dcframe_plugins.prune import BLOCK, PERCDAMP, _upper_cholesky_of_inverse
 
 from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, hookimpl, numpy_dtype, require_side
-from dcframe.dtypes import from_float, to_float
-from dcframe.streams import ACTIVATION, FISHER, HESSIAN
+from dcframe.core.dtypes import from_float, to_float
+from dcframe.core.streams import ACTIVATION, FISHER, HESSIAN
 
 MAX_LEVELS = MAX_CLUSTERS  # 2^16: the codebook limit the kmeans layout shares
 MAX_LEVEL = float(1 << 52)  # |q| above this is no longer an exact integer in float64

@@ -1,8 +1,8 @@
 """Build dcframe/data/digits.npz from scikit-learn's copy of the UCI handwritten digits (run once; needs scikit-learn).
 
 The file keeps the original 8x8 images (intensities 0-16, uint8) with a stratified, seeded split: 50 test images per
-class (500), the other 1,297 for training, in a seeded order. dcframe.demo.load_digits() resamples them to 28x28 with
-exact integer arithmetic (bilinear, see dcframe.demo.resample_28), so the package ships ~30 KB instead of ~0.5 MB.
+class (500), the other 1,297 for training, in a seeded order. dcframe.analysis.demo.load_digits() resamples them to 28x28 with
+exact integer arithmetic (bilinear, see dcframe.analysis.demo.resample_28), so the package ships ~30 KB instead of ~0.5 MB.
 
     python scripts/make_digits.py [--seed 0] [--out dcframe/data/digits.npz]
 """

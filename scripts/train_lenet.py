@@ -2,7 +2,7 @@
 
     python scripts/train_lenet.py [--seed 0] [--epochs 30] [--out dcframe/data/lenet_300_100.safetensors]
 
-Adam (lr 1e-3), batches of 32, L2 weight decay 1e-4, He initialisation; numpy only (dcframe.mlp). The same seed gives
+Adam (lr 1e-3), batches of 32, L2 weight decay 1e-4, He initialisation; numpy only (dcframe.analysis.mlp). The same seed gives
 the same weights on the same numpy/BLAS build.
 """
 
@@ -13,8 +13,8 @@ import argparse
 import numpy as np
 
 from dcframe import write_model
-from dcframe.demo import MODEL, load_digits
-from dcframe.mlp import accuracy, init_params, train
+from dcframe.analysis.demo import MODEL, load_digits
+from dcframe.analysis.mlp import accuracy, init_params, train
 
 
 def main() -> None:

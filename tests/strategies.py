@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from dcframe import Dense
-from dcframe.dtypes import DTYPE_NAMES, numpy_dtype
+from dcframe.core.dtypes import DTYPE_NAMES, numpy_dtype
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6)
 

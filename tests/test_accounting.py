@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from strategies import dense_tensors, lossless_chains
 
 import dcframe
-from dcframe.container import Container
-from dcframe.orchestrator import run_steps
-from dcframe.pipeline import ROOT, build_chain, parse_pipeline
+from dcframe.core.container import Container
+from dcframe.core.orchestrator import run_steps
+from dcframe.core.pipeline import ROOT, build_chain, parse_pipeline
 
 
 @given(tensors=st.lists(dense_tensors(), min_size=1, max_size=4), pipeline=lossless_chains,
@@ -49,7 +49,7 @@ def test_entropy_of_one_symbol_is_plus_zero_and_infinities_do_not_warn(tmp_path,
 
     import numpy as np
 
-    from dcframe.orchestrator import order0_entropy_bits
+    from dcframe.core.orchestrator import order0_entropy_bits
 
     bits = order0_entropy_bits(np.zeros(10, np.uint8), 4)
     assert bits == 0.0 and math.copysign(1, bits) == 1.0

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from strategies import dense_tensors
 
 from dcframe import Bytes, DcfError, Dense, FormatError, LimitError, Symbols
-from dcframe.dtypes import DTYPE_NAMES, FLOAT_DTYPES, numpy_dtype
-from dcframe.orchestrator import _OUTPUT_LIMIT, roundtrip
-from dcframe.pipeline import build_chain, parse_pipeline
+from dcframe.core.dtypes import DTYPE_NAMES, FLOAT_DTYPES, numpy_dtype
+from dcframe.core.orchestrator import _OUTPUT_LIMIT, roundtrip
+from dcframe.core.pipeline import build_chain, parse_pipeline
 from dcframe.testing import check_stage, encode_decode
 
 

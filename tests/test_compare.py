@@ -12,9 +12,9 @@ from dcframe_plugins.bytegroup import split_planes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dcframe import Bytes, ConfigError, Dense, MissingStageError, PipelineError, Policy, compare, write_model
-from dcframe.cli import main
-from dcframe.compare import (
+from dcframe import Bytes, ConfigError, Dense, MissingStageError, PipelineError, Policy, write_model
+from dcframe.analysis import compare
+from dcframe.analysis.compare import (
     DEFAULT_CODERS,
     DEFAULT_SAMPLE_BYTES,
     SLOW_CODERS,
@@ -22,8 +22,9 @@ from dcframe.compare import (
     compare_model,
     parse_coders,
 )
-from dcframe.orchestrator import encode_tensor
-from dcframe.registry import get_registry
+from dcframe.cli import main
+from dcframe.core.orchestrator import encode_tensor
+from dcframe.core.registry import get_registry
 
 CODERS = ("huffman", "zstd-3", "zstd-19", "lzma", "bz2", "zlib")
 PIPELINE = "prune(sparsity=0.9) | sparse(index_bits=4) | kmeans(bits=4) | huffman"
@@ -58,7 +59,7 @@ def entropy_bits(symbols: np.ndarray) -> float:
 
 
 def decode_independently(coder_name: str, output: bytes, metas: list) -> np.ndarray:
-    """Decode a coder's output with stages built afresh from the registry, not through dcframe.compare."""
+    """Decode a coder's output with stages built afresh from the registry, not through dcframe.analysis.compare."""
     registry = get_registry()
     (coder,) = parse_coders(coder_name)
     stage = registry.build(coder.stage.id, coder.stage.get_config())

@@ -17,7 +17,7 @@ from container_tools import Parts, join, split
 import dcframe
 from dcframe import Container, FormatError, LimitError
 from dcframe.cli import main
-from dcframe.container import BYTES_PER_CONTAINER, MAX_DEPTH, OBJECT_FACTOR
+from dcframe.core.container import BYTES_PER_CONTAINER, MAX_DEPTH, OBJECT_FACTOR
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,15 @@ import pytest
 
 import dcframe
 from dcframe import ConfigError, Dense, read_model, write_model
-from dcframe.calibration import Calibration
 from dcframe.cli import main
-from dcframe.hffolder import read_folder
-from dcframe.orchestrator import fit_chains
+from dcframe.core.orchestrator import fit_chains
+from dcframe.io.calibration import Calibration
+from dcframe.io.hffolder import read_folder
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed (pip install 'dcframe[dask]')")
 
-from dcframe import daskexec  # noqa: E402  (after the skip: needs nothing from dask at import, but is only used here)
-from dcframe.daskexec import DaskExecutor  # noqa: E402
+from dcframe.bindings import daskexec  # noqa: E402  (after the skip: needs nothing from dask at import, but is only used here)
+from dcframe.bindings.daskexec import DaskExecutor  # noqa: E402
 
 GLOBAL_PRUNE = "prune(sparsity=0.8, scope='global') | sparse | kmeans(bits=4) | huffman"
 
@@ -214,12 +214,12 @@ def test_without_distributed_the_error_says_how_to_install(tmp_path, monkeypatch
 
 def test_a_local_cluster_that_cannot_start_is_one_line(tmp_path):
     script = tmp_path / "no_main_guard.py"  # spawned workers re-import it: without the guard they cannot start
-    script.write_text("import dcframe, numpy as np\nfrom dcframe.daskexec import DaskExecutor\n"
+    script.write_text("import dcframe, numpy as np\nfrom dcframe.bindings.daskexec import DaskExecutor\n"
                       f"dcframe.compress({{'w': np.ones(4, np.float32)}}, {str(tmp_path / 'm.dcf')!r}, "
                       "executor=DaskExecutor(workers=1))\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode != 0 and last.startswith("dcframe.errors.DcfError: cannot start a Dask LocalCluster")
+    assert done.returncode != 0 and last.startswith("dcframe.core.errors.DcfError: cannot start a Dask LocalCluster")
     assert "__main__" in last and not (tmp_path / "m.dcf").exists()
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import dcframe
-from dcframe import DcfError, demo
+from dcframe import DcfError
+from dcframe.analysis import demo
 from dcframe.cli import main
 
 

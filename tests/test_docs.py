@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dcframe.cli import COMMANDS
-from dcframe.registry import get_registry
+from dcframe.core.registry import get_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADINGS = ["## Summary", "## Configuration", "## Streams", "## Metadata", "## Encoding", "## Decoding",

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import dcframe
-from dcframe import DcfError, Dense, ModelIOError, modelio, write_model
-from dcframe import container as container_module
+from dcframe import DcfError, Dense, ModelIOError, write_model
 from dcframe.cli import main
+from dcframe.core import container as container_module
+from dcframe.io import modelio
 
 OLD = b"precious existing output\n"
 
@@ -144,7 +145,7 @@ def test_cli_ctrl_c_exits_130_and_keeps_output(tmp_path, monkeypatch, capsys):
     write_model(model, _tensors())
     target = tmp_path / "m.dcf"
     target.write_bytes(OLD)
-    from dcframe import orchestrator
+    from dcframe.core import orchestrator
 
     real = orchestrator.encode_tensor
     calls = []

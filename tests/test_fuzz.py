@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import dcframe
 from dcframe import Container, DcfError, Dense
 from dcframe.api import verify
-from dcframe.report import container_report
+from dcframe.core.report import container_report
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 EXAMPLES = int(os.environ.get("DCF_FUZZ_EXAMPLES", "400"))

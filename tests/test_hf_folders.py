@@ -12,10 +12,10 @@ import pytest
 
 import dcframe
 from dcframe.cli import main
-from dcframe.container import MAX_FILES_BYTES, Container, Layout
-from dcframe.errors import FormatError, ModelIOError
-from dcframe.hffolder import read_folder, write_folder
-from dcframe.modelio import read_model, write_model
+from dcframe.core.container import MAX_FILES_BYTES, Container, Layout
+from dcframe.core.errors import FormatError, ModelIOError
+from dcframe.io.hffolder import read_folder, write_folder
+from dcframe.io.modelio import read_model, write_model
 
 
 def safetensors_metadata(path: Path) -> dict:

@@ -27,7 +27,7 @@ import hostile
 import msgpack
 import pytest
 
-from dcframe.container import OBJECT_FACTOR  # FORMAT.md 8.1: metadata memory per byte of the file
+from dcframe.core.container import OBJECT_FACTOR  # FORMAT.md 8.1: metadata memory per byte of the file
 
 TESTS = Path(__file__).resolve().parent
 CASE_SECONDS = 20  # per case, all four commands

@@ -24,14 +24,15 @@ import pytest
 from container_tools import join, split
 
 import dcframe
-from dcframe import container as container_module
 from dcframe.cli import main
-from dcframe.container import ContainerWriter, Limits
-from dcframe.errors import FormatError, LimitError, ModelIOError
-from dcframe.modelio import read_model, remove_stale_temporaries, write_model
-from dcframe.orchestrator import encode_tensor
-from dcframe.pipeline import Policy
-from dcframe.streams import Dense
+from dcframe.core import container as container_module
+from dcframe.core.container import ContainerWriter, Limits
+from dcframe.core.errors import FormatError, LimitError, ModelIOError
+from dcframe.core.files import remove_stale_temporaries
+from dcframe.core.orchestrator import encode_tensor
+from dcframe.core.pipeline import Policy
+from dcframe.core.streams import Dense
+from dcframe.io.modelio import read_model, write_model
 
 GOOD = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
 LINUX = sys.platform.startswith("linux")
@@ -98,7 +99,7 @@ def test_tables_list_the_largest_tensors_when_there_are_many(tmp_path, monkeypat
 
 
 def test_compress_reads_each_npz_member_once(tmp_path, monkeypatch):
-    from dcframe import modelio
+    from dcframe.io import modelio
 
     np.savez(tmp_path / "m.npz", **{f"t{i}": np.full(3, i, np.float32) for i in range(5)})
     real, reads = modelio._npz_member, []
@@ -190,7 +191,7 @@ SLOW_COMPRESS = textwrap.dedent("""
     import sys, time
     import numpy as np
     import dcframe
-    from dcframe import orchestrator
+    from dcframe.core import orchestrator
 
     real = orchestrator.encode_tensor
     def slow(*args, **kwargs):
@@ -398,7 +399,7 @@ def test_safetensors_output_refuses_the_metadata_key(tmp_path):
 
 
 def test_safetensors_header_over_the_readers_limit_is_refused(tmp_path, monkeypatch):
-    from dcframe import modelio
+    from dcframe.io import modelio
 
     monkeypatch.setattr(modelio, "MAX_SAFETENSORS_HEADER", 1000)
     out = tmp_path / "out.safetensors"

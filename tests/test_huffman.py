@@ -235,8 +235,8 @@ def test_specific_violations_are_rejected():
 @pytest.mark.parametrize("pipeline", ["kmeans(bits=5)", "prune(sparsity=0.8) | sparse | kmeans(bits=4)"])
 def test_in_a_real_chain_huffman_changes_nothing(pipeline):
     """Lossless in a chain: appending `| huffman` leaves the decoded tensor bit-identical."""
-    from dcframe.orchestrator import roundtrip
-    from dcframe.pipeline import build_chain, parse_pipeline
+    from dcframe.core.orchestrator import roundtrip
+    from dcframe.core.pipeline import build_chain, parse_pipeline
 
     weights = np.random.default_rng(3).laplace(size=(64, 50)).astype(np.float32)
     try:
@@ -392,7 +392,7 @@ def test_declared_count_is_checked_against_the_decode_bound_before_allocating():
     import tracemalloc
 
     from dcframe import LimitError
-    from dcframe.orchestrator import _OUTPUT_LIMIT
+    from dcframe.core.orchestrator import _OUTPUT_LIMIT
 
     count = 1 << 22
     data = _one_symbol_stream(count, 1 << 16)  # 512 KiB payload, legal for 2^22 one-bit symbols

@@ -152,7 +152,7 @@ def test_environment_variable_chooses_the_path(monkeypatch):
 
 NUMBA_LOADED = """
 import sys, numpy as np, dcframe
-from dcframe.registry import get_registry
+from dcframe.core.registry import get_registry
 assert 'huffman' in get_registry().stages
 import dcframe_plugins.huffman as h, dcframe_plugins.rans as r
 loaded = lambda: 'numba' in sys.modules or 'dcframe_plugins._numba_kernels' in sys.modules

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from dcframe import ConfigError, Dense, FormatError, Symbols, numpy_dtype
-from dcframe.dtypes import from_float
-from dcframe.orchestrator import roundtrip
-from dcframe.pipeline import build_chain, parse_pipeline
+from dcframe.core.dtypes import from_float
+from dcframe.core.orchestrator import roundtrip
+from dcframe.core.pipeline import build_chain, parse_pipeline
 from dcframe.testing import check_stage
 
 FLOATS = ("F64", "F32", "F16", "BF16")

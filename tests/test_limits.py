@@ -14,7 +14,7 @@ from container_tools import join, split
 
 import dcframe
 from dcframe import Container, FormatError, LimitError, Limits
-from dcframe.orchestrator import OUTPUT_FACTOR, OUTPUT_SLACK, check_output, decode_bound, output_limit
+from dcframe.core.orchestrator import OUTPUT_FACTOR, OUTPUT_SLACK, check_output, decode_bound, output_limit
 
 SMALL = 16 << 20  # peak bytes any refused file may cost
 

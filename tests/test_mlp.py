@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dcframe.mlp import ConstrainedOptimizer, init_params, layer_names, loss_and_grads, mlp_retrainer, train
-from dcframe.retrain import Constraints, PhaseInfo
+from dcframe.analysis.mlp import ConstrainedOptimizer, init_params, layer_names, loss_and_grads, mlp_retrainer, train
+from dcframe.analysis.retrain import Constraints, PhaseInfo
 
 
 def _data(n=64, inputs=12, classes=4, seed=0):

@@ -64,7 +64,7 @@ def test_pickled_npz_is_refused(tmp_path):
 
 
 def test_bf16_widening_is_exact_and_rounding_is_to_nearest_even():
-    from dcframe.dtypes import bf16_to_f32, f32_to_bf16
+    from dcframe.core.dtypes import bf16_to_f32, f32_to_bf16
 
     bits = np.arange(0, 1 << 16, dtype=np.uint16)
     finite = np.isfinite(bf16_to_f32(bits))

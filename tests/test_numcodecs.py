@@ -20,8 +20,8 @@ from numcodecs.tests.common import (  # noqa: E402
     check_err_encode_object_buffer,
 )
 
-from dcframe.errors import ConfigError, DcfError, FormatError, IntegrityError  # noqa: E402
-from dcframe.numcodecs_codec import DcframeCodec  # noqa: E402
+from dcframe.bindings.numcodecs_codec import DcframeCodec  # noqa: E402
+from dcframe.core.errors import ConfigError, DcfError, FormatError, IntegrityError  # noqa: E402
 
 HUFFMAN = "kmeans(bits=8) | huffman"  # exact on data with <= 256 distinct values (kmeans keeps them as centroids)
 LOSSY = "kmeans(bits=4) | huffman"
@@ -168,7 +168,7 @@ def test_a_zarr_array_with_a_lossy_kmeans_chain_stays_on_its_codebooks():
 
 
 def test_a_zarr_format_3_array_reads_back_exactly_in_a_process_that_never_imports_dcframe(tmp_path):
-    from dcframe.zarr3_codec import DcframeZarr3
+    from dcframe.bindings.zarr3_codec import DcframeZarr3
 
     data = few_values((200, 300), seed=8)
     with pytest.warns(UserWarning, match="not in the Zarr version 3 specification"):  # zarr's note on numcodecs codecs
@@ -197,7 +197,7 @@ def test_bad_configs_fail_when_the_codec_is_built():
         DcframeCodec("zstd", "<U4")
     with pytest.raises(DcfError, match="huffman"):
         DcframeCodec("huffman")  # takes symbols; a chunk is dense
-    from dcframe.zarr3_codec import DcframeZarr3
+    from dcframe.bindings.zarr3_codec import DcframeZarr3
 
     with pytest.warns(UserWarning), pytest.raises(DcfError, match="nosuchstage"):
         DcframeZarr3(pipeline="nosuchstage", dtype="<f4")  # at once, not at the array's first write

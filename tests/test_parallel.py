@@ -10,7 +10,7 @@ import pytest
 import dcframe
 from dcframe import DcfError, Dense, Policy, read_model, write_model
 from dcframe.cli import main
-from dcframe.orchestrator import compress_tensors, default_jobs
+from dcframe.core.orchestrator import compress_tensors, default_jobs
 
 
 def _model(tmp_path, n: int = 7):
@@ -107,7 +107,7 @@ def test_spilled_streams_of_in_memory_tensors(tmp_path):
 
 
 def test_spill_budget_and_emptying_big_spill_files(tmp_path, monkeypatch):
-    from dcframe import orchestrator
+    from dcframe.core import orchestrator
 
     monkeypatch.setattr(orchestrator, "SPILL_BUDGET", 30_000)  # fewer tensors in flight than slots, by bytes
     monkeypatch.setattr(orchestrator, "SPILL_KEEP", 4_000)  # the weights' spill files are emptied after use
@@ -152,7 +152,7 @@ def test_disk_full_while_copying_a_spilled_stream_leaves_the_old_output(tmp_path
 
 
 def test_spilled_tensors_without_a_writer_are_only_valid_until_the_next(tmp_path):
-    from dcframe.orchestrator import Spilled
+    from dcframe.core.orchestrator import Spilled
 
     model = read_model(_model(tmp_path, n=2))
     seen = []
@@ -160,6 +160,6 @@ def test_spilled_tensors_without_a_writer_are_only_valid_until_the_next(tmp_path
         stream = encoded.streams["data"]
         assert isinstance(stream, Spilled) and encoded.chain is not None
         data = os.pread(stream.fd, stream.length, stream.offset)  # readable while it is the current tensor
-        assert len(data) == stream.length and dcframe.container._crc(data) == stream.crc
+        assert len(data) == stream.length and dcframe.core.container._crc(data) == stream.crc
         seen.append(encoded.name)
     assert seen == list(model)

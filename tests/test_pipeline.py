@@ -3,7 +3,7 @@
 import pytest
 
 from dcframe import ConfigError, MissingStageError, PipelineError, Policy, Rule, parse_pipeline
-from dcframe.pipeline import build_chain, format_pipeline
+from dcframe.core.pipeline import build_chain, format_pipeline
 
 LOSSLESS_CHAIN = "bytegroup | zstd(level=5) | rans(scale_bits=14, lanes=256)"  # the lossless preset in reports
 
@@ -14,7 +14,7 @@ def test_parse_with_literals_and_bare_words():
 
 
 def test_bare_words_are_strings_even_python_keywords():
-    from dcframe.pipeline import _parse_stage
+    from dcframe.core.pipeline import _parse_stage
 
     assert _parse_stage("prune(sparsity=0.9, scope=global)", "") == ("prune", {"sparsity": 0.9, "scope": "global"})
     assert _parse_stage("kmeans(init=kmeans++, bits=4)", "") == ("kmeans", {"init": "kmeans++", "bits": 4})

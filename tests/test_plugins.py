@@ -68,7 +68,7 @@ def test_plugin_allow_list_restricts_loading(plugin_dir):
 
 
 def test_stage_contract_helpers_accept_the_builtin_codecs():
-    from dcframe.registry import get_registry
+    from dcframe.core.registry import get_registry
     from dcframe.testing import check_stage
 
     for stage_id in ("zlib", "zstd", "lzma", "bz2"):

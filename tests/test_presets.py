@@ -9,9 +9,9 @@ from hypothesis import given
 from strategies import dense_tensors
 
 from dcframe import Dense
-from dcframe.orchestrator import roundtrip
-from dcframe.pipeline import Policy, build_chain, parse_pipeline
-from dcframe.registry import get_registry
+from dcframe.core.orchestrator import roundtrip
+from dcframe.core.pipeline import Policy, build_chain, parse_pipeline
+from dcframe.core.registry import get_registry
 
 PRESETS = ["lossless", "han-fc", "han-conv", "han", "han-rans", "quantize8"]
 

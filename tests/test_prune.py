@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import dcframe
 from dcframe import ConfigError, Dense
-from dcframe.orchestrator import roundtrip
-from dcframe.pipeline import build_chain, parse_pipeline
+from dcframe.core.orchestrator import roundtrip
+from dcframe.core.pipeline import build_chain, parse_pipeline
 from dcframe.testing import check_stage
 
 
@@ -303,7 +303,7 @@ def test_missing_or_bad_side_inputs_are_one_line_errors():
 
 
 def test_a_chain_names_the_tensor_that_lacks_its_calibration():
-    from dcframe.orchestrator import encode_tensor
+    from dcframe.core.orchestrator import encode_tensor
     chain = build_chain(parse_pipeline("prune(sparsity=0.5, criterion='wanda') | zstd"))
     with pytest.raises(ConfigError, match=r"tensor 'fc1.weight': prune: criterion 'wanda'.*'activation'"):
         encode_tensor("fc1.weight", np.ones((3, 4), np.float32), chain)
@@ -381,9 +381,9 @@ def test_sparsegpt_with_uncorrelated_inputs_is_magnitude_pruning():
 
 
 def test_wanda_file_decodes_to_the_pruned_tensor(tmp_path):
-    from dcframe.container import ContainerWriter
-    from dcframe.orchestrator import compress_tensors
-    from dcframe.pipeline import Policy
+    from dcframe.core.container import ContainerWriter
+    from dcframe.core.orchestrator import compress_tensors
+    from dcframe.core.pipeline import Policy
     rng = np.random.default_rng(8)
     w = rng.normal(size=(20, 30)).astype(np.float32)
     act = rng.exponential(size=w.shape)

@@ -11,7 +11,7 @@ from kernel_paths import available, coder_path
 from strategies import symbol_arrays
 
 from dcframe import Bytes, ConfigError, Dense, FormatError, LimitError, Symbols
-from dcframe.orchestrator import _OUTPUT_LIMIT
+from dcframe.core.orchestrator import _OUTPUT_LIMIT
 from dcframe.testing import check_stage
 
 

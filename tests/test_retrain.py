@@ -1,4 +1,4 @@
-"""The retraining protocol (dcframe.retrain): constraints derived from approximations, checked, encoded exactly."""
+"""The retraining protocol (retrain): constraints derived from approximations, checked, encoded exactly."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 import dcframe
 from dcframe import DcfError, Dense, Stage
-from dcframe.pipeline import build_chain
-from dcframe.retrain import (
+from dcframe.analysis.retrain import (
     Constraints,
     PhaseInfo,
     Retrained,
@@ -18,6 +17,7 @@ from dcframe.retrain import (
     derive_constraints,
     write_retrained,
 )
+from dcframe.core.pipeline import build_chain
 
 
 @st.composite

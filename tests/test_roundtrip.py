@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from strategies import dense_tensors, lossless_chains
 
 import dcframe
-from dcframe.orchestrator import roundtrip
-from dcframe.pipeline import build_chain, parse_pipeline
+from dcframe.core.orchestrator import roundtrip
+from dcframe.core.pipeline import build_chain, parse_pipeline
 
 
 def same(a: dcframe.Dense, b: dcframe.Dense) -> bool:

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import dcframe
 from dcframe import ConfigError, Dense, FormatError, Symbols
-from dcframe.orchestrator import roundtrip
-from dcframe.pipeline import build_chain, parse_pipeline
+from dcframe.core.orchestrator import roundtrip
+from dcframe.core.pipeline import build_chain, parse_pipeline
 from dcframe.testing import check_stage
 
 DTYPES = ["F32", "F64", "F16", "BF16", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"]

@@ -11,7 +11,7 @@ from dcframe_plugins.sparse import Sparse
 
 import dcframe
 from dcframe import MAX_NDIM, Bytes, Dense, FormatError, LimitError, Limits, Symbols
-from dcframe.orchestrator import _OUTPUT_LIMIT
+from dcframe.core.orchestrator import _OUTPUT_LIMIT
 
 
 def _kmeans_case(shape: list[int]) -> tuple[dict, dict]:

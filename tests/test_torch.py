@@ -17,8 +17,8 @@ from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
 import dcframe  # noqa: E402
-from dcframe.retrain import Constraints, PhaseInfo, derive_constraints  # noqa: E402
-from dcframe.torchio import (  # noqa: E402
+from dcframe.analysis.retrain import Constraints, PhaseInfo, derive_constraints  # noqa: E402
+from dcframe.bindings.torchio import (  # noqa: E402
     StateDictMismatch,
     compress_module,
     layer_rules,
@@ -26,7 +26,7 @@ from dcframe.torchio import (  # noqa: E402
     load_state_dict,
     state_tensors,
 )
-from dcframe.torchretrain import Masked, SharedWeights, TorchRetrainer, constrained  # noqa: E402
+from dcframe.bindings.torchretrain import Masked, SharedWeights, TorchRetrainer, constrained  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HAN_FC = dcframe.Policy().preset("han-fc")["rules"][0]["pipeline"]
@@ -41,7 +41,8 @@ def bits(t: torch.Tensor) -> bytes:
 # --- the core without torch ------------------------------------------------------------------------------------------
 
 def test_core_does_not_import_torch() -> None:
-    code = ("import sys, numpy as np, dcframe, dcframe.cli, dcframe.demo, dcframe.retrain, dcframe.mlp\n"
+    code = ("import sys, numpy as np, dcframe, dcframe.cli, dcframe.analysis.demo, dcframe.analysis.retrain, "
+            "dcframe.analysis.mlp\n"
             "assert 'torch' not in sys.modules, 'the core imported torch'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -502,7 +503,7 @@ class _FakeBars:
 
 @pytest.mark.parametrize("sized", [True, False])
 def test_bar_true_draws_one_counted_bar_per_phase_and_ends_it(tmp_path: Path, monkeypatch, sized: bool) -> None:
-    import dcframe.torchretrain as torchretrain
+    import dcframe.bindings.torchretrain as torchretrain
 
     fake = _FakeBars()
     monkeypatch.setattr(torchretrain, "progress_bar", fake)

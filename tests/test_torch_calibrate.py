@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import dcframe  # noqa: E402
-from dcframe.calibration import Calibration  # noqa: E402
+from dcframe.io.calibration import Calibration  # noqa: E402
 from dcframe.torch import calibrate  # noqa: E402
 
 

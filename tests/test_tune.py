@@ -9,12 +9,9 @@ import pytest
 
 import dcframe
 from dcframe import decompress, write_model
-from dcframe.cli import main
-from dcframe.demo import MODEL, load_model
-from dcframe.errors import ConfigError
-from dcframe.mlp import accuracy
-from dcframe.pipeline import Rule
-from dcframe.tune import (
+from dcframe.analysis.demo import MODEL, load_model
+from dcframe.analysis.mlp import accuracy
+from dcframe.analysis.tune import (
     Point,
     TuneResult,
     escape_glob,
@@ -25,8 +22,11 @@ from dcframe.tune import (
     sweep_size,
     tune,
 )
-from dcframe.tunealloc import frontier, within_budget, within_cap
-from dcframe.tunegrid import GRIDS, Grid, read_grid_file
+from dcframe.analysis.tunealloc import frontier, within_budget, within_cap
+from dcframe.analysis.tunegrid import GRIDS, Grid, read_grid_file
+from dcframe.cli import main
+from dcframe.core.errors import ConfigError
+from dcframe.core.pipeline import Rule
 
 BUDGET = 0.02
 SMALL_GRID = Grid(steps=(0.1, 0.3), sparsity=(0.5, 0.8), bits=(3, 5))  # 7 candidates per tensor: fast
@@ -44,7 +44,7 @@ def synthetic_mlp() -> dict[str, np.ndarray]:
 
 def split(model, n=600, seed=1):
     """Validation inputs labelled by the dense model itself (dense accuracy 1.0)."""
-    from dcframe.mlp import predict
+    from dcframe.analysis.mlp import predict
 
     x = np.random.default_rng(seed).normal(size=(n, 16)).astype(np.float32)
     return x, predict(model, x)
@@ -131,7 +131,7 @@ def test_backoff_restores_the_budget_when_tensors_interact():
 
 
 def test_greedy_prefers_bytes_per_metric_lost():
-    """The greedy path (dcframe.tunehf allocates with it) takes the most bytes saved per metric lost first."""
+    """The greedy path (dcframe.analysis.tunehf allocates with it) takes the most bytes saved per metric lost first."""
     base = 1.0
     points = {"cheap": [Point("l", 1000, base), Point("q", 100, base - 0.001)],
               "costly": [Point("l", 1000, base), Point("q", 100, base - 0.009)]}
@@ -340,7 +340,7 @@ X_WIDE = np.random.default_rng(2).normal(size=(400, 64)).astype(np.float32)
 
 def wide_accuracy(params):
     """The --eval target for wide_mlp: agreement with the dense model's predictions."""
-    from dcframe.mlp import predict
+    from dcframe.analysis.mlp import predict
 
     return float(np.mean(predict({k: np.asarray(v, np.float32) for k, v in params.items()}, X_WIDE)
                          == predict(wide_mlp(), X_WIDE)))

@@ -1,4 +1,4 @@
-"""dcframe.tunehf: the distortion model, the screened sweep, the rescaled allocation, and `dcframe tune FOLDER`."""
+"""tunehf: the distortion model, the screened sweep, the rescaled allocation, and `dcframe tune FOLDER`."""
 
 import json
 import subprocess
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import dcframe
-from dcframe.streams import ACTIVATION, HESSIAN, Dense
-from dcframe.tune import read_rules_file
-from dcframe.tunehf import allocate_rescaled, distortion, screened_sweep, tune_pretrained
+from dcframe.analysis.tune import read_rules_file
+from dcframe.analysis.tunehf import allocate_rescaled, distortion, screened_sweep, tune_pretrained
+from dcframe.core.streams import ACTIVATION, HESSIAN, Dense
 
 
 def test_distortion_with_a_hessian_is_the_layer_output_error():

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import dcframe
 from dcframe import Bytes, ConfigError, Dense, FormatError, LimitError, Symbols, write_model
-from dcframe.dtypes import f32_to_bf16
-from dcframe.orchestrator import _OUTPUT_LIMIT
+from dcframe.core.dtypes import f32_to_bf16
+from dcframe.core.orchestrator import _OUTPUT_LIMIT
 from dcframe.testing import check_config, check_hostile, check_stage, encode_decode, stream_bytes
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16}

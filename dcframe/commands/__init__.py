@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import DcfError, ModelIOError
+from dcframe.core.errors import DcfError, ModelIOError
 
 
 def add_force_flag(parser) -> None:
@@ -36,6 +36,6 @@ def executor_from_flags(args):
         return None
     if args.executor is None and not args.scheduler:
         return None
-    from ..daskexec import DEFAULT_WORKERS, DaskExecutor
+    from dcframe.bindings.daskexec import DEFAULT_WORKERS, DaskExecutor
 
     return DaskExecutor(scheduler=args.scheduler, workers=getattr(args, "jobs", None) or DEFAULT_WORKERS)

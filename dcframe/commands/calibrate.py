@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import console
-from ..errors import DcfError
+from dcframe import console
+from dcframe.core.errors import DcfError
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -28,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
         raise DcfError("--samples and --max-length take 1 or more")
     if Path(args.output).suffix.lower() != ".safetensors":
         raise DcfError(f"{args.output}: a calibration is written as .safetensors")
-    from ..hf import load_pretrained, read_lines, text_batches
+    from dcframe.bindings.hf import load_pretrained, read_lines, text_batches
 
     lines = read_lines(args.text, args.samples)
     model, tokenizer = load_pretrained(args.model)
-    from ..torchcalib import calibrate
+    from dcframe.bindings.torchcalib import calibrate
 
     with console.progress_bar(len(lines), "calibrating", enabled=not args.quiet, unit="samples") as advance:
         calib = calibrate(model, text_batches(tokenizer, lines, args.max_length),

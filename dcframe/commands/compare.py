@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import console
-from ..compare import DEFAULT_CODERS, DEFAULT_PRESET, DEFAULT_SAMPLE_BYTES, SLOW_CODERS, compare_model
-from ..errors import DcfError
-from ..modelio import read_model
+from dcframe import console
+from dcframe.analysis.compare import DEFAULT_CODERS, DEFAULT_PRESET, DEFAULT_SAMPLE_BYTES, SLOW_CODERS, compare_model
+from dcframe.core.errors import DcfError
+from dcframe.io.modelio import read_model
 
 PLOT_FORMATS = (".png", ".svg")
 

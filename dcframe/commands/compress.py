@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import console
-from ..api import compress
-from ..errors import DcfError
-from ..hffolder import is_folder, read_folder
-from ..modelio import read_model, refuse_overwriting_input
-from ..orchestrator import default_jobs
-from ..pipeline import Rule
-from ..tune import read_rules_file
-from . import add_executor_flags, add_force_flag, executor_from_flags, refuse_existing_output
+from dcframe import console
+from dcframe.analysis.tune import read_rules_file
+from dcframe.api import compress
+from dcframe.commands import add_executor_flags, add_force_flag, executor_from_flags, refuse_existing_output
+from dcframe.core.errors import DcfError
+from dcframe.core.files import refuse_overwriting_input
+from dcframe.core.orchestrator import default_jobs
+from dcframe.core.pipeline import Rule
+from dcframe.io.hffolder import is_folder, read_folder
+from dcframe.io.modelio import read_model
 
 SMALL_MODEL = 8 << 20  # bytes of tensors below which --jobs is ignored
 MOVED_WARN = 0.2  # relative RMS error of a tensor beyond which compress warns (pruning moves weights that far; the

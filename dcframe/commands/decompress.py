@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from .. import console
-from ..container import Container
-from ..errors import DcfError, FormatError
-from ..hffolder import is_folder, write_folder
-from ..modelio import refuse_overwriting_input, write_model_stream
-from . import add_executor_flags, add_force_flag, executor_from_flags, refuse_existing_output
+from dcframe import console
+from dcframe.commands import add_executor_flags, add_force_flag, executor_from_flags, refuse_existing_output
+from dcframe.core.container import Container
+from dcframe.core.errors import DcfError, FormatError
+from dcframe.core.files import refuse_overwriting_input
+from dcframe.io.hffolder import is_folder, write_folder
+from dcframe.io.modelio import write_model_stream
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

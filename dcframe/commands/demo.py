@@ -10,10 +10,10 @@ from typing import Any
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import console
-from ..console import Col, fit_table, short_pipeline
-from ..demo import DemoSettings, plot_sweep, require_matplotlib, run_demo, run_sweep, sweep_points
-from ..errors import DcfError
+from dcframe import console
+from dcframe.analysis.demo import DemoSettings, plot_sweep, require_matplotlib, run_demo, run_sweep, sweep_points
+from dcframe.console import Col, fit_table, short_pipeline
+from dcframe.core.errors import DcfError
 
 DEFAULT_OUTPUT = "lenet-300-100.dcf"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import console
-from ..api import inspect
+from dcframe import console
+from dcframe.api import inspect
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -9,8 +9,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from .. import console
-from ..registry import get_registry
+from dcframe import console
+from dcframe.core.registry import get_registry
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -7,12 +7,8 @@ import argparse
 import math
 from pathlib import Path
 
-from .. import console
-from ..console import Col, fit_table
-from ..errors import ConfigError
-from ..hffolder import is_folder, read_folder
-from ..modelio import read_model, refuse_overwriting_input
-from ..tune import (
+from dcframe import console
+from dcframe.analysis.tune import (
     TuneResult,
     check_goal,
     is_lenet,
@@ -23,8 +19,13 @@ from ..tune import (
     tune,
     write_rules_file,
 )
-from ..tunegrid import DEFAULT_GRID, GRIDS, resolve_grid
-from . import add_force_flag, refuse_existing_output
+from dcframe.analysis.tunegrid import DEFAULT_GRID, GRIDS, resolve_grid
+from dcframe.commands import add_force_flag, refuse_existing_output
+from dcframe.console import Col, fit_table
+from dcframe.core.errors import ConfigError
+from dcframe.core.files import refuse_overwriting_input
+from dcframe.io.hffolder import is_folder, read_folder
+from dcframe.io.modelio import read_model
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps:
         grid = grid.with_steps(parse_steps(args.steps))
     if args.plot:
-        from ..demo import require_matplotlib
+        from dcframe.analysis.demo import require_matplotlib
 
         require_matplotlib()  # fail before the work, not after
     evaluate = load_evaluator(args.evaluator) if args.evaluator else None
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                       target_ratio=args.target_ratio, retrainer=retrainer, pre_budget=args.pre_budget,
                       save=args.save)
     if args.plot:
-        from ..tuneplot import plot_tune
+        from dcframe.analysis.tuneplot import plot_tune
 
         plot_tune(result, args.plot)
     write_rules_file(args.output, result.rules)
@@ -137,12 +138,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_pretrained(args: argparse.Namespace, output: Path) -> int:
-    """A Hugging Face folder: tune on the outputs for --text's lines (dcframe.tunehf)."""
-    from ..calibration import Calibration
-    from ..hf import load_pretrained, read_lines
-    from ..tune import tunable
-    from ..tunehf import EmbeddingMetric, ModelSlot, tune_pretrained
-    from ..tunehf import sweep_size as hf_sweep_size
+    """A Hugging Face folder: tune on the outputs for --text's lines (dcframe.analysis.tunehf)."""
+    from dcframe.analysis.tune import tunable
+    from dcframe.analysis.tunehf import EmbeddingMetric, ModelSlot, tune_pretrained
+    from dcframe.analysis.tunehf import sweep_size as hf_sweep_size
+    from dcframe.bindings.hf import load_pretrained, read_lines
+    from dcframe.io.calibration import Calibration
 
     if not args.text:
         raise ConfigError(f"{args.input}: a model folder is tuned on its outputs: give --text FILE "

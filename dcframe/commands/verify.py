@@ -7,9 +7,9 @@ import argparse
 from rich.markup import escape
 from rich.table import Table
 
-from .. import console
-from ..api import verify
-from ..container import Container
+from dcframe import console
+from dcframe.api import verify
+from dcframe.core.container import Container
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

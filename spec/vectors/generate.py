@@ -24,7 +24,7 @@ import zstandard
 
 import dcframe
 from dcframe import Dense
-from dcframe.container import Layout
+from dcframe.core.container import Layout
 
 HERE = Path(__file__).resolve().parent
 MAGIC = b"\x89DCF\r\n\x1a\n"

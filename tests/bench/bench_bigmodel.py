@@ -190,7 +190,7 @@ def main() -> None:
 
 
 def _han_available() -> bool:
-    from dcframe.registry import get_registry
+    from dcframe.core.registry import get_registry
 
     return all(s in get_registry().stages for s in ("prune", "sparse", "kmeans", "huffman"))
 

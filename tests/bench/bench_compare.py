@@ -30,7 +30,7 @@ import zstandard
 
 import dcframe
 from dcframe import read_model
-from dcframe.compare import DEFAULT_CODERS, SLOW_CODERS, compare_model
+from dcframe.analysis.compare import DEFAULT_CODERS, SLOW_CODERS, compare_model
 
 BUNDLED = Path(dcframe.__file__).parent / "data" / "lenet_300_100.safetensors"
 REAL = Path.home() / ".cache" / "dcframe-bench" / "all-minilm-l6-v2" / "model.safetensors"

@@ -22,7 +22,7 @@ from container_tools import split  # noqa: E402
 from hostile.stage_cases import CASES  # noqa: E402
 
 import dcframe  # noqa: E402
-from dcframe.orchestrator import decode_bound  # noqa: E402
+from dcframe.core.orchestrator import decode_bound  # noqa: E402
 
 MiB = 1 << 20
 

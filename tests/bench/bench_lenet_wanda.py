@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 import dcframe
-from dcframe.calibration import Calibration
-from dcframe.demo import load_digits
-from dcframe.mlp import accuracy, layer_names
+from dcframe.analysis.demo import load_digits
+from dcframe.analysis.mlp import accuracy, layer_names
+from dcframe.io.calibration import Calibration
 
 MODEL = Path(dcframe.__file__).parent / "data" / "lenet_300_100.safetensors"
 

@@ -25,8 +25,8 @@ from bench_pretrained import fetch_model
 from safetensors.numpy import load_file
 
 from dcframe import Dense, read_model, write_model
-from dcframe.dtypes import f32_to_bf16
-from dcframe.orchestrator import as_dense
+from dcframe.core.dtypes import f32_to_bf16
+from dcframe.core.orchestrator import as_dense
 
 OLD_LOSSLESS = "zstd(level=19)"  # the lossless preset before issue 13: its expansion, as a pipeline
 ZIPNN_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}

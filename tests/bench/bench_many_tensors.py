@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcframe.modelio import write_model
+from dcframe.io.modelio import write_model
 
 
 def model(path: Path, count: int) -> None:

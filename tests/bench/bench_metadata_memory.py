@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from container_tools import Parts, join  # noqa: E402
 
 from dcframe import Container, DcfError  # noqa: E402
-from dcframe.container import OBJECT_FACTOR  # noqa: E402
+from dcframe.core.container import OBJECT_FACTOR  # noqa: E402
 
 N = 1 << 21
 RAW = {"id": "raw", "version": 1, "config": {}, "package": "dcframe"}

@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 from numcodecs import Blosc, Zstd
 
-from dcframe.numcodecs_codec import DcframeCodec
+from dcframe.bindings.numcodecs_codec import DcframeCodec
 
 
 def arrays(size: int) -> dict[str, np.ndarray]:

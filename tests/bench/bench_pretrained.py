@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"chains, from: {','.join(ROWS)}")
     args = parser.parse_args()
 
-    from dcframe.hf import load_pretrained, read_lines
+    from dcframe.bindings.hf import load_pretrained, read_lines
 
     folder = args.model or fetch_model()
     if args.calib and args.eval:

@@ -2,8 +2,8 @@
 
     python tests/bench/bench_tune.py [--budget 0.005] [--quick]
 
-Every row chooses on the validation split of the training digits only (dcframe.tune.lenet_evaluators); retraining
-(dcframe.tune.lenet_retrainer: the demo's loop) sees only the other training digits. The 500 test digits are
+Every row chooses on the validation split of the training digits only (tune.lenet_evaluators); retraining
+(dcframe.analysis.tune.lenet_retrainer: the demo's loop) sees only the other training digits. The 500 test digits are
 evaluated once per row, on the chosen model's file, never used to choose. References measured in the same run: the
 lossless file (the "vs lossless" column), the dense model's accuracies, and the demo's hand-picked rates (prune 0.96 /
 0.92 / 0.75, 5 bits, retrained on all training digits). Target (issue #12): retrained, >= 60x at test accuracy
@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dcframe import compress, decompress, tune
-from dcframe.demo import MODEL, load_model, run_demo
-from dcframe.tune import lenet_evaluators, lenet_retrainer
+from dcframe import compress, decompress
+from dcframe.analysis import tune
+from dcframe.analysis.demo import MODEL, load_model, run_demo
+from dcframe.analysis.tune import lenet_evaluators, lenet_retrainer
 
 
 def rows(budget: float, quick: bool) -> list[tuple[str, dict]]:

@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--eval-count", type=int, default=400, help="held-out sentences (default 400)")
     args = parser.parse_args()
 
-    from dcframe.hf import load_pretrained
+    from dcframe.bindings.hf import load_pretrained
 
     folder = args.model or bp.fetch_model()
     sentences = bp.reference_sentences()

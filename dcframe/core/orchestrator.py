@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import numpy_dtype
-from .errors import DcfError, FormatError, LimitError, ModelIOError
-from .pipeline import ROOT, Chain, Policy, Step
-from .stage import FitPlan, Stage
-from .streams import Bytes, Dense, Stream, Symbols
+from dcframe.core.dtypes import numpy_dtype
+from dcframe.core.errors import DcfError, FormatError, LimitError, ModelIOError
+from dcframe.core.pipeline import ROOT, Chain, Policy, Step
+from dcframe.core.stage import FitPlan, Stage
+from dcframe.core.streams import Bytes, Dense, Stream, Symbols
 
 Application = tuple[str, list[str], dict[str, Any]]  # input stream, output streams, the stage's meta
 
@@ -120,7 +120,7 @@ def run_steps(steps: Iterable[Step], streams: dict[str, Stream], record: list | 
 
 
 SideInputs = Callable[[str, Dense], Mapping[str, np.ndarray]]  # tensor name, tensor -> its side inputs (stage.py)
-# Runs the fits and the encoding elsewhere (dcframe.daskexec.DaskExecutor): (tensors, policy, stats, progress,
+# Runs the fits and the encoding elsewhere (dcframe.bindings.daskexec.DaskExecutor): (tensors, policy, stats, progress,
 # side_inputs) -> the EncodedTensors in the mapping's order, the same as a serial run's (fit_chains with a mapper).
 Executor = Callable[[Mapping[str, Any], Policy, bool, Callable[[str, int], None] | None, SideInputs | None],
                     Iterator["EncodedTensor"]]
@@ -356,7 +356,7 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
     files in `spill_dir`) and the yielded tensors hold Spilled streams instead of bytes, valid only until the next
     tensor is requested: for a ContainerWriter, which copies them in the kernel, so the streams never pass through
     pipes and pickle. Then up to 4 * jobs tensors (at most SPILL_BUDGET input bytes beyond one) are in flight.
-    With `executor` (e.g. dcframe.daskexec.DaskExecutor), it fits and encodes the tensors instead; `jobs` is unused.
+    With `executor` (e.g. daskexec.DaskExecutor), it fits and encodes the tensors instead; `jobs` is unused.
     """
 
     def items() -> Iterator[tuple[str, Dense]]:
@@ -403,7 +403,7 @@ def worker_tensor(source: tuple[str, int, int] | None, name: str, tensor: Dense 
         return tensor
     models = _WORKER_MODELS if models is None else models
     if source not in models:
-        from .modelio import read_model
+        from dcframe.io.modelio import read_model
 
         st = os.stat(source[0])
         if (st.st_mtime_ns, st.st_size) != source[1:]:

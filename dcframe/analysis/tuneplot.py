@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import require_matplotlib
-from .tune import TuneResult
+from dcframe.analysis.demo import require_matplotlib
+from dcframe.analysis.tune import TuneResult
 
 
 def plot_tune(result: TuneResult, path: str | os.PathLike) -> None:

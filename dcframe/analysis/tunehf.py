@@ -5,7 +5,7 @@ text. One forward pass on a few hundred sentences costs seconds on a small CPU, 
 grid point: each tensor's metric loss is modelled as c x D, where D is the calibration-weighted distortion of that
 point (the layer-output error tr(dW H dW^T) where the calibration has X^T X, the activation- or Fisher-weighted squared
 error where it has those, the plain squared error otherwise: to first order the cosine loss is linear in it) and c
-is measured with one real evaluation per tensor. The allocation (dcframe.tune.greedy on the modelled losses) is then
+is measured with one real evaluation per tensor. The allocation (tune.greedy on the modelled losses) is then
 verified end to end on the real metric and rescaled until the budget holds. Needs the `hf` extra.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import Calibration
-from .errors import ConfigError, ModelIOError
-from .pipeline import Policy
-from .streams import ACTIVATION, FISHER, HESSIAN, Dense
-from .tune import Evaluator, Point, Progress, TuneResult, greedy, measure, rules_for, tunable
+from dcframe.analysis.tune import Evaluator, Point, Progress, TuneResult, greedy, measure, rules_for, tunable
+from dcframe.core.errors import ConfigError, ModelIOError
+from dcframe.core.pipeline import Policy
+from dcframe.core.streams import ACTIVATION, FISHER, HESSIAN, Dense
+from dcframe.io.calibration import Calibration
 
 HF_REL_STEPS = (0.05, 0.085, 0.14, 0.2, 0.3, 0.45, 0.65, 0.9)  # uniform steps relative to each tensor's RMS
 SCALE_AT = 0.3  # the relative step whose real evaluation scales a tensor's distortion into a metric loss

@@ -19,15 +19,23 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from . import __version__
-from .dtypes import numpy_dtype
-from .errors import ConfigError, DcfError, FormatError, IntegrityError, LimitError, MissingStageError, ModelIOError
-from .modelio import _short, _sync_dir, make_temporary
-from .orchestrator import EncodedTensor, Spilled, decode_tensor
-from .pipeline import Chain
-from .registry import Registry, get_registry
-from .stage import Stage, format_stage
-from .streams import Dense
+from dcframe import __version__
+from dcframe.core.dtypes import numpy_dtype
+from dcframe.core.errors import (
+    ConfigError,
+    DcfError,
+    FormatError,
+    IntegrityError,
+    LimitError,
+    MissingStageError,
+    ModelIOError,
+)
+from dcframe.core.files import _short, _sync_dir, make_temporary
+from dcframe.core.orchestrator import EncodedTensor, Spilled, decode_tensor
+from dcframe.core.pipeline import Chain
+from dcframe.core.registry import Registry, get_registry
+from dcframe.core.stage import Stage, format_stage
+from dcframe.core.streams import Dense
 
 MAGIC = b"\x89DCF\r\n\x1a\n"
 END_MAGIC = b"DCFINDEX"

@@ -29,13 +29,21 @@ from typing import Any
 
 import numpy as np
 
-from .container import DEFAULT_CHUNK, ContainerWriter
-from .dtypes import is_float
-from .errors import DcfError
-from .orchestrator import EncodedTensor, as_dense, compress_tensors, decode_tensor, encode_tensor, fit_chains, roundtrip
-from .pipeline import Chain, Policy, Rule, build_chain
-from .stage import Stage
-from .streams import Dense
+from dcframe.core.container import DEFAULT_CHUNK, ContainerWriter
+from dcframe.core.dtypes import is_float
+from dcframe.core.errors import DcfError
+from dcframe.core.orchestrator import (
+    EncodedTensor,
+    as_dense,
+    compress_tensors,
+    decode_tensor,
+    encode_tensor,
+    fit_chains,
+    roundtrip,
+)
+from dcframe.core.pipeline import Chain, Policy, Rule, build_chain
+from dcframe.core.stage import Stage
+from dcframe.core.streams import Dense
 
 ZEROS = "zeros"
 SHARED = "shared"
@@ -289,7 +297,7 @@ def compress_with_retraining(
     constraints the lossy stages leave (it may report through phase.say, which goes to `progress`). `jobs` > 1
     encodes the final weights in that many processes (the same bytes). The report is dcframe.inspect(path).
     """
-    from .api import inspect
+    from dcframe.api import inspect
 
     policy = Policy(pipeline=pipeline, preset=preset, rules=rules)
     retrained = retrain_phases(tensors, policy, retrainer, progress)

@@ -9,8 +9,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from . import dtypes
-from .errors import FormatError
+from dcframe.core import dtypes
+from dcframe.core.errors import FormatError
 
 DENSE = "dense"
 SYMBOLS = "symbols"
@@ -116,7 +116,7 @@ def symbol_dtype(alphabet: int) -> np.dtype:
 def coder_symbols(stage_id: str, stream: Symbols, max_alphabet: int) -> np.ndarray:
     """The flat symbols an entropy coder codes, checked (ConfigError naming the stage): an alphabet in
     1..max_alphabet and, unless there are none, integer symbols inside it; as symbol_dtype(alphabet)."""
-    from .errors import ConfigError
+    from dcframe.core.errors import ConfigError
 
     alphabet = int(stream.alphabet)
     if not 1 <= alphabet <= max_alphabet:
@@ -135,8 +135,8 @@ def declared_symbols(stage_id: str, meta: object, data: bytes, max_alphabet: int
     """An entropy decoder's `count` and `alphabet` from its meta, checked (FormatError naming the stage), the count
     checked against the decode bound before anything is allocated (FORMAT.md 8), and an empty stream for 0 symbols;
     returns (count, alphabet, symbol_dtype(alphabet))."""
-    from .errors import FormatError
-    from .orchestrator import check_output
+    from dcframe.core.errors import FormatError
+    from dcframe.core.orchestrator import check_output
 
     count, alphabet = (meta.get("count"), meta.get("alphabet")) if isinstance(meta, dict) else (None, None)
     if isinstance(alphabet, bool) or not isinstance(alphabet, int) or not 1 <= alphabet <= max_alphabet:

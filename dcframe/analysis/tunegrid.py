@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, DcfError
-from .pipeline import Policy
+from dcframe.core.errors import ConfigError, DcfError
+from dcframe.core.pipeline import Policy
 
 GRID_FORMAT = "dcframe.grid/1"
 MAX_GRID_FILE = 1 << 20  # bytes

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelIOError
+from dcframe.core.errors import ModelIOError
 
 MAX_LENGTH = 128  # tokens per sample
 

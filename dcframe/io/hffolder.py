@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .container import (
+from dcframe.core.container import (
     INDEX_SUFFIX,
     MAX_FILES,
     MAX_FILES_BYTES,
@@ -29,20 +29,11 @@ from .container import (
     _check_writable,
     file_name_problem,
 )
-from .dtypes import numpy_dtype
-from .errors import DcfError, FormatError, ModelIOError
-from .modelio import (
-    TEMP_TAG,
-    LazyTensors,
-    _no_duplicates,
-    _short,
-    _sync_dir,
-    _umask,
-    read_model,
-    remove_stale_temporaries,
-    write_model_stream,
-)
-from .streams import Dense
+from dcframe.core.dtypes import numpy_dtype
+from dcframe.core.errors import DcfError, FormatError, ModelIOError
+from dcframe.core.files import TEMP_TAG, _short, _sync_dir, _umask, remove_stale_temporaries
+from dcframe.core.streams import Dense
+from dcframe.io.modelio import LazyTensors, _no_duplicates, read_model, write_model_stream
 
 SINGLE = "model.safetensors"
 PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # torch.save/pickle weights: never read
@@ -233,7 +224,7 @@ def write_folder(out: str | os.PathLike, container: Container, single_file: bool
     """Recreate a model folder in `out` (new or empty; with `overwrite`, a non-empty one, see README): the shards
     with their `__metadata__`, the index, the small files; or with `single_file` one model.safetensors. Written in a
     hidden folder beside `out`, moved into place only when complete. Returns the file names written.
-    With `executor` (dcframe.daskexec.DaskExecutor), the shards are decoded and written by its workers, one task
+    With `executor` (daskexec.DaskExecutor), the shards are decoded and written by its workers, one task
     per shard, into that hidden folder (which the workers must reach, as they must reach the container)."""
     out = Path(out)
     existing = _existing(out)

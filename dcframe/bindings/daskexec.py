@@ -23,10 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DcfError
-from .orchestrator import EncodedTensor, SideInputs, as_dense, encode_tensor, fit_chains, run_steps, worker_tensor
-from .pipeline import ROOT, Chain, Policy, Step
-from .streams import Dense, Stream
+from dcframe.core.errors import ConfigError, DcfError
+from dcframe.core.orchestrator import (
+    EncodedTensor,
+    SideInputs,
+    as_dense,
+    encode_tensor,
+    fit_chains,
+    run_steps,
+    worker_tensor,
+)
+from dcframe.core.pipeline import ROOT, Chain, Policy, Step
+from dcframe.core.streams import Dense, Stream
 
 SMALL_TENSOR = 1 << 20  # input bytes under which consecutive tensors share a task
 BATCH_BYTES = 16 << 20  # input bytes a batch of small tensors grows to
@@ -139,8 +147,8 @@ class DaskExecutor:
     def write_shards(self, container: str, stamp: tuple[int, int], shards: Mapping[str, tuple[list[str], Any]],
                      progress: Callable[[str, int], None] | None) -> None:
         """Write each shard file (path -> its tensor names and __metadata__) from `container`, one task per shard
-        (dcframe.hffolder.write_folder's executor seam); progress per shard, as each finishes."""
-        from .hffolder import write_shard
+        (dcframe.io.hffolder.write_folder's executor seam); progress per shard, as each finishes."""
+        from dcframe.io.hffolder import write_shard
 
         distributed = _distributed()
         run = uuid.uuid4().hex[:12]

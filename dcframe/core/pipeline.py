@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dtypes import is_float
-from .errors import PipelineError
-from .registry import ALLOW_ENV, Registry, get_registry
-from .stage import Stage
-from .streams import BYTES, DENSE, KINDS
+from dcframe.core.dtypes import is_float
+from dcframe.core.errors import PipelineError
+from dcframe.core.registry import ALLOW_ENV, Registry, get_registry
+from dcframe.core.stage import Stage
+from dcframe.core.streams import BYTES, DENSE, KINDS
 
 SERIALIZER = "raw"  # the stage that turns dense or symbol streams into bytes; appended where a chain needs it
 ROOT = "data"  # the name of the stream a tensor starts as

@@ -1,7 +1,7 @@
 """PyTorch models in and out of .dcf containers (the optional extra ``dcframe[torch]``; the core never imports this).
 
 - ``compress_module(model_or_state_dict_or_path, "model.dcf", rules=layer_rules(model))`` writes a container;
-  with ``retrainer=`` it runs the Deep Compression loop (dcframe.retrain; see dcframe.torchretrain).
+  with ``retrainer=`` it runs the Deep Compression loop (dcframe.analysis.retrain; see dcframe.bindings.torchretrain).
 - ``load_module("model.dcf", model)`` loads it back with ``load_state_dict`` semantics: strict by default, and a
   mismatch raises StateDictMismatch listing the missing, unexpected and wrongly shaped keys.
 - ``layer_rules(model)`` chooses chains by module type, not by name: conv weights get the ``han-conv`` pipeline,
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .api import compress, decompress
-from .errors import ConfigError, ModelIOError, PipelineError
-from .modelio import MODEL_SUFFIXES, read_model
-from .pipeline import Rule, format_pipeline, parse_pipeline
-from .registry import get_registry
-from .streams import Dense
+from dcframe.api import compress, decompress
+from dcframe.core.errors import ConfigError, ModelIOError, PipelineError
+from dcframe.core.pipeline import Rule, format_pipeline, parse_pipeline
+from dcframe.core.registry import get_registry
+from dcframe.core.streams import Dense
+from dcframe.io.modelio import MODEL_SUFFIXES, read_model
 
 Source = nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike
 LIST_LIMIT = 20  # names shown per category in a mismatch message
@@ -180,7 +180,7 @@ def compress_module(
     """Write a module's (or state dict's, or model file's) tensors to a .dcf and return its report.
 
     Chains are chosen as in dcframe.compress (give rules=layer_rules(model) for the paper's per-layer settings). With
-    a `retrainer` (e.g. dcframe.torchretrain.TorchRetrainer) the weights are retrained after every lossy stage; its
+    a `retrainer` (e.g. torchretrain.TorchRetrainer) the weights are retrained after every lossy stage; its
     per-epoch loss lines go to `progress` too. `calibration` (dcframe.torch.calibrate's result, or its file) feeds
     data-aware stages. `jobs` > 1 encodes in that many processes (the same bytes as serial).
     """
@@ -194,7 +194,7 @@ def compress_module(
     if calibration is not None:
         raise PipelineError("compress_module: a calibration with a retrainer is not supported (retraining moves "
                             "the weights the statistics describe); give one or the other")
-    from .retrain import compress_with_retraining
+    from dcframe.analysis.retrain import compress_with_retraining
 
     return compress_with_retraining(tensors, path, retrainer, pipeline=pipeline, preset=preset, rules=rules,
                                     metadata=metadata, progress=progress, jobs=jobs)

@@ -10,7 +10,7 @@ Config (plain JSON, numcodecs' get_config/from_config): ``{"id": "dcframe", "pip
 them. `shape`, if given, is the shape each chunk is encoded with (for stages that look at rows); else chunks are 1-D.
 The codec is registered under numcodecs' entry-point group ``numcodecs.codecs`` as "dcframe" (the extra
 ``dcframe[zarr]``), so ``numcodecs.get_codec({"id": "dcframe", ...})`` and Zarr format 2 arrays find it; Zarr format 3
-arrays use it through dcframe.zarr3_codec.
+arrays use it through dcframe.bindings.zarr3_codec.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import numpy as np
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_contiguous_ndarray, ndarray_copy
 
-from .container import Container, ContainerWriter
-from .errors import ConfigError, DcfError, FormatError
-from .orchestrator import encode_tensor
-from .pipeline import build_chain, parse_pipeline
-from .registry import get_registry
-from .streams import Dense
+from dcframe.core.container import Container, ContainerWriter
+from dcframe.core.errors import ConfigError, DcfError, FormatError
+from dcframe.core.orchestrator import encode_tensor
+from dcframe.core.pipeline import build_chain, parse_pipeline
+from dcframe.core.registry import get_registry
+from dcframe.core.streams import Dense
 
 CHUNK = "chunk"  # the one tensor's name in a chunk's container
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FormatError
+from dcframe.core.errors import FormatError
 
 # safetensors name -> numpy dtype that carries the bytes (BF16 travels as its uint16 bit pattern).
 _NUMPY = {

@@ -16,9 +16,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import MissingStageError, PipelineError
-from .stage import Stage
+from dcframe.core import hookspecs
+from dcframe.core.errors import MissingStageError, PipelineError
+from dcframe.core.stage import Stage
 
 ENTRY_POINT_GROUP = "dcframe.stages"
 ALLOW_ENV = "DCFRAME_PLUGINS"

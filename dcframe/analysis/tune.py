@@ -1,9 +1,9 @@
 """Per-tensor sensitivity, an allocation of settings for a metric budget or a target ratio, rules files (issue #12).
 
-Each tensor of rank >= 2 is swept alone (the rest exact) over a grid of candidate pipelines (dcframe.tunegrid); its
+Each tensor of rank >= 2 is swept alone (the rest exact) over a grid of candidate pipelines (tunegrid); its
 stored bytes are the real encoded streams' lengths and its metric comes from an evaluator (tensors -> float, higher is
-better). The allocation (dcframe.tunealloc) reads one point per tensor off the exact size-loss frontier, verifies the
-combination end to end and backs off until the goal holds. With a retrainer (dcframe.retrain's protocol), each
+better). The allocation (tunealloc) reads one point per tensor off the exact size-loss frontier, verifies the
+combination end to end and backs off until the goal holds. With a retrainer (dcframe.analysis.retrain's protocol), each
 verified combination is first retrained (the paper's loop) and judged by its retrained metric. Nothing here prints:
 the CLI (dcframe/commands/tune.py) renders the result.
 """
@@ -25,14 +25,14 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .dtypes import is_float
-from .errors import ConfigError, DcfError
-from .orchestrator import decode_tensor, encode_tensor
-from .pipeline import Policy, Rule
-from .retrain import Retrainer
-from .streams import Dense
-from .tunealloc import Frontier, Move, Point, bisect, frontier, greedy, within_budget, within_cap
-from .tunegrid import DEFAULT_REL_STEPS, Grid, check_pipelines, read_json_file, resolve_grid
+from dcframe.analysis.retrain import Retrainer
+from dcframe.analysis.tunealloc import Frontier, Move, Point, bisect, frontier, greedy, within_budget, within_cap
+from dcframe.analysis.tunegrid import DEFAULT_REL_STEPS, Grid, check_pipelines, read_json_file, resolve_grid
+from dcframe.core.dtypes import is_float
+from dcframe.core.errors import ConfigError, DcfError
+from dcframe.core.orchestrator import decode_tensor, encode_tensor
+from dcframe.core.pipeline import Policy, Rule
+from dcframe.core.streams import Dense
 
 RULES_FORMAT = "dcframe.rules/1"
 MAX_RULES_FILE = 16 << 20  # bytes: a rules file is text lines, one per tensor
@@ -187,7 +187,7 @@ def tune(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, budget:
     uniform grid with those steps), then choose one setting per tensor: the fewest bytes within `budget` (metric loss
     on `evaluate`'s data), or the best metric at a file >= `target_ratio` x smaller than the original - exactly one.
 
-    `retrainer` (dcframe.retrain's protocol): each verified allocation is retrained and judged retrained; the first
+    `retrainer` (retrain's protocol): each verified allocation is retrained and judged retrained; the first
     try allows `pre_budget` of loss before retraining (default: budget + 0.1 x |dense metric|), backing off by
     bisection along the frontier in at most `rounds` retrainings. `test`, if given, is evaluated once, on the dense
     and the chosen model, never used to choose. `save`: write the chosen (retrained) model's .dcf there."""
@@ -316,8 +316,8 @@ class Search:
 
     def retrained(self, choice: dict[str, int]) -> Trial:
         """Verify a combination through the retraining loop: compress with retraining, decode the file, evaluate."""
-        from .api import decompress
-        from .retrain import compress_with_retraining
+        from dcframe.analysis.retrain import compress_with_retraining
+        from dcframe.api import decompress
 
         path = self.tmp / f"trial{len(self.trials)}.dcf"
         if self.progress:
@@ -396,7 +396,7 @@ class Search:
     def real_file(self, trial: Trial) -> int:
         """The bytes of the file the trial's rules write, as `compress --rules-file` writes it (stats included)."""
         if trial.file_bytes is None:
-            from .api import compress
+            from dcframe.api import compress
 
             trial.path = self.tmp / f"trial{self.trials.index(trial)}.dcf"
             trial.file_bytes = compress(self.dense, trial.path, rules=self.rules(trial.choice))["compressed_bytes"]
@@ -530,7 +530,7 @@ def is_lenet(tensors: Mapping[str, Any]) -> bool:
 
 def lenet_split() -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training digits: (validation, the rest), a fixed-seed split; retraining sees only the rest."""
-    from .demo import load_digits
+    from dcframe.analysis.demo import load_digits
 
     n = len(load_digits()[0])
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
@@ -541,8 +541,8 @@ def lenet_split() -> tuple[np.ndarray, np.ndarray]:
 def lenet_evaluators() -> tuple[Evaluator, Evaluator]:
     """Accuracy on a fixed-seed validation split of the training digits (for choosing) and on the test digits
     (reported only)."""
-    from .demo import load_digits
-    from .mlp import accuracy
+    from dcframe.analysis.demo import load_digits
+    from dcframe.analysis.mlp import accuracy
 
     x_train, y_train, x_test, y_test = load_digits()
     val, _ = lenet_split()
@@ -560,14 +560,14 @@ LENET_EPOCHS = (16, 8)  # retraining epochs after pruning, after sharing (the de
 def lenet_retrainer(epochs: tuple[int, int] = LENET_EPOCHS) -> Retrainer:
     """The demo's retraining loop (masks fixed, shared centroids trained; its rates and batch size) on the training
     digits outside the validation split, so choosing on the validation split stays fair."""
-    from .demo import DemoSettings, load_digits
-    from .mlp import train
+    from dcframe.analysis.demo import DemoSettings, load_digits
+    from dcframe.analysis.mlp import train
 
     x_train, y_train, _, _ = load_digits()
     _, fit = lenet_split()
     s = DemoSettings()
 
-    def retrain(weights, constraints, phase):  # noqa: ANN001 - the dcframe.retrain protocol
+    def retrain(weights, constraints, phase):  # noqa: ANN001 - the dcframe.analysis.retrain protocol
         pruning = phase.index == 1 and "prune" in phase.stages.values()
         return train(weights, x_train[fit], y_train[fit], epochs=epochs[0] if pruning else epochs[1],
                      lr=s.prune_lr if pruning else s.quant_lr, batch_size=s.batch_size, weight_decay=s.weight_decay,

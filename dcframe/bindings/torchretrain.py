@@ -1,4 +1,4 @@
-"""Retraining a PyTorch model under Deep Compression's constraints (the dcframe.retrain protocol, for ``nn.Module``).
+"""Retraining a PyTorch model under Deep Compression's constraints (the retrain protocol, for ``nn.Module``).
 
 The constraints become ``torch.nn.utils.parametrize`` parametrizations of the layer's ``weight``, so they hold by
 construction whatever the optimizer does (momentum, Adam, weight decay) and for any layer type with a weight:
@@ -8,8 +8,8 @@ construction whatever the optimizer does (momentum, Adam, weight decay) and for 
   weight[kept] = centroids[assignment] and pruned weights are 0, so each centroid's gradient is the sum of the
   gradients of the weights in its cluster, and the weights of one cluster stay bit-identical.
 
-``TorchRetrainer(model, loss=..., data=...)`` is a retrainer for dcframe.retrain.compress_with_retraining (or
-dcframe.torchio.compress_module(..., retrainer=...)); ``constrained(model, constraints)`` is the context manager
+``TorchRetrainer(model, loss=..., data=...)`` is a retrainer for dcframe.analysis.retrain.compress_with_retraining (or
+torchio.compress_module(..., retrainer=...)); ``constrained(model, constraints)`` is the context manager
 underneath it, for users who run their own loop.
 """
 
@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .console import progress_bar
-from .errors import DcfError
-from .retrain import Constraints, PhaseInfo
+from dcframe.analysis.retrain import Constraints, PhaseInfo
+from dcframe.console import progress_bar
+from dcframe.core.errors import DcfError
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -187,7 +187,7 @@ ProgressCallback = Callable[[TrainingProgress], None]
 
 
 class TorchRetrainer:
-    """A dcframe.retrain retrainer that fine-tunes an nn.Module under the phase's constraints.
+    """A dcframe.analysis.retrain retrainer that fine-tunes an nn.Module under the phase's constraints.
 
     Give either `fit(model, phase)`, your own training loop (build the optimizer from model.parameters() inside it),
     or `loss(model, batch) -> scalar tensor` with `data` (an iterable of batches, re-iterated every epoch; or None to

@@ -4,7 +4,7 @@ Zarr 3 finds numcodecs codecs in format 3 arrays only through zarr-side wrappers
 3.1.3) provides the base class, and the entry point ``zarr.codecs: numcodecs.dcframe`` (the extra ``dcframe[zarr]``)
 registers this one, so ``zarr.open_array`` reads such arrays without importing dcframe first. Give it as the array's
 serializer: ``zarr.create_array(..., serializer=DcframeZarr3(pipeline="kmeans(bits=8) | huffman", dtype="<f4"),
-compressors=None)``. The configuration is DcframeCodec's (dcframe.numcodecs_codec) without its id.
+compressors=None)``. The configuration is DcframeCodec's (dcframe.bindings.numcodecs_codec) without its id.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``calibrate(model, batches)`` hooks every Linear, Conv and Embedding (and Hugging Face's GPT-style Conv1D) and records
 the second moment of each layer's input per input feature (Wanda's ||X_j||^2 / n), X^T X / n for inputs up to
 `max_hessian` wide (SparseGPT's H), token counts for embeddings and, given a loss, the diagonal Fisher (the mean
-squared gradient). The result is a dcframe.calibration.Calibration, keyed by state-dict weight name.
+squared gradient). The result is a dcframe.io.calibration.Calibration, keyed by state-dict weight name.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .calibration import Calibration
-from .errors import ConfigError
-from .streams import ACTIVATION, FISHER, HESSIAN
+from dcframe.core.errors import ConfigError
+from dcframe.core.streams import ACTIVATION, FISHER, HESSIAN
+from dcframe.io.calibration import Calibration
 
 MAX_HESSIAN = 4096  # widest layer input whose X^T X is recorded ([in, in] float64 while recording)
 

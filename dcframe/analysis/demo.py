@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from .api import decompress
-from .errors import DcfError
-from .mlp import accuracy, train
-from .modelio import read_model
-from .retrain import Constraints, PhaseInfo, compress_with_retraining
-from .streams import Dense
+from dcframe.analysis.mlp import accuracy, train
+from dcframe.analysis.retrain import Constraints, PhaseInfo, compress_with_retraining
+from dcframe.api import decompress
+from dcframe.core.errors import DcfError
+from dcframe.core.streams import Dense
+from dcframe.io.modelio import read_model
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"  # dcframe/data
 DIGITS = DATA / "digits.npz"
 MODEL = DATA / "lenet_300_100.safetensors"
 EXACT = "zstd(level=19)"  # the biases' chain, named (not the lossless preset's, which may change): the same file
@@ -241,7 +241,7 @@ def run_sweep(epochs: int = 0, settings: DemoSettings | None = None, progress: P
     x_train, y_train, _, _ = load_digits()
     model = load_model()
 
-    def retrainer(weights, constraints, phase):  # noqa: ANN001 - the dcframe.retrain protocol
+    def retrainer(weights, constraints, phase):  # noqa: ANN001 - the dcframe.analysis.retrain protocol
         if not epochs:
             return weights
         return train(weights, x_train, y_train, epochs=epochs, lr=settings.quant_lr if phase.index > 1 else

@@ -1,7 +1,7 @@
 """A small numpy multilayer perceptron and a retrainer for it that keeps Deep Compression's constraints.
 
 Parameters are a dict of float32 arrays named like PyTorch's: ``fc1.weight`` (out x in), ``fc1.bias``, ... ; layers
-are ReLU except the last, and the loss is softmax cross-entropy. Training under constraints (dcframe.retrain):
+are ReLU except the last, and the loss is softmax cross-entropy. Training under constraints (dcframe.analysis.retrain):
 
 - pruned weights: their gradient is masked and they are reset to exactly 0 after every step; optimizer state is kept
   only for kept weights, so Adam's momentum cannot bring them back;
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .retrain import Constraints, PhaseInfo
+from dcframe.analysis.retrain import Constraints, PhaseInfo
 
 Params = dict[str, np.ndarray]
 
@@ -191,7 +191,7 @@ def train(params: Params, x: np.ndarray, y: np.ndarray, epochs: int = 10, lr: fl
 
 def mlp_retrainer(x: np.ndarray, y: np.ndarray, epochs: int | Mapping[str, int] = 5,
                   lr: float | Mapping[str, float] = 1e-3, seed: int = 0, **options: Any) -> Callable[..., Params]:
-    """A dcframe.retrain retrainer for an MLP: trains under the phase's constraints on (x, y).
+    """A dcframe.analysis.retrain retrainer for an MLP: trains under the phase's constraints on (x, y).
 
     `epochs` and `lr` may map the id of the phase's lossy stage ("prune", "kmeans") to a value; `options` go to train().
     """

@@ -34,13 +34,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from . import __version__
-from .errors import ConfigError, DcfError, PipelineError
-from .orchestrator import as_dense, fit_chains, order0_entropy_bits, run_steps
-from .pipeline import ROOT, SERIALIZER, Chain, Policy, Step
-from .registry import Registry, get_registry
-from .stage import Stage
-from .streams import BYTES, DENSE, SYMBOLS, Bytes, Dense, Stream, Symbols
+from dcframe import __version__
+from dcframe.core.errors import ConfigError, DcfError, PipelineError
+from dcframe.core.orchestrator import as_dense, fit_chains, order0_entropy_bits, run_steps
+from dcframe.core.pipeline import ROOT, SERIALIZER, Chain, Policy, Step
+from dcframe.core.registry import Registry, get_registry
+from dcframe.core.stage import Stage
+from dcframe.core.streams import BYTES, DENSE, SYMBOLS, Bytes, Dense, Stream, Symbols
 
 SCHEMA = "dcframe.compare/1"
 DEFAULT_CODERS = ("huffman", "zstd-3", "zlib-1")  # fast: 40-300 MB/s encode on a real transformer's weights

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .container import MAGIC, TRAILER, Container, pipeline_text
-from .dtypes import numpy_dtype
+from dcframe.core.container import MAGIC, TRAILER, Container, pipeline_text
+from dcframe.core.dtypes import numpy_dtype
 
 
 def container_report(container: Container) -> dict[str, Any]:

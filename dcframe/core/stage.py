@@ -27,7 +27,7 @@ the fitted stage is the same as ``fit``'s.
 Side inputs. Data-aware stages (Wanda pruning, importance-weighted k-means) need statistics of the model's data that
 are not in the tensor. They arrive at encode time only, in ``Dense.side`` (name -> numpy array), filled from a
 calibration (``compress(..., calibration=)``, spec/calibration.md) for the tensors it covers; they are never stored,
-and decode never needs them, so files and golden vectors do not depend on them. Names (``dcframe.streams``):
+and decode never needs them, so files and golden vectors do not depend on them. Names (``dcframe.core.streams``):
 
 - ``"activation"``: element-aligned (the stream's shape), E[x^2] of the input feature each weight multiplies;
 - ``"fisher"``: element-aligned, the mean squared gradient of a loss with respect to each weight;
@@ -48,8 +48,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import ConfigError
-from .streams import Dense, Stream
+from dcframe.core.errors import ConfigError
+from dcframe.core.streams import Dense, Stream
 
 Meta = dict[str, Any]
 # A fit in passes: the generator yields a picklable function of one stream, is sent an iterable of that function's

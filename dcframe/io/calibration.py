@@ -4,7 +4,7 @@ A Calibration maps a weight's name to a few arrays recorded while the model ran 
 ``calibrate`` records them): ``activation`` (E[x^2] of the input each weight multiplies, broadcastable to the
 weight's shape), ``hessian`` (X^T X / n of a 2-D weight's input), ``fisher`` (mean squared gradient, the weight's
 shape) and, for embeddings, ``token_count``. It is saved as a .safetensors file of tensors named ``WEIGHT::STAT``.
-Stages receive it at encode time only (dcframe/stage.py, "Side inputs"); files never depend on it.
+Stages receive it at encode time only (dcframe/core/stage.py, "Side inputs"); files never depend on it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, DcfError
-from .modelio import read_model, write_model
-from .streams import ACTIVATION, FISHER, HESSIAN, Dense
+from dcframe.core.errors import ConfigError, DcfError
+from dcframe.core.streams import ACTIVATION, FISHER, HESSIAN, Dense
+from dcframe.io.modelio import read_model, write_model
 
-FORMAT = "dcframe.calibration"
+FORMAT = "dcframe.io.calibration"
 VERSION = "1"
 SEP = "::"
 STATS = (ACTIVATION, HESSIAN, FISHER, "token_count")
@@ -88,7 +88,7 @@ class Calibration:
                                   f"model?)")
 
     def side_inputs(self, name: str, tensor: Dense | np.ndarray) -> dict[str, np.ndarray]:
-        """The side inputs (dcframe.streams names) of one tensor; empty if the calibration does not cover it."""
+        """The side inputs (dcframe.core.streams names) of one tensor; empty if the calibration does not cover it."""
         stats = self.lookup(name)
         return {} if stats is None else side_inputs_for(name, _shape(tensor), stats)
 

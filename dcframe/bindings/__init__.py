@@ -1,0 +1,1 @@
+"""Framework bindings and executors at the edges: PyTorch, transformers, Dask, numcodecs and Zarr."""
