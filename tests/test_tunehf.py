@@ -143,3 +143,51 @@ def test_cli_tune_of_a_folder_without_text_is_one_line(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "--text" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.json").exists()
+
+
+def _folder_and_calibration(tmp_path):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    tiny_bert(folder, hidden=32, position_ids=True)
+    text = tmp_path / "tune.txt"
+    text.write_text("the cat sat on a mat\nthe dog ran\na dog sat on the cat\nthe mat ran on a dog\n")
+    calib = tmp_path / "calib.safetensors"
+    assert _cli("calibrate", folder, "--text", text, "-o", calib, "-q").returncode == 0
+    return folder, text, calib
+
+
+def test_cli_tunes_a_folder_for_a_target_ratio_and_saves_the_file_its_rules_write(tmp_path):
+    folder, text, calib = _folder_and_calibration(tmp_path)
+    rules, saved = tmp_path / "rules.json", tmp_path / "tuned.dcf"
+    done = _cli("tune", folder, "--text", text, "--calibration", calib, "--target-ratio", "2", "-o", rules,
+                "--save", saved, "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    original = dcframe.inspect(saved)["original_bytes"]
+    assert report["target_ratio"] == 2 and report["budget"] is None
+    assert report["file_bytes"] == saved.stat().st_size and original / saved.stat().st_size >= 2
+    assert report["metric"] < report["dense_metric"]  # 2x is lossy on float32 weights: the metric was measured
+    replay = tmp_path / "replay.dcf"
+    done = _cli("compress", folder, "-o", replay, "--rules-file", rules, "--calibration", calib, "-q")
+    assert done.returncode == 0, done.stderr
+    assert replay.read_bytes() == saved.read_bytes()
+
+
+def test_cli_tune_of_a_folder_with_a_budget_saves_the_chosen_file(tmp_path):
+    folder, text, calib = _folder_and_calibration(tmp_path)
+    saved = tmp_path / "tuned.dcf"
+    done = _cli("tune", folder, "--text", text, "--calibration", calib, "--budget", "0.01", "-o",
+                tmp_path / "r.json", "--save", saved, "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["file_bytes"] == saved.stat().st_size and dcframe.verify(saved)["ok"]
+
+
+@pytest.mark.parametrize("extra, words", [(["--target-ratio", "1e6"], "out of this grid's reach"),
+                                          (["--budget", "0.01", "--retrain"], "without retraining")])
+def test_cli_tune_of_a_folder_refuses_in_one_line(tmp_path, extra, words):
+    folder, text, calib = _folder_and_calibration(tmp_path)
+    done = _cli("tune", folder, "--text", text, "--calibration", calib, *extra, "-q", "-o", tmp_path / "r.json",
+                "--save", tmp_path / "m.dcf")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "m.dcf").exists()

@@ -6,19 +6,33 @@ grid point: each tensor's metric loss is modelled as c x D, where D is the calib
 point (the layer-output error tr(dW H dW^T) where the calibration has X^T X, the activation- or Fisher-weighted squared
 error where it has those, the plain squared error otherwise: to first order the cosine loss is linear in it) and c
 is measured with one real evaluation per tensor. The allocation (tune.greedy on the modelled losses) is then
-verified end to end on the real metric and rescaled until the budget holds. Needs the `hf` extra.
+verified end to end on the real metric and rescaled until the budget holds; for a target ratio, the least modelled
+loss under the byte cap off the exact frontier (tunealloc), the cap lowered while the real file misses it. Needs
+the `hf` extra.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from dcframe.analysis.tune import Evaluator, Point, Progress, TuneResult, greedy, measure, rules_for, tunable
+from dcframe.analysis.tune import (
+    RATIO_TRIES,
+    Evaluator,
+    Point,
+    Progress,
+    TuneResult,
+    check_goal,
+    greedy,
+    measure,
+    rules_for,
+    tunable,
+)
+from dcframe.analysis.tunealloc import frontier, within_cap
 from dcframe.core.errors import ConfigError, ModelIOError
 from dcframe.core.pipeline import Policy
 from dcframe.core.streams import ACTIVATION, FISHER, HESSIAN, Dense
@@ -194,15 +208,49 @@ def allocate_rescaled(sweep: Sweep, exact: Mapping[str, np.ndarray], evaluate: E
     return best[0], best[1], frontier
 
 
-def tune_pretrained(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, budget: float,
+def allocate_for_ratio(sweep: Sweep, base: float, original: int, fixed: int, ratio: float,
+                       file_bytes: Callable[[list[str]], int] | None) -> dict[str, Point]:
+    """The least modelled loss with the model >= `ratio` x smaller than `original` bytes: the frontier's best
+    combination under the byte cap (the untuned tensors' `fixed` bytes subtracted); with `file_bytes` (rules ->
+    the size of the file they write) the cap is lowered by the miss until the real file fits."""
+    goal = original / ratio
+    cap = math.floor(goal) - fixed
+    front = frontier(sweep.points, base)
+    overhead = 0
+    for _ in range(RATIO_TRIES):
+        index = within_cap(front, cap)
+        if index is None:
+            smallest = int(front.nbytes[0]) + fixed + overhead
+            what = "stores" if not overhead else "writes a file of"
+            raise ConfigError(f"--target-ratio {ratio:g}: out of this grid's reach (its smallest setting {what} "
+                              f"about {smallest:,} bytes, {original / smallest:.1f}x); give a lower ratio")
+        chosen = {n: sweep.points[n][i] for n, i in front.choice(index).items()}
+        if file_bytes is None:
+            return chosen
+        size = file_bytes(rules_for(chosen))
+        if size <= goal:
+            return chosen
+        overhead = max(overhead, size - sum(p.stored for p in chosen.values()) - fixed)  # container, other files
+        cap -= math.ceil(size - goal)
+    raise ConfigError(f"--target-ratio {ratio:g}: the files written stayed larger than {math.floor(goal):,} bytes "
+                      f"after {RATIO_TRIES} tries")
+
+
+def tune_pretrained(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, budget: float | None,
                     calibration: Calibration | None = None, rel_steps: Sequence[float] = HF_REL_STEPS,
-                    test: Evaluator | None = None, progress: Progress | None = None) -> TuneResult:
-    """Choose a uniform step per weight tensor of a pretrained model for a metric `budget`, without retraining.
+                    test: Evaluator | None = None, progress: Progress | None = None, *,
+                    target_ratio: float | None = None,
+                    file_bytes: Callable[[list[str]], int] | None = None) -> TuneResult:
+    """Choose a uniform step per weight tensor of a pretrained model for a metric `budget`, or the best modelled
+    metric at `target_ratio` (exactly one), without retraining.
 
     The grid uses `method=auto`: GPTQ where the calibration has X^T X, activation-weighted levels where it has
     activations, plain rounding without one; D is calibration-weighted. Give the same calibration to
-    `compress --calibration` when the rules are replayed."""
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
+    `compress --calibration` when the rules are replayed. `file_bytes(rules)` writes the file those rules give and
+    returns its size, so a target ratio holds for the real file (container overhead included); without it the
+    ratio counts stored streams and metadata only. The chosen allocation is evaluated once, end to end."""
+    check_goal(budget, target_ratio)
+    if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
         raise ConfigError(f"--budget {budget!r}: give a finite metric loss >= 0")
     policy = Policy()
     lossless = policy.lossless_pipeline()
@@ -215,12 +263,19 @@ def tune_pretrained(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluat
     fixed = sum(sum(measure(n, d, policy, lossless)[::2]) for n, d in dense.items() if n not in tuned)
     base = evaluate(exact)
     sweep = screened_sweep(tuned, exact, side, evaluate, base, rel_steps, progress)
-    chosen, metric, frontier = allocate_rescaled(sweep, exact, evaluate, base, budget)
-    result = TuneResult(base, metric, float(budget), sweep.points, chosen,
-                        {n: pts[0] for n, pts in sweep.points.items()}, fixed, sweep.evaluations + len(frontier) + 1)
+    original = sum(d.array.nbytes for d in dense.values())
+    if target_ratio is not None:
+        chosen = allocate_for_ratio(sweep, base, original, fixed, float(target_ratio), file_bytes)
+        metric = evaluate({**exact, **{n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}})
+        verified = [(sum(p.stored for p in chosen.values()), metric)]
+    else:
+        chosen, metric, verified = allocate_rescaled(sweep, exact, evaluate, base, float(budget))
+    result = TuneResult(base, metric, None if budget is None else float(budget), sweep.points, chosen,
+                        {n: pts[0] for n, pts in sweep.points.items()}, fixed, sweep.evaluations + len(verified) + 1,
+                        target_ratio=target_ratio)
     result.rules = rules_for(chosen)
-    result.frontier = frontier
-    result.original_bytes = sum(d.array.nbytes for d in dense.values())
+    result.frontier = verified
+    result.original_bytes = original
     result.weights = {n: sweep.decoded[n][p.pipeline] for n, p in chosen.items()}
     if test is not None:
         result.test_dense = 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 from pathlib import Path
 
 from dcframe import console
@@ -20,6 +21,7 @@ from dcframe.analysis.tune import (
     write_rules_file,
 )
 from dcframe.analysis.tunegrid import DEFAULT_GRID, GRIDS, resolve_grid
+from dcframe.api import compress
 from dcframe.commands import add_force_flag, refuse_existing_output
 from dcframe.console import Col, fit_table
 from dcframe.core.errors import ConfigError
@@ -92,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("-o, --save and --plot must name different files")
     check_goal(args.budget, args.target_ratio, args.pre_budget)
     if is_folder(args.input):
-        if args.target_ratio is not None or args.retrain or args.save or args.plot:
-            raise ConfigError(f"{args.input}: a model folder is tuned with --budget only "
-                              f"(no --target-ratio, --retrain, --save or --plot yet)")
+        if args.retrain or args.plot or args.pre_budget is not None:
+            raise ConfigError(f"{args.input}: a model folder is tuned without retraining (no --retrain or "
+                              f"--pre-budget) and without --plot")
         return run_pretrained(args, Path(args.output))
     if args.pre_budget is not None and not (args.retrain and args.budget is not None):
         raise ConfigError("--pre-budget applies with --retrain and --budget only")
@@ -166,8 +168,24 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
                      (f" and {len(held_out)} held-out lines" if held_out is not None else ""))
     evaluate = load_evaluator(args.evaluator) if args.evaluator else EmbeddingMetric(slot, tokenizer, lines)
     test = EmbeddingMetric(slot, tokenizer, held_out) if held_out is not None else None
+    written: list[int] = []
+
+    def file_bytes(rules: list[str]) -> int:
+        """Write the file `rules` give (to --save, else a temporary file) and return its size."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = args.save or Path(tmp) / "trial.dcf"
+            written.append(compress(folder, path, rules=rules, calibration=calibration)["compressed_bytes"])
+        return written[-1]
+
     with console.progress_bar(hf_sweep_size(tensors), "sweeping", enabled=not args.quiet, unit="items") as adv:
-        result = tune_pretrained(tensors, evaluate, args.budget, calibration, test=test, progress=adv)
+        result = tune_pretrained(tensors, evaluate, args.budget, calibration, test=test, progress=adv,
+                                 target_ratio=args.target_ratio,
+                                 file_bytes=file_bytes if args.target_ratio is not None else None)
+    if args.save and args.target_ratio is None:
+        if not args.quiet:
+            console.note(f"writing {args.save}")
+        file_bytes(result.rules)
+    result.file_bytes = written[-1] if written else None
     write_rules_file(output, result.rules)
     if args.json:
         console.print_json(result.as_dict())
