@@ -270,7 +270,6 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     sizes = ends - starts
     if np.any(sizes < (nsyms * min_len + 7) >> 3) or np.any(sizes > (nsyms * max_len + 7) >> 3):
         raise FormatError("huffman: segment offsets are not increasing or do not match the segment symbol counts")
-    codes, ordered = canonical_codes(lengths)
     width = max_len
     words = np.zeros((plen + 23) >> 3, dtype="<u8")  # the payload, zero padded by at least 16 bytes
     buf = words.view(np.uint8)
@@ -278,9 +277,10 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     kernels = compiled(count)
     if kernels is not None:
         out = np.empty(count, dtype=dtype)
-        lut = kernels.huffman_table(lengths, ordered, codes, width)
+        lut = kernels.huffman_table(lengths, width, LIMIT)
         end_pos = kernels.huffman_decode(words, starts, nsyms, seg, lut, width, out)
     else:
+        codes, ordered = canonical_codes(lengths)
         out, end_pos = _decode_numpy(buf, starts, ends, nsyms, seg, count, lengths, codes, ordered, width, dtype)
     # exact bit consumption: every segment ends inside its last byte, and the padding bits above are zero
     last_byte = ends - 1

@@ -97,10 +97,8 @@ def _read_varint(data: np.ndarray, start: int, what: str) -> tuple[int, int]:
     """One shortest-form LEB128 value (< 2^21) from data[start:]; returns it and the offset past it. A plain loop
     over at most VARINT_BYTES bytes: numpy calls would cost more than the whole read."""
     window = data[start:start + VARINT_BYTES].tolist()
-    for size, byte in enumerate(window, 1):
-        if byte < 0x80:
-            break
-    else:  # no final byte within VARINT_BYTES: a longer varint, or the stream ends
+    size = next((i + 1 for i, byte in enumerate(window) if byte < 0x80), 0)
+    if not size:  # no final byte within VARINT_BYTES: a longer varint, or the stream ends
         raise FormatError(f"rans: {what}: the stream ends inside a varint, or it is longer than {VARINT_BYTES} bytes")
     if size > 1 and window[size - 1] == 0:
         raise FormatError(f"rans: {what}: a varint not in shortest form")
