@@ -7,9 +7,9 @@ Byte layout (spec/stages/huffman.md), all integers little-endian, bits LSB-first
 The code is built with package-merge (optimal under the length limit), stored as code lengths only, and the
 symbols are cut into segments of S symbols, each starting on a byte boundary. The encoder picks S per stream (at
 most `segment_size`, see `choose_segment_size`) so that mid-size streams still have hundreds of segments. The decoder
-runs every segment in lockstep: one numpy step decodes one symbol of every segment at once, or two for byte symbols
-(a 2^16-entry pair table); a stream of a few segments is decoded by a plain loop instead. With the `fast` extra,
-compiled kernels (`_kernels`) pack and decode instead, with the same bytes, symbols and errors.
+runs every segment in lockstep: one numpy step decodes one symbol of every segment at once; a stream of a few
+segments is decoded by a plain loop instead. With the `fast` extra, compiled kernels (`_kernels`) pack and decode
+instead, with the same bytes, symbols and errors.
 """
 
 from __future__ import annotations
@@ -36,12 +36,6 @@ LONG_STREAM = 1 << 16  # many, of no less than SEGMENT_BITS / 2 payload bits (si
 WANT_LANES = 2048  # at least this many segments, while segments stay at most `segment_size` symbols
 SCALAR_LANES = 12  # fewer segments than this: a plain loop beats numpy calls over so few lanes (at most
 # 12 x MAX_SEGMENT symbols, so its cost stays bounded too)
-PAIR_BITS = 16  # window of the two-symbol decode table (2^16 four-byte entries)
-PAIR_REPAIR = 1 / 64  # share of symbols the pair decoder may re-decode one at a time before it gives up
-PAIR_SHARE = 0.998  # use it when at least this share of lookups (by the code's own distribution) yields two symbols:
-# a lane's whole refill group (3-4 pairs) is repaired when one pair does not fit, so 1 - 0.998^4 < PAIR_REPAIR / 2
-# keeps the decoder inside its budget (at 0.9, 8-bit k-means indices, 93%, gave up on every stream after the work)
-PAIR_COUNT = 1 << 15  # ... and the stream is long enough to pay for building it
 ENCODE_BLOCK = 1 << 18  # about this many symbols (whole segments) are packed at a time, for the same reason
 
 
@@ -295,8 +289,9 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
 def _decode_numpy(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
                   lengths: np.ndarray, codes: np.ndarray, ordered: np.ndarray, width: int,
                   dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The numpy decoders: a plain loop over few segments, else lockstep steps (two byte symbols a step if that
-    pays); returns the symbols and every segment's end bit position."""
+    """The numpy decoders: a plain loop over few segments, else lockstep steps; returns the symbols and every
+    segment's end bit position. (A two-symbol table for byte symbols, tried until issue 13's second pass, lost to
+    the one-symbol steps once those shed their call overhead: 20 vs 30 M symbols/s at 10^5, 65 vs 83 at 10^7.)"""
     # decode tables over a window of max_len bits, first stream bit = least significant bit of the index
     msb_sym = np.repeat(ordered, np.left_shift(1, width - lengths[ordered]))
     msb_len = np.repeat(lengths[ordered], np.left_shift(1, width - lengths[ordered]))
@@ -308,12 +303,7 @@ def _decode_numpy(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: 
     lut_len = msb_len[idx].astype(np.int64)
     if starts.size < SCALAR_LANES:
         return _decode_scalar(buf, starts, nsyms, lut_sym, lut_len, width, dtype)
-    lut2 = _pair_table(lut_sym, lut_len, width) if dtype == np.uint8 and count >= PAIR_COUNT else None
-    found = None if lut2 is None else _decode_pairs(buf, starts, ends, nsyms, seg, count, lut2, lut_sym, lut_len,
-                                                     width, lengths)
-    if found is None:  # no pair table, or too many pairs needed repair (hostile or odd streams)
-        found = _decode_lockstep(buf, starts, ends, nsyms, seg, count, lut_sym, lut_len, width, dtype)
-    return found
+    return _decode_lockstep(buf, starts, ends, nsyms, seg, count, lut_sym, lut_len, width, dtype)
 
 
 def _lane_blocks(starts: np.ndarray, ends: np.ndarray, steps: int) -> Iterator[tuple[int, int]]:
@@ -356,132 +346,20 @@ def _decode_scalar(buf: np.ndarray, starts: np.ndarray, nsyms: np.ndarray, lut_s
     return np.array(out, dtype=dtype), end_pos
 
 
-def _pair_table(lut_sym: np.ndarray, lut_len: np.ndarray, width: int) -> np.ndarray | None:
-    """Table decoding two byte symbols per lookup of min(PAIR_BITS, 2 x width) bits, or None if pairs rarely fit.
-
-    Entry (int32): bits 0-7 first symbol, 8-15 second, bit 17 set if both codes fit in the window (else the entry is
-    incomplete and the decoder repairs it), bits 18+ the bits both codes take. Entries are hit with probability
-    2^-length under the code's own distribution, so the share of complete entries predicts how often pairs fit.
-    """
-    bits = min(PAIR_BITS, 2 * width)
-    mask = (1 << width) - 1
-    len32, sym32 = lut_len.astype(np.int32), lut_sym.astype(np.int32)
-    v = np.arange(1 << bits, dtype=np.int32)
-    l1 = len32[v & mask]
-    i2 = np.right_shift(v, l1, out=v)
-    i2 &= mask
-    l2 = len32[i2]
-    l2 += l1  # both codes' bits
-    two = l2 <= bits
-    two &= l1 > 0
-    two &= len32[i2] > 0
-    if np.count_nonzero(two) < PAIR_SHARE * two.size:
-        return None
-    entry = sym32[i2]
-    entry <<= 8
-    entry |= sym32[np.arange(1 << bits, dtype=np.int32) & mask]
-    l2 <<= 18
-    entry |= l2
-    entry |= 1 << 17
-    entry *= two
-    return entry
-
-
-def _decode_pairs(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
-                  lut2: np.ndarray, lut_sym: np.ndarray, lut_len: np.ndarray, width: int,
-                  lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Lockstep decoding of byte symbols two per step: half the numpy steps of `_decode_lockstep`.
-
-    Every step must yield two symbols per lane, so a lane whose pair did not fit the table window (rare: two long
-    codes in a row) has that refill group re-decoded one symbol at a time. Returns None when repairs would exceed a
-    small share of the stream (then the caller decodes one symbol per step instead).
-    """
-    nseg = starts.size
-    steps = seg if nseg > 1 else count
-    half = (steps + 1) // 2
-    bits = int(lut2.size).bit_length() - 1
-    mask = (1 << bits) - 1
-    refill = max(1, 57 // bits)  # pairs that fit in the 57 bits a refill guarantees
-    sym_len = np.zeros(256, dtype=np.int64)
-    sym_len[:lengths.size] = lengths
-    raw, syms, lens_of, code_mask = buf.tobytes(), lut_sym.tolist(), lut_len.tolist(), (1 << width) - 1
-    budget = int(count * PAIR_REPAIR) + 64  # symbols we are willing to re-decode one at a time
-    need_last = int(nsyms[-1])
-    h_last = (need_last + 1) // 2  # steps the last segment needs
-    out = np.empty((nseg, 2 * half), dtype=np.uint8)
-    end_pos = np.empty(nseg, dtype=np.int64)
-    for lo, hi in _lane_blocks(starts, ends, steps):
-        nl = hi - lo
-        base = int(starts[lo])
-        span = int(ends[hi - 1]) - base + 1
-        win = np.ndarray(shape=(span,), dtype="<i8", buffer=buf, offset=base, strides=(1,)).astype(np.int64)
-        pos = (starts[lo:hi] - base) * 8
-        b, s, w, idx, total = (np.empty_like(pos) for _ in range(5))
-        lens = np.empty((refill, nl), dtype=np.int64)
-        block = np.empty((half, nl), dtype=np.int32)
-        rows = list(block)
-        snap = None
-        for t0 in range(0, half, refill):
-            np.right_shift(pos, 3, out=b)
-            np.minimum(b, span - 1, out=b)  # never taken by a valid stream
-            np.take(win, b, out=w, mode="wrap")  # (in range: "wrap" is faster than "clip")
-            np.bitwise_and(pos, 7, out=s)
-            np.right_shift(w, s, out=w)
-            n = min(refill, half - t0)
-            for j in range(n):
-                np.bitwise_and(w, mask, out=idx)
-                row = rows[t0 + j]
-                np.take(lut2, idx, out=row, mode="wrap")
-                ln = lens[j]
-                np.right_shift(row, 18, out=ln)
-                np.right_shift(w, ln, out=w)
-            group = block[t0:t0 + n]
-            if not int(np.bitwise_and.reduce(group, axis=None)) >> 17 & 1:  # some lane has an incomplete pair
-                bad = np.flatnonzero((np.bitwise_and.reduce(group, axis=0) >> 17 & 1) == 0)
-                budget -= 2 * n * bad.size
-                if budget < 0:
-                    return None
-                for k in bad.tolist():  # one symbol at a time; an invalid code (length 0) fails the end check later
-                    p = int(pos[k]) + 8 * base
-                    for j in range(n):
-                        q = p
-                        v = int.from_bytes(raw[p >> 3:(p >> 3) + 3], "little") >> (p & 7) & code_mask
-                        entry = syms[v]
-                        p += lens_of[v]
-                        v = int.from_bytes(raw[p >> 3:(p >> 3) + 3], "little") >> (p & 7) & code_mask
-                        p += lens_of[v]
-                        group[j, k] = entry | syms[v] << 8 | 1 << 17 | (p - q) << 18
-                        lens[j, k] = p - q
-            if hi == nseg and t0 < h_last <= t0 + n:
-                snap = int(pos[-1]) + int(lens[:h_last - t0, -1].sum())
-            np.add.reduce(lens[:n], axis=0, out=total)
-            np.add(pos, total, out=pos)
-        end_pos[lo:hi] = pos + 8 * base
-        if steps % 2:  # the last step's second symbol lies past the segment: take back all but the first code
-            last = block[half - 1]
-            end_pos[lo:hi] -= (last >> 18) - sym_len[last & 0xFF]
-        if snap is not None:
-            last = int(block[h_last - 1, -1])
-            end_pos[-1] = snap + 8 * base - ((last >> 18) - int(sym_len[last & 0xFF]) if need_last % 2 else 0)
-        dest = out[lo:hi].view("<u2")  # each entry's low 16 bits: first symbol in the low byte, second above
-        for i in range(0, half, 256):  # transpose in tiles: about twice as fast as one strided copy
-            for j in range(0, nl, 64):
-                dest[j:j + 64, i:i + 256] = block[i:i + 256, j:j + 64].T
-    flat = out.reshape(-1) if 2 * half == steps else out[:, :steps].reshape(-1)
-    return flat[:count], end_pos
-
-
 def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
                      lut_sym: np.ndarray, lut_len: np.ndarray, width: int,
                      dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Decode every segment in lockstep, LANES segments at a time: one numpy step decodes one symbol of each."""
+    """Decode every segment in lockstep, LANES segments at a time: one numpy step decodes one symbol of each.
+
+    The step's calls take arrays only, outputs positional: a Python int operand costs a ufunc call about as much as
+    its work on a few hundred lanes (and np.take's wrapper more than the method), which is what small streams pay."""
     nseg = starts.size
     steps = seg if nseg > 1 else count
     out = np.empty((nseg, steps), dtype=dtype)
     end_pos = np.empty(nseg, dtype=np.int64)
-    mask = (1 << width) - 1
     last = int(nsyms[-1])
     refill = max(1, 57 // width)  # codes that fit in the 57 bits a refill guarantees
+    shr, band, vmin, add = np.right_shift, np.bitwise_and, np.minimum, np.add
     for lo, hi in _lane_blocks(starts, ends, steps):
         base = int(starts[lo])
         # win[i] = the 8 bytes from byte base + i as one little-endian integer (a contiguous copy: fast gathers);
@@ -490,32 +368,31 @@ def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsym
         span = int(ends[hi - 1]) - base + 1
         win = np.ndarray(shape=(span,), dtype="<i8", buffer=buf, offset=base, strides=(1,)).astype(np.int64)
         pos = (starts[lo:hi] - base) * 8
-        b, s, w, idx, total = (np.empty_like(pos) for _ in range(5))
+        b, s, w, idx, ln = (np.empty_like(pos) for _ in range(5))
+        three, seven, top, mask = (np.full_like(pos, v) for v in (3, 7, span - 1, (1 << width) - 1))
         block = np.empty((steps, hi - lo), dtype=dtype)
-        lens = np.empty((refill, hi - lo), dtype=np.int64)
         rows = list(block)
-        snap = None
+        take_sym, take_len, take_win = lut_sym.take, lut_len.take, win.take
+        snap = last - 1 if hi == nseg else -1  # the step after which the last (short) segment is done
+        last_end = None
         for t0 in range(0, steps, refill):
             # w = the next >= 57 stream bits of every lane, first bit in bit 0
-            np.right_shift(pos, 3, out=b)
-            np.minimum(b, span - 1, out=b)  # never taken by a valid stream
-            np.take(win, b, out=w, mode="wrap")
-            np.bitwise_and(pos, 7, out=s)
-            np.right_shift(w, s, out=w)
-            n = min(refill, steps - t0)
-            for j in range(n):
-                np.bitwise_and(w, mask, out=idx)
-                np.take(lut_sym, idx, out=rows[t0 + j], mode="wrap")
-                ln = lens[j]
-                np.take(lut_len, idx, out=ln, mode="wrap")
-                np.right_shift(w, ln, out=w)
-            if hi == nseg and t0 < last <= t0 + n:
-                snap = int(pos[-1]) + int(lens[: last - t0, -1].sum())
-            np.add.reduce(lens[:n], axis=0, out=total)
-            np.add(pos, total, out=pos)
+            shr(pos, three, b)
+            vmin(b, top, out=b)  # never taken by a valid stream
+            take_win(b, 0, w, "wrap")
+            band(pos, seven, s)
+            shr(w, s, w)
+            for t in range(t0, min(t0 + refill, steps)):
+                band(w, mask, idx)
+                take_sym(idx, 0, rows[t], "wrap")
+                take_len(idx, 0, ln, "wrap")
+                shr(w, ln, w)
+                add(pos, ln, pos)  # per step: cheaper than one reduce over the group's lengths
+                if t == snap:
+                    last_end = int(pos[-1]) + 8 * base
         end_pos[lo:hi] = pos + 8 * base
-        if snap is not None:
-            end_pos[-1] = snap + 8 * base
+        if last_end is not None:
+            end_pos[-1] = last_end
         for i in range(0, steps, 512):  # transpose in tiles: about twice as fast as one strided copy
             for j in range(lo, hi, 64):
                 out[j:min(j + 64, hi), i:i + 512] = block[i:i + 512, j - lo:j - lo + 64].T
