@@ -28,8 +28,7 @@ MAX_ALPHABET = 1 << 16
 MAX_SEGMENT = 1 << 16  # symbols per segment: a vector decoder's steps, so decode time stays linear in the symbols
 MAX_PAYLOAD = (1 << 32) - 1
 LANES = 4096  # segments decoded together; keeps the working set of one lockstep in cache
-BLOCK_CELLS = 1 << 22  # ... and at most this many symbols (lanes x steps, 4 bytes each in the pair decoder) and
-BLOCK_BYTES = 1 << 21  # payload bytes (an 8-byte window each) in one lane block: 16 MiB apiece, whatever S is
+BLOCK_CELLS = 1 << 22  # ... and at most this many symbols (lanes x steps) in one lane block, whatever S is
 SEGMENT_BITS = 8192  # the encoder aims at about this many payload bits per segment (offset + padding ~0.43%)
 FEW_LANES = 256  # streams of LONG_STREAM+ symbols with fewer segments than this get smaller segments, towards this
 LONG_STREAM = 1 << 16  # many, of no less than SEGMENT_BITS / 2 payload bits (side information ~0.87%)
@@ -275,7 +274,7 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
         end_pos = kernels.huffman_decode(words, starts, nsyms, seg, lut, width, out)
     else:
         codes, ordered = canonical_codes(lengths)
-        out, end_pos = _decode_numpy(buf, starts, ends, nsyms, seg, count, lengths, codes, ordered, width, dtype)
+        out, end_pos = _decode_numpy(buf, starts, nsyms, seg, count, lengths, codes, ordered, width, dtype)
     # exact bit consumption: every segment ends inside its last byte, and the padding bits above are zero
     last_byte = ends - 1
     used_bits = end_pos - 8 * last_byte
@@ -286,7 +285,7 @@ def _decode(data: memoryview, count: int, alphabet: int, dtype: np.dtype) -> np.
     return out
 
 
-def _decode_numpy(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
+def _decode_numpy(buf: np.ndarray, starts: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
                   lengths: np.ndarray, codes: np.ndarray, ordered: np.ndarray, width: int,
                   dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """The numpy decoders: a plain loop over few segments, else lockstep steps; returns the symbols and every
@@ -303,21 +302,15 @@ def _decode_numpy(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: 
     lut_len = msb_len[idx].astype(np.int64)
     if starts.size < SCALAR_LANES:
         return _decode_scalar(buf, starts, nsyms, lut_sym, lut_len, width, dtype)
-    return _decode_lockstep(buf, starts, ends, nsyms, seg, count, lut_sym, lut_len, width, dtype)
+    return _decode_lockstep(buf, starts, nsyms, seg, count, lut_sym, lut_len, width, dtype)
 
 
-def _lane_blocks(starts: np.ndarray, ends: np.ndarray, steps: int) -> Iterator[tuple[int, int]]:
-    """Consecutive runs [lo, hi) of segments decoded together: at most LANES of them, BLOCK_CELLS symbols (lanes x
-    steps) and BLOCK_BYTES payload bytes, so a block's temporaries are bounded whatever the segment size."""
-    nseg = starts.size
+def _lane_blocks(nseg: int, steps: int) -> Iterator[tuple[int, int]]:
+    """Consecutive runs [lo, hi) of segments decoded together: at most LANES of them and BLOCK_CELLS symbols (lanes x
+    steps), so a block's temporaries are bounded whatever the segment size."""
     lanes = max(1, min(LANES, BLOCK_CELLS // max(1, steps)))
-    lo = 0
-    while lo < nseg:
-        hi = min(lo + lanes, nseg)
-        by_bytes = int(np.searchsorted(ends, int(starts[lo]) + BLOCK_BYTES, side="right"))
-        hi = max(lo + 1, min(hi, by_bytes))
-        yield lo, hi
-        lo = hi
+    for lo in range(0, nseg, lanes):
+        yield lo, min(lo + lanes, nseg)
 
 
 def _decode_scalar(buf: np.ndarray, starts: np.ndarray, nsyms: np.ndarray, lut_sym: np.ndarray,
@@ -346,42 +339,44 @@ def _decode_scalar(buf: np.ndarray, starts: np.ndarray, nsyms: np.ndarray, lut_s
     return np.array(out, dtype=dtype), end_pos
 
 
-def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
+def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, nsyms: np.ndarray, seg: int, count: int,
                      lut_sym: np.ndarray, lut_len: np.ndarray, width: int,
                      dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Decode every segment in lockstep, LANES segments at a time: one numpy step decodes one symbol of each.
 
-    The step's calls take arrays only, outputs positional: a Python int operand costs a ufunc call about as much as
-    its work on a few hundred lanes (and np.take's wrapper more than the method), which is what small streams pay."""
+    A refill reads every lane's next 64 bits from two of the payload's 64-bit words (`buf` is a zero-padded uint64
+    array viewed as bytes; the word index is clamped to its last two, zero, words, as in the kernel). The step's
+    calls take arrays only, outputs positional: a Python int operand costs a ufunc call about as much as its work on
+    a few hundred lanes (and np.take's wrapper more than the method), which is what small streams pay."""
     nseg = starts.size
     steps = seg if nseg > 1 else count
     out = np.empty((nseg, steps), dtype=dtype)
     end_pos = np.empty(nseg, dtype=np.int64)
     last = int(nsyms[-1])
-    refill = max(1, 57 // width)  # codes that fit in the 57 bits a refill guarantees
-    shr, band, vmin, add = np.right_shift, np.bitwise_and, np.minimum, np.add
-    for lo, hi in _lane_blocks(starts, ends, steps):
-        base = int(starts[lo])
-        # win[i] = the 8 bytes from byte base + i as one little-endian integer (a contiguous copy: fast gathers);
-        # reads are clamped to the block's last byte, so a hostile lane running past its segment reads garbage (and
-        # fails the end check) instead of past the buffer
-        span = int(ends[hi - 1]) - base + 1
-        win = np.ndarray(shape=(span,), dtype="<i8", buffer=buf, offset=base, strides=(1,)).astype(np.int64)
-        pos = (starts[lo:hi] - base) * 8
-        b, s, w, idx, ln = (np.empty_like(pos) for _ in range(5))
-        three, seven, top, mask = (np.full_like(pos, v) for v in (3, 7, span - 1, (1 << width) - 1))
+    refill = 64 // width  # codes one refill holds
+    words = buf.view(np.int64)
+    take_lo, take_hi, take_sym, take_len = words.take, words[1:].take, lut_sym.take, lut_len.take
+    shr, shl, band, bor, sub, add = np.right_shift, np.left_shift, np.bitwise_and, np.bitwise_or, np.subtract, np.add
+    for lo, hi in _lane_blocks(nseg, steps):
+        pos = starts[lo:hi] * 8
+        q, r, w, high, idx, ln = (np.empty_like(pos) for _ in range(6))
+        six, low6, sixty4, qmax, mask = (np.full_like(pos, v) for v in (6, 63, 64, words.size - 2, (1 << width) - 1))
+        uq, ur, uw, uh = (a.view(np.uint64) for a in (q, r, w, high))  # logical shifts
         block = np.empty((steps, hi - lo), dtype=dtype)
         rows = list(block)
-        take_sym, take_len, take_win = lut_sym.take, lut_len.take, win.take
         snap = last - 1 if hi == nseg else -1  # the step after which the last (short) segment is done
         last_end = None
         for t0 in range(0, steps, refill):
-            # w = the next >= 57 stream bits of every lane, first bit in bit 0
-            shr(pos, three, b)
-            vmin(b, top, out=b)  # never taken by a valid stream
-            take_win(b, 0, w, "wrap")
-            band(pos, seven, s)
-            shr(w, s, w)
+            # w = the next 64 stream bits of every lane, first bit in bit 0
+            shr(pos, six, q)
+            np.minimum(q, qmax, out=q)  # never taken by a valid stream
+            take_lo(q, 0, w, "wrap")
+            take_hi(q, 0, high, "wrap")
+            band(pos, low6, r)
+            shr(uw, ur, uw)
+            sub(sixty4, r, q)
+            shl(uh, uq, uh)  # a shift by 64 gives 0
+            bor(w, high, w)
             for t in range(t0, min(t0 + refill, steps)):
                 band(w, mask, idx)
                 take_sym(idx, 0, rows[t], "wrap")
@@ -389,8 +384,8 @@ def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsym
                 shr(w, ln, w)
                 add(pos, ln, pos)  # per step: cheaper than one reduce over the group's lengths
                 if t == snap:
-                    last_end = int(pos[-1]) + 8 * base
-        end_pos[lo:hi] = pos + 8 * base
+                    last_end = int(pos[-1])
+        end_pos[lo:hi] = pos
         if last_end is not None:
             end_pos[-1] = last_end
         for i in range(0, steps, 512):  # transpose in tiles: about twice as fast as one strided copy

@@ -310,7 +310,7 @@ def test_adaptive_segments_keep_side_information_small(count):
 DECODE_PATHS = {  # module constants that force one numpy decoder: scalar, or one symbol per lockstep step
     "scalar": {"SCALAR_LANES": 1 << 30},
     "lockstep": {"SCALAR_LANES": 0},
-    "lockstep, small blocks": {"SCALAR_LANES": 0, "LANES": 3, "BLOCK_CELLS": 64, "BLOCK_BYTES": 64},
+    "lockstep, small blocks": {"SCALAR_LANES": 0, "LANES": 3, "BLOCK_CELLS": 64},
 }
 if "numba" in available():
     DECODE_PATHS["kernels"] = {}  # the compiled decoder (tests/test_kernels.py compares the two paths further)
