@@ -183,9 +183,9 @@ def rans_decode(x: np.ndarray, words: np.ndarray, nwords: int, count: int, bits:
             read += np.uint64(need)
         done += n
         if read > limit:
-            return -1
+            return np.int64(-1)
     x[:] = state
-    return int(read)
+    return np.int64(read)  # int64 both ways: numba would unify int64 and uint64 returns to a float
 
 
 @njit(**JIT)
