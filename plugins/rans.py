@@ -93,23 +93,19 @@ def _varints(values: np.ndarray) -> np.ndarray:
     return out[np.arange(VARINT_BYTES) < nbytes[:, None]]
 
 
-def _read_varints(data: np.ndarray, start: int, n: int, what: str) -> tuple[np.ndarray, int]:
-    """n shortest-form LEB128 values (each < 2^21) from data[start:]; returns them and the offset past the last."""
-    window = data[start:start + VARINT_BYTES * n].astype(np.int64)
-    ends = np.flatnonzero(window < 0x80)[:n]
-    if ends.size < n:
-        raise FormatError(f"rans: {what}: the stream ends inside its {n} varints")
-    begins = np.concatenate([[0], ends[:-1] + 1])
-    size = ends - begins + 1
-    if np.any(size > VARINT_BYTES):
-        raise FormatError(f"rans: {what}: a varint longer than {VARINT_BYTES} bytes")
-    if np.any((size > 1) & (window[ends] == 0)):
+def _read_varint(data: np.ndarray, start: int, what: str) -> tuple[int, int]:
+    """One shortest-form LEB128 value (< 2^21) from data[start:]; returns it and the offset past it. A plain loop
+    over at most VARINT_BYTES bytes: numpy calls would cost more than the whole read."""
+    window = data[start:start + VARINT_BYTES].tolist()
+    size = next((i + 1 for i, byte in enumerate(window) if byte < 0x80), 0)
+    if not size:  # no final byte within VARINT_BYTES: a longer varint, or the stream ends
+        raise FormatError(f"rans: {what}: the stream ends inside a varint, or it is longer than {VARINT_BYTES} bytes")
+    if size > 1 and window[size - 1] == 0:
         raise FormatError(f"rans: {what}: a varint not in shortest form")
-    values = window[ends].copy()
-    for k in range(1, VARINT_BYTES):  # fold in the lower groups, most significant first
-        has = size > k
-        values[has] = (values[has] << 7) | (window[ends[has] - k] & 0x7F)
-    return values, start + int(ends[-1]) + 1
+    value = 0
+    for byte in reversed(window[:size]):
+        value = (value << 7) | (byte & 0x7F)
+    return value, start + size
 
 
 def choose_scale(counts: np.ndarray, scale_bits: int) -> tuple[int, np.ndarray]:
@@ -298,8 +294,7 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
     bits = int(data[0])
     if not 1 <= bits <= 16:
         raise FormatError(f"rans: scale bits {bits} outside 1..16")
-    (distinct,), pos = _read_varints(data, 1, 1, "symbol count")
-    distinct = int(distinct)
+    distinct, pos = _read_varint(data, 1, "symbol count")
     if not 1 <= distinct <= min(alphabet, 1 << bits, count):
         raise FormatError(f"rans: {distinct} distinct symbols for {count} symbols, an alphabet of {alphabet} and "
                           f"total 2^{bits}")
@@ -312,8 +307,7 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
         raise FormatError(f"rans: frequency table names symbol {int(symbols[-1])}, the alphabet is {alphabet}")
     if int(freq.sum()) != 1 << bits:
         raise FormatError(f"rans: frequencies sum to {int(freq.sum())}, not 2^{bits}")
-    (lanes,), pos = _read_varints(data, pos, 1, "lane count")
-    lanes = int(lanes)
+    lanes, pos = _read_varint(data, pos, "lane count")
     steps = -(-count // lanes) if lanes else 0
     if not 1 <= lanes <= count or steps > MAX_STEPS:
         raise FormatError(f"rans: {lanes} lanes for {count} symbols (1..count lanes, at most {MAX_STEPS} symbols "
@@ -325,28 +319,31 @@ def _decode(data: np.ndarray, count: int, alphabet: int, dtype: np.dtype) -> np.
     if int(x.min()) < STATE_LOW:
         raise FormatError(f"rans: a lane's state {int(x.min())} is below 2^16")
     nwords = rest // 2
-    total = 1 << bits
-    slot_sym = np.repeat(symbols, freq).astype(dtype)
-    slot_freq = np.repeat(freq, freq)
-    slot_bias = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(freq) - freq, freq)
-    words = np.zeros(nwords + lanes, dtype=np.int64)  # padded: one step reads at most `lanes` words
-    words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=pos + 4 * lanes)
+    words_at = pos + 4 * lanes
     if kernels is not None:
+        words = np.zeros(nwords + lanes, dtype=np.uint16)  # padded: one step reads at most `lanes` words
+        words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=words_at)
         out = np.empty(count, dtype=dtype)
-        read = kernels.rans_decode(x, words, nwords, count, bits, slot_sym, slot_freq, slot_bias, out, STATE_LOW)
+        table = kernels.rans_table(symbols, freq, bits)
+        read = kernels.rans_decode(x, words, nwords, count, bits, table, out, STATE_LOW)
     else:
-        out, read = _decode_lanes(x, words, nwords, count, bits, slot_sym, slot_freq, slot_bias)
+        words = np.zeros(nwords + lanes, dtype=np.int64)
+        words[:nwords] = np.frombuffer(data, dtype="<u2", count=nwords, offset=words_at)
+        out, read = _decode_lanes(x, words, nwords, count, bits, symbols, freq, dtype)
     if read < 0:
         raise FormatError(f"rans: the lanes need more than the stream's {nwords} words (truncated)")
     _check_end(read, nwords, x)
     return out
 
 
-def _decode_lanes(x: np.ndarray, words: np.ndarray, nwords: int, count: int, bits: int, slot_sym: np.ndarray,
-                  slot_freq: np.ndarray, slot_bias: np.ndarray) -> tuple[np.ndarray, int]:
+def _decode_lanes(x: np.ndarray, words: np.ndarray, nwords: int, count: int, bits: int, symbols: np.ndarray,
+                  freq: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, int]:
     """The numpy path: one step decodes one symbol of every lane (x updated in place); returns the symbols and the
     words read, or -1 once a step needed more than `nwords` (as the kernel does). Plain expressions: on arrays of
     a few dozen lanes they beat ufuncs with out= and np.take, whose argument handling costs more than the copies."""
+    slot_sym = np.repeat(symbols, freq).astype(dtype)
+    slot_freq = np.repeat(freq, freq)
+    slot_bias = np.arange(1 << bits, dtype=np.int64) - np.repeat(np.cumsum(freq) - freq, freq)
     lanes = x.size
     steps = -(-count // lanes)
     out = np.empty((steps, lanes), dtype=slot_sym.dtype)

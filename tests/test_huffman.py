@@ -307,11 +307,10 @@ def test_adaptive_segments_keep_side_information_small(count):
     assert side < 0.01 * bits / 8
 
 
-DECODE_PATHS = {  # module constants that force one numpy decoder: scalar, one symbol per step, two per step
+DECODE_PATHS = {  # module constants that force one numpy decoder: scalar, or one symbol per lockstep step
     "scalar": {"SCALAR_LANES": 1 << 30},
-    "lockstep": {"SCALAR_LANES": 0, "PAIR_COUNT": 1 << 62},
-    "pairs": {"SCALAR_LANES": 0, "PAIR_COUNT": 0, "PAIR_SHARE": 0.0, "PAIR_REPAIR": 1e9},
-    "pairs, small budget": {"SCALAR_LANES": 0, "PAIR_COUNT": 0, "PAIR_SHARE": 0.0, "PAIR_REPAIR": 0.0},
+    "lockstep": {"SCALAR_LANES": 0},
+    "lockstep, small blocks": {"SCALAR_LANES": 0, "LANES": 3, "BLOCK_CELLS": 64},
 }
 if "numba" in available():
     DECODE_PATHS["kernels"] = {}  # the compiled decoder (tests/test_kernels.py compares the two paths further)
@@ -349,8 +348,8 @@ def test_all_decoders_agree(case, segment_size, max_bits, data):
 
 
 @given(st.integers(1, 2000), st.integers(0, 3000), st.integers(1, 9), st.sampled_from([3, 50, 4096]), st.data())
-def test_decoders_agree_when_pairs_need_repair(common, rare, run, segment_size, data):
-    """Runs of rare symbols (codes of 9+ bits, so two in a row overflow the 16-bit pair window) force repairs."""
+def test_decoders_agree_on_runs_of_long_codes(common, rare, run, segment_size, data):
+    """Runs of rare symbols (codes of 9+ bits) among short codes: lanes fall out of step with each other."""
     rng = np.random.default_rng(common * 7919 + rare)
     array = rng.integers(0, 3, common + rare).astype(np.uint8)
     starts = rng.integers(0, common + rare, max(1, rare // max(run, 1)))
@@ -364,14 +363,14 @@ def test_decoders_agree_when_pairs_need_repair(common, rare, run, segment_size, 
     results = {path: decode_with(path, bytes(raw), meta) for path in DECODE_PATHS}
     assert len(set(results.values())) == 1, results.keys()
     if bytes(raw) == outputs["data"].data:
-        assert results["pairs"] == array.tobytes()
+        assert results["lockstep"] == array.tobytes()
 
 
 @pytest.mark.parametrize("count", [70_001, 300_000])
-def test_pair_decoder_on_long_streams(count):
-    """The default choice on long byte-symbol streams (two symbols per step, with repairs) matches the scalar loop."""
+def test_lockstep_decoder_on_long_streams(count):
+    """The default choice on long byte-symbol streams (many lane blocks, a short last segment) decodes exactly."""
     rng = np.random.default_rng(count)
-    array = np.minimum(rng.geometric(0.3, count) - 1, 40).astype(np.uint8)  # long rare codes: some pairs need repair
+    array = np.minimum(rng.geometric(0.3, count) - 1, 40).astype(np.uint8)  # long rare codes among short ones
     outputs, meta = Huffman(max_bits=14).encode(Symbols(array, 41))
     assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
     assert decode_with("lockstep", outputs["data"].data, meta) == array.tobytes()
@@ -448,26 +447,6 @@ def test_long_segments_decode_in_memory_linear_in_the_symbols(nseg, measure):
         tracemalloc.stop()
     assert decoded.array.tobytes() == array.tobytes()
     assert peak < 16 * array.size + (8 << 20), f"decoding {array.size} symbols cost {peak} bytes"
-
-
-@pytest.mark.parametrize("levels, pairs", [(32, True), (256, False)])
-def test_pair_decoder_is_tried_only_where_it_keeps_its_repair_budget(monkeypatch, levels, pairs):
-    """Issue 13 item 4: PAIR_SHARE (0.9) let 8-bit k-means indices (93% of pairs fit the window) into the pair
-    decoder, which gave up on its repair budget every time and the stream was decoded again one symbol a step. The
-    share now follows from the budget; 5-bit indices (99.9%) still decode two symbols a step."""
-    import dcframe_plugins.huffman as module
-
-    calls = []
-    real = module._decode_pairs
-    monkeypatch.setattr(module, "_decode_pairs", lambda *a: calls.append(real(*a)) or calls[-1])
-    weights = np.random.default_rng(256).laplace(size=100_000)
-    centroids = np.linspace(weights.min(), weights.max(), levels)  # the paper's linear initialization
-    array = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, weights).astype(np.uint8)
-    outputs, meta = Huffman().encode(Symbols(array, levels))
-    with coder_path("numpy"):
-        assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
-    assert all(found is not None for found in calls), "the pair decoder gave up"
-    assert bool(calls) == pairs
 
 
 @given(st.lists(st.tuples(st.integers(0, 2**16 - 1), st.integers(1, 16)), min_size=1, max_size=50))

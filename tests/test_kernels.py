@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 from dcframe_plugins import _kernels
-from dcframe_plugins.huffman import Huffman
-from dcframe_plugins.rans import Rans
+from dcframe_plugins.huffman import LIMIT, Huffman, bit_reverse, canonical_codes, limited_code_lengths
+from dcframe_plugins.rans import Rans, golomb_pack
 from hypothesis import given
 from hypothesis import strategies as st
 from kernel_paths import coder_path
@@ -173,3 +173,55 @@ def test_numba_is_imported_only_for_a_long_stream():
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", str(_kernels.installed())]
     assert _kernels.IMPORT_MIN == 1 << 17  # the script's long stream
+
+
+@given(st.lists(st.integers(1, 1000), min_size=1, max_size=300), st.integers(1, 16), st.integers(0, 65535 - 300))
+def test_kernel_decode_table_is_the_canonical_code(kernels, weights, limit, offset):
+    """The kernel builds its table from the code lengths alone (a counting pass, issue 13): every entry is the
+    (symbol, length) of the canonical code `canonical_codes` assigns, also for symbols far into a 2^16 alphabet."""
+    weights = np.array(weights, dtype=np.int64)
+    limit = max(limit, int(weights.size - 1).bit_length())
+    lengths = np.zeros(offset + weights.size, dtype=np.int64)
+    lengths[offset:] = limited_code_lengths(weights, limit)
+    width = int(lengths.max())
+    lut = kernels.huffman_table(lengths, width, LIMIT)
+    codes, ordered = canonical_codes(lengths)
+    rev = bit_reverse(codes[ordered], lengths[ordered])
+    for s, n, r in zip(ordered.tolist(), lengths[ordered].tolist(), rev.tolist(), strict=True):
+        hits = lut[r::1 << n]  # every window whose first n bits are the code
+        assert np.all(hits == (n << 16) | s), (s, n)
+    covered = int(np.sum(np.left_shift(1, width - lengths[ordered])))
+    assert np.count_nonzero(lut) == covered  # a single symbol's table leaves the other half invalid (0)
+
+
+def rans_stream(bits: int, freq: list[int], states: list[int], words: list[int]) -> bytes:
+    """A hand-built rans stream over symbols 0..len(freq)-1 (one-byte varints: fewer than 128 symbols and lanes)."""
+    gaps = np.zeros(len(freq), dtype=np.int64)
+    table = golomb_pack(np.column_stack([gaps, np.array(freq) - 1]).reshape(-1), np.tile([0, 15], len(freq)))
+    return (bytes([bits, len(freq), 15]) + table.tobytes() + bytes([len(states)])
+            + np.array(states, "<u4").tobytes() + np.array(words, "<u2").tobytes())
+
+
+@pytest.mark.parametrize("count", [1, 1000, 70_000])
+def test_rans_full_scale_single_symbol_decodes_alike(kernels, count):
+    """n = 16 with one symbol of frequency 2^16 (17 bits: the kernel's packed table keeps it whole): every state stays
+    2^16 and no word is read; both paths decode the zeros, and a stray word is left unread on both."""
+    lanes = min(count, 3)
+    data = rans_stream(16, [1 << 16], [1 << 16] * lanes, [])
+    meta = {"count": count, "alphabet": 1}
+    assert both(lambda: Rans().decode({"data": Bytes(data)}, meta).array).tobytes() == bytes(count)
+    result = both(lambda: Rans().decode({"data": Bytes(data + b"\x07\x00")}, meta).array)
+    assert result == ("FormatError", "rans: 1 of 1 words left unread")
+
+
+@pytest.mark.parametrize("share", [0.5, 0.01])
+def test_rans_truncated_last_steps_fail_alike(kernels, share):
+    """The kernel reads each lane's next word before it knows whether the lane needs it (words past the stream are
+    zero padding): cut streams must still fail at the same step, with the same message, as the numpy path's, also
+    with a short last step (5003 symbols in 5 lanes) and rare symbols that take a word almost every time."""
+    array = (np.random.default_rng(7).random(5003) < share).astype(np.uint8)
+    data = Rans(scale_bits=16, lanes=5).encode(Symbols(array, 2))[0]["data"].data
+    meta = {"count": array.size, "alphabet": 2}
+    assert both(lambda: Rans().decode({"data": Bytes(data)}, meta).array).tobytes() == array.tobytes()
+    for cut in (2, 4, 10, 30, 200):
+        assert both(lambda: Rans().decode({"data": Bytes(data[:-cut])}, meta).array)[0] == "FormatError"  # noqa: B023

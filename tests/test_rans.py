@@ -145,6 +145,7 @@ def test_sample_decodes():
     (lambda d, lp, sp: d[:lp] + b"\x00" + d[lp + 1:], "lanes"),  # zero lanes
     (lambda d, lp, sp: d[:lp] + b"\x01" + d[lp + 1:], "lanes|words|state"),  # one lane: states do not line up
     (lambda d, lp, sp: d[:lp] + b"\x88\x00" + d[lp + 1:], "shortest"),  # a non-shortest varint
+    (lambda d, lp, sp: d[:lp] + b"\x88\x80\x80\x00" + d[lp + 1:], "lane count: .*longer than 3 bytes"),  # 4 bytes
     (lambda d, lp, sp: d[:5], "ends inside|sum to"),  # cut in the table
 ])
 def test_hostile_streams_raise_format_errors(edit, match):
