@@ -19,7 +19,7 @@ from .dtypes import numpy_dtype
 from .errors import DcfError, FormatError, LimitError, ModelIOError
 from .pipeline import ROOT, Chain, Policy, Step
 from .stage import FitPlan, Stage
-from .streams import Bytes, Dense, Stream, Symbols
+from .streams import Bytes, Dense, Stream, Symbols, symbol_counts
 
 Application = tuple[str, list[str], dict[str, Any]]  # input stream, output streams, the stage's meta
 
@@ -250,7 +250,7 @@ def order0_entropy_bits(symbols: np.ndarray, alphabet: int) -> float:
     if symbols.size == 0:
         return 0.0
     if alphabet <= (1 << 24):
-        counts = np.bincount(symbols.astype(np.int64, copy=False))
+        counts = symbol_counts(symbols)
     else:
         counts = np.unique(symbols, return_counts=True)[1]
     counts = counts[counts > 0].astype(np.float64)
