@@ -367,6 +367,9 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
         yield from executor(tensors, policy, stats, progress, side_inputs)
         return
     chains = fit_chains(policy, items)
+    if jobs > 1 and len(tensors) > 1 and all(threadable(chain.stages) for chain in chains.values()):
+        yield from _compress_threaded(tensors, policy, chains, stats, progress, jobs, side_inputs)
+        return
     if jobs > 1 and len(tensors) > 1:
         yield from _compress_parallel(tensors, policy, chains, stats, progress, jobs, spill_dir, side_inputs)
         return
@@ -438,6 +441,90 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
         offset += len(view)
     encoded.streams = spilled  # type: ignore[assignment]  # triples; the parent turns them into Spilled
     return encoded
+
+
+# Stages whose encode and decode spend their time where Python's GIL is released (zlib, zstd, lzma and bz2 on whole
+# streams; numpy on whole byte planes; the compiled kernels of rans and huffman), so that chains of these alone run
+# their tensors in threads of this process: no worker processes to start, each importing numba again (0.3-0.7 s of
+# CPU), and no streams to hand back through spill files.
+THREADED_STAGES = frozenset({"raw", "bytegroup", "zstd", "zlib", "lzma", "bz2"})
+KERNEL_STAGES = frozenset({"rans", "huffman"})  # threaded when their compiled kernels can run (numba installed)
+
+
+def threadable(stages: Iterable[Stage]) -> bool:
+    """Whether tensors through these stages are best encoded (or decoded) in threads rather than processes."""
+    ids = {stage.id for stage in stages}
+    if not ids <= THREADED_STAGES | KERNEL_STAGES:
+        return False
+    if ids & KERNEL_STAGES:  # their numpy path holds the GIL for many small steps: processes do better there
+        import importlib.util
+
+        return os.environ.get("DCFRAME_KERNELS", "").strip().lower() != "numpy" and \
+            importlib.util.find_spec("numba") is not None
+    return True
+
+
+def ordered_map(function: Callable[..., Any], tasks: Iterable[tuple[tuple, int]], jobs: int,
+                budget: int = SPILL_BUDGET) -> Iterator[Any]:
+    """function(*args) of every (args, nbytes) task, run in `jobs` threads and yielded in order: at most 2 * jobs
+    tasks in flight, and at most `budget` bytes of them beyond the oldest. An error is raised where its task's
+    result would be yielded. Stopping early (an error, Ctrl-C) cancels the tasks not started and waits for none:
+    the threads are daemons, so a running task never holds up an interrupted caller or the process's exit."""
+    import queue
+    import threading
+    from concurrent.futures import Future
+
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+
+    def work() -> None:
+        while (item := todo.get()) is not None:
+            future, args = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args))
+                except BaseException as exc:  # handed to the caller, who raises it in the task's turn
+                    future.set_exception(exc)
+
+    threads = [threading.Thread(target=work, name=f"dcframe-{i}", daemon=True) for i in range(jobs)]
+    for thread in threads:
+        thread.start()
+    pending: collections.deque = collections.deque()
+    waiting = 0
+    try:
+        for args, nbytes in tasks:
+            while pending and (len(pending) >= 2 * jobs or waiting + nbytes > budget):
+                future, done = pending.popleft()
+                waiting -= done
+                yield future.result()
+            future = Future()
+            todo.put((future, args))
+            pending.append((future, nbytes))
+            waiting += nbytes
+        while pending:
+            yield pending.popleft()[0].result()
+    finally:
+        for future, _ in pending:
+            future.cancel()
+        for _ in threads:
+            todo.put(None)
+
+
+def _compress_threaded(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
+                       stats: bool, progress: Callable[[str, int], None] | None, jobs: int,
+                       side_inputs: SideInputs | None = None) -> Iterator[EncodedTensor]:
+    """compress_tensors in `jobs` threads (chains that are threadable): the same tensors, in order."""
+
+    def tasks() -> Iterator[tuple[tuple, int]]:
+        for name in tensors:  # the mapping is read here only; a memory-mapped tensor's pages load in its thread
+            dense = as_dense(tensors[name])
+            side = side_inputs(name, dense) if side_inputs else None
+            chain = chains[policy.pipeline_for(name, dense.array.shape, dense.dtype)]
+            yield (name, dense, chain, stats, side), dense.nbytes
+
+    for encoded in ordered_map(encode_tensor, tasks(), jobs):
+        if progress:
+            progress(encoded.name, encoded.original_bytes)
+        yield encoded
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
