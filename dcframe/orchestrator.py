@@ -352,6 +352,8 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
 
     With `jobs` > 1, tensors are encoded in that many worker processes, at most 2 * jobs in flight, and yielded in
     order: the same EncodedTensors (so the same file bytes) as a serial run. Global fits run once, here, first.
+    When every chain is threadable (the lossless preset's, with numba), `jobs` threads of this process encode them
+    instead (ordered_map), with the same results; `spill_dir` is then unused.
     With `spill_dir` as well (Linux), workers write their final streams to unnamed spill files (memfd, else temporary
     files in `spill_dir`) and the yielded tensors hold Spilled streams instead of bytes, valid only until the next
     tensor is requested: for a ContainerWriter, which copies them in the kernel, so the streams never pass through

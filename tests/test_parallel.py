@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 import dcframe
-from dcframe import DcfError, Dense, Policy, read_model, write_model
+from dcframe import DcfError, Dense, Policy, orchestrator, read_model, write_model
 from dcframe.cli import main
-from dcframe import orchestrator
 from dcframe.orchestrator import compress_tensors, default_jobs
 
 
