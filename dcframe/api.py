@@ -75,11 +75,11 @@ def open_container(path: str | os.PathLike) -> Container:
     return Container(path)
 
 
-def decompress(path: str | os.PathLike, names: Sequence[str] | None = None, jobs: int = 1) -> dict[str, Dense]:
-    """Decode all tensors of a container, or only `names`, in file order; `jobs` > 1 decodes that many at a time in
-    threads where every chain allows it (Container.decoded)."""
+def decompress(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, Dense]:
+    """Decode all tensors of a container, or only `names`, in file order."""
     with Container(path) as container:
-        return dict(container.decoded(names, jobs))
+        wanted = list(container.names) if names is None else list(names)
+        return {name: container.read(name) for name in wanted}
 
 
 def verify(path: str | os.PathLike, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:

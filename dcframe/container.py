@@ -10,7 +10,6 @@ import errno
 import math
 import os
 import struct
-import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from . import __version__
 from .dtypes import numpy_dtype
 from .errors import ConfigError, DcfError, FormatError, IntegrityError, LimitError, MissingStageError, ModelIOError
 from .modelio import _short, _sync_dir, make_temporary
-from .orchestrator import EncodedTensor, Spilled, decode_tensor, ordered_map, threadable
+from .orchestrator import EncodedTensor, Spilled, decode_tensor
 from .pipeline import Chain
 from .registry import Registry, get_registry
 from .stage import Stage, format_stage
@@ -566,7 +565,6 @@ class Container:
         self.path = Path(path)
         self.limits = limits or Limits()
         self._registry = registry
-        self._io = threading.Lock()  # one seek and read at a time on the shared file
         try:
             self._file: BinaryIO = open(self.path, "rb")
         except OSError as exc:
@@ -584,9 +582,8 @@ class Container:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise LimitError(f"{self.path}: {what} at byte {offset} ({length} bytes) runs past the end of the "
                              f"{self.size}-byte file")
-        with self._io:  # tensors may be read from several threads (decoded)
-            self._file.seek(offset)
-            data = self._file.read(length)
+        self._file.seek(offset)
+        data = self._file.read(length)
         if len(data) != length:
             raise FormatError(f"{self.path}: {what} at byte {offset} is truncated")
         return data
@@ -595,10 +592,8 @@ class Container:
         if offset < 0 or offset + len(out) > self.size:
             raise LimitError(f"{self.path}: {what} at byte {offset} ({len(out)} bytes) runs past the end of the "
                              f"{self.size}-byte file")
-        with self._io:
-            self._file.seek(offset)
-            got = self._file.readinto(out)
-        if got != len(out):
+        self._file.seek(offset)
+        if self._file.readinto(out) != len(out):
             raise FormatError(f"{self.path}: {what} at byte {offset} is truncated")
 
     def _fail(self, what: str) -> FormatError:
@@ -845,26 +840,6 @@ class Container:
         streams = self.streams(name, record)
         return decode_tensor(stages, record["steps"], streams, record["dtype"], tuple(record["shape"]),
                              where=f"{self.path}: tensor '{name}'")
-
-    def decoded(self, names: Iterable[str] | None = None, jobs: int = 1) -> Iterator[tuple[str, Dense]]:
-        """(name, tensor) of every tensor, or of `names`, in that order, as read() decodes them. With `jobs` > 1 and
-        every stored chain threadable (orchestrator.threadable: byte coders, bytegroup, the compiled entropy coders),
-        `jobs` tensors decode at a time in threads, at most 2 * jobs of them held at once."""
-        names = list(self.entries) if names is None else list(names)
-        if jobs <= 1 or len(names) <= 1 or not self._threadable():
-            yield from ((name, self.read(name)) for name in names)
-            return
-        sizes = ((name, self.entries.get(name)) for name in names)  # an unknown name fails in read(), in its turn
-        tasks = (((name,), entry.total_length if entry else 0) for name, entry in sizes)
-        yield from ordered_map(lambda name: (name, self.read(name)), tasks, jobs)
-
-    def _threadable(self) -> bool:
-        """Whether every stored chain may decode in threads; builds their stages here, before any thread needs them
-        (a chain whose stages are not installed: no, and read() names what is missing)."""
-        try:
-            return all(threadable(self.chain_stages(i)) for i in range(len(self.chains)))
-        except DcfError:
-            return False
 
     def __iter__(self) -> Iterator[tuple[str, Dense]]:
         for name in self.entries:

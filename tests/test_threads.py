@@ -1,5 +1,5 @@
-"""Threads for chains whose stages release the GIL (orchestrator.threadable): compress and decompress give the bytes
-and tensors of a serial run, in order, errors in their tensor's turn, and an interrupt never waits for a thread."""
+"""Threads for chains whose stages release the GIL (orchestrator.threadable): compress gives the bytes of a serial
+run, in order, errors in their tensor's turn, and an interrupt never waits for a thread."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 
 import dcframe
-from dcframe import DcfError, IntegrityError, Policy, read_model, write_model
-from dcframe.cli import main
-from dcframe.container import Container
+from dcframe import DcfError, Policy, read_model, write_model
 from dcframe.orchestrator import compress_tensors, ordered_map, threadable
 
 NUMBA = importlib.util.find_spec("numba") is not None
@@ -128,53 +126,6 @@ def test_ordered_map_raises_in_the_failing_tasks_turn():
         for value in ordered_map(task, (((i,), 1) for i in range(10)), jobs=2):
             got.append(value)
     assert got == [0, 1, 2]
-
-
-def _container(tmp_path, pipeline: str | None = BYTES_ONLY, preset: str | None = None):
-    path = tmp_path / "m.dcf"
-    dcframe.compress(_tensors(), path, pipeline=pipeline, preset=preset)
-    return path
-
-
-@pytest.mark.parametrize("pipeline, preset", [(BYTES_ONLY, None), (None, "lossless"), (None, "han")])
-def test_decoded_in_threads_gives_read_order_and_tensors(tmp_path, pipeline, preset):
-    path = _container(tmp_path, pipeline, preset)
-    with Container(path) as container:
-        serial = [(name, container.read(name)) for name in container.names]
-        for jobs in (1, 2, 5):
-            threaded = list(container.decoded(jobs=jobs))
-            assert [n for n, _ in threaded] == [n for n, _ in serial]
-            assert all(a.array.tobytes() == b.array.tobytes() and a.dtype == b.dtype
-                       for (_, a), (_, b) in zip(threaded, serial, strict=True))
-        picked = list(container.decoded(["half", "layer2.weight"], jobs=2))
-        assert [n for n, _ in picked] == ["half", "layer2.weight"]
-    assert set(dcframe.decompress(path, jobs=3)) == set(_tensors())
-
-
-def test_a_damaged_tensor_fails_in_its_turn_when_decoded_in_threads(tmp_path):
-    path = _container(tmp_path)
-    with Container(path) as container:
-        entry = container.entries["layer5.weight"]
-    data = bytearray(path.read_bytes())
-    data[entry.offset + entry.total_length - 3] ^= 0xFF  # inside its last stream
-    path.write_bytes(bytes(data))
-    got = []
-    with Container(path) as container, pytest.raises(IntegrityError, match="layer5.weight"):
-        for name, _ in container.decoded(jobs=3):
-            got.append(name)
-    assert got == [f"layer{i}.weight" for i in range(5)]
-
-
-def test_cli_decompress_in_threads_writes_the_serial_file(tmp_path):
-    path = _container(tmp_path, None, "lossless")
-    outputs = []
-    for jobs in ("1", "3"):
-        out = tmp_path / f"back{jobs}.safetensors"
-        assert main(["decompress", str(path), "-o", str(out), "-j", jobs, "-q"]) == 0
-        outputs.append(out.read_bytes())
-    assert outputs[0] == outputs[1]
-    back = read_model(tmp_path / "back3.safetensors")
-    assert all(back[k].array.tobytes() == v.tobytes() for k, v in _tensors().items())
 
 
 INTERRUPTED = textwrap.dedent("""

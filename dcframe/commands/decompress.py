@@ -9,7 +9,6 @@ from ..container import Container
 from ..errors import DcfError, FormatError
 from ..hffolder import is_folder, write_folder
 from ..modelio import refuse_overwriting_input, write_model_stream
-from ..orchestrator import default_jobs
 from . import add_executor_flags, add_force_flag, executor_from_flags, refuse_existing_output
 
 
@@ -27,9 +26,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_executor_flags(p, "a folder's shards are decoded, one task per shard (a single file is decoded here)")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
-                   help="tensors decoded at once, in threads, where every chain allows (the lossless preset's "
-                        "does; default: the number of cores); with --executor dask: the LocalCluster's workers "
-                        "(default 2)")
+                   help="with --executor dask: the LocalCluster's workers (default 2)")
     add_force_flag(p)
     return p
 
@@ -51,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         total = sum(container.entries[n].total_length for n in names)
         with console.progress_bar(total, "decoding", enabled=not args.quiet) as advance:
 
-            def decoded():  # written in order, dropped once written; at most 2 * jobs decoded ahead (threads)
-                for name, tensor in container.decoded(names, jobs=args.jobs or default_jobs()):
+            def decoded():  # one tensor in memory at a time: decoded, written, dropped
+                for name in names:
+                    tensor = container.read(name)
                     advance(name, container.entries[name].total_length)
                     yield name, tensor
 
