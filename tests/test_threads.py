@@ -51,9 +51,7 @@ def test_threaded_compress_writes_the_serial_bytes_without_processes(tmp_path, m
     def no_processes(*args, **kwargs):
         raise AssertionError("a threadable chain went to worker processes")
 
-    if pipeline is None and not NUMBA:
-        monkeypatch.setenv("DCFRAME_KERNELS", "auto")  # the lossless preset then takes processes: still same bytes
-    else:
+    if pipeline is not None or NUMBA:  # the lossless preset without numba takes processes: still the same bytes
         monkeypatch.setattr(orchestrator, "_compress_parallel", no_processes)
     path = tmp_path / "model.safetensors"
     write_model(path, _tensors())
