@@ -37,8 +37,9 @@ def compress(
     """Compress named tensors into a .dcf file at `path` (atomically) and return its report.
 
     The chain per tensor: the first matching rule, else `pipeline` (or the `preset`'s rules, default "lossless");
-    integer and boolean tensors always get the lossless chain. `jobs` > 1 encodes tensors in that many processes
-    (same bytes as a serial run). On any failure, Ctrl-C included, an existing file at `path` is left untouched.
+    integer and boolean tensors always get the lossless chain. `jobs` > 1 encodes tensors in that many processes,
+    or threads where every chain releases the GIL (orchestrator.threadable), with the same bytes as a serial run.
+    On any failure, Ctrl-C included, an existing file at `path` is left untouched.
     `stats=False` leaves out the informative per-tensor statistics (entropy, error; ~200 bytes per lossy tensor).
     `calibration` (a Calibration or its file) feeds data-aware stages (prune criterion="wanda", kmeans weighting=...)
     at encode time; the file does not store it. `layout` records the files the tensors came in (FORMAT.md 3.3):

@@ -17,31 +17,60 @@ from dcframe.core.dtypes import is_float
 ALPHABET = 256  # the exponent plane's symbols are bytes
 
 
-def _rotate(words: np.ndarray, left: bool) -> np.ndarray:
-    """Unsigned words rotated by one bit: left moves the sign bit to the bottom, right moves it back."""
-    bits = 8 * words.dtype.itemsize
-    one, rest = np.array(1, words.dtype), np.array(bits - 1, words.dtype)
-    return (words << one) | (words >> rest) if left else (words >> one) | (words << rest)
+BLOCK = 1 << 16  # elements per step of split_planes and join_planes: their temporaries stay in the CPU's cache
 
 
 def split_planes(array: np.ndarray, dtype: str) -> np.ndarray:
-    """The (w, n) byte planes of a tensor's C-order elements, most significant first, floats rotated left by one."""
+    """The (w, n) byte planes of a tensor's C-order elements, most significant first, floats rotated left by one.
+
+    Block by block, each plane read off the words by one shift (a float's bottom byte also takes the sign bit), so
+    no whole-tensor temporary is made and no byte is gathered with a stride.
+    """
     flat = np.ascontiguousarray(array).reshape(-1)
-    width = flat.dtype.itemsize
-    words = flat.view(f"<u{width}") if width > 1 else flat.view(np.uint8)
-    if width > 1 and is_float(dtype):
-        words = _rotate(words, left=True)
-    return np.ascontiguousarray(words.view(np.uint8).reshape(-1, width)[:, ::-1].T)
+    width, count = flat.dtype.itemsize, flat.size
+    planes = np.empty((width, count), dtype=np.uint8)
+    if width == 1:
+        planes[0] = flat.view(np.uint8)
+        return planes
+    words = flat.view(f"<u{width}")
+    rotate = is_float(dtype)
+    low = np.empty(min(BLOCK, count), dtype=words.dtype)
+    high = np.empty_like(low)
+    for start in range(0, count, BLOCK):
+        block = words[start:start + BLOCK]
+        size = block.size
+        for p in range(width - 1):  # plane p holds bits 8j-1..8j+6 of a float (rotated), 8j..8j+7 of an integer
+            shift = 8 * (width - 1 - p) - rotate
+            planes[p, start:start + size] = np.right_shift(block, shift, out=low[:size])
+        if rotate:  # the bottom plane: bits 0..6 moved up by one, the sign bit below them
+            np.left_shift(block, 1, out=low[:size])
+            np.right_shift(block, 8 * width - 1, out=high[:size])
+            block = np.bitwise_or(low[:size], high[:size], out=low[:size])
+        planes[width - 1, start:start + size] = block
+    return planes
 
 
-def join_planes(planes: np.ndarray, dtype: str) -> np.ndarray:
-    """Invert split_planes: the flat elements (as numpy_dtype(dtype)) from their (w, n) byte planes."""
-    width, count = planes.shape
-    rows = np.empty((count, width), dtype=np.uint8)
-    rows[:] = planes[::-1].T
-    words = rows.reshape(-1).view(f"<u{width}") if width > 1 else rows.reshape(-1)
-    if width > 1 and is_float(dtype):
-        words = _rotate(words, left=False)
+def join_planes(exponent: np.ndarray, mantissa: np.ndarray, dtype: str) -> np.ndarray:
+    """Invert split_planes: the flat elements (as numpy_dtype(dtype)) from the top plane `exponent` (n bytes) and the
+    other planes `mantissa` ((w - 1, n) bytes, most significant first), block by block as split_planes does."""
+    count = exponent.size
+    width = mantissa.shape[0] + 1
+    if width == 1:
+        return exponent.astype(np.uint8).view(numpy_dtype(dtype))
+    words = np.empty(count, dtype=f"<u{width}")
+    rows = words.view(np.uint8).reshape(count, width)  # little-endian: byte width-1 is the top plane
+    rotate = is_float(dtype)
+    high = np.empty(min(BLOCK, count), dtype=words.dtype)
+    for start in range(0, count, BLOCK):
+        stop = min(count, start + BLOCK)
+        rows[start:stop, width - 1] = exponent[start:stop]
+        for p in range(1, width):
+            rows[start:stop, width - 1 - p] = mantissa[p - 1, start:stop]
+        if rotate:  # rotate right by one: the sign bit back to the top
+            block, top = words[start:stop], high[:stop - start]
+            np.left_shift(block, 8 * width - 1, out=top)
+            np.right_shift(block, 1, out=block)
+            np.bitwise_or(block, top, out=block)
     return words.view(numpy_dtype(dtype))
 
 
@@ -76,12 +105,11 @@ class ByteGroup(Stage):
             raise FormatError(f"bytegroup: mantissa planes have {len(mantissa)} bytes, shape {shape} of {dtype} "
                               f"needs {count * (width - 1)}")
         check_output(self.id, count * width, f"tensor of shape {shape}")
-        if count and int(exponent.max()) > (1 if dtype == "BOOL" else ALPHABET - 1):
+        if count and (dtype == "BOOL" or exponent.dtype.itemsize > 1) and \
+                int(exponent.max()) > (1 if dtype == "BOOL" else ALPHABET - 1):
             raise FormatError(f"bytegroup: exponent symbol {int(exponent.max())} is not a byte of a {dtype} tensor")
-        planes = np.empty((width, count), dtype=np.uint8)
-        planes[0] = exponent
-        planes[1:] = np.frombuffer(mantissa, dtype=np.uint8).reshape(width - 1, count)
-        return Dense(join_planes(planes, dtype).reshape(shape), dtype)
+        planes = np.frombuffer(mantissa, dtype=np.uint8).reshape(width - 1, count)
+        return Dense(join_planes(exponent, planes, dtype).reshape(shape), dtype)
 
 
 def _streams(streams: dict[str, Symbols | Bytes]) -> tuple[np.ndarray, bytes]:

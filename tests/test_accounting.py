@@ -3,6 +3,8 @@ are what each stage really produced."""
 
 import os
 
+import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import dense_tensors, lossless_chains
@@ -11,6 +13,7 @@ import dcframe
 from dcframe.core.container import Container
 from dcframe.core.orchestrator import run_steps
 from dcframe.core.pipeline import ROOT, build_chain, parse_pipeline
+from dcframe.core.streams import COUNT_BLOCK, symbol_counts
 
 
 @given(tensors=st.lists(dense_tensors(), min_size=1, max_size=4), pipeline=lossless_chains,
@@ -58,3 +61,16 @@ def test_entropy_of_one_symbol_is_plus_zero_and_infinities_do_not_warn(tmp_path,
     tensor = np.array([np.inf, -np.inf, 1.0, -2.0, 0.5, 3.0], np.float32)
     dcframe.compress({"t": tensor}, tmp_path / "m.dcf", pipeline="prune(sparsity=0.3) | zstd")
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int64])
+@pytest.mark.parametrize("count", [0, 5, COUNT_BLOCK, COUNT_BLOCK + 1, 3 * COUNT_BLOCK + 7])
+def test_symbol_counts_match_one_bincount_across_blocks(dtype, count):
+    """symbol_counts (the entropy statistics' histogram) counts block by block: the same as one np.bincount, with
+    the symbols of the last block alone above the others' (the result grows to the largest symbol)."""
+    rng = np.random.default_rng(count)
+    symbols = rng.integers(0, 40, count).astype(dtype)
+    if count > COUNT_BLOCK:
+        symbols[-1] = 300 if dtype != np.uint8 else 255
+    expected = np.bincount(symbols.astype(np.int64), minlength=7)
+    assert symbol_counts(symbols, minlength=7).tolist() == expected.tolist()

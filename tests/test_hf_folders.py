@@ -125,8 +125,14 @@ def test_a_container_without_layout_becomes_model_safetensors(tmp_path: Path, ca
                                                                                                  ).tobytes()
 
 
-def test_parallel_compress_of_a_folder_gives_the_serial_bytes(tmp_path: Path) -> None:
-    """Workers re-open each tensor's own shard: --jobs 2 writes the same file as a serial run."""
+@pytest.mark.parametrize("processes", [True, False])
+def test_parallel_compress_of_a_folder_gives_the_serial_bytes(tmp_path: Path, monkeypatch, processes) -> None:
+    """Worker processes re-open each tensor's own shard, threads (the lossless chain's default where its kernels
+    run) read the folder's mapping: --jobs 2 writes the same file as a serial run either way."""
+    from dcframe.core import orchestrator
+
+    if processes:
+        monkeypatch.setattr(orchestrator, "threadable", lambda stages: False)
     src = make_sharded(tmp_path / "src", two_shards())
     dcframe.compress(read_folder(src), tmp_path / "serial.dcf", preset="lossless")
     dcframe.compress(read_folder(src), tmp_path / "jobs.dcf", preset="lossless", jobs=2)

@@ -198,6 +198,7 @@ SLOW_COMPRESS = textwrap.dedent("""
         time.sleep(120)
         return real(*args, **kwargs)
     orchestrator.encode_tensor = slow
+    orchestrator.threadable = lambda stages: False  # worker processes (tests/test_threads.py: threads)
     tensors = {f"t{i}": np.zeros(1000, np.float32) for i in range(6)}
     dcframe.compress(tensors, sys.argv[1], pipeline="zstd(level=1)", jobs=2)
 """)

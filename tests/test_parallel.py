@@ -10,7 +10,15 @@ import pytest
 import dcframe
 from dcframe import DcfError, Dense, Policy, read_model, write_model
 from dcframe.cli import main
+from dcframe.core import orchestrator
 from dcframe.core.orchestrator import compress_tensors, default_jobs
+
+
+@pytest.fixture(autouse=True)
+def processes(monkeypatch):
+    """These tests are about worker processes and spill files: no chain runs in threads here (tests/test_threads.py
+    has the threaded path)."""
+    monkeypatch.setattr(orchestrator, "threadable", lambda stages: False)
 
 
 def _model(tmp_path, n: int = 7):

@@ -66,8 +66,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         'prune(criterion="wanda"), kmeans(weighting="activation"); not stored in the output')
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="user metadata to store")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
-                   help="tensors compressed in parallel by N processes (default: the number of cores; "
-                        "the output bytes do not depend on N)")
+                   help="tensors compressed in parallel by N processes, or N threads where every chain allows "
+                        "(the lossless preset's does, with the fast extra) (default: the number of cores; the "
+                        "output bytes do not depend on N)")
     add_executor_flags(p, "tensors are encoded")
     p.add_argument("--no-stats", action="store_true",
                    help="do not store per-tensor statistics (entropy, reconstruction error) in the file: "

@@ -19,7 +19,7 @@ from dcframe.core.dtypes import numpy_dtype
 from dcframe.core.errors import DcfError, FormatError, LimitError, ModelIOError
 from dcframe.core.pipeline import ROOT, Chain, Policy, Step
 from dcframe.core.stage import FitPlan, Stage
-from dcframe.core.streams import Bytes, Dense, Stream, Symbols
+from dcframe.core.streams import Bytes, Dense, Stream, Symbols, symbol_counts
 
 Application = tuple[str, list[str], dict[str, Any]]  # input stream, output streams, the stage's meta
 
@@ -250,7 +250,7 @@ def order0_entropy_bits(symbols: np.ndarray, alphabet: int) -> float:
     if symbols.size == 0:
         return 0.0
     if alphabet <= (1 << 24):
-        counts = np.bincount(symbols.astype(np.int64, copy=False))
+        counts = symbol_counts(symbols)
     else:
         counts = np.unique(symbols, return_counts=True)[1]
     counts = counts[counts > 0].astype(np.float64)
@@ -352,6 +352,8 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
 
     With `jobs` > 1, tensors are encoded in that many worker processes, at most 2 * jobs in flight, and yielded in
     order: the same EncodedTensors (so the same file bytes) as a serial run. Global fits run once, here, first.
+    When every chain is threadable (the lossless preset's, with numba), `jobs` threads of this process encode them
+    instead (ordered_map), with the same results; `spill_dir` is then unused.
     With `spill_dir` as well (Linux), workers write their final streams to unnamed spill files (memfd, else temporary
     files in `spill_dir`) and the yielded tensors hold Spilled streams instead of bytes, valid only until the next
     tensor is requested: for a ContainerWriter, which copies them in the kernel, so the streams never pass through
@@ -367,6 +369,9 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
         yield from executor(tensors, policy, stats, progress, side_inputs)
         return
     chains = fit_chains(policy, items)
+    if jobs > 1 and len(tensors) > 1 and all(threadable(chain.stages) for chain in chains.values()):
+        yield from _compress_threaded(tensors, policy, chains, stats, progress, jobs, side_inputs)
+        return
     if jobs > 1 and len(tensors) > 1:
         yield from _compress_parallel(tensors, policy, chains, stats, progress, jobs, spill_dir, side_inputs)
         return
@@ -438,6 +443,90 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
         offset += len(view)
     encoded.streams = spilled  # type: ignore[assignment]  # triples; the parent turns them into Spilled
     return encoded
+
+
+# Stages whose encode and decode spend their time where Python's GIL is released (zlib, zstd, lzma and bz2 on whole
+# streams; numpy on whole byte planes; the compiled kernels of rans and huffman), so that chains of these alone run
+# their tensors in threads of this process: no worker processes to start, each importing numba again (0.3-0.7 s of
+# CPU), and no streams to hand back through spill files.
+THREADED_STAGES = frozenset({"raw", "bytegroup", "zstd", "zlib", "lzma", "bz2"})
+KERNEL_STAGES = frozenset({"rans", "huffman"})  # threaded when their compiled kernels can run (numba installed)
+
+
+def threadable(stages: Iterable[Stage]) -> bool:
+    """Whether tensors through these stages are best encoded (or decoded) in threads rather than processes."""
+    ids = {stage.id for stage in stages}
+    if not ids <= THREADED_STAGES | KERNEL_STAGES:
+        return False
+    if ids & KERNEL_STAGES:  # their numpy path holds the GIL for many small steps: processes do better there
+        import importlib.util
+
+        return os.environ.get("DCFRAME_KERNELS", "").strip().lower() != "numpy" and \
+            importlib.util.find_spec("numba") is not None
+    return True
+
+
+def ordered_map(function: Callable[..., Any], tasks: Iterable[tuple[tuple, int]], jobs: int,
+                budget: int = SPILL_BUDGET) -> Iterator[Any]:
+    """function(*args) of every (args, nbytes) task, run in `jobs` threads and yielded in order: at most 2 * jobs
+    tasks in flight, and at most `budget` bytes of them beyond the oldest. An error is raised where its task's
+    result would be yielded. Stopping early (an error, Ctrl-C) cancels the tasks not started and waits for none:
+    the threads are daemons, so a running task never holds up an interrupted caller or the process's exit."""
+    import queue
+    import threading
+    from concurrent.futures import Future
+
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+
+    def work() -> None:
+        while (item := todo.get()) is not None:
+            future, args = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args))
+                except BaseException as exc:  # handed to the caller, who raises it in the task's turn
+                    future.set_exception(exc)
+
+    threads = [threading.Thread(target=work, name=f"dcframe-{i}", daemon=True) for i in range(jobs)]
+    for thread in threads:
+        thread.start()
+    pending: collections.deque = collections.deque()
+    waiting = 0
+    try:
+        for args, nbytes in tasks:
+            while pending and (len(pending) >= 2 * jobs or waiting + nbytes > budget):
+                future, done = pending.popleft()
+                waiting -= done
+                yield future.result()
+            future = Future()
+            todo.put((future, args))
+            pending.append((future, nbytes))
+            waiting += nbytes
+        while pending:
+            yield pending.popleft()[0].result()
+    finally:
+        for future, _ in pending:
+            future.cancel()
+        for _ in threads:
+            todo.put(None)
+
+
+def _compress_threaded(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, chains: dict[str, Chain],
+                       stats: bool, progress: Callable[[str, int], None] | None, jobs: int,
+                       side_inputs: SideInputs | None = None) -> Iterator[EncodedTensor]:
+    """compress_tensors in `jobs` threads (chains that are threadable): the same tensors, in order."""
+
+    def tasks() -> Iterator[tuple[tuple, int]]:
+        for name in tensors:  # the mapping is read here only; a memory-mapped tensor's pages load in its thread
+            dense = as_dense(tensors[name])
+            side = side_inputs(name, dense) if side_inputs else None
+            chain = chains[policy.pipeline_for(name, dense.array.shape, dense.dtype)]
+            yield (name, dense, chain, stats, side), dense.nbytes
+
+    for encoded in ordered_map(encode_tensor, tasks(), jobs):
+        if progress:
+            progress(encoded.name, encoded.original_bytes)
+        yield encoded
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

@@ -4,7 +4,9 @@ Run:  python tests/bench/bench_lossless.py [--dtypes F32 BF16 F16] [--chains "by
 The model is all-MiniLM-L6-v2 (22.7 M parameters, fetched and cached as tests/bench/bench_pretrained.py does), cast to
 each dtype (BF16 rounded to nearest even) and written as one .safetensors file. dcframe rows run the CLI in a
 subprocess (`dcframe compress --preset/-p`, then `dcframe decompress` to .safetensors), so their MB/s are wall clock of
-what a user runs, start-up and file I/O included, and every output is compared byte for byte with the input tensors.
+what a user runs, start-up and file I/O included (the package byte-compiled first, as pip install leaves it), with
+the CPU seconds of each run beside them (a loaded machine stretches the wall clock, not the CPU time), and every
+output is compared byte for byte with the input tensors.
 zstd rows compress the tensors' concatenated raw bytes in-process (python-zstandard); the ZipNN row (`pip install
 zipnn`, benchmark only) is its byte API on the same bytes, with its round trip checked too. Ratios: input tensor
 bytes / output bytes (a .dcf file's whole size).
@@ -13,6 +15,7 @@ bytes / output bytes (a .dcf file's whole size).
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,7 @@ from dcframe.core.orchestrator import as_dense
 
 OLD_LOSSLESS = "zstd(level=19)"  # the lossless preset before issue 13: its expansion, as a pipeline
 ZIPNN_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+Row = tuple[int, float, float, bool, float | None, float | None]  # bytes, compress s, decompress s, exact, CPU s x2
 
 
 def cast(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
@@ -44,33 +48,48 @@ def write_input(tensors: dict[str, np.ndarray], dtype: str, path: Path) -> None:
     write_model(path, {k: Dense(v, dtype) if dtype == "BF16" else Dense.of(v) for k, v in tensors.items()})
 
 
-def dcli(*args: str) -> float:
-    """Run the dcframe CLI (quiet) and return its wall-clock seconds."""
+def compile_package() -> None:
+    """Byte-compile dcframe and its plugins, as pip does when it installs them: a source checkout run with
+    PYTHONDONTWRITEBYTECODE would otherwise compile every module again in every CLI run (0.1-0.3 s)."""
+    import compileall
+
+    import dcframe_plugins
+
+    import dcframe
+
+    for package in (dcframe, dcframe_plugins):
+        compileall.compile_dir(Path(package.__file__).parent, quiet=1)
+
+
+def dcli(*args: str) -> tuple[float, float]:
+    """Run the dcframe CLI (quiet); return its wall-clock and its CPU seconds (user + system, every thread)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "dcframe.cli", *args, "-q"], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def dcframe_row(flags: list[str], source: Path, tensors: dict[str, np.ndarray], work: Path) -> tuple[int, float, float,
-                                                                                                   bool]:
-    """(bytes, compress s, decompress s, exact) of one chain through the CLI."""
+def dcframe_row(flags: list[str], source: Path, tensors: dict[str, np.ndarray], work: Path) -> Row:
+    """(bytes, compress s, decompress s, exact, compress CPU s, decompress CPU s) of one chain through the CLI."""
     out, back = work / "out.dcf", work / "back.safetensors"
-    enc = dcli("compress", str(source), "-o", str(out), "-f", *flags)
-    dec = dcli("decompress", str(out), "-o", str(back), "-f")
+    enc, enc_cpu = dcli("compress", str(source), "-o", str(out), "-f", *flags)
+    dec, dec_cpu = dcli("decompress", str(out), "-o", str(back), "-f")
     restored = read_model(back)
     exact = all(as_dense(restored[k]).array.tobytes() == v.tobytes() for k, v in tensors.items())
-    return out.stat().st_size, enc, dec, exact
+    return out.stat().st_size, enc, dec, exact, enc_cpu, dec_cpu
 
 
-def zstd_row(data: bytes, level: int) -> tuple[int, float, float, bool]:
+def zstd_row(data: bytes, level: int) -> Row:
     start = time.perf_counter()
     packed = zstandard.ZstdCompressor(level=level).compress(data)
     mid = time.perf_counter()
     back = zstandard.ZstdDecompressor().decompress(packed)
-    return len(packed), mid - start, time.perf_counter() - mid, back == data
+    return len(packed), mid - start, time.perf_counter() - mid, back == data, None, None
 
 
-def zipnn_row(data: bytes, dtype: str) -> tuple[int, float, float, bool] | None:
+def zipnn_row(data: bytes, dtype: str) -> Row | None:
     try:
         import zipnn
     except ImportError:
@@ -80,7 +99,7 @@ def zipnn_row(data: bytes, dtype: str) -> tuple[int, float, float, bool] | None:
     packed = codec.compress(data)
     mid = time.perf_counter()
     back = bytes(codec.decompress(packed))
-    return len(packed), mid - start, time.perf_counter() - mid, back == data
+    return len(packed), mid - start, time.perf_counter() - mid, back == data, None, None
 
 
 def main() -> None:
@@ -89,8 +108,10 @@ def main() -> None:
     parser.add_argument("--chains", nargs="*", default=[], help="extra pipelines to measure beside the presets")
     args = parser.parse_args()
     model = load_file(str(fetch_model() / "model.safetensors"))
-    print("| dtype | method | ratio | vs ZipNN | compress MB/s | decompress MB/s | exact |")
-    print("|---|---|---|---|---|---|---|")
+    compile_package()
+    print("| dtype | method | ratio | vs ZipNN | compress MB/s | decompress MB/s | exact | CPU s (compress, "
+          "decompress) |")
+    print("|---|---|---|---|---|---|---|---|")
     for dtype in args.dtypes:
         tensors = cast(model, dtype)
         data = b"".join(v.tobytes() for v in tensors.values())
@@ -108,13 +129,14 @@ def main() -> None:
         ref_ratio = len(data) / reference[0] if reference else None
         for name, result in rows:
             if result is None:
-                print(f"| {dtype} | {name} | not installed | | | | |")
+                print(f"| {dtype} | {name} | not installed | | | | | |")
                 continue
-            size, enc, dec, exact = result
+            size, enc, dec, exact, enc_cpu, dec_cpu = result
             ratio = len(data) / size
             versus = f"{ratio / ref_ratio:.4f}x" if ref_ratio else "n/a"
+            cpu = f"{enc_cpu:.2f}, {dec_cpu:.2f}" if enc_cpu is not None else "(in-process)"
             print(f"| {dtype} | {name} | {ratio:.4f} | {versus} | {len(data) / enc / 1e6:.1f} | "
-                  f"{len(data) / dec / 1e6:.1f} | {'yes' if exact else 'NO'} |", flush=True)
+                  f"{len(data) / dec / 1e6:.1f} | {'yes' if exact else 'NO'} | {cpu} |", flush=True)
 
 
 if __name__ == "__main__":

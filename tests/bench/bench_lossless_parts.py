@@ -1,0 +1,116 @@
+"""Where the time of `dcframe compress/decompress --preset lossless` goes (issue 13): each part timed on its own.
+
+Run:  python tests/bench/bench_lossless_parts.py [--dtypes F32 BF16 F16]
+Start-up rows run a fresh interpreter per measurement (the median of 3): Python alone, Python with numpy, the CLI's
+imports, and numba with the rans kernels loaded from their cache and run once (what a first long stream costs a
+process). The other rows run here, in one thread, on all-MiniLM-L6-v2 cast to each dtype (as bench_lossless.py
+does), tensor by tensor through the very functions the chain calls (kernels loaded first): the seconds of CPU of
+each part, and its MB/s of model bytes. Reference rows measured in the same run: zstd -3 on the whole model's bytes
+and a plain copy of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+import zstandard
+from bench_lossless import cast
+from bench_pretrained import fetch_model
+from dcframe_plugins.bytegroup import join_planes, split_planes
+from dcframe_plugins.rans import Rans
+from safetensors.numpy import load_file
+
+from dcframe import Bytes, Symbols
+from dcframe.core.orchestrator import order0_entropy_bits
+
+STARTUP = {
+    "python (no imports)": "pass",
+    "python + numpy": "import numpy",
+    "python + dcframe CLI imports": "import dcframe.cli",
+    "python + numba + rans kernels, first call": "import numpy as np; from dcframe_plugins import rans; "
+                                                  "r = rans.Rans(); s, m = r.encode(rans.Symbols(np.arange(1 << 18) "
+                                                  "% 7, 256)); r.decode(s, m)",
+}
+
+
+def startup_seconds(code: str) -> float:
+    """Median wall-clock seconds of a fresh interpreter running `code`."""
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def timed(totals: dict[str, float], part: str, function: Callable, *args):
+    """function(*args), its CPU seconds added to totals[part]."""
+    start = time.process_time()
+    result = function(*args)
+    totals[part] = totals.get(part, 0.0) + time.process_time() - start
+    return result
+
+
+def crc_both(first: bytes, second: bytes) -> tuple[int, int]:
+    return zlib.crc32(first), zlib.crc32(second)
+
+
+def parts(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, float]:
+    """CPU seconds of each part of the lossless chain over every tensor, encode and decode."""
+    coder, zstd_c, zstd_d = Rans(lanes=256), zstandard.ZstdCompressor(level=5), zstandard.ZstdDecompressor()
+    streams, meta = coder.encode(Symbols(np.arange(1 << 18) % 7, 256))  # numba and the kernels: a start-up row
+    coder.decode(streams, meta)
+    totals: dict[str, float] = {}
+    for array in tensors.values():
+        planes = timed(totals, "encode: bytegroup split", split_planes, array, dtype)
+        mantissa = timed(totals, "encode: mantissa bytes (copy)", planes[1:].tobytes)
+        packed = timed(totals, "encode: zstd -5 on the mantissa planes", zstd_c.compress, mantissa)
+        exponent = Symbols(planes[0], 256)
+        streams, meta = timed(totals, "encode: rans on the exponent plane", coder.encode, exponent)
+        timed(totals, "encode: entropy statistics", order0_entropy_bits, planes[0], 256)
+        timed(totals, "encode+decode: CRC32 of the stored streams", crc_both, packed, streams["data"].data)
+        back = timed(totals, "decode: zstd", zstd_d.decompress, packed)
+        symbols = timed(totals, "decode: rans", coder.decode, {"data": Bytes(streams["data"].data)}, meta).array
+        out = timed(totals, "decode: bytegroup join", join_planes, symbols,
+                    np.frombuffer(back, np.uint8).reshape(planes.shape[0] - 1, -1), dtype)
+        assert out.tobytes() == array.tobytes()
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtypes", nargs="+", default=["F32", "BF16", "F16"])
+    args = parser.parse_args()
+    print("| start-up (fresh interpreter, wall, median of 3) | seconds |")
+    print("|---|---|")
+    for name, code in STARTUP.items():
+        print(f"| {name} | {startup_seconds(code):.3f} |", flush=True)
+    model = load_file(str(fetch_model() / "model.safetensors"))
+    print()
+    print("| dtype | part | CPU s | MB/s of model bytes | x zstd -3 compress speed |")
+    print("|---|---|---|---|---|")
+    for dtype in args.dtypes:
+        tensors = {k: np.ascontiguousarray(v) for k, v in cast(model, dtype).items()}
+        data = b"".join(v.tobytes() for v in tensors.values())
+        reference: dict[str, float] = {}
+        packed = timed(reference, "zstd -3 compress (whole model, reference)", zstandard.ZstdCompressor(3).compress,
+                       data)
+        timed(reference, "zstd -3 decompress (whole model, reference)", zstandard.ZstdDecompressor().decompress,
+              packed)
+        timed(reference, "copy of the model's bytes (reference)", bytearray, data)
+        rows = {**reference, **parts(tensors, dtype)}
+        zstd3 = reference["zstd -3 compress (whole model, reference)"]
+        for part, seconds in rows.items():
+            speed = len(data) / seconds / 1e6 if seconds > 0 else float("inf")
+            print(f"| {dtype} | {part} | {seconds:.3f} | {speed:.0f} | {zstd3 / seconds:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
