@@ -63,6 +63,16 @@ def refused(build: Path) -> set[str]:
     return UNSUPPORTED | ({"zstd", "zlib"} - set(have.split()))
 
 
+@pytest.fixture(scope="module")
+def scalar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SIMD=0 build of the tools (only the portable loops: what ARM phones run)."""
+    scalar = tmp_path_factory.mktemp("libdcf-scalar")
+    res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={scalar}", f"CC={CC}", "SIMD=0", "-j2", "tool"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return scalar
+
+
 def chain_of(container: dcframe.Container, name: str) -> set[str]:
     """Stage ids of tensor `name`'s chain."""
     return {s["id"] for s in container.chains[container.record(name)["chain"]]}
@@ -182,14 +192,10 @@ def test_peak_heap_by_path_within_output_plus_one_mib(tmp_path: Path) -> None:
     assert 0 < r["peak_heap_path"] <= 2**20, r
 
 
-def test_rans_vector_and_scalar_paths_agree(build: Path, tmp_path: Path) -> None:
+def test_rans_vector_and_scalar_paths_agree(build: Path, scalar: Path, tmp_path: Path) -> None:
     """rANS streams decode to dcframe's bytes both 8 lanes at a time (AVX2, on x86-64 CPUs that have it) and by the
     portable scalar loop (a SIMD=0 build: what ARM phones run), for lane counts around the 8-lane groups and pulls
     that stop inside a step (kmeans pulls 4096 symbols; no K here divides it)."""
-    scalar = tmp_path / "scalar"
-    res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={scalar}", f"CC={CC}", "SIMD=0", "-j2", "tool"],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
     rng = np.random.default_rng(3)
     files, want = [], []
     for i, (lanes, bits, clusters) in enumerate([(1, 12, 8), (7, 14, 32), (9, 16, 200), (33, 10, 64), (200, 14, 256)]):
@@ -208,6 +214,86 @@ def test_rans_vector_and_scalar_paths_agree(build: Path, tmp_path: Path) -> None
             code, j = r["tensors"]["x"]
             assert code == "OK", (tool, f)
             assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, f)
+
+
+HUFFMAN_CASES = [  # (pipeline, data): the table and lookups per window libdcf picks for each (checked by hand)
+    ("kmeans(clusters=32) | huffman", "laplace"),                       # 4-symbol table, 5 lookups (maxlen 11)
+    ("uniform(step=0.5) | huffman", "laplace"),                         # 4-symbol table, 4 lookups, full entries
+    ("kmeans(clusters=16) | huffman", "sparse"),                        # 4-symbol table, mostly 1-bit zeros
+    ("kmeans(clusters=32) | huffman(max_bits=8, segment_size=37)", "laplace"),  # 1-symbol table, 5 lookups; 4096 % 37
+    ("kmeans(bits=8, init=linear, method=lloyd) | huffman", "normal"),  # 1-symbol table, 4 lookups
+    ("uniform(step=0.002) | huffman(max_bits=16, segment_size=1000)", "normal"),  # alphabet > 256, 3 lookups
+    ("uniform(step=0.5) | huffman(segment_size=5)", "laplace"),         # segments shorter than a round
+    ("uniform(step=100.0) | huffman", "normal"),                        # one used symbol: no fast kernel
+]
+
+
+def huffman_files(tmp_path: Path) -> tuple[list[Path], list[bytes]]:
+    """HUFFMAN_CASES written by dcframe (120000 values each: segment counts that are not multiples of 4), with the
+    bytes dcframe decodes them to."""
+    rng = np.random.default_rng(5)
+    files, want = [], []
+    for i, (pipeline, kind) in enumerate(HUFFMAN_CASES):
+        x = (rng.standard_normal((1200, 100)) if kind == "normal" else rng.laplace(size=(1200, 100))).astype(np.float32)
+        if kind == "sparse":
+            x[rng.random(x.shape) < 0.85] = 0
+        path = tmp_path / f"h{i}.dcf"
+        dcframe.compress({"x": x}, path, pipeline=pipeline)
+        c = dcframe.open_container(path)
+        assert "huffman" in chain_of(c, "x"), pipeline
+        files.append(path)
+        want.append(np.ascontiguousarray(c.read("x").array).tobytes())
+    return files, want
+
+
+def test_huffman_fast_and_scalar_paths_agree(build: Path, scalar: Path, tmp_path: Path) -> None:
+    """Huffman streams decode to dcframe's bytes with the AVX2 + BMI2 kernels (x86-64 CPUs that have them) and with
+    the portable ones (a SIMD=0 build), for multi-symbol and single-symbol tables, 3 to 5 lookups a window, segments
+    shorter than a round, pulls that stop inside a group of segments, and a one-symbol code."""
+    files, want = huffman_files(tmp_path)
+    for tool in (build / "dcf-check", scalar / "dcf-check"):
+        out = tmp_path / f"out-{tool.parent.name}"
+        out.mkdir()
+        for k, r in enumerate(check(tool, files, out)):
+            code, j = r["tensors"]["x"]
+            assert code == "OK", (tool, HUFFMAN_CASES[k])
+            assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, HUFFMAN_CASES[k])
+
+
+def test_huffman_damaged_payloads_rejected_as_dcframe_does(build: Path, scalar: Path, tmp_path: Path) -> None:
+    """Payload bytes of long Huffman streams changed (CRCs fixed, so the change reaches the decoder): both builds
+    give dcframe's verdict and, where it decodes, its bytes. Codes that run past their segment's end are caught by
+    the end-of-segment check after the unchecked rounds, exactly where the one-at-a-time procedure catches them."""
+    files, _ = huffman_files(tmp_path)
+    rng = random.Random(9)
+    damaged = []
+    for k, f in enumerate(files[:6]):
+        index, tensors = split(f.read_bytes())
+        name, rec, streams = tensors[0]
+        sname = max(streams, key=lambda s: len(streams[s]))
+        for m in range(10):
+            b = bytearray(streams[sname])
+            for _ in range(1 + m % 3):
+                i = rng.randrange(len(b) // 2, len(b))  # the payload is the stream's tail
+                b[i] ^= 1 << rng.randrange(8)
+            one = dict(streams, **{sname: bytes(b)})
+            damaged.append(tmp_path / f"d{k}-{m}.dcf")
+            damaged[-1].write_bytes(join(json.loads(json.dumps(index)), [(name, rec, one)]))
+    verdicts = []
+    for f in damaged:
+        try:
+            verdicts.append(("OK", np.ascontiguousarray(dcframe.open_container(f).read("x").array).tobytes()))
+        except dcframe.DcfError as exc:
+            verdicts.append((type(exc).__name__, b""))
+    assert {v[0] for v in verdicts} >= {"OK", "FormatError"}, "the damage should both pass and fail somewhere"
+    for tool in (build / "dcf-check", scalar / "dcf-check"):
+        out = tmp_path / f"dout-{tool.parent.name}"
+        out.mkdir()
+        for k, (f, r) in enumerate(zip(damaged, check(tool, damaged, out), strict=True)):
+            code, j = r["tensors"]["x"]
+            assert code == verdicts[k][0], (tool, f)
+            if code == "OK":
+                assert (out / f"{k}-{j}.bin").read_bytes() == verdicts[k][1], (tool, f)
 
 
 # -- Python-written files -----------------------------------------------------------------------------------------
