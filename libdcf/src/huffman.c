@@ -18,7 +18,10 @@ typedef struct huff_st huff_st;
 typedef void (*kernel_fn)(const huff_st *st, uint64_t *bp, uint32_t **o, uint64_t rounds);
 
 struct huff_st {
-    const uint8_t *pay, *ends;
+    const uint8_t *pay, *ends; /* NULL (windowed): read from `in` at pay_off and ends_off as the groups need them */
+    stream *in;
+    uint64_t pay_off, ends_off;
+    uint8_t *win;              /* windowed: one group's payload bytes, and 8 more when the payload has them */
     uint64_t p, n, k_count;
     uint32_t s, mask;
     uint32_t *table;  /* 2^maxlen entries: length | symbol << 8; 0 where no code matches (one used symbol only) */
@@ -66,15 +69,14 @@ static uint32_t entry_at(const huff_st *st, uint64_t bp) {
     return st->table[v & st->mask];
 }
 
-/* Finish segment k from bit *bp with `left` symbols to go, then check it ends in its last byte, zero-padded. */
-static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, uint64_t left, uint32_t *o) {
+/* Finish segment k from bit *bp with `left` symbols to go, then check it ends in its last byte (`end`), zero-padded. */
+static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, uint64_t left, uint32_t *o, uint64_t end) {
     for (uint64_t i = 0; i < left; i++) {
         uint32_t e = entry_at(st, bp);
         if (!e) return dfail(d, DCF_E_FORMAT, "huffman: invalid code in segment %llu", (unsigned long long)k);
         o[i] = e >> 8;
         bp += e & 63;
     }
-    uint64_t end = rd_u32(st->ends + 4 * k);
     if (!(bp > 8 * (end - 1) && bp <= 8 * end))
         return dfail(d, DCF_E_FORMAT, "huffman: segment %llu codes do not end in its last byte", (unsigned long long)k);
     if (st->pay[end - 1] >> (bp - 8 * (end - 1)))
@@ -164,13 +166,41 @@ static uint64_t safe_rounds(const huff_st *st, uint64_t bp, uint64_t left) {
     return by_bits < by_syms ? by_bits : by_syms;
 }
 
+/* Segment k0 + j's bounds in the payload: start[j] and end[j] for j < g (start[j + 1] = end[j]). */
+static int group_bounds(dec *d, const huff_st *st, uint64_t k0, int g, uint64_t *start) {
+    uint8_t b[4 * (LANES + 1)];
+    uint64_t first = k0 ? k0 - 1 : 0, m = (uint64_t)g + (k0 ? 1 : 0);
+    const uint8_t *e = st->ends ? st->ends + 4 * first : b;
+    if (!st->ends) {
+        int rc = bytes_read(d, st->in, st->ends_off + 4 * first, b, (size_t)(4 * m));
+        if (rc) return rc;
+    }
+    start[0] = 0;
+    for (uint64_t i = 0; i < m; i++) start[i + (k0 ? 0 : 1)] = rd_u32(e + 4 * i);
+    return DCF_OK;
+}
+
 /* Decode segments k0 .. k0+g-1 into out (segment j at out + j*S), g <= LANES: LANES segments in lockstep while all
- * of them can, then each one alone, then its last symbols one at a time with every check. */
+ * of them can, then each one alone, then its last symbols one at a time with every check. Windowed, the group's
+ * bytes are read first; bits past the window (8 bytes past the group) then read as zero, which only a segment whose
+ * codes already ran past its end could reach. */
 static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint32_t *out) {
-    uint64_t bp[LANES], n[LANES];
+    uint64_t bp[LANES], n[LANES], start[LANES + 1];
     uint32_t *o[LANES], *o0[LANES];
+    int rc = group_bounds(d, st, k0, g, start);
+    if (rc) return rc;
+    huff_st view = *st;
+    uint64_t base = 0;
+    if (!st->ends) {
+        uint64_t stop = start[g] + 8 < st->p ? start[g] + 8 : st->p;
+        base = start[0];
+        if ((rc = bytes_read(d, st->in, st->pay_off + base, st->win, (size_t)(stop - base)))) return rc;
+        view.pay = st->win;
+        view.p = stop - base;
+        st = &view;
+    }
     for (int j = 0; j < g; j++) {
-        bp[j] = 8 * (uint64_t)(k0 + (uint64_t)j ? rd_u32(st->ends + 4 * (k0 + (uint64_t)j - 1)) : 0);
+        bp[j] = 8 * (start[j] - base);
         n[j] = seg_symbols(st, k0 + (uint64_t)j);
         o[j] = o0[j] = out + (size_t)j * st->s;
     }
@@ -186,7 +216,7 @@ static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint32_t 
     for (int j = 0; j < g; j++) {
         uint64_t r;
         while (st->one && (r = safe_rounds(st, bp[j], n[j] - (uint64_t)(o[j] - o0[j])))) st->one(st, &bp[j], &o[j], r);
-        int rc = finish_segment(d, st, k0 + (uint64_t)j, bp[j], n[j] - (uint64_t)(o[j] - o0[j]), o[j]);
+        rc = finish_segment(d, st, k0 + (uint64_t)j, bp[j], n[j] - (uint64_t)(o[j] - o0[j]), o[j], start[j + 1] - base);
         if (rc) return rc;
     }
     return DCF_OK;
@@ -269,18 +299,35 @@ static int pick_kernels(dec *d, huff_st *st, uint64_t used, uint64_t a) {
     return DCF_OK;
 }
 
-/* The header (table, S, ends) checked as Decoding steps 3-5 say, then the decode table of step 6. */
+#define ENDS_BLOCK 4096 /* segment offsets checked at a time when they are read from the file */
+
+/* Bytes [off, off + n) of the stream: a pointer into its view, or (windowed) read into buf. */
+static int stream_bytes(dec *d, huff_st *st, const uint8_t *p, uint64_t off, size_t n, uint8_t *buf, const uint8_t **out) {
+    if (p) { *out = p + off; return DCF_OK; }
+    *out = buf;
+    return bytes_read(d, st->in, off, buf, n);
+}
+
+/* The header (table, S, ends) checked as Decoding steps 3-5 say. A stored stream that is not in memory (read
+ * callback mode) is read in pieces: the table, then the offsets ENDS_BLOCK at a time; its payload a group at a
+ * time when decoded (windowed). */
 static int header(dec *d, stream *in, uint64_t n, uint64_t a, huff_st *st, const uint8_t **lens_out, uint32_t *t_out,
                   int *maxlen_out) {
-    const uint8_t *p;
-    int rc = bytes_view(d, in, &p);
+    const uint8_t *p = NULL, *q;
+    uint8_t b4[4];
+    int rc = !in->data && in->read_at ? DCF_OK : bytes_view(d, in, &p);
     if (rc) return rc;
+    st->in = in;
     uint64_t size = in->size;
     if (size < 4) return dfail(d, DCF_E_FORMAT, "huffman: stream too short for the table size");
-    uint32_t t = rd_u32(p);
+    if ((rc = stream_bytes(d, st, p, 0, 4, b4, &q))) return rc;
+    uint32_t t = rd_u32(q);
     if (t < 1 || t > a) return dfail(d, DCF_E_FORMAT, "huffman: table of %u entries for alphabet %llu", t, (unsigned long long)a);
     if (size < 8 + (uint64_t)t) return dfail(d, DCF_E_FORMAT, "huffman: stream too short for the table");
-    const uint8_t *len = p + 4;
+    uint8_t *tb = p ? NULL : dec_alloc(d, (uint64_t)t + 4 * ENDS_BLOCK, 1, "huffman");
+    if (!p && !tb) return d->err ? d->err->code : DCF_E_NOMEM;
+    if ((rc = stream_bytes(d, st, p, 4, (size_t)t + 4, tb, &q))) return rc;
+    const uint8_t *len = q;
     int minlen = 17, maxlen = 0;
     uint64_t used = 0, kraft = 0;
     for (uint32_t i = 0; i < t; i++) {
@@ -293,23 +340,29 @@ static int header(dec *d, stream *in, uint64_t n, uint64_t a, huff_st *st, const
     }
     if (!used) return dfail(d, DCF_E_FORMAT, "huffman: table has no used symbol");
     if (used == 1 ? maxlen != 1 : kraft != 65536) return dfail(d, DCF_E_FORMAT, "huffman: code lengths do not form a complete prefix code");
-    uint32_t s = rd_u32(p + 4 + t);
+    uint32_t s = rd_u32(len + t);
     if (s < 1 || s > 65536) return dfail(d, DCF_E_FORMAT, "huffman: segment size %u outside 1..2^16", s);
     uint64_t k = (n + s - 1) / s, rest = size - 8 - t;
     if (4 * k > rest) return dfail(d, DCF_E_FORMAT, "huffman: stream too short for %llu segment offsets", (unsigned long long)k);
     uint64_t pl = rest - 4 * k;
     if (n * (uint64_t)minlen > 8 * pl) return dfail(d, DCF_E_FORMAT, "huffman: %llu symbols cannot fit in %llu payload bytes", (unsigned long long)n, (unsigned long long)pl);
-    const uint8_t *ends = p + 8 + t;
     uint64_t start = 0;
+    const uint8_t *ends = NULL;
     for (uint64_t j = 0; j < k; j++) {
-        uint64_t e = rd_u32(ends + 4 * j), nk = j < k - 1 ? s : n - (uint64_t)s * (k - 1);
+        if (j % ENDS_BLOCK == 0) {
+            uint64_t m = k - j < ENDS_BLOCK ? k - j : ENDS_BLOCK;
+            if ((rc = stream_bytes(d, st, p, 8 + t + 4 * j, (size_t)(4 * m), p ? NULL : tb + t + 4, &ends))) return rc;
+        }
+        uint64_t e = rd_u32(ends + 4 * (j % ENDS_BLOCK)), nk = j < k - 1 ? s : n - (uint64_t)s * (k - 1);
         if (e < start || e - start < (nk * (uint64_t)minlen + 7) / 8 || e - start > (nk * (uint64_t)maxlen + 7) / 8)
             return dfail(d, DCF_E_FORMAT, "huffman: segment %llu of %lld bytes cannot hold %llu codes", (unsigned long long)j, (long long)e - (long long)start, (unsigned long long)nk);
         start = e;
     }
     if (start != pl) return dfail(d, DCF_E_FORMAT, "huffman: last segment ends at %llu, payload is %llu bytes", (unsigned long long)start, (unsigned long long)pl);
-    st->pay = ends + 4 * k;
-    st->ends = ends;
+    st->ends_off = 8 + t;
+    st->pay_off = 8 + t + 4 * k;
+    st->pay = p ? p + st->pay_off : NULL;
+    st->ends = p ? p + st->ends_off : NULL;
     st->p = pl;
     st->n = n;
     st->k_count = k;
@@ -357,6 +410,8 @@ int huffman_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, st
     if ((rc = pick_kernels(d, st, used, a))) return rc;
     st->group = st->s <= 16384 ? LANES : 1;
     if (!(st->buf = dec_alloc(d, st->group * st->s * sizeof *st->buf, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
+    if (!st->pay && !(st->win = dec_alloc(d, st->group * (((uint64_t)st->s * (uint64_t)maxlen + 7) / 8) + 8, 1, "huffman")))
+        return d->err ? d->err->code : DCF_E_NOMEM;
     out->st = st;
     out->in[0] = ins[0];
     out->pull = huff_pull;

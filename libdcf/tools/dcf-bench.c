@@ -129,7 +129,7 @@ static int decode_bench(const char *path, int repeat) {
 static stream *entropy_stream(dec *d, dcf_file *f, size_t i, const char **coder) {
     record r;
     dec_init(d, f, i, NULL);
-    if (load_record(d, i, 1, &r)) return NULL;
+    if (load_record(d, i, &r)) return NULL;
     uint32_t ns = N(&d->rec, r.streams)->n;
     stream *stored = dec_alloc(d, (uint64_t)(ns ? ns : 1) * sizeof *stored, 0, "bench");
     const stage_def **defs = dec_alloc(d, (uint64_t)N(&f->index, r.chain)->n * sizeof *defs, 0, "bench");
