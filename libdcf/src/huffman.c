@@ -91,7 +91,7 @@ static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, ui
  * those of the one-at-a-time procedure, and a complete code (every Kraft-valid table but one symbol's) has no
  * invalid entry to check for. */
 #define WINDOW(pay, b) ((load64((pay) + ((b) >> 3)) >> ((b) & 7) & M56) | MARK)
-#ifdef __GNUC__
+#if defined(__GNUC__) && !defined(DCF_NO_SIMD) /* SIMD=0 builds what any C99 compiler gets: lengths summed */
 #define TAKE(e)
 #define USED(v) ((uint64_t)__builtin_clzll(v) - 7)
 #else
