@@ -63,6 +63,16 @@ def refused(build: Path) -> set[str]:
     return UNSUPPORTED | ({"zstd", "zlib"} - set(have.split()))
 
 
+@pytest.fixture(scope="module")
+def scalar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SIMD=0 build of the tools (only the portable loops: what ARM phones run)."""
+    scalar = tmp_path_factory.mktemp("libdcf-scalar")
+    res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={scalar}", f"CC={CC}", "SIMD=0", "-j2", "tool"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return scalar
+
+
 def chain_of(container: dcframe.Container, name: str) -> set[str]:
     """Stage ids of tensor `name`'s chain."""
     return {s["id"] for s in container.chains[container.record(name)["chain"]]}
@@ -142,17 +152,22 @@ def test_built_without_codecs_says_so(tmp_path: Path) -> None:
     assert "built without zstd" in res.stderr and "built without zlib" in res.stderr
 
 
-def bench_decode(tmp_path: Path, tensors: dict[str, np.ndarray], name: str, **how: str) -> dict:
-    """dcf-bench's decode record (time, output bytes, peak heap per open mode) for one tensor written to
-    tmp_path/name.dcf with `how` (a preset or a pipeline)."""
+@pytest.fixture(scope="module")
+def bench_tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dcf-bench (decode timings and peak heap per open mode), built once; it needs <zstd.h> (its reference)."""
     if subprocess.run([CC, "-include", "zstd.h", "-x", "c", "-", "-fsyntax-only"], input="int x;\n", text=True,
                       capture_output=True).returncode:
         pytest.skip("dcf-bench needs <zstd.h> (libzstd-dev), which this system lacks")
-    tool = tmp_path / "dcf-bench"
-    if not tool.exists():
-        res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={tmp_path}", f"CC={CC}", str(tool)],
-                             capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr
+    out = tmp_path_factory.mktemp("libdcf-bench")
+    res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={out}", f"CC={CC}", str(out / "dcf-bench")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return out / "dcf-bench"
+
+
+def bench_decode(tool: Path, tmp_path: Path, tensors: dict[str, np.ndarray], name: str, **how: str) -> dict:
+    """dcf-bench's decode record (time, output bytes, peak heap per open mode, stored bytes) for one tensor written
+    to tmp_path/name.dcf with `how` (a preset or a pipeline)."""
     path = tmp_path / f"{name}.dcf"
     dcframe.compress(tensors, path, **how)
     out = subprocess.run([str(tool), "decode", str(path), "1"], capture_output=True, text=True, check=True).stdout
@@ -160,36 +175,43 @@ def bench_decode(tmp_path: Path, tensors: dict[str, np.ndarray], name: str, **ho
     return r
 
 
-def test_peak_heap_within_output_plus_one_mib(tmp_path: Path) -> None:
-    """Decoding a han and a quantize8 tensor into the caller's buffer holds at most 1 MiB of heap (memory mode;
-    a counting allocator given to dcf_open_memory sees every allocation, zstd's included); through a read callback
-    it also holds the stored bytes, and no more."""
-    w = np.random.default_rng(0).standard_normal((600, 500)).astype(np.float32)
+def test_peak_heap_within_output_plus_one_mib(bench_tool: Path, tmp_path: Path) -> None:
+    """Decoding a han and a quantize8 tensor into the caller's buffer holds at most 1 MiB of heap from memory and
+    through a read callback too, though the quantize8 tensor stores 1.5 MB of Huffman bytes (a counting allocator
+    given to the open call sees every allocation, zstd's included): the read callback mode reads the Huffman
+    payload a group of segments at a time."""
+    w = np.random.default_rng(0).standard_normal((1500, 1000)).astype(np.float32)
     for preset in ("han", "quantize8"):
-        r = bench_decode(tmp_path, {"w": w}, preset, preset=preset)
+        r = bench_decode(bench_tool, tmp_path, {"w": w}, preset, preset=preset)
         assert r["bytes"] == w.nbytes
         assert 0 < r["peak_heap_memory"] <= 2**20, (preset, r)
-        assert r["peak_heap_reader"] <= (tmp_path / f"{preset}.dcf").stat().st_size + 2**20, (preset, r)
+        assert 0 < r["peak_heap_reader"] <= 2**20, (preset, r)
+    assert r["region_bytes"] > 2**20  # quantize8: more stored bytes than the bound
 
 
-def test_peak_heap_by_path_within_output_plus_one_mib(tmp_path: Path) -> None:
+def test_read_callback_mode_holds_the_stored_bytes_only_where_documented(bench_tool: Path, tmp_path: Path) -> None:
+    """Stages that need their whole input (here rans) still hold a stored stream through a read callback: the
+    heap is then bounded by the stored bytes + 1 MiB, as libdcf/README.md says."""
+    x = np.random.default_rng(2).laplace(size=(1500, 1000)).astype(np.float32)
+    r = bench_decode(bench_tool, tmp_path, {"x": x}, "rans", pipeline="kmeans(bits=8) | rans")
+    assert r["region_bytes"] > 2**20
+    assert r["region_bytes"] < r["peak_heap_reader"] <= r["region_bytes"] + 2**20, r
+
+
+def test_peak_heap_by_path_within_output_plus_one_mib(bench_tool: Path, tmp_path: Path) -> None:
     """A file opened by path (dcf_open_path maps it) decodes one tensor with at most 1 MiB of heap beyond the
     output, even when the tensor's stored bytes (2.3 MB of near-incompressible floats here) are larger."""
     w = np.random.default_rng(1).standard_normal((1000, 600)).astype(np.float32)
-    r = bench_decode(tmp_path, {"w": w}, "zstd", pipeline="zstd")
+    r = bench_decode(bench_tool, tmp_path, {"w": w}, "zstd", pipeline="zstd")
     assert r["bytes"] == w.nbytes
     assert (tmp_path / "zstd.dcf").stat().st_size > 2 * 2**20
     assert 0 < r["peak_heap_path"] <= 2**20, r
 
 
-def test_rans_vector_and_scalar_paths_agree(build: Path, tmp_path: Path) -> None:
+def test_rans_vector_and_scalar_paths_agree(build: Path, scalar: Path, tmp_path: Path) -> None:
     """rANS streams decode to dcframe's bytes both 8 lanes at a time (AVX2, on x86-64 CPUs that have it) and by the
     portable scalar loop (a SIMD=0 build: what ARM phones run), for lane counts around the 8-lane groups and pulls
     that stop inside a step (kmeans pulls 4096 symbols; no K here divides it)."""
-    scalar = tmp_path / "scalar"
-    res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={scalar}", f"CC={CC}", "SIMD=0", "-j2", "tool"],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
     rng = np.random.default_rng(3)
     files, want = [], []
     for i, (lanes, bits, clusters) in enumerate([(1, 12, 8), (7, 14, 32), (9, 16, 200), (33, 10, 64), (200, 14, 256)]):
@@ -208,6 +230,92 @@ def test_rans_vector_and_scalar_paths_agree(build: Path, tmp_path: Path) -> None
             code, j = r["tensors"]["x"]
             assert code == "OK", (tool, f)
             assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, f)
+
+
+HUFFMAN_CASES = [  # (pipeline, data): the table and lookups per window libdcf picks for each (checked by hand)
+    ("kmeans(clusters=32) | huffman", "laplace"),                       # 4-symbol table, 5 lookups (maxlen 11)
+    ("uniform(step=0.5) | huffman", "laplace"),                         # 4-symbol table, 4 lookups, full entries
+    ("kmeans(clusters=16) | huffman", "sparse"),                        # 4-symbol table, mostly 1-bit zeros
+    ("kmeans(clusters=32) | huffman(max_bits=8, segment_size=37)", "laplace"),  # 1-symbol table, 5 lookups; 4096 % 37
+    ("kmeans(bits=8, init=linear, method=lloyd) | huffman", "normal"),  # 1-symbol table, 4 lookups
+    ("uniform(step=0.002) | huffman(max_bits=16, segment_size=1000)", "normal"),  # alphabet > 256, 3 lookups
+    ("uniform(step=0.5) | huffman(segment_size=5)", "laplace"),         # segments shorter than a round
+    ("uniform(step=100.0) | huffman", "normal"),                        # one used symbol: no fast kernel
+]
+
+
+def huffman_files(tmp_path: Path) -> tuple[list[Path], list[bytes]]:
+    """HUFFMAN_CASES written by dcframe (120000 values each: segment counts that are not multiples of 4), with the
+    bytes dcframe decodes them to."""
+    rng = np.random.default_rng(5)
+    files, want = [], []
+    for i, (pipeline, kind) in enumerate(HUFFMAN_CASES):
+        x = (rng.standard_normal((1200, 100)) if kind == "normal" else rng.laplace(size=(1200, 100))).astype(np.float32)
+        if kind == "sparse":
+            x[rng.random(x.shape) < 0.85] = 0
+        path = tmp_path / f"h{i}.dcf"
+        dcframe.compress({"x": x}, path, pipeline=pipeline)
+        c = dcframe.open_container(path)
+        assert "huffman" in chain_of(c, "x"), pipeline
+        files.append(path)
+        want.append(np.ascontiguousarray(c.read("x").array).tobytes())
+    return files, want
+
+
+def test_huffman_fast_and_scalar_paths_agree(build: Path, scalar: Path, tmp_path: Path) -> None:
+    """Huffman streams decode to dcframe's bytes with the AVX2 + BMI2 kernels (x86-64 CPUs that have them), also
+    through a read callback (the payload read a group of segments at a time), and with the portable ones (a SIMD=0
+    build), for multi-symbol and single-symbol tables, 3 to 5 lookups a window, segments shorter than a round, pulls
+    that stop inside a group of segments, and a one-symbol code."""
+    files, want = huffman_files(tmp_path)
+    for tool, mode in [
+            (build / "dcf-check", "memory"), (build / "dcf-check", "reader"), (scalar / "dcf-check", "memory")
+    ]:
+        out = tmp_path / f"out-{tool.parent.name}-{mode}"
+        out.mkdir()
+        for k, r in enumerate(check(tool, files, out, mode)):
+            code, j = r["tensors"]["x"]
+            assert code == "OK", (tool, HUFFMAN_CASES[k])
+            assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, HUFFMAN_CASES[k])
+
+
+def test_huffman_damaged_payloads_rejected_as_dcframe_does(build: Path, scalar: Path, tmp_path: Path) -> None:
+    """Payload bytes of long Huffman streams changed (CRCs fixed, so the change reaches the decoder): both builds,
+    from memory and through a read callback, give dcframe's verdict and, where it decodes, its bytes. Codes that
+    run past their segment's end are caught by the end-of-segment check after the unchecked rounds, exactly where
+    the one-at-a-time procedure catches them."""
+    files, _ = huffman_files(tmp_path)
+    rng = random.Random(9)
+    damaged = []
+    for k, f in enumerate(files[:6]):
+        index, tensors = split(f.read_bytes())
+        name, rec, streams = tensors[0]
+        sname = max(streams, key=lambda s: len(streams[s]))
+        for m in range(10):
+            b = bytearray(streams[sname])
+            for _ in range(1 + m % 3):
+                i = rng.randrange(len(b) // 2, len(b))  # the payload is the stream's tail
+                b[i] ^= 1 << rng.randrange(8)
+            one = dict(streams, **{sname: bytes(b)})
+            damaged.append(tmp_path / f"d{k}-{m}.dcf")
+            damaged[-1].write_bytes(join(json.loads(json.dumps(index)), [(name, rec, one)]))
+    verdicts = []
+    for f in damaged:
+        try:
+            verdicts.append(("OK", np.ascontiguousarray(dcframe.open_container(f).read("x").array).tobytes()))
+        except dcframe.DcfError as exc:
+            verdicts.append((type(exc).__name__, b""))
+    assert {v[0] for v in verdicts} >= {"OK", "FormatError"}, "the damage should both pass and fail somewhere"
+    for tool, mode in [
+            (build / "dcf-check", "memory"), (build / "dcf-check", "reader"), (scalar / "dcf-check", "memory")
+    ]:
+        out = tmp_path / f"dout-{tool.parent.name}-{mode}"
+        out.mkdir()
+        for k, (f, r) in enumerate(zip(damaged, check(tool, damaged, out, mode), strict=True)):
+            code, j = r["tensors"]["x"]
+            assert code == verdicts[k][0], (tool, f)
+            if code == "OK":
+                assert (out / f"{k}-{j}.bin").read_bytes() == verdicts[k][1], (tool, f)
 
 
 # -- Python-written files -----------------------------------------------------------------------------------------
@@ -435,7 +543,8 @@ def hostile_cases() -> dict[str, Callable[[], bytes]]:
 
 def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
     """5000 mutants of the golden vectors and Python-written files (3000 byte-level, 2000 structured with their
-    CRCs fixed), and every hand-built case of tests/hostile/: no sanitizer finding, no leak, every file answered."""
+    CRCs fixed), and every hand-built case of tests/hostile/, each decoded from memory and through a read callback:
+    no sanitizer finding, no leak, every file answered."""
     if not sanitizers_available(tmp_path):
         pytest.skip(f"{CC} has no working AddressSanitizer/UBSan runtime")
     res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={tmp_path / 'b'}", f"CC={CC}", "-j2",
@@ -460,26 +569,30 @@ def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
         files.append(tmp_path / f"hostile-{name}.dcf")
         files[-1].write_bytes(make())
     halves = [files[: len(files) // 2], files[len(files) // 2:]]
-    procs = []
-    for h, part in enumerate(halves):
-        lst = tmp_path / f"list{h}.txt"
-        lst.write_text("".join(f"{f}\n" for f in part), encoding="utf-8")
-        procs.append(subprocess.Popen([str(tool), str(lst)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"}))
-    answered = 0
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-4000:]
-        assert "runtime error" not in err and "AddressSanitizer" not in err and "LeakSanitizer" not in err, err[-4000:]
-        answered += sum(1 for line in out.splitlines() if line.split(" ")[1] == "open")
-    assert answered == len(files)
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"}
+    findings = ("runtime error", "AddressSanitizer", "LeakSanitizer")
+    for mode in ([], ["--reader"]):  # from memory; through a read callback (stored bytes read on demand)
+        procs = []
+        for h, part in enumerate(halves):
+            lst = tmp_path / f"list{h}.txt"
+            lst.write_text("".join(f"{f}\n" for f in part), encoding="utf-8")
+            procs.append(subprocess.Popen([str(tool), *mode, str(lst)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, env=env))
+        answered = 0
+        for p in procs:
+            out, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-4000:]
+            assert not any(x in err for x in findings), err[-4000:]
+            answered += sum(1 for line in out.splitlines() if line.split(" ")[1] == "open")
+        assert answered == len(files), mode
 
 
-def test_mutants_get_the_same_verdict_as_dcframe(build: Path, refused: set[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["memory", "reader"])
+def test_mutants_get_the_same_verdict_as_dcframe(build: Path, refused: set[str], tmp_path: Path, mode: str) -> None:
     """Differential: on 1200 mutants (half structured, CRCs fixed) libdcf opens, rejects (with the same class) and
-    decodes (to the same bytes) exactly as dcframe's reader does. Bytes are not compared for tensors whose chain
-    has zstd: a corrupted frame without a content checksum decodes to different garbage in different zstd versions
-    (libdcf agrees with the system's `zstd -d`)."""
+    decodes (to the same bytes) exactly as dcframe's reader does, from memory and through a read callback. Bytes
+    are not compared for tensors whose chain has zstd: a corrupted frame without a content checksum decodes to
+    different garbage in different zstd versions (libdcf agrees with the system's `zstd -d`)."""
     seeds = [(VECTORS / v["file"]).read_bytes() for v in INDEX["valid"] if not set(v["stages"]) & UNSUPPORTED]
     rng = random.Random(2)
     files = []
@@ -487,7 +600,7 @@ def test_mutants_get_the_same_verdict_as_dcframe(build: Path, refused: set[str],
     for k, one in enumerate(data):
         files.append(tmp_path / f"m{k}.dcf")
         files[-1].write_bytes(one)
-    for i, (f, r) in enumerate(zip(files, check(build / "dcf-check", files, tmp_path), strict=True)):
+    for i, (f, r) in enumerate(zip(files, check(build / "dcf-check", files, tmp_path, mode), strict=True)):
         try:
             c = dcframe.open_container(f)
         except dcframe.DcfError as exc:

@@ -523,16 +523,17 @@ static void dec_init(dec *d, dcf_file *f, size_t i, dcf_error *err) {
     if (err) { err->code = DCF_OK; err->message[0] = 0; }
 }
 
-/* Read the record (and with chunks, the whole tensor region), check its CRC and fields (FORMAT.md 8.2). */
-static int load_record(dec *d, size_t i, int with_chunks, record *r) {
+/* Read the record (without a mapping only the record: chunks are read as the stages ask for them), check its CRC and
+ * fields (FORMAT.md 8.2). */
+static int load_record(dec *d, size_t i, record *r) {
     dcf_file *f = d->f;
     const dcf_entry *e = &f->entries[i];
-    uint64_t want = with_chunks ? e->total : e->reclen;
+    d->region_off = e->offset;
     if (f->mem) d->region = f->mem + e->offset;
     else {
-        uint8_t *buf = dec_alloc(d, want, 0, "record");
+        uint8_t *buf = dec_alloc(d, e->reclen, 0, "record");
         if (!buf) return d->err ? d->err->code : DCF_E_NOMEM;
-        if (f->read(f->read_ctx, e->offset, buf, (size_t)want)) return dfail(d, DCF_E_IO, "cannot read the tensor's bytes");
+        if (f->read(f->read_ctx, e->offset, buf, (size_t)e->reclen)) return dfail(d, DCF_E_IO, "cannot read the tensor's bytes");
         d->region = buf;
     }
     if (dcf_crc32(f, 0, d->region, (size_t)e->reclen) != e->crc) return dfail(d, DCF_E_INTEGRITY, "record checksum mismatch: the file is damaged");
@@ -618,7 +619,7 @@ int dcf_info_at(dcf_file *f, size_t i, dcf_info *info, dcf_error *err) {
     dec d;
     record r;
     dec_init(&d, f, i, err);
-    int rc = load_record(&d, i, 0, &r);
+    int rc = load_record(&d, i, &r);
     if (!rc) {
         memset(info, 0, sizeof *info);
         info->name = f->names[i];
@@ -637,17 +638,58 @@ int dcf_info_at(dcf_file *f, size_t i, dcf_info *info, dcf_error *err) {
 
 /* ---------------------------------------------------------------- stored streams */
 
+/* n bytes at offset pos of the tensor's region: from memory, or read from the file. */
+static int region_read(dec *d, uint64_t pos, uint8_t *dst, size_t n) {
+    if (d->f->mem) { memcpy(dst, d->region + pos, n); return DCF_OK; }
+    if (d->f->read(d->f->read_ctx, d->region_off + pos, dst, n)) return dfail(d, DCF_E_IO, "cannot read the tensor's bytes");
+    return DCF_OK;
+}
+
+static uint64_t chunk_header_len(uint64_t len) { return len < 256 ? 2 : len < 65536 ? 3 : 5; }
+
 static int stored_fill(dec *d, stream *s, uint8_t *dst) {
     const mp_tree *t = &d->rec;
     uint64_t pos = s->chunk_pos;
     uint32_t c = mp_first(s->chunks_node);
     for (uint32_t m = 0; m < N(t, s->chunks_node)->n; m++, c = mp_after(t, c)) {
-        uint64_t len = (uint64_t)N(t, c)->v.i, h = len < 256 ? 2 : len < 65536 ? 3 : 5;
-        memcpy(dst, d->region + pos + h, (size_t)len);
+        uint64_t len = (uint64_t)N(t, c)->v.i, h = chunk_header_len(len);
+        int rc = region_read(d, pos + h, dst, (size_t)len);
+        if (rc) return rc;
         dst += len;
         pos += h + len;
     }
     return DCF_OK;
+}
+
+/* Bytes [off, off + n) of a stored stream read from the file, chunk by chunk; the place of the last read is kept,
+ * so reads that move forward walk the chunk list once. */
+static int stored_read_at(dec *d, stream *s, uint64_t off, uint8_t *dst, size_t n) {
+    const mp_tree *t = &d->rec;
+    if (off < s->at_off || s->at_node == NONE) { s->at_node = mp_first(s->chunks_node); s->at_off = 0; s->at_pos = s->chunk_pos; }
+    while (n) {
+        uint64_t len = (uint64_t)N(t, s->at_node)->v.i, h = chunk_header_len(len);
+        if (off >= s->at_off + len) { /* the read starts past this chunk: the next one (off + n <= size) */
+            s->at_off += len;
+            s->at_pos += h + len;
+            s->at_node = mp_after(t, s->at_node);
+            continue;
+        }
+        size_t m = (size_t)(s->at_off + len - off < n ? s->at_off + len - off : n);
+        int rc = region_read(d, s->at_pos + h + (off - s->at_off), dst, m);
+        if (rc) return rc;
+        dst += m;
+        off += m;
+        n -= m;
+    }
+    return DCF_OK;
+}
+
+int bytes_read(dec *d, stream *s, uint64_t off, uint8_t *dst, size_t n) {
+    if (!s->data && s->read_at) return s->read_at(d, s, off, dst, n);
+    const uint8_t *p = NULL;
+    int rc = bytes_view(d, s, &p);
+    if (!rc) memcpy(dst, p + off, n);
+    return rc;
 }
 
 int bytes_view(dec *d, stream *s, const uint8_t **out) {
@@ -662,9 +704,27 @@ int bytes_view(dec *d, stream *s, const uint8_t **out) {
     return DCF_OK;
 }
 
-/* Chunk headers (shortest bin header, FORMAT.md 4.2) and stream CRCs; one bytes stream per descriptor. */
+#define CRC_WINDOW 65536 /* bytes read at a time to check a chunk's CRC-32 in read callback mode */
+
+/* The CRC-32 of len chunk bytes at region offset pos: over memory, or read through a window of CRC_WINDOW bytes. */
+static int chunk_crc(dec *d, uint64_t pos, uint64_t len, uint8_t **window, uint32_t *crc) {
+    if (d->f->mem) { *crc = dcf_crc32(d->f, *crc, d->region + pos, (size_t)len); return DCF_OK; }
+    if (!*window && !(*window = dec_alloc(d, CRC_WINDOW, 1, "stored"))) return d->err ? d->err->code : DCF_E_NOMEM;
+    for (uint64_t done = 0; done < len;) {
+        size_t m = (size_t)(len - done < CRC_WINDOW ? len - done : CRC_WINDOW);
+        int rc = region_read(d, pos + done, *window, m);
+        if (rc) return rc;
+        *crc = dcf_crc32(d->f, *crc, *window, m);
+        done += m;
+    }
+    return DCF_OK;
+}
+
+/* Chunk headers (shortest bin header, FORMAT.md 4.2) and stream CRCs; one bytes stream per descriptor. In read
+ * callback mode the chunks are read through a small window for their CRCs, and again when a stage reads them. */
 static int load_streams(dec *d, const record *r, stream *streams) {
     const mp_tree *t = &d->rec;
+    uint8_t *window = NULL;
     uint64_t pos = d->rec.len;
     uint32_t k = mp_first(r->streams);
     for (uint32_t j = 0; j < N(t, r->streams)->n; j++, k = mp_after(t, k)) {
@@ -679,20 +739,23 @@ static int load_streams(dec *d, const record *r, stream *streams) {
         s->chunks_node = chunks;
         s->chunk_pos = pos;
         s->fill = stored_fill;
+        s->read_at = d->f->mem ? NULL : stored_read_at;
+        s->at_node = NONE;
         uint32_t crc = 0;
         uint32_t c = mp_first(chunks);
         for (uint32_t m = 0; m < N(t, chunks)->n; m++, c = mp_after(t, c)) {
-            uint64_t len = (uint64_t)N(t, c)->v.i;
-            const uint8_t *h = d->region + pos;
+            uint64_t len = (uint64_t)N(t, c)->v.i, hl = chunk_header_len(len);
+            uint8_t h[5];
+            int rc = region_read(d, pos, h, (size_t)hl);
+            if (rc) return rc;
             int ok = len < 256 ? h[0] == 0xc4 && h[1] == len
                      : len < 65536 ? h[0] == 0xc5 && ((uint64_t)h[1] << 8 | h[2]) == len
                                    : h[0] == 0xc6 && ((uint64_t)h[1] << 24 | (uint64_t)h[2] << 16 | (uint64_t)h[3] << 8 | h[4]) == len;
             if (!ok)
                 return dfail(d, DCF_E_FORMAT, "chunk header of stream '%.*s' at byte %llu does not match its declared length %llu", (int)(s->name_len > 40 ? 40 : s->name_len),
                              (const char *)s->name, (unsigned long long)pos, (unsigned long long)len);
-            uint64_t hl = len < 256 ? 2 : len < 65536 ? 3 : 5;
-            crc = dcf_crc32(d->f, crc, h + hl, (size_t)len);
-            if (N(t, chunks)->n == 1) s->data = h + hl;
+            if ((rc = chunk_crc(d, pos + hl, len, &window, &crc))) return rc;
+            if (N(t, chunks)->n == 1 && d->f->mem) s->data = d->region + pos + hl;
             pos += hl + len;
         }
         if (N(t, chunks)->n == 0) s->data = d->region; /* empty: any valid pointer */
@@ -858,7 +921,7 @@ static int decode_into(dcf_file *f, size_t i, void **dst, size_t dst_size, uint6
     dec d;
     record r;
     dec_init(&d, f, i, err);
-    int rc = load_record(&d, i, 1, &r);
+    int rc = load_record(&d, i, &r);
     stream *stored = NULL, *root = NULL;
     const stage_def **defs = NULL;
     if (!rc) {

@@ -2,21 +2,38 @@
  * LSB-first payload. Every header check is made when the stage is applied; segments decode as they are pulled. */
 #include "internal.h"
 
-#define INVALID 0x80000000u /* a table entry no code reaches: length 0, and the flag a round tests once */
-#define GROUP 4           /* segments decoded in lockstep (independent dependency chains) */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(DCF_NO_SIMD)
+#include <immintrin.h>
+#define HUFF_X86 1 /* kernels built for AVX2 + BMI2 as well, used where the CPU has them (checked at run time) */
+#endif
 
-typedef struct {
-    const uint8_t *pay, *ends;
+#define LANES 4      /* segments decoded in lockstep (independent dependency chains) */
+#define MULTI 4      /* most symbols one multi-symbol table entry gives */
+#define MAX_PER 5    /* most lookups per 56-bit window */
+#define M56 ((((uint64_t)1) << 56) - 1)
+#define MARK (((uint64_t)1) << 56)
+
+typedef struct huff_st huff_st;
+/* `rounds` rounds over `G` lanes (bit positions bp, output pointers o), each PER lookups from one 56-bit window */
+typedef void (*kernel_fn)(const huff_st *st, uint64_t *bp, uint32_t **o, uint64_t rounds);
+
+struct huff_st {
+    const uint8_t *pay, *ends; /* NULL (windowed): read from `in` at pay_off and ends_off as the groups need them */
+    stream *in;
+    uint64_t pay_off, ends_off;
+    uint8_t *win;              /* windowed: one group's payload bytes, and 8 more when the payload has them */
     uint64_t p, n, k_count;
     uint32_t s, mask;
-    uint32_t *table;  /* 2^maxlen entries: symbol << 5 | length; INVALID where no code matches */
-    uint32_t *pairs;  /* byte symbols: 2^maxlen entries of one or two codes (see build_pairs), else NULL */
+    uint32_t *table;  /* 2^maxlen entries: length | symbol << 8; 0 where no code matches (one used symbol only) */
+    uint64_t *multi;  /* byte symbols: 2^maxlen entries of up to MULTI codes (see build_multi), else NULL */
+    kernel_fn lanes, one; /* the LANES-lane and the 1-lane kernels; NULL: every symbol by the checked loop */
+    uint64_t per, syms_per_round; /* lookups per window; most symbols a lane decodes per round */
     uint64_t k;       /* next segment to decode */
     uint32_t *buf;    /* the symbols of the last group decoded */
     size_t buf_i, buf_n;
     int maxlen;
-    uint64_t group;   /* segments per group: GROUP, or 1 for segments over 2^14 symbols (bounded buffer) */
-} huff_st;
+    uint64_t group;   /* segments per group: LANES, or 1 for segments over 2^14 symbols (bounded buffer) */
+};
 
 int huffman_check_config(dec *d, const mp_tree *ct, uint32_t c) {
     static const param ps[] = {{"max_bits", P_INT, 1, 16, 0, 0, 0, NULL}, {"segment_size", P_INT, 1, 65536, 0, 0, 0, NULL}};
@@ -52,15 +69,14 @@ static uint32_t entry_at(const huff_st *st, uint64_t bp) {
     return st->table[v & st->mask];
 }
 
-/* Finish segment k from bit *bp with `left` symbols to go, then check it ends in its last byte, zero-padded. */
-static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, uint64_t left, uint32_t *o) {
+/* Finish segment k from bit *bp with `left` symbols to go, then check it ends in its last byte (`end`), zero-padded. */
+static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, uint64_t left, uint32_t *o, uint64_t end) {
     for (uint64_t i = 0; i < left; i++) {
         uint32_t e = entry_at(st, bp);
-        if (!(e & 31)) return dfail(d, DCF_E_FORMAT, "huffman: invalid code in segment %llu", (unsigned long long)k);
-        o[i] = e >> 5;
-        bp += e & 31;
+        if (!e) return dfail(d, DCF_E_FORMAT, "huffman: invalid code in segment %llu", (unsigned long long)k);
+        o[i] = e >> 8;
+        bp += e & 63;
     }
-    uint64_t end = rd_u32(st->ends + 4 * k);
     if (!(bp > 8 * (end - 1) && bp <= 8 * end))
         return dfail(d, DCF_E_FORMAT, "huffman: segment %llu codes do not end in its last byte", (unsigned long long)k);
     if (st->pay[end - 1] >> (bp - 8 * (end - 1)))
@@ -68,85 +84,139 @@ static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, ui
     return DCF_OK;
 }
 
-/* One round: PER codes from each of G segments, each segment's PER codes from one 57-bit window (PER x maxlen <=
- * 57). A round holding an invalid code is not applied: finish_segment then meets it exactly where the
- * one-at-a-time procedure would. */
-#define ROUNDS(G, PER)                                                                   \
-    for (;;) {                                                                           \
-        int ok = 1;                                                                      \
-        uint32_t e[G][PER], bad = 0;                                                     \
-        for (int j = 0; j < (G); j++) ok &= left[j] >= (PER) && (bp[j] >> 3) + 8 <= st->p; \
-        if (!ok) break;                                                                  \
-        for (int j = 0; j < (G); j++) {                                                  \
-            uint64_t v = load64(st->pay + (bp[j] >> 3)) >> (bp[j] & 7);                  \
-            for (int q = 0; q < (PER); q++) {                                            \
-                e[j][q] = tab[v & mask];                                                 \
-                v >>= e[j][q] & 31;                                                      \
-                bad |= e[j][q];                                                          \
-            }                                                                            \
-        }                                                                                \
-        if (bad >> 31) break;                                                            \
-        for (int j = 0; j < (G); j++) {                                                  \
-            for (int q = 0; q < (PER); q++) {                                            \
-                o[j][q] = e[j][q] >> 5;                                                  \
-                bp[j] += e[j][q] & 31;                                                   \
-            }                                                                            \
-            o[j] += (PER);                                                               \
-            left[j] -= (PER);                                                            \
-        }                                                                                \
+/* ---- the fast path: whole rounds with no check per symbol ----
+ * A round takes, per lane, one window of the 56 payload bits at its bit position with a marker bit above them,
+ * and PER <= 56 / maxlen lookups from it; the marker's drop after the lookups is the bits they used. The caller runs
+ * only rounds that stay inside the payload and inside each segment's symbol count (safe_rounds), so the symbols are
+ * those of the one-at-a-time procedure, and a complete code (every Kraft-valid table but one symbol's) has no
+ * invalid entry to check for. */
+#define WINDOW(pay, b) ((load64((pay) + ((b) >> 3)) >> ((b) & 7) & M56) | MARK)
+#if defined(__GNUC__) && !defined(DCF_NO_SIMD) /* SIMD=0 builds what any C99 compiler gets: lengths summed */
+#define TAKE(e)
+#define USED(v) ((uint64_t)__builtin_clzll(v) - 7)
+#else
+#define TAKE(e) used += (e) & 63
+#define USED(v) used
+#endif
+
+/* single-symbol entries: one symbol per lookup, stored at a fixed place of the round */
+#define BODY_SINGLE(PER)                                                                                   \
+    for (int q = 0; q < (PER); q++) {                                                                      \
+        uint32_t e = tab[v & mask];                                                                        \
+        v >>= e & 63;                                                                                      \
+        TAKE(e);                                                                                           \
+        w[q] = e >> 8;                                                                                     \
+    }                                                                                                      \
+    w += (PER);
+
+/* multi-symbol entries: four symbol slots written, the pointer moved by the entry's count */
+#define STORE_PORTABLE(w, e) ((w)[0] = (uint32_t)((e) >> 8 & 255), (w)[1] = (uint32_t)((e) >> 16 & 255),       \
+                              (w)[2] = (uint32_t)((e) >> 24 & 255), (w)[3] = (uint32_t)((e) >> 32 & 255))
+#define STORE_X86(w, e) _mm_storeu_si128((__m128i *)(void *)(w), _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)(uint32_t)((e) >> 8))))
+#define BODY_MULTI(PER, STORE)                                                                             \
+    for (int q = 0; q < (PER); q++) {                                                                      \
+        uint64_t e = mt[v & mask];                                                                         \
+        v >>= e & 63;                                                                                      \
+        TAKE(e);                                                                                           \
+        STORE(w, e);                                                                                       \
+        w += e >> 48;                                                                                      \
     }
 
-/* As ROUNDS, with the pair table: each lookup gives one or two codes (up to 2 x PER symbols a segment a round).
- * A round's results are committed only when none of its first codes was invalid. */
-#define ROUNDS2(G, PER)                                                                  \
-    for (;;) {                                                                           \
-        int ok = 1;                                                                      \
-        uint32_t bad = 0;                                                                \
-        uint64_t nbp[G], took[G];                                                        \
-        for (int j = 0; j < (G); j++) ok &= left[j] >= 2 * (PER) && (bp[j] >> 3) + 8 <= st->p; \
-        if (!ok) break;                                                                  \
-        for (int j = 0; j < (G); j++) {                                                  \
-            uint64_t v = load64(st->pay + (bp[j] >> 3)) >> (bp[j] & 7), b = bp[j];       \
-            uint32_t *w = o[j];                                                          \
-            for (int q = 0; q < (PER); q++) {                                            \
-                uint32_t e = pairs[v & mask];                                            \
-                v >>= e & 31;                                                            \
-                b += e & 31;                                                             \
-                bad |= e;                                                                \
-                w[0] = e >> 8 & 0xff;                                                    \
-                w[1] = e >> 16 & 0xff;                                                   \
-                w += e >> 5 & 3;                                                         \
-            }                                                                            \
-            nbp[j] = b;                                                                  \
-            took[j] = (uint64_t)(w - o[j]);                                              \
-        }                                                                                \
-        if (bad >> 31) break;                                                            \
-        for (int j = 0; j < (G); j++) {                                                  \
-            bp[j] = nbp[j];                                                              \
-            o[j] += took[j];                                                             \
-            left[j] -= took[j];                                                          \
-        }                                                                                \
+#define KERNEL(NAME, ATTR, G, BODY)                                                                        \
+    ATTR static void NAME(const huff_st *st, uint64_t *bpv, uint32_t **ov, uint64_t rounds) {              \
+        const uint8_t *pay = st->pay;                                                                      \
+        const uint32_t *tab = st->table, mask = st->mask;                                                  \
+        const uint64_t *mt = st->multi;                                                                    \
+        uint64_t bp[G];                                                                                    \
+        uint32_t *o[G];                                                                                    \
+        (void)tab; (void)mt;                                                                               \
+        for (int j = 0; j < (G); j++) { bp[j] = bpv[j]; o[j] = ov[j]; }                                    \
+        for (uint64_t r = 0; r < rounds; r++)                                                              \
+            for (int j = 0; j < (G); j++) {                                                                \
+                uint64_t v = WINDOW(pay, bp[j]), used = 0;                                                 \
+                uint32_t *w = o[j];                                                                        \
+                (void)used;                                                                                \
+                BODY;                                                                                      \
+                o[j] = w;                                                                                  \
+                bp[j] += USED(v);                                                                          \
+            }                                                                                              \
+        for (int j = 0; j < (G); j++) { bpv[j] = bp[j]; ov[j] = o[j]; }                                    \
     }
 
-/* Decode segments k0 .. k0+g-1 into out (segment j at out + j*S), g <= GROUP, the g dependency chains overlapping
- * in the CPU. */
+#define KERNELS(P, ATTR, STORE)                                                                            \
+    KERNEL(P##single3_g, ATTR, LANES, BODY_SINGLE(3)) KERNEL(P##single3_1, ATTR, 1, BODY_SINGLE(3))       \
+    KERNEL(P##single4_g, ATTR, LANES, BODY_SINGLE(4)) KERNEL(P##single4_1, ATTR, 1, BODY_SINGLE(4))       \
+    KERNEL(P##single5_g, ATTR, LANES, BODY_SINGLE(5)) KERNEL(P##single5_1, ATTR, 1, BODY_SINGLE(5))       \
+    KERNEL(P##multi4_g, ATTR, LANES, BODY_MULTI(4, STORE)) KERNEL(P##multi4_1, ATTR, 1, BODY_MULTI(4, STORE)) \
+    KERNEL(P##multi5_g, ATTR, LANES, BODY_MULTI(5, STORE)) KERNEL(P##multi5_1, ATTR, 1, BODY_MULTI(5, STORE)) \
+    static const kernel_fn P##kernels[2][3][2] = {                                                         \
+        {{P##single3_g, P##single3_1}, {P##single4_g, P##single4_1}, {P##single5_g, P##single5_1}},        \
+        {{NULL, NULL}, {P##multi4_g, P##multi4_1}, {P##multi5_g, P##multi5_1}}};
+
+KERNELS(portable_, , STORE_PORTABLE)
+#ifdef HUFF_X86
+KERNELS(x86_, __attribute__((target("avx2,bmi,bmi2"))), STORE_X86)
+#endif
+
+/* Rounds a lane at bit bp with `left` symbols to go can run: each reads 8 payload bytes and takes at most
+ * per x maxlen bits and syms_per_round symbols. */
+static uint64_t safe_rounds(const huff_st *st, uint64_t bp, uint64_t left) {
+    if (st->p < 8 || bp > 8 * (st->p - 8)) return 0;
+    uint64_t by_bits = (8 * (st->p - 8) - bp) / (st->per * (uint64_t)st->maxlen) + 1, by_syms = left / st->syms_per_round;
+    return by_bits < by_syms ? by_bits : by_syms;
+}
+
+/* Segment k0 + j's bounds in the payload: start[j] and end[j] for j < g (start[j + 1] = end[j]). */
+static int group_bounds(dec *d, const huff_st *st, uint64_t k0, int g, uint64_t *start) {
+    uint8_t b[4 * (LANES + 1)];
+    uint64_t first = k0 ? k0 - 1 : 0, m = (uint64_t)g + (k0 ? 1 : 0);
+    const uint8_t *e = st->ends ? st->ends + 4 * first : b;
+    if (!st->ends) {
+        int rc = bytes_read(d, st->in, st->ends_off + 4 * first, b, (size_t)(4 * m));
+        if (rc) return rc;
+    }
+    start[0] = 0;
+    for (uint64_t i = 0; i < m; i++) start[i + (k0 ? 0 : 1)] = rd_u32(e + 4 * i);
+    return DCF_OK;
+}
+
+/* Decode segments k0 .. k0+g-1 into out (segment j at out + j*S), g <= LANES: LANES segments in lockstep while all
+ * of them can, then each one alone, then its last symbols one at a time with every check. Windowed, the group's
+ * bytes are read first; bits past the window (8 bytes past the group) then read as zero, which only a segment whose
+ * codes already ran past its end could reach. */
 static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint32_t *out) {
-    uint64_t bp[GROUP], left[GROUP];
-    uint32_t *o[GROUP];
-    const uint32_t *tab = st->table;
-    const uint32_t mask = st->mask;
-    for (int j = 0; j < g; j++) {
-        bp[j] = 8 * (uint64_t)(k0 + (uint64_t)j ? rd_u32(st->ends + 4 * (k0 + (uint64_t)j - 1)) : 0);
-        left[j] = seg_symbols(st, k0 + (uint64_t)j);
-        o[j] = out + (size_t)j * st->s;
+    uint64_t bp[LANES], n[LANES], start[LANES + 1];
+    uint32_t *o[LANES], *o0[LANES];
+    int rc = group_bounds(d, st, k0, g, start);
+    if (rc) return rc;
+    huff_st view = *st;
+    uint64_t base = 0;
+    if (!st->ends) {
+        uint64_t stop = start[g] + 8 < st->p ? start[g] + 8 : st->p;
+        base = start[0];
+        if ((rc = bytes_read(d, st->in, st->pay_off + base, st->win, (size_t)(stop - base)))) return rc;
+        view.pay = st->win;
+        view.p = stop - base;
+        st = &view;
     }
-    const uint32_t *pairs = st->pairs;
-    if (g == GROUP && pairs) ROUNDS2(GROUP, 4)
-    else if (g == GROUP && st->maxlen <= 14) ROUNDS(GROUP, 4)
-    else if (g == GROUP) ROUNDS(GROUP, 3)
-    else if (g == 1) ROUNDS(1, 3)
     for (int j = 0; j < g; j++) {
-        int rc = finish_segment(d, st, k0 + (uint64_t)j, bp[j], left[j], o[j]);
+        bp[j] = 8 * (start[j] - base);
+        n[j] = seg_symbols(st, k0 + (uint64_t)j);
+        o[j] = o0[j] = out + (size_t)j * st->s;
+    }
+    while (st->lanes && g == LANES) {
+        uint64_t r = UINT64_MAX;
+        for (int j = 0; j < LANES; j++) {
+            uint64_t rj = safe_rounds(st, bp[j], n[j] - (uint64_t)(o[j] - o0[j]));
+            r = rj < r ? rj : r;
+        }
+        if (!r) break;
+        st->lanes(st, bp, o, r);
+    }
+    for (int j = 0; j < g; j++) {
+        uint64_t r;
+        while (st->one && (r = safe_rounds(st, bp[j], n[j] - (uint64_t)(o[j] - o0[j])))) st->one(st, &bp[j], &o[j], r);
+        rc = finish_segment(d, st, k0 + (uint64_t)j, bp[j], n[j] - (uint64_t)(o[j] - o0[j]), o[j], start[j + 1] - base);
         if (rc) return rc;
     }
     return DCF_OK;
@@ -188,31 +258,76 @@ static uint32_t bitreverse(uint32_t v, int n) {
     return r;
 }
 
-/* The pair table for byte symbols (A <= 256, maxlen <= 14): entry v holds the code at the window's start and, when
- * the next code also lies inside the window's maxlen bits, that one too: total length | count << 5 | first << 8 |
- * second << 16 (INVALID when the first code is invalid). Decoding a pair is decoding its two codes in turn. */
-static void build_pairs(huff_st *st, uint32_t size, int maxlen) {
+/* The multi-symbol table for byte symbols: entry v holds the codes that follow one another from the window's start
+ * while they lie inside its maxlen bits, at most MULTI: total length | symbols << 8 (a byte each) | count << 48.
+ * Decoding an entry is decoding its codes in turn. Returns the mean count, the symbols per lookup on data whose
+ * code lengths match its symbol frequencies. */
+static double build_multi(huff_st *st, uint32_t size, int maxlen) {
+    uint64_t total = 0;
     for (uint32_t v = 0; v < size; v++) {
-        uint32_t e1 = st->table[v], l1 = e1 & 31;
-        if (e1 & INVALID) { st->pairs[v] = INVALID; continue; }
-        uint32_t e2 = st->table[(v >> l1) & st->mask], l2 = e2 & 31;
-        int two = !(e2 & INVALID) && l1 + l2 <= (uint32_t)maxlen;
-        st->pairs[v] = (two ? l1 + l2 : l1) | (two ? 2u : 1u) << 5 | (e1 >> 5) << 8 | (two ? (e2 >> 5) << 16 : 0);
+        uint64_t e = 0, c = 0, len = 0;
+        for (; c < MULTI; c++) {
+            uint32_t t = st->table[(v >> len) & st->mask];
+            if (!t || len + (t & 63) > (uint64_t)maxlen) break;
+            e |= (uint64_t)(t >> 8) << (8 + 8 * c);
+            len += t & 63;
+        }
+        st->multi[v] = e | len | c << 48;
+        total += c;
     }
+    return (double)total / size;
 }
 
-/* The header (table, S, ends) checked as Decoding steps 3-5 say, then the decode table of step 6. */
+/* The fast kernels for this table: none for a one-symbol code (its table has invalid entries), the multi-symbol
+ * ones for byte symbols when an entry holds 1.5 codes or more on average, else the single-symbol ones. */
+static int pick_kernels(dec *d, huff_st *st, uint64_t used, uint64_t a) {
+    uint32_t size = 1u << st->maxlen;
+    if (used < 2) return DCF_OK;
+    st->per = (uint64_t)(56 / st->maxlen < MAX_PER ? 56 / st->maxlen : MAX_PER);
+    int multi = 0;
+    if (a <= 256 && st->maxlen <= 13) {
+        if (!(st->multi = dec_alloc(d, (uint64_t)size * 8, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
+        multi = build_multi(st, size, st->maxlen) >= 1.5;
+    }
+    const kernel_fn(*ks)[3][2] = portable_kernels;
+#ifdef HUFF_X86
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2")) ks = x86_kernels;
+#endif
+    st->lanes = ks[multi][st->per - 3][0];
+    st->one = ks[multi][st->per - 3][1];
+    st->syms_per_round = st->per * (multi ? MULTI : 1);
+    return DCF_OK;
+}
+
+#define ENDS_BLOCK 4096 /* segment offsets checked at a time when they are read from the file */
+
+/* Bytes [off, off + n) of the stream: a pointer into its view, or (windowed) read into buf. */
+static int stream_bytes(dec *d, huff_st *st, const uint8_t *p, uint64_t off, size_t n, uint8_t *buf, const uint8_t **out) {
+    if (p) { *out = p + off; return DCF_OK; }
+    *out = buf;
+    return bytes_read(d, st->in, off, buf, n);
+}
+
+/* The header (table, S, ends) checked as Decoding steps 3-5 say. A stored stream that is not in memory (read
+ * callback mode) is read in pieces: the table, then the offsets ENDS_BLOCK at a time; its payload a group at a
+ * time when decoded (windowed). */
 static int header(dec *d, stream *in, uint64_t n, uint64_t a, huff_st *st, const uint8_t **lens_out, uint32_t *t_out,
                   int *maxlen_out) {
-    const uint8_t *p;
-    int rc = bytes_view(d, in, &p);
+    const uint8_t *p = NULL, *q;
+    uint8_t b4[4];
+    int rc = !in->data && in->read_at ? DCF_OK : bytes_view(d, in, &p);
     if (rc) return rc;
+    st->in = in;
     uint64_t size = in->size;
     if (size < 4) return dfail(d, DCF_E_FORMAT, "huffman: stream too short for the table size");
-    uint32_t t = rd_u32(p);
+    if ((rc = stream_bytes(d, st, p, 0, 4, b4, &q))) return rc;
+    uint32_t t = rd_u32(q);
     if (t < 1 || t > a) return dfail(d, DCF_E_FORMAT, "huffman: table of %u entries for alphabet %llu", t, (unsigned long long)a);
     if (size < 8 + (uint64_t)t) return dfail(d, DCF_E_FORMAT, "huffman: stream too short for the table");
-    const uint8_t *len = p + 4;
+    uint8_t *tb = p ? NULL : dec_alloc(d, (uint64_t)t + 4 * ENDS_BLOCK, 1, "huffman");
+    if (!p && !tb) return d->err ? d->err->code : DCF_E_NOMEM;
+    if ((rc = stream_bytes(d, st, p, 4, (size_t)t + 4, tb, &q))) return rc;
+    const uint8_t *len = q;
     int minlen = 17, maxlen = 0;
     uint64_t used = 0, kraft = 0;
     for (uint32_t i = 0; i < t; i++) {
@@ -225,23 +340,29 @@ static int header(dec *d, stream *in, uint64_t n, uint64_t a, huff_st *st, const
     }
     if (!used) return dfail(d, DCF_E_FORMAT, "huffman: table has no used symbol");
     if (used == 1 ? maxlen != 1 : kraft != 65536) return dfail(d, DCF_E_FORMAT, "huffman: code lengths do not form a complete prefix code");
-    uint32_t s = rd_u32(p + 4 + t);
+    uint32_t s = rd_u32(len + t);
     if (s < 1 || s > 65536) return dfail(d, DCF_E_FORMAT, "huffman: segment size %u outside 1..2^16", s);
     uint64_t k = (n + s - 1) / s, rest = size - 8 - t;
     if (4 * k > rest) return dfail(d, DCF_E_FORMAT, "huffman: stream too short for %llu segment offsets", (unsigned long long)k);
     uint64_t pl = rest - 4 * k;
     if (n * (uint64_t)minlen > 8 * pl) return dfail(d, DCF_E_FORMAT, "huffman: %llu symbols cannot fit in %llu payload bytes", (unsigned long long)n, (unsigned long long)pl);
-    const uint8_t *ends = p + 8 + t;
     uint64_t start = 0;
+    const uint8_t *ends = NULL;
     for (uint64_t j = 0; j < k; j++) {
-        uint64_t e = rd_u32(ends + 4 * j), nk = j < k - 1 ? s : n - (uint64_t)s * (k - 1);
+        if (j % ENDS_BLOCK == 0) {
+            uint64_t m = k - j < ENDS_BLOCK ? k - j : ENDS_BLOCK;
+            if ((rc = stream_bytes(d, st, p, 8 + t + 4 * j, (size_t)(4 * m), p ? NULL : tb + t + 4, &ends))) return rc;
+        }
+        uint64_t e = rd_u32(ends + 4 * (j % ENDS_BLOCK)), nk = j < k - 1 ? s : n - (uint64_t)s * (k - 1);
         if (e < start || e - start < (nk * (uint64_t)minlen + 7) / 8 || e - start > (nk * (uint64_t)maxlen + 7) / 8)
             return dfail(d, DCF_E_FORMAT, "huffman: segment %llu of %lld bytes cannot hold %llu codes", (unsigned long long)j, (long long)e - (long long)start, (unsigned long long)nk);
         start = e;
     }
     if (start != pl) return dfail(d, DCF_E_FORMAT, "huffman: last segment ends at %llu, payload is %llu bytes", (unsigned long long)start, (unsigned long long)pl);
-    st->pay = ends + 4 * k;
-    st->ends = ends;
+    st->ends_off = 8 + t;
+    st->pay_off = 8 + t + 4 * k;
+    st->pay = p ? p + st->pay_off : NULL;
+    st->ends = p ? p + st->ends_off : NULL;
     st->p = pl;
     st->n = n;
     st->k_count = k;
@@ -271,7 +392,7 @@ int huffman_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, st
     if ((rc = header(d, ins[0], n, a, st, &len, &t, &maxlen))) return rc;
     uint32_t size = 1u << maxlen;
     if (!(st->table = dec_alloc(d, (uint64_t)size * 4, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
-    for (uint32_t v = 0; v < size; v++) st->table[v] = INVALID;
+    memset(st->table, 0, (size_t)size * 4);
     uint32_t count[17] = {0}, next[17] = {0};
     for (uint32_t i = 0; i < t; i++) count[len[i]]++;
     count[0] = 0;
@@ -279,17 +400,18 @@ int huffman_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, st
     for (uint32_t i = 0; i < t; i++) {
         int l = len[i];
         if (!l) continue;
-        uint32_t r = bitreverse(next[l]++, l), e = i << 5 | (uint32_t)l;
+        uint32_t r = bitreverse(next[l]++, l), e = i << 8 | (uint32_t)l;
         for (uint32_t v = r; v < size; v += 1u << l) st->table[v] = e;
     }
     st->mask = size - 1;
     st->maxlen = maxlen;
-    if (a <= 256 && maxlen <= 14) {
-        if (!(st->pairs = dec_alloc(d, (uint64_t)size * 4, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
-        build_pairs(st, size, maxlen);
-    }
-    st->group = st->s <= 16384 ? GROUP : 1;
+    uint64_t used = 0;
+    for (int l = 1; l <= 16; l++) used += count[l];
+    if ((rc = pick_kernels(d, st, used, a))) return rc;
+    st->group = st->s <= 16384 ? LANES : 1;
     if (!(st->buf = dec_alloc(d, st->group * st->s * sizeof *st->buf, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
+    if (!st->pay && !(st->win = dec_alloc(d, st->group * (((uint64_t)st->s * (uint64_t)maxlen + 7) / 8) + 8, 1, "huffman")))
+        return d->err ? d->err->code : DCF_E_NOMEM;
     out->st = st;
     out->in[0] = ins[0];
     out->pull = huff_pull;

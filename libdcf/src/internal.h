@@ -77,6 +77,10 @@ struct stream {
     int (*fill)(dec *d, stream *s, uint8_t *dst); /* produce all `size` bytes into dst */
     uint32_t chunks_node;                       /* stored streams: the chunk length array */
     uint64_t chunk_pos;                         /* stored streams: offset of the first chunk header in the region */
+    /* stored streams without `data` (read callback mode): bytes [off, off + n) read from the file on demand */
+    int (*read_at)(dec *d, stream *s, uint64_t off, uint8_t *dst, size_t n);
+    uint32_t at_node;                           /* read_at's place: a chunk length node, */
+    uint64_t at_off, at_pos;                    /* its first byte in the stream, its header in the region */
     /* symbols */
     uint64_t count;
     uint64_t alphabet;
@@ -98,7 +102,8 @@ struct dec {
     const char *name;
     uint64_t bound;     /* the decode bound B of FORMAT.md 8 */
     uint64_t work;      /* working memory in use */
-    const uint8_t *region; /* the tensor's record and chunks */
+    const uint8_t *region; /* the tensor's record and chunks (read callback mode: its record only) */
+    uint64_t region_off;   /* the region's offset in the file */
     mp_tree rec;
     stream *made;       /* the streams the stages gave, in creation order */
     size_t nmade;
@@ -114,6 +119,8 @@ void *dec_alloc(dec *d, uint64_t size, int work, const char *stage);
 uint32_t dcf_crc32(const dcf_file *f, uint32_t crc, const uint8_t *p, size_t n);
 /* a contiguous view of a bytes stream (materialized if needed) */
 int bytes_view(dec *d, stream *s, const uint8_t **out);
+/* bytes [off, off + n) of a bytes stream (off + n <= size): from its view, or read on demand (read_at) */
+int bytes_read(dec *d, stream *s, uint64_t off, uint8_t *dst, size_t n);
 
 /* msgpack (mp.c) */
 int mp_parse(dcf_file *f, dcf_error *err, const char *what, const uint8_t *buf, uint64_t len, mp_tree *tree);
