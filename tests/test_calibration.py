@@ -78,20 +78,20 @@ def _safetensors(path, header: dict, data: bytes = b"") -> None:
 
 @pytest.mark.parametrize("header, data, message", [
     ({}, b"", "not a dcframe calibration file"),
-    ({"__metadata__": {"format": "dcframe.io.calibration", "version": "2"}}, b"", "calibration version '2'"),
-    ({"__metadata__": {"format": "dcframe.io.calibration", "version": "1"},
+    ({"__metadata__": {"format": "dcframe.calibration", "version": "2"}}, b"", "calibration version '2'"),
+    ({"__metadata__": {"format": "dcframe.calibration", "version": "1"},
       "w::activation": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, np.float32(np.nan).tobytes(),
      "NaN or infinity"),
-    ({"__metadata__": {"format": "dcframe.io.calibration", "version": "1"},
+    ({"__metadata__": {"format": "dcframe.calibration", "version": "1"},
       "w::activation": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, np.float32(-1).tobytes(),
      "negative"),
-    ({"__metadata__": {"format": "dcframe.io.calibration", "version": "1"},
+    ({"__metadata__": {"format": "dcframe.calibration", "version": "1"},
       "w::colour": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, np.float32(1).tobytes(),
      "WEIGHT::STAT"),
-    ({"__metadata__": {"format": "dcframe.io.calibration", "version": "1"},
+    ({"__metadata__": {"format": "dcframe.calibration", "version": "1"},
       "w::activation": {"dtype": "F32", "shape": [1000000], "data_offsets": [0, 4]}}, np.float32(1).tobytes(),
      "do not fit"),
-    ({"__metadata__": {"format": ["dcframe.io.calibration"]}}, b"", "must map strings to strings"),
+    ({"__metadata__": {"format": ["dcframe.calibration"]}}, b"", "must map strings to strings"),
 ])
 def test_hostile_calibration_files_are_one_line_errors(tmp_path, header, data, message):
     path = tmp_path / "c.safetensors"

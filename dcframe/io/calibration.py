@@ -19,7 +19,7 @@ from dcframe.core.errors import ConfigError, DcfError
 from dcframe.core.streams import ACTIVATION, FISHER, HESSIAN, Dense
 from dcframe.io.modelio import read_model, write_model
 
-FORMAT = "dcframe.io.calibration"
+FORMAT = "dcframe.calibration"
 VERSION = "1"
 SEP = "::"
 STATS = (ACTIVATION, HESSIAN, FISHER, "token_count")
