@@ -314,9 +314,12 @@ def test_a_local_cluster_that_cannot_start_is_one_line(tmp_path):
                       f"dcframe.compress({{'w': np.ones(4, np.float32)}}, {str(tmp_path / 'm.dcf')!r}, "
                       "executor=DaskExecutor(workers=1))\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode != 0 and last.startswith("dcframe.errors.DcfError: cannot start a Dask LocalCluster")
-    assert "__main__" in last and not (tmp_path / "m.dcf").exists()
+    # the script's traceback ends with the error; a worker process that re-ran the script may print the same, and
+    # Python's resource tracker may then warn about the failed workers' semaphores
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dcframe.errors.")]
+    assert done.returncode != 0 and errors
+    assert all(e.startswith("dcframe.errors.DcfError: cannot start a Dask LocalCluster") for e in errors)
+    assert all("__main__" in e for e in errors) and not (tmp_path / "m.dcf").exists()
 
 
 def test_dcframe_and_its_cli_never_import_dask():
