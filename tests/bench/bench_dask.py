@@ -117,7 +117,7 @@ def tree(root):
     out, stack = [], [root]
     while stack:
         pid = stack.pop()
-        out.append(pid)
+        out.append((pid, bool(kids.get(pid))))
         stack.extend(kids.get(pid, []))
     return out
 
@@ -150,9 +150,11 @@ def thread_cpu(pid):
 
 start = time.perf_counter()
 proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-peaks, threads, cpus = {}, {}, {}
+peaks, threads, cpus, parents = {}, {}, {}, set()
 while proc.poll() is None:
-    for pid in tree(proc.pid):
+    for pid, parent in tree(proc.pid):
+        if parent:
+            parents.add(pid)
         peaks[pid] = max(peaks.get(pid, 0), rss(pid))
         cpus[pid] = own_cpu(pid) or cpus.get(pid, 0.0)
         if pid != proc.pid:
@@ -167,7 +169,8 @@ usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 cpu = max(usage.ru_utime + usage.ru_stime, sum(cpus.values()))
 client_cpu = cpus.get(proc.pid, 0.0)
 client = peaks.pop(proc.pid, 0)
-workers = sorted((p for p in peaks if peaks[p] > 64 << 20), key=peaks.get, reverse=True)  # not the resource tracker
+# workers: not the resource tracker (small), nor a forkserver (the parent of workers)
+workers = sorted((p for p in peaks if peaks[p] > 64 << 20 and p not in parents), key=peaks.get, reverse=True)
 # A worker's busiest thread runs the tasks (Dask: its task thread; a pool process: its only one); the others are
 # its event loop, monitors and the like. As last seen, up to 50 ms before the end.
 task = [max(threads.get(p, {}).values(), default=0.0) for p in workers]
