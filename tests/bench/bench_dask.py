@@ -2,7 +2,7 @@
 2-worker Dask LocalCluster (`--executor dask -j 2`).
 
     python tests/bench/bench_dask.py [--params 1e9] [--dtype BF16|F32] [--pipelines han,lossless]
-                                     [--modes serial,jobs2,dask2] [--dir DIR]
+                                     [--modes serial,jobs2,dask2] [--dir DIR] [--model DIR]
 
 The checkpoint is a Hugging Face folder made here (under a temporary directory, deleted after): transformer-shaped
 tensors (bench_bigmodel.transformer_shapes), BF16 by default (2 bytes per parameter; F32 with --dtype), split into
@@ -95,6 +95,16 @@ def write_folder(folder: Path, params: float, dtype: str) -> tuple[int, int, int
     index = {"metadata": {"total_size": n_params * ITEMSIZE[dtype]}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (folder / "config.json").write_text('{"model_type": "llama"}\n')
+    return n_params, len(shapes), max(int(np.prod(s)) for _, s in shapes) * ITEMSIZE[dtype]
+
+
+def folder_sizes(folder: Path, params: float, dtype: str) -> tuple[int, int, int]:
+    """What write_folder returns, for a folder it made earlier with these arguments (checked against its index)."""
+    shapes = transformer_shapes(params)
+    n_params = sum(int(np.prod(s)) for _, s in shapes)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    if index["metadata"]["total_size"] != n_params * ITEMSIZE[dtype] or len(index["weight_map"]) != len(shapes):
+        raise SystemExit(f"{folder}: not the checkpoint of --params {params:g} --dtype {dtype}")
     return n_params, len(shapes), max(int(np.prod(s)) for _, s in shapes) * ITEMSIZE[dtype]
 
 
@@ -209,13 +219,15 @@ def main() -> None:
     ap.add_argument("--pipelines", default="han,lossless", help=f"any of {', '.join(PIPELINES)}")
     ap.add_argument("--modes", default="serial,jobs2,dask2", help=f"any of {', '.join(MODES)}; serial first")
     ap.add_argument("--dir", default=None, help="where to write the files (default: a temporary directory)")
+    ap.add_argument("--model", default=None, help="a checkpoint folder an earlier run made with the same --params "
+                    "and --dtype, kept by you (write_folder), instead of making one (which takes a minute at 1e9)")
     args = ap.parse_args()
     modes = args.modes.split(",")
     base = Path(tempfile.mkdtemp(prefix="dcf-bench-dask-", dir=args.dir))
     try:
         t0 = time.perf_counter()
-        folder = base / "model"
-        n_params, n_tensors, largest = write_folder(folder, args.params, args.dtype)
+        folder = Path(args.model) if args.model else base / "model"
+        n_params, n_tensors, largest = (folder_sizes if args.model else write_folder)(folder, args.params, args.dtype)
         model_bytes = n_params * ITEMSIZE[args.dtype]
         print(f"synthetic checkpoint: {n_params / 1e6:,.0f}M parameters ({args.dtype}), {n_tensors} tensors in "
               f"{SHARDS} shards, {model_bytes / GiB:.2f} GiB; largest tensor {largest / GiB:.3f} GiB; generated in "
