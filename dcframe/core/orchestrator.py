@@ -369,7 +369,7 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
         yield from executor(tensors, policy, stats, progress, side_inputs)
         return
     chains = fit_chains(policy, items)
-    if jobs > 1 and len(tensors) > 1 and all(threadable(chain.stages) for chain in chains.values()):
+    if jobs > 1 and len(tensors) > 1 and all(threadable(chains[p].stages) for p in _pipelines_used(policy, items)):
         yield from _compress_threaded(tensors, policy, chains, stats, progress, jobs, side_inputs)
         return
     if jobs > 1 and len(tensors) > 1:
@@ -451,6 +451,11 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
 # CPU), and no streams to hand back through spill files.
 THREADED_STAGES = frozenset({"raw", "bytegroup", "zstd", "zlib", "lzma", "bz2"})
 KERNEL_STAGES = frozenset({"rans", "huffman"})  # threaded when their compiled kernels can run (numba installed)
+
+
+def _pipelines_used(policy: Policy, items: Callable[[], Iterator[tuple[str, Dense]]]) -> set[str]:
+    """The pipelines the tensors take (the policy also holds chains no tensor may use, e.g. the lossless fallback)."""
+    return {policy.pipeline_for(name, dense.array.shape, dense.dtype) for name, dense in items()}
 
 
 def threadable(stages: Iterable[Stage]) -> bool:
