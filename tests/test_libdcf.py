@@ -197,6 +197,7 @@ STREAMED_CHAINS = [  # (name, data, how): chains whose stages read their stored 
     ("rans", "laplace", {"pipeline": "kmeans(bits=8) | rans"}),
     ("bytegroup-raw", "normal", {"pipeline": "bytegroup | rans"}),  # the mantissa planes stored as they are
     ("bytegroup-zlib", "normal", {"pipeline": "bytegroup | zlib | rans"}),
+    ("kmeans-raw", "laplace", {"pipeline": "kmeans(clusters=1000) | raw"}),  # 2-byte symbols stored as they are
 ]
 
 
@@ -224,14 +225,16 @@ BYTEGROUP_CASES = [  # (pipeline, dtype, elements): the mantissa out of a codec 
     ("bytegroup | zlib | huffman", "float32", 1_366),                    # 4098 mantissa bytes: one round, then the rest
     ("bytegroup | rans", "float64", 90_001),                              # stored planes: read a block at a time
     ("prune(sparsity=0.5) | sparse | bytegroup | zstd | rans", "float32", 100_000),  # pulled in parts by sparse
+    ("kmeans(bits=8) | raw", "float32", 100_001),                         # raw symbols: read into the pull's buffer
+    ("kmeans(clusters=1000) | raw", "float32", 100_001),
 ]
 
 
-def test_bytegroup_mantissa_streams_decode_as_dcframe(build: Path, scalar: Path, tmp_path: Path) -> None:
+def test_bytegroup_and_raw_streams_decode_as_dcframe(build: Path, scalar: Path, tmp_path: Path) -> None:
     """bytegroup chains whose mantissa planes come out of zstd or zlib (rebuilt inside the output buffer, in rounds
-    that move the planes left), are stored as they are (read a block of each plane at a time through a read
+    that move the planes up), are stored as they are (read a block of each plane at a time through a read
     callback), or are pulled in parts (by sparse), decode to dcframe's bytes for 1 to 7 mantissa planes, from
-    memory and through a read callback, on both builds."""
+    memory, by path and through a read callback, on both builds; so do raw symbols read into the pull's buffer."""
     rng = np.random.default_rng(11)
     files, want = [], []
     for i, (pipeline, dtype, n) in enumerate(BYTEGROUP_CASES):
@@ -239,7 +242,7 @@ def test_bytegroup_mantissa_streams_decode_as_dcframe(build: Path, scalar: Path,
         path = tmp_path / f"bg{i}.dcf"
         dcframe.compress({"x": x.astype(dtype).reshape(-1, 1)}, path, pipeline=pipeline)
         c = dcframe.open_container(path)
-        assert "bytegroup" in chain_of(c, "x"), pipeline
+        assert chain_of(c, "x") & {"bytegroup", "raw"}, pipeline
         files.append(path)
         want.append(np.ascontiguousarray(c.read("x").array).tobytes())
     for tool, mode in [(build / "dcf-check", "memory"), (build / "dcf-check", "reader"),
@@ -250,6 +253,54 @@ def test_bytegroup_mantissa_streams_decode_as_dcframe(build: Path, scalar: Path,
             code, j = r["tensors"]["x"]
             assert code == "OK", (tool, mode, BYTEGROUP_CASES[k])
             assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, mode, BYTEGROUP_CASES[k])
+
+
+def test_damaged_streamed_stages_fail_alike_in_every_mode(build: Path, tmp_path: Path) -> None:
+    """rans, zstd, zlib and bytegroup streams damaged (bytes flipped, cut or extended, CRCs fixed so the damage
+    reaches the stage) fail with the same class and the same message from memory, by path and through a read
+    callback, where their stored bytes are read through windows: the codecs get the same input slices in every
+    mode, and dcframe gives the same class."""
+    rng_np = np.random.default_rng(4)
+    x = (rng_np.standard_normal((600, 400)) * 0.05).astype(np.float32)  # stored streams of several windows
+    rng = random.Random(6)
+    damaged = []
+    for i, pipeline in enumerate(["bytegroup | zstd(level=5) | rans(lanes=256)", "zstd(level=19)", "zlib",
+                                  "kmeans(bits=8) | rans", "bytegroup | zlib | rans"]):
+        src = tmp_path / f"s{i}.dcf"
+        dcframe.compress({"x": x}, src, pipeline=pipeline)
+        index, tensors = split(src.read_bytes())
+        name, rec, streams = tensors[0]
+        for m in range(12):
+            one = dict(streams)
+            sname = rng.choice(sorted(one))
+            b = bytearray(one[sname])
+            if m % 4 == 0:
+                b = b[:rng.randrange(len(b))]
+            elif m % 4 == 1:
+                b += bytes(rng.randrange(256) for _ in range(rng.randint(1, 9)))
+            else:
+                for _ in range(1 + m % 3):
+                    b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            one[sname] = bytes(b)
+            damaged.append(tmp_path / f"d{i}-{m}.dcf")
+            damaged[-1].write_bytes(join(json.loads(json.dumps(index)), [(name, rec, one)]))
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{f}\n" for f in damaged), encoding="utf-8")
+    answers = {}
+    for mode in ("memory", "path", "reader"):
+        res = subprocess.run([str(build / "dcf-check"), *([f"--{mode}"] if mode != "memory" else []), str(lst)],
+                             capture_output=True, text=True, env={**os.environ, "DCF_CHECK_VERBOSE": "1"})
+        assert res.returncode == 0, res.stderr
+        answers[mode] = (res.stdout, res.stderr)
+    assert answers["path"] == answers["memory"] and answers["reader"] == answers["memory"]
+    codes = [line.split(" ")[2] for line in answers["memory"][0].splitlines() if line.split(" ")[1] != "open"]
+    assert codes.count("FormatError") >= len(damaged) // 2, codes
+    for f, code in zip(damaged, codes, strict=True):
+        try:
+            dcframe.open_container(f).read("x")
+            assert code == "OK", f
+        except dcframe.DcfError as exc:
+            assert code == type(exc).__name__, (f, str(exc))
 
 
 def test_peak_heap_by_path_within_output_plus_one_mib(bench_tool: Path, tmp_path: Path) -> None:

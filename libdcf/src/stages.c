@@ -144,10 +144,8 @@ static int raw_dense_pull(dec *d, stream *s, void *dst, size_t n) {
         int rc = in->fill(d, in, dst);
         if (rc) return rc;
     } else if (n) {
-        const uint8_t *p;
-        int rc = bytes_view(d, in, &p);
+        int rc = bytes_read(d, in, s->pos * isz, dst, n * isz);
         if (rc) return rc;
-        memcpy(dst, p + s->pos * isz, n * isz);
     }
     if (s->dtype == DCF_BOOL) {
         const uint8_t *b = dst;
@@ -158,13 +156,21 @@ static int raw_dense_pull(dec *d, stream *s, void *dst, size_t n) {
     return DCF_OK;
 }
 
+/* A stored stream not in memory is read into the top n w bytes of dst and widened front to back (element i's
+ * 4 bytes end at or below element i + 1's first byte). */
 static int raw_symbols_pull(dec *d, stream *s, void *dst, size_t n) {
-    const uint8_t *p;
-    int rc = bytes_view(d, s->in[0], &p);
-    if (rc) return rc;
+    stream *in = s->in[0];
     uint32_t *o = dst;
     int w = s->alphabet <= 256 ? 1 : s->alphabet <= 65536 ? 2 : 4;
-    p += s->pos * (uint64_t)w;
+    const uint8_t *p;
+    int rc = in->data || !in->read_at ? bytes_view(d, in, &p) : DCF_OK;
+    if (rc) return rc;
+    if (in->data) p += s->pos * (uint64_t)w;
+    else {
+        uint8_t *top = (uint8_t *)dst + (size_t)(4 - w) * n;
+        if (n && (rc = bytes_read(d, in, s->pos * (uint64_t)w, top, n * (size_t)w))) return rc;
+        p = top;
+    }
     if (w == 1) for (size_t i = 0; i < n; i++) o[i] = p[i];
     else if (w == 2) for (size_t i = 0; i < n; i++) o[i] = (uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8;
     else for (size_t i = 0; i < n; i++) o[i] = rd_u32(p + 4 * i);
