@@ -648,8 +648,9 @@ def hostile_cases() -> dict[str, Callable[[], bytes]]:
 
 def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
     """5000 mutants of the golden vectors and Python-written files (3000 byte-level, 2000 structured with their
-    CRCs fixed), and every hand-built case of tests/hostile/, each decoded from memory and through a read callback:
-    no sanitizer finding, no leak, every file answered."""
+    CRCs fixed; some seeds store streams larger than the 64 KiB windows stored bytes are read through), and every
+    hand-built case of tests/hostile/, each decoded from memory, by path and through a read callback: no sanitizer
+    finding, no leak, every file answered."""
     if not sanitizers_available(tmp_path):
         pytest.skip(f"{CC} has no working AddressSanitizer/UBSan runtime")
     res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={tmp_path / 'b'}", f"CC={CC}", "-j2",
@@ -662,6 +663,11 @@ def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
         p = tmp_path / f"seed{i}.dcf"
         dcframe.compress({"w": rng_np.standard_normal((30, 20)).astype(np.float32),
                           "b": rng_np.standard_normal(7).astype(np.float32)}, p, preset=preset)
+        seeds.append(p.read_bytes())
+    big = (rng_np.standard_normal((400, 250)) * 0.05).astype(np.float32)  # streams over the 64 KiB windows
+    for i, pipeline in enumerate(["bytegroup | zstd(level=5) | rans(lanes=256)", "kmeans(bits=8) | rans", "zlib"]):
+        p = tmp_path / f"big{i}.dcf"
+        dcframe.compress({"w": big}, p, pipeline=pipeline)
         seeds.append(p.read_bytes())
     rng = random.Random(17)
     files = []
@@ -676,7 +682,7 @@ def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
     halves = [files[: len(files) // 2], files[len(files) // 2:]]
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"}
     findings = ("runtime error", "AddressSanitizer", "LeakSanitizer")
-    for mode in ([], ["--reader"]):  # from memory; through a read callback (stored bytes read on demand)
+    for mode in ([], ["--path"], ["--reader"]):  # from memory; mapped; through a read callback (read on demand)
         procs = []
         for h, part in enumerate(halves):
             lst = tmp_path / f"list{h}.txt"
@@ -692,12 +698,12 @@ def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
         assert answered == len(files), mode
 
 
-@pytest.mark.parametrize("mode", ["memory", "reader"])
+@pytest.mark.parametrize("mode", ["memory", "path", "reader"])
 def test_mutants_get_the_same_verdict_as_dcframe(build: Path, refused: set[str], tmp_path: Path, mode: str) -> None:
     """Differential: on 1200 mutants (half structured, CRCs fixed) libdcf opens, rejects (with the same class) and
-    decodes (to the same bytes) exactly as dcframe's reader does, from memory and through a read callback. Bytes
-    are not compared for tensors whose chain has zstd: a corrupted frame without a content checksum decodes to
-    different garbage in different zstd versions (libdcf agrees with the system's `zstd -d`)."""
+    decodes (to the same bytes) exactly as dcframe's reader does, from memory, by path and through a read callback.
+    Bytes are not compared for tensors whose chain has zstd: a corrupted frame without a content checksum decodes
+    to different garbage in different zstd versions (libdcf agrees with the system's `zstd -d`)."""
     seeds = [(VECTORS / v["file"]).read_bytes() for v in INDEX["valid"] if not set(v["stages"]) & UNSUPPORTED]
     rng = random.Random(2)
     files = []
