@@ -189,13 +189,118 @@ def test_peak_heap_within_output_plus_one_mib(bench_tool: Path, tmp_path: Path) 
     assert r["region_bytes"] > 2**20  # quantize8: more stored bytes than the bound
 
 
-def test_read_callback_mode_holds_the_stored_bytes_only_where_documented(bench_tool: Path, tmp_path: Path) -> None:
-    """Stages that need their whole input (here rans) still hold a stored stream through a read callback: the
-    heap is then bounded by the stored bytes + 1 MiB, as libdcf/README.md says."""
-    x = np.random.default_rng(2).laplace(size=(1500, 1000)).astype(np.float32)
-    r = bench_decode(bench_tool, tmp_path, {"x": x}, "rans", pipeline="kmeans(bits=8) | rans")
-    assert r["region_bytes"] > 2**20
-    assert r["region_bytes"] < r["peak_heap_reader"] <= r["region_bytes"] + 2**20, r
+STREAMED_CHAINS = [  # (name, data, how): chains whose stages read their stored input through bounded windows
+    ("lossless", "normal", {"preset": "lossless"}),             # bytegroup | zstd(level=5) | rans(lanes=256)
+    ("han-rans", "normal", {"preset": "han-rans"}),
+    ("zstd19", "normal", {"pipeline": "zstd(level=19)"}),
+    ("zlib", "normal", {"pipeline": "zlib"}),
+    ("rans", "laplace", {"pipeline": "kmeans(bits=8) | rans"}),
+    ("bytegroup-raw", "normal", {"pipeline": "bytegroup | rans"}),  # the mantissa planes stored as they are
+    ("bytegroup-zlib", "normal", {"pipeline": "bytegroup | zlib | rans"}),
+    ("kmeans-raw", "laplace", {"pipeline": "kmeans(clusters=1000) | raw"}),  # 2-byte symbols stored as they are
+]
+
+
+@pytest.mark.parametrize("name,data,how", STREAMED_CHAINS, ids=[c[0] for c in STREAMED_CHAINS])
+def test_read_callback_heap_within_output_plus_one_mib(bench_tool: Path, tmp_path: Path, name: str, data: str,
+                                                       how: dict) -> None:
+    """rans, zstd, zlib and bytegroup chains of a few MB decode with at most 1 MiB of heap beyond the output in
+    every mode, through a read callback too: their stored bytes are read through bounded windows, and a mantissa
+    that comes out of a codec is decompressed into the output buffer itself."""
+    rng = np.random.default_rng(2)
+    x = (rng.laplace(size=(1500, 1000)) if data == "laplace" else rng.standard_normal((1500, 1000)) * 0.05)
+    r = bench_decode(bench_tool, tmp_path, {"x": x.astype(np.float32)}, name, **how)
+    assert r["bytes"] == 6_000_000
+    if name != "han-rans":  # han-rans stores little; the others store more than the bound
+        assert r["region_bytes"] > 2**20, r
+    for mode in ("memory", "path", "reader"):
+        assert 0 < r[f"peak_heap_{mode}"] <= 2**20, (mode, r)
+
+
+BYTEGROUP_CASES = [  # (pipeline, dtype, elements): the mantissa out of a codec is rebuilt in the output, in rounds
+    ("bytegroup | zstd(level=5) | rans(lanes=256)", "float32", 300_000),  # the lossless preset's chain
+    ("bytegroup | zstd(level=5) | rans(lanes=256)", "float64", 120_007),  # 7 planes: many rounds
+    ("bytegroup | zstd(level=5) | rans(lanes=256)", "float16", 200_001),  # 1 plane: one round
+    ("bytegroup | zlib | rans", "int32", 100_003),
+    ("bytegroup | zlib | huffman", "float32", 1_366),                    # 4098 mantissa bytes: one round, then the rest
+    ("bytegroup | rans", "float64", 90_001),                              # stored planes: read a block at a time
+    ("prune(sparsity=0.5) | sparse | bytegroup | zstd | rans", "float32", 100_000),  # pulled in parts by sparse
+    ("kmeans(bits=8) | raw", "float32", 100_001),                         # raw symbols: read into the pull's buffer
+    ("kmeans(clusters=1000) | raw", "float32", 100_001),
+]
+
+
+def test_bytegroup_and_raw_streams_decode_as_dcframe(build: Path, scalar: Path, tmp_path: Path) -> None:
+    """bytegroup chains whose mantissa planes come out of zstd or zlib (rebuilt inside the output buffer, in rounds
+    that move the planes up), are stored as they are (read a block of each plane at a time through a read
+    callback), or are pulled in parts (by sparse), decode to dcframe's bytes for 1 to 7 mantissa planes, from
+    memory, by path and through a read callback, on both builds; so do raw symbols read into the pull's buffer."""
+    rng = np.random.default_rng(11)
+    files, want = [], []
+    for i, (pipeline, dtype, n) in enumerate(BYTEGROUP_CASES):
+        x = rng.standard_normal(n) * 1000 if dtype == "int32" else rng.standard_normal(n) * 0.05
+        path = tmp_path / f"bg{i}.dcf"
+        dcframe.compress({"x": x.astype(dtype).reshape(-1, 1)}, path, pipeline=pipeline)
+        c = dcframe.open_container(path)
+        assert chain_of(c, "x") & {"bytegroup", "raw"}, pipeline
+        files.append(path)
+        want.append(np.ascontiguousarray(c.read("x").array).tobytes())
+    for tool, mode in [(build / "dcf-check", "memory"), (build / "dcf-check", "reader"),
+                       (build / "dcf-check", "path"), (scalar / "dcf-check", "reader")]:
+        out = tmp_path / f"out-{tool.parent.name}-{mode}"
+        out.mkdir()
+        for k, r in enumerate(check(tool, files, out, mode)):
+            code, j = r["tensors"]["x"]
+            assert code == "OK", (tool, mode, BYTEGROUP_CASES[k])
+            assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, mode, BYTEGROUP_CASES[k])
+
+
+def test_damaged_streamed_stages_fail_alike_in_every_mode(build: Path, tmp_path: Path) -> None:
+    """rans, zstd, zlib and bytegroup streams damaged (bytes flipped, cut or extended, CRCs fixed so the damage
+    reaches the stage) fail with the same class and the same message from memory, by path and through a read
+    callback, where their stored bytes are read through windows: the codecs get the same input slices in every
+    mode, and dcframe gives the same class."""
+    rng_np = np.random.default_rng(4)
+    x = (rng_np.standard_normal((600, 400)) * 0.05).astype(np.float32)  # stored streams of several windows
+    rng = random.Random(6)
+    damaged = []
+    for i, pipeline in enumerate(["bytegroup | zstd(level=5) | rans(lanes=256)", "zstd(level=19)", "zlib",
+                                  "kmeans(bits=8) | rans", "bytegroup | zlib | rans"]):
+        src = tmp_path / f"s{i}.dcf"
+        dcframe.compress({"x": x}, src, pipeline=pipeline)
+        index, tensors = split(src.read_bytes())
+        name, rec, streams = tensors[0]
+        for m in range(12):
+            one = dict(streams)
+            sname = rng.choice(sorted(one))
+            b = bytearray(one[sname])
+            if m % 4 == 0:
+                b = b[:rng.randrange(len(b))]
+            elif m % 4 == 1:
+                b += bytes(rng.randrange(256) for _ in range(rng.randint(1, 9)))
+            else:
+                for _ in range(1 + m % 3):
+                    b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            one[sname] = bytes(b)
+            damaged.append(tmp_path / f"d{i}-{m}.dcf")
+            damaged[-1].write_bytes(join(json.loads(json.dumps(index)), [(name, rec, one)]))
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{f}\n" for f in damaged), encoding="utf-8")
+    answers = {}
+    for mode in ("memory", "path", "reader"):
+        res = subprocess.run([str(build / "dcf-check"), *([f"--{mode}"] if mode != "memory" else []), str(lst)],
+                             capture_output=True, text=True, env={**os.environ, "DCF_CHECK_VERBOSE": "1"})
+        assert res.returncode == 0, res.stderr
+        answers[mode] = (res.stdout, res.stderr)
+    assert answers["path"] == answers["memory"] and answers["reader"] == answers["memory"]
+    codes = [line.split(" ")[2] for line in answers["memory"][0].splitlines() if line.split(" ")[1] != "open"]
+    assert codes.count("FormatError") >= len(damaged) // 2, codes
+    for f, code in zip(damaged, codes, strict=True):
+        try:
+            dcframe.open_container(f).read("x")
+            assert code == "OK", f
+        except dcframe.DcfError as exc:
+            assert code == type(exc).__name__, (f, str(exc))
 
 
 def test_peak_heap_by_path_within_output_plus_one_mib(bench_tool: Path, tmp_path: Path) -> None:
@@ -543,8 +648,9 @@ def hostile_cases() -> dict[str, Callable[[], bytes]]:
 
 def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
     """5000 mutants of the golden vectors and Python-written files (3000 byte-level, 2000 structured with their
-    CRCs fixed), and every hand-built case of tests/hostile/, each decoded from memory and through a read callback:
-    no sanitizer finding, no leak, every file answered."""
+    CRCs fixed; some seeds store streams larger than the 64 KiB windows stored bytes are read through), and every
+    hand-built case of tests/hostile/, each decoded from memory, by path and through a read callback: no sanitizer
+    finding, no leak, every file answered."""
     if not sanitizers_available(tmp_path):
         pytest.skip(f"{CC} has no working AddressSanitizer/UBSan runtime")
     res = subprocess.run([MAKE, "-C", str(LIBDCF), f"BUILD={tmp_path / 'b'}", f"CC={CC}", "-j2",
@@ -557,6 +663,11 @@ def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
         p = tmp_path / f"seed{i}.dcf"
         dcframe.compress({"w": rng_np.standard_normal((30, 20)).astype(np.float32),
                           "b": rng_np.standard_normal(7).astype(np.float32)}, p, preset=preset)
+        seeds.append(p.read_bytes())
+    big = (rng_np.standard_normal((400, 250)) * 0.05).astype(np.float32)  # streams over the 64 KiB windows
+    for i, pipeline in enumerate(["bytegroup | zstd(level=5) | rans(lanes=256)", "kmeans(bits=8) | rans", "zlib"]):
+        p = tmp_path / f"big{i}.dcf"
+        dcframe.compress({"w": big}, p, pipeline=pipeline)
         seeds.append(p.read_bytes())
     rng = random.Random(17)
     files = []
@@ -571,7 +682,7 @@ def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
     halves = [files[: len(files) // 2], files[len(files) // 2:]]
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"}
     findings = ("runtime error", "AddressSanitizer", "LeakSanitizer")
-    for mode in ([], ["--reader"]):  # from memory; through a read callback (stored bytes read on demand)
+    for mode in ([], ["--path"], ["--reader"]):  # from memory; mapped; through a read callback (read on demand)
         procs = []
         for h, part in enumerate(halves):
             lst = tmp_path / f"list{h}.txt"
@@ -587,12 +698,12 @@ def test_mutation_fuzz_under_sanitizers(tmp_path: Path) -> None:
         assert answered == len(files), mode
 
 
-@pytest.mark.parametrize("mode", ["memory", "reader"])
+@pytest.mark.parametrize("mode", ["memory", "path", "reader"])
 def test_mutants_get_the_same_verdict_as_dcframe(build: Path, refused: set[str], tmp_path: Path, mode: str) -> None:
     """Differential: on 1200 mutants (half structured, CRCs fixed) libdcf opens, rejects (with the same class) and
-    decodes (to the same bytes) exactly as dcframe's reader does, from memory and through a read callback. Bytes
-    are not compared for tensors whose chain has zstd: a corrupted frame without a content checksum decodes to
-    different garbage in different zstd versions (libdcf agrees with the system's `zstd -d`)."""
+    decodes (to the same bytes) exactly as dcframe's reader does, from memory, by path and through a read callback.
+    Bytes are not compared for tensors whose chain has zstd: a corrupted frame without a content checksum decodes
+    to different garbage in different zstd versions (libdcf agrees with the system's `zstd -d`)."""
     seeds = [(VECTORS / v["file"]).read_bytes() for v in INDEX["valid"] if not set(v["stages"]) & UNSUPPORTED]
     rng = random.Random(2)
     files = []

@@ -110,8 +110,9 @@ DCF_API int dcf_find(const dcf_file *f, const char *name, size_t len, size_t *in
 DCF_API int dcf_info_at(dcf_file *f, size_t i, dcf_info *info, dcf_error *err);
 
 /* Decode tensor i into dst (dst_size >= its nbytes: C order, little-endian). On error dst's contents are
- * unspecified. Heap use beyond the handle: the stages' working memory (<= max_work) plus, for a file opened with
- * dcf_open_reader (or dcf_open_path where mmap is unavailable), the tensor's stored bytes. */
+ * unspecified. Heap use beyond the handle: the tensor's record, the stages' working memory (<= max_work, which
+ * covers the windows stored bytes are read through) and zstd's or zlib's decoder state, in every open mode
+ * (libdcf/README.md, Memory per tensor, lists the chains that need more). */
 DCF_API int dcf_decode(dcf_file *f, size_t i, void *dst, size_t dst_size, dcf_error *err);
 /* Decode tensor i into a buffer allocated with the handle's allocator (free it with dcf_free), refusing
  * (DCF_E_LIMIT) a tensor larger than max_bytes. */

@@ -739,7 +739,7 @@ static int load_streams(dec *d, const record *r, stream *streams) {
         s->chunks_node = chunks;
         s->chunk_pos = pos;
         s->fill = stored_fill;
-        s->read_at = d->f->mem ? NULL : stored_read_at;
+        s->read_at = stored_read_at; /* from memory too: a multi-chunk stream is then read without joining it */
         s->at_node = NONE;
         uint32_t crc = 0;
         uint32_t c = mp_first(chunks);

@@ -77,7 +77,8 @@ struct stream {
     int (*fill)(dec *d, stream *s, uint8_t *dst); /* produce all `size` bytes into dst */
     uint32_t chunks_node;                       /* stored streams: the chunk length array */
     uint64_t chunk_pos;                         /* stored streams: offset of the first chunk header in the region */
-    /* stored streams without `data` (read callback mode): bytes [off, off + n) read from the file on demand */
+    /* stored streams: bytes [off, off + n) read on demand (used where `data` is NULL: read callback mode, or
+     * several chunks) */
     int (*read_at)(dec *d, stream *s, uint64_t off, uint8_t *dst, size_t n);
     uint32_t at_node;                           /* read_at's place: a chunk length node, */
     uint64_t at_off, at_pos;                    /* its first byte in the stream, its header in the region */

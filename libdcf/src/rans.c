@@ -9,12 +9,17 @@
 
 #define L_STATE 65536u
 #define MAX_STEPS 65536u
+#define WINDOW_WORDS 32768u /* a stream not in memory is read through a window of this many words (64 KiB) */
 
 typedef struct {
     uint32_t *x;       /* K lane states */
     uint64_t lanes, lane, n;
-    const uint8_t *words;
+    const uint8_t *words; /* words [base, end) of the stream's w words: all of them, or a window of them */
     uint64_t w, next;  /* word count, next word */
+    uint64_t base, end;
+    uint8_t *win;      /* windowed (the stream is read from the file): the window words points to, else NULL */
+    stream *in;
+    uint64_t words_off; /* the first word's byte offset in the stream */
     uint32_t nbits, smask;
     uint32_t *fb;      /* per slot s (2^n): (f - 1) << 16 | (s - cum) of the symbol covering it */
     uint32_t *ssym;    /* per slot: the symbol covering it (32 bits, as the output, so a vector gather fetches it) */
@@ -29,16 +34,37 @@ int rans_check_config(dec *d, const mp_tree *ct, uint32_t c) {
     return check_params(d, "rans", ct, c, ps, 2);
 }
 
+/* The header's bytes, read forward: p holds bytes [base, base + len) of the stream (all of them, or a window of
+ * WINDOW_WORDS words refilled from the file); pos and bit are the byte and bit positions in the stream. */
 typedef struct {
+    stream *in;
     const uint8_t *p;
+    uint8_t *buf;
+    uint64_t base, len;
     uint64_t size, pos, bit, end;
 } rd;
+
+/* Byte `at` (< size) of the stream. */
+static int rd_byte(dec *d, rd *r, uint64_t at, uint8_t *b) {
+    if (at < r->base || at - r->base >= r->len) {
+        size_t m = (size_t)(r->size - at < 2 * WINDOW_WORDS ? r->size - at : 2 * WINDOW_WORDS);
+        int rc = bytes_read(d, r->in, at, r->buf, m);
+        if (rc) return rc;
+        r->p = r->buf;
+        r->base = at;
+        r->len = m;
+    }
+    *b = r->p[at - r->base];
+    return DCF_OK;
+}
 
 static int varint(dec *d, rd *r, const char *what, uint64_t *out) {
     uint64_t v = 0;
     for (int k = 0; k < 3; k++) {
         if (r->pos >= r->size) return dfail(d, DCF_E_FORMAT, "rans: %s: the stream ends inside a varint", what);
-        uint8_t b = r->p[r->pos++];
+        uint8_t b;
+        int rc = rd_byte(d, r, r->pos++, &b);
+        if (rc) return rc;
         v |= (uint64_t)(b & 127) << (7 * k);
         if (b < 128) {
             if (k > 0 && b == 0) return dfail(d, DCF_E_FORMAT, "rans: %s: a varint not in shortest form", what);
@@ -51,7 +77,10 @@ static int varint(dec *d, rd *r, const char *what, uint64_t *out) {
 
 static int bit(dec *d, rd *r, uint32_t *b) {
     if (r->bit >= r->end) return dfail(d, DCF_E_FORMAT, "rans: frequency table: the stream ends inside its codes");
-    *b = r->p[r->bit >> 3] >> (r->bit & 7) & 1;
+    uint8_t byte;
+    int rc = rd_byte(d, r, r->bit >> 3, &byte);
+    if (rc) return rc;
+    *b = byte >> (r->bit & 7) & 1;
     r->bit++;
     return DCF_OK;
 }
@@ -114,34 +143,51 @@ __attribute__((target("avx2,popcnt"))) static inline uint32_t step8(uint32_t *xs
 /* fast_steps with groups of 8 lanes by AVX2 (the rest of the K lanes scalar). */
 __attribute__((target("avx2,popcnt"))) static size_t fast_steps_avx2(rans_st *st, uint32_t *o, size_t n) {
     const size_t k = (size_t)st->lanes;
-    uint64_t next = st->next;
+    const uint8_t *words = st->words;
+    uint64_t r = st->next - st->base, avail = st->end - st->base; /* words[r] is the next word */
     size_t done = 0;
-    while (n - done >= k && st->w - next >= k) { /* each group's 16-byte word load stays within these k words */
+    while (n - done >= k && avail - r >= k) { /* each group's 16-byte word load stays within these k words */
         size_t j = 0;
-        for (; j + 8 <= k; j += 8) next += step8(st->x + j, o + done + j, st, st->words + 2 * next);
-        for (; j < k; j++) next += step(&st->x[j], &o[done + j], st, st->words + 2 * next);
+        for (; j + 8 <= k; j += 8) r += step8(st->x + j, o + done + j, st, words + 2 * r);
+        for (; j < k; j++) r += step(&st->x[j], &o[done + j], st, words + 2 * r);
         done += k;
     }
-    st->next = next;
+    st->next = st->base + r;
     return done;
 }
 #endif
 
-/* Whole steps (all K lanes, in lane order) while the stream surely has the K words a step may take: no bounds check
- * per symbol, the lanes' states are independent dependency chains, only `next` is shared. Returns symbols done. */
+/* Whole steps (all K lanes, in lane order) while the words at hand surely hold the K words a step may take: no
+ * bounds check per symbol, the lanes' states are independent dependency chains, only `next` is shared. Returns
+ * symbols done. */
 static size_t fast_steps(rans_st *st, uint32_t *o, size_t n) {
 #ifdef RANS_AVX2
     if (st->avx2) return fast_steps_avx2(st, o, n);
 #endif
     const size_t k = (size_t)st->lanes;
-    uint64_t next = st->next;
+    const uint8_t *words = st->words;
+    uint64_t r = st->next - st->base, avail = st->end - st->base;
     size_t done = 0;
-    while (n - done >= k && st->w - next >= k) {
-        for (size_t j = 0; j < k; j++) next += step(&st->x[j], &o[done + j], st, st->words + 2 * next);
+    while (n - done >= k && avail - r >= k) {
+        for (size_t j = 0; j < k; j++) r += step(&st->x[j], &o[done + j], st, words + 2 * r);
         done += k;
     }
-    st->next = next;
+    st->next = st->base + r;
     return done;
+}
+
+/* Windowed: keep the window's unread words, then read as many more as it holds (words [next, end + more)). */
+static int refill(dec *d, rans_st *st) {
+    uint64_t keep = st->end - st->next, more = st->w - st->end;
+    if (more > WINDOW_WORDS - keep) more = WINDOW_WORDS - keep;
+    if (keep) memmove(st->win, st->win + 2 * (st->next - st->base), (size_t)(2 * keep));
+    if (more) {
+        int rc = bytes_read(d, st->in, st->words_off + 2 * st->end, st->win + 2 * keep, (size_t)(2 * more));
+        if (rc) return rc;
+    }
+    st->base = st->next;
+    st->end += more;
+    return DCF_OK;
 }
 
 /* Symbols one at a time, checking that a needed word exists (a partial step, or the stream's last words). */
@@ -155,7 +201,13 @@ static int slow_syms(dec *d, rans_st *st, uint32_t *o, size_t n) {
         xj = advance(xj, st->fb[sl], st->nbits);
         if (xj < L_STATE) {
             if (next >= w) return dfail(d, DCF_E_FORMAT, "rans: the lanes need more than the stream's %llu words (truncated)", (unsigned long long)w);
-            xj = xj << 16 | word_at(st->words + 2 * next++);
+            if (next >= st->end) { /* windowed: the window is used up */
+                st->next = next;
+                int rc = refill(d, st);
+                if (rc) return rc;
+            }
+            xj = xj << 16 | word_at(st->words + 2 * (next - st->base));
+            next++;
         }
         x[lane] = xj;
         if (++lane == st->lanes) lane = 0;
@@ -176,7 +228,11 @@ static int rans_pull(dec *d, stream *s, void *dst, size_t n) {
         done = head < n ? head : n;
         if ((rc = slow_syms(d, st, o, done))) return rc;
     }
-    if (!st->lane) done += fast_steps(st, o + done, n - done);
+    while (!st->lane) { /* windowed: refilled while a window can hold a whole step */
+        done += fast_steps(st, o + done, n - done);
+        if (!st->win || n - done < st->lanes || st->end == st->w || st->lanes > WINDOW_WORDS) break;
+        if ((rc = refill(d, st))) return rc;
+    }
     if ((rc = slow_syms(d, st, o + done, n - done))) return rc;
     s->pos += n;
     if (n && s->pos == st->n) {
@@ -226,18 +282,26 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
     out->alphabet = a;
     out->pull = rans_pull;
     if (!n) return ins[0]->size ? dfail(d, DCF_E_FORMAT, "rans: non-empty stream for 0 symbols") : DCF_OK;
-    rd r = {NULL, ins[0]->size, 0, 0, 0};
-    if ((rc = bytes_view(d, ins[0], &r.p))) return rc;
+    /* a stored stream not in memory is read through a window: the header forward, then the words in order */
+    rd r = {ins[0], NULL, NULL, 0, 0, ins[0]->size, 0, 0, 0};
+    int windowed = !ins[0]->data && ins[0]->read_at;
+    if (windowed && !(r.buf = dec_alloc(d, 2 * WINDOW_WORDS, 1, "rans"))) return d->err ? d->err->code : DCF_E_NOMEM;
+    if (!windowed && (rc = bytes_view(d, ins[0], &r.p))) return rc;
+    r.len = windowed ? 0 : r.size;
     if (r.size < 1) return dfail(d, DCF_E_FORMAT, "rans: empty stream for a non-zero count");
-    uint32_t nb = r.p[r.pos++];
+    uint8_t b;
+    if ((rc = rd_byte(d, &r, r.pos++, &b))) return rc;
+    uint32_t nb = b;
     if (nb < 1 || nb > 16) return dfail(d, DCF_E_FORMAT, "rans: scale bits %u outside 1..16", nb);
     uint64_t dn, k;
     if ((rc = varint(d, &r, "symbol count", &dn))) return rc;
     uint64_t total = (uint64_t)1 << nb, lim = a < total ? a : total;
     if (dn < 1 || dn > (lim < n ? lim : n))
         return dfail(d, DCF_E_FORMAT, "rans: %llu distinct symbols for %llu symbols, alphabet %llu, total 2^%u", (unsigned long long)dn, (unsigned long long)n, (unsigned long long)a, nb);
-    if (r.pos >= r.size || r.p[r.pos] > 15) return dfail(d, DCF_E_FORMAT, "rans: no Exp-Golomb order, or one above 15");
-    uint32_t order = r.p[r.pos++];
+    if (r.pos < r.size && (rc = rd_byte(d, &r, r.pos, &b))) return rc;
+    if (r.pos >= r.size || b > 15) return dfail(d, DCF_E_FORMAT, "rans: no Exp-Golomb order, or one above 15");
+    uint32_t order = b;
+    r.pos++;
     /* one block: the state, the slot tables (8 bytes per slot), the symbol table (6 bytes per symbol), the 2 KiB
      * permutations */
     rans_st *st = dec_alloc(d, sizeof *st + total * 8 + dn * 6 + 256 * 8, 1, "rans");
@@ -254,8 +318,9 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
     uint64_t left = r.size - r.pos;
     if (left < 4 * k || (left - 4 * k) % 2) return dfail(d, DCF_E_FORMAT, "rans: %llu bytes do not hold %llu states and 16-bit words", (unsigned long long)left, (unsigned long long)k);
     if (!(st->x = dec_alloc(d, 4 * k, 0, "rans"))) return d->err ? d->err->code : DCF_E_NOMEM;
+    if ((rc = bytes_read(d, ins[0], r.pos, (uint8_t *)st->x, (size_t)(4 * k)))) return rc;
     for (uint64_t j = 0; j < k; j++) {
-        st->x[j] = rd_u32(r.p + r.pos + 4 * j);
+        st->x[j] = rd_u32((const uint8_t *)st->x + 4 * j); /* little-endian, in place */
         if (st->x[j] < L_STATE) return dfail(d, DCF_E_FORMAT, "rans: lane %llu state %u is below 2^16", (unsigned long long)j, st->x[j]);
     }
     for (uint64_t i = 0; i < dn; i++) { /* slot tables: symbol i covers cum .. cum + f - 1 */
@@ -273,8 +338,13 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
 #ifdef RANS_AVX2
     st->avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 #endif
-    st->words = r.p + r.pos + 4 * k;
+    st->in = ins[0];
+    st->words_off = r.pos + 4 * k;
     st->w = (left - 4 * k) / 2;
+    st->win = r.buf;
+    st->words = windowed ? r.buf : r.p + st->words_off;
+    st->base = 0;
+    st->end = windowed ? 0 : st->w; /* windowed: the first pull fills the window */
     st->lanes = k;
     st->n = n;
     st->nbits = nb;

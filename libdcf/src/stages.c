@@ -144,10 +144,8 @@ static int raw_dense_pull(dec *d, stream *s, void *dst, size_t n) {
         int rc = in->fill(d, in, dst);
         if (rc) return rc;
     } else if (n) {
-        const uint8_t *p;
-        int rc = bytes_view(d, in, &p);
+        int rc = bytes_read(d, in, s->pos * isz, dst, n * isz);
         if (rc) return rc;
-        memcpy(dst, p + s->pos * isz, n * isz);
     }
     if (s->dtype == DCF_BOOL) {
         const uint8_t *b = dst;
@@ -158,13 +156,21 @@ static int raw_dense_pull(dec *d, stream *s, void *dst, size_t n) {
     return DCF_OK;
 }
 
+/* A stored stream not in memory is read into the top n w bytes of dst and widened front to back (element i's
+ * 4 bytes end at or below element i + 1's first byte). */
 static int raw_symbols_pull(dec *d, stream *s, void *dst, size_t n) {
-    const uint8_t *p;
-    int rc = bytes_view(d, s->in[0], &p);
-    if (rc) return rc;
+    stream *in = s->in[0];
     uint32_t *o = dst;
     int w = s->alphabet <= 256 ? 1 : s->alphabet <= 65536 ? 2 : 4;
-    p += s->pos * (uint64_t)w;
+    const uint8_t *p;
+    int rc = in->data || !in->read_at ? bytes_view(d, in, &p) : DCF_OK;
+    if (rc) return rc;
+    if (in->data) p += s->pos * (uint64_t)w;
+    else {
+        uint8_t *top = (uint8_t *)dst + (size_t)(4 - w) * n;
+        if (n && (rc = bytes_read(d, in, s->pos * (uint64_t)w, top, n * (size_t)w))) return rc;
+        p = top;
+    }
     if (w == 1) for (size_t i = 0; i < n; i++) o[i] = p[i];
     else if (w == 2) for (size_t i = 0; i < n; i++) o[i] = (uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8;
     else for (size_t i = 0; i < n; i++) o[i] = rd_u32(p + 4 * i);
@@ -291,34 +297,105 @@ static int uniform_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t m
 /* ---------------------------------------------------------------- bytegroup: byte planes back into elements */
 
 typedef struct {
-    const uint8_t *mantissa; /* planes 1 .. w-1, n bytes each (NULL when w = 1 or n = 0) */
+    stream *ma;              /* the mantissa stream: planes 1 .. w-1, n bytes each */
+    const uint8_t *mantissa; /* its bytes when in memory (NULL when w = 1 or n = 0, or not in memory) */
+    uint8_t *win;            /* a stored mantissa not in memory: BLOCK bytes of each plane, read per block */
+    int fill;                /* the mantissa comes out of a codec and is not decompressed yet */
     uint32_t *sym;           /* BLOCK exponent symbols */
 } bytegroup_st;
 
-static int bytegroup_pull(dec *d, stream *s, void *dst, size_t n) {
+/* The next b elements of s into o: b exponent symbols pulled and checked, the mantissa bytes from plane[0 .. w-2]
+ * (byte i of each for element i). Element i's bytes are written after its mantissa bytes are read. */
+static int bytegroup_block(dec *d, stream *s, uint8_t *o, const uint8_t *const *plane, size_t b) {
     bytegroup_st *st = s->st;
-    stream *in = s->in[0];
     size_t w = dcf_dtype_size(s->dtype);
     int rotate = dtype_is_float(s->dtype) && w > 1;
     uint32_t top = s->dtype == DCF_BOOL ? 1 : 255;
-    uint8_t *o = dst;
-    while (n) {
-        size_t m = n < BLOCK ? n : BLOCK;
-        int rc = in->pull(d, in, st->sym, m);
+    int rc = s->in[0]->pull(d, s->in[0], st->sym, b);
+    if (rc) return rc;
+    for (size_t i = 0; i < b; i++)
+        if (st->sym[i] > top)
+            return dfail(d, DCF_E_FORMAT, "bytegroup: exponent symbol %u at %llu above %u", st->sym[i], (unsigned long long)(s->pos + i), top);
+    for (size_t i = 0; i < b; i++) {
+        uint64_t u = (uint64_t)st->sym[i] << (8 * (w - 1)); /* plane 0: the most significant byte */
+        for (size_t p = 1; p < w; p++) u |= (uint64_t)plane[p - 1][i] << (8 * (w - 1 - p));
+        if (rotate) u = (u >> 1) | ((u & 1) << (8 * w - 1)); /* the sign bit back on top */
+        for (size_t q = 0; q < w; q++) o[i * w + q] = (uint8_t)(u >> (8 * q)); /* little-endian */
+    }
+    s->pos += b;
+    return DCF_OK;
+}
+
+/* m elements into o, BLOCK at a time, from planes at plane[0 .. w-2] (advanced past them). */
+static int bytegroup_run(dec *d, stream *s, uint8_t *o, const uint8_t **plane, uint64_t m) {
+    size_t w = dcf_dtype_size(s->dtype);
+    while (m) {
+        size_t b = m < BLOCK ? (size_t)m : BLOCK;
+        int rc = bytegroup_block(d, s, o, plane, b);
         if (rc) return rc;
-        for (size_t i = 0; i < m; i++)
-            if (st->sym[i] > top)
-                return dfail(d, DCF_E_FORMAT, "bytegroup: exponent symbol %u at %llu above %u", st->sym[i], (unsigned long long)(s->pos + i), top);
-        for (size_t i = 0; i < m; i++) {
-            uint64_t u = (uint64_t)st->sym[i] << (8 * (w - 1)); /* plane 0: the most significant byte */
-            for (size_t p = 1; p < w; p++)
-                u |= (uint64_t)st->mantissa[(p - 1) * s->count + s->pos + i] << (8 * (w - 1 - p));
-            if (rotate) u = (u >> 1) | ((u & 1) << (8 * w - 1)); /* the sign bit back on top */
-            for (size_t b = 0; b < w; b++) o[i * w + b] = (uint8_t)(u >> (8 * b)); /* little-endian */
+        for (size_t p = 0; p + 1 < w; p++) plane[p] += b;
+        o += b * w;
+        m -= b;
+    }
+    return DCF_OK;
+}
+
+/* The whole tensor when its mantissa comes out of a codec: decompressed into the top (w - 1) n bytes of dst, then
+ * made into elements in place, in rounds. With m elements left (k done), their planes fill dst's top (w - 1) m
+ * bytes from T = k w + m and the m bytes below T are free, so the next j = m / (w - 1) elements can be written:
+ * element i's bytes end at or below its own plane-1 byte T + i, read before. The planes left then move up to close
+ * the gaps (plane w - 1 stays); the last few elements' bytes go through a stack buffer. No heap beyond the codec's. */
+static int bytegroup_in_place(dec *d, stream *s, uint8_t *dst) {
+    bytegroup_st *st = s->st;
+    size_t w = dcf_dtype_size(s->dtype);
+    uint64_t n = s->count, k = 0, m = n;
+    uint8_t rest[4096];
+    int rc = st->ma->fill(d, st->ma, dst + n);
+    st->fill = 0;
+    while (!rc && m) {
+        uint64_t T = k * w + m, j = m / (w - 1);
+        const uint8_t *plane[7];
+        if ((w - 1) * m <= sizeof rest) { /* the rest at once, from a copy */
+            memcpy(rest, dst + T, (size_t)((w - 1) * m));
+            for (size_t p = 1; p < w; p++) plane[p - 1] = rest + (p - 1) * m;
+            return bytegroup_run(d, s, dst + k * w, plane, m);
         }
-        o += m * w;
-        s->pos += m;
-        n -= m;
+        for (size_t p = 1; p < w; p++) plane[p - 1] = dst + T + (p - 1) * m;
+        rc = bytegroup_run(d, s, dst + k * w, plane, j);
+        for (size_t p = w - 1; !rc && p-- > 1;) /* plane p moves up by j (w - 1 - p), higher planes first */
+            memmove(dst + T + (p - 1) * m + j + j * (w - 1 - p), dst + T + (p - 1) * m + j, (size_t)(m - j));
+        k += j;
+        m -= j;
+    }
+    return rc;
+}
+
+static int bytegroup_pull(dec *d, stream *s, void *dst, size_t n) {
+    bytegroup_st *st = s->st;
+    size_t w = dcf_dtype_size(s->dtype);
+    uint8_t *o = dst;
+    if (st->fill && n) {
+        if (s->pos == 0 && n == s->count) return bytegroup_in_place(d, s, o);
+        int rc = bytes_view(d, st->ma, &st->mantissa); /* a part of the tensor: the mantissa decompressed apart */
+        if (rc) return rc;
+        st->fill = 0;
+    }
+    while (n) {
+        size_t b = n < BLOCK ? n : BLOCK;
+        const uint8_t *plane[7];
+        for (size_t p = 1; p < w; p++) {
+            uint64_t off = (p - 1) * s->count + s->pos;
+            if (st->mantissa) plane[p - 1] = st->mantissa + off;
+            else {
+                int rc = bytes_read(d, st->ma, off, st->win + (p - 1) * BLOCK, b);
+                if (rc) return rc;
+                plane[p - 1] = st->win + (p - 1) * BLOCK;
+            }
+        }
+        int rc = bytegroup_block(d, s, o, plane, b);
+        if (rc) return rc;
+        o += b * w;
+        n -= b;
     }
     return DCF_OK;
 }
@@ -343,12 +420,13 @@ static int bytegroup_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t
     if (n > d->bound / w) return dfail(d, DCF_E_LIMIT, "bytegroup: %llu bytes of output over the decode bound %llu", (unsigned long long)n * w, (unsigned long long)d->bound);
     bytegroup_st *st = dec_alloc(d, sizeof *st + BLOCK * sizeof(uint32_t), 1, "bytegroup");
     if (!st) return code_of(d);
+    memset(st, 0, sizeof *st);
     st->sym = (uint32_t *)(st + 1);
-    st->mantissa = NULL;
-    if (ma->size) {
-        int rc = bytes_view(d, ma, &st->mantissa);
-        if (rc) return rc;
-    }
+    st->ma = ma;
+    if (ma->size && ma->data) st->mantissa = ma->data;
+    else if (ma->size && ma->read_at) { /* stored, not in memory: read a block of each plane at a time */
+        if (!(st->win = dec_alloc(d, (uint64_t)(w - 1) * BLOCK, 1, "bytegroup"))) return code_of(d);
+    } else st->fill = ma->size > 0; /* a codec's output: decompressed when pulled */
     set_shape(d, out, shape);
     out->kind = K_DENSE;
     out->st = st;
@@ -461,6 +539,41 @@ static int sparse_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t me
 
 /* ---------------------------------------------------------------- generic codecs */
 
+#if defined(DCF_WITH_ZSTD) || defined(DCF_WITH_ZLIB)
+#define SLICE 65536 /* a codec's input is given to it SLICE bytes at a time, in every mode */
+
+/* A codec's input in slices of SLICE bytes: pointers into its bytes when they are in memory, else read into a
+ * window (a stored stream read from the file). Every mode gives the codec the same slices, so it makes the same
+ * calls and reports a damaged stream alike. */
+typedef struct {
+    stream *in;
+    const uint8_t *view; /* the input's bytes, or NULL: read through win */
+    uint8_t *win;
+    uint64_t off;        /* bytes given so far */
+} slicer;
+
+static int slicer_init(dec *d, slicer *sl, stream *in, const char *stage) {
+    memset(sl, 0, sizeof *sl);
+    sl->in = in;
+    if (!in->data && in->read_at) return (sl->win = dec_alloc(d, SLICE, 1, stage)) ? DCF_OK : code_of(d);
+    return bytes_view(d, in, &sl->view);
+}
+
+/* The next slice (*n = 0 at the end). */
+static int next_slice(dec *d, slicer *sl, const uint8_t **p, size_t *n) {
+    uint64_t left = sl->in->size - sl->off;
+    *n = (size_t)(left < SLICE ? left : SLICE);
+    if (sl->view) *p = sl->view + sl->off;
+    else {
+        int rc = *n ? bytes_read(d, sl->in, sl->off, sl->win, *n) : DCF_OK;
+        if (rc) return rc;
+        *p = sl->win;
+    }
+    sl->off += *n;
+    return DCF_OK;
+}
+#endif
+
 static int codec_size(dec *d, const char *stage, uint32_t meta, stream *in, stream *out) {
     const mp_tree *t = &d->rec;
     uint32_t s = mp_get(t, meta, "size");
@@ -482,8 +595,8 @@ static void z_free(voidpf ctx, voidpf p) { dcf_allocator *al = ctx; al->free(al-
 
 /* Inflate exactly one zlib stream of exactly `size` bytes, with nothing after it (generic.md, Decoding). */
 static int zlib_fill(dec *d, stream *s, uint8_t *dst) {
-    const uint8_t *src;
-    int rc = bytes_view(d, s->in[0], &src);
+    slicer sl;
+    int rc = slicer_init(d, &sl, s->in[0], "zlib");
     if (rc) return rc;
     z_stream z;
     memset(&z, 0, sizeof z);
@@ -491,15 +604,16 @@ static int zlib_fill(dec *d, stream *s, uint8_t *dst) {
     z.zfree = z_free;
     z.opaque = &d->f->al;
     if (inflateInit(&z) != Z_OK) return dfail(d, DCF_E_NOMEM, "zlib: cannot start a decoder");
-    uint64_t in_left = s->in[0]->size, out_left = s->size;
+    uint64_t out_left = s->size;
     uint8_t extra[1];
     int over = 0, zr;
     for (;;) {
-        if (!z.avail_in && in_left) {
+        if (!z.avail_in && sl.off < s->in[0]->size) {
+            const uint8_t *src;
+            size_t m;
+            if ((rc = next_slice(d, &sl, &src, &m))) break;
             z.next_in = (Bytef *)src;
-            z.avail_in = (uInt)(in_left > (1u << 30) ? 1u << 30 : in_left);
-            src += z.avail_in;
-            in_left -= z.avail_in;
+            z.avail_in = (uInt)m;
         }
         if (!z.avail_out) {
             if (out_left) {
@@ -514,10 +628,11 @@ static int zlib_fill(dec *d, stream *s, uint8_t *dst) {
         if (zr == Z_STREAM_END) {
             if (over && !z.avail_out) rc = dfail(d, DCF_E_FORMAT, "zlib: output longer than size %llu", (unsigned long long)s->size);
             else if (out_left || (!over && z.avail_out)) rc = dfail(d, DCF_E_FORMAT, "zlib: output is shorter than size %llu", (unsigned long long)s->size);
-            else if (z.avail_in || in_left) rc = dfail(d, DCF_E_FORMAT, "zlib: %llu bytes of trailing data", (unsigned long long)(z.avail_in + in_left));
+            else if (z.avail_in || sl.off < s->in[0]->size)
+                rc = dfail(d, DCF_E_FORMAT, "zlib: %llu bytes of trailing data", (unsigned long long)(z.avail_in + s->in[0]->size - sl.off));
             break;
         }
-        if (zr == Z_BUF_ERROR && !z.avail_in && !in_left) { rc = dfail(d, DCF_E_FORMAT, "zlib: stream is truncated"); break; }
+        if (zr == Z_BUF_ERROR && !z.avail_in && sl.off == s->in[0]->size) { rc = dfail(d, DCF_E_FORMAT, "zlib: stream is truncated"); break; }
         if (zr != Z_OK && zr != Z_BUF_ERROR) { rc = dfail(d, DCF_E_FORMAT, "zlib: corrupt stream (%s)", z.msg ? z.msg : "error"); break; }
         if (over && !z.avail_out) { rc = dfail(d, DCF_E_FORMAT, "zlib: output longer than size %llu", (unsigned long long)s->size); break; }
     }
@@ -539,37 +654,71 @@ static int zlib_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta
 static void *zs_alloc(void *ctx, size_t n) { dcf_allocator *al = ctx; return al->alloc(al->ctx, n); }
 static void zs_free(void *ctx, void *p) { dcf_allocator *al = ctx; if (p) al->free(al->ctx, p); }
 
+/* Decompress the one frame into dst (exactly `size` bytes), its input fed a slice at a time. The output buffer is
+ * stable (ZSTD_d_stableOutBuffer): zstd keeps its window in dst and allocates no window of its own, only a
+ * block-sized input buffer, so a frame of any window takes the same small heap. */
 static int zstd_fill(dec *d, stream *s, uint8_t *dst) {
-    const uint8_t *src;
-    int rc = bytes_view(d, s->in[0], &src);
+    slicer sl;
+    int rc = slicer_init(d, &sl, s->in[0], "zstd");
     if (rc) return rc;
     ZSTD_customMem mem = {zs_alloc, zs_free, &d->f->al};
     ZSTD_DCtx *z = ZSTD_createDCtx_advanced(mem);
     if (!z) return dfail(d, DCF_E_NOMEM, "zstd: cannot start a decoder");
-    size_t r = ZSTD_decompressDCtx(z, dst, (size_t)s->size, src, (size_t)s->in[0]->size);
+    if (ZSTD_isError(ZSTD_DCtx_setParameter(z, ZSTD_d_stableOutBuffer, 1)) ||
+        ZSTD_isError(ZSTD_DCtx_setParameter(z, ZSTD_d_windowLogMax, ZSTD_WINDOWLOG_MAX))) {
+        ZSTD_freeDCtx(z);
+        return dfail(d, DCF_E_NOMEM, "zstd: cannot set up a decoder");
+    }
+    ZSTD_outBuffer out = {dst, (size_t)s->size, 0};
+    ZSTD_inBuffer in = {NULL, 0, 0};
+    for (;;) {
+        if (in.pos == in.size && sl.off < s->in[0]->size) {
+            const uint8_t *p;
+            size_t m;
+            if ((rc = next_slice(d, &sl, &p, &m))) break;
+            in.src = p;
+            in.size = m;
+            in.pos = 0;
+        }
+        size_t in0 = in.pos, out0 = out.pos, r = ZSTD_decompressStream(z, &out, &in);
+        if (ZSTD_isError(r)) {
+            rc = ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? dfail(d, DCF_E_FORMAT, "zstd: output longer than size %llu", (unsigned long long)s->size)
+                                                                     : dfail(d, DCF_E_FORMAT, "zstd: corrupt stream (%s)", ZSTD_getErrorName(r));
+            break;
+        }
+        if (!r) {
+            if (out.pos != s->size) rc = dfail(d, DCF_E_FORMAT, "zstd: output is %zu bytes, meta says %llu", out.pos, (unsigned long long)s->size);
+            break;
+        }
+        if (in.pos == in.size && sl.off == s->in[0]->size && in.pos == in0 && out.pos == out0) {
+            rc = out.pos == out.size ? dfail(d, DCF_E_FORMAT, "zstd: output longer than size %llu", (unsigned long long)s->size)
+                                     : dfail(d, DCF_E_FORMAT, "zstd: stream is truncated");
+            break;
+        }
+    }
     ZSTD_freeDCtx(z);
-    if (ZSTD_isError(r))
-        return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? dfail(d, DCF_E_FORMAT, "zstd: output longer than size %llu", (unsigned long long)s->size)
-                                                                   : dfail(d, DCF_E_FORMAT, "zstd: corrupt stream (%s)", ZSTD_getErrorName(r));
-    if (r != s->size) return dfail(d, DCF_E_FORMAT, "zstd: output is %zu bytes, meta says %llu", r, (unsigned long long)s->size);
-    return DCF_OK;
+    return rc;
 }
 
 /* The frame header (RFC 8878 3.1.1.1) and the frame's extent: one frame, no dictionary, a window within
- * max(size, 1 MiB), a content size equal to `size` when present, nothing after it. */
+ * max(size, 1 MiB), a content size equal to `size` when present, nothing after it. The extent is found as
+ * ZSTD_findFrameCompressedSize finds it, by walking the 3-byte block headers (3.1.1.2), but through bytes_read, so a
+ * stream read from the file is not held whole. */
 static int zstd_check(dec *d, stream *s) {
-    const uint8_t *p;
-    int rc = bytes_view(d, s->in[0], &p);
-    if (rc) return rc;
-    uint64_t n = s->in[0]->size;
+    stream *in = s->in[0];
+    uint64_t n = in->size;
+    uint8_t p[18];
+    int rc;
+    if (n >= 6 && (rc = bytes_read(d, in, 0, p, (size_t)(n < 18 ? n : 18)))) return rc;
     if (n < 6 || p[0] != 0x28 || p[1] != 0xb5 || p[2] != 0x2f || p[3] != 0xfd) return dfail(d, DCF_E_FORMAT, "zstd: not a Zstandard frame (bad magic)");
     uint8_t fhd = p[4];
-    int fcs_flag = fhd >> 6, single = fhd >> 5 & 1, dict = fhd & 3;
+    int fcs_flag = fhd >> 6, single = fhd >> 5 & 1, dict = fhd & 3, checksum = fhd >> 2 & 1;
     if (fhd & 8) return dfail(d, DCF_E_FORMAT, "zstd: reserved bit set in the frame header");
     if (dict) return dfail(d, DCF_E_FORMAT, "zstd: frames needing a dictionary are not supported");
     uint64_t pos = 5, window = 0;
     if (!single) {
         uint8_t wd = p[pos++];
+        if ((wd >> 3) + 10 > ZSTD_WINDOWLOG_MAX) return dfail(d, DCF_E_FORMAT, "zstd: window log %d above %d", (wd >> 3) + 10, ZSTD_WINDOWLOG_MAX);
         uint64_t base = (uint64_t)1 << (10 + (wd >> 3));
         window = base + base / 8 * (wd & 7);
     }
@@ -580,9 +729,21 @@ static int zstd_check(dec *d, stream *s) {
     for (int i = fcs_bytes - 1; i >= 0; i--) fcs = fcs << 8 | p[pos + (uint64_t)i];
     if (fcs_bytes == 2) fcs += 256;
     if (single) window = fcs;
-    size_t len = ZSTD_findFrameCompressedSize(p, (size_t)n);
-    if (ZSTD_isError(len)) return dfail(d, DCF_E_FORMAT, "zstd: stream is truncated or corrupt (%s)", ZSTD_getErrorName(len));
-    if (len != n) return dfail(d, DCF_E_FORMAT, "zstd: %llu bytes follow the end of the frame", (unsigned long long)(n - len));
+    pos += (uint64_t)fcs_bytes;
+    for (int last = 0; !last;) { /* blocks: last flag, type (3 is reserved), size; an RLE block holds one byte */
+        uint8_t h[3];
+        if (n - pos < 3) return dfail(d, DCF_E_FORMAT, "zstd: stream is truncated (a block header at byte %llu)", (unsigned long long)pos);
+        if ((rc = bytes_read(d, in, pos, h, 3))) return rc;
+        uint32_t bh = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16, type = bh >> 1 & 3;
+        uint64_t len = type == 1 ? 1 : bh >> 3;
+        if (type == 3) return dfail(d, DCF_E_FORMAT, "zstd: corrupt stream (reserved block type at byte %llu)", (unsigned long long)pos);
+        if (n - pos - 3 < len) return dfail(d, DCF_E_FORMAT, "zstd: stream is truncated (a block of %llu bytes at byte %llu)", (unsigned long long)len, (unsigned long long)pos);
+        pos += 3 + len;
+        last = bh & 1;
+    }
+    if (checksum && n - pos < 4) return dfail(d, DCF_E_FORMAT, "zstd: stream is truncated (no room for the content checksum)");
+    pos += checksum ? 4 : 0;
+    if (pos != n) return dfail(d, DCF_E_FORMAT, "zstd: %llu bytes follow the end of the frame", (unsigned long long)(n - pos));
     if (has_fcs && fcs != s->size) return dfail(d, DCF_E_FORMAT, "zstd: frame content size %llu differs from meta size %llu", (unsigned long long)fcs, (unsigned long long)s->size);
     if (window > (s->size > MIB ? s->size : MIB)) return dfail(d, DCF_E_FORMAT, "zstd: window of %llu bytes for %llu bytes of output", (unsigned long long)window, (unsigned long long)s->size);
     return DCF_OK;
