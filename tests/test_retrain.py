@@ -17,6 +17,7 @@ from dcframe.analysis.retrain import (
     Retrained,
     compress_with_retraining,
     derive_constraints,
+    prefix_bounds,
     retrain_phases,
     write_retrained,
 )
@@ -246,3 +247,39 @@ def test_a_rel_step_is_fitted_once_for_retraining(tmp_path):
     decoded = dcframe.decompress(path)
     for name in ("fc1.weight", "fc2.weight"):
         assert decoded[name].array.tobytes() == done.weights[name].array.tobytes(), name
+
+
+class BadBounds(Stage):
+    """A sharing stage whose shared_bounds leave out the values they bound (what the protocol forbids)."""
+
+    id = "badbounds"
+    takes = ("dense",)
+    gives = {"data": "dense"}
+    lossy = True
+    imposes = frozenset({"shared"})
+
+    def encode(self, stream):
+        return {"data": stream.with_values(np.round(stream.values()))}, {}
+
+    def decode(self, streams, meta):
+        return streams["data"]
+
+    def shared_bounds(self, values):
+        return values + 1, values + 2
+
+
+def test_bounds_that_leave_out_their_values_are_named():
+    approx = np.array([[1, 2], [2, 3]], np.float32)
+    with pytest.raises(DcfError, match="stage 'badbounds': shared_bounds"):
+        derive_constraints(approx, BadBounds.imposes, prefix_bounds([BadBounds()]))
+
+
+
+def test_bounds_of_several_stages_intersect():
+    approx = np.array([[1, 2], [2, 3]], np.float32)
+    coarse, fine = Uniform(step=1.0), Uniform(step=1.0, dead_zone=0.3)  # bins [q - 0.5, q + 0.5), [q - 0.2, q + 0.8)
+    c = derive_constraints(approx, Uniform.imposes, prefix_bounds([coarse, fine]))
+    (low1, high1), (low2, high2) = coarse.shared_bounds(c.codebook), fine.shared_bounds(c.codebook)
+    assert np.array_equal(c.low, np.maximum(low1, low2)) and np.array_equal(c.high, np.minimum(high1, high2))
+    assert np.array_equal(c.low, low2) and (low2 > low1).all()  # each stage narrows one side
+    assert np.array_equal(c.high, high1) and (high1 < high2).all()

@@ -174,7 +174,16 @@ def prefix_bounds(prefix: Sequence[Stage]) -> Bounds:
     """The shared-value bounds of a chain prefix: every stage's shared_bounds intersected (None if none has any)."""
 
     def bounds(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        found = [b for b in (s.shared_bounds(codebook) for s in prefix if SHARED in s.imposes) if b is not None]
+        found = []
+        for stage in (s for s in prefix if SHARED in s.imposes):
+            given = stage.shared_bounds(codebook)
+            if given is not None:
+                low, high = (np.asarray(b, np.float32).reshape(-1) for b in given)
+                if low.shape != codebook.shape or high.shape != codebook.shape \
+                        or not ((low <= codebook) & (codebook <= high)).all():
+                    raise DcfError(f"stage '{stage.id}': shared_bounds must give one interval per shared value, "
+                                   f"containing it")
+                found.append((low, high))
         if not found:
             return None
         return (np.max([b[0] for b in found], axis=0).astype(np.float32),
