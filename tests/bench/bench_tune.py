@@ -30,7 +30,9 @@ def rows(budget: float, quick: bool) -> list[tuple[str, dict]]:
            ("paper grid, retrained, target 60x", {"target_ratio": 60.0, "grid": "paper",
                                                    "retrainer": lenet_retrainer()}),
            ("uniform-rans grid, retrained, budget 0", {"budget": 0.0, "grid": "uniform-rans",
-                                                       "retrainer": lenet_retrainer()})]
+                                                       "retrainer": lenet_retrainer()}),
+           ("uniform-rans grid, retrained, target 60x", {"target_ratio": 60.0, "grid": "uniform-rans",
+                                                         "retrainer": lenet_retrainer()})]
     return out[:1] + out[2:3] if quick else out
 
 
@@ -57,6 +59,7 @@ def main() -> None:
               f"| {100 * (dense_test - demo['accuracy']['final']):.1f} | {demo_s:.1f} | - |")
         picked = [int(i) for i in args.rows.split(",") if i]
         table = rows(args.budget, args.quick)
+        chosen = []
         for label, kwargs in [table[i] for i in picked] if picked else table:
             path = Path(tmp) / "tuned.dcf"
             start = time.perf_counter()
@@ -68,6 +71,8 @@ def main() -> None:
             print(f"| {label} | {size:,} | {result.original_bytes / size:.1f}x | {lossless / size:.1f}x "
                   f"| {val(decoded):.2%} | {acc:.2%} | {100 * (dense_test - acc):.1f} | {seconds:.1f} "
                   f"| {result.evaluations} |", flush=True)
+            chosen.append(f"- {label}: " + "; ".join(result.rules))
+        print("\nchosen settings (rules):", *chosen, sep="\n")
 
 
 if __name__ == "__main__":
