@@ -144,6 +144,19 @@ class Uniform(Stage):
                               f"point rounds into another bin): use a larger step")
         return book
 
+    def shared_bounds(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each value's bin as the closed float32 interval [low, high] of the values quantized to its level: a tensor
+        with one value per bin decodes exactly, so retrained values kept in their bins survive the final encoding."""
+        if self.step is None:
+            raise ConfigError("stage 'uniform': rel_step must be fitted before retraining (its bins need a step)")
+        x = np.asarray(values, np.float32).reshape(-1)
+        q = quantize_levels(x.astype(np.float64), self.step, self.dead_zone)
+        edge = (np.abs(q) + np.where(q == 0, 0.5, -0.5) + self.dead_zone) * self.step  # |w| where level |q| starts
+        top = (np.abs(q) + 0.5 + self.dead_zone) * self.step  # and where the next level starts (excluded)
+        low = np.where(q > 0, edge, -top)
+        high = np.where(q < 0, -edge, top)
+        return _inside(low, q, self, np.inf), _inside(high, q, self, -np.inf)
+
     def decode(self, streams: dict[str, Symbols], meta: dict[str, Any]) -> Dense:
         """kmeans's table lookup (the same layout and checks), with errors naming this stage."""
         try:
@@ -162,6 +175,18 @@ def quantize_levels(x: np.ndarray, step: float, dead_zone: float = 0.0) -> np.nd
     q = magnitude.astype(np.int64)
     np.negative(q, out=q, where=x < 0)
     return q
+
+
+def _inside(edge: np.ndarray, q: np.ndarray, stage: Uniform, inward: float) -> np.ndarray:
+    """`edge` as float32, stepped one float at a time towards `inward` until it quantizes to level `q` (a few steps:
+    the float64 edge is within rounding of the bin's)."""
+    out = edge.astype(np.float32)
+    for _ in range(8):
+        off = quantize_levels(out.astype(np.float64), stage.step, stage.dead_zone) != q
+        if not off.any():
+            return out
+        out[off] = np.nextafter(out[off], np.float32(inward))
+    raise ConfigError(f"stage 'uniform': step {stage.step} is finer than float32 resolves: use a larger step")
 
 
 def _symbols(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dcframe_plugins.uniform import Uniform, quantize_levels
 from hypothesis import given
 from hypothesis import strategies as st
 
 import dcframe
 from dcframe import DcfError, Dense, Stage
+from dcframe.analysis.mlp import ConstrainedOptimizer, init_params, loss_and_grads, mlp_retrainer
 from dcframe.analysis.retrain import (
     Constraints,
     PhaseInfo,
     Retrained,
     compress_with_retraining,
     derive_constraints,
+    prefix_bounds,
+    retrain_phases,
     write_retrained,
 )
-from dcframe.core.pipeline import build_chain
+from dcframe.core.pipeline import Policy, build_chain
 
 
 @st.composite
@@ -162,3 +166,120 @@ def test_a_stage_that_is_not_exact_on_retrained_weights_is_named(tmp_path):
     with pytest.raises(DcfError, match="stage 'jitter'"):
         write_retrained(Retrained(weights, {"w": chain}, {}, 1), tmp_path / "j.dcf")
     assert not (tmp_path / "j.dcf").exists()
+
+
+def _mlp_case(seed=0):
+    """A small MLP and data it can learn: retraining moves its centroids by more than a bin unless clamped."""
+    rng = np.random.default_rng(seed)
+    params = init_params((12, 16, 4), seed=seed)
+    x = rng.standard_normal((256, 12)).astype(np.float32)
+    y = (x[:, :4] @ rng.standard_normal((4, 4))).argmax(1)
+    return params, x, y
+
+
+UNIFORM_RULES = ["fc1.weight=prune(sparsity=0.5) | sparse(index_bits=5) | uniform(rel_step=0.4) | rans",
+                 "fc2.weight=uniform(step=0.15) | huffman"]
+
+
+def test_retrained_uniform_tensors_reencode_exactly(tmp_path):
+    """mlp's retrainer on uniform chains (a fitted rel_step after pruning, an absolute step): the shared values move
+    but stay in their bins, and the file decodes to the retrained weights bit for bit."""
+    params, x, y = _mlp_case()
+    seen = []
+    inner = mlp_retrainer(x, y, epochs=3, lr=0.05)
+
+    def retrain(weights, constraints, phase):
+        out = inner(weights, constraints, phase)
+        seen.append((constraints, weights, out))
+        return out
+
+    path = tmp_path / "u.dcf"
+    compress_with_retraining(params, path, retrain, rules=UNIFORM_RULES)
+    constraints, before, after = seen[-1]
+    decoded = dcframe.decompress(path)
+    for name in ("fc1.weight", "fc2.weight"):
+        c = constraints[name]
+        assert c.bounded and not np.array_equal(before[name], after[name])  # retraining moved the shared values
+        assert decoded[name].array.tobytes() == after[name].tobytes(), name
+
+
+def test_clamping_keeps_shared_values_in_their_bins():
+    """A large learning rate pushes centroids hard; after every step each stays within its bin's bounds, quantizes to
+    its original level, and a value outside them is refused by the check."""
+    params, x, y = _mlp_case(1)
+    stage = Uniform(step=0.2, dead_zone=0.25)
+    approx = stage.decode(*stage.encode(Dense.of(params["fc1.weight"])))
+    c = derive_constraints(approx.array, stage.imposes, stage.shared_bounds)
+    levels = quantize_levels(c.codebook.astype(np.float64), 0.2, 0.25)
+    opt = ConstrainedOptimizer({**params, "fc1.weight": approx.array}, {"fc1.weight": c}, method="sgd", lr=5.0)
+    hit = 0
+    for _ in range(20):
+        opt.step(loss_and_grads(opt.params, x, y)[1])
+        value = opt.variables["fc1.weight"]
+        assert ((c.low <= value) & (value <= c.high)).all()
+        assert np.array_equal(quantize_levels(value.astype(np.float64), 0.2, 0.25), levels)
+        hit += int(np.count_nonzero((value == c.low) | (value == c.high)))
+        assert c.violation(opt.params["fc1.weight"]) is None
+    assert hit  # the clamp was needed
+    outside = Constraints(c.mask, c.assignment, c.codebook + np.float32(1.0), c.low, c.high).project(approx.array)
+    assert "left their bounds" in c.violation(outside)
+
+
+def test_a_rel_step_is_fitted_once_for_retraining(tmp_path):
+    """uniform(rel_step) is fitted when its phase comes and kept for the final encoding, though retraining moved the
+    shared values to their bins' edges (the largest inwards: a smaller RMS; the smallest outwards, where a smaller
+    step's bins end), so a refit would move the bins; parallel encoding, which refits, is then not offered."""
+    params, _, _ = _mlp_case()
+
+    def outward(weights, constraints, phase):
+        out = {}
+        for n, c in constraints.items():
+            if c.shared:
+                big = np.abs(c.codebook) > np.median(np.abs(c.codebook))
+                edge = np.where(big == (c.codebook > 0), c.low, c.high)
+                out[n] = Constraints(c.mask, c.assignment, edge, c.low, c.high).project(weights[n])
+        return out
+
+    path = tmp_path / "r.dcf"
+    compress_with_retraining(params, path, outward, rules=UNIFORM_RULES, jobs=2)
+    done = retrain_phases(params, Policy(rules=UNIFORM_RULES), outward)
+    assert done.policy is None
+    decoded = dcframe.decompress(path)
+    for name in ("fc1.weight", "fc2.weight"):
+        assert decoded[name].array.tobytes() == done.weights[name].array.tobytes(), name
+
+
+class BadBounds(Stage):
+    """A sharing stage whose shared_bounds leave out the values they bound (what the protocol forbids)."""
+
+    id = "badbounds"
+    takes = ("dense",)
+    gives = {"data": "dense"}
+    lossy = True
+    imposes = frozenset({"shared"})
+
+    def encode(self, stream):
+        return {"data": stream.with_values(np.round(stream.values()))}, {}
+
+    def decode(self, streams, meta):
+        return streams["data"]
+
+    def shared_bounds(self, values):
+        return values + 1, values + 2
+
+
+def test_bounds_that_leave_out_their_values_are_named():
+    approx = np.array([[1, 2], [2, 3]], np.float32)
+    with pytest.raises(DcfError, match="stage 'badbounds': shared_bounds"):
+        derive_constraints(approx, BadBounds.imposes, prefix_bounds([BadBounds()]))
+
+
+
+def test_bounds_of_several_stages_intersect():
+    approx = np.array([[1, 2], [2, 3]], np.float32)
+    coarse, fine = Uniform(step=1.0), Uniform(step=1.0, dead_zone=0.3)  # bins [q - 0.5, q + 0.5), [q - 0.2, q + 0.8)
+    c = derive_constraints(approx, Uniform.imposes, prefix_bounds([coarse, fine]))
+    (low1, high1), (low2, high2) = coarse.shared_bounds(c.codebook), fine.shared_bounds(c.codebook)
+    assert np.array_equal(c.low, np.maximum(low1, low2)) and np.array_equal(c.high, np.minimum(high1, high2))
+    assert np.array_equal(c.low, low2) and (low2 > low1).all()  # each stage narrows one side
+    assert np.array_equal(c.high, high1) and (high1 < high2).all()

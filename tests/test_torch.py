@@ -547,3 +547,29 @@ def test_compress_module_jobs_writes_the_same_bytes_as_serial(tmp_path: Path) ->
     with pytest.raises(dcframe.ConfigError, match="jobs must be a positive integer, got 0"):
         compress_module(model, tmp_path / "bad.dcf", jobs=0)
     assert not (tmp_path / "bad.dcf").exists()
+
+
+def test_bounded_centroids_stay_in_their_bins_and_the_gradient_passes_through() -> None:
+    """uniform's bins as bounds: a large SGD rate drives the centroids against them; the weights stay inside (clamped
+    in the forward pass, bit for bit on the bound) and a centroid pushed out still gets its cluster's gradient."""
+    from dcframe_plugins.uniform import Uniform, quantize_levels
+
+    torch.manual_seed(0)
+    lin = nn.Linear(10, 6)
+    stage = Uniform(step=0.1)
+    approx = stage.decode(*stage.encode(dcframe.Dense.of(lin.weight.detach().numpy()))).array
+    c = derive_constraints(approx, stage.imposes, stage.shared_bounds)
+    levels = quantize_levels(c.codebook.astype(np.float64), 0.1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(approx))
+    with constrained(lin, {"weight": c}):
+        _steps(lin, lambda n: torch.randn(n, 10), lambda p: torch.optim.SGD(p, lr=5.0), steps=10)
+        centroids = lin.parametrizations.weight.original
+        lin.zero_grad()
+        lin(torch.randn(4, 10)).pow(2).sum().backward()
+        assert centroids.grad.abs().sum() > 0
+        pushed = (centroids.detach().numpy() < c.low) | (centroids.detach().numpy() > c.high)
+    after = lin.weight.detach().numpy()
+    assert pushed.any() and c.violation(after) is None
+    assert np.array_equal(quantize_levels(after.reshape(-1).astype(np.float64), 0.1), levels[c.assignment])
+    assert np.isin(after, np.concatenate([c.low, c.high])).any()  # some sit exactly on a bound

@@ -496,6 +496,33 @@ def test_cli_retrain_saves_the_retrained_model(tmp_path, capsys, monkeypatch):
     assert val(decoded) == report["metric"] and report["dense_metric"] - report["metric"] <= 0.01
 
 
-def test_retraining_drops_uniform_candidates():
-    model = {n: v for n, v in load_model().items()}
-    assert sweep_size(model, grid="wide", retrain=True) == 3 * (1 + len(GRIDS["paper"].paper_pipelines()))
+def test_retraining_with_a_uniform_rans_grid_keeps_its_budget_end_to_end(tmp_path):
+    """Uniform candidates (dense and pruned, rans-coded) stay in the sweep when retraining; the retrained file holds
+    the budget on the validation split and replays to the same bytes through the retraining loop."""
+    model = load_model()
+    val, _ = lenet_evaluators()
+    grid = Grid(steps=(0.5, 1.5), coder="rans", uniform_sparsity=(0.9,))
+    assert sweep_size(model, grid=grid) == 3 * 5  # the lossless chain and 4 uniform candidates per weight
+    result = tune(model, val, 0.01, grid=grid, retrainer=lenet_retrainer(epochs=(1, 1)), rounds=2,
+                  save=tmp_path / "u.dcf")
+    assert result.retrained and result.dense_metric - result.metric <= 0.01
+    uniform = [p.pipeline for p in result.chosen.values() if "uniform(step=" in p.pipeline]
+    assert uniform and all(p.endswith("| rans") for p in uniform)
+    decoded = {n: d.values() for n, d in decompress(tmp_path / "u.dcf").items()}
+    assert val(decoded) == result.metric and result.dense_metric - val(decoded) <= 0.01
+    replay = tmp_path / "replay.dcf"
+    dcframe.compress_with_retraining(model, replay, lenet_retrainer(epochs=(1, 1)), rules=result.rules)
+    assert replay.read_bytes() == (tmp_path / "u.dcf").read_bytes()
+
+
+def test_grid_coder_and_uniform_sparsity_are_checked_and_round_trip(tmp_path):
+    grid = Grid(steps=(0.5,), coder="rans", uniform_sparsity=(0.8,))
+    assert grid.uniform_pipelines(2.0) == ["uniform(step=1.0) | rans",
+                                           "prune(sparsity=0.8) | sparse(index_bits=5) | uniform(step=1.0) | rans"]
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(grid.as_dict()))
+    assert read_grid_file(path) == grid
+    with pytest.raises(ConfigError, match="coder 'zstd'"):
+        Grid(steps=(0.5,), coder="zstd")
+    with pytest.raises(ConfigError, match="uniform_sparsity"):
+        Grid(steps=(0.5,), uniform_sparsity=(0.0,))

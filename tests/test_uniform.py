@@ -263,6 +263,30 @@ def test_one_value_per_bin_is_exact_so_retrained_shared_weights_survive():
         assert stream_bytes(decoded) == stream_bytes(tensor), dtype
 
 
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.01, 0.05, 0.3]), st.sampled_from([0.0, 0.2, 1.0]),
+       st.sampled_from(["low", "high", "inside"]))
+def test_shared_bounds_are_each_bins_extreme_floats(seed, step, dead_zone, where):
+    """Every value of [low, high] quantizes to the shared value's level, the next float out of it does not, and a
+    tensor moved anywhere within its bounds (one value per bin) re-encodes bit for bit."""
+    rng = np.random.default_rng(seed)
+    stage = Uniform(step=step, dead_zone=dead_zone)
+    tensor = Dense(rng.laplace(scale=0.1, size=(20, 20)).astype(np.float32), "F32")
+    book = np.unique(encode_decode(stage, tensor)[2].array)
+    low, high = stage.shared_bounds(book)
+    levels = quantize_levels(book.astype(np.float64), step, dead_zone)
+
+    def level(v):
+        return quantize_levels(v.astype(np.float64), step, dead_zone)
+
+    assert np.array_equal(level(low), levels) and np.array_equal(level(high), levels)
+    assert not (level(np.nextafter(low, np.float32(-np.inf))) == levels).any()
+    assert not (level(np.nextafter(high, np.float32(np.inf))) == levels).any()
+    moved = {"low": low, "high": high, "inside": low + (high - low) * rng.random(low.size).astype(np.float32)}[where]
+    moved = np.clip(moved, low, high)
+    retrained = Dense(moved[rng.integers(0, book.size, (20, 20))], "F32")
+    assert stream_bytes(encode_decode(stage, retrained)[2]) == stream_bytes(retrained)
+
+
 def test_cli_without_calibration_fails_in_one_line_naming_tensor_and_input(tmp_path):
     src = tmp_path / "m.safetensors"
     write_model(src, {"fc.weight": np.ones((8, 4), np.float32)})
@@ -277,7 +301,7 @@ def test_cli_without_calibration_fails_in_one_line_naming_tensor_and_input(tmp_p
 
 def test_retraining_loop_keeps_uniform_shared_weights_exactly(tmp_path):
     """imposes "shared": the loop hands the shared values to the retrainer and the file decodes to what it returned,
-    also with rel_step refitted on the retrained weights."""
+    with rel_step kept as fitted though the retrained weights' RMS moved."""
     rng = np.random.default_rng(11)
     tensors = {"a": rng.laplace(scale=0.02, size=(60, 50)).astype(np.float32),
                "b": rng.laplace(scale=0.05, size=(20, 30)).astype(np.float32)}

@@ -7,7 +7,8 @@ are ReLU except the last, and the loss is softmax cross-entropy. Training under 
   only for kept weights, so Adam's momentum cannot bring them back;
 - shared weights (trained quantization, Han et al. 2016, section 3.3): the free variables are the centroids; each
   centroid's gradient is the sum of the gradients of the weights in its cluster, and the weights are rebuilt from the
-  centroids after every step, so weights of one cluster stay exactly equal.
+  centroids after every step, so weights of one cluster stay exactly equal; bounded centroids (uniform's bins) are
+  clamped into their bounds after every step, so the final encoding reproduces them.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class ConstrainedOptimizer:
                 update = self.lr * m_hat / (np.sqrt(s_hat) + self.eps)
             new = (v - update).astype(np.float32)
             if name in self.variables and self.variables[name] is not None:
-                self.variables[name] = new
+                self.variables[name] = self.constraints[name].clamp(new)
             else:
                 self.params[name] = new
             self._materialize(name)

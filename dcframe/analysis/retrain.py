@@ -15,6 +15,15 @@ retrained weights go through the full chains and the container is written; decod
 which holds because lossy stages are exact on weights that already keep their own constraints (prune on pruned
 weights, kmeans on tensors with <= k distinct values). If one is not, the error names the stage.
 
+A shared value may also be bounded: a stage that encodes tied values exactly only inside an interval (uniform: one
+value per bin decodes bit for bit) gives it per shared value in ``Stage.shared_bounds``, and the constraints carry it
+(``Constraints.low``/``high``; the interval of every bounding stage of the prefix, intersected). Retrainers keep each
+shared value within [low, high] (``Constraints.clamp``, after every step: mlp's and torchretrain's do), and the check
+refuses values outside it. The bounds are the tensor's own values, which holds as long as the stages before the
+bounding one pass kept values through unchanged (prune and sparse do). Stages fitted over the chain (uniform's
+rel_step) are fitted once, when their phase first comes: later phases and the final encoding keep that stage (its
+step), since refitting on retrained weights would move the bins.
+
 Global stages (Stage.fit, e.g. prune with scope=global) are fitted on the original weights for phase 1, then refitted
 on the current weights before each later phase and before the final encoding: a global sparsity refitted on weights
 that already hold that many zeros prunes nothing more, so retrained weights that shrank stay exactly as retrained.
@@ -61,10 +70,21 @@ class Constraints:
     mask: np.ndarray | None = None
     assignment: np.ndarray | None = None
     codebook: np.ndarray | None = None
+    low: np.ndarray | None = None  # float32 per codebook entry: the least value it may take (None: unbounded)
+    high: np.ndarray | None = None  # and the greatest
 
     @property
     def shared(self) -> bool:
         return self.assignment is not None
+
+    @property
+    def bounded(self) -> bool:
+        return self.shared and self.low is not None
+
+    def clamp(self, values: np.ndarray) -> np.ndarray:
+        """Shared values (one per codebook entry) brought into their bounds, float32 (as they are when unbounded)."""
+        values = np.asarray(values, np.float32)
+        return np.clip(values, self.low, self.high) if self.bounded else values
 
     def kept_index(self, size: int) -> np.ndarray:
         """Flat (C order) positions of the weights that are not pruned."""
@@ -94,6 +114,12 @@ class Constraints:
             bad = np.count_nonzero(kept != first[self.assignment])
             if bad:
                 return f"{bad} weights differ from the other weights of their cluster"
+            if self.bounded:
+                used = np.unique(self.assignment)
+                value = first[used].view(np.float32)
+                out = np.count_nonzero((value < self.low[used]) | (value > self.high[used]))
+                if out:
+                    return f"{out} shared values left their bounds (the interval their stage encodes exactly)"
         return None
 
 
@@ -121,16 +147,49 @@ Retrainer = Callable[[dict[str, np.ndarray], dict[str, Constraints], PhaseInfo],
 Progress = Callable[[str], None]
 
 
-def derive_constraints(approx: np.ndarray, imposes: frozenset[str] | set[str]) -> Constraints | None:
-    """Constraints from an approximation alone: zeros stay zero ("zeros"), equal kept values stay tied ("shared")."""
+Bounds = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray] | None"]
+
+
+def derive_constraints(approx: np.ndarray, imposes: frozenset[str] | set[str],
+                       bounds: Bounds | None = None) -> Constraints | None:
+    """Constraints from an approximation alone: zeros stay zero ("zeros"), equal kept values stay tied ("shared");
+    `bounds` (codebook -> (low, high) or None, e.g. a stage's shared_bounds) bounds each shared value."""
     approx = np.asarray(approx, dtype=np.float32)
     mask = approx != 0 if ZEROS in imposes else None
     if SHARED not in imposes:
         return Constraints(mask=mask) if mask is not None else None
     kept = approx.reshape(-1) if mask is None else approx[mask]
     codebook, assignment = np.unique(kept, return_inverse=True)
-    return Constraints(mask=mask, assignment=assignment.reshape(-1).astype(np.int64),
-                       codebook=codebook.astype(np.float32))
+    codebook = codebook.astype(np.float32)
+    found = bounds(codebook) if bounds is not None else None
+    low, high = (None, None) if found is None else (np.asarray(b, np.float32).reshape(-1) for b in found)
+    if low is not None and (low.shape != codebook.shape or high.shape != codebook.shape
+                            or not ((low <= codebook) & (codebook <= high)).all()):
+        raise DcfError("shared-value bounds must give one interval per shared value, containing it")
+    return Constraints(mask=mask, assignment=assignment.reshape(-1).astype(np.int64), codebook=codebook,
+                       low=low, high=high)
+
+
+def prefix_bounds(prefix: Sequence[Stage]) -> Bounds:
+    """The shared-value bounds of a chain prefix: every stage's shared_bounds intersected (None if none has any)."""
+
+    def bounds(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        found = []
+        for stage in (s for s in prefix if SHARED in s.imposes):
+            given = stage.shared_bounds(codebook)
+            if given is not None:
+                low, high = (np.asarray(b, np.float32).reshape(-1) for b in given)
+                if low.shape != codebook.shape or high.shape != codebook.shape \
+                        or not ((low <= codebook) & (codebook <= high)).all():
+                    raise DcfError(f"stage '{stage.id}': shared_bounds must give one interval per shared value, "
+                                   f"containing it")
+                found.append((low, high))
+        if not found:
+            return None
+        return (np.max([b[0] for b in found], axis=0).astype(np.float32),
+                np.min([b[1] for b in found], axis=0).astype(np.float32))
+
+    return bounds
 
 
 def lossy_prefixes(chain: Chain) -> list[list[Stage]]:
@@ -147,7 +206,7 @@ class Retrained:
     chains: dict[str, Chain]
     constraints: dict[str, Constraints]
     phases: int
-    policy: Policy | None = None  # what chose the chains: parallel encoding refits them from it
+    policy: Policy | None = None  # what chose the chains: parallel encoding refits them from it (None: it cannot)
 
 
 def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, retrainer: Retrainer,
@@ -155,14 +214,16 @@ def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, re
     """Run every phase (approximate, derive constraints, retrain, check) and return the retrained weights."""
     say = progress or (lambda message: None)
     originals = {name: as_dense(tensors[name]) for name in tensors}
-    chains = _fit(policy, originals, say)  # phase 1: global stages see the original weights
+    fitted = _fit(policy, originals, say)  # phase 1: global stages see the original weights
+    chains = _per_tensor(policy, fitted, originals)
     prefixes = {name: lossy_prefixes(chain) for name, chain in chains.items()}
     count = max((len(p) for p in prefixes.values()), default=0)
     current = dict(originals)
     constraints: dict[str, Constraints] = {}
     for k in range(1, count + 1):
         if k > 1:  # refit on weights that keep the earlier zeros: a global sparsity then prunes nothing more
-            chains = _fit(policy, current, say)
+            fitted = _fit(policy, current, say, fitted, k - 1)
+            chains = _per_tensor(policy, fitted, current)
             prefixes = {name: lossy_prefixes(chain) for name, chain in chains.items()}
         built: dict[tuple[int, int], Chain] = {}  # prefix chains of this phase, once per (chain, length)
         constraints = {}
@@ -180,7 +241,7 @@ def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, re
                 say(f"phase {k}/{count}: approximating {name}")
                 approx = roundtrip(built[key], dense)
                 imposes = frozenset().union(*(s.imposes for s in prefix))
-                found = derive_constraints(approx.values(), imposes)
+                found = derive_constraints(approx.values(), imposes, prefix_bounds(prefix))
                 if k <= len(mine):
                     stage_ids[name] = prefix[-1].id
                 current[name] = approx
@@ -196,15 +257,40 @@ def retrain_phases(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, re
             if name not in weights:
                 raise DcfError(f"the retrainer returned tensor '{name}', which it was not given")
             current[name] = _accept(name, value, current[name], constraints.get(name))
+    refits = True  # whether a fresh fit of the final weights gives these chains (parallel encoding refits)
     if count:
-        chains = _fit(policy, current, say)
-    return Retrained(current, chains, constraints, count, policy)
+        fresh = _fit(policy, current, say)
+        final = {p: _keep_shared(chain, fitted.get(p), count) for p, chain in fresh.items()}
+        refits = all(str(final[p]) == str(fresh[p]) for p in final)
+        chains = _per_tensor(policy, final, current)
+    return Retrained(current, chains, constraints, count, policy if refits else None)
 
 
-def _fit(policy: Policy, tensors: Mapping[str, Dense], say: Progress) -> dict[str, Chain]:
-    """Each tensor's chain with its global stages (Stage.fit) fitted over `tensors`."""
+def _fit(policy: Policy, tensors: Mapping[str, Dense], say: Progress, before: Mapping[str, Chain] | None = None,
+         applied: int = 0) -> dict[str, Chain]:
+    """Each pipeline's chain with its global stages (Stage.fit) fitted over `tensors`; stages imposing "shared" in
+    the first `applied` lossy prefixes stay as fitted in `before` (their bins and steps hold the constraints)."""
     say("fitting global stages")
     fitted = fit_chains(policy, lambda: iter(tensors.items()))
+    if before:
+        fitted = {p: _keep_shared(chain, before.get(p), applied) for p, chain in fitted.items()}
+    return fitted
+
+
+def _keep_shared(chain: Chain, before: Chain | None, applied: int) -> Chain:
+    """`chain` with the "shared" stages of its first `applied` lossy stages taken from `before` (the earlier fit)."""
+    if before is None or len(before.steps) != len(chain.steps):
+        return chain
+    lossy = [i for i, step in enumerate(chain.steps) if step.stage.lossy][:applied]
+    steps = list(chain.steps)
+    for i in lossy:
+        if SHARED in steps[i].stage.imposes:
+            steps[i] = before.steps[i]
+    return Chain(tuple(steps), chain.final)
+
+
+def _per_tensor(policy: Policy, fitted: Mapping[str, Chain], tensors: Mapping[str, Dense]) -> dict[str, Chain]:
+    """Each tensor's chain out of the per-pipeline ones."""
     return {name: fitted[policy.pipeline_for(name, d.array.shape, d.dtype)] for name, d in tensors.items()}
 
 

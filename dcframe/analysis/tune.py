@@ -242,11 +242,10 @@ def tunable(dense: Dense) -> bool:
 
 
 def sweep_size(tensors: Mapping[str, np.ndarray | Dense], rel_steps: Sequence[float] | None = None,
-               grid: Grid | str | None = None, retrain: bool = False) -> int:
+               grid: Grid | str | None = None) -> int:
     """How many points tune() measures (the progress bar's total): one per candidate of each tuned tensor."""
     lossless = Policy().lossless_pipeline()
     chosen = resolve_grid(grid, rel_steps)
-    chosen = chosen.without_uniform() if retrain else chosen
     dense = (t if isinstance(t, Dense) else Dense.of(np.asarray(t)) for t in tensors.values())
     return sum(len(chosen.pipelines(d.values(), lossless)) for d in dense if tunable(d))
 
@@ -274,11 +273,6 @@ class Search:
     def start(cls, tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, grid: Grid,
               retrainer: Retrainer | None, progress: Progress | None) -> Search:
         """Check the grid, measure the dense metric and sweep."""
-        if retrainer is not None:
-            grid = grid.without_uniform()
-            if not grid.sparsity and not grid.bits:
-                raise ConfigError("grid: with retraining only pruned/shared candidates apply (retrained centroids "
-                                  "leave uniform's grid): give sparsity and bits")
         policy = Policy()
         check_pipelines(grid, policy)
         lossless = policy.lossless_pipeline()

@@ -6,7 +6,9 @@ construction whatever the optimizer does (momentum, Adam, weight decay) and for 
 - ``Masked``: weight = original with pruned positions set to exactly +0.0; their gradient is zero.
 - ``SharedWeights`` (trained quantization, Han et al. 2016, section 3.3): the free parameter is the codebook itself;
   weight[kept] = centroids[assignment] and pruned weights are 0, so each centroid's gradient is the sum of the
-  gradients of the weights in its cluster, and the weights of one cluster stay bit-identical.
+  gradients of the weights in its cluster, and the weights of one cluster stay bit-identical. Bounded centroids
+  (uniform's bins: Constraints.low/high) are clamped into their bounds in the forward pass, with the gradient passed
+  straight through, so a centroid pushed against its bound can come back.
 
 ``TorchRetrainer(model, loss=..., data=...)`` is a retrainer for dcframe.analysis.retrain.compress_with_retraining (or
 torchio.compress_module(..., retrainer=...)); ``constrained(model, constraints)`` is the context manager
@@ -69,8 +71,15 @@ class SharedWeights(nn.Module):
         self.register_buffer("assignment", torch.from_numpy(assignment))
         self.register_buffer("first", torch.from_numpy(first))
         self.register_buffer("codebook", torch.from_numpy(np.asarray(constraints.codebook, np.float32).copy()))
+        self.bounded = constraints.bounded
+        if self.bounded:
+            self.register_buffer("low", torch.from_numpy(np.asarray(constraints.low, np.float32).copy()))
+            self.register_buffer("high", torch.from_numpy(np.asarray(constraints.high, np.float32).copy()))
 
     def forward(self, centroids: torch.Tensor) -> torch.Tensor:
+        if self.bounded:  # the clamped value, the unclamped gradient (straight through)
+            clamped = torch.minimum(torch.maximum(centroids, self.low), self.high).to(centroids.dtype).detach()
+            centroids = (centroids - centroids.detach()) + clamped  # exactly the clamped value (c - c is 0)
         values = centroids[self.assignment]
         if self.dense:
             return values.reshape(self.shape)

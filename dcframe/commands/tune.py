@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if evaluate is None:
         evaluate, test = lenet_evaluators()
     retrainer = lenet_retrainer() if args.retrain else None
-    total = sweep_size(tensors, grid=grid, retrain=args.retrain)
+    total = sweep_size(tensors, grid=grid)
     with console.progress_bar(total, "sweeping", enabled=not args.quiet, unit="items") as adv:
         result = tune(tensors, evaluate, args.budget, test=test, progress=adv, grid=grid,
                       target_ratio=args.target_ratio, retrainer=retrainer, pre_budget=args.pre_budget,

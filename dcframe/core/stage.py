@@ -8,7 +8,9 @@ A stage is one step of a compression chain. It is a class with:
 - ``gives``: output name -> kind. A stage with one output keeps its input's stream name; a stage with several names
   them (``sparse`` gives ``positions`` and ``values``).
 - ``lossy``: True if decode returns an approximation. ``imposes``: the constraints a lossy stage leaves for retraining
-  (``"zeros"``: zeroed weights stay zero; ``"shared"``: weights with equal values stay tied).
+  (``"zeros"``: zeroed weights stay zero; ``"shared"``: weights with equal values stay tied). A stage imposing
+  ``"shared"`` that encodes a tied value exactly only inside some interval (uniform: its bin) says so in
+  ``shared_bounds``; retrainers keep every shared value within its bounds.
 - an ``__init__`` whose keyword parameters are the whole config; ``get_config()`` returns them as plain msgpack data
   (int, float, str, bool, None, list, dict) and ``from_config(get_config())`` rebuilds an equal stage.
 - ``encode(stream) -> (streams, meta)`` and ``decode(streams, meta) -> stream``: pure functions, no I/O, no global
@@ -86,6 +88,12 @@ class Stage:
     def fit(self, streams: Callable[[], Iterable[Stream]]) -> Stage:
         """Return the stage to use on every tensor of its chain, given a way to iterate over their input streams."""
         return self
+
+    def shared_bounds(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """For a stage imposing "shared": the closed float32 interval [low, high] around each of the distinct
+        `values` it decoded, within which a retrained value still encodes exactly (one value per bin); None when
+        any value does (kmeans on <= k distinct values)."""
+        return None
 
     def fit_plan(self) -> FitPlan | None:
         """Optional: `fit` as a FitPlan an executor may distribute (its result: the same stage as `fit`'s); None
