@@ -191,3 +191,14 @@ def test_cli_tune_of_a_folder_refuses_in_one_line(tmp_path, extra, words):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "m.dcf").exists()
+
+
+def test_cli_tune_of_a_folder_that_fails_after_writing_a_trial_leaves_no_file(tmp_path):
+    folder, text, calib = _folder_and_calibration(tmp_path)
+    # 5x fits the stored streams of the tiny model (7.0x) but not a real file (its tokenizer files are inside it):
+    # a trial is written, misses, and the lowered cap is out of reach
+    done = _cli("tune", folder, "--text", text, "--calibration", calib, "--target-ratio", "5", "-q", "-o",
+                tmp_path / "r.json", "--save", tmp_path / "m.dcf")
+    assert done.returncode != 0 and "writes a file of" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "calib.safetensors", "tune.txt"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from dcframe.api import compress
 from dcframe.commands import add_force_flag, refuse_existing_output
 from dcframe.console import Col, fit_table
 from dcframe.core.errors import ConfigError
-from dcframe.core.files import refuse_overwriting_input
+from dcframe.core.files import TEMP_TAG, refuse_overwriting_input
 from dcframe.io.hffolder import is_folder, read_folder
 from dcframe.io.modelio import read_model
 
@@ -168,23 +169,30 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
                      (f" and {len(held_out)} held-out lines" if held_out is not None else ""))
     evaluate = load_evaluator(args.evaluator) if args.evaluator else EmbeddingMetric(slot, tokenizer, lines)
     test = EmbeddingMetric(slot, tokenizer, held_out) if held_out is not None else None
-    written: list[int] = []
+    save = Path(args.save) if args.save else None
+    # Trial files go to a staging folder beside --save (named as the stale-temporary cleanup expects) and only the
+    # chosen one is moved into place: a run that fails after writing a trial leaves no file at --save.
+    staging = tempfile.TemporaryDirectory(prefix=f".{save.name}.{TEMP_TAG}-{os.getpid()}-", suffix=".tmp",
+                                          dir=save.parent) if save else tempfile.TemporaryDirectory()
+    with staging as tmp:
+        trial = Path(tmp) / "trial.dcf"
+        written: list[int] = []
 
-    def file_bytes(rules: list[str]) -> int:
-        """Write the file `rules` give (to --save, else a temporary file) and return its size."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = args.save or Path(tmp) / "trial.dcf"
-            written.append(compress(folder, path, rules=rules, calibration=calibration)["compressed_bytes"])
-        return written[-1]
+        def file_bytes(rules: list[str]) -> int:
+            """Write the file `rules` give into the staging folder and return its size."""
+            written.append(compress(folder, trial, rules=rules, calibration=calibration)["compressed_bytes"])
+            return written[-1]
 
-    with console.progress_bar(hf_sweep_size(tensors), "sweeping", enabled=not args.quiet, unit="items") as adv:
-        result = tune_pretrained(tensors, evaluate, args.budget, calibration, test=test, progress=adv,
-                                 target_ratio=args.target_ratio,
-                                 file_bytes=file_bytes if args.target_ratio is not None else None)
-    if args.save and args.target_ratio is None:
-        if not args.quiet:
-            console.note(f"writing {args.save}")
-        file_bytes(result.rules)
+        with console.progress_bar(hf_sweep_size(tensors), "sweeping", enabled=not args.quiet, unit="items") as adv:
+            result = tune_pretrained(tensors, evaluate, args.budget, calibration, test=test, progress=adv,
+                                     target_ratio=args.target_ratio,
+                                     file_bytes=file_bytes if args.target_ratio is not None else None)
+        if save and args.target_ratio is None:
+            if not args.quiet:
+                console.note(f"writing {save}")
+            file_bytes(result.rules)
+        if save:
+            os.replace(trial, save)
     result.file_bytes = written[-1] if written else None
     write_rules_file(output, result.rules)
     if args.json:
