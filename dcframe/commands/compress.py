@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from dcframe import console
-from dcframe.analysis.tune import read_rules_file
 from dcframe.api import compress
 from dcframe.commands import add_executor_flags, add_force_flag, executor_from_flags, refuse_existing_output
 from dcframe.core.errors import DcfError
@@ -89,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise DcfError(f"--metadata {item!r}: expected KEY=VALUE")
         metadata[key] = value
-    rules = [*read_rules_file(args.rules_file), *args.rule] if args.rules_file else list(args.rule)
+    rules = list(args.rule)
+    if args.rules_file:
+        from dcframe.analysis.tune import read_rules_file  # the tuning module, only when a rules file needs it
+
+        rules = [*read_rules_file(args.rules_file), *rules]
     jobs = default_jobs() if args.jobs is None else args.jobs
     if jobs < 1:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more processes")
