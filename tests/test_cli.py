@@ -230,6 +230,17 @@ def test_existing_output_is_kept_unless_force(model, tmp_path):
     assert dcframe.inspect(out)["tensors"][0]["name"] == "fc.weight"
 
 
+def test_a_missing_input_is_named_before_an_existing_output(model, tmp_path):
+    out, back = tmp_path / "m.dcf", tmp_path / "back.npz"
+    out.write_bytes(b"precious")
+    back.write_bytes(b"mine")
+    fails(cli("compress", tmp_path / "typo.safetensors", "-o", out, "-q"), "typo.safetensors", "no such file")
+    fails(cli("decompress", tmp_path / "typo.dcf", "-o", back, "-q"), "typo.dcf", "no such file")
+    fails(cli("tune", tmp_path / "typo.safetensors", "-o", out, "--budget", "0.1", "-q"), "typo.safetensors",
+          "no such file")
+    assert out.read_bytes() == b"precious" and back.read_bytes() == b"mine"
+
+
 def read_model_dict(path):
     return dict(dcframe.read_model(path))
 

@@ -81,7 +81,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path(args.input).with_suffix(".dcf")
     refuse_overwriting_input(output, args.input)  # the same file by any path: a symlink, a hard link
-    refuse_existing_output(output, args.force)
+    refuse_existing_output(output, args.force, args.input)
     metadata = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more workers")
     if args.single_file or _is_folder_output(args.output):
         return _to_folder(args)  # a folder: new, empty, or replaced with --force (its own rule)
-    refuse_existing_output(args.output, args.force)
+    refuse_existing_output(args.output, args.force, args.input)
     with Container(args.input) as container:
         names = list(dict.fromkeys(args.tensor)) if args.tensor else container.names  # a name given twice: once
         missing = [n for n in names if n not in container.entries]

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = [Path(p) for p in (args.output, args.save, args.plot) if p]
     for output in outputs:
         refuse_overwriting_input(output, args.input)
-        refuse_existing_output(output, args.force)
+        refuse_existing_output(output, args.force, args.input)
     if len(set(outputs)) < len(outputs):
         raise ConfigError("-o, --save and --plot must name different files")
     check_goal(args.budget, args.target_ratio, args.pre_budget)
