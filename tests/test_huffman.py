@@ -310,7 +310,10 @@ def test_adaptive_segments_keep_side_information_small(count):
 DECODE_PATHS = {  # module constants that force one numpy decoder: scalar, or one symbol per lockstep step
     "scalar": {"SCALAR_LANES": 1 << 30},
     "lockstep": {"SCALAR_LANES": 0},
-    "lockstep, small blocks": {"SCALAR_LANES": 0, "LANES": 3, "BLOCK_CELLS": 64},
+    "lockstep, small blocks": {"SCALAR_LANES": 0, "LANES": 3, "CHUNK_CELLS": 64, "TILE": 2},
+    "lockstep, interleaved": {"SCALAR_LANES": 0, "INTERLEAVE_BYTES": 0},  # what long streams take
+    "lockstep, interleaved, small blocks": {"SCALAR_LANES": 0, "INTERLEAVE_BYTES": 0, "LANES": 3, "CHUNK_CELLS": 64,
+                                            "TILE": 2},
 }
 if "numba" in available():
     DECODE_PATHS["kernels"] = {}  # the compiled decoder (tests/test_kernels.py compares the two paths further)
@@ -366,6 +369,24 @@ def test_decoders_agree_on_runs_of_long_codes(common, rare, run, segment_size, d
         assert results["lockstep"] == array.tobytes()
 
 
+@pytest.mark.parametrize("tile", [2, 256])
+@given(st.integers(1, 40), st.integers(1, 12), st.data())
+def test_interleave_lays_lane_words_side_by_side(tile, size, rows, data):
+    """Row i of the interleaved words holds word base[k] + i of every lane k, words past the buffer reading as its
+    last (a lane whose words run past the buffer is hostile and fails the end check anyway)."""
+    import dcframe_plugins.huffman as module
+
+    words = np.random.default_rng(size * 13 + rows).integers(0, 1 << 63, size, dtype=np.int64).view(np.uint64)
+    base = np.array(sorted(data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=9))), dtype=np.int64)
+    saved, module.TILE = module.TILE, tile
+    try:
+        lanes = module._interleave(words, base, rows)
+    finally:
+        module.TILE = saved
+    expected = words[np.minimum(base[None, :] + np.arange(rows)[:, None], size - 1)]
+    assert lanes.shape == (rows, base.size) and lanes.tobytes() == expected.tobytes()
+
+
 @pytest.mark.parametrize("count", [70_001, 300_000])
 def test_lockstep_decoder_on_long_streams(count):
     """The default choice on long byte-symbol streams (many lane blocks, a short last segment) decodes exactly."""
@@ -374,6 +395,7 @@ def test_lockstep_decoder_on_long_streams(count):
     outputs, meta = Huffman(max_bits=14).encode(Symbols(array, 41))
     assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
     assert decode_with("lockstep", outputs["data"].data, meta) == array.tobytes()
+    assert decode_with("lockstep, interleaved", outputs["data"].data, meta) == array.tobytes()
 
 
 def _one_symbol_stream(count: int, seg: int) -> bytes:
