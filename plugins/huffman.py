@@ -28,6 +28,7 @@ MAX_PAYLOAD = (1 << 32) - 1
 LANES = 4096  # segments decoded together; keeps the working set of one lockstep in cache
 CHUNK_CELLS = 1 << 20  # symbols (lanes x steps) a lane block decodes into a cache-sized buffer before they are
 # transposed into the output: one block-sized buffer (10 MB at 10^7 symbols) made 10^7 decodes ~1.2x slower
+GUESS_BITS = 48  # a refill is guessed to hold the codes of this many bits on average (it holds 64)
 INTERLEAVE_BYTES = 1 << 20  # lane blocks of this much payload or more are decoded from their words interleaved
 TILE = 256  # lanes and rows per piece when the lanes' payloads are interleaved or a buffer is transposed
 SEGMENT_BITS = 8192  # the encoder aims at about this many payload bits per segment (offset + padding ~0.43%)
@@ -349,16 +350,18 @@ def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsym
         hi = min(lo + LANES, nseg)
         # the last segment may be short: its end is its position after its own symbols, not after `steps`
         snap = int(nsyms[-1]) - 1 if hi == nseg else -1
-        if int(ends[hi - 1] - starts[lo]) < INTERLEAVE_BYTES:  # all in cache anyway: read the payload as it is
+        size = int(ends[hi - 1] - starts[lo])
+        guess = GUESS_BITS * int(nsyms[lo:hi].sum()) // max(1, 8 * size)  # codes in GUESS_BITS, on average
+        if size < INTERLEAVE_BYTES:  # all in cache anyway: read the payload as it is
             end_pos[lo:hi], last_end = _lockstep_block(words.view(np.int64), 0, 8 * starts[lo:hi], out[lo:hi],
-                                                       steps, snap, lut_sym, lut_len, width)
+                                                       steps, snap, guess, lut_sym, lut_len, width)
             shift = 0
         else:
             base, skip = starts[lo:hi] >> 3, (starts[lo:hi] & 7) << 3  # a lane's first word, its bits before the lane
             rows = int((skip + 8 * (ends[lo:hi] - starts[lo:hi])).max() + 63) // 64 + 2  # its words, and one more
             lanes = _interleave(words, base, rows).reshape(-1).view(np.int64)
-            end_pos[lo:hi], last_end = _lockstep_block(lanes, hi - lo, skip, out[lo:hi], steps, snap, lut_sym,
-                                                       lut_len, width)
+            end_pos[lo:hi], last_end = _lockstep_block(lanes, hi - lo, skip, out[lo:hi], steps, snap, guess,
+                                                       lut_sym, lut_len, width)
             end_pos[lo:hi] += base << 6
             shift = int(base[-1]) << 6
         if last_end is not None:
@@ -386,7 +389,8 @@ def _interleave(words: np.ndarray, base: np.ndarray, rows: int) -> np.ndarray:
 
 
 def _lockstep_block(source: np.ndarray, stride: int, start: np.ndarray, out: np.ndarray, steps: int, snap: int,
-                    lut_sym: np.ndarray, lut_len: np.ndarray, width: int) -> tuple[np.ndarray, int | None]:
+                    guess: int, lut_sym: np.ndarray, lut_len: np.ndarray,
+                    width: int) -> tuple[np.ndarray, int | None]:
     """Decode `steps` symbols of every lane of one block into the rows of `out`, lane k from bit start[k]; return
     each lane's end bit position, and the last lane's after step `snap` (if >= 0). Bit p of lane k is bit p % 64 of
     source[p // 64] if `stride` is 0 (the payload as it is), else of source[(p // 64) x stride + k] (interleaved).
@@ -397,7 +401,11 @@ def _lockstep_block(source: np.ndarray, stride: int, start: np.ndarray, out: np.
     constants), outputs positional: a Python int operand costs a ufunc call about as much as its work on a few
     hundred lanes (and np.take's wrapper more than the method), which is what small streams pay."""
     nlanes = start.size
-    refill = 64 // width  # codes one refill holds
+    refill = 64 // width  # codes one refill always holds
+    # codes decoded per refill while lanes do not run out of bits: a guess beyond `refill` pays a check of four calls
+    # per refill, worth it from 3 codes more on
+    group = min(64, guess) if guess >= refill + 3 else refill
+    groups = redone = 0
     chunk = min(steps, max(refill, CHUNK_CELLS // nlanes // refill * refill))
     take_lo, take_hi, take_sym, take_len = source.take, source[max(1, stride):].take, lut_sym.take, lut_len.take
     shr, shl, band, bor, sub, add, mul = (np.right_shift, np.left_shift, np.bitwise_and, np.bitwise_or, np.subtract,
@@ -409,30 +417,56 @@ def _lockstep_block(source: np.ndarray, stride: int, start: np.ndarray, out: np.
     uq, ur, uw, uh = (a.view(np.uint64) for a in (q, r, w, high))  # logical shifts
     block = np.empty((chunk, nlanes), dtype=out.dtype)
     rows = list(block)
+    saved, used = np.empty_like(pos), np.empty_like(pos)
     last_end = None
+
+    def fill() -> None:
+        """w = the next 64 stream bits of every lane, first bit in bit 0."""
+        shr(pos, six, q)
+        if stride:
+            mul(q, row, q)
+            add(q, lane, q)
+        take_lo(q, 0, w, "clip")
+        take_hi(q, 0, high, "clip")
+        band(pos, low6, r)
+        shr(uw, ur, uw)
+        sub(sixty4, r, q)
+        shl(uh, uq, uh)  # a shift by 64 gives 0
+        bor(w, high, w)
+
+    def run(t0: int, t1: int, c0: int) -> None:
+        """Steps t0..t1-1 from w, as filled: one symbol of every lane each."""
+        nonlocal last_end
+        for t in range(t0, t1):
+            band(w, mask, idx)
+            take_sym(idx, 0, rows[t - c0], "wrap")  # in range ("wrap" is the cheapest mode)
+            take_len(idx, 0, ln, "wrap")
+            shr(w, ln, w)
+            add(pos, ln, pos)  # per step: cheaper than one reduce over the group's lengths
+            if t == snap:
+                last_end = int(pos[-1])
+
     for c0 in range(0, steps, chunk):
         c1 = min(c0 + chunk, steps)
-        for t0 in range(c0, c1, refill):
-            # w = the next 64 stream bits of every lane, first bit in bit 0
-            shr(pos, six, q)
-            if stride:
-                mul(q, row, q)
-                add(q, lane, q)
-            take_lo(q, 0, w, "clip")
-            take_hi(q, 0, high, "clip")
-            band(pos, low6, r)
-            shr(uw, ur, uw)
-            sub(sixty4, r, q)
-            shl(uh, uq, uh)  # a shift by 64 gives 0
-            bor(w, high, w)
-            for t in range(t0, min(t0 + refill, c1)):
-                band(w, mask, idx)
-                take_sym(idx, 0, rows[t - c0], "wrap")  # in range ("wrap" is the cheapest mode)
-                take_len(idx, 0, ln, "wrap")
-                shr(w, ln, w)
-                add(pos, ln, pos)  # per step: cheaper than one reduce over the group's lengths
-                if t == snap:
-                    last_end = int(pos[-1])
+        t = c0
+        while t < c1:
+            g = min(group, c1 - t)
+            fill()
+            if g > refill:
+                np.copyto(saved, pos)
+            run(t, t + g, c0)
+            groups += 1
+            if g > refill and int(np.maximum.reduce(sub(pos, saved, used))) > 64:
+                # a lane's codes ran past its 64 fresh bits (so the codes after that one may be wrong): redo these
+                # steps with refills that always suffice; guess fewer codes if more than 1 in 16 groups needs it
+                np.copyto(pos, saved)
+                for t0 in range(t, t + g, refill):
+                    fill()
+                    run(t0, min(t0 + refill, t + g), c0)
+                redone += 1
+                if 16 * redone > groups:
+                    group = max(refill, group - 1)
+            t += g
         for j in range(0, nlanes, TILE):  # in tiles of TILE lanes: 10x faster than one strided copy
             out[j:j + TILE, c0:c1] = block[:c1 - c0, j:j + TILE].T
     return pos, last_end

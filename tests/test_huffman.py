@@ -387,6 +387,20 @@ def test_interleave_lays_lane_words_side_by_side(tile, size, rows, data):
     assert lanes.shape == (rows, base.size) and lanes.tobytes() == expected.tobytes()
 
 
+@pytest.mark.parametrize("path", ["lockstep", "lockstep, interleaved", "lockstep, interleaved, small blocks"])
+@pytest.mark.parametrize("run", [3, 8, 40])
+def test_lockstep_guess_survives_runs_of_long_codes(path, run):
+    """Mostly 1-bit codes make the lockstep guess dozens of codes per 64-bit refill (46 here); runs of 9-bit codes
+    break that guess in some lanes (three of them and 43 zeros take 70 bits), whose steps must be redone."""
+    rng = np.random.default_rng(run)
+    array = np.zeros(60_000, dtype=np.uint8)
+    for at in rng.integers(0, array.size - run, 240 // run):
+        array[at:at + run] = rng.integers(1, 250, run)
+    outputs, meta = Huffman(max_bits=12, segment_size=2000).encode(Symbols(array, 250))
+    assert table_of(outputs["data"].data).max() >= 9
+    assert decode_with(path, outputs["data"].data, meta) == array.tobytes()
+
+
 @pytest.mark.parametrize("count", [70_001, 300_000])
 def test_lockstep_decoder_on_long_streams(count):
     """The default choice on long byte-symbol streams (many lane blocks, a short last segment) decodes exactly."""
