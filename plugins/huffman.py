@@ -352,18 +352,20 @@ def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsym
         snap = int(nsyms[-1]) - 1 if hi == nseg else -1
         size = int(ends[hi - 1] - starts[lo])
         guess = GUESS_BITS * int(nsyms[lo:hi].sum()) // max(1, 8 * size)  # codes in GUESS_BITS, on average
-        if size < INTERLEAVE_BYTES:  # all in cache anyway: read the payload as it is
-            end_pos[lo:hi], last_end = _lockstep_block(words.view(np.int64), 0, 8 * starts[lo:hi], out[lo:hi],
-                                                       steps, snap, guess, lut_sym, lut_len, width)
-            shift = 0
-        else:
-            base, skip = starts[lo:hi] >> 3, (starts[lo:hi] & 7) << 3  # a lane's first word, its bits before the lane
-            rows = int((skip + 8 * (ends[lo:hi] - starts[lo:hi])).max() + 63) // 64 + 2  # its words, and one more
+        base, skip = starts[lo:hi] >> 3, (starts[lo:hi] & 7) << 3  # a lane's first word, its bits before the lane
+        rows = int((skip + 8 * (ends[lo:hi] - starts[lo:hi])).max() + 63) // 64 + 2  # its words, and one more
+        # interleave unless the payload is in cache anyway, or its lanes' sizes differ so much that the copy would
+        # take over twice its bytes (each lane's words are copied as if it were the longest)
+        if INTERLEAVE_BYTES <= size and 8 * rows * (hi - lo) <= 2 * size + (1 << 16):
             lanes = _interleave(words, base, rows).reshape(-1).view(np.int64)
             end_pos[lo:hi], last_end = _lockstep_block(lanes, hi - lo, skip, out[lo:hi], steps, snap, guess,
                                                        lut_sym, lut_len, width)
             end_pos[lo:hi] += base << 6
             shift = int(base[-1]) << 6
+        else:  # the payload as it is
+            end_pos[lo:hi], last_end = _lockstep_block(words.view(np.int64), 0, 8 * starts[lo:hi], out[lo:hi],
+                                                       steps, snap, guess, lut_sym, lut_len, width)
+            shift = 0
         if last_end is not None:
             end_pos[-1] = last_end + shift
     return out.reshape(-1)[:count], end_pos

@@ -401,6 +401,28 @@ def test_lockstep_guess_survives_runs_of_long_codes(path, run):
     assert decode_with(path, outputs["data"].data, meta) == array.tobytes()
 
 
+def test_interleaving_skips_lanes_of_very_different_sizes():
+    """One segment of 8-10-bit codes among 399 of 1-bit codes: interleaving would copy every lane's words as if it
+    were as long as that one (9x the payload), so the decoder reads the payload as it is; memory stays near the
+    output, its block buffer and the payload."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    array = np.zeros(800_000, dtype=np.uint8)
+    array[:2000] = rng.integers(1, 201, 2000)
+    outputs, meta = Huffman(max_bits=12, segment_size=2000).encode(Symbols(array, 201))
+    data = outputs["data"].data
+    assert table_of(data)[1:].min() >= 8 and len(data) < 110_000
+    tracemalloc.start()
+    try:
+        decoded = decode_with("lockstep, interleaved", data, meta)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded == array.tobytes()
+    assert peak < 2 * array.size + 3 * len(data) + (256 << 10)
+
+
 @pytest.mark.parametrize("count", [70_001, 300_000])
 def test_lockstep_decoder_on_long_streams(count):
     """The default choice on long byte-symbol streams (many lane blocks, a short last segment) decodes exactly."""
