@@ -339,8 +339,8 @@ def _decode_scalar(buf: np.ndarray, starts: np.ndarray, nsyms: np.ndarray, lut_s
 def _decode_lockstep(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, nsyms: np.ndarray, seg: int,
                      count: int, lut_sym: np.ndarray, lut_len: np.ndarray, width: int,
                      dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Decode every segment in lockstep, LANES segments at a time (one numpy step decodes one symbol of each), from
-    the block's payloads interleaved word by word; returns the symbols and every segment's end bit position."""
+    """Decode every segment in lockstep, LANES segments at a time (one numpy step decodes one symbol of each), a
+    long block from its lanes' words interleaved; returns the symbols and every segment's end bit position."""
     nseg = starts.size
     steps = seg if nseg > 1 else count
     out = np.empty((nseg, steps), dtype=dtype)
@@ -381,12 +381,13 @@ def _interleave(words: np.ndarray, base: np.ndarray, rows: int) -> np.ndarray:
     windows = np.lib.stride_tricks.sliding_window_view(words, rows) if fit >= 0 else None
     for j in range(0, nlanes, TILE):
         at = base[j:j + TILE]
-        if windows is not None and int(at[-1]) <= fit:  # one copy of each lane's words, then a transpose
-            part = windows[at]
-        else:
-            part = words.take(at[:, None] + np.arange(rows, dtype=np.int64), mode="clip")
-        for i in range(0, rows, TILE):
-            out[i:i + TILE, j:j + TILE] = part[:, i:i + TILE].T
+        inside = windows is not None and int(at[-1]) <= fit
+        for i in range(0, rows, TILE):  # a tile of TILE lanes' words, copied then transposed
+            if inside:
+                part = windows[at, i:i + TILE]
+            else:
+                part = words.take(at[:, None] + np.arange(i, min(i + TILE, rows), dtype=np.int64), mode="clip")
+            out[i:i + TILE, j:j + TILE] = part.T
     return out
 
 
@@ -408,7 +409,7 @@ def _lockstep_block(source: np.ndarray, stride: int, start: np.ndarray, out: np.
     # per refill, worth it from 3 codes more on
     group = min(64, guess) if guess >= refill + 3 else refill
     groups = redone = 0
-    chunk = min(steps, max(refill, CHUNK_CELLS // nlanes // refill * refill))
+    chunk = min(steps, max(1, CHUNK_CELLS // nlanes))
     take_lo, take_hi, take_sym, take_len = source.take, source[max(1, stride):].take, lut_sym.take, lut_len.take
     shr, shl, band, bor, sub, add, mul = (np.right_shift, np.left_shift, np.bitwise_and, np.bitwise_or, np.subtract,
                                           np.add, np.multiply)
