@@ -7,9 +7,11 @@ Byte layout (spec/stages/huffman.md), all integers little-endian, bits LSB-first
 The code is built with package-merge (optimal under the length limit), stored as code lengths only, and the
 symbols are cut into segments of S symbols, each starting on a byte boundary. The encoder picks S per stream (at
 most `segment_size`, see `choose_segment_size`) so that mid-size streams still have hundreds of segments. The decoder
-runs every segment in lockstep: one numpy step decodes one symbol of every segment at once; a stream of a few
-segments is decoded by a plain loop instead. With the `fast` extra, compiled kernels (`_kernels`) pack and decode
-instead, with the same bytes, symbols and errors.
+runs every segment in lockstep: one numpy step decodes one symbol of every segment at once (a long stream from
+its segments' words interleaved, and as many codes per 64-bit refill as the stream's bits per symbol suggest, with
+the steps redone where a segment ran out of bits); a stream of a few segments is decoded by a plain loop instead.
+With the `fast` extra, compiled kernels (`_kernels`) pack and decode instead, with the same bytes, symbols and
+errors.
 """
 
 from __future__ import annotations
