@@ -310,7 +310,10 @@ def test_adaptive_segments_keep_side_information_small(count):
 DECODE_PATHS = {  # module constants that force one numpy decoder: scalar, or one symbol per lockstep step
     "scalar": {"SCALAR_LANES": 1 << 30},
     "lockstep": {"SCALAR_LANES": 0},
-    "lockstep, small blocks": {"SCALAR_LANES": 0, "LANES": 3, "BLOCK_CELLS": 64},
+    "lockstep, small blocks": {"SCALAR_LANES": 0, "LANES": 3, "CHUNK_CELLS": 64, "TILE": 2},
+    "lockstep, interleaved": {"SCALAR_LANES": 0, "INTERLEAVE_BYTES": 0},  # what long streams take
+    "lockstep, interleaved, small blocks": {"SCALAR_LANES": 0, "INTERLEAVE_BYTES": 0, "LANES": 3, "CHUNK_CELLS": 64,
+                                            "TILE": 2},
 }
 if "numba" in available():
     DECODE_PATHS["kernels"] = {}  # the compiled decoder (tests/test_kernels.py compares the two paths further)
@@ -366,6 +369,60 @@ def test_decoders_agree_on_runs_of_long_codes(common, rare, run, segment_size, d
         assert results["lockstep"] == array.tobytes()
 
 
+@pytest.mark.parametrize("tile", [2, 256])
+@given(st.integers(1, 40), st.integers(1, 12), st.data())
+def test_interleave_lays_lane_words_side_by_side(tile, size, rows, data):
+    """Row i of the interleaved words holds word base[k] + i of every lane k, words past the buffer reading as its
+    last (a lane whose words run past the buffer is hostile and fails the end check anyway)."""
+    import dcframe_plugins.huffman as module
+
+    words = np.random.default_rng(size * 13 + rows).integers(0, 1 << 63, size, dtype=np.int64).view(np.uint64)
+    base = np.array(sorted(data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=9))), dtype=np.int64)
+    saved, module.TILE = module.TILE, tile
+    try:
+        lanes = module._interleave(words, base, rows)
+    finally:
+        module.TILE = saved
+    expected = words[np.minimum(base[None, :] + np.arange(rows)[:, None], size - 1)]
+    assert lanes.shape == (rows, base.size) and lanes.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("path", ["lockstep", "lockstep, interleaved", "lockstep, interleaved, small blocks"])
+@pytest.mark.parametrize("run", [3, 8, 40])
+def test_lockstep_guess_survives_runs_of_long_codes(path, run):
+    """Mostly 1-bit codes make the lockstep guess dozens of codes per 64-bit refill (46 here); runs of 9-bit codes
+    break that guess in some lanes (three of them and 43 zeros take 70 bits), whose steps must be redone."""
+    rng = np.random.default_rng(run)
+    array = np.zeros(60_000, dtype=np.uint8)
+    for at in rng.integers(0, array.size - run, 240 // run):
+        array[at:at + run] = rng.integers(1, 250, run)
+    outputs, meta = Huffman(max_bits=12, segment_size=2000).encode(Symbols(array, 250))
+    assert table_of(outputs["data"].data).max() >= 9
+    assert decode_with(path, outputs["data"].data, meta) == array.tobytes()
+
+
+def test_interleaving_skips_lanes_of_very_different_sizes():
+    """One segment of 8-10-bit codes among 399 of 1-bit codes: interleaving would copy every lane's words as if it
+    were as long as that one (9x the payload), so the decoder reads the payload as it is; memory stays near the
+    output, its block buffer and the payload."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    array = np.zeros(800_000, dtype=np.uint8)
+    array[:2000] = rng.integers(1, 201, 2000)
+    outputs, meta = Huffman(max_bits=12, segment_size=2000).encode(Symbols(array, 201))
+    data = outputs["data"].data
+    assert table_of(data)[1:].min() >= 8 and len(data) < 110_000
+    tracemalloc.start()
+    try:
+        decoded = decode_with("lockstep, interleaved", data, meta)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded == array.tobytes()
+    assert peak < 2 * array.size + 3 * len(data) + (256 << 10)
+
+
 @pytest.mark.parametrize("count", [70_001, 300_000])
 def test_lockstep_decoder_on_long_streams(count):
     """The default choice on long byte-symbol streams (many lane blocks, a short last segment) decodes exactly."""
@@ -374,6 +431,7 @@ def test_lockstep_decoder_on_long_streams(count):
     outputs, meta = Huffman(max_bits=14).encode(Symbols(array, 41))
     assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
     assert decode_with("lockstep", outputs["data"].data, meta) == array.tobytes()
+    assert decode_with("lockstep, interleaved", outputs["data"].data, meta) == array.tobytes()
 
 
 def _one_symbol_stream(count: int, seg: int) -> bytes:
