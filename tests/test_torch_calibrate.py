@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import dcframe  # noqa: E402
+from dcframe.bindings import torchcalib  # noqa: E402
 from dcframe.io.calibration import Calibration  # noqa: E402
 from dcframe.torch import calibrate  # noqa: E402
 
@@ -33,7 +34,10 @@ def _batches(seed: int = 0, count: int = 5) -> list[torch.Tensor]:
     return [torch.randint(0, 12, (2, 9), generator=g) for _ in range(count)]
 
 
-def test_statistics_match_direct_sums_and_leave_the_model_unchanged():
+@pytest.mark.parametrize("pending", [1, 50, None])  # X^T X after every batch, every few, or once at the end
+def test_statistics_match_direct_sums_and_leave_the_model_unchanged(monkeypatch, pending):
+    if pending is not None:
+        monkeypatch.setattr(torchcalib, "PENDING_ELEMENTS", pending)
     torch.manual_seed(0)
     net = Net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -57,6 +61,25 @@ def test_statistics_match_direct_sums_and_leave_the_model_unchanged():
     assert act.shape == (6, 2, 1, 1)
     assert np.allclose(act[:3, :, 0, 0], per_channel[None, :2], rtol=1e-5)
     assert np.allclose(act[3:, :, 0, 0], per_channel[None, 2:], rtol=1e-5)
+
+
+def test_inputs_the_model_overwrites_after_a_layer_are_recorded_as_the_layer_saw_them():
+    class Reuses(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x * 2
+            out = self.fc(h)
+            h.zero_()  # the activation buffer is reused once the layer has read it
+            return out.sum()
+
+    torch.manual_seed(1)
+    batches = [torch.randn(4, 5) for _ in range(3)]
+    calib = calibrate(Reuses(), batches)
+    x = torch.cat(batches).double().numpy() * 2
+    assert np.allclose(calib.entries["fc.weight"]["hessian"], x.T @ x / len(x), rtol=1e-4, atol=1e-6)
 
 
 def test_fisher_is_the_mean_squared_gradient_of_the_loss():

@@ -20,6 +20,7 @@ from dcframe.core.streams import ACTIVATION, FISHER, HESSIAN
 from dcframe.io.calibration import Calibration
 
 MAX_HESSIAN = 4096  # widest layer input whose X^T X is recorded ([in, in] float64 while recording)
+PENDING_ELEMENTS = 1 << 20  # input rows held per layer (4 MiB) before they go into X^T X in one product
 
 
 class _Recorder:
@@ -30,16 +31,32 @@ class _Recorder:
         self.sumsq: torch.Tensor | None = None
         self.xtx: torch.Tensor | None = None
         self.hessian = hessian
+        self.pending: list[torch.Tensor] = []  # rows not yet in xtx: one sample's rows alone make a thin product
+        self.pending_elements = 0
 
     def add_rows(self, x: torch.Tensor) -> None:
         """x: [rows, features] inputs of a dense layer."""
-        x = x.detach().to(torch.float64)
-        sq = (x * x).sum(0)
+        x = x.detach()
+        wide = x.to(torch.float64)
+        sq = (wide * wide).sum(0)
         self.sumsq = sq if self.sumsq is None else self.sumsq + sq
         if self.hessian:
-            xtx = x.T @ x
-            self.xtx = xtx if self.xtx is None else self.xtx + xtx
+            self.pending.append(x.clone())  # a copy in the input's dtype: the model may reuse its activations
+            self.pending_elements += x.numel()
+            if self.pending_elements >= PENDING_ELEMENTS:
+                self.flush()
         self.rows += x.shape[0]
+
+    def flush(self) -> None:
+        """Add the pending rows to X^T X in one product, in place (a sample of 20 tokens at a time re-read and
+        re-allocated the whole [in, in] matrix per sample: most of a calibration's time on 3072-wide inputs)."""
+        if not self.pending:
+            return
+        x = torch.cat(self.pending).to(torch.float64)
+        self.pending, self.pending_elements = [], 0
+        if self.xtx is None:
+            self.xtx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+        self.xtx.addmm_(x.T, x)
 
     def add_counts(self, ids: torch.Tensor, vocab: int) -> None:
         counts = torch.bincount(ids.detach().reshape(-1).to(torch.int64), minlength=vocab)[:vocab]
@@ -91,6 +108,7 @@ def _statistics(recorder: _Recorder, kind: str) -> dict[str, np.ndarray]:
     mean = (total / n).astype(np.float32)
     if kind == "linear":
         stats = {ACTIVATION: mean[None, :]}
+        recorder.flush()
         if recorder.xtx is not None:
             stats[HESSIAN] = (recorder.xtx.cpu().numpy() / n).astype(np.float32)
         return stats
