@@ -153,7 +153,7 @@ static int symbols_bench(const char *path, int repeat) {
     if (dcf_open_memory(&f, data, n, NULL, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
     for (size_t i = 0; i < dcf_count(f); i++) {
         timer tc = {1e30, 1e30, 0, 0}, tz = {1e30, 1e30, 0, 0};
-        uint32_t *sym = NULL;
+        uint8_t *sym = NULL; /* the symbols as the stream gives them: of its width (1 or 2 bytes) */
         uint64_t count = 0, alphabet = 0;
         const char *coder = NULL;
         for (int r = 0; r < repeat; r++) {
@@ -162,18 +162,19 @@ static int symbols_bench(const char *path, int repeat) {
             if (!s) { dec_release(&d); break; }
             count = s->count;
             alphabet = s->alphabet;
-            if (!sym) sym = malloc(count * 4 + 4);
+            if (!sym) sym = malloc(count * (uint64_t)sym_width(alphabet) + 4);
             timer_start(&tc);
             if (s->pull(&d, s, sym, (size_t)count)) { fprintf(stderr, "%s\n", d.err ? d.err->message : "error"); return 1; }
             timer_stop(&tc);
             dec_release(&d);
         }
         if (!sym) continue;
-        size_t w = alphabet <= 256 ? 1 : 2, raw = (size_t)count * w;
+        size_t w = (size_t)sym_width(alphabet), raw = (size_t)count * w;
         unsigned char *bytes = malloc(raw + 1), *back = malloc(raw + 1);
-        for (uint64_t k = 0; k < count; k++) {
-            if (w == 1) bytes[k] = (unsigned char)sym[k];
-            else { bytes[2 * k] = (unsigned char)sym[k]; bytes[2 * k + 1] = (unsigned char)(sym[k] >> 8); }
+        for (uint64_t k = 0; k < count; k++) { /* little-endian, as the spec's symbol arrays */
+            uint32_t v = sym_get(sym, (int)w, (size_t)k);
+            bytes[w * k] = (unsigned char)v;
+            if (w == 2) bytes[2 * k + 1] = (unsigned char)(v >> 8);
         }
         size_t cap = ZSTD_compressBound(raw);
         unsigned char *z = malloc(cap);
