@@ -147,7 +147,8 @@ __attribute__((target("avx2,popcnt"))) static inline uint32_t step8(uint32_t *xs
     __m256i x = _mm256_loadu_si256((const __m256i *)xs);
     __m256i sl = _mm256_and_si256(x, t.smask);
     __m256i e = _mm256_i32gather_epi32(t.fb, sl, 4);
-    __m256i k = _mm256_i32gather_epi32(t.ssym, sl, wide ? 2 : 1); /* the symbol in each lane's low 1 or 2 bytes */
+    __m256i k = wide ? _mm256_i32gather_epi32(t.ssym, sl, 2) /* the symbol in each lane's low 2 bytes, or 1 */
+                     : _mm256_i32gather_epi32(t.ssym, sl, 1);
     if (wide) { /* 8 symbols of 16 bits: packed within each half, then the halves' low 64 bits side by side */
         const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
                                               0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
