@@ -337,6 +337,41 @@ def test_rans_vector_and_scalar_paths_agree(build: Path, scalar: Path, tmp_path:
             assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, f)
 
 
+WIDTH_CASES = [  # (pipeline, data): symbol streams of 2 bytes (alphabet over 256) and 1 byte, into each consumer
+    ("kmeans(clusters=1000) | rans(lanes=24)", "normal"),                   # 16-bit rans: 3 vector groups
+    ("uniform(step=0.002) | rans(lanes=13, scale_bits=16)", "normal"),     # 16-bit, 1 group + 5 scalar lanes
+    ("prune(sparsity=0.7) | sparse(index_bits=12) | kmeans(bits=4) | rans", "laplace"),  # 12-bit positions
+    ("prune(sparsity=0.7) | sparse(index_bits=12) | kmeans(bits=4) | huffman", "laplace"),
+    ("prune(sparsity=0.7) | sparse(index_bits=12) | kmeans(bits=4) | raw", "laplace"),
+]
+
+
+def test_symbol_streams_of_each_width_decode_as_dcframe(build: Path, scalar: Path, tmp_path: Path) -> None:
+    """Symbol streams carry the spec's width (1 byte for alphabets up to 256, else 2): 16-bit rans (vector and
+    scalar), huffman and raw symbols feed kmeans, uniform and sparse positions, next to byte symbols in the same
+    tensor, and decode to dcframe's bytes from memory and through a read callback, on both builds."""
+    rng = np.random.default_rng(17)
+    files, want = [], []
+    for i, (pipeline, kind) in enumerate(WIDTH_CASES):
+        x = (rng.standard_normal((1200, 100)) if kind == "normal" else rng.laplace(size=(1200, 100))).astype(np.float32)
+        path = tmp_path / f"w{i}.dcf"
+        dcframe.compress({"x": x}, path, pipeline=pipeline)
+        c = dcframe.open_container(path)
+        alphabets = [meta.get("alphabet", 0) for step in c.record("x")["steps"] for _, _, meta in step]
+        assert max(alphabets) > 256, (pipeline, alphabets)
+        files.append(path)
+        want.append(np.ascontiguousarray(c.read("x").array).tobytes())
+    for tool, mode in [
+            (build / "dcf-check", "memory"), (build / "dcf-check", "reader"), (scalar / "dcf-check", "memory")
+    ]:
+        out = tmp_path / f"out-{tool.parent.name}-{mode}"
+        out.mkdir()
+        for k, r in enumerate(check(tool, files, out, mode)):
+            code, j = r["tensors"]["x"]
+            assert code == "OK", (tool, mode, WIDTH_CASES[k])
+            assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, mode, WIDTH_CASES[k])
+
+
 HUFFMAN_CASES = [  # (pipeline, data): the table and lookups per window libdcf picks for each (checked by hand)
     ("kmeans(clusters=32) | huffman", "laplace"),                       # 4-symbol table, 5 lookups (maxlen 11)
     ("uniform(step=0.5) | huffman", "laplace"),                         # 4-symbol table, 4 lookups, full entries

@@ -796,7 +796,7 @@ static const char *const KIND[] = {"bytes", "symbols", "dense"};
 
 static uint64_t stream_nbytes(const stream *s) {
     if (s->kind == K_BYTES) return s->size;
-    if (s->kind == K_SYMBOLS) return s->count * (s->alphabet <= 256 ? 1 : s->alphabet <= 65536 ? 2 : 4);
+    if (s->kind == K_SYMBOLS) return s->count * (uint64_t)sym_width(s->alphabet);
     return s->count * DTYPE_SIZES[s->dtype];
 }
 

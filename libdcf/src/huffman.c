@@ -3,7 +3,6 @@
 #include "internal.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(DCF_NO_SIMD)
-#include <immintrin.h>
 #define HUFF_X86 1 /* kernels built for AVX2 + BMI2 as well, used where the CPU has them (checked at run time) */
 #endif
 
@@ -14,8 +13,9 @@
 #define MARK (((uint64_t)1) << 56)
 
 typedef struct huff_st huff_st;
-/* `rounds` rounds over `G` lanes (bit positions bp, output pointers o), each PER lookups from one 56-bit window */
-typedef void (*kernel_fn)(const huff_st *st, uint64_t *bp, uint32_t **o, uint64_t rounds);
+/* `rounds` rounds over `G` lanes (bit positions bp, output pointers o to symbols of the stream's width), each PER
+ * lookups from one 56-bit window */
+typedef void (*kernel_fn)(const huff_st *st, uint64_t *bp, uint8_t **o, uint64_t rounds);
 
 struct huff_st {
     const uint8_t *pay, *ends; /* NULL (windowed): read from `in` at pay_off and ends_off as the groups need them */
@@ -29,7 +29,8 @@ struct huff_st {
     kernel_fn lanes, one; /* the LANES-lane and the 1-lane kernels; NULL: every symbol by the checked loop */
     uint64_t per, syms_per_round; /* lookups per window; most symbols a lane decodes per round */
     uint64_t k;       /* next segment to decode */
-    uint32_t *buf;    /* the symbols of the last group decoded */
+    uint8_t *buf;     /* the symbols of the last group decoded */
+    int w;            /* bytes per output symbol: 1 (alphabet <= 256) or 2 */
     size_t buf_i, buf_n;
     int maxlen;
     uint64_t group;   /* segments per group: LANES, or 1 for segments over 2^14 symbols (bounded buffer) */
@@ -70,11 +71,12 @@ static uint32_t entry_at(const huff_st *st, uint64_t bp) {
 }
 
 /* Finish segment k from bit *bp with `left` symbols to go, then check it ends in its last byte (`end`), zero-padded. */
-static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, uint64_t left, uint32_t *o, uint64_t end) {
+static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, uint64_t left, uint8_t *o, uint64_t end) {
     for (uint64_t i = 0; i < left; i++) {
         uint32_t e = entry_at(st, bp);
         if (!e) return dfail(d, DCF_E_FORMAT, "huffman: invalid code in segment %llu", (unsigned long long)k);
-        o[i] = e >> 8;
+        if (st->w == 1) o[i] = (uint8_t)(e >> 8);
+        else ((uint16_t *)(void *)o)[i] = (uint16_t)(e >> 8);
         bp += e & 63;
     }
     if (!(bp > 8 * (end - 1) && bp <= 8 * end))
@@ -105,57 +107,65 @@ static int finish_segment(dec *d, const huff_st *st, uint64_t k, uint64_t bp, ui
         uint32_t e = tab[v & mask];                                                                        \
         v >>= e & 63;                                                                                      \
         TAKE(e);                                                                                           \
-        w[q] = e >> 8;                                                                                     \
+        w[q] = e >> 8; /* the symbol: fits the output type, the stream's width */                           \
     }                                                                                                      \
     w += (PER);
 
-/* multi-symbol entries: four symbol slots written, the pointer moved by the entry's count */
-#define STORE_PORTABLE(w, e) ((w)[0] = (uint32_t)((e) >> 8 & 255), (w)[1] = (uint32_t)((e) >> 16 & 255),       \
-                              (w)[2] = (uint32_t)((e) >> 24 & 255), (w)[3] = (uint32_t)((e) >> 32 & 255))
-#define STORE_X86(w, e) _mm_storeu_si128((__m128i *)(void *)(w), _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)(uint32_t)((e) >> 8))))
-#define BODY_MULTI(PER, STORE)                                                                             \
+/* multi-symbol entries (byte symbols): four symbol bytes written, the pointer moved by the entry's count */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define STORE4(w, e) do { uint32_t four_ = (uint32_t)((e) >> 8); memcpy((w), &four_, 4); } while (0) /* one store */
+#else
+#define STORE4(w, e) ((w)[0] = (uint8_t)((e) >> 8), (w)[1] = (uint8_t)((e) >> 16), (w)[2] = (uint8_t)((e) >> 24), \
+                      (w)[3] = (uint8_t)((e) >> 32))
+#endif
+#define BODY_MULTI(PER)                                                                                    \
     for (int q = 0; q < (PER); q++) {                                                                      \
         uint64_t e = mt[v & mask];                                                                         \
         v >>= e & 63;                                                                                      \
         TAKE(e);                                                                                           \
-        STORE(w, e);                                                                                       \
+        STORE4(w, e);                                                                                      \
         w += e >> 48;                                                                                      \
     }
 
-#define KERNEL(NAME, ATTR, G, BODY)                                                                        \
-    ATTR static void NAME(const huff_st *st, uint64_t *bpv, uint32_t **ov, uint64_t rounds) {              \
+/* A kernel writing symbols of type T (uint8_t or uint16_t: the stream's width) */
+#define KERNEL(NAME, ATTR, G, T, BODY)                                                                     \
+    ATTR static void NAME(const huff_st *st, uint64_t *bpv, uint8_t **ov, uint64_t rounds) {               \
         const uint8_t *pay = st->pay;                                                                      \
         const uint32_t *tab = st->table, mask = st->mask;                                                  \
         const uint64_t *mt = st->multi;                                                                    \
         uint64_t bp[G];                                                                                    \
-        uint32_t *o[G];                                                                                    \
+        T *o[G];                                                                                           \
         (void)tab; (void)mt;                                                                               \
-        for (int j = 0; j < (G); j++) { bp[j] = bpv[j]; o[j] = ov[j]; }                                    \
+        for (int j = 0; j < (G); j++) { bp[j] = bpv[j]; o[j] = (T *)(void *)ov[j]; }                       \
         for (uint64_t r = 0; r < rounds; r++)                                                              \
             for (int j = 0; j < (G); j++) {                                                                \
                 uint64_t v = WINDOW(pay, bp[j]), used = 0;                                                 \
-                uint32_t *w = o[j];                                                                        \
+                T *w = o[j];                                                                               \
                 (void)used;                                                                                \
                 BODY;                                                                                      \
                 o[j] = w;                                                                                  \
                 bp[j] += USED(v);                                                                          \
             }                                                                                              \
-        for (int j = 0; j < (G); j++) { bpv[j] = bp[j]; ov[j] = o[j]; }                                    \
+        for (int j = 0; j < (G); j++) { bpv[j] = bp[j]; ov[j] = (uint8_t *)o[j]; }                         \
     }
 
-#define KERNELS(P, ATTR, STORE)                                                                            \
-    KERNEL(P##single3_g, ATTR, LANES, BODY_SINGLE(3)) KERNEL(P##single3_1, ATTR, 1, BODY_SINGLE(3))       \
-    KERNEL(P##single4_g, ATTR, LANES, BODY_SINGLE(4)) KERNEL(P##single4_1, ATTR, 1, BODY_SINGLE(4))       \
-    KERNEL(P##single5_g, ATTR, LANES, BODY_SINGLE(5)) KERNEL(P##single5_1, ATTR, 1, BODY_SINGLE(5))       \
-    KERNEL(P##multi4_g, ATTR, LANES, BODY_MULTI(4, STORE)) KERNEL(P##multi4_1, ATTR, 1, BODY_MULTI(4, STORE)) \
-    KERNEL(P##multi5_g, ATTR, LANES, BODY_MULTI(5, STORE)) KERNEL(P##multi5_1, ATTR, 1, BODY_MULTI(5, STORE)) \
-    static const kernel_fn P##kernels[2][3][2] = {                                                         \
-        {{P##single3_g, P##single3_1}, {P##single4_g, P##single4_1}, {P##single5_g, P##single5_1}},        \
+#define SINGLES(P, ATTR, T, S)                                                                             \
+    KERNEL(P##S##3_g, ATTR, LANES, T, BODY_SINGLE(3)) KERNEL(P##S##3_1, ATTR, 1, T, BODY_SINGLE(3))        \
+    KERNEL(P##S##4_g, ATTR, LANES, T, BODY_SINGLE(4)) KERNEL(P##S##4_1, ATTR, 1, T, BODY_SINGLE(4))        \
+    KERNEL(P##S##5_g, ATTR, LANES, T, BODY_SINGLE(5)) KERNEL(P##S##5_1, ATTR, 1, T, BODY_SINGLE(5))
+/* kernels[kind][per - 3][lanes or one]: kind 0 single-symbol bytes, 1 single-symbol 16-bit, 2 multi-symbol bytes */
+#define KERNELS(P, ATTR)                                                                                   \
+    SINGLES(P, ATTR, uint8_t, single8_) SINGLES(P, ATTR, uint16_t, single16_)                              \
+    KERNEL(P##multi4_g, ATTR, LANES, uint8_t, BODY_MULTI(4)) KERNEL(P##multi4_1, ATTR, 1, uint8_t, BODY_MULTI(4)) \
+    KERNEL(P##multi5_g, ATTR, LANES, uint8_t, BODY_MULTI(5)) KERNEL(P##multi5_1, ATTR, 1, uint8_t, BODY_MULTI(5)) \
+    static const kernel_fn P##kernels[3][3][2] = {                                                         \
+        {{P##single8_3_g, P##single8_3_1}, {P##single8_4_g, P##single8_4_1}, {P##single8_5_g, P##single8_5_1}}, \
+        {{P##single16_3_g, P##single16_3_1}, {P##single16_4_g, P##single16_4_1}, {P##single16_5_g, P##single16_5_1}}, \
         {{NULL, NULL}, {P##multi4_g, P##multi4_1}, {P##multi5_g, P##multi5_1}}};
 
-KERNELS(portable_, , STORE_PORTABLE)
+KERNELS(portable_, )
 #ifdef HUFF_X86
-KERNELS(x86_, __attribute__((target("avx2,bmi,bmi2"))), STORE_X86)
+KERNELS(x86_, __attribute__((target("avx2,bmi,bmi2"))))
 #endif
 
 /* Rounds a lane at bit bp with `left` symbols to go can run: each reads 8 payload bytes and takes at most
@@ -184,9 +194,10 @@ static int group_bounds(dec *d, const huff_st *st, uint64_t k0, int g, uint64_t 
  * of them can, then each one alone, then its last symbols one at a time with every check. Windowed, the group's
  * bytes are read first; bits past the window (8 bytes past the group) then read as zero, which only a segment whose
  * codes already ran past its end could reach. */
-static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint32_t *out) {
+static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint8_t *out) {
     uint64_t bp[LANES], n[LANES], start[LANES + 1];
-    uint32_t *o[LANES], *o0[LANES];
+    uint8_t *o[LANES], *o0[LANES];
+    const int sh = st->w - 1; /* symbols done by lane j: (o[j] - o0[j]) >> sh */
     int rc = group_bounds(d, st, k0, g, start);
     if (rc) return rc;
     huff_st view = *st;
@@ -202,12 +213,12 @@ static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint32_t 
     for (int j = 0; j < g; j++) {
         bp[j] = 8 * (start[j] - base);
         n[j] = seg_symbols(st, k0 + (uint64_t)j);
-        o[j] = o0[j] = out + (size_t)j * st->s;
+        o[j] = o0[j] = out + ((size_t)j * st->s << sh);
     }
     while (st->lanes && g == LANES) {
         uint64_t r = UINT64_MAX;
         for (int j = 0; j < LANES; j++) {
-            uint64_t rj = safe_rounds(st, bp[j], n[j] - (uint64_t)(o[j] - o0[j]));
+            uint64_t rj = safe_rounds(st, bp[j], n[j] - ((uint64_t)(o[j] - o0[j]) >> sh));
             r = rj < r ? rj : r;
         }
         if (!r) break;
@@ -215,8 +226,8 @@ static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint32_t 
     }
     for (int j = 0; j < g; j++) {
         uint64_t r;
-        while (st->one && (r = safe_rounds(st, bp[j], n[j] - (uint64_t)(o[j] - o0[j])))) st->one(st, &bp[j], &o[j], r);
-        rc = finish_segment(d, st, k0 + (uint64_t)j, bp[j], n[j] - (uint64_t)(o[j] - o0[j]), o[j], start[j + 1] - base);
+        while (st->one && (r = safe_rounds(st, bp[j], n[j] - ((uint64_t)(o[j] - o0[j]) >> sh)))) st->one(st, &bp[j], &o[j], r);
+        rc = finish_segment(d, st, k0 + (uint64_t)j, bp[j], n[j] - ((uint64_t)(o[j] - o0[j]) >> sh), o[j], start[j + 1] - base);
         if (rc) return rc;
     }
     return DCF_OK;
@@ -225,7 +236,9 @@ static int decode_group(dec *d, const huff_st *st, uint64_t k0, int g, uint32_t 
 /* Symbols in segment order: whole groups straight into dst when it has room for them, else through the buffer. */
 static int huff_pull(dec *d, stream *s, void *dst, size_t n) {
     huff_st *st = s->st;
-    uint32_t *o = dst;
+    if (!n) return DCF_OK; /* also a stream of 0 symbols, which has no state */
+    uint8_t *o = dst;
+    const size_t w = (size_t)st->w;
     while (n) {
         if (st->buf_i == st->buf_n) {
             uint64_t left = st->k_count - st->k, g = left < st->group ? left : st->group;
@@ -234,7 +247,7 @@ static int huff_pull(dec *d, stream *s, void *dst, size_t n) {
             if (rc) return rc;
             st->k += g;
             if (direct) {
-                o += size;
+                o += size * w;
                 n -= size;
                 s->pos += size;
                 continue;
@@ -243,9 +256,9 @@ static int huff_pull(dec *d, stream *s, void *dst, size_t n) {
             st->buf_n = size;
         }
         size_t m = st->buf_n - st->buf_i < n ? st->buf_n - st->buf_i : n;
-        memcpy(o, st->buf + st->buf_i, m * sizeof *o);
+        memcpy(o, st->buf + st->buf_i * w, m * w);
         st->buf_i += m;
-        o += m;
+        o += m * w;
         n -= m;
         s->pos += m;
     }
@@ -293,8 +306,9 @@ static int pick_kernels(dec *d, huff_st *st, uint64_t used, uint64_t a) {
 #ifdef HUFF_X86
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2")) ks = x86_kernels;
 #endif
-    st->lanes = ks[multi][st->per - 3][0];
-    st->one = ks[multi][st->per - 3][1];
+    int kind = multi ? 2 : st->w == 1 ? 0 : 1;
+    st->lanes = ks[kind][st->per - 3][0];
+    st->one = ks[kind][st->per - 3][1];
     st->syms_per_round = st->per * (multi ? MULTI : 1);
     return DCF_OK;
 }
@@ -407,9 +421,10 @@ int huffman_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, st
     st->maxlen = maxlen;
     uint64_t used = 0;
     for (int l = 1; l <= 16; l++) used += count[l];
+    st->w = sym_width(a);
     if ((rc = pick_kernels(d, st, used, a))) return rc;
     st->group = st->s <= 16384 ? LANES : 1;
-    if (!(st->buf = dec_alloc(d, st->group * st->s * sizeof *st->buf, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
+    if (!(st->buf = dec_alloc(d, st->group * st->s * (uint64_t)st->w, 1, "huffman"))) return d->err ? d->err->code : DCF_E_NOMEM;
     if (!st->pay && !(st->win = dec_alloc(d, st->group * (((uint64_t)st->s * (uint64_t)maxlen + 7) / 8) + 8, 1, "huffman")))
         return d->err ? d->err->code : DCF_E_NOMEM;
     out->st = st;

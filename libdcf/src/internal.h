@@ -92,7 +92,8 @@ struct stream {
     uint32_t shape_node;
     /* symbols and dense: the elements are pulled in order */
     uint64_t pos;                                       /* elements produced so far */
-    int (*pull)(dec *d, stream *s, void *dst, size_t n); /* the next n elements: uint32 symbols or dtype items */
+    int (*pull)(dec *d, stream *s, void *dst, size_t n); /* the next n elements: symbols of sym_width(alphabet)
+                                                            bytes each (native order), or dtype items */
     void *st;                                           /* the stage's state */
     stream *in[2];
 };
@@ -176,6 +177,15 @@ typedef struct {
 enum { P_INT, P_NUM, P_STR };
 int check_params(dec *d, const char *stage, const mp_tree *ct, uint32_t config, const param *ps, int np);
 #define BLOCK 4096 /* elements per pull of a stage's input */
+
+/* The bytes per element of a symbols stream: the spec's width (1 byte for alphabets up to 256, 2 up to 2^16; raw
+ * symbols of larger alphabets 4), so a decoder writes no more than the symbols take. */
+static inline int sym_width(uint64_t alphabet) { return alphabet <= 256 ? 1 : alphabet <= 65536 ? 2 : 4; }
+
+/* Symbol i of a block of width-w symbols. */
+static inline uint32_t sym_get(const void *p, int w, size_t i) {
+    return w == 1 ? ((const uint8_t *)p)[i] : w == 2 ? ((const uint16_t *)p)[i] : ((const uint32_t *)p)[i];
+}
 
 static inline uint32_t rd_u32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;

@@ -21,9 +21,13 @@ typedef struct {
     stream *in;
     uint64_t words_off; /* the first word's byte offset in the stream */
     uint32_t nbits, smask;
+    int wide;          /* alphabet over 256: 16-bit output symbols; else bytes */
+    /* Two tables indexed by the slot, read independently of each other (a lookup that waited on another would
+     * lengthen every lane's dependency chain): */
     uint32_t *fb;      /* per slot s (2^n): (f - 1) << 16 | (s - cum) of the symbol covering it */
-    uint32_t *ssym;    /* per slot: the symbol covering it (32 bits, as the output, so a vector gather fetches it) */
-    uint8_t (*perm)[8]; /* per 8-lane renormalization mask m: for lane l, which of the next words it takes */
+    const uint8_t *ssym; /* per slot: that symbol, in the output's width (a byte, or 16 bits when wide) */
+    uint8_t (*perm)[32]; /* per 8-lane renormalization mask m: a byte shuffle putting into lane l (as 32 bits) the
+                            word it takes, number popcount(m & (2^l - 1)) of the 8 at `next` */
     int avx2;
     uint32_t *fc;      /* per table symbol: cum | (f - 1) << 16 (while the table is read) */
     uint16_t *sym;     /* per table symbol: its value (while the table is read) */
@@ -108,11 +112,17 @@ static inline uint32_t word_at(const uint8_t *p) { return (uint32_t)p[0] | (uint
 /* The state after decoding from slot entry e: f (x >> n) + (x mod 2^n) - cum. */
 static inline uint32_t advance(uint32_t x, uint32_t e, uint32_t nb) { return ((e >> 16) + 1) * (x >> nb) + (e & 0xffff); }
 
-/* One lane's step: its symbol into *o, its state advanced and renormalized from the word at wp if it needs one
+/* Symbol i of the output o: slot sl's symbol, in the stream's width. */
+static inline void put(const rans_st *st, int wide, uint8_t *o, size_t i, uint32_t sl) {
+    if (wide) ((uint16_t *)(void *)o)[i] = ((const uint16_t *)(const void *)st->ssym)[sl];
+    else o[i] = st->ssym[sl];
+}
+
+/* One lane's step: its symbol into o[i], its state advanced and renormalized from the word at wp if it needs one
  * (the caller guarantees that word exists). Masks, not a branch: the need is unpredictable. Returns 1 if it took it. */
-static inline uint32_t step(uint32_t *xp, uint32_t *o, const rans_st *st, const uint8_t *wp) {
+static inline uint32_t step(uint32_t *xp, uint8_t *o, size_t i, const rans_st *st, int wide, const uint8_t *wp) {
     uint32_t xj = *xp, sl = xj & st->smask;
-    *o = st->ssym[sl];
+    put(st, wide, o, i, sl);
     xj = advance(xj, st->fb[sl], st->nbits);
     uint32_t need = xj < L_STATE, m = 0u - need;
     *xp = (xj & ~m) | ((xj << 16 | word_at(wp)) & m);
@@ -120,60 +130,92 @@ static inline uint32_t step(uint32_t *xp, uint32_t *o, const rans_st *st, const 
 }
 
 #ifdef RANS_AVX2
-/* Lanes j..j+7 of one step at once: two gathers, the state update, and the words the needing lanes take (in lane
- * order) moved into place by a permutation chosen by the need mask. Returns the words taken. */
-__attribute__((target("avx2,popcnt"))) static inline uint32_t step8(uint32_t *xs, uint32_t *o, const rans_st *st,
+/* Lanes j..j+7 of one step at once: two independent gathers (the slots' entries, and their symbols: 4 bytes from
+ * the byte or 16-bit table, masked), the state update, and the words the needing lanes take (in lane order) moved
+ * into place by a permutation chosen by the need mask. The 8 symbols go out in one 8- or 16-byte store. Returns the
+ * words taken. */
+typedef struct { /* what step8 reads, held apart from rans_st: the output's byte stores could alias its fields */
+    const int *fb, *ssym;
+    const uint8_t (*perm)[32];
+    __m256i smask;
+    __m128i nbits;
+} tabs8;
+
+__attribute__((target("avx2,popcnt"))) static inline uint32_t step8(uint32_t *xs, uint8_t *o, tabs8 t, int wide,
                                                                     const uint8_t *wp) {
     const __m256i lo16 = _mm256_set1_epi32(0xffff), one = _mm256_set1_epi32(1);
     __m256i x = _mm256_loadu_si256((const __m256i *)xs);
-    __m256i sl = _mm256_and_si256(x, _mm256_set1_epi32((int)st->smask));
-    __m256i e = _mm256_i32gather_epi32((const int *)st->fb, sl, 4);
-    _mm256_storeu_si256((__m256i *)o, _mm256_i32gather_epi32((const int *)st->ssym, sl, 4));
+    __m256i sl = _mm256_and_si256(x, t.smask);
+    __m256i e = _mm256_i32gather_epi32(t.fb, sl, 4);
+    __m256i k = wide ? _mm256_i32gather_epi32(t.ssym, sl, 2) /* the symbol in each lane's low 2 bytes, or 1 */
+                     : _mm256_i32gather_epi32(t.ssym, sl, 1);
+    if (wide) { /* 8 symbols of 16 bits: packed within each half, then the halves' low 64 bits side by side */
+        const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                              0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+        __m256i s16 = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(k, pick), 0x08);
+        _mm_storeu_si128((__m128i *)(void *)o, _mm256_castsi256_si128(s16));
+    } else { /* 8 byte symbols: packed to bytes within each half, then the halves' low 32 bits side by side */
+        const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                              0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        __m256i s8 = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(k, pick), _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+        _mm_storel_epi64((__m128i *)(void *)o, _mm256_castsi256_si128(s8));
+    }
     __m256i f = _mm256_add_epi32(_mm256_srli_epi32(e, 16), one);
-    x = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srl_epi32(x, _mm_cvtsi32_si128((int)st->nbits))), _mm256_and_si256(e, lo16));
+    x = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srl_epi32(x, t.nbits)), _mm256_and_si256(e, lo16));
     __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, lo16), x); /* x <= 0xffff */
     unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
-    __m256i words = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)wp));
-    words = _mm256_permutevar8x32_epi32(words, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)st->perm[m])));
+    __m256i words = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)wp)); /* both halves */
+    words = _mm256_shuffle_epi8(words, _mm256_loadu_si256((const __m256i *)(const void *)t.perm[m]));
     x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), words), need);
     _mm256_storeu_si256((__m256i *)xs, x);
     return (uint32_t)__builtin_popcount(m);
 }
 
-/* fast_steps with groups of 8 lanes by AVX2 (the rest of the K lanes scalar). */
-__attribute__((target("avx2,popcnt"))) static size_t fast_steps_avx2(rans_st *st, uint32_t *o, size_t n) {
-    const size_t k = (size_t)st->lanes;
+/* fast_steps with groups of 8 lanes by AVX2 (the rest of the K lanes scalar); o advances by bytes, wide or not. */
+__attribute__((target("avx2,popcnt"))) static inline size_t fast_avx2(rans_st *st, uint8_t *o, size_t n, int wide) {
+    const size_t k = (size_t)st->lanes, w = wide ? 2 : 1;
     const uint8_t *words = st->words;
     uint64_t r = st->next - st->base, avail = st->end - st->base; /* words[r] is the next word */
     size_t done = 0;
+    const tabs8 t = {(const int *)(const void *)st->fb, (const int *)(const void *)st->ssym, (const uint8_t (*)[32])st->perm,
+                     _mm256_set1_epi32((int)st->smask), _mm_cvtsi32_si128((int)st->nbits)};
+    uint32_t *x = st->x;
     while (n - done >= k && avail - r >= k) { /* each group's 16-byte word load stays within these k words */
         size_t j = 0;
-        for (; j + 8 <= k; j += 8) r += step8(st->x + j, o + done + j, st, words + 2 * r);
-        for (; j < k; j++) r += step(&st->x[j], &o[done + j], st, words + 2 * r);
+        for (; j + 8 <= k; j += 8) r += step8(x + j, o + w * (done + j), t, wide, words + 2 * r);
+        for (; j < k; j++) r += step(&st->x[j], o, done + j, st, wide, words + 2 * r);
         done += k;
     }
     st->next = st->base + r;
     return done;
 }
+
+__attribute__((target("avx2,popcnt"))) static size_t fast_avx2_8(rans_st *st, uint8_t *o, size_t n) { return fast_avx2(st, o, n, 0); }
+__attribute__((target("avx2,popcnt"))) static size_t fast_avx2_16(rans_st *st, uint8_t *o, size_t n) { return fast_avx2(st, o, n, 1); }
 #endif
 
-/* Whole steps (all K lanes, in lane order) while the words at hand surely hold the K words a step may take: no
- * bounds check per symbol, the lanes' states are independent dependency chains, only `next` is shared. Returns
- * symbols done. */
-static size_t fast_steps(rans_st *st, uint32_t *o, size_t n) {
-#ifdef RANS_AVX2
-    if (st->avx2) return fast_steps_avx2(st, o, n);
-#endif
+/* The portable fast steps for one width (wide a constant where it is inlined). */
+static inline size_t fast_scalar(rans_st *st, uint8_t *o, size_t n, int wide) {
     const size_t k = (size_t)st->lanes;
     const uint8_t *words = st->words;
     uint64_t r = st->next - st->base, avail = st->end - st->base;
     size_t done = 0;
     while (n - done >= k && avail - r >= k) {
-        for (size_t j = 0; j < k; j++) r += step(&st->x[j], &o[done + j], st, words + 2 * r);
+        for (size_t j = 0; j < k; j++) r += step(&st->x[j], o, done + j, st, wide, words + 2 * r);
         done += k;
     }
     st->next = st->base + r;
     return done;
+}
+
+/* Whole steps (all K lanes, in lane order) while the words at hand surely hold the K words a step may take: no
+ * bounds check per symbol, the lanes' states are independent dependency chains, only `next` is shared. Returns
+ * symbols done. */
+static size_t fast_steps(rans_st *st, uint8_t *o, size_t n) {
+#ifdef RANS_AVX2
+    if (st->avx2) return st->wide ? fast_avx2_16(st, o, n) : fast_avx2_8(st, o, n);
+#endif
+    return st->wide ? fast_scalar(st, o, n, 1) : fast_scalar(st, o, n, 0);
 }
 
 /* Windowed: keep the window's unread words, then read as many more as it holds (words [next, end + more)). */
@@ -191,13 +233,13 @@ static int refill(dec *d, rans_st *st) {
 }
 
 /* Symbols one at a time, checking that a needed word exists (a partial step, or the stream's last words). */
-static int slow_syms(dec *d, rans_st *st, uint32_t *o, size_t n) {
+static int slow_syms(dec *d, rans_st *st, uint8_t *o, size_t n) {
     uint32_t *x = st->x;
     uint64_t lane = st->lane, next = st->next;
     const uint64_t w = st->w;
     for (size_t i = 0; i < n; i++) {
         uint32_t xj = x[lane], sl = xj & st->smask;
-        o[i] = st->ssym[sl];
+        put(st, st->wide, o, i, sl);
         xj = advance(xj, st->fb[sl], st->nbits);
         if (xj < L_STATE) {
             if (next >= w) return dfail(d, DCF_E_FORMAT, "rans: the lanes need more than the stream's %llu words (truncated)", (unsigned long long)w);
@@ -220,7 +262,8 @@ static int slow_syms(dec *d, rans_st *st, uint32_t *o, size_t n) {
 static int rans_pull(dec *d, stream *s, void *dst, size_t n) {
     rans_st *st = s->st;
     if (!st) return DCF_OK; /* an empty stream: rans_decode checked it holds no bytes */
-    uint32_t *o = dst;
+    uint8_t *o = dst;
+    const size_t ow = st->wide ? 2 : 1; /* output bytes per symbol */
     size_t done = 0;
     int rc;
     if (st->lane) { /* finish the step a previous pull stopped in */
@@ -229,11 +272,11 @@ static int rans_pull(dec *d, stream *s, void *dst, size_t n) {
         if ((rc = slow_syms(d, st, o, done))) return rc;
     }
     while (!st->lane) { /* windowed: refilled while a window can hold a whole step */
-        done += fast_steps(st, o + done, n - done);
+        done += fast_steps(st, o + ow * done, n - done);
         if (!st->win || n - done < st->lanes || st->end == st->w || st->lanes > WINDOW_WORDS) break;
         if ((rc = refill(d, st))) return rc;
     }
-    if ((rc = slow_syms(d, st, o + done, n - done))) return rc;
+    if ((rc = slow_syms(d, st, o + ow * done, n - done))) return rc;
     s->pos += n;
     if (n && s->pos == st->n) {
         uint64_t next = st->next, w = st->w;
@@ -302,16 +345,21 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
     if (r.pos >= r.size || b > 15) return dfail(d, DCF_E_FORMAT, "rans: no Exp-Golomb order, or one above 15");
     uint32_t order = b;
     r.pos++;
-    /* one block: the state, the slot tables (8 bytes per slot), the symbol table (6 bytes per symbol), the 2 KiB
-     * permutations */
-    rans_st *st = dec_alloc(d, sizeof *st + total * 8 + dn * 6 + 256 * 8, 1, "rans");
+    /* one block: the state, the 8 KiB word shuffles, the slot entries (4 bytes per slot), the symbol table (6 bytes
+     * per symbol), the slot symbols (1 or 2 bytes per slot, then the 4 bytes a vector gather of the last reads) */
+    int wide = a > 256;
+    uint64_t sw = wide ? 2 : 1;
+    rans_st *st = dec_alloc(d, sizeof *st + 256 * 32 + total * 4 + dn * 6 + total * sw + 4, 1, "rans");
     if (!st) return d->err ? d->err->code : DCF_E_NOMEM;
     memset(st, 0, sizeof *st);
-    st->fb = (uint32_t *)(st + 1);
-    st->ssym = st->fb + total;
-    st->fc = st->ssym + total;
-    st->perm = (uint8_t (*)[8])(st->fc + dn);
-    st->sym = (uint16_t *)(st->perm + 256);
+    st->perm = (uint8_t (*)[32])(st + 1);
+    st->fb = (uint32_t *)(st->perm + 256);
+    st->fc = st->fb + total;
+    st->sym = (uint16_t *)(st->fc + dn);
+    uint8_t *ssym = (uint8_t *)(st->sym + dn);
+    st->ssym = ssym;
+    st->wide = wide;
+    memset(ssym + total * sw, 0, 4);
     if ((rc = table(d, &r, a, dn, order, nb, st))) return rc;
     if ((rc = varint(d, &r, "lane count", &k))) return rc;
     if (k < 1 || k > n || (n + k - 1) / k > MAX_STEPS) return dfail(d, DCF_E_FORMAT, "rans: %llu lanes for %llu symbols", (unsigned long long)k, (unsigned long long)n);
@@ -325,14 +373,17 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
     }
     for (uint64_t i = 0; i < dn; i++) { /* slot tables: symbol i covers cum .. cum + f - 1 */
         uint32_t cum = st->fc[i] & 0xffff, f = (st->fc[i] >> 16) + 1;
-        for (uint32_t j = 0; j < f; j++) {
-            st->fb[cum + j] = (f - 1) << 16 | j;
-            st->ssym[cum + j] = st->sym[i];
-        }
+        for (uint32_t j = 0; j < f; j++) st->fb[cum + j] = (f - 1) << 16 | j;
+        if (wide)
+            for (uint32_t j = 0; j < f; j++) ((uint16_t *)(void *)ssym)[cum + j] = st->sym[i];
+        else memset(ssym + cum, st->sym[i], f);
     }
-    for (uint32_t m = 0; m < 256; m++) /* lane l takes word number popcount(m & (2^l - 1)) of those at `next` */
+    for (uint32_t m = 0; m < 256; m++) /* lane l takes word c = popcount(m & (2^l - 1)): bytes 2c, 2c + 1, zero, zero */
         for (uint32_t l = 0, c = 0; l < 8; l++) {
-            st->perm[m][l] = (uint8_t)c;
+            uint8_t *p = st->perm[m] + 4 * l;
+            p[0] = (uint8_t)(2 * c);
+            p[1] = (uint8_t)(2 * c + 1);
+            p[2] = p[3] = 0x80;
             c += m >> l & 1;
         }
 #ifdef RANS_AVX2

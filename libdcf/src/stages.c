@@ -156,26 +156,28 @@ static int raw_dense_pull(dec *d, stream *s, void *dst, size_t n) {
     return DCF_OK;
 }
 
-/* A stored stream not in memory is read into the top n w bytes of dst and widened front to back (element i's
- * 4 bytes end at or below element i + 1's first byte). */
+/* The stored little-endian symbols are read straight into dst (they have the stream's width), turned into native
+ * order in place, then checked against the alphabet. */
 static int raw_symbols_pull(dec *d, stream *s, void *dst, size_t n) {
     stream *in = s->in[0];
-    uint32_t *o = dst;
-    int w = s->alphabet <= 256 ? 1 : s->alphabet <= 65536 ? 2 : 4;
-    const uint8_t *p;
-    int rc = in->data || !in->read_at ? bytes_view(d, in, &p) : DCF_OK;
+    int w = sym_width(s->alphabet);
+    int rc = n ? bytes_read(d, in, s->pos * (uint64_t)w, dst, n * (size_t)w) : DCF_OK;
     if (rc) return rc;
-    if (in->data) p += s->pos * (uint64_t)w;
-    else {
-        uint8_t *top = (uint8_t *)dst + (size_t)(4 - w) * n;
-        if (n && (rc = bytes_read(d, in, s->pos * (uint64_t)w, top, n * (size_t)w))) return rc;
-        p = top;
-    }
-    if (w == 1) for (size_t i = 0; i < n; i++) o[i] = p[i];
-    else if (w == 2) for (size_t i = 0; i < n; i++) o[i] = (uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8;
-    else for (size_t i = 0; i < n; i++) o[i] = rd_u32(p + 4 * i);
-    for (size_t i = 0; i < n; i++)
-        if (o[i] >= s->alphabet) return dfail(d, DCF_E_FORMAT, "raw: symbol %u at %llu not below alphabet %llu", o[i], (unsigned long long)(s->pos + i), (unsigned long long)s->alphabet);
+    uint8_t *p = dst;
+    uint32_t bad = 0;
+    if (w == 2) {
+        uint16_t *o = dst;
+        for (size_t i = 0; i < n; i++) o[i] = (uint16_t)(p[2 * i] | p[2 * i + 1] << 8);
+        for (size_t i = 0; i < n; i++) bad |= o[i] >= s->alphabet;
+    } else if (w == 4) {
+        uint32_t *o = dst;
+        for (size_t i = 0; i < n; i++) o[i] = rd_u32(p + 4 * i);
+        for (size_t i = 0; i < n; i++) bad |= o[i] >= s->alphabet;
+    } else
+        for (size_t i = 0; i < n; i++) bad |= p[i] >= s->alphabet;
+    for (size_t i = 0; bad && i < n; i++)
+        if (sym_get(dst, w, i) >= s->alphabet)
+            return dfail(d, DCF_E_FORMAT, "raw: symbol %u at %llu not below alphabet %llu", sym_get(dst, w, i), (unsigned long long)(s->pos + i), (unsigned long long)s->alphabet);
     s->pos += n;
     return DCF_OK;
 }
@@ -199,7 +201,7 @@ static int raw_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta,
     if (!mp_is_int(t, a) || N(t, a)->v.i < 1 || N(t, a)->v.i > ((int64_t)1 << 32))
         return dfail(d, DCF_E_FORMAT, "raw: alphabet missing or outside 1..2^32");
     out->alphabet = (uint64_t)N(t, a)->v.i;
-    int w = out->alphabet <= 256 ? 1 : out->alphabet <= 65536 ? 2 : 4;
+    int w = sym_width(out->alphabet);
     if (in->size % (uint64_t)w) return dfail(d, DCF_E_FORMAT, "raw: %llu bytes is not a multiple of width %d", (unsigned long long)in->size, w);
     out->kind = K_SYMBOLS;
     out->count = in->size / (uint64_t)w;
@@ -222,29 +224,40 @@ static int prune_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t met
 typedef struct {
     const uint8_t *book;
     uint32_t k;
-    uint32_t *idx; /* BLOCK indices */
+    void *idx; /* BLOCK indices, of the input's symbol width */
     const char *stage;
 } lookup_st;
+
+/* m codebook items of isz bytes into o, for the indices ix of type T (checked below k first). */
+#define LOOKUP(T)                                                                                                      \
+    static int lookup_##T(dec *d, const lookup_st *st, const T *ix, size_t m, size_t isz, uint8_t *o, uint64_t pos) { \
+        uint32_t bad = 0;                                                                                              \
+        for (size_t i = 0; i < m; i++) bad |= ix[i] >= st->k;                                                          \
+        for (size_t i = 0; bad && i < m; i++)                                                                          \
+            if (ix[i] >= st->k)                                                                                        \
+                return dfail(d, DCF_E_FORMAT, "%s: index %u at %llu not below %u", st->stage, (unsigned)ix[i], (unsigned long long)(pos + i), st->k); \
+        if (isz == 4) for (size_t i = 0; i < m; i++) memcpy(o + 4 * i, st->book + 4 * (size_t)ix[i], 4);            \
+        else if (isz == 2) for (size_t i = 0; i < m; i++) memcpy(o + 2 * i, st->book + 2 * (size_t)ix[i], 2);       \
+        else for (size_t i = 0; i < m; i++) memcpy(o + 8 * i, st->book + 8 * (size_t)ix[i], 8);                      \
+        return DCF_OK;                                                                                                 \
+    }
+LOOKUP(uint8_t)
+LOOKUP(uint16_t)
+LOOKUP(uint32_t)
 
 static int lookup_pull(dec *d, stream *s, void *dst, size_t n) {
     lookup_st *st = s->st;
     stream *in = s->in[0];
     size_t isz = dcf_dtype_size(s->dtype);
+    int w = sym_width(in->alphabet);
     uint8_t *o = dst;
     while (n) {
         size_t m = n < BLOCK ? n : BLOCK;
         int rc = in->pull(d, in, st->idx, m);
+        if (!rc) rc = w == 1 ? lookup_uint8_t(d, st, st->idx, m, isz, o, s->pos)
+                    : w == 2 ? lookup_uint16_t(d, st, st->idx, m, isz, o, s->pos)
+                             : lookup_uint32_t(d, st, st->idx, m, isz, o, s->pos);
         if (rc) return rc;
-        uint32_t bad = 0;
-        for (size_t i = 0; i < m; i++) bad |= st->idx[i] >= st->k;
-        if (bad)
-            for (size_t i = 0; i < m; i++)
-                if (st->idx[i] >= st->k)
-                    return dfail(d, DCF_E_FORMAT, "%s: index %u at %llu not below %u", st->stage, st->idx[i], (unsigned long long)(s->pos + i), st->k);
-        const uint32_t *ix = st->idx;
-        if (isz == 4) for (size_t i = 0; i < m; i++) memcpy(o + 4 * i, st->book + 4 * (size_t)ix[i], 4);
-        else if (isz == 2) for (size_t i = 0; i < m; i++) memcpy(o + 2 * i, st->book + 2 * (size_t)ix[i], 2);
-        else for (size_t i = 0; i < m; i++) memcpy(o + 8 * i, st->book + 8 * (size_t)ix[i], 8);
         o += m * isz;
         s->pos += m;
         n -= m;
@@ -274,7 +287,7 @@ static int lookup_decode(dec *d, const char *stage, uint32_t meta, stream **ins,
     if (!st) return code_of(d);
     st->book = t->buf + N(t, cb)->off;
     st->k = k;
-    st->idx = (uint32_t *)(st + 1);
+    st->idx = st + 1;
     st->stage = stage;
     set_shape(d, out, shape);
     out->kind = K_DENSE;
@@ -301,7 +314,7 @@ typedef struct {
     const uint8_t *mantissa; /* its bytes when in memory (NULL when w = 1 or n = 0, or not in memory) */
     uint8_t *win;            /* a stored mantissa not in memory: BLOCK bytes of each plane, read per block */
     int fill;                /* the mantissa comes out of a codec and is not decompressed yet */
-    uint32_t *sym;           /* BLOCK exponent symbols */
+    uint8_t *sym;            /* BLOCK exponent symbols (alphabet 256: a byte each) */
 } bytegroup_st;
 
 /* The next b elements of s into o: b exponent symbols pulled and checked, the mantissa bytes from plane[0 .. w-2]
@@ -418,10 +431,10 @@ static int bytegroup_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t
     if (ma->kind != K_BYTES || ma->size / (w > 1 ? w - 1 : 1) != (w > 1 ? n : 0) || ma->size % (w > 1 ? w - 1 : 1))
         return dfail(d, DCF_E_FORMAT, "bytegroup: mantissa holds %llu bytes, expected %llu", (unsigned long long)ma->size, (unsigned long long)(n * (w - 1)));
     if (n > d->bound / w) return dfail(d, DCF_E_LIMIT, "bytegroup: %llu bytes of output over the decode bound %llu", (unsigned long long)n * w, (unsigned long long)d->bound);
-    bytegroup_st *st = dec_alloc(d, sizeof *st + BLOCK * sizeof(uint32_t), 1, "bytegroup");
+    bytegroup_st *st = dec_alloc(d, sizeof *st + BLOCK, 1, "bytegroup");
     if (!st) return code_of(d);
     memset(st, 0, sizeof *st);
-    st->sym = (uint32_t *)(st + 1);
+    st->sym = (uint8_t *)(st + 1);
     st->ma = ma;
     if (ma->size && ma->data) st->mantissa = ma->data;
     else if (ma->size && ma->read_at) { /* stored, not in memory: read a block of each plane at a time */
@@ -442,7 +455,7 @@ typedef struct {
     int64_t q;         /* last position reached */
     uint64_t next;     /* next stored position, when pending */
     int pending, started;
-    uint32_t *pbuf;    /* BLOCK position symbols */
+    void *pbuf;        /* BLOCK position symbols, of their stream's width */
     size_t pi, pn;
     uint8_t *vbuf;     /* BLOCK values */
     size_t vi, vn;
@@ -465,7 +478,7 @@ static int sp_advance(dec *d, stream *s) {
             st->pi = 0;
             st->pn = m;
         }
-        uint32_t sym = st->pbuf[st->pi++];
+        uint32_t sym = sym_get(st->pbuf, sym_width(ps->alphabet), st->pi++);
         if (sym > st->m) return dfail(d, DCF_E_FORMAT, "sparse: position symbol %u above %llu", sym, (unsigned long long)st->m);
         st->q += sym ? sym : (int64_t)st->m;
         if ((uint64_t)st->q >= s->count)
@@ -525,8 +538,8 @@ static int sparse_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t me
     memset(st, 0, sizeof *st);
     st->m = m;
     st->q = -1;
-    st->pbuf = (uint32_t *)(st + 1);
-    st->vbuf = (uint8_t *)(st->pbuf + BLOCK);
+    st->pbuf = st + 1;
+    st->vbuf = (uint8_t *)(st + 1) + BLOCK * sizeof(uint32_t);
     out->kind = K_DENSE;
     out->dtype = vs->dtype;
     set_shape(d, out, shape);

@@ -1,14 +1,17 @@
 """Benchmark of libdcf, the C decoder, against references measured in the same run.
 
-Run: python tests/bench/bench_libdcf.py [--repeat 5] [--sizes 100000,1000000,10000000] [--heap-only]
+Run: python tests/bench/bench_libdcf.py [--repeat 5] [--runs 1] [--sizes 100000,1000000,10000000] [--heap-only]
+     [--symbols-only]
 Builds libdcf (make, into a temporary folder), then prints three markdown tables (--heap-only: the third alone):
 1. decode of a 2000x1000 float32 tensor through `--preset han` and `--preset quantize8`, end to end (a process
    writing the .safetensors file) by `dcf-decode` against `dcframe decompress`, and in-process (dcf_decode into a
    buffer against dcframe's Container.read);
-2. huffman / rans symbol decode alone (the stage's stream pulled into a uint32 buffer) against zstd decompressing the
-   same symbols (as bytes, compressed at level 19), for k-means-like indices of Laplace weights (32 levels, 5 bits)
-   and 8-bit k-means indices of Gaussian weights, at each size: ratios of CPU time and of wall time, and of CPU time
-   for the portable loops (a SIMD=0 build);
+2. huffman / rans symbol decode alone (the stage's stream pulled into one buffer, a byte per symbol for these
+   alphabets, as zstd writes them) against zstd decompressing the same symbols (as bytes, compressed at level 19),
+   for k-means-like indices of Laplace weights (32 levels, 5 bits) and 8-bit k-means indices of Gaussian weights, at
+   each size: ratios of CPU time and of wall time, and of CPU time for the portable loops (a SIMD=0 build). With
+   --runs N each row is measured N times (each the best of --repeat) and its ratios are the median [lowest, highest],
+   the spread a shared machine gives; --symbols-only prints this table alone;
 3. peak heap while decoding one tensor (a counting allocator), beyond the caller's output buffer: memory mode
    (dcf_open_memory), by path (dcf_open_path, which maps the file) and through a read callback (dcf_open_reader over
    stdio, which reads stored bytes on demand), each against the issue's target of output + 1 MiB, for the han,
@@ -47,9 +50,10 @@ def best_wall(cmd: list[str], repeat: int) -> float:
     return best
 
 
-def bench(tool: Path, mode: str, path: Path, repeat: int) -> list[dict]:
-    """dcf-bench's JSON lines for one file."""
-    out = subprocess.run([str(tool), mode, str(path), str(repeat)], check=True, capture_output=True, text=True).stdout
+def bench(tool: Path, mode: str, path: Path, repeat: int, runs: int = 1) -> list[dict]:
+    """dcf-bench's JSON lines for one file (symbols mode: `runs` lines per tensor)."""
+    cmd = [str(tool), mode, str(path), str(repeat)] + ([str(runs)] if runs > 1 else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines()]
 
 
@@ -65,9 +69,16 @@ def python_read(path: Path, repeat: int) -> float:
     return best
 
 
-def timing_tables(args: argparse.Namespace, tmp: Path, files: dict[str, Path], w: np.ndarray,
-                  rng: np.random.Generator, tool: Path, dcfbench: Path, portable: Path) -> None:
-    """Tables 1 and 2: end-to-end and in-process decode against dcframe, symbol decode against zstd."""
+def spread(values: list[float]) -> str:
+    """A ratio over the runs: the median, then [lowest, highest] when there are several."""
+    v = sorted(values)
+    med = f"{float(np.median(v)):.2f}"
+    return med if len(v) == 1 else f"{med} [{v[0]:.2f}, {v[-1]:.2f}]"
+
+
+def decode_table(args: argparse.Namespace, tmp: Path, files: dict[str, Path], w: np.ndarray, tool: Path,
+                 dcfbench: Path) -> None:
+    """Table 1: end-to-end and in-process decode against dcframe."""
     cli = str(Path(sys.executable).parent / "dcframe")
     print("## Decode of a 2000x1000 float32 tensor (8 MB), same file")
     print()
@@ -82,12 +93,17 @@ def timing_tables(args: argparse.Namespace, tmp: Path, files: dict[str, Path], w
         t_cr = bench(dcfbench, "decode", path, args.repeat)[0]["seconds"]
         print(f"| {preset} | {path.stat().st_size} | {t_py:.3f} | {t_c:.4f} | {t_py / t_c:.0f}x | "
               f"{1e3 * t_pyr:.1f} | {1e3 * t_cr:.2f} | {t_pyr / t_cr:.0f}x | {w.nbytes / t_cr / 1e6:.0f} |")
-
     print()
+
+
+def symbols_table(args: argparse.Namespace, tmp: Path, w: np.ndarray, rng: np.random.Generator, dcfbench: Path,
+                  portable: Path) -> None:
+    """Table 2: symbol decode against zstd on the same symbols, each row over --runs runs."""
     print("## Symbol decode against zstd decompressing the same symbols (level 19), same run")
     print()
-    print("Speeds from CPU time (the machine may be shared); the wall-clock ratio beside it. The portable column "
-          "is a SIMD=0 build (what ARM runs).")
+    print(f"Speeds from CPU time (the machine may be shared); the wall-clock ratio beside it. The portable column "
+          f"is a SIMD=0 build (what ARM runs). {args.runs} run(s) per row, each the best of {args.repeat}"
+          f"{'; ratios: median [lowest, highest]' if args.runs > 1 else ''}.")
     print()
     print("| symbols | source | coder | zstd bytes | coder M sym/s | zstd M sym/s | coder / zstd (CPU) "
           "| coder / zstd (wall) | portable / zstd (CPU) |")
@@ -103,19 +119,24 @@ def timing_tables(args: argparse.Namespace, tmp: Path, files: dict[str, Path], w
         for coder in ("huffman", "rans"):
             path = tmp / f"sym-{n}-{source[:3]}-{coder}.dcf"
             dcframe.compress({"x": x}, path, pipeline=f"{quant} | {coder}")
-            (r,) = bench(dcfbench, "symbols", path, args.repeat)
-            (p,) = bench(portable, "symbols", path, args.repeat)
-            mps, zmps = r["symbols"] / r["seconds"] / 1e6, r["symbols"] / r["zstd_seconds"] / 1e6
+            rs = bench(dcfbench, "symbols", path, args.repeat, args.runs)
+            ps = bench(portable, "symbols", path, args.repeat, args.runs)
+            r = rs[0]
+            mps = float(np.median([x["symbols"] / x["seconds"] / 1e6 for x in rs]))
+            zmps = float(np.median([x["symbols"] / x["zstd_seconds"] / 1e6 for x in rs]))
             print(f"| {r['symbols']} | {source} | {coder} | {r['zstd_bytes']} | {mps:.0f} | {zmps:.0f} "
-                  f"| {r['zstd_seconds'] / r['seconds']:.2f} | {r['zstd_wall_seconds'] / r['wall_seconds']:.2f} "
-                  f"| {p['zstd_seconds'] / p['seconds']:.2f} |")
+                  f"| {spread([x['zstd_seconds'] / x['seconds'] for x in rs])} "
+                  f"| {spread([x['zstd_wall_seconds'] / x['wall_seconds'] for x in rs])} "
+                  f"| {spread([x['zstd_seconds'] / x['seconds'] for x in ps])} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--sizes", default="100000,1000000,10000000", help="symbol counts of the entropy-decode rows")
+    ap.add_argument("--runs", type=int, default=1, help="runs of each symbol-decode row (the spread is printed)")
     ap.add_argument("--heap-only", action="store_true", help="only the peak heap table (no timings)")
+    ap.add_argument("--symbols-only", action="store_true", help="only the symbol-decode table")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-libdcf-"))
     try:
@@ -133,8 +154,12 @@ def main() -> None:
             files[preset] = tmp / f"{preset}.dcf"
             dcframe.compress({"fc.weight": w}, files[preset], preset=preset)
 
+        if args.symbols_only:
+            symbols_table(args, tmp, w, rng, dcfbench, portable)
+            return
         if not args.heap_only:
-            timing_tables(args, tmp, files, w, rng, tool, dcfbench, portable)
+            decode_table(args, tmp, files, w, tool, dcfbench)
+            symbols_table(args, tmp, w, rng, dcfbench, portable)
         big = max(int(s) for s in args.sizes.split(","))
         for coder in ("huffman", "rans"):
             path = tmp / f"sym-{big}-Lap-{coder}.dcf"
