@@ -8,18 +8,21 @@ The table holds, per used symbol, its gap to the previous one (Exp-Golomb order 
 bit-packed LSB-first and padded to a byte; the frequencies sum to 2^n. Symbol i goes to lane i mod K; every lane
 holds a 32-bit state in [2^16, 2^32) and renormalizes by 16-bit words, so one numpy step codes one symbol of every
 lane at once (encode runs the steps backwards). The encoder starts every lane at 2^16, so a decoder ends with every
-state at 2^16 and every word read. With the `fast` extra, compiled kernels (`_kernels`) run the lanes and read the
-table instead, with the same bytes, symbols and errors.
+state at 2^16 and every word read. Compiled kernels (`_kernels`: the C extension where it was built, or numba with the
+`fast` extra) run the lanes and read the table instead, with the same bytes, symbols and errors; the C kernels also
+count the symbols and normalize the frequencies.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 import numpy as np
 
 from dcframe import Bytes, FormatError, Stage, Symbols, hookimpl
 from dcframe.core.streams import coder_symbols, declared_symbols
 
-from ._kernels import compiled
+from ._kernels import compiled, symbol_counts
 
 MAX_ALPHABET = 1 << 16
 STATE_LOW = 1 << 16  # L: states live in [L, 2^32); the encoder's initial state and the decoder's final one
@@ -54,6 +57,9 @@ def normalize_all(counts: np.ndarray, bits: list[int]) -> list[np.ndarray]:
     """`normalize(counts, b)` for every b in `bits`, the bisections of all run together (one numpy step each for
     every total): the same floating-point operations per total, so the same frequencies, in far fewer calls."""
     totals = np.left_shift(1, np.array(bits, dtype=np.int64))
+    kernels = compiled(int(counts.sum()))
+    if kernels is not None and hasattr(kernels, "normalize"):  # the C kernels: the same operations, no numpy calls
+        return list(kernels.normalize(counts, totals, *_log_steps(), EXCHANGE_ROUNDS))
     share = counts.astype(np.float64) / float(counts.sum())
     lo = np.zeros(totals.size)
     hi = 2.0 * totals + 1  # fill(lo) sums to counts.size <= total; fill(hi) to more than total
@@ -66,14 +72,25 @@ def normalize_all(counts: np.ndarray, bits: list[int]) -> list[np.ndarray]:
     return [_settle(counts, fill, int(total)) for fill, total in zip(fills, totals, strict=True)]
 
 
+@cache
+def _log_steps() -> tuple[np.ndarray, np.ndarray]:
+    """Tables over f = 0..2^16 of log2((f + 1) / f) and log2(f / (f - 1)) (inf where undefined): what one unit more or
+    less changes a code length by. Both normalizers (numpy, C) read them, so they compare the very same numbers."""
+    f = np.arange(1, (1 << 16) + 1, dtype=np.int64)
+    up = np.concatenate([[np.inf], np.log2((f + 1) / f)])
+    down = np.concatenate([[np.inf, np.inf], np.log2(f[1:] / (f[1:] - 1))])
+    return up, down
+
+
 def _settle(counts: np.ndarray, freq: np.ndarray, total: int) -> np.ndarray:
     """normalize's last two steps: hand out the units left over, then move single units while that lowers the cost."""
+    more, less = _log_steps()
     while (left := total - int(freq.sum())) > 0:  # one round in practice: fewer units left than symbols
-        gain = counts * np.log2((freq + 1) / freq)
+        gain = counts * more[freq]
         freq[np.argsort(-gain, kind="stable")[:left]] += 1
     for _ in range(EXCHANGE_ROUNDS):  # move single units while that lowers the cost (the floor of 1 skews shares)
-        gain = counts * np.log2((freq + 1) / freq)
-        loss = np.where(freq > 1, counts * np.log2(freq / np.maximum(freq - 1, 1)), np.inf)
+        gain = counts * more[freq]
+        loss = np.where(freq > 1, counts * less[freq], np.inf)
         up, down = np.argsort(-gain, kind="stable"), np.argsort(loss, kind="stable")
         moves = int(np.count_nonzero(gain[up] > loss[down] * (1 + 1e-12)))  # a prefix: gains fall, losses rise
         if not moves:
@@ -231,7 +248,7 @@ class Rans(Stage):
         meta = {"count": count, "alphabet": alphabet}
         if count == 0:
             return {"data": Bytes(b"")}, meta
-        counts = np.bincount(symbols, minlength=alphabet)
+        counts = symbol_counts(symbols, alphabet)
         used = np.flatnonzero(counts)
         bits, freq_used = choose_scale(counts[used], self.scale_bits)
         freq = np.zeros(alphabet, dtype=np.int64)
