@@ -131,8 +131,9 @@ fail:
 }
 
 /* Segments [k, k + 4) decoded together (independent bit readers keep the core busy); positions end in p[]. */
-static void huffman_four(const uint64_t *words, uint64_t qmax, const int32_t *lut, uint64_t mask, int refill,
-                         uint64_t seg, uint64_t p[4], uint64_t o0, void *out, int wide)
+static inline void huffman_four(const uint64_t *restrict words, uint64_t qmax, const int32_t *restrict lut,
+                                uint64_t mask, int refill, uint64_t seg, uint64_t *restrict p, uint64_t o0,
+                                void *restrict out, int wide)
 {
     uint64_t o[4] = {o0, o0 + seg, o0 + 2 * seg, o0 + 3 * seg};
     for (uint64_t i = 0; i < seg; i += (uint64_t)refill) {
@@ -148,6 +149,40 @@ static void huffman_four(const uint64_t *words, uint64_t qmax, const int32_t *lu
                 w[m] >>= len;
                 p[m] += len;
             }
+    }
+}
+
+/* huffman_decode's loops: full segments four at a time, the others one at a time. */
+static inline void huffman_segments(const uint64_t *restrict words, uint64_t qmax, const int32_t *restrict lut,
+                                    int width, Py_ssize_t seg, const int64_t *restrict starts,
+                                    const int64_t *restrict nsyms, Py_ssize_t nseg, void *restrict out, int wide,
+                                    int64_t *restrict end_pos)
+{
+    uint64_t mask = ((uint64_t)1 << width) - 1, useg = (uint64_t)seg;
+    int refill = 64 / width;  /* codes one 64-bit read always holds */
+    Py_ssize_t full = nsyms[nseg - 1] != seg ? nseg - 1 : nseg;  /* segments of exactly `seg` symbols */
+    Py_ssize_t k = 0;
+    for (; k + 4 <= full; k += 4) {
+        uint64_t p[4];
+        for (int m = 0; m < 4; m++)
+            p[m] = (uint64_t)starts[k + m] << 3;
+        huffman_four(words, qmax, lut, mask, refill, useg, p, (uint64_t)k * useg, out, wide);
+        for (int m = 0; m < 4; m++)
+            end_pos[k + m] = (int64_t)p[m];
+    }
+    for (; k < nseg; k++) {
+        uint64_t pos = (uint64_t)starts[k] << 3, o = (uint64_t)k * useg, n = (uint64_t)nsyms[k];
+        for (uint64_t i = 0; i < n; i += (uint64_t)refill) {
+            uint64_t w = bits64(words, pos, qmax);
+            uint64_t stop = i + (uint64_t)refill < n ? i + (uint64_t)refill : n;
+            for (uint64_t j = i; j < stop; j++) {
+                int32_t e = lut[w & mask];
+                sym_put(out, wide, o + j, (uint32_t)e & 0xFFFF);
+                w >>= (uint64_t)(e >> 16);
+                pos += (uint64_t)(e >> 16);
+            }
+        }
+        end_pos[k] = (int64_t)pos;
     }
 }
 
@@ -185,35 +220,10 @@ static PyObject *huffman_decode(PyObject *self, PyObject *args)
             goto fail;
         }
     Py_BEGIN_ALLOW_THREADS
-    uint64_t qmax = (uint64_t)nwords - 2, mask = ((uint64_t)1 << width) - 1, useg = (uint64_t)seg;
-    int refill = 64 / width;  /* codes one 64-bit read always holds */
-    Py_ssize_t full = nsyms[nseg - 1] != seg ? nseg - 1 : nseg;  /* segments of exactly `seg` symbols */
-    Py_ssize_t k = 0;
-    for (; k + 4 <= full; k += 4) {
-        uint64_t p[4];
-        for (int m = 0; m < 4; m++)
-            p[m] = (uint64_t)starts[k + m] << 3;
-        if (wide)
-            huffman_four(words, qmax, lut, mask, refill, useg, p, (uint64_t)k * useg, out, 1);
-        else
-            huffman_four(words, qmax, lut, mask, refill, useg, p, (uint64_t)k * useg, out, 0);
-        for (int m = 0; m < 4; m++)
-            end_pos[k + m] = (int64_t)p[m];
-    }
-    for (; k < nseg; k++) {  /* the others one at a time */
-        uint64_t pos = (uint64_t)starts[k] << 3, o = (uint64_t)k * useg, n = (uint64_t)nsyms[k];
-        for (uint64_t i = 0; i < n; i += (uint64_t)refill) {
-            uint64_t w = bits64(words, pos, qmax);
-            uint64_t stop = i + (uint64_t)refill < n ? i + (uint64_t)refill : n;
-            for (uint64_t j = i; j < stop; j++) {
-                int32_t e = lut[w & mask];
-                sym_put(out, wide, o + j, (uint32_t)e & 0xFFFF);
-                w >>= (uint64_t)(e >> 16);
-                pos += (uint64_t)(e >> 16);
-            }
-        }
-        end_pos[k] = (int64_t)pos;
-    }
+    if (wide)  /* two copies of the loops, each with its own symbol width */
+        huffman_segments(words, (uint64_t)nwords - 2, lut, width, seg, starts, nsyms, nseg, out, 1, end_pos);
+    else
+        huffman_segments(words, (uint64_t)nwords - 2, lut, width, seg, starts, nsyms, nseg, out, 0, end_pos);
     Py_END_ALLOW_THREADS
     release(&b);
     Py_RETURN_NONE;
@@ -224,8 +234,8 @@ fail:
 
 /* Bits of every segment's codes -> the byte offset where each ends (ends[k]); the payload's size, or -1 for a
    symbol outside the length table. */
-static int64_t pack_ends(const void *symbols, int wide, Py_ssize_t count, const int64_t *lens, Py_ssize_t nlens,
-                         Py_ssize_t seg, int64_t *ends)
+static inline int64_t pack_ends(const void *restrict symbols, int wide, Py_ssize_t count, const int64_t *restrict lens,
+                         Py_ssize_t nlens, Py_ssize_t seg, int64_t *restrict ends)
 {
     int64_t done = 0;
     for (Py_ssize_t k = 0, lo = 0; lo < count; k++, lo += seg) {
@@ -245,8 +255,8 @@ static int64_t pack_ends(const void *symbols, int wide, Py_ssize_t count, const 
 
 /* Every symbol's bit-reversed code LSB-first into payload[0:size), each segment from a byte boundary; 0, or -1 if
    the codes do not fit the size pack_ends gave. */
-static int pack_codes(const void *symbols, int wide, Py_ssize_t count, const int64_t *lens, const uint64_t *rev,
-                      Py_ssize_t seg, uint8_t *payload, int64_t size)
+static inline int pack_codes(const void *restrict symbols, int wide, Py_ssize_t count, const int64_t *restrict lens,
+                      const uint64_t *restrict rev, Py_ssize_t seg, uint8_t *restrict payload, int64_t size)
 {
     int64_t at = 0;
     for (Py_ssize_t lo = 0; lo < count; lo += seg) {
@@ -304,7 +314,8 @@ static PyObject *huffman_pack(PyObject *self, PyObject *args)
         }
     int64_t size;
     Py_BEGIN_ALLOW_THREADS
-    size = pack_ends(symbols, wide, count, lens, nlens, seg, ends);
+    size = wide ? pack_ends(symbols, 1, count, lens, nlens, seg, ends)
+                : pack_ends(symbols, 0, count, lens, nlens, seg, ends);
     Py_END_ALLOW_THREADS
     if (size < 0) {
         bad("_ckernels.huffman_pack: a symbol outside the code table");
@@ -316,7 +327,8 @@ static PyObject *huffman_pack(PyObject *self, PyObject *args)
     uint8_t *bytes = (uint8_t *)PyBytes_AS_STRING(payload);  /* not shared before we return it */
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = pack_codes(symbols, wide, count, lens, rev, seg, bytes, size);
+    status = wide ? pack_codes(symbols, 1, count, lens, rev, seg, bytes, size)
+                  : pack_codes(symbols, 0, count, lens, rev, seg, bytes, size);
     Py_END_ALLOW_THREADS
     if (status) {
         Py_CLEAR(payload);
@@ -377,8 +389,9 @@ fail:
 
 /* The decoder's lanes in lockstep (see rans_decode); the words read, or -1 after the first step that needed more
    than nwords. */
-static int64_t decode_lanes(uint32_t *state, uint64_t lanes, const uint16_t *words, uint64_t nwords, uint64_t total,
-                            int bits, const uint64_t *table, void *out, int wide, uint32_t floor)
+static inline int64_t decode_lanes(uint32_t *restrict state, uint64_t lanes, const uint16_t *restrict words,
+                                   uint64_t nwords, uint64_t total, int bits, const uint64_t *restrict table,
+                                   void *restrict out, int wide, uint32_t floor)
 {
     uint32_t mask = (uint32_t)((1u << bits) - 1);
     uint64_t read = 0;
@@ -389,9 +402,9 @@ static int64_t decode_lanes(uint32_t *state, uint64_t lanes, const uint16_t *wor
             uint64_t e = table[s & mask];
             sym_put(out, wide, done + j, (uint32_t)(e & 0xFFFF));
             s = (uint32_t)(e >> 32) * (s >> bits) + (uint32_t)((e >> 16) & 0xFFFF);
-            uint32_t word = words[read];  /* read before it is known to be needed: no branch to mispredict */
             uint32_t need = s < floor;
-            state[j] = need ? (s << 16) | word : s;
+            uint32_t next[2] = {s, (s << 16) | words[read]};  /* the next word read before it is known to be needed */
+            state[j] = next[need];
             read += need;
         }
         if (read > nwords)
@@ -440,8 +453,12 @@ static PyObject *rans_decode(PyObject *self, PyObject *args)
     }
     int64_t read;
     Py_BEGIN_ALLOW_THREADS
-    read = decode_lanes(state, (uint64_t)lanes, words, (uint64_t)nwords, (uint64_t)count, bits, table, out, wide,
-                        (uint32_t)low);
+    if (wide)  /* two copies of the loop, each with its own symbol width */
+        read = decode_lanes(state, (uint64_t)lanes, words, (uint64_t)nwords, (uint64_t)count, bits, table, out, 1,
+                            (uint32_t)low);
+    else
+        read = decode_lanes(state, (uint64_t)lanes, words, (uint64_t)nwords, (uint64_t)count, bits, table, out, 0,
+                            (uint32_t)low);
     if (read >= 0)
         for (Py_ssize_t j = 0; j < lanes; j++)
             x[j] = state[j];
@@ -518,9 +535,10 @@ fail:
 
 /* The encoder's lanes run backwards from state `low` (see rans_encode): the index of the first word written (from
    the back of words), or -1 for a symbol outside the table or of frequency 0. */
-static Py_ssize_t encode_lanes(const void *symbols, int wide, Py_ssize_t count, const int64_t *freq,
-                               const int64_t *cum, const double *inverse, Py_ssize_t alphabet, int bits,
-                               Py_ssize_t lanes, int64_t *x, uint16_t *words)
+static inline Py_ssize_t encode_lanes(const void *restrict symbols, int wide, Py_ssize_t count,
+                                      const int64_t *restrict freq, const int64_t *restrict cum,
+                                      const double *restrict inverse, Py_ssize_t alphabet, int bits, Py_ssize_t lanes,
+                                      int64_t *restrict x, uint16_t *restrict words)
 {
     Py_ssize_t at = count;
     for (Py_ssize_t i0 = ((count - 1) / lanes) * lanes; i0 >= 0; i0 -= lanes) {
@@ -530,10 +548,10 @@ static Py_ssize_t encode_lanes(const void *symbols, int wide, Py_ssize_t count, 
             if (s >= (uint32_t)alphabet || freq[s] <= 0)
                 return -1;
             int64_t f = freq[s], state = x[j];
-            if (state >= f << (32 - bits)) {
-                words[--at] = (uint16_t)(state & 0xFFFF);
-                state >>= 16;
-            }
+            int64_t emit = state >= f << (32 - bits);  /* branch-free: at > i0 + j, so words[at - 1] exists */
+            words[at - 1] = (uint16_t)(state & 0xFFFF);  /* kept only if `at` moves past it */
+            at -= emit;
+            state >>= emit << 4;
             /* state // f by a float multiply: state < 2^32, so state x (1/f) is within 1 of the quotient, and one
                correction of the remainder makes it exact (a 64-bit division costs several times more) */
             int64_t q = (int64_t)((double)state * inverse[s]);
@@ -592,7 +610,8 @@ static PyObject *rans_encode(PyObject *self, PyObject *args)
         inverse[s] = freq[s] ? 1.0 / (double)freq[s] : 0.0;
     for (Py_ssize_t j = 0; j < lanes; j++)
         x[j] = low;
-    at = encode_lanes(symbols, wide, count, freq, cum, inverse, nf, bits, lanes, x, words);
+    at = wide ? encode_lanes(symbols, 1, count, freq, cum, inverse, nf, bits, lanes, x, words)
+              : encode_lanes(symbols, 0, count, freq, cum, inverse, nf, bits, lanes, x, words);
     Py_END_ALLOW_THREADS
     free(inverse);
     if (at < 0) {
@@ -684,6 +703,55 @@ static PyObject *histogram(PyObject *self, PyObject *args)
         bad("_ckernels.histogram: a symbol outside the alphabet");
         goto fail;
     }
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* floor(log2(v)) of v >= 1. */
+static inline int floor_log2(uint64_t v)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return 63 - __builtin_clzll(v);
+#else
+    int m = 0;
+    while (v >>= 1)
+        m++;
+    return m;
+#endif
+}
+
+/* golomb_costs(values int64, out int64[orders]): out[k] = the bits of every value's Exp-Golomb code of order k,
+   sum of 2m - k + 1 where v + 2^k has m + 1 bits (rans.best_order's costs; integers, so exactly numpy's). */
+static PyObject *golomb_costs(PyObject *self, PyObject *args)
+{
+    PyObject *o_values, *o_out;
+    Py_ssize_t n, orders;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO", &o_values, &o_out))
+        return NULL;
+    const int64_t *values = take(&b, o_values, 8, 0, &n, "values");
+    int64_t *out = values ? take(&b, o_out, 8, 1, &orders, "out") : NULL;
+    if (!out)
+        goto fail;
+    int fits = orders >= 1 && orders <= 32;
+    for (Py_ssize_t i = 0; i < n && fits; i++)
+        fits = values[i] >= 0 && values[i] < (int64_t)1 << 52;
+    if (!fits) {
+        bad("_ckernels.golomb_costs: a value outside 0..2^52 or too many orders");
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < orders; k++) {
+        int64_t bits = 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            bits += 2 * floor_log2((uint64_t)values[i] + ((uint64_t)1 << k)) - k + 1;
+        out[k] = bits;
+    }
+    Py_END_ALLOW_THREADS
     release(&b);
     Py_RETURN_NONE;
 fail:
@@ -862,6 +930,7 @@ static PyMethodDef methods[] = {
     {"rans_encode", rans_encode, METH_VARARGS, "run the rans lanes backwards; the first word's index"},
     {"histogram", histogram, METH_VARARGS, "occurrences of every symbol"},
     {"normalize", normalize, METH_VARARGS, "rans frequency normalization for several totals"},
+    {"golomb_costs", golomb_costs, METH_VARARGS, "Exp-Golomb code sizes of some values for every order"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,7 +2,7 @@
 
 Each function allocates its outputs as numpy arrays and hands every array to the C function by the buffer protocol,
 so the C needs no numpy headers. Same arguments, same results as the numba kernels (see that module's doc), plus
-`histogram` and `normalize`, the rans encoder's statistics. Imported only through `_kernels`.
+`histogram`, `normalize` and `golomb_costs`, the rans encoder's statistics. Imported only through `_kernels`.
 """
 
 from __future__ import annotations
@@ -81,4 +81,11 @@ def normalize(counts: np.ndarray, totals: np.ndarray, up: np.ndarray, down: np.n
     out = np.empty((totals.size, counts.size), dtype=np.int64)
     _c.normalize(np.ascontiguousarray(counts, dtype=np.int64), np.ascontiguousarray(totals, dtype=np.int64), up, down,
                  rounds, out)
+    return out
+
+
+def golomb_costs(values: np.ndarray, orders: int) -> np.ndarray:
+    """The bits of the values' Exp-Golomb codes for each order 0..orders - 1 (rans.best_order's costs)."""
+    out = np.empty(orders, dtype=np.int64)
+    _c.golomb_costs(np.ascontiguousarray(values, dtype=np.int64), out)
     return out

@@ -21,6 +21,7 @@ from types import ModuleType
 import numpy as np
 
 from dcframe import ConfigError
+from dcframe.core import streams
 
 ENV = "DCFRAME_KERNELS"
 CHOICES = ("auto", "c", "numba", "numpy")
@@ -84,11 +85,8 @@ def compiled(symbols: int) -> ModuleType | None:
 
 def symbol_counts(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     """np.bincount(symbols, minlength=alphabet) (int64) of uint8 / uint16 symbols below `alphabet`: the C kernels'
-    histogram where they run (bincount widens every symbol to 64 bits first), else bincount in cache-sized pieces."""
+    histogram where they run (bincount widens every symbol to 64 bits first), else dcframe's blocked bincount."""
     kernels = compiled(symbols.size)
     if kernels is not None and hasattr(kernels, "histogram"):
         return kernels.histogram(symbols, alphabet)
-    counts = np.zeros(alphabet, dtype=np.int64)
-    for lo in range(0, symbols.size, 1 << 18):
-        counts += np.bincount(symbols[lo:lo + (1 << 18)], minlength=alphabet)
-    return counts
+    return streams.symbol_counts(symbols, alphabet)

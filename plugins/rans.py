@@ -139,14 +139,19 @@ def choose_scale(counts: np.ndarray, scale_bits: int) -> tuple[int, np.ndarray]:
 
 
 def _golomb_widths(values: np.ndarray, order: np.ndarray | int) -> np.ndarray:
-    """m per value: values + 2^order has m + 1 bits (the Exp-Golomb code takes m - order zeros and those bits)."""
-    return np.floor(np.log2(values.astype(np.float64) + np.left_shift(1, order))).astype(np.int64)  # exact < 2^52
+    """m per value: values + 2^order has m + 1 bits (the Exp-Golomb code takes m - order zeros and those bits).
+    frexp's exponent: exact for every integer below 2^53, as the C kernels' bit counts are."""
+    return np.frexp(values.astype(np.float64) + np.left_shift(1, order))[1].astype(np.int64) - 1
 
 
 def best_order(values: np.ndarray) -> tuple[int, int]:
     """The Exp-Golomb order 0..MAX_ORDER coding `values` in the fewest bits, and those bits."""
-    orders = np.arange(MAX_ORDER + 1)
-    costs = (2 * _golomb_widths(values[None, :], orders[:, None]) - orders[:, None] + 1).sum(axis=1)  # every order
+    kernels = compiled(values.size)
+    if kernels is not None and hasattr(kernels, "golomb_costs"):
+        costs = kernels.golomb_costs(values, MAX_ORDER + 1)
+    else:
+        orders = np.arange(MAX_ORDER + 1)
+        costs = (2 * _golomb_widths(values[None, :], orders[:, None]) - orders[:, None] + 1).sum(axis=1)
     k = int(np.argmin(costs))
     return k, int(costs[k])
 
