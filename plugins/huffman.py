@@ -10,8 +10,8 @@ most `segment_size`, see `choose_segment_size`) so that mid-size streams still h
 runs every segment in lockstep: one numpy step decodes one symbol of every segment at once (a long stream from
 its segments' words interleaved, and as many codes per 64-bit refill as the stream's bits per symbol suggest, with
 the steps redone where a segment ran out of bits); a stream of a few segments is decoded by a plain loop instead.
-With the `fast` extra, compiled kernels (`_kernels`) pack and decode instead, with the same bytes, symbols and
-errors.
+Compiled kernels (`_kernels`: the C extension where it was built, or numba with the `fast` extra) pack and decode
+instead, with the same bytes, symbols and errors.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from dcframe import Bytes, ConfigError, FormatError, Stage, Symbols, hookimpl
 from dcframe.core.streams import coder_symbols, declared_symbols
 
-from ._kernels import compiled
+from ._kernels import compiled, symbol_counts
 
 LIMIT = 16  # the longest code a decoder accepts
 MAX_ALPHABET = 1 << 16
@@ -139,9 +139,7 @@ class Huffman(Stage):
         meta = {"count": count, "alphabet": alphabet}
         if count == 0:
             return {"data": Bytes(b"")}, meta
-        freq = np.zeros(alphabet, dtype=np.int64)
-        for lo in range(0, count, 1 << 18):  # in cache-sized pieces: bincount widens to int64 first
-            freq += np.bincount(symbols[lo:lo + (1 << 18)], minlength=alphabet)
+        freq = symbol_counts(symbols, alphabet)
         used = np.flatnonzero(freq)
         # automatic raise: a limit below ceil(log2(distinct symbols)) cannot hold them all
         limit = max(self.max_bits, int(used.size - 1).bit_length())

@@ -8,18 +8,21 @@ The table holds, per used symbol, its gap to the previous one (Exp-Golomb order 
 bit-packed LSB-first and padded to a byte; the frequencies sum to 2^n. Symbol i goes to lane i mod K; every lane
 holds a 32-bit state in [2^16, 2^32) and renormalizes by 16-bit words, so one numpy step codes one symbol of every
 lane at once (encode runs the steps backwards). The encoder starts every lane at 2^16, so a decoder ends with every
-state at 2^16 and every word read. With the `fast` extra, compiled kernels (`_kernels`) run the lanes and read the
-table instead, with the same bytes, symbols and errors.
+state at 2^16 and every word read. Compiled kernels (`_kernels`: the C extension where it was built, or numba with the
+`fast` extra) run the lanes and read the table instead, with the same bytes, symbols and errors; the C kernels also
+count the symbols and normalize the frequencies.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 import numpy as np
 
 from dcframe import Bytes, FormatError, Stage, Symbols, hookimpl
 from dcframe.core.streams import coder_symbols, declared_symbols
 
-from ._kernels import compiled
+from ._kernels import compiled, symbol_counts
 
 MAX_ALPHABET = 1 << 16
 STATE_LOW = 1 << 16  # L: states live in [L, 2^32); the encoder's initial state and the decoder's final one
@@ -54,6 +57,9 @@ def normalize_all(counts: np.ndarray, bits: list[int]) -> list[np.ndarray]:
     """`normalize(counts, b)` for every b in `bits`, the bisections of all run together (one numpy step each for
     every total): the same floating-point operations per total, so the same frequencies, in far fewer calls."""
     totals = np.left_shift(1, np.array(bits, dtype=np.int64))
+    kernels = compiled(int(counts.sum()))
+    if kernels is not None and hasattr(kernels, "normalize"):  # the C kernels: the same operations, no numpy calls
+        return list(kernels.normalize(counts, totals, *_log_steps(), EXCHANGE_ROUNDS))
     share = counts.astype(np.float64) / float(counts.sum())
     lo = np.zeros(totals.size)
     hi = 2.0 * totals + 1  # fill(lo) sums to counts.size <= total; fill(hi) to more than total
@@ -66,14 +72,25 @@ def normalize_all(counts: np.ndarray, bits: list[int]) -> list[np.ndarray]:
     return [_settle(counts, fill, int(total)) for fill, total in zip(fills, totals, strict=True)]
 
 
+@cache
+def _log_steps() -> tuple[np.ndarray, np.ndarray]:
+    """Tables over f = 0..2^16 of log2((f + 1) / f) and log2(f / (f - 1)) (inf where undefined): what one unit more or
+    less changes a code length by. Both normalizers (numpy, C) read them, so they compare the very same numbers."""
+    f = np.arange(1, (1 << 16) + 1, dtype=np.int64)
+    up = np.concatenate([[np.inf], np.log2((f + 1) / f)])
+    down = np.concatenate([[np.inf, np.inf], np.log2(f[1:] / (f[1:] - 1))])
+    return up, down
+
+
 def _settle(counts: np.ndarray, freq: np.ndarray, total: int) -> np.ndarray:
     """normalize's last two steps: hand out the units left over, then move single units while that lowers the cost."""
+    more, less = _log_steps()
     while (left := total - int(freq.sum())) > 0:  # one round in practice: fewer units left than symbols
-        gain = counts * np.log2((freq + 1) / freq)
+        gain = counts * more[freq]
         freq[np.argsort(-gain, kind="stable")[:left]] += 1
     for _ in range(EXCHANGE_ROUNDS):  # move single units while that lowers the cost (the floor of 1 skews shares)
-        gain = counts * np.log2((freq + 1) / freq)
-        loss = np.where(freq > 1, counts * np.log2(freq / np.maximum(freq - 1, 1)), np.inf)
+        gain = counts * more[freq]
+        loss = np.where(freq > 1, counts * less[freq], np.inf)
         up, down = np.argsort(-gain, kind="stable"), np.argsort(loss, kind="stable")
         moves = int(np.count_nonzero(gain[up] > loss[down] * (1 + 1e-12)))  # a prefix: gains fall, losses rise
         if not moves:
@@ -122,14 +139,19 @@ def choose_scale(counts: np.ndarray, scale_bits: int) -> tuple[int, np.ndarray]:
 
 
 def _golomb_widths(values: np.ndarray, order: np.ndarray | int) -> np.ndarray:
-    """m per value: values + 2^order has m + 1 bits (the Exp-Golomb code takes m - order zeros and those bits)."""
-    return np.floor(np.log2(values.astype(np.float64) + np.left_shift(1, order))).astype(np.int64)  # exact < 2^52
+    """m per value: values + 2^order has m + 1 bits (the Exp-Golomb code takes m - order zeros and those bits).
+    frexp's exponent: exact for every integer below 2^53, as the C kernels' bit counts are."""
+    return np.frexp(values.astype(np.float64) + np.left_shift(1, order))[1].astype(np.int64) - 1
 
 
 def best_order(values: np.ndarray) -> tuple[int, int]:
     """The Exp-Golomb order 0..MAX_ORDER coding `values` in the fewest bits, and those bits."""
-    orders = np.arange(MAX_ORDER + 1)
-    costs = (2 * _golomb_widths(values[None, :], orders[:, None]) - orders[:, None] + 1).sum(axis=1)  # every order
+    kernels = compiled(values.size)
+    if kernels is not None and hasattr(kernels, "golomb_costs"):
+        costs = kernels.golomb_costs(values, MAX_ORDER + 1)
+    else:
+        orders = np.arange(MAX_ORDER + 1)
+        costs = (2 * _golomb_widths(values[None, :], orders[:, None]) - orders[:, None] + 1).sum(axis=1)
     k = int(np.argmin(costs))
     return k, int(costs[k])
 
@@ -231,7 +253,7 @@ class Rans(Stage):
         meta = {"count": count, "alphabet": alphabet}
         if count == 0:
             return {"data": Bytes(b"")}, meta
-        counts = np.bincount(symbols, minlength=alphabet)
+        counts = symbol_counts(symbols, alphabet)
         used = np.flatnonzero(counts)
         bits, freq_used = choose_scale(counts[used], self.scale_bits)
         freq = np.zeros(alphabet, dtype=np.int64)

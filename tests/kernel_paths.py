@@ -10,8 +10,8 @@ from dcframe_plugins import _kernels
 
 
 def available() -> tuple[str, ...]:
-    """The paths this install can run: numpy always, numba with the `fast` extra."""
-    return ("numpy", "numba") if _kernels.installed() else ("numpy",)
+    """The paths this install can run: numpy always, c where the extension was built, numba with the `fast` extra."""
+    return ("numpy", *_kernels.available())
 
 
 @contextmanager

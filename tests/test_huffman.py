@@ -315,8 +315,8 @@ DECODE_PATHS = {  # module constants that force one numpy decoder: scalar, or on
     "lockstep, interleaved, small blocks": {"SCALAR_LANES": 0, "INTERLEAVE_BYTES": 0, "LANES": 3, "CHUNK_CELLS": 64,
                                             "TILE": 2},
 }
-if "numba" in available():
-    DECODE_PATHS["kernels"] = {}  # the compiled decoder (tests/test_kernels.py compares the two paths further)
+for _kind in available()[1:]:
+    DECODE_PATHS[_kind] = {}  # a compiled decoder, c or numba (tests/test_kernels.py compares the paths further)
 
 
 def decode_with(path: str, data: bytes, meta: dict) -> bytes | str:
@@ -326,7 +326,7 @@ def decode_with(path: str, data: bytes, meta: dict) -> bytes | str:
     try:
         for key, value in DECODE_PATHS[path].items():
             setattr(module, key, value)
-        with coder_path("numba" if path == "kernels" else "numpy"):
+        with coder_path(path if path in ("c", "numba") else "numpy"):
             return Huffman().decode({"data": Bytes(data)}, meta).array.tobytes()
     except FormatError as exc:
         return f"FormatError: {exc}"

@@ -1,18 +1,21 @@
-"""The compiled kernels (numba, the `fast` extra) and the numpy path of huffman and rans agree exactly: the same bytes
-from the encoders, the same symbols from the decoders, the same FormatError (class and message) on damaged streams;
-DCFRAME_KERNELS chooses the path, and nothing imports numba before a stage codes something."""
+"""The compiled kernels (the C extension, and numba with the `fast` extra) and the numpy path of huffman and rans agree
+exactly: the same bytes from the encoders, the same symbols from the decoders, the same FormatError (class and message)
+on damaged streams; every kernel kind is compared with numpy. DCFRAME_KERNELS chooses the path, `auto` takes the C
+kernels wherever they are built, and nothing imports numba before a stage codes something."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import numpy as np
 import pytest
 from dcframe_plugins import _kernels
 from dcframe_plugins.huffman import LIMIT, Huffman, bit_reverse, canonical_codes, limited_code_lengths
-from dcframe_plugins.rans import Rans, golomb_pack
+from dcframe_plugins.rans import EXCHANGE_ROUNDS, Rans, _log_steps, golomb_pack, normalize_all
 from hypothesis import given
 from hypothesis import strategies as st
 from kernel_paths import coder_path
@@ -20,17 +23,29 @@ from strategies import symbol_arrays
 
 from dcframe import Bytes, ConfigError, DcfError, Symbols
 
-PATHS = ("numpy", "numba")
+KINDS = ("c", "numba")
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    """The kernels module; CI installs the `fast` extra, so there a missing numba fails instead of skipping."""
-    if not _kernels.installed():
-        if os.environ.get("CI"):
-            pytest.fail("CI must test both paths: numba is missing (install the `fast` extra)")
-        pytest.skip("numba is not installed (the `fast` extra): only the numpy path can run")
-    return _kernels._load()
+def compiler_present() -> bool:
+    """Whether the C compiler Python was built with (what setup.py's build uses) is on this machine."""
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "").split()
+    return bool(cc) and shutil.which(cc[0]) is not None
+
+
+def required(kind: str) -> bool:
+    """CI must test every path it can: numba (it installs the `fast` extra) and, with a compiler there, the C build."""
+    return bool(os.environ.get("CI")) and (kind == "numba" or compiler_present())
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def kind(request) -> str:
+    """Each kernel kind this install has; in CI a missing one fails instead of skipping (see `required`)."""
+    if not _kernels.installed(request.param):
+        reason = f"the {request.param} kernels do not import ({_kernels._missing.get(request.param)})"
+        if required(request.param):
+            pytest.fail(f"CI must test every path: {reason}")
+        pytest.skip(reason)
+    return request.param
 
 
 def on_path(path: str, fn):
@@ -42,11 +57,11 @@ def on_path(path: str, fn):
             return type(exc).__name__, str(exc)
 
 
-def both(fn) -> object:
-    """fn()'s result on both paths, asserted equal (arrays compared by dtype and bytes)."""
-    results = [on_path(path, fn) for path in PATHS]
+def both(kind: str, fn) -> object:
+    """fn()'s result on the numpy path and on the `kind` kernels, asserted equal (arrays by dtype and bytes)."""
+    results = [on_path(path, fn) for path in ("numpy", kind)]
     keys = [(r.dtype.str, r.tobytes()) if isinstance(r, np.ndarray) else r for r in results]
-    assert keys[0] == keys[1], f"numpy path: {str(keys[0])[:200]}\nkernels: {str(keys[1])[:200]}"
+    assert keys[0] == keys[1], f"numpy path: {str(keys[0])[:200]}\n{kind} kernels: {str(keys[1])[:200]}"
     return results[0]
 
 
@@ -73,44 +88,44 @@ def damage(data: bytes, draw) -> bytes:
 
 
 @given(symbol_arrays(), stages)
-def test_paths_write_the_same_bytes_and_decode_the_same_symbols(kernels, case, stage):
+def test_paths_write_the_same_bytes_and_decode_the_same_symbols(kind, case, stage):
     array, alphabet = case
-    data = both(lambda: stage.encode(Symbols(array, alphabet))[0]["data"].data)
+    data = both(kind, lambda: stage.encode(Symbols(array, alphabet))[0]["data"].data)
     meta = {"count": int(array.size), "alphabet": alphabet}
-    decoded = both(lambda: stage.decode({"data": Bytes(data)}, meta).array)
+    decoded = both(kind, lambda: stage.decode({"data": Bytes(data)}, meta).array)
     assert decoded.astype(np.uint64).tobytes() == array.astype(np.uint64).tobytes()
 
 
 @given(symbol_arrays(), stages, st.data())
-def test_paths_reject_damaged_streams_alike(kernels, case, stage, data):
+def test_paths_reject_damaged_streams_alike(kind, case, stage, data):
     """Flipped bits, changed bytes, cut or extended streams: the same symbols or the same FormatError, both paths."""
     array, alphabet = case
     stream = stage.encode(Symbols(array, alphabet))[0]["data"].data
     bad = damage(stream, data.draw)
     meta = {"count": int(array.size), "alphabet": alphabet}
-    result = both(lambda: stage.decode({"data": Bytes(bad)}, meta).array)
+    result = both(kind, lambda: stage.decode({"data": Bytes(bad)}, meta).array)
     assert isinstance(result, np.ndarray) or result[0] == "FormatError"
 
 
 @given(st.binary(min_size=1, max_size=300), st.integers(1, 5000), st.sampled_from([1, 2, 32, 256, 300, 65536]),
        st.sampled_from([Huffman, Rans]))
-def test_paths_reject_random_bytes_alike(kernels, data, count, alphabet, stage):
-    result = both(lambda: stage().decode({"data": Bytes(data)}, {"count": count, "alphabet": alphabet}).array)
+def test_paths_reject_random_bytes_alike(kind, data, count, alphabet, stage):
+    result = both(kind, lambda: stage().decode({"data": Bytes(data)}, {"count": count, "alphabet": alphabet}).array)
     assert isinstance(result, np.ndarray) or result[0] == "FormatError"
 
 
-def test_long_streams_take_the_same_paths(kernels):
+def test_long_streams_take_the_same_paths(kind):
     """Streams long enough for the numpy path's pair decoder and many lane blocks, 5-bit and 16-bit symbols."""
     rng = np.random.default_rng(13)
     for array, alphabet in [(np.minimum(rng.geometric(0.25, 300_000) - 1, 31).astype(np.uint8), 32),
                             (rng.integers(0, 3000, 200_000).astype(np.uint16), 3000)]:
         for stage in (Huffman(), Rans()):
-            data = both(lambda: stage.encode(Symbols(array, alphabet))[0]["data"].data)  # noqa: B023
+            data = both(kind, lambda: stage.encode(Symbols(array, alphabet))[0]["data"].data)  # noqa: B023
             meta = {"count": array.size, "alphabet": alphabet}
-            assert both(lambda: stage.decode({"data": Bytes(data)}, meta).array).tobytes() == array.tobytes()  # noqa: B023
+            assert both(kind, lambda: stage.decode({"data": Bytes(data)}, meta).array).tobytes() == array.tobytes()  # noqa: B023
 
 
-def test_huffman_segments_running_past_the_payload_fail_alike(kernels):
+def test_huffman_segments_running_past_the_payload_fail_alike(kind):
     """Every segment offset moved to the payload's end but the last: the decoders read far past their segments
     (the kernel's reads are clamped to the buffer) and both fail the end check with the same message."""
     array = np.random.default_rng(1).integers(0, 32, 20_000).astype(np.uint8)
@@ -120,15 +135,15 @@ def test_huffman_segments_running_past_the_payload_fail_alike(kernels):
     ends = np.frombuffer(data, "<u4", count=nseg, offset=8 + tsize).copy()
     ends[:-1] = ends[:-1] // 2  # earlier starts: the first segments overrun into their neighbours
     bad = data[:8 + tsize] + ends.tobytes() + data[8 + tsize + 4 * nseg:]
-    result = both(lambda: Huffman().decode({"data": Bytes(bad)}, {"count": array.size, "alphabet": 32}).array)
+    result = both(kind, lambda: Huffman().decode({"data": Bytes(bad)}, {"count": array.size, "alphabet": 32}).array)
     assert result[0] == "FormatError"
 
 
-def test_rans_truncated_words_fail_alike(kernels):
+def test_rans_truncated_words_fail_alike(kind):
     array = np.random.default_rng(2).integers(0, 200, 50_000).astype(np.uint8)
     data = Rans().encode(Symbols(array, 200))[0]["data"].data
     for cut in (2, 64, 1000):
-        result = both(lambda: Rans().decode({"data": Bytes(data[:-cut])}, {"count": array.size, "alphabet": 200}))  # noqa: B023
+        result = both(kind, lambda: Rans().decode({"data": Bytes(data[:-cut])}, {"count": array.size, "alphabet": 200}))  # noqa: B023
         assert result[0] == "FormatError"
 
 
@@ -136,12 +151,17 @@ def test_environment_variable_chooses_the_path(monkeypatch):
     monkeypatch.setenv(_kernels.ENV, "numpy")
     assert _kernels.compiled(1 << 30) is None
     monkeypatch.setenv(_kernels.ENV, "fortran")
-    with pytest.raises(ConfigError, match="DCFRAME_KERNELS='fortran' is not one of auto, numba, numpy"):
+    with pytest.raises(ConfigError, match="DCFRAME_KERNELS='fortran' is not one of auto, c, numba, numpy"):
         _kernels.compiled(10)
-    monkeypatch.setattr(_kernels, "_module", None)
-    monkeypatch.setattr(_kernels, "_missing", "No module named 'numba'")
+    monkeypatch.setattr(_kernels, "_modules", {})
+    monkeypatch.setattr(_kernels, "_missing", {"numba": "No module named 'numba'",
+                                               "c": "No module named 'dcframe_plugins._ckernels'"})
     monkeypatch.setenv(_kernels.ENV, "numba")
     with pytest.raises(ConfigError, match=r"numba, but the kernels do not import .*dcframe\[fast\]"):
+        _kernels.compiled(10)
+    monkeypatch.setenv(_kernels.ENV, "c")
+    with pytest.raises(ConfigError, match=r"DCFRAME_KERNELS=c, but the kernels do not import \(No module named "
+                                          r"'dcframe_plugins._ckernels'\); reinstall with a C compiler"):
         _kernels.compiled(10)
     monkeypatch.setenv(_kernels.ENV, "auto")
     assert _kernels.compiled(1 << 30) is None  # auto falls back to numpy
@@ -150,33 +170,55 @@ def test_environment_variable_chooses_the_path(monkeypatch):
     assert Huffman().decode(outputs, meta).array.tobytes() == array.tobytes()
 
 
-NUMBA_LOADED = """
+def test_c_kernels_are_built_where_ci_has_a_compiler():
+    """A broken C build must not fall back to numba or numpy unnoticed: in CI, with a compiler present, the extension
+    imports (.ci/run also builds it with DCFRAME_REQUIRE_CKERNELS=1, so setup.py fails there first)."""
+    if not required("c"):
+        pytest.skip("not CI, or no C compiler: the C kernels are optional")
+    assert _kernels.installed("c"), _kernels._missing.get("c")
+
+
+def test_auto_prefers_the_c_kernels(monkeypatch):
+    """Under `auto` every stream, however short, takes the C kernels when they are built: no import threshold."""
+    if not _kernels.installed("c"):
+        pytest.skip(f"the C kernels are not built ({_kernels._missing.get('c')})")
+    monkeypatch.delenv(_kernels.ENV, raising=False)
+    assert _kernels.compiled(1) is _kernels._load("c")
+    assert _kernels.available()[0] == "c"
+
+
+KERNELS_LOADED = """
 import sys, numpy as np, dcframe
 from dcframe.core.registry import get_registry
 assert 'huffman' in get_registry().stages
 import dcframe_plugins.huffman as h, dcframe_plugins.rans as r
-loaded = lambda: 'numba' in sys.modules or 'dcframe_plugins._numba_kernels' in sys.modules
+loaded = lambda: ['numba' in sys.modules or 'dcframe_plugins._numba_kernels' in sys.modules,
+                  'dcframe_plugins._ckernels' in sys.modules]
+print(*loaded())
 small = dcframe.Symbols(np.arange(1000, dtype=np.uint8) % 5, 5)
 h.Huffman().decode(*h.Huffman().encode(small)), r.Rans().decode(*r.Rans().encode(small))
-print(loaded())
+print(*loaded())
 big = dcframe.Symbols(np.arange(1 << 17, dtype=np.uint8) % 5, 5)
 h.Huffman().encode(big)
-print(loaded())
+print(*loaded())
 """
 
 
-def test_numba_is_imported_only_for_a_long_stream():
-    """Importing dcframe and its stages, listing them and coding small streams never pays numba's import (about
-    0.3-0.5 s of CPU); under `auto` the first stream of IMPORT_MIN symbols loads the kernels, if installed."""
+def test_kernels_are_imported_only_when_a_stream_is_coded():
+    """Importing dcframe and its stages and listing them loads no kernels; under `auto` the first stream loads the C
+    kernels where they are built, and numba (about 0.3-1 s of CPU) is then never imported. Without them, only the
+    first stream of IMPORT_MIN symbols loads numba's, if installed."""
     env = {k: v for k, v in os.environ.items() if k != _kernels.ENV}
-    done = subprocess.run([sys.executable, "-c", NUMBA_LOADED], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-c", KERNELS_LOADED], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", str(_kernels.installed())]
+    c, numba = _kernels.installed("c"), _kernels.installed("numba")
+    expected = [[False, False], [False, c], [numba and not c, c]]
+    assert [line.split() for line in done.stdout.splitlines()] == [[str(v) for v in row] for row in expected]
     assert _kernels.IMPORT_MIN == 1 << 17  # the script's long stream
 
 
 @given(st.lists(st.integers(1, 1000), min_size=1, max_size=300), st.integers(1, 16), st.integers(0, 65535 - 300))
-def test_kernel_decode_table_is_the_canonical_code(kernels, weights, limit, offset):
+def test_kernel_decode_table_is_the_canonical_code(kind, weights, limit, offset):
     """The kernel builds its table from the code lengths alone (a counting pass, issue 13): every entry is the
     (symbol, length) of the canonical code `canonical_codes` assigns, also for symbols far into a 2^16 alphabet."""
     weights = np.array(weights, dtype=np.int64)
@@ -184,7 +226,7 @@ def test_kernel_decode_table_is_the_canonical_code(kernels, weights, limit, offs
     lengths = np.zeros(offset + weights.size, dtype=np.int64)
     lengths[offset:] = limited_code_lengths(weights, limit)
     width = int(lengths.max())
-    lut = kernels.huffman_table(lengths, width, LIMIT)
+    lut = _kernels._load(kind).huffman_table(lengths, width, LIMIT)
     codes, ordered = canonical_codes(lengths)
     rev = bit_reverse(codes[ordered], lengths[ordered])
     for s, n, r in zip(ordered.tolist(), lengths[ordered].tolist(), rev.tolist(), strict=True):
@@ -203,25 +245,84 @@ def rans_stream(bits: int, freq: list[int], states: list[int], words: list[int])
 
 
 @pytest.mark.parametrize("count", [1, 1000, 70_000])
-def test_rans_full_scale_single_symbol_decodes_alike(kernels, count):
+def test_rans_full_scale_single_symbol_decodes_alike(kind, count):
     """n = 16 with one symbol of frequency 2^16 (17 bits: the kernel's packed table keeps it whole): every state stays
     2^16 and no word is read; both paths decode the zeros, and a stray word is left unread on both."""
     lanes = min(count, 3)
     data = rans_stream(16, [1 << 16], [1 << 16] * lanes, [])
     meta = {"count": count, "alphabet": 1}
-    assert both(lambda: Rans().decode({"data": Bytes(data)}, meta).array).tobytes() == bytes(count)
-    result = both(lambda: Rans().decode({"data": Bytes(data + b"\x07\x00")}, meta).array)
+    assert both(kind, lambda: Rans().decode({"data": Bytes(data)}, meta).array).tobytes() == bytes(count)
+    result = both(kind, lambda: Rans().decode({"data": Bytes(data + b"\x07\x00")}, meta).array)
     assert result == ("FormatError", "rans: 1 of 1 words left unread")
 
 
 @pytest.mark.parametrize("share", [0.5, 0.01])
-def test_rans_truncated_last_steps_fail_alike(kernels, share):
+def test_rans_truncated_last_steps_fail_alike(kind, share):
     """The kernel reads each lane's next word before it knows whether the lane needs it (words past the stream are
     zero padding): cut streams must still fail at the same step, with the same message, as the numpy path's, also
     with a short last step (5003 symbols in 5 lanes) and rare symbols that take a word almost every time."""
     array = (np.random.default_rng(7).random(5003) < share).astype(np.uint8)
     data = Rans(scale_bits=16, lanes=5).encode(Symbols(array, 2))[0]["data"].data
     meta = {"count": array.size, "alphabet": 2}
-    assert both(lambda: Rans().decode({"data": Bytes(data)}, meta).array).tobytes() == array.tobytes()
+    assert both(kind, lambda: Rans().decode({"data": Bytes(data)}, meta).array).tobytes() == array.tobytes()
     for cut in (2, 4, 10, 30, 200):
-        assert both(lambda: Rans().decode({"data": Bytes(data[:-cut])}, meta).array)[0] == "FormatError"  # noqa: B023
+        assert both(kind, lambda: Rans().decode({"data": Bytes(data[:-cut])}, meta).array)[0] == "FormatError"  # noqa: B023
+
+
+def c_kernels():
+    """The C kernels' module, or a skip (a failure in CI with a compiler: test_c_kernels_are_built_where...)."""
+    if not _kernels.installed("c"):
+        pytest.skip(f"the C kernels are not built ({_kernels._missing.get('c')})")
+    return _kernels._load("c")
+
+
+@given(st.integers(0, 3000), st.sampled_from([1, 2, 200, 256, 257, 3000, 65536]), st.integers(0, 2**32 - 1))
+def test_c_histogram_is_bincount(count, alphabet, seed):
+    """The C encoders' symbol counts equal np.bincount's, for 1- and 2-byte symbols; a symbol outside the alphabet
+    is refused (ValueError), never counted past the output."""
+    kernels = c_kernels()
+    dtype = np.uint8 if alphabet <= 256 else np.uint16
+    array = np.random.default_rng(seed).integers(0, alphabet, count).astype(dtype)
+    counts = kernels.histogram(array, alphabet)
+    assert counts.dtype == np.int64 and counts.tobytes() == np.bincount(array, minlength=alphabet).tobytes()
+    if count and alphabet > 1:
+        with pytest.raises(ValueError, match="outside the alphabet"):
+            kernels.histogram(array, int(array.max()))
+
+
+@given(st.lists(st.integers(1, 10**9), min_size=1, max_size=400), st.integers(0, 15), st.data())
+def test_c_normalize_gives_the_numpy_frequencies(counts, low, data):
+    """The C normalizer gives normalize_all's frequencies for every total, ties and skewed counts included."""
+    kernels = c_kernels()
+    counts = np.array(counts, dtype=np.int64)
+    if data.draw(st.booleans()):  # many equal counts: ties in every argsort
+        counts = counts[:1].repeat(counts.size) + np.arange(counts.size) % 3
+    first = max(low, int(counts.size - 1).bit_length(), 1)
+    bits = list(range(first, max(first, 16) + 1))
+    with coder_path("numpy"):
+        want = normalize_all(counts, bits)
+    got = kernels.normalize(counts, np.left_shift(1, np.array(bits, dtype=np.int64)), *_log_steps(), EXCHANGE_ROUNDS)
+    assert [row.tobytes() for row in got] == [row.tobytes() for row in want]
+    assert all(int(row.sum()) == 1 << b for row, b in zip(got, bits, strict=True))
+
+
+def test_c_kernels_refuse_inconsistent_calls():
+    """Sizes are checked against the buffers before any loop: a wrong call raises ValueError, never reads or writes
+    outside the arrays handed over."""
+    c = c_kernels()._c
+    lut = np.zeros(1 << 4, np.int32)
+    with pytest.raises(ValueError, match="exceeds the table width"):
+        c.huffman_table(np.array([5, 1], np.int64), 4, 16, lut)
+    words, out = np.zeros(4, np.uint64), np.zeros(10, np.uint8)
+    with pytest.raises(ValueError, match="outside the buffers"):  # a segment's symbols past `out`
+        c.huffman_decode(words, np.zeros(2, np.int64), np.array([6, 6]), 6, lut, 4, out, np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="inconsistent buffer sizes"):  # fewer than nwords + lanes words
+        c.rans_decode(np.full(4, 1 << 16), np.zeros(5, np.uint16), 2, 8, 2, np.zeros(4, np.uint64), out[:8],
+                      1 << 16)
+    with pytest.raises(ValueError, match="do not sum"):
+        c.rans_table(np.array([0, 1]), np.array([1, 2]), 2, np.zeros(4, np.uint64))
+    with pytest.raises(ValueError, match="outside the frequency table"):  # symbol 3 of a 2-symbol table
+        c.rans_encode(np.array([0, 3], np.uint8), np.array([2, 2]), np.array([0, 2]), 2, 1, 1 << 16,
+                      np.zeros(1, np.int64), np.zeros(2, np.uint16))
+    with pytest.raises(ValueError, match="items of 8 bytes"):  # int64 symbols: not a symbol array
+        c.histogram(np.zeros(3, np.int64), np.zeros(4, np.int64))

@@ -18,8 +18,9 @@ import dcframe
 from dcframe import DcfError, Policy, read_model, write_model
 from dcframe.core.orchestrator import compress_tensors, ordered_map, threadable
 
-NUMBA = importlib.util.find_spec("numba") is not None
-BYTES_ONLY = "bytegroup | zstd(level=1)"  # threadable with or without numba
+C_KERNELS = importlib.util.find_spec("dcframe_plugins._ckernels") is not None
+KERNELS = C_KERNELS or importlib.util.find_spec("numba") is not None  # compiled rans and huffman kernels
+BYTES_ONLY = "bytegroup | zstd(level=1)"  # threadable with or without kernels
 
 
 def _tensors(n: int = 9) -> dict[str, np.ndarray]:
@@ -39,9 +40,22 @@ def test_which_chains_are_threadable(monkeypatch):
     assert not threadable(_stages("prune(sparsity=0.5) | zstd"))
     assert not threadable(_stages("kmeans(bits=4) | huffman"))
     lossless = _stages(Policy(preset="lossless").lossless_pipeline())
-    assert threadable(lossless) == NUMBA  # rans's numpy path holds the GIL: processes there
+    assert threadable(lossless) == KERNELS  # rans's numpy path holds the GIL: processes there
     monkeypatch.setenv("DCFRAME_KERNELS", "numpy")
     assert not threadable(lossless) and threadable(_stages(BYTES_ONLY))
+
+
+def test_the_c_kernels_alone_make_rans_threadable(monkeypatch):
+    """Without numba, the C kernels (which release the GIL too) are what decides: threads where they are built,
+    also under DCFRAME_KERNELS=c, and processes under DCFRAME_KERNELS=numba."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a))
+    lossless = _stages(Policy(preset="lossless").lossless_pipeline())
+    assert threadable(lossless) == C_KERNELS
+    monkeypatch.setenv("DCFRAME_KERNELS", "c")
+    assert threadable(lossless) == C_KERNELS
+    monkeypatch.setenv("DCFRAME_KERNELS", "numba")
+    assert not threadable(lossless)
 
 
 @pytest.mark.parametrize("pipeline", [BYTES_ONLY, "zstd(level=1)", None])
@@ -51,7 +65,7 @@ def test_threaded_compress_writes_the_serial_bytes_without_processes(tmp_path, m
     def no_processes(*args, **kwargs):
         raise AssertionError("a threadable chain went to worker processes")
 
-    if pipeline is not None or NUMBA:  # the lossless preset without numba takes processes: still the same bytes
+    if pipeline is not None or KERNELS:  # the lossless preset without kernels takes processes: same bytes
         monkeypatch.setattr(orchestrator, "_compress_parallel", no_processes)
     path = tmp_path / "model.safetensors"
     write_model(path, _tensors())

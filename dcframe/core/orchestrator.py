@@ -352,8 +352,8 @@ def compress_tensors(tensors: Mapping[str, np.ndarray | Dense], policy: Policy, 
 
     With `jobs` > 1, tensors are encoded in that many worker processes, at most 2 * jobs in flight, and yielded in
     order: the same EncodedTensors (so the same file bytes) as a serial run. Global fits run once, here, first.
-    When every chain is threadable (the lossless preset's, with numba), `jobs` threads of this process encode them
-    instead (ordered_map), with the same results; `spill_dir` is then unused.
+    When every chain is threadable (the lossless preset's, with compiled kernels), `jobs` threads of this process
+    encode them instead (ordered_map), with the same results; `spill_dir` is then unused.
     With `spill_dir` as well (Linux), workers write their final streams to unnamed spill files (memfd, else temporary
     files in `spill_dir`) and the yielded tensors hold Spilled streams instead of bytes, valid only until the next
     tensor is requested: for a ContainerWriter, which copies them in the kernel, so the streams never pass through
@@ -447,10 +447,10 @@ def _encode_job(source: tuple[str, int, int] | None, name: str, tensor: Dense | 
 
 # Stages whose encode and decode spend their time where Python's GIL is released (zlib, zstd, lzma and bz2 on whole
 # streams; numpy on whole byte planes; the compiled kernels of rans and huffman), so that chains of these alone run
-# their tensors in threads of this process: no worker processes to start, each importing numba again (0.3-0.7 s of
-# CPU), and no streams to hand back through spill files.
+# their tensors in threads of this process: no worker processes to start (each importing numba again, 0.3-1 s of
+# CPU, where the C kernels are not built), and no streams to hand back through spill files.
 THREADED_STAGES = frozenset({"raw", "bytegroup", "zstd", "zlib", "lzma", "bz2"})
-KERNEL_STAGES = frozenset({"rans", "huffman"})  # threaded when their compiled kernels can run (numba installed)
+KERNEL_STAGES = frozenset({"rans", "huffman"})  # threaded when their compiled kernels can run (C or numba)
 
 
 def _pipelines_used(policy: Policy, items: Callable[[], Iterator[tuple[str, Dense]]]) -> set[str]:
@@ -464,11 +464,18 @@ def threadable(stages: Iterable[Stage]) -> bool:
     if not ids <= THREADED_STAGES | KERNEL_STAGES:
         return False
     if ids & KERNEL_STAGES:  # their numpy path holds the GIL for many small steps: processes do better there
-        import importlib.util
-
-        return os.environ.get("DCFRAME_KERNELS", "").strip().lower() != "numpy" and \
-            importlib.util.find_spec("numba") is not None
+        return _kernels_present()
     return True
+
+
+def _kernels_present() -> bool:
+    """Whether rans's and huffman's compiled kernels can run here under DCFRAME_KERNELS: the C extension
+    (dcframe_plugins._ckernels) or numba, each only looked up (importing numba costs 0.3-1 s)."""
+    import importlib.util
+
+    choice = os.environ.get("DCFRAME_KERNELS", "").strip().lower() or "auto"
+    modules = {"c": "dcframe_plugins._ckernels", "numba": "numba"}
+    return any(importlib.util.find_spec(name) is not None for kind, name in modules.items() if choice in ("auto", kind))
 
 
 def ordered_map(function: Callable[..., Any], tasks: Iterable[tuple[tuple, int]], jobs: int,

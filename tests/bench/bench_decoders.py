@@ -2,13 +2,14 @@
 
 Run: python tests/bench/bench_decoders.py [--sizes 10000,100000,1000000,10000000] [--levels 32,256] [--time 0.3]
 [--clock wall|cpu]
-Prints one markdown table: M symbols/s for each coder and path (DCFRAME_KERNELS=numpy / numba), beside zstd -19
+Prints one markdown table: M symbols/s for each coder and path (DCFRAME_KERNELS=numpy / c / numba), beside zstd -19
 decompressing and zstd -3 compressing the same symbols as uint8 bytes; the ratios are the coder's speed over zstd's
 (decode: over zstd -19 decompress; encode: over zstd -3 compress). Each figure is the best of repeats filling about
 --time seconds. Symbols are k-means-like indices of Laplace weights (bench_huffman.py's `laplace_indices`); 32 and
-256 levels are the 5-bit and 8-bit alphabets. The kernel path needs numba (the `fast` extra); without it its rows
-say so. Issue 13's targets: decode >= 1/2 of zstd at 10^7 symbols and >= 1/4 at 10^5 with the kernels, and huffman's
-numpy path >= 1/10 at 10^7 and >= 30 M symbols/s at 10^5.
+256 levels are the 5-bit and 8-bit alphabets. The c path needs the C extension (built by `pip install .` where a
+compiler exists), the numba path numba (the `fast` extra); rows of a path not installed say so. Issue 13's targets:
+decode >= 1/2 of zstd at 10^7 symbols and >= 1/4 at 10^5 with the kernels, and huffman's numpy path >= 1/10 at
+10^7 and >= 30 M symbols/s at 10^5.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def main() -> None:
     clock = CLOCK[args.clock]
     print(f"clock: {args.clock}\n")
     saved = os.environ.get(_kernels.ENV)
-    paths = ["numpy"] + (["numba"] if _kernels.installed() else [])
+    paths = ["numpy", *_kernels.available()]
+    missing = {"c": "C kernels not built (pip install . with a compiler)",
+               "numba": "numba not installed (pip install 'dcframe[fast]')"}
     print("| symbols | alphabet | coder | path | encode M sym/s | encode / zstd -3 compress | decode M sym/s "
           "| decode / zstd -19 decompress |")
     print("|---|---|---|---|---|---|---|---|")
@@ -93,9 +96,9 @@ def main() -> None:
                         print(f"{label} {stage.id} | {path} | {n / t_enc / 1e6:.1f} | 1/{t_enc / z_enc:.1f} "
                               f"| {n / t_dec / 1e6:.1f} | 1/{t_dec / z_dec:.1f} |")
                     assert len(set(streams.values())) == 1, f"{stage.id}: the paths wrote different bytes"
-                    if len(paths) == 1:
-                        print(f"{label} {stage.id} | numba | numba not installed (pip install 'dcframe[fast]') "
-                              "| | | |")
+                    for kind, why in missing.items():
+                        if kind not in paths:
+                            print(f"{label} {stage.id} | {kind} | {why} | | | |")
     finally:
         if saved is None:
             os.environ.pop(_kernels.ENV, None)

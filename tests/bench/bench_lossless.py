@@ -6,7 +6,8 @@ each dtype (BF16 rounded to nearest even) and written as one .safetensors file. 
 subprocess (`dcframe compress --preset/-p`, then `dcframe decompress` to .safetensors), so their MB/s are wall clock of
 what a user runs, start-up and file I/O included (the package byte-compiled first, as pip install leaves it), with
 the CPU seconds of each run beside them (a loaded machine stretches the wall clock, not the CPU time), and every
-output is compared byte for byte with the input tensors.
+output is compared byte for byte with the input tensors. The preset runs once as installed (DCFRAME_KERNELS unset:
+`auto`), then once per kernel path of --kernels that is installed (c, numba, numpy).
 zstd rows compress the tensors' concatenated raw bytes in-process (python-zstandard); the ZipNN row (`pip install
 zipnn`, benchmark only) is its byte API on the same bytes, with its round trip checked too. Ratios: input tensor
 bytes / output bytes (a .dcf file's whole size).
@@ -15,6 +16,7 @@ bytes / output bytes (a .dcf file's whole size).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 from bench_pretrained import fetch_model
+from dcframe_plugins import _kernels
 from safetensors.numpy import load_file
 
 from dcframe import Dense, read_model, write_model
@@ -61,21 +64,24 @@ def compile_package() -> None:
         compileall.compile_dir(Path(package.__file__).parent, quiet=1)
 
 
-def dcli(*args: str) -> tuple[float, float]:
-    """Run the dcframe CLI (quiet); return its wall-clock and its CPU seconds (user + system, every thread)."""
+def dcli(*args: str, kernels: str = "auto") -> tuple[float, float]:
+    """Run the dcframe CLI (quiet) with DCFRAME_KERNELS=kernels; return its wall-clock and its CPU seconds (user +
+    system, every thread)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dcframe.cli", *args, "-q"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "dcframe.cli", *args, "-q"], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, _kernels.ENV: kernels})
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def dcframe_row(flags: list[str], source: Path, tensors: dict[str, np.ndarray], work: Path) -> Row:
+def dcframe_row(flags: list[str], source: Path, tensors: dict[str, np.ndarray], work: Path,
+                kernels: str = "auto") -> Row:
     """(bytes, compress s, decompress s, exact, compress CPU s, decompress CPU s) of one chain through the CLI."""
     out, back = work / "out.dcf", work / "back.safetensors"
-    enc, enc_cpu = dcli("compress", str(source), "-o", str(out), "-f", *flags)
-    dec, dec_cpu = dcli("decompress", str(out), "-o", str(back), "-f")
+    enc, enc_cpu = dcli("compress", str(source), "-o", str(out), "-f", *flags, kernels=kernels)
+    dec, dec_cpu = dcli("decompress", str(out), "-o", str(back), "-f", kernels=kernels)
     restored = read_model(back)
     exact = all(as_dense(restored[k]).array.tobytes() == v.tobytes() for k, v in tensors.items())
     return out.stat().st_size, enc, dec, exact, enc_cpu, dec_cpu
@@ -106,7 +112,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", nargs="+", default=["F32", "BF16", "F16"])
     parser.add_argument("--chains", nargs="*", default=[], help="extra pipelines to measure beside the presets")
+    parser.add_argument("--kernels", nargs="*", default=["c", "numba", "numpy"], choices=("c", "numba", "numpy"),
+                        help="extra rows of the lossless preset on these DCFRAME_KERNELS paths (those installed)")
     args = parser.parse_args()
+    paths = [k for k in args.kernels if k == "numpy" or _kernels.installed(k)]
     model = load_file(str(fetch_model() / "model.safetensors"))
     compile_package()
     print("| dtype | method | ratio | vs ZipNN | compress MB/s | decompress MB/s | exact | CPU s (compress, "
@@ -120,7 +129,10 @@ def main() -> None:
             source = work / "model.safetensors"
             write_input(tensors, dtype, source)
             rows = [("ZipNN (zipnn, byte API)", zipnn_row(data, dtype))]
-            rows += [("dcframe --preset lossless", dcframe_row(["--preset", "lossless"], source, tensors, work)),
+            rows += [("dcframe --preset lossless", dcframe_row(["--preset", "lossless"], source, tensors, work))]
+            rows += [(f"dcframe --preset lossless, DCFRAME_KERNELS={k}",
+                      dcframe_row(["--preset", "lossless"], source, tensors, work, k)) for k in paths]
+            rows += [
                      (f"dcframe -p '{OLD_LOSSLESS}' (old lossless)",
                       dcframe_row(["-p", OLD_LOSSLESS], source, tensors, work))]
             rows += [(f"dcframe -p '{c}'", dcframe_row(["-p", c], source, tensors, work)) for c in args.chains]

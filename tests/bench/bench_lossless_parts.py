@@ -2,16 +2,18 @@
 
 Run:  python tests/bench/bench_lossless_parts.py [--dtypes F32 BF16 F16]
 Start-up rows run a fresh interpreter per measurement (the median of 3): Python alone, Python with numpy, the CLI's
-imports, and numba with the rans kernels loaded from their cache and run once (what a first long stream costs a
-process). The other rows run here, in one thread, on all-MiniLM-L6-v2 cast to each dtype (as bench_lossless.py
-does), tensor by tensor through the very functions the chain calls (kernels loaded first): the seconds of CPU of
-each part, and its MB/s of model bytes. Reference rows measured in the same run: zstd -3 on the whole model's bytes
-and a plain copy of them.
+imports, and rans on a first long stream with each kernel kind installed (DCFRAME_KERNELS=c: the C extension;
+=numba: numba with its kernels loaded from their cache), what that stream's first call costs a process. The other
+rows run here, in one thread, on all-MiniLM-L6-v2 cast to each dtype (as bench_lossless.py does), tensor by tensor
+through the very functions the chain calls, with the kernels `auto` picks (loaded first; --kernels to choose): the
+seconds of CPU of each part, and its MB/s of model bytes. Reference rows measured in the same run: zstd -3 on the
+whole model's bytes and a plain copy of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import numpy as np
 import zstandard
 from bench_lossless import cast
 from bench_pretrained import fetch_model
+from dcframe_plugins import _kernels
 from dcframe_plugins.bytegroup import join_planes, split_planes
 from dcframe_plugins.rans import Rans
 from safetensors.numpy import load_file
@@ -30,22 +33,27 @@ from safetensors.numpy import load_file
 from dcframe import Bytes, Symbols
 from dcframe.core.orchestrator import order0_entropy_bits
 
+FIRST_STREAM = ("import numpy as np; from dcframe_plugins import rans; r = rans.Rans(); "
+                "s, m = r.encode(rans.Symbols(np.arange(1 << 18) % 7, 256)); r.decode(s, m)")
 STARTUP = {
-    "python (no imports)": "pass",
-    "python + numpy": "import numpy",
-    "python + dcframe CLI imports": "import dcframe.cli",
-    "python + numba + rans kernels, first call": "import numpy as np; from dcframe_plugins import rans; "
-                                                  "r = rans.Rans(); s, m = r.encode(rans.Symbols(np.arange(1 << 18) "
-                                                  "% 7, 256)); r.decode(s, m)",
+    "python (no imports)": ("pass", None),
+    "python + numpy": ("import numpy", None),
+    "python + dcframe CLI imports": ("import dcframe.cli", None),
+    "python + rans, first long stream, C kernels": (FIRST_STREAM, "c"),
+    "python + rans, first long stream, numba + cached kernels": (FIRST_STREAM, "numba"),
 }
 
 
-def startup_seconds(code: str) -> float:
-    """Median wall-clock seconds of a fresh interpreter running `code`."""
+def startup_seconds(code: str, kernels: str | None) -> float | None:
+    """Median wall-clock seconds of a fresh interpreter running `code` (with DCFRAME_KERNELS=kernels), or None if
+    those kernels are not installed."""
+    if kernels is not None and not _kernels.installed(kernels):
+        return None
+    env = {**os.environ, _kernels.ENV: kernels or "auto"}
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -65,7 +73,7 @@ def crc_both(first: bytes, second: bytes) -> tuple[int, int]:
 def parts(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, float]:
     """CPU seconds of each part of the lossless chain over every tensor, encode and decode."""
     coder, zstd_c, zstd_d = Rans(lanes=256), zstandard.ZstdCompressor(level=5), zstandard.ZstdDecompressor()
-    streams, meta = coder.encode(Symbols(np.arange(1 << 18) % 7, 256))  # numba and the kernels: a start-up row
+    streams, meta = coder.encode(Symbols(np.arange(1 << 18) % 7, 256))  # the kernels' loading: a start-up row
     coder.decode(streams, meta)
     totals: dict[str, float] = {}
     for array in tensors.values():
@@ -87,11 +95,16 @@ def parts(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", nargs="+", default=["F32", "BF16", "F16"])
+    parser.add_argument("--kernels", choices=_kernels.CHOICES, default="auto", help="DCFRAME_KERNELS for the parts")
     args = parser.parse_args()
     print("| start-up (fresh interpreter, wall, median of 3) | seconds |")
     print("|---|---|")
-    for name, code in STARTUP.items():
-        print(f"| {name} | {startup_seconds(code):.3f} |", flush=True)
+    for name, (code, kernels) in STARTUP.items():
+        seconds = startup_seconds(code, kernels)
+        print(f"| {name} | {'not installed' if seconds is None else f'{seconds:.3f}'} |", flush=True)
+    os.environ[_kernels.ENV] = args.kernels
+    kernels = _kernels.compiled(1 << 30)
+    print(f"\nparts on the {'numpy' if kernels is None else kernels.__name__.rsplit('.', 1)[-1]} path")
     model = load_file(str(fetch_model() / "model.safetensors"))
     print()
     print("| dtype | part | CPU s | MB/s of model bytes | x zstd -3 compress speed |")

@@ -1,0 +1,945 @@
+/* dcframe_plugins._ckernels: the huffman and rans inner loops in C99, the same work as _numba_kernels.py.
+
+   Called only through _ckernels_api.py, which allocates the outputs as numpy arrays and hands every array over by
+   the buffer protocol (no numpy headers: the build needs setuptools and a compiler, nothing else). Every function
+   gives exactly what its numba twin gives (bytes, symbols, end positions, final states, word counts), so the
+   stages' own checks raise the same FormatError. Sizes are checked against the buffers before any loop: a
+   hostile stream's reads stay inside them (clamped or counted as in the numba kernels), and an inconsistent call
+   raises ValueError instead of touching memory it does not own. The GIL is released around every loop: compress
+   runs these chains in threads. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- buffers ---------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    Py_buffer view[8];
+    int held;
+} Buffers;
+
+/* The C-contiguous buffer of `obj` with items of `itemsize` bytes (0: 1 or 2, a symbol array), writable if asked;
+   its item count in *count. Returns the data, or NULL with an exception set. */
+static void *take(Buffers *b, PyObject *obj, Py_ssize_t itemsize, int writable, Py_ssize_t *count, const char *what)
+{
+    Py_buffer *v = &b->view[b->held];
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, v, flags) < 0)
+        return NULL;
+    b->held++;
+    int ok = itemsize ? v->itemsize == itemsize : (v->itemsize == 1 || v->itemsize == 2);
+    if (!ok || v->len % v->itemsize) {
+        PyErr_Format(PyExc_ValueError, "_ckernels: %s has items of %zd bytes", what, v->itemsize);
+        return NULL;
+    }
+    *count = v->len / v->itemsize;
+    return v->buf;
+}
+
+static void release(Buffers *b)
+{
+    while (b->held > 0)
+        PyBuffer_Release(&b->view[--b->held]);
+}
+
+static PyObject *bad(const char *message)
+{
+    PyErr_SetString(PyExc_ValueError, message);
+    return NULL;
+}
+
+/* A symbol of an array of 1- or 2-byte items. */
+static inline uint32_t sym_at(const void *data, int wide, Py_ssize_t i)
+{
+    return wide ? ((const uint16_t *)data)[i] : ((const uint8_t *)data)[i];
+}
+
+static inline void sym_put(void *data, int wide, uint64_t i, uint32_t value)
+{
+    if (wide)
+        ((uint16_t *)data)[i] = (uint16_t)value;
+    else
+        ((uint8_t *)data)[i] = (uint8_t)value;
+}
+
+/* ---- huffman ---------------------------------------------------------------------------------------------- */
+
+/* The 64 stream bits from bit `pos` (LSB-first), the word index clamped to `qmax` (words[qmax + 1] exists). */
+static inline uint64_t bits64(const uint64_t *words, uint64_t pos, uint64_t qmax)
+{
+    uint64_t q = pos >> 6, r = pos & 63;
+    if (q > qmax)
+        q = qmax;
+    return (words[q] >> r) | ((words[q + 1] << 1) << (63 - r));
+}
+
+/* huffman_table(lengths int64, width, limit, lut int32[2^width]): the LSB-first decode table of the canonical code,
+   entry = length << 16 | symbol, 0 where no code fits. */
+static PyObject *huffman_table(PyObject *self, PyObject *args)
+{
+    PyObject *o_len, *o_lut;
+    int width, limit;
+    Buffers b = {.held = 0};
+    Py_ssize_t n, nlut;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OiiO", &o_len, &width, &limit, &o_lut))
+        return NULL;
+    const int64_t *lengths = take(&b, o_len, 8, 0, &n, "lengths");
+    int32_t *lut = lengths ? take(&b, o_lut, 4, 1, &nlut, "lut") : NULL;
+    if (!lut)
+        goto fail;
+    if (width < 1 || width > limit || limit > 30 || nlut != (Py_ssize_t)1 << width || n > 1 << 16) {
+        bad("_ckernels.huffman_table: width, limit or table size out of range");
+        goto fail;
+    }
+    for (Py_ssize_t s = 0; s < n; s++)
+        if (lengths[s] < 0 || lengths[s] > width) {
+            bad("_ckernels.huffman_table: a code length exceeds the table width");
+            goto fail;
+        }
+    Py_BEGIN_ALLOW_THREADS
+    int64_t first[32] = {0};  /* per length: the running sum of 2^(limit - length) before it */
+    memset(lut, 0, (size_t)nlut * sizeof *lut);
+    for (Py_ssize_t s = 0; s < n; s++)
+        if (lengths[s])
+            first[lengths[s] + 1] += (int64_t)1 << (limit - lengths[s]);
+    for (int k = 1; k <= width; k++)
+        first[k + 1] += first[k];
+    for (Py_ssize_t s = 0; s < n; s++) {
+        int len = (int)lengths[s];
+        if (!len)
+            continue;
+        int64_t c = first[len] >> (limit - len);
+        first[len] += (int64_t)1 << (limit - len);
+        uint32_t rev = 0;
+        for (int k = 0; k < len; k++)  /* the code's MSB-first bits, read LSB-first */
+            rev |= (uint32_t)((c >> k) & 1) << (len - 1 - k);
+        int32_t entry = (int32_t)((len << 16) | s);
+        for (uint32_t hi = 0; hi < (1u << (width - len)); hi++)
+            lut[rev | (hi << len)] = entry;
+    }
+    Py_END_ALLOW_THREADS
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* Segments [k, k + 4) decoded together (independent bit readers keep the core busy); positions end in p[]. */
+static inline void huffman_four(const uint64_t *restrict words, uint64_t qmax, const int32_t *restrict lut,
+                                uint64_t mask, int refill, uint64_t seg, uint64_t *restrict p, uint64_t o0,
+                                void *restrict out, int wide)
+{
+    uint64_t o[4] = {o0, o0 + seg, o0 + 2 * seg, o0 + 3 * seg};
+    for (uint64_t i = 0; i < seg; i += (uint64_t)refill) {
+        uint64_t w[4];
+        for (int m = 0; m < 4; m++)
+            w[m] = bits64(words, p[m], qmax);
+        uint64_t stop = i + (uint64_t)refill < seg ? i + (uint64_t)refill : seg;
+        for (uint64_t j = i; j < stop; j++)
+            for (int m = 0; m < 4; m++) {
+                int32_t e = lut[w[m] & mask];
+                uint64_t len = (uint64_t)(e >> 16);
+                sym_put(out, wide, o[m] + j, (uint32_t)e & 0xFFFF);
+                w[m] >>= len;
+                p[m] += len;
+            }
+    }
+}
+
+/* huffman_decode's loops: full segments four at a time, the others one at a time. */
+static inline void huffman_segments(const uint64_t *restrict words, uint64_t qmax, const int32_t *restrict lut,
+                                    int width, Py_ssize_t seg, const int64_t *restrict starts,
+                                    const int64_t *restrict nsyms, Py_ssize_t nseg, void *restrict out, int wide,
+                                    int64_t *restrict end_pos)
+{
+    uint64_t mask = ((uint64_t)1 << width) - 1, useg = (uint64_t)seg;
+    int refill = 64 / width;  /* codes one 64-bit read always holds */
+    Py_ssize_t full = nsyms[nseg - 1] != seg ? nseg - 1 : nseg;  /* segments of exactly `seg` symbols */
+    Py_ssize_t k = 0;
+    for (; k + 4 <= full; k += 4) {
+        uint64_t p[4];
+        for (int m = 0; m < 4; m++)
+            p[m] = (uint64_t)starts[k + m] << 3;
+        huffman_four(words, qmax, lut, mask, refill, useg, p, (uint64_t)k * useg, out, wide);
+        for (int m = 0; m < 4; m++)
+            end_pos[k + m] = (int64_t)p[m];
+    }
+    for (; k < nseg; k++) {
+        uint64_t pos = (uint64_t)starts[k] << 3, o = (uint64_t)k * useg, n = (uint64_t)nsyms[k];
+        for (uint64_t i = 0; i < n; i += (uint64_t)refill) {
+            uint64_t w = bits64(words, pos, qmax);
+            uint64_t stop = i + (uint64_t)refill < n ? i + (uint64_t)refill : n;
+            for (uint64_t j = i; j < stop; j++) {
+                int32_t e = lut[w & mask];
+                sym_put(out, wide, o + j, (uint32_t)e & 0xFFFF);
+                w >>= (uint64_t)(e >> 16);
+                pos += (uint64_t)(e >> 16);
+            }
+        }
+        end_pos[k] = (int64_t)pos;
+    }
+}
+
+/* huffman_decode(words uint64, starts int64, nsyms int64, seg, lut int32, width, out, end_pos int64): every segment
+   into out (1- or 2-byte symbols), each segment's end bit position into end_pos. Reads are clamped to the last two
+   words, as the numba kernel's are: a segment running past the payload reads zeros there. */
+static PyObject *huffman_decode(PyObject *self, PyObject *args)
+{
+    PyObject *o_words, *o_starts, *o_nsyms, *o_lut, *o_out, *o_end;
+    Py_ssize_t seg;
+    int width;
+    Buffers b = {.held = 0};
+    Py_ssize_t nwords, nseg, n2, nlut, count, n3;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOnOiOO", &o_words, &o_starts, &o_nsyms, &seg, &o_lut, &width, &o_out, &o_end))
+        return NULL;
+    const uint64_t *words = take(&b, o_words, 8, 0, &nwords, "words");
+    const int64_t *starts = words ? take(&b, o_starts, 8, 0, &nseg, "starts") : NULL;
+    const int64_t *nsyms = starts ? take(&b, o_nsyms, 8, 0, &n2, "nsyms") : NULL;
+    const int32_t *lut = nsyms ? take(&b, o_lut, 4, 0, &nlut, "lut") : NULL;
+    void *out = lut ? take(&b, o_out, 0, 1, &count, "out") : NULL;
+    int64_t *end_pos = out ? take(&b, o_end, 8, 1, &n3, "end_pos") : NULL;
+    if (!end_pos)
+        goto fail;
+    int wide = b.view[4].itemsize == 2;
+    if (width < 1 || width > 16 || nlut != (Py_ssize_t)1 << width || nwords < 2 || nseg < 1 || n2 != nseg
+        || n3 != nseg || seg < 1) {
+        bad("_ckernels.huffman_decode: inconsistent buffer sizes");
+        goto fail;
+    }
+    for (Py_ssize_t k = 0; k < nseg; k++)  /* every segment's output inside `out`, its start inside the payload */
+        if (nsyms[k] < 0 || nsyms[k] > seg || (k < nseg - 1 && nsyms[k] != seg) || k * seg + nsyms[k] > count
+            || starts[k] < 0 || starts[k] > 8 * nwords) {
+            bad("_ckernels.huffman_decode: a segment lies outside the buffers");
+            goto fail;
+        }
+    Py_BEGIN_ALLOW_THREADS
+    if (wide)  /* two copies of the loops, each with its own symbol width */
+        huffman_segments(words, (uint64_t)nwords - 2, lut, width, seg, starts, nsyms, nseg, out, 1, end_pos);
+    else
+        huffman_segments(words, (uint64_t)nwords - 2, lut, width, seg, starts, nsyms, nseg, out, 0, end_pos);
+    Py_END_ALLOW_THREADS
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* Bits of every segment's codes -> the byte offset where each ends (ends[k]); the payload's size, or -1 for a
+   symbol outside the length table. */
+static inline int64_t pack_ends(const void *restrict symbols, int wide, Py_ssize_t count, const int64_t *restrict lens,
+                         Py_ssize_t nlens, Py_ssize_t seg, int64_t *restrict ends)
+{
+    int64_t done = 0;
+    for (Py_ssize_t k = 0, lo = 0; lo < count; k++, lo += seg) {
+        Py_ssize_t hi = lo + seg < count ? lo + seg : count;
+        int64_t bits = 0;
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            uint32_t s = sym_at(symbols, wide, i);
+            if (s >= (uint32_t)nlens)
+                return -1;
+            bits += lens[s];
+        }
+        done += (bits + 7) >> 3;
+        ends[k] = done;
+    }
+    return done;
+}
+
+/* Every symbol's bit-reversed code LSB-first into payload[0:size), each segment from a byte boundary; 0, or -1 if
+   the codes do not fit the size pack_ends gave. */
+static inline int pack_codes(const void *restrict symbols, int wide, Py_ssize_t count, const int64_t *restrict lens,
+                      const uint64_t *restrict rev, Py_ssize_t seg, uint8_t *restrict payload, int64_t size)
+{
+    int64_t at = 0;
+    for (Py_ssize_t lo = 0; lo < count; lo += seg) {
+        Py_ssize_t hi = lo + seg < count ? lo + seg : count;
+        uint64_t acc = 0;
+        int have = 0;
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            uint32_t s = sym_at(symbols, wide, i);
+            acc |= rev[s] << have;
+            have += (int)lens[s];
+            if (have >= 32) {  /* flush 4 bytes: at most 31 + 16 bits are ever held */
+                if (at + 4 > size)
+                    return -1;
+                for (int m = 0; m < 4; m++)
+                    payload[at + m] = (uint8_t)(acc >> (8 * m));
+                at += 4;
+                acc >>= 32;
+                have -= 32;
+            }
+        }
+        for (; have > 0; have -= 8) {
+            if (at >= size)
+                return -1;
+            payload[at++] = (uint8_t)acc;
+            acc >>= 8;
+        }
+    }
+    return at == size ? 0 : -1;
+}
+
+/* huffman_pack(symbols, lens int64, rev uint64, seg, ends int64[ceil(count / seg)]) -> payload bytes; ends filled. */
+static PyObject *huffman_pack(PyObject *self, PyObject *args)
+{
+    PyObject *o_sym, *o_lens, *o_rev, *o_ends, *payload = NULL;
+    Py_ssize_t seg, count, nlens, nrev, nends;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOnO", &o_sym, &o_lens, &o_rev, &seg, &o_ends))
+        return NULL;
+    const void *symbols = take(&b, o_sym, 0, 0, &count, "symbols");
+    const int64_t *lens = symbols ? take(&b, o_lens, 8, 0, &nlens, "lens") : NULL;
+    const uint64_t *rev = lens ? take(&b, o_rev, 8, 0, &nrev, "rev") : NULL;
+    int64_t *ends = rev ? take(&b, o_ends, 8, 1, &nends, "ends") : NULL;
+    if (!ends)
+        goto done;
+    int wide = b.view[0].itemsize == 2;
+    if (seg < 1 || nrev != nlens || nends != (count + seg - 1) / seg) {
+        bad("_ckernels.huffman_pack: inconsistent buffer sizes");
+        goto done;
+    }
+    for (Py_ssize_t s = 0; s < nlens; s++)
+        if (lens[s] < 0 || lens[s] > 16 || rev[s] >> lens[s]) {
+            bad("_ckernels.huffman_pack: a code longer than 16 bits");
+            goto done;
+        }
+    int64_t size;
+    Py_BEGIN_ALLOW_THREADS
+    size = wide ? pack_ends(symbols, 1, count, lens, nlens, seg, ends)
+                : pack_ends(symbols, 0, count, lens, nlens, seg, ends);
+    Py_END_ALLOW_THREADS
+    if (size < 0) {
+        bad("_ckernels.huffman_pack: a symbol outside the code table");
+        goto done;
+    }
+    payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (!payload)
+        goto done;
+    uint8_t *bytes = (uint8_t *)PyBytes_AS_STRING(payload);  /* not shared before we return it */
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = wide ? pack_codes(symbols, 1, count, lens, rev, seg, bytes, size)
+                  : pack_codes(symbols, 0, count, lens, rev, seg, bytes, size);
+    Py_END_ALLOW_THREADS
+    if (status) {
+        Py_CLEAR(payload);
+        bad("_ckernels.huffman_pack: the symbols changed while they were packed");
+    }
+done:
+    release(&b);
+    return payload;
+}
+
+/* ---- rans ------------------------------------------------------------------------------------------------- */
+
+/* rans_table(symbols int64, freq int64, bits, table uint64[2^bits]): entry = freq << 32 | bias << 16 | symbol. */
+static PyObject *rans_table(PyObject *self, PyObject *args)
+{
+    PyObject *o_sym, *o_freq, *o_table;
+    int bits;
+    Py_ssize_t n, nf, nt;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOiO", &o_sym, &o_freq, &bits, &o_table))
+        return NULL;
+    const int64_t *symbols = take(&b, o_sym, 8, 0, &n, "symbols");
+    const int64_t *freq = symbols ? take(&b, o_freq, 8, 0, &nf, "freq") : NULL;
+    uint64_t *table = freq ? take(&b, o_table, 8, 1, &nt, "table") : NULL;
+    if (!table)
+        goto fail;
+    if (bits < 1 || bits > 16 || nt != (Py_ssize_t)1 << bits || nf != n) {
+        bad("_ckernels.rans_table: inconsistent buffer sizes");
+        goto fail;
+    }
+    int64_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (freq[i] < 0 || freq[i] > nt || symbols[i] < 0 || symbols[i] > 0xFFFF) {
+            bad("_ckernels.rans_table: a frequency or symbol out of range");
+            goto fail;
+        }
+        total += freq[i];
+    }
+    if (total != nt) {
+        bad("_ckernels.rans_table: the frequencies do not sum to 2^bits");
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t slot = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t head = ((uint64_t)freq[i] << 32) | (uint64_t)symbols[i];
+        for (int64_t bias = 0; bias < freq[i]; bias++)
+            table[slot++] = head | ((uint64_t)bias << 16);
+    }
+    Py_END_ALLOW_THREADS
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* The decoder's lanes in lockstep (see rans_decode); the words read, or -1 after the first step that needed more
+   than nwords. */
+static inline int64_t decode_lanes(uint32_t *restrict state, uint64_t lanes, const uint16_t *restrict words,
+                                   uint64_t nwords, uint64_t total, int bits, const uint64_t *restrict table,
+                                   void *restrict out, int wide, uint32_t floor)
+{
+    uint32_t mask = (uint32_t)((1u << bits) - 1);
+    uint64_t read = 0;
+    for (uint64_t done = 0; done < total; done += lanes) {
+        uint64_t n = total - done < lanes ? total - done : lanes;
+        for (uint64_t j = 0; j < n; j++) {
+            uint32_t s = state[j];
+            uint64_t e = table[s & mask];
+            sym_put(out, wide, done + j, (uint32_t)(e & 0xFFFF));
+            s = (uint32_t)(e >> 32) * (s >> bits) + (uint32_t)((e >> 16) & 0xFFFF);
+            uint32_t need = s < floor;
+            uint32_t next[2] = {s, (s << 16) | words[read]};  /* the next word read before it is known to be needed */
+            state[j] = next[need];
+            read += need;
+        }
+        if (read > nwords)
+            return -1;
+    }
+    return (int64_t)read;
+}
+
+/* rans_decode(x int64[lanes], words uint16[>= nwords + lanes], nwords, count, bits, table uint64, out, low) -> the
+   words read, or -1 (truncated); x holds the final states on success. One step reads at most one word per lane,
+   and the step that overruns nwords is the last: reads stay inside the zero-padded words. */
+static PyObject *rans_decode(PyObject *self, PyObject *args)
+{
+    PyObject *o_x, *o_words, *o_table, *o_out;
+    Py_ssize_t nwords, count, lanes, nw, nt, nout;
+    int bits;
+    long long low;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOnniOOL", &o_x, &o_words, &nwords, &count, &bits, &o_table, &o_out, &low))
+        return NULL;
+    int64_t *x = take(&b, o_x, 8, 1, &lanes, "x");
+    const uint16_t *words = x ? take(&b, o_words, 2, 0, &nw, "words") : NULL;
+    const uint64_t *table = words ? take(&b, o_table, 8, 0, &nt, "table") : NULL;
+    void *out = table ? take(&b, o_out, 0, 1, &nout, "out") : NULL;
+    if (!out)
+        goto fail;
+    int wide = b.view[3].itemsize == 2;
+    if (bits < 1 || bits > 16 || nt != (Py_ssize_t)1 << bits || lanes < 1 || nwords < 0 || nw < nwords + lanes
+        || nout != count || low < 1 || low > 0xFFFF + 1) {
+        bad("_ckernels.rans_decode: inconsistent buffer sizes");
+        goto fail;
+    }
+    uint32_t *state = malloc((size_t)lanes * sizeof *state);
+    if (!state) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t j = 0; j < lanes; j++) {
+        if (x[j] < 0 || x[j] > 0xFFFFFFFFLL) {
+            free(state);
+            bad("_ckernels.rans_decode: a state outside 32 bits");
+            goto fail;
+        }
+        state[j] = (uint32_t)x[j];
+    }
+    int64_t read;
+    Py_BEGIN_ALLOW_THREADS
+    if (wide)  /* two copies of the loop, each with its own symbol width */
+        read = decode_lanes(state, (uint64_t)lanes, words, (uint64_t)nwords, (uint64_t)count, bits, table, out, 1,
+                            (uint32_t)low);
+    else
+        read = decode_lanes(state, (uint64_t)lanes, words, (uint64_t)nwords, (uint64_t)count, bits, table, out, 0,
+                            (uint32_t)low);
+    if (read >= 0)
+        for (Py_ssize_t j = 0; j < lanes; j++)
+            x[j] = state[j];
+    Py_END_ALLOW_THREADS
+    free(state);
+    release(&b);
+    return PyLong_FromLongLong(read);
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* The Exp-Golomb reader (see golomb_pairs): 0 ok, 1 a code runs past the bits or is too long; *stop the bit
+   position past the last code read. */
+static int golomb_read(const uint8_t *bits, int64_t size, int64_t pairs, int order0, int order1, int max_width,
+                       int64_t *first, int64_t *second, int64_t *stop)
+{
+    int64_t p = 0;
+    for (int64_t i = 0; i < 2 * pairs; i++) {
+        int order = i % 2 == 0 ? order0 : order1;
+        int64_t z = 0;
+        while (p + z < size && bits[p + z] == 0 && z + order <= max_width)
+            z++;
+        if (p + z >= size || z + order > max_width || p + 2 * z + 1 + order > size) {
+            *stop = p;
+            return 1;
+        }
+        int64_t v = 1;
+        for (int64_t k = p + z + 1; k < p + 2 * z + 1 + order; k++)
+            v = (v << 1) | bits[k];
+        v -= (int64_t)1 << order;
+        if (i % 2 == 0)
+            first[i / 2] = v;
+        else
+            second[i / 2] = v;
+        p += 2 * z + 1 + order;
+    }
+    *stop = p;
+    return 0;
+}
+
+/* golomb_pairs(bits uint8 (one bit per byte), pairs, order0, order1, max_width, first int64, second int64) ->
+   (status, stop): `pairs` pairs of Exp-Golomb codes, the numpy path's golomb_unpack one code after the other. */
+static PyObject *golomb_pairs(PyObject *self, PyObject *args)
+{
+    PyObject *o_bits, *o_first, *o_second;
+    Py_ssize_t pairs, size, n1, n2;
+    int order0, order1, max_width;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OniiiOO", &o_bits, &pairs, &order0, &order1, &max_width, &o_first, &o_second))
+        return NULL;
+    const uint8_t *bits = take(&b, o_bits, 1, 0, &size, "bits");
+    int64_t *first = bits ? take(&b, o_first, 8, 1, &n1, "first") : NULL;
+    int64_t *second = first ? take(&b, o_second, 8, 1, &n2, "second") : NULL;
+    if (!second)
+        goto fail;
+    if (pairs < 0 || n1 != pairs || n2 != pairs || max_width < 0 || max_width > 32 || order0 < 0 || order1 < 0
+        || order0 > max_width || order1 > max_width) {
+        bad("_ckernels.golomb_pairs: inconsistent arguments");
+        goto fail;
+    }
+    int status;
+    int64_t stop;
+    Py_BEGIN_ALLOW_THREADS
+    status = golomb_read(bits, size, pairs, order0, order1, max_width, first, second, &stop);
+    Py_END_ALLOW_THREADS
+    release(&b);
+    return Py_BuildValue("iL", status, (long long)stop);
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* The encoder's lanes run backwards from state `low` (see rans_encode): the index of the first word written (from
+   the back of words), or -1 for a symbol outside the table or of frequency 0. */
+static inline Py_ssize_t encode_lanes(const void *restrict symbols, int wide, Py_ssize_t count,
+                                      const int64_t *restrict freq, const int64_t *restrict cum,
+                                      const double *restrict inverse, Py_ssize_t alphabet, int bits, Py_ssize_t lanes,
+                                      int64_t *restrict x, uint16_t *restrict words)
+{
+    Py_ssize_t at = count;
+    for (Py_ssize_t i0 = ((count - 1) / lanes) * lanes; i0 >= 0; i0 -= lanes) {
+        Py_ssize_t n = count - i0 < lanes ? count - i0 : lanes;
+        for (Py_ssize_t j = n - 1; j >= 0; j--) {
+            uint32_t s = sym_at(symbols, wide, i0 + j);
+            if (s >= (uint32_t)alphabet || freq[s] <= 0)
+                return -1;
+            int64_t f = freq[s], state = x[j];
+            int64_t emit = state >= f << (32 - bits);  /* branch-free: at > i0 + j, so words[at - 1] exists */
+            words[at - 1] = (uint16_t)(state & 0xFFFF);  /* kept only if `at` moves past it */
+            at -= emit;
+            state >>= emit << 4;
+            /* state // f by a float multiply: state < 2^32, so state x (1/f) is within 1 of the quotient, and one
+               correction of the remainder makes it exact (a 64-bit division costs several times more) */
+            int64_t q = (int64_t)((double)state * inverse[s]);
+            int64_t r = state - q * f;
+            if (r >= f) {
+                q++;
+                r -= f;
+            } else if (r < 0) {
+                q--;
+                r += f;
+            }
+            x[j] = (q << bits) + r + cum[s];
+        }
+    }
+    return at;
+}
+
+/* rans_encode(symbols, freq int64, cum int64, bits, lanes, low, x int64[lanes], words uint16[count]) -> at: the
+   final states in x, the words in decoder read order in words[at:]. */
+static PyObject *rans_encode(PyObject *self, PyObject *args)
+{
+    PyObject *o_sym, *o_freq, *o_cum, *o_x, *o_words;
+    Py_ssize_t lanes, count, nf, nc, nx, nw;
+    int bits;
+    long long low;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOinLOO", &o_sym, &o_freq, &o_cum, &bits, &lanes, &low, &o_x, &o_words))
+        return NULL;
+    const void *symbols = take(&b, o_sym, 0, 0, &count, "symbols");
+    const int64_t *freq = symbols ? take(&b, o_freq, 8, 0, &nf, "freq") : NULL;
+    const int64_t *cum = freq ? take(&b, o_cum, 8, 0, &nc, "cum") : NULL;
+    int64_t *x = cum ? take(&b, o_x, 8, 1, &nx, "x") : NULL;
+    uint16_t *words = x ? take(&b, o_words, 2, 1, &nw, "words") : NULL;
+    if (!words)
+        goto fail;
+    int wide = b.view[0].itemsize == 2;
+    if (bits < 1 || bits > 16 || lanes < 1 || nx != lanes || nc != nf || nw != count || count < 1 || low < 1
+        || low > 0xFFFF + 1) {
+        bad("_ckernels.rans_encode: inconsistent arguments");
+        goto fail;
+    }
+    for (Py_ssize_t s = 0; s < nf; s++)
+        if (freq[s] < 0 || freq[s] > (int64_t)1 << bits || cum[s] < 0 || cum[s] + freq[s] > (int64_t)1 << bits) {
+            bad("_ckernels.rans_encode: a frequency outside the table");
+            goto fail;
+        }
+    double *inverse = malloc((size_t)(nf ? nf : 1) * sizeof *inverse);
+    if (!inverse) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_ssize_t at;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t s = 0; s < nf; s++)
+        inverse[s] = freq[s] ? 1.0 / (double)freq[s] : 0.0;
+    for (Py_ssize_t j = 0; j < lanes; j++)
+        x[j] = low;
+    at = wide ? encode_lanes(symbols, 1, count, freq, cum, inverse, nf, bits, lanes, x, words)
+              : encode_lanes(symbols, 0, count, freq, cum, inverse, nf, bits, lanes, x, words);
+    Py_END_ALLOW_THREADS
+    free(inverse);
+    if (at < 0) {
+        bad("_ckernels.rans_encode: a symbol outside the frequency table");
+        goto fail;
+    }
+    release(&b);
+    return PyLong_FromSsize_t(at);
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* ---- encoder statistics ---------------------------------------------------------------------------------- */
+
+/* Occurrences of each symbol added to counts[0:2^(8 x itemsize)); four tables of 32-bit counters in turn (repeated
+   symbols do not wait on one counter), in pieces of 2^30 symbols so no counter overflows. */
+static void count_symbols(const void *symbols, int wide, Py_ssize_t count, int64_t *counts, uint32_t *tables)
+{
+    Py_ssize_t range = wide ? 1 << 16 : 1 << 8;
+    for (Py_ssize_t lo = 0; lo < count; lo += (Py_ssize_t)1 << 30) {
+        Py_ssize_t hi = count - lo > (Py_ssize_t)1 << 30 ? lo + ((Py_ssize_t)1 << 30) : count, i = lo;
+        memset(tables, 0, 4 * (size_t)range * sizeof *tables);
+        if (wide) {
+            const uint16_t *s = symbols;
+            for (; i + 4 <= hi; i += 4) {
+                tables[s[i]]++;
+                tables[range + s[i + 1]]++;
+                tables[2 * range + s[i + 2]]++;
+                tables[3 * range + s[i + 3]]++;
+            }
+            for (; i < hi; i++)
+                tables[s[i]]++;
+        } else {
+            const uint8_t *s = symbols;
+            for (; i + 4 <= hi; i += 4) {
+                tables[s[i]]++;
+                tables[range + s[i + 1]]++;
+                tables[2 * range + s[i + 2]]++;
+                tables[3 * range + s[i + 3]]++;
+            }
+            for (; i < hi; i++)
+                tables[s[i]]++;
+        }
+        for (Py_ssize_t v = 0; v < range; v++)
+            counts[v] += (int64_t)tables[v] + tables[range + v] + tables[2 * range + v] + tables[3 * range + v];
+    }
+}
+
+/* histogram(symbols, counts int64[alphabet]) -> None: counts[v] = occurrences of v (np.bincount with minlength);
+   ValueError if a symbol is >= alphabet. */
+static PyObject *histogram(PyObject *self, PyObject *args)
+{
+    PyObject *o_sym, *o_counts;
+    Py_ssize_t count, alphabet;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO", &o_sym, &o_counts))
+        return NULL;
+    const void *symbols = take(&b, o_sym, 0, 0, &count, "symbols");
+    int64_t *counts = symbols ? take(&b, o_counts, 8, 1, &alphabet, "counts") : NULL;
+    if (!counts)
+        goto fail;
+    int wide = b.view[0].itemsize == 2;
+    Py_ssize_t range = wide ? 1 << 16 : 1 << 8;
+    int64_t *all = calloc((size_t)range, sizeof *all);
+    uint32_t *tables = malloc(4 * (size_t)range * sizeof *tables);
+    if (!all || !tables) {
+        free(all);
+        free(tables);
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    count_symbols(symbols, wide, count, all, tables);
+    Py_END_ALLOW_THREADS
+    int outside = 0;
+    for (Py_ssize_t v = 0; v < range; v++) {
+        if (v < alphabet)
+            counts[v] = all[v];
+        else
+            outside |= all[v] != 0;
+    }
+    for (Py_ssize_t v = range; v < alphabet; v++)
+        counts[v] = 0;
+    free(all);
+    free(tables);
+    if (outside) {
+        bad("_ckernels.histogram: a symbol outside the alphabet");
+        goto fail;
+    }
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* floor(log2(v)) of v >= 1. */
+static inline int floor_log2(uint64_t v)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return 63 - __builtin_clzll(v);
+#else
+    int m = 0;
+    while (v >>= 1)
+        m++;
+    return m;
+#endif
+}
+
+/* golomb_costs(values int64, out int64[orders]): out[k] = the bits of every value's Exp-Golomb code of order k,
+   sum of 2m - k + 1 where v + 2^k has m + 1 bits (rans.best_order's costs; integers, so exactly numpy's). */
+static PyObject *golomb_costs(PyObject *self, PyObject *args)
+{
+    PyObject *o_values, *o_out;
+    Py_ssize_t n, orders;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO", &o_values, &o_out))
+        return NULL;
+    const int64_t *values = take(&b, o_values, 8, 0, &n, "values");
+    int64_t *out = values ? take(&b, o_out, 8, 1, &orders, "out") : NULL;
+    if (!out)
+        goto fail;
+    int fits = orders >= 1 && orders <= 32;
+    for (Py_ssize_t i = 0; i < n && fits; i++)
+        fits = values[i] >= 0 && values[i] < (int64_t)1 << 52;
+    if (!fits) {
+        bad("_ckernels.golomb_costs: a value outside 0..2^52 or too many orders");
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < orders; k++) {
+        int64_t bits = 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            bits += 2 * floor_log2((uint64_t)values[i] + ((uint64_t)1 << k)) - k + 1;
+        out[k] = bits;
+    }
+    Py_END_ALLOW_THREADS
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
+typedef struct {
+    double key;
+    int32_t index;
+} Keyed;
+
+/* Ascending key, then ascending index: the order of numpy's stable argsort (no NaN keys here). */
+static int by_key(const void *a, const void *b)
+{
+    const Keyed *p = a, *q = b;
+    if (p->key != q->key)
+        return p->key < q->key ? -1 : 1;
+    return (p->index > q->index) - (p->index < q->index);
+}
+
+/* order[0:n) = the stable argsort of keys (sorted in work). */
+static void argsort(const double *keys, Py_ssize_t n, Keyed *work, int32_t *order)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        work[i].key = keys[i];
+        work[i].index = (int32_t)i;
+    }
+    qsort(work, (size_t)n, sizeof *work, by_key);
+    for (Py_ssize_t i = 0; i < n; i++)
+        order[i] = work[i].index;
+}
+
+/* rans.normalize_all's bisection for one total: max(1, floor(share x scale)) at the largest scale of 64 bisection
+   steps whose sum is <= total, into freq (the same float operations as the numpy path, so the same integers). */
+static void bisect_fill(const double *share, Py_ssize_t n, int64_t total, int64_t *freq)
+{
+    double lo = 0.0, hi = 2.0 * (double)total + 1;
+    for (int step = 0; step < 64; step++) {
+        double mid = (lo + hi) / 2, sum = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double fill = floor(share[i] * mid);
+            sum += fill > 1.0 ? fill : 1.0;
+        }
+        if (sum <= (double)total)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double fill = floor(share[i] * lo);
+        freq[i] = (int64_t)(fill > 1.0 ? fill : 1.0);
+    }
+}
+
+/* rans._settle for one total: hand out the units left over, then move single units while that lowers the cost; the
+   log2 steps come from the tables the numpy path uses too (up[f] = log2((f + 1) / f), down[f] = log2(f / (f - 1))),
+   so both paths compare the same numbers. -1 if a frequency leaves the tables. */
+static int settle(const int64_t *counts, Py_ssize_t n, int64_t total, const double *up, const double *down,
+                  Py_ssize_t ntab, int rounds, int64_t *freq, double *gain, double *loss, Keyed *work, int32_t *upo,
+                  int32_t *downo)
+{
+    for (;;) {
+        int64_t left = total;
+        for (Py_ssize_t i = 0; i < n; i++)
+            left -= freq[i];
+        if (left <= 0)
+            break;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (freq[i] < 1 || freq[i] >= ntab)
+                return -1;
+            gain[i] = -((double)counts[i] * up[freq[i]]);
+        }
+        argsort(gain, n, work, upo);
+        for (Py_ssize_t i = 0; i < n && i < left; i++)
+            freq[upo[i]]++;
+    }
+    for (int round = 0; round < rounds; round++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (freq[i] < 1 || freq[i] >= ntab)
+                return -1;
+            gain[i] = -((double)counts[i] * up[freq[i]]);
+            loss[i] = freq[i] > 1 ? (double)counts[i] * down[freq[i]] : INFINITY;
+        }
+        argsort(gain, n, work, upo);
+        argsort(loss, n, work, downo);
+        Py_ssize_t moves = 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            moves += -gain[upo[i]] > loss[downo[i]] * (1 + 1e-12);
+        if (!moves)
+            break;
+        for (Py_ssize_t i = 0; i < moves; i++)
+            freq[upo[i]]++;
+        for (Py_ssize_t i = 0; i < moves; i++)
+            freq[downo[i]]--;
+    }
+    return 0;
+}
+
+/* normalize(counts int64[n], totals int64[m], up float64, down float64, rounds, out int64[m x n]): rans's
+   normalize_all, row j of out the frequencies summing to totals[j]. */
+static PyObject *normalize(PyObject *self, PyObject *args)
+{
+    PyObject *o_counts, *o_totals, *o_up, *o_down, *o_out;
+    Py_ssize_t n, m, nup, ndown, nout;
+    int rounds;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOiO", &o_counts, &o_totals, &o_up, &o_down, &rounds, &o_out))
+        return NULL;
+    const int64_t *counts = take(&b, o_counts, 8, 0, &n, "counts");
+    const int64_t *totals = counts ? take(&b, o_totals, 8, 0, &m, "totals") : NULL;
+    const double *up = totals ? take(&b, o_up, 8, 0, &nup, "up") : NULL;
+    const double *down = up ? take(&b, o_down, 8, 0, &ndown, "down") : NULL;
+    int64_t *out = down ? take(&b, o_out, 8, 1, &nout, "out") : NULL;
+    if (!out)
+        goto fail;
+    int64_t sum = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (counts[i] < 1 || counts[i] > (int64_t)1 << 52) {
+            bad("_ckernels.normalize: counts must be positive");
+            goto fail;
+        }
+        sum += counts[i];
+    }
+    int fits = n >= 1 && n <= INT32_MAX && nup == ndown && nout == n * m && sum <= (int64_t)1 << 52;
+    for (Py_ssize_t j = 0; j < m && fits; j++)
+        fits = totals[j] >= n && totals[j] < nup;
+    if (!fits) {
+        bad("_ckernels.normalize: inconsistent arguments");
+        goto fail;
+    }
+    double *share = malloc((size_t)n * 3 * sizeof *share);
+    Keyed *work = malloc((size_t)n * sizeof *work);
+    int32_t *order = malloc((size_t)n * 2 * sizeof *order);
+    if (!share || !work || !order) {
+        free(share);
+        free(work);
+        free(order);
+        PyErr_NoMemory();
+        goto fail;
+    }
+    int status = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        share[i] = (double)counts[i] / (double)sum;
+    for (Py_ssize_t j = 0; j < m && !status; j++) {
+        bisect_fill(share, n, totals[j], out + j * n);
+        status = settle(counts, n, totals[j], up, down, nup, rounds, out + j * n, share + n, share + 2 * n, work,
+                        order, order + n);
+    }
+    Py_END_ALLOW_THREADS
+    free(share);
+    free(work);
+    free(order);
+    if (status) {
+        bad("_ckernels.normalize: a frequency outside the log2 tables");
+        goto fail;
+    }
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* ---- module ----------------------------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"huffman_table", huffman_table, METH_VARARGS, "the canonical code's LSB-first decode table"},
+    {"huffman_decode", huffman_decode, METH_VARARGS, "decode every huffman segment; their end bit positions"},
+    {"huffman_pack", huffman_pack, METH_VARARGS, "pack the symbols' codes into byte-aligned segments"},
+    {"rans_table", rans_table, METH_VARARGS, "the rans decode table"},
+    {"rans_decode", rans_decode, METH_VARARGS, "decode the interleaved rans lanes; the words read or -1"},
+    {"golomb_pairs", golomb_pairs, METH_VARARGS, "read pairs of Exp-Golomb codes"},
+    {"rans_encode", rans_encode, METH_VARARGS, "run the rans lanes backwards; the first word's index"},
+    {"histogram", histogram, METH_VARARGS, "occurrences of every symbol"},
+    {"normalize", normalize, METH_VARARGS, "rans frequency normalization for several totals"},
+    {"golomb_costs", golomb_costs, METH_VARARGS, "Exp-Golomb code sizes of some values for every order"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_ckernels", "The huffman and rans inner loops in C (see _ckernels_api.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__ckernels(void)
+{
+    return PyModule_Create(&module);
+}
