@@ -1,7 +1,8 @@
 """Lossless on a real transformer (issue 13 item 3): the `lossless` preset against zstd and ZipNN, same run.
 
-Run:  python tests/bench/bench_lossless.py [--dtypes F32 BF16 F16] [--chains "bytegroup | zstd(level=1) | rans" ...]
-The model is all-MiniLM-L6-v2 (22.7 M parameters, fetched and cached as tests/bench/bench_pretrained.py does), cast to
+Run:  python tests/bench/bench_lossless.py [--model HF_FOLDER] [--dtypes F32 BF16 F16] [--chains "..." ...]
+The model is all-MiniLM-L6-v2 (22.7 M parameters, fetched and cached as tests/bench/bench_pretrained.py does) or
+--model's model.safetensors (e.g. all-mpnet-base-v2, 109 M parameters, 438 MB: start-up weighs less), cast to
 each dtype (BF16 rounded to nearest even) and written as one .safetensors file. dcframe rows run the CLI in a
 subprocess (`dcframe compress --preset/-p`, then `dcframe decompress` to .safetensors), so their MB/s are wall clock of
 what a user runs, start-up and file I/O included (the package byte-compiled first, as pip install leaves it), with
@@ -111,12 +112,14 @@ def zipnn_row(data: bytes, dtype: str) -> Row | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", nargs="+", default=["F32", "BF16", "F16"])
+    parser.add_argument("--model", type=Path, help="a Hugging Face folder with model.safetensors (default: "
+                        "all-MiniLM-L6-v2, fetched as bench_pretrained.py does)")
     parser.add_argument("--chains", nargs="*", default=[], help="extra pipelines to measure beside the presets")
     parser.add_argument("--kernels", nargs="*", default=["c", "numba", "numpy"], choices=("c", "numba", "numpy"),
                         help="extra rows of the lossless preset on these DCFRAME_KERNELS paths (those installed)")
     args = parser.parse_args()
     paths = [k for k in args.kernels if k == "numpy" or _kernels.installed(k)]
-    model = load_file(str(fetch_model() / "model.safetensors"))
+    model = load_file(str((args.model or fetch_model()) / "model.safetensors"))
     compile_package()
     print("| dtype | method | ratio | vs ZipNN | compress MB/s | decompress MB/s | exact | CPU s (compress, "
           "decompress) |")
