@@ -190,8 +190,11 @@ def tune(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, budget:
 
     `retrainer` (retrain's protocol): each verified allocation is retrained and judged retrained; the first
     try allows `pre_budget` of loss before retraining (default: budget + 0.1 x |dense metric|), backing off by
-    bisection along the frontier in at most `rounds` retrainings. `test`, if given, is evaluated once, on the dense
-    and the chosen model, never used to choose. `save`: write the chosen (retrained) model's .dcf there."""
+    bisection along the frontier in at most `rounds` retrainings; for `target_ratio`, the pick and its two smaller
+    frontier neighbours are retrained and the best retrained metric kept (on a validation split the dense model
+    classifies perfectly, use a metric that does not saturate, e.g. lenet_evaluators("loglik")). `test`, if given,
+    is evaluated once, on the dense and the chosen model, never used to choose. `save`: write the chosen
+    (retrained) model's .dcf there."""
     check_goal(budget, target_ratio, pre_budget)
     search = Search.start(tensors, evaluate, resolve_grid(grid, rel_steps), retrainer, progress)
     try:

@@ -35,7 +35,9 @@ def rows(budget: float, quick: bool) -> list[tuple[str, str, dict]]:
            ("uniform-rans grid, retrained, budget 0", "accuracy", {"budget": 0.0, "grid": "uniform-rans",
                                                                    "retrainer": lenet_retrainer()}),
            ("uniform-rans grid, retrained, target 60x", "loglik", {"target_ratio": 60.0, "grid": "uniform-rans",
-                                                                    "retrainer": lenet_retrainer()})]
+                                                                    "retrainer": lenet_retrainer()}),
+           ("uniform-rans grid, retrained, target 60x (reference: chosen on accuracy)", "accuracy",
+            {"target_ratio": 60.0, "grid": "uniform-rans", "retrainer": lenet_retrainer()})]
     return out[:1] + out[2:3] if quick else out
 
 
