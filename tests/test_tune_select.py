@@ -44,13 +44,35 @@ def test_unknown_lenet_metric_is_a_config_error():
         lenet_evaluators("f1")
 
 
-def test_target_ratio_with_retraining_retrains_candidates_and_keeps_the_best():
+def test_target_ratio_with_retraining_retrains_candidates_and_keeps_the_best(monkeypatch):
     """With a retrainer, a target ratio retrains the pick and its smaller frontier neighbours, not one allocation
-    alone, and keeps the best retrained metric among the files that hold the ratio."""
+    alone, keeps the best retrained metric, and spends no retraining on a file that misses the ratio."""
+    files = []
+    retrained = Search.retrained
+
+    def recording(self, choice):
+        trial = retrained(self, choice)
+        files.append(trial.file_bytes)
+        return trial
+
+    monkeypatch.setattr(Search, "retrained", recording)
     result = tune(wide_mlp(), wide_accuracy, target_ratio=6.0, grid=SMALL_GRID, retrainer=keep)
-    assert result.retrained and len(result.frontier) == RETRAIN_CANDIDATES
+    assert result.retrained and len(result.frontier) == len(files) == RETRAIN_CANDIDATES
     assert result.metric == max(m for _, m in result.frontier)
-    assert result.original_bytes / result.file_bytes >= 6.0
+    assert all(result.original_bytes / b >= 6.0 for b in files)
+
+
+@pytest.mark.parametrize("ratio", [6.0, 8.0])
+def test_ratio_pick_is_the_least_lossy_point_whose_file_fits(ratio):
+    """Real files are not monotone in the predicted bytes (each chain's streams carry their own overhead): the pick
+    fits the goal and the next frontier point does not, even where lowering the cap by a miss overshoots."""
+    search = Search.start(wide_mlp(), wide_accuracy, SMALL_GRID, None, None)
+    try:
+        goal = search.original_bytes / ratio
+        index = search.ratio_pick(goal, ratio)
+        assert search.file_bytes_at(index) <= goal < search.file_bytes_at(index + 1)
+    finally:
+        search.close()
 
 
 def test_target_ratio_retrains_at_most_rounds_times():

@@ -11,6 +11,7 @@ the CLI (dcframe/commands/tune.py) renders the result.
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import math
 import os
@@ -42,7 +43,7 @@ PRE_RETRAIN_SLACK = 0.1  # with retraining, the first try may lose budget + this
 RETRAIN_ROUNDS = 6  # retrained verifications at most (each runs the whole retraining loop)
 RATIO_CANDIDATES = 4  # without retraining, --target-ratio verifies this many frontier points under the cap
 RETRAIN_CANDIDATES = 3  # with retraining, it retrains this many (of `rounds`) and keeps the best retrained metric
-RATIO_TRIES = 4  # caps tried when the real file misses the target ratio (container overhead, codebooks)
+RATIO_TRIES = 8  # caps tried when the real file misses the target ratio (container overhead, codebooks)
 PLOT_POINTS = 2000  # predicted frontier points kept in results (plots and --json)
 
 Evaluator = Callable[[dict[str, np.ndarray]], float]
@@ -272,6 +273,7 @@ class Search:
     tmp: Path
     evaluations: int = 0
     trials: list[Trial] = field(default_factory=list)
+    probes: dict[int, int] = field(default_factory=dict)  # frontier index -> its file's bytes without retraining
 
     @classmethod
     def start(cls, tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluator, grid: Grid,
@@ -400,35 +402,54 @@ class Search:
             trial.file_bytes = compress(self.dense, trial.path, rules=self.rules(trial.choice))["compressed_bytes"]
         return trial.file_bytes
 
-    def for_ratio(self, ratio: float, rounds: int) -> Trial:
-        """The best metric with the file >= `ratio` x smaller than the original: the least predicted loss under a
-        byte cap (the lossless file's overhead subtracted) and its smaller neighbours on the frontier, verified
-        (retrained, when retraining, in at most `rounds` retrainings), the best whose real file holds the ratio kept;
-        while none does, the cap is lowered by the least miss."""
-        goal = self.original_bytes / ratio
+    def file_bytes_at(self, index: int) -> int:
+        """The bytes of the file frontier point `index`'s rules write without retraining (cached): a size probe,
+        no evaluation; retraining moves shared values, not symbols, so a retrained file is the same size or close."""
+        if index not in self.probes:
+            from dcframe.api import compress
+
+            rules = self.rules(self.front.choice(index))
+            self.probes[index] = compress(self.dense, self.tmp / "probe.dcf", rules=rules)["compressed_bytes"]
+        return self.probes[index]
+
+    def ratio_pick(self, goal: float, ratio: float) -> int:
+        """The frontier index with the least predicted loss whose real file fits `goal` bytes: the cap starts at the
+        goal less the lossless file's overhead and goes below the pick by its miss (more streams carry more), down
+        to the smallest point at worst; from a fit it steps back up while the next point fits too."""
         overhead = self.real_file(self.lossless_trial()) - self.trials[-1].nbytes
         self.trials.pop()  # the overhead probe is no allocation tried
-        cap = math.floor(goal) - overhead - sum(self.fixed.values())
-        retraining = self.retrainer is not None
-        per_try = RETRAIN_CANDIDATES if retraining else RATIO_CANDIDATES
-        left = max(rounds, 1) if retraining else RATIO_TRIES * per_try  # verifications in all
-        tries = 0
-        while left > 0:
-            tries += 1
-            index = within_cap(self.front, cap)
-            if index is None:
-                smallest = int(self.front.nbytes[0]) + overhead + sum(self.fixed.values())
+        index = within_cap(self.front, math.floor(goal) - overhead - sum(self.fixed.values()))
+        missed = len(self.front)  # the least index whose file is known to miss
+        for _ in range(RATIO_TRIES):
+            if index is None or (index == 0 and self.file_bytes_at(0) > goal):
+                smallest = self.file_bytes_at(0)
                 raise ConfigError(f"--target-ratio {ratio:g}: out of this grid's reach (its smallest setting "
-                                  f"stores about {smallest:,} bytes, {self.original_bytes / smallest:.1f}x); "
+                                  f"writes {smallest:,} bytes, {self.original_bytes / smallest:.1f}x); "
                                   f"give a lower ratio or a grid with more pruning or fewer bits")
-            tried = [self.verify(i) for i in range(index, max(index - min(per_try, left), -1), -1)]
-            left -= len(tried)
-            fits = [t for t in tried if self.real_file(t) <= goal]
-            if fits:
-                return max(fits, key=lambda t: (t.metric, -t.nbytes))
-            cap -= math.ceil(min(self.real_file(t) for t in tried) - goal)
+            miss = self.file_bytes_at(index) - goal
+            if miss <= 0:
+                while index + 1 < missed and self.file_bytes_at(index + 1) <= goal:  # the cap went too far
+                    index += 1
+                return index
+            missed = index
+            index = within_cap(self.front, int(self.front.nbytes[index]) - math.ceil(miss)) or 0
         raise ConfigError(f"--target-ratio {ratio:g}: the files written stayed larger than "
-                          f"{math.floor(goal):,} bytes after {tries} tries")
+                          f"{math.floor(goal):,} bytes after {RATIO_TRIES} tries")
+
+    def for_ratio(self, ratio: float, rounds: int) -> Trial:
+        """The best metric with the file >= `ratio` x smaller than the original: the pick (ratio_pick) and its
+        smaller neighbours on the frontier whose files fit, verified (retrained when retraining, at most `rounds`),
+        the best whose verified file holds the ratio kept."""
+        goal = self.original_bytes / ratio
+        index = self.ratio_pick(goal, ratio)
+        count = RATIO_CANDIDATES if self.retrainer is None else min(RETRAIN_CANDIDATES, max(rounds, 1))
+        near = list(itertools.islice((i for i in range(index, -1, -1) if self.file_bytes_at(i) <= goal), count))
+        tried = [self.verify(i) for i in near]
+        fits = [t for t in tried if self.real_file(t) <= goal]
+        if not fits:  # retraining grew every file past the goal
+            raise ConfigError(f"--target-ratio {ratio:g}: the retrained files stayed larger than "
+                              f"{math.floor(goal):,} bytes")
+        return max(fits, key=lambda t: (t.metric, -t.nbytes))
 
     def result(self, trial: Trial, budget: float | None, target_ratio: float | None) -> TuneResult:
         """The TuneResult of the chosen trial."""
