@@ -412,12 +412,10 @@ class Search:
             self.probes[index] = compress(self.dense, self.tmp / "probe.dcf", rules=rules)["compressed_bytes"]
         return self.probes[index]
 
-    def ratio_pick(self, goal: float, ratio: float) -> int:
+    def ratio_pick(self, goal: float, ratio: float, overhead: int) -> int:
         """The frontier index with the least predicted loss whose real file fits `goal` bytes: the cap starts at the
-        goal less the lossless file's overhead and goes below the pick by its miss (more streams carry more), down
+        goal less the lossless file's `overhead` and goes below the pick by its miss (more streams carry more), down
         to the smallest point at worst; from a fit it steps back up while the next point fits too."""
-        overhead = self.real_file(self.lossless_trial()) - self.trials[-1].nbytes
-        self.trials.pop()  # the overhead probe is no allocation tried
         index = within_cap(self.front, math.floor(goal) - overhead - sum(self.fixed.values()))
         missed = len(self.front)  # the least index whose file is known to miss
         for _ in range(RATIO_TRIES):
@@ -439,17 +437,32 @@ class Search:
     def for_ratio(self, ratio: float, rounds: int) -> Trial:
         """The best metric with the file >= `ratio` x smaller than the original: the pick (ratio_pick) and its
         smaller neighbours on the frontier whose files fit, verified (retrained when retraining, at most `rounds`),
-        the best whose verified file holds the ratio kept."""
+        the best whose verified file holds the ratio kept. Retraining can grow a file (uniform stores the shared
+        values it moved off the grid): then the probed files must fit the goal less the growth seen, and the next
+        candidates are retrained."""
         goal = self.original_bytes / ratio
-        index = self.ratio_pick(goal, ratio)
-        count = RATIO_CANDIDATES if self.retrainer is None else min(RETRAIN_CANDIDATES, max(rounds, 1))
-        near = list(itertools.islice((i for i in range(index, -1, -1) if self.file_bytes_at(i) <= goal), count))
-        tried = [self.verify(i) for i in near]
-        fits = [t for t in tried if self.real_file(t) <= goal]
-        if not fits:  # retraining grew every file past the goal
-            raise ConfigError(f"--target-ratio {ratio:g}: the retrained files stayed larger than "
-                              f"{math.floor(goal):,} bytes")
-        return max(fits, key=lambda t: (t.metric, -t.nbytes))
+        overhead = self.real_file(self.lossless_trial()) - self.trials[-1].nbytes
+        self.trials.pop()  # the overhead probe is no allocation tried
+        per_try = RATIO_CANDIDATES if self.retrainer is None else RETRAIN_CANDIDATES
+        left = max(rounds, 1) if self.retrainer is not None else per_try  # verifications in all
+        target = goal  # what a file written without retraining must fit
+        tried: dict[int, Trial] = {}
+        while True:
+            index = self.ratio_pick(target, ratio, overhead)
+            below = range(index, max(index - RATIO_TRIES * per_try, -1), -1)  # a bounded walk down the frontier
+            fresh = [i for i in itertools.islice((i for i in below if i not in tried and self.file_bytes_at(i)
+                                                  <= target), min(per_try, left))]
+            for i in fresh:
+                tried[i] = self.verify(i)
+            left -= len(fresh)
+            fits = [t for t in tried.values() if self.real_file(t) <= goal]
+            if fits:
+                return max(fits, key=lambda t: (t.metric, -t.nbytes))
+            if left <= 0 or not fresh:
+                raise ConfigError(f"--target-ratio {ratio:g}: the retrained files stayed larger than "
+                                  f"{math.floor(goal):,} bytes after {len(tried)} retrainings")
+            grown = max(self.real_file(t) - self.file_bytes_at(i) for i, t in tried.items())
+            target = min(target - 1, goal - grown)
 
     def result(self, trial: Trial, budget: float | None, target_ratio: float | None) -> TuneResult:
         """The TuneResult of the chosen trial."""
