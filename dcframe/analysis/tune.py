@@ -437,21 +437,18 @@ class Search:
     def for_ratio(self, ratio: float, rounds: int) -> Trial:
         """The best metric with the file >= `ratio` x smaller than the original: the pick (ratio_pick) and its
         smaller neighbours on the frontier whose files fit, verified (retrained when retraining, at most `rounds`),
-        the best whose verified file holds the ratio kept. Retraining can grow a file (uniform stores the shared
-        values it moved off the grid): then the probed files must fit the goal less the growth seen, and the next
-        candidates are retrained."""
+        the best whose verified file holds the ratio kept. Retraining can grow a file (uniform's steps are absolute,
+        and weights retrained after pruning fill more bins): then one candidate is retrained at each of several
+        lower goals for the file written without retraining (the goal less 1, 1.5, 2 x the largest growth seen)."""
         goal = self.original_bytes / ratio
         overhead = self.real_file(self.lossless_trial()) - self.trials[-1].nbytes
         self.trials.pop()  # the overhead probe is no allocation tried
         per_try = RATIO_CANDIDATES if self.retrainer is None else RETRAIN_CANDIDATES
         left = max(rounds, 1) if self.retrainer is not None else per_try  # verifications in all
-        target = goal  # what a file written without retraining must fit
+        targets = [(goal, per_try)]  # (what a file written without retraining must fit, candidates there)
         tried: dict[int, Trial] = {}
         while True:
-            index = self.ratio_pick(target, ratio, overhead)
-            below = range(index, max(index - RATIO_TRIES * per_try, -1), -1)  # a bounded walk down the frontier
-            fresh = [i for i in itertools.islice((i for i in below if i not in tried and self.file_bytes_at(i)
-                                                  <= target), min(per_try, left))]
+            fresh = self._candidates(targets, ratio, overhead, tried)[:left]
             for i in fresh:
                 tried[i] = self.verify(i)
             left -= len(fresh)
@@ -462,7 +459,25 @@ class Search:
                 raise ConfigError(f"--target-ratio {ratio:g}: the retrained files stayed larger than "
                                   f"{math.floor(goal):,} bytes after {len(tried)} retrainings")
             grown = max(self.real_file(t) - self.file_bytes_at(i) for i, t in tried.items())
-            target = min(target - 1, goal - grown)
+            targets = [(goal - grown * (1 + k / 2), 1) for k in range(per_try)]
+
+    def _candidates(self, targets: list[tuple[float, int]], ratio: float, overhead: int,
+                    tried: Mapping[int, Trial]) -> list[int]:
+        """Frontier indices not tried yet: for each (goal, count), the pick for that goal and its next smaller
+        points whose files fit it, `count` of them (a bounded walk down the frontier); goals out of reach skipped,
+        unless all are."""
+        out: list[int] = []
+        for target, count in targets:
+            try:
+                index = self.ratio_pick(target, ratio, overhead)
+            except ConfigError:
+                if out or target != targets[0][0]:
+                    break
+                raise
+            below = range(index, max(index - RATIO_TRIES * count, -1), -1)
+            out += itertools.islice((i for i in below if i not in tried and i not in out
+                                     and self.file_bytes_at(i) <= target), count)
+        return out
 
     def result(self, trial: Trial, budget: float | None, target_ratio: float | None) -> TuneResult:
         """The TuneResult of the chosen trial."""
