@@ -83,6 +83,21 @@ def test_target_ratio_retrains_further_candidates_when_retraining_grew_the_files
     assert result.original_bytes / result.file_bytes >= 6.0 and result.file_bytes not in [t.file_bytes for t in grown]
 
 
+def test_after_growth_the_retried_candidates_spread_over_the_lowered_goals():
+    """The retry after retraining grew the files takes one candidate per lowered goal (the goal less 1, 1.5, 2 x the
+    growth), each the least lossy untried point whose file fits its goal, rather than neighbours under one goal."""
+    search = Search.start(wide_mlp(), wide_accuracy, SMALL_GRID, None, None)
+    try:
+        goals = [5890.0, 5400.0, 4700.0]
+        picks = search._candidates([(g, 1) for g in goals], 6.0, 0, {})
+        assert len(set(picks)) == 3 and picks == sorted(picks, reverse=True)
+        assert all(search.file_bytes_at(i) <= g for i, g in zip(picks, goals, strict=True))
+        skipped = search._candidates([(5890.0, 2)], 6.0, 0, {picks[0]: None})
+        assert picks[0] not in skipped and len(skipped) == 2  # tried points are not retried
+    finally:
+        search.close()
+
+
 @pytest.mark.parametrize("ratio", [6.0, 8.0])
 def test_ratio_pick_is_the_least_lossy_point_whose_file_fits(ratio):
     """Real files are not monotone in the predicted bytes (each chain's streams carry their own overhead): the pick
