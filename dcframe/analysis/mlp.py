@@ -66,6 +66,18 @@ def accuracy(params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> 
     return float(np.mean(predict(params, x) == y))
 
 
+def log_likelihood(params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, batch: int = 4096) -> float:
+    """The mean log-probability (nats, <= 0) the softmax gives the true class `y` of each row of `x`: minus the
+    cross-entropy, a score that keeps separating models where accuracy sits at 100%."""
+    total = 0.0
+    for i in range(0, len(x), batch):
+        logits = forward(params, x[i:i + batch]).astype(np.float64)
+        shifted = logits - logits.max(1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+        total += float(log_probs[np.arange(len(log_probs)), y[i:i + batch]].sum())
+    return total / max(len(x), 1)
+
+
 def loss_and_grads(params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray,
                    weight_decay: float = 0.0) -> tuple[float, Params]:
     """Mean cross-entropy (+ weight_decay/2 * sum of squared weights) and its gradient for every parameter."""
@@ -211,5 +223,5 @@ def mlp_retrainer(x: np.ndarray, y: np.ndarray, epochs: int | Mapping[str, int] 
     return retrain
 
 
-__all__ = ["ConstrainedOptimizer", "accuracy", "forward", "init_params", "layer_names", "loss_and_grads",
-           "mlp_retrainer", "predict", "train"]
+__all__ = ["ConstrainedOptimizer", "accuracy", "forward", "init_params", "layer_names", "log_likelihood",
+           "loss_and_grads", "mlp_retrainer", "predict", "train"]

@@ -46,7 +46,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="instead of --budget: the best metric with the file >= R x smaller than the original")
     p.add_argument("--eval", dest="evaluator", metavar="MODULE:FUNCTION",
                    help="metric, higher is better: FUNCTION(dict name -> numpy array) -> float; "
-                        "default for the bundled LeNet-300-100: accuracy on a validation split of its training digits")
+                        "default for the bundled LeNet-300-100, on a validation split of its training digits: "
+                        "accuracy with --budget (the budget's unit), the mean log-likelihood of the true digit with "
+                        "--target-ratio (it ranks models that all classify the split perfectly)")
     p.add_argument("--grid", default=DEFAULT_GRID, metavar="NAME|FILE",
                    help=f"candidates per tensor: {', '.join(GRIDS)} or a grid file (JSON dcframe.grid/1); "
                         f"default %(default)s")
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                           + (" (give --eval MODULE:FUNCTION)" if evaluate is None else
                              "; from Python, pass tune(..., retrainer=...)"))
     if evaluate is None:
-        evaluate, test = lenet_evaluators()
+        evaluate, test = lenet_evaluators("accuracy" if args.budget is not None else "loglik")
     retrainer = lenet_retrainer() if args.retrain else None
     total = sweep_size(tensors, grid=grid)
     with console.progress_bar(total, "sweeping", enabled=not args.quiet, unit="items") as adv:
