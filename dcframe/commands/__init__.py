@@ -14,8 +14,9 @@ def add_force_flag(parser) -> None:
 
 def refuse_existing_output(output: str | os.PathLike, force: bool, source: str | os.PathLike | None = None) -> None:
     """Refuse to replace a file (or a symlink, even a dangling one) at `output` unless `force`; nothing is touched.
-    A missing `source` (the command's input) is named first: a mistyped input is the error to report, not the output."""
-    if source is not None and not os.path.exists(source):
+    A missing `source` (the command's input) is named first: a mistyped input is the error to report, not the output
+    (a link that leads nowhere is left to the reader, which says why)."""
+    if source is not None and not os.path.lexists(source):
         raise ModelIOError(f"{source}: no such file")
     if not force and os.path.lexists(output):
         raise ModelIOError(f"{output}: already exists; use -f/--force to overwrite it")
