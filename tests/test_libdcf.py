@@ -244,11 +244,13 @@ BYTEGROUP_CASES = [  # (pipeline, dtype, elements): the mantissa out of a codec 
 ]
 
 
-def test_bytegroup_and_raw_streams_decode_as_dcframe(build: Path, scalar: Path, tmp_path: Path) -> None:
+def test_bytegroup_and_raw_streams_decode_as_dcframe(build: Path, scalar: Path, refused: set[str],
+                                                     tmp_path: Path) -> None:
     """bytegroup chains whose mantissa planes come out of zstd or zlib (rebuilt inside the output buffer, in rounds
     that move the planes up), are stored as they are (read a block of each plane at a time through a read
     callback), or are pulled in parts (by sparse), decode to dcframe's bytes for 1 to 7 mantissa planes, from
-    memory, by path and through a read callback, on both builds; so do raw symbols read into the pull's buffer."""
+    memory, by path and through a read callback, on both builds; so do raw symbols read into the pull's buffer.
+    A build without zstd or zlib (no headers on this machine) refuses those chains as UnsupportedError instead."""
     rng = np.random.default_rng(11)
     files, want = [], []
     for i, (pipeline, dtype, n) in enumerate(BYTEGROUP_CASES):
@@ -265,11 +267,14 @@ def test_bytegroup_and_raw_streams_decode_as_dcframe(build: Path, scalar: Path, 
         out.mkdir()
         for k, r in enumerate(check(tool, files, out, mode)):
             code, j = r["tensors"]["x"]
+            if chain_of(dcframe.open_container(files[k]), "x") & refused:
+                assert code == "UnsupportedError", (tool, mode, BYTEGROUP_CASES[k])
+                continue
             assert code == "OK", (tool, mode, BYTEGROUP_CASES[k])
             assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, mode, BYTEGROUP_CASES[k])
 
 
-def test_damaged_streamed_stages_fail_alike_in_every_mode(build: Path, tmp_path: Path) -> None:
+def test_damaged_streamed_stages_fail_alike_in_every_mode(build: Path, refused: set[str], tmp_path: Path) -> None:
     """rans, zstd, zlib and bytegroup streams damaged (bytes flipped, cut or extended, CRCs fixed so the damage
     reaches the stage) fail with the same class and the same message from memory, by path and through a read
     callback, where their stored bytes are read through windows: the codecs get the same input slices in every
@@ -278,8 +283,9 @@ def test_damaged_streamed_stages_fail_alike_in_every_mode(build: Path, tmp_path:
     x = (rng_np.standard_normal((600, 400)) * 0.05).astype(np.float32)  # stored streams of several windows
     rng = random.Random(6)
     damaged = []
-    for i, pipeline in enumerate(["bytegroup | zstd(level=5) | rans(lanes=256)", "zstd(level=19)", "zlib",
-                                  "kmeans(bits=8) | rans", "bytegroup | zlib | rans"]):
+    pipelines = ["bytegroup | zstd(level=5) | rans(lanes=256)", "zstd(level=19)", "zlib", "kmeans(bits=8) | rans",
+                 "bytegroup | zlib | rans"]  # those this build refuses (no zstd or zlib headers) left out
+    for i, pipeline in enumerate(p for p in pipelines if not any(lib in p for lib in refused & {"zstd", "zlib"})):
         src = tmp_path / f"s{i}.dcf"
         dcframe.compress({"x": x}, src, pipeline=pipeline)
         index, tensors = split(src.read_bytes())
