@@ -461,6 +461,18 @@ def test_budget_holds_end_to_end_on_the_demo_model(tmp_path, capsys):
     assert read_rules_file(out) == report["rules"] and len(report["rules"]) == 3
 
 
+def test_the_printed_report_names_the_built_in_metric(tmp_path, capsys):
+    """The bundled LeNet's table says which validation metric chose (accuracy for a budget, log-likelihood for a
+    target ratio) and that the test figure is accuracy, not a bare "metric"."""
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(Grid(sparsity=(0.9,), bits=(5,)).as_dict()))
+    for goal, name in [(["--budget", "0.01"], "validation accuracy: "),
+                       (["--target-ratio", "10"], "validation log-likelihood (nats): ")]:
+        assert main(["tune", str(MODEL), *goal, "--grid", str(grid), "-o", str(tmp_path / "r.json"), "-f"]) == 0
+        out = capsys.readouterr().out
+        assert name in out and "test accuracy (never used to choose): " in out, out
+
+
 def test_retraining_after_allocation_is_verified_retrained(tmp_path):
     """The fast variant of the paper's path: a small grid, one epoch per phase, two retraining rounds; the allocation
     first tried at the looser pre-retraining budget, the result judged by its retrained validation metric."""

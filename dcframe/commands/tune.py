@@ -119,8 +119,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.input}: only the bundled LeNet-300-100 has {what}"
                           + (" (give --eval MODULE:FUNCTION)" if evaluate is None else
                              "; from Python, pass tune(..., retrainer=...)"))
+    names = {}
     if evaluate is None:
-        evaluate, test = lenet_evaluators("accuracy" if args.budget is not None else "loglik")
+        metric = "accuracy" if args.budget is not None else "loglik"
+        evaluate, test = lenet_evaluators(metric)
+        names = {"metric": "validation " + ("accuracy" if metric == "accuracy" else "log-likelihood (nats)"),
+                 "test_name": "test accuracy"}
     retrainer = lenet_retrainer() if args.retrain else None
     total = sweep_size(tensors, grid=grid)
     with console.progress_bar(total, "sweeping", enabled=not args.quiet, unit="items") as adv:
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         console.print_json(result.as_dict())
     else:
-        show(result)
+        show(result, **names)
         replay = "dcframe.compress_with_retraining(..., rules=...)" if result.retrained else \
             f"dcframe compress {args.input} --rules-file {args.output}"
         console.note(f"wrote {len(result.rules)} rules to {args.output}; replay: {replay}")
@@ -207,8 +211,9 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
     return 0
 
 
-def show(result: TuneResult) -> None:
-    """The paper's per-layer columns plus the chosen setting and its metric cost, then the totals."""
+def show(result: TuneResult, metric: str = "validation metric", test_name: str = "test metric") -> None:
+    """The paper's per-layer columns plus the chosen setting and its metric cost, then the totals; `metric` and
+    `test_name` say what the validation and test figures are (the built-in LeNet's: accuracy or log-likelihood)."""
     def cell(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
@@ -224,10 +229,10 @@ def show(result: TuneResult) -> None:
              f"({result.lossless_bytes / max(result.total_bytes, 1):.2f}x smaller than lossless)"]
     if result.file_bytes is not None:
         lines.append(f"file: {result.file_bytes:,} bytes, {result.original_bytes / result.file_bytes:.1f}x")
-    lines += [f"validation metric{' (retrained)' if result.retrained else ''}: {result.metric:.4f} (dense "
+    lines += [f"{metric}{' (retrained)' if result.retrained else ''}: {result.metric:.4f} (dense "
               f"{result.dense_metric:.4f}, loss {result.dense_metric - result.metric:.4f}, {goal})",
               f"evaluations: {result.evaluations}, allocations verified: {len(result.frontier)}"]
     if result.test_metric is not None:
-        lines.append(f"test metric (never used to choose): {result.test_metric:.4f} (dense {result.test_dense:.4f})")
+        lines.append(f"{test_name} (never used to choose): {result.test_metric:.4f} (dense {result.test_dense:.4f})")
     for line in lines:
         console.stdout.print(line, markup=False, highlight=False)
