@@ -179,3 +179,56 @@ def test_compress_tensors_in_threads_hands_back_the_policys_chain_objects():
     encoded = list(compress_tensors(tensors, policy, jobs=2))
     assert [e.name for e in encoded] == list(tensors)
     assert len({id(e.chain) for e in encoded}) == 1 and str(encoded[0].chain).startswith("bytegroup")
+
+
+@pytest.mark.parametrize("pipeline", [BYTES_ONLY, None])
+def test_threaded_decompress_writes_the_serial_file(tmp_path, monkeypatch, pipeline):
+    """`decompress -j 2` decodes in threads where the chains allow it (bytegroup | zstd always, the lossless preset
+    with kernels) and writes the bytes `-j 1` writes, every tensor in order through the progress bar."""
+    from dcframe.cli import main
+    from dcframe.core import container as container_module
+
+    calls = []
+    real = container_module.ordered_map
+    monkeypatch.setattr(container_module, "ordered_map", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    dcf = tmp_path / "m.dcf"
+    dcframe.compress(_tensors(), dcf, pipeline=pipeline)
+    assert main(["decompress", str(dcf), "-o", str(tmp_path / "serial.safetensors"), "-q", "-j", "1"]) == 0
+    assert calls == []
+    assert main(["decompress", str(dcf), "-o", str(tmp_path / "threads.safetensors"), "-q", "-j", "2"]) == 0
+    assert calls == ([2] if pipeline is not None or KERNELS else [])
+    assert (tmp_path / "serial.safetensors").read_bytes() == (tmp_path / "threads.safetensors").read_bytes()
+    with dcframe.open_container(dcf) as c:
+        names = list(_tensors())[::-1]  # any order asked for comes back in that order
+        got = list(c.read_many(names, jobs=2))
+        assert [n for n, _ in got] == names
+        for name, dense in got:
+            assert dense.array.tobytes() == c.read(name).array.tobytes()
+
+
+def test_a_damaged_tensor_decoded_in_a_thread_fails_in_its_turn(tmp_path):
+    """The tensors before a damaged one come out; then the serial read's error, naming that tensor."""
+    from dcframe.core.container import Container
+
+    dcf = tmp_path / "m.dcf"
+    dcframe.compress(_tensors(), dcf, pipeline=BYTES_ONLY)
+    with Container(dcf) as c:
+        real = c.streams
+
+        def damaged(name, record=None):
+            out = real(name, record)
+            if name == "layer3.weight":
+                out = {k: v[:-5] for k, v in out.items()}  # a stream cut short, past its checksum
+            return out
+
+        c.streams = damaged
+        names = list(c.names)
+        with pytest.raises(DcfError) as serial:
+            list(c.read_many(names, jobs=1))
+        seen = []
+        with pytest.raises(DcfError) as threaded:
+            for name, _ in c.read_many(names, jobs=2):
+                seen.append(name)
+    assert str(threaded.value) == str(serial.value) and "layer3.weight" in str(threaded.value)
+    assert type(threaded.value) is type(serial.value)
+    assert seen == names[:names.index("layer3.weight")]

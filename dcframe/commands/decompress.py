@@ -9,6 +9,7 @@ from dcframe.commands import add_executor_flags, add_force_flag, executor_from_f
 from dcframe.core.container import Container
 from dcframe.core.errors import DcfError, FormatError
 from dcframe.core.files import refuse_overwriting_input
+from dcframe.core.orchestrator import default_jobs
 from dcframe.io.hffolder import is_folder, write_folder
 from dcframe.io.modelio import write_model_stream
 
@@ -27,7 +28,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_executor_flags(p, "a folder's shards are decoded, one task per shard (a single file is decoded here)")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
-                   help="with --executor dask: the LocalCluster's workers (default 2)")
+                   help="threads decoding a file's tensors where their chains allow it (the lossless preset's with "
+                        "compiled kernels; default: the cores), or with --executor dask the LocalCluster's workers "
+                        "(default 2)")
     add_force_flag(p)
     return p
 
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.single_file or _is_folder_output(args.output):
         return _to_folder(args)  # a folder: new, empty, or replaced with --force (its own rule)
     refuse_existing_output(args.output, args.force, args.input)
+    jobs = default_jobs() if args.jobs is None else args.jobs
     with Container(args.input) as container:
         names = list(dict.fromkeys(args.tensor)) if args.tensor else container.names  # a name given twice: once
         missing = [n for n in names if n not in container.entries]
@@ -49,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
         total = sum(container.entries[n].total_length for n in names)
         with console.progress_bar(total, "decoding", enabled=not args.quiet) as advance:
 
-            def decoded():  # one tensor in memory at a time: decoded, written, dropped
-                for name in names:
-                    tensor = container.read(name)
+            def decoded():  # a few tensors in memory at a time: decoded, written, dropped
+                for name, tensor in container.read_many(names, jobs):
                     advance(name, container.entries[name].total_length)
                     yield name, tensor
 
@@ -88,7 +91,8 @@ def _to_folder(args: argparse.Namespace) -> int:
         with console.progress_bar(total, "decoding", enabled=not args.quiet) as advance:
             written = write_folder(args.output, container, single_file=args.single_file,
                                    overwrite=getattr(args, "force", False), progress=advance,
-                                   executor=executor_from_flags(args))
+                                   executor=executor_from_flags(args),
+                                   jobs=default_jobs() if args.jobs is None else args.jobs)
     if not args.quiet:
         console.stderr.print(f"wrote {len(container.names)} tensors and {len(written)} files to {args.output}",
                              markup=False)

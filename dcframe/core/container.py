@@ -31,7 +31,7 @@ from dcframe.core.errors import (
     ModelIOError,
 )
 from dcframe.core.files import _short, _sync_dir, make_temporary
-from dcframe.core.orchestrator import EncodedTensor, Spilled, decode_tensor
+from dcframe.core.orchestrator import EncodedTensor, Spilled, decode_tensor, ordered_map, threadable
 from dcframe.core.pipeline import Chain
 from dcframe.core.registry import Registry, get_registry
 from dcframe.core.stage import Stage, format_stage
@@ -848,6 +848,27 @@ class Container:
         streams = self.streams(name, record)
         return decode_tensor(stages, record["steps"], streams, record["dtype"], tuple(record["shape"]),
                              where=f"{self.path}: tensor '{name}'")
+
+    def read_many(self, names: Iterable[str], jobs: int = 1) -> Iterator[tuple[str, Dense]]:
+        """(name, tensor) of each of `names`, in order. With `jobs` > 1 and every chain they take threadable (the
+        lossless preset's with compiled kernels: the GIL released while decoding), `jobs` threads decode while this
+        one reads the next tensors' bytes (the file is read here only, serially); a few tensors in flight at most."""
+        names = list(names)
+        chains = {self.record(n)["chain"] for n in names}
+        if jobs < 2 or len(names) < 2 or not all(threadable(self.chain_stages(c)) for c in chains):
+            for name in names:
+                yield name, self.read(name)
+            return
+
+        def tasks() -> Iterator[tuple[tuple, int]]:
+            for name in names:
+                record = self.record(name)
+                args = (self.chain_stages(record["chain"]), record["steps"], self.streams(name, record),
+                        record["dtype"], tuple(record["shape"]), f"{self.path}: tensor '{name}'")
+                yield args, self.entries[name].total_length
+
+        for name, dense in zip(names, ordered_map(decode_tensor, tasks(), jobs), strict=True):
+            yield name, dense
 
     def __iter__(self) -> Iterator[tuple[str, Dense]]:
         for name in self.entries:

@@ -220,19 +220,21 @@ def _small_files(path: Path, names: list[str]) -> dict[str, bytes]:
 
 
 def write_folder(out: str | os.PathLike, container: Container, single_file: bool = False, overwrite: bool = False,
-                 progress: Callable[[str, int], None] | None = None, executor: Any = None) -> list[str]:
+                 progress: Callable[[str, int], None] | None = None, executor: Any = None,
+                 jobs: int = 1) -> list[str]:
     """Recreate a model folder in `out` (new or empty; with `overwrite`, a non-empty one, see README): the shards
     with their `__metadata__`, the index, the small files; or with `single_file` one model.safetensors. Written in a
     hidden folder beside `out`, moved into place only when complete. Returns the file names written.
     With `executor` (daskexec.DaskExecutor), the shards are decoded and written by its workers, one task
-    per shard, into that hidden folder (which the workers must reach, as they must reach the container)."""
+    per shard, into that hidden folder (which the workers must reach, as they must reach the container). Else
+    `jobs` threads decode the tensors where their chains allow it (Container.read_many)."""
     out = Path(out)
     existing = _existing(out)
     if existing and not overwrite:
         raise ModelIOError(f"{out}: the folder is not empty ({len(existing)} entries); choose a new or empty folder "
                            f"(or --force to replace its model files)")
     layout = container.layout() or Layout([(SINGLE, {})], dict.fromkeys(container.names, 0))
-    files = _plan(container, layout, single_file)
+    files = _plan(container, layout, single_file, jobs)
     parent = out.parent if str(out.parent) else Path(".")
     remove_stale_temporaries(parent)  # staging folders of killed runs
     try:
@@ -274,7 +276,7 @@ def _existing(out: Path) -> list[str]:
 Writer = Callable[[Path, Callable[[str, int], None] | None], None]
 
 
-def _plan(container: Container, layout: Layout, single_file: bool) -> dict[str, Writer]:
+def _plan(container: Container, layout: Layout, single_file: bool, jobs: int = 1) -> dict[str, Writer]:
     """File name -> how to write it: each shard (or the merged file), the index, the small files."""
     names = container.names
     specs = {name: container.header(name) for name in names}
@@ -289,7 +291,7 @@ def _plan(container: Container, layout: Layout, single_file: bool) -> dict[str, 
         metadata = dict(layout.shards)
     plan: dict[str, Writer] = {}
     for shard, members in groups.items():
-        plan[shard] = ShardFile(container, members, metadata.get(shard) or None)
+        plan[shard] = ShardFile(container, members, metadata.get(shard) or None, jobs)
     if len(groups) > 1 or not single_file and layout.index_file is not None:
         index_file = layout.index_file or SINGLE + ".index.json"
         plan[index_file] = _index_writer(layout, groups, specs)
@@ -307,14 +309,14 @@ class ShardFile:
     container: Container
     names: list[str]
     metadata: dict[str, str] | None
+    jobs: int = 1  # threads decoding (Container.read_many)
 
     def __call__(self, path: Path, progress: Callable[[str, int], None] | None) -> None:
         container = self.container
         specs = {name: container.header(name) for name in self.names}
 
-        def decoded() -> Iterator[tuple[str, Dense]]:  # one tensor in memory at a time
-            for name in specs:
-                tensor = container.read(name)
+        def decoded() -> Iterator[tuple[str, Dense]]:  # a few tensors in memory at a time
+            for name, tensor in container.read_many(specs, self.jobs):
                 if progress:
                     progress(name, container.entries[name].total_length)
                 yield name, tensor

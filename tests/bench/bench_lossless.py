@@ -1,6 +1,7 @@
 """Lossless on a real transformer (issue 13 item 3): the `lossless` preset against zstd and ZipNN, same run.
 
 Run:  python tests/bench/bench_lossless.py [--model HF_FOLDER] [--dtypes F32 BF16 F16] [--chains "..." ...]
+      [--kernels c numba numpy] [--runs N] [--no-slow]
 The model is all-MiniLM-L6-v2 (22.7 M parameters, fetched and cached as tests/bench/bench_pretrained.py does) or
 --model's model.safetensors (e.g. all-mpnet-base-v2, 109 M parameters, 438 MB: start-up weighs less), cast to
 each dtype (BF16 rounded to nearest even) and written as one .safetensors file. dcframe rows run the CLI in a
@@ -78,11 +79,20 @@ def dcli(*args: str, kernels: str = "auto") -> tuple[float, float]:
 
 
 def dcframe_row(flags: list[str], source: Path, tensors: dict[str, np.ndarray], work: Path,
-                kernels: str = "auto") -> Row:
-    """(bytes, compress s, decompress s, exact, compress CPU s, decompress CPU s) of one chain through the CLI."""
+                kernels: str = "auto", runs: int = 1) -> Row:
+    """(bytes, compress s, decompress s, exact, compress CPU s, decompress CPU s) of one chain through the CLI: the
+    median of `runs` runs each, every output written new (the previous one removed first, outside the clock)."""
     out, back = work / "out.dcf", work / "back.safetensors"
-    enc, enc_cpu = dcli("compress", str(source), "-o", str(out), "-f", *flags, kernels=kernels)
-    dec, dec_cpu = dcli("decompress", str(out), "-o", str(back), "-f", kernels=kernels)
+
+    def timed(*args: str) -> tuple[float, float]:
+        times = []
+        for _ in range(runs):
+            Path(args[args.index("-o") + 1]).unlink(missing_ok=True)
+            times.append(dcli(*args, kernels=kernels))
+        return float(np.median([t[0] for t in times])), float(np.median([t[1] for t in times]))
+
+    enc, enc_cpu = timed("compress", str(source), "-o", str(out), *flags)
+    dec, dec_cpu = timed("decompress", str(out), "-o", str(back))
     restored = read_model(back)
     exact = all(as_dense(restored[k]).array.tobytes() == v.tobytes() for k, v in tensors.items())
     return out.stat().st_size, enc, dec, exact, enc_cpu, dec_cpu
@@ -117,6 +127,8 @@ def main() -> None:
     parser.add_argument("--chains", nargs="*", default=[], help="extra pipelines to measure beside the presets")
     parser.add_argument("--kernels", nargs="*", default=["c", "numba", "numpy"], choices=("c", "numba", "numpy"),
                         help="extra rows of the lossless preset on these DCFRAME_KERNELS paths (those installed)")
+    parser.add_argument("--runs", type=int, default=1, help="CLI runs per dcframe row (the median is printed)")
+    parser.add_argument("--no-slow", action="store_true", help="leave out the zstd -19 rows (minutes of CPU)")
     args = parser.parse_args()
     paths = [k for k in args.kernels if k == "numpy" or _kernels.installed(k)]
     model = load_file(str((args.model or fetch_model()) / "model.safetensors"))
@@ -132,14 +144,17 @@ def main() -> None:
             source = work / "model.safetensors"
             write_input(tensors, dtype, source)
             rows = [("ZipNN (zipnn, byte API)", zipnn_row(data, dtype))]
-            rows += [("dcframe --preset lossless", dcframe_row(["--preset", "lossless"], source, tensors, work))]
+            lossless = ["--preset", "lossless"]
+            rows += [("dcframe --preset lossless", dcframe_row(lossless, source, tensors, work, runs=args.runs))]
             rows += [(f"dcframe --preset lossless, DCFRAME_KERNELS={k}",
-                      dcframe_row(["--preset", "lossless"], source, tensors, work, k)) for k in paths]
-            rows += [
-                     (f"dcframe -p '{OLD_LOSSLESS}' (old lossless)",
-                      dcframe_row(["-p", OLD_LOSSLESS], source, tensors, work))]
-            rows += [(f"dcframe -p '{c}'", dcframe_row(["-p", c], source, tensors, work)) for c in args.chains]
-            rows += [(f"zstd -{level} (raw bytes)", zstd_row(data, level)) for level in (3, 19)]
+                      dcframe_row(lossless, source, tensors, work, k, args.runs)) for k in paths]
+            if not args.no_slow:
+                rows += [(f"dcframe -p '{OLD_LOSSLESS}' (old lossless)",
+                          dcframe_row(["-p", OLD_LOSSLESS], source, tensors, work))]
+            rows += [(f"dcframe -p '{c}'", dcframe_row(["-p", c], source, tensors, work, runs=args.runs))
+                     for c in args.chains]
+            rows += [(f"zstd -{level} (raw bytes)", zstd_row(data, level)) for level in (3, 19)
+                     if level < 19 or not args.no_slow]
         reference = rows[0][1]
         ref_ratio = len(data) / reference[0] if reference else None
         for name, result in rows:
