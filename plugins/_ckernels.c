@@ -413,6 +413,116 @@ static inline int64_t decode_lanes(uint32_t *restrict state, uint64_t lanes, con
     return (int64_t)read;
 }
 
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(DCF_NO_SIMD)
+#include <immintrin.h>
+#define CK_AVX2 1 /* rans decode: 8 lanes per AVX2 step where the CPU has it (checked at import), else the loop above */
+
+static int ck_avx2;             /* the CPU runs AVX2 and POPCNT */
+static uint8_t ck_perm[256][32]; /* need mask -> shuffle putting the k-th needed word into the k-th needing lane */
+
+static void ck_perm_init(void)
+{
+    for (unsigned m = 0; m < 256; m++)
+        for (unsigned lane = 0, taken = 0; lane < 8; lane++) {
+            uint8_t *p = ck_perm[m] + 4 * lane; /* lane's 4 bytes; each 128-bit half holds all 8 words */
+            p[0] = (uint8_t)(2 * taken);
+            p[1] = (uint8_t)(2 * taken + 1);
+            p[2] = p[3] = 0x80; /* zero: the word fills the state's low 16 bits only */
+            taken += m >> lane & 1;
+        }
+}
+
+/* One step of lanes j..j+7: both gathers (packed entry, symbol), 8 symbols stored at once, the states advanced,
+   and the words the needing lanes take (in lane order) shuffled into place. Returns the words taken. */
+__attribute__((target("avx2,popcnt"), always_inline)) static inline uint32_t ck_step8(uint32_t *xs, uint8_t *o, const int *fb,
+                                                                       const void *ssym, int wide, __m256i mask,
+                                                                       __m128i shift, const uint16_t *wp)
+{
+    const __m256i lo16 = _mm256_set1_epi32(0xFFFF), one = _mm256_set1_epi32(1);
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xs);
+    __m256i slot = _mm256_and_si256(x, mask);
+    __m256i e = _mm256_i32gather_epi32(fb, slot, 4); /* (freq - 1) << 16 | bias */
+    __m256i k = wide ? _mm256_i32gather_epi32((const int *)ssym, slot, 2)
+                     : _mm256_i32gather_epi32((const int *)ssym, slot, 1); /* the symbol in the low byte(s) */
+    if (wide) {
+        const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                              0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+        __m256i s16 = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(k, pick), 0x08);
+        _mm_storeu_si128((__m128i *)(void *)o, _mm256_castsi256_si128(s16));
+    } else {
+        const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                              0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        __m256i s8 = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(k, pick), _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+        _mm_storel_epi64((__m128i *)(void *)o, _mm256_castsi256_si128(s8));
+    }
+    __m256i f = _mm256_add_epi32(_mm256_srli_epi32(e, 16), one);
+    x = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srl_epi32(x, shift)), _mm256_and_si256(e, lo16));
+    __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, lo16), x); /* x < 2^16 */
+    unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
+    __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)wp));
+    w = _mm256_shuffle_epi8(w, _mm256_loadu_si256((const __m256i *)(const void *)ck_perm[m]));
+    x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
+    _mm256_storeu_si256((__m256i *)(void *)xs, x);
+    return (uint32_t)__builtin_popcount(m);
+}
+
+/* decode_lanes with every whole step's groups of 8 lanes by AVX2 (the floor is 2^16), the other lanes and the last,
+   partial step by the scalar loop: the same symbols, states and word count. A group loads 8 words at words[read],
+   read <= nwords + j before lane j, so the load stays inside the nwords + lanes padded words. */
+__attribute__((target("avx2,popcnt"), always_inline)) static inline int64_t decode_lanes_avx2(uint32_t *restrict state, uint64_t lanes,
+                                                                        const uint16_t *restrict words,
+                                                                        uint64_t nwords, uint64_t total, int bits,
+                                                                        const uint64_t *restrict table,
+                                                                        const int *fb, const void *ssym,
+                                                                        void *restrict out, int wide)
+{
+    const __m256i mask = _mm256_set1_epi32((int)((1u << bits) - 1));
+    const __m128i shift = _mm_cvtsi32_si128(bits);
+    const uint64_t width = wide ? 2 : 1, whole = total / lanes * lanes;
+    uint64_t read = 0, done = 0;
+    for (; done < whole; done += lanes) {
+        uint64_t j = 0;
+        for (; j + 8 <= lanes; j += 8)
+            read += ck_step8(state + j, (uint8_t *)out + width * (done + j), fb, ssym, wide, mask, shift,
+                             words + read);
+        for (; j < lanes; j++) {
+            uint32_t s = state[j];
+            uint64_t e = table[s & ((1u << bits) - 1)];
+            sym_put(out, wide, done + j, (uint32_t)(e & 0xFFFF));
+            s = (uint32_t)(e >> 32) * (s >> bits) + (uint32_t)((e >> 16) & 0xFFFF);
+            uint32_t need = s < 0x10000u;
+            uint32_t next[2] = {s, (s << 16) | words[read]};
+            state[j] = next[need];
+            read += need;
+        }
+        if (read > nwords)
+            return -1;
+    }
+    if (done == total)
+        return (int64_t)read;
+    int64_t rest = decode_lanes(state, lanes, words + read, nwords - read, total - done, bits, table,
+                                (uint8_t *)out + width * done, wide, 0x10000u);
+    return rest < 0 ? -1 : (int64_t)read + rest;
+}
+
+/* decode_lanes_avx2 for each symbol width, `wide` a constant where it is inlined */
+__attribute__((target("avx2,popcnt"))) static int64_t decode_avx2_8(uint32_t *state, uint64_t lanes,
+                                                                    const uint16_t *words, uint64_t nwords,
+                                                                    uint64_t total, int bits, const uint64_t *table,
+                                                                    const int *fb, const void *ssym, void *out)
+{
+    return decode_lanes_avx2(state, lanes, words, nwords, total, bits, table, fb, ssym, out, 0);
+}
+
+__attribute__((target("avx2,popcnt"))) static int64_t decode_avx2_16(uint32_t *state, uint64_t lanes,
+                                                                     const uint16_t *words, uint64_t nwords,
+                                                                     uint64_t total, int bits, const uint64_t *table,
+                                                                     const int *fb, const void *ssym, void *out)
+{
+    return decode_lanes_avx2(state, lanes, words, nwords, total, bits, table, fb, ssym, out, 1);
+}
+#endif
+
 /* rans_decode(x int64[lanes], words uint16[>= nwords + lanes], nwords, count, bits, table uint64, out, low) -> the
    words read, or -1 (truncated); x holds the final states on success. One step reads at most one word per lane,
    and the step that overruns nwords is the last: reads stay inside the zero-padded words. */
@@ -452,6 +562,42 @@ static PyObject *rans_decode(PyObject *self, PyObject *args)
         state[j] = (uint32_t)x[j];
     }
     int64_t read;
+#ifdef CK_AVX2
+    if (ck_avx2 && low == 0x10000 && lanes >= 8 && count >= lanes) {
+        /* the slot tables the gathers read: packed entries, and the symbols padded for a 4-byte load at the last */
+        size_t slots = (size_t)1 << bits;
+        int *fb = malloc(slots * sizeof *fb);
+        uint8_t *ssym = malloc(slots * 2 + 4);
+        if (!fb || !ssym) {
+            free(fb);
+            free(ssym);
+            free(state);
+            PyErr_NoMemory();
+            goto fail;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        for (size_t i = 0; i < slots; i++) {
+            uint64_t e = table[i];
+            fb[i] = (int)((uint32_t)((e >> 32) - 1) << 16 | (uint32_t)(e >> 16 & 0xFFFF));
+            if (wide)
+                ((uint16_t *)(void *)ssym)[i] = (uint16_t)(e & 0xFFFF);
+            else
+                ssym[i] = (uint8_t)(e & 0xFF);
+        }
+        memset(ssym + (wide ? 2 : 1) * slots, 0, 4);
+        read = (wide ? decode_avx2_16 : decode_avx2_8)(state, (uint64_t)lanes, words, (uint64_t)nwords,
+                                                       (uint64_t)count, bits, table, fb, ssym, out);
+        if (read >= 0)
+            for (Py_ssize_t j = 0; j < lanes; j++)
+                x[j] = state[j];
+        Py_END_ALLOW_THREADS
+        free(fb);
+        free(ssym);
+        free(state);
+        release(&b);
+        return PyLong_FromLongLong(read);
+    }
+#endif
     Py_BEGIN_ALLOW_THREADS
     if (wide)  /* two copies of the loop, each with its own symbol width */
         read = decode_lanes(state, (uint64_t)lanes, words, (uint64_t)nwords, (uint64_t)count, bits, table, out, 1,
@@ -941,5 +1087,9 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__ckernels(void)
 {
+#ifdef CK_AVX2
+    ck_perm_init();
+    ck_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+#endif
     return PyModule_Create(&module);
 }

@@ -69,7 +69,7 @@ def both(kind: str, fn) -> object:
 
 stages = st.one_of(
     st.builds(Huffman, max_bits=st.integers(1, 16), segment_size=st.sampled_from([1, 7, 64, 1000, 4096])),
-    st.builds(Rans, scale_bits=st.integers(1, 16), lanes=st.sampled_from([1, 3, 64, 1000])),
+    st.builds(Rans, scale_bits=st.integers(1, 16), lanes=st.sampled_from([1, 3, 13, 64, 1000])),
 )
 
 
@@ -247,10 +247,12 @@ def rans_stream(bits: int, freq: list[int], states: list[int], words: list[int])
 
 
 @pytest.mark.parametrize("count", [1, 1000, 70_000])
-def test_rans_full_scale_single_symbol_decodes_alike(kind, count):
-    """n = 16 with one symbol of frequency 2^16 (17 bits: the kernel's packed table keeps it whole): every state stays
-    2^16 and no word is read; both paths decode the zeros, and a stray word is left unread on both."""
-    lanes = min(count, 3)
+@pytest.mark.parametrize("most_lanes", [3, 9])
+def test_rans_full_scale_single_symbol_decodes_alike(kind, count, most_lanes):
+    """n = 16 with one symbol of frequency 2^16 (17 bits: the kernel's packed table keeps it whole, and the AVX2
+    path's 32-bit one as freq - 1): every state stays 2^16 and no word is read; both paths decode the zeros, and a
+    stray word is left unread on both."""
+    lanes = min(count, most_lanes)
     data = rans_stream(16, [1 << 16], [1 << 16] * lanes, [])
     meta = {"count": count, "alphabet": 1}
     assert both(kind, lambda: Rans().decode({"data": Bytes(data)}, meta).array).tobytes() == bytes(count)
@@ -259,12 +261,14 @@ def test_rans_full_scale_single_symbol_decodes_alike(kind, count):
 
 
 @pytest.mark.parametrize("share", [0.5, 0.01])
-def test_rans_truncated_last_steps_fail_alike(kind, share):
+@pytest.mark.parametrize("lanes", [5, 8, 21])
+def test_rans_truncated_last_steps_fail_alike(kind, share, lanes):
     """The kernel reads each lane's next word before it knows whether the lane needs it (words past the stream are
     zero padding): cut streams must still fail at the same step, with the same message, as the numpy path's, also
-    with a short last step (5003 symbols in 5 lanes) and rare symbols that take a word almost every time."""
+    with a short last step (5003 symbols in 5, 8 or 21 lanes: the C kernel's AVX2 groups of 8 and the lanes left
+    over) and rare symbols that take a word almost every time."""
     array = (np.random.default_rng(7).random(5003) < share).astype(np.uint8)
-    data = Rans(scale_bits=16, lanes=5).encode(Symbols(array, 2))[0]["data"].data
+    data = Rans(scale_bits=16, lanes=lanes).encode(Symbols(array, 2))[0]["data"].data
     meta = {"count": array.size, "alphabet": 2}
     assert both(kind, lambda: Rans().decode({"data": Bytes(data)}, meta).array).tobytes() == array.tobytes()
     for cut in (2, 4, 10, 30, 200):
