@@ -152,17 +152,103 @@ static inline void huffman_four(const uint64_t *restrict words, uint64_t qmax, c
     }
 }
 
-/* huffman_decode's loops: full segments four at a time, the others one at a time. */
+/* ---- multi-symbol lookups (byte symbols) ----
+   Entry v of the multi table holds the codes that follow one another from bit 0 of v while they fit in its `width`
+   bits, at most MULTI: total length | symbols << 8 (a byte each) | count << 48. Decoding an entry is decoding its
+   codes in turn, so where every read is exact (no clamping) the symbols and positions are the single lookups'. */
+#define MULTI 4
+
+/* The multi table from the complete code's lut (every entry valid); the mean count per entry. */
+static double huffman_multi(const int32_t *lut, int width, uint64_t *multi)
+{
+    uint64_t size = (uint64_t)1 << width, mask = size - 1, total = 0;
+    for (uint64_t v = 0; v < size; v++) {
+        uint64_t e = 0, c = 0, len = 0;
+        for (; c < MULTI; c++) {
+            uint32_t t = (uint32_t)lut[(v >> len) & mask];
+            uint64_t l = t >> 16;
+            if (len + l > (uint64_t)width)
+                break;
+            e |= (uint64_t)(t & 0xFF) << (8 + 8 * c);
+            len += l;
+        }
+        multi[v] = e | len | c << 48;
+        total += c;
+    }
+    return (double)total / (double)size;
+}
+
+/* Four full segments (p[] their bit positions, o0 the first one's output) whose every read is exact: multi-symbol
+   rounds while each lane has a round's worth of symbols left (so a round's 4-byte stores stay in its segment),
+   then the rest of each segment one code at a time. */
+static inline void huffman_four_multi(const uint64_t *restrict words, const uint64_t *restrict multi,
+                                      const int32_t *restrict lut, int width, uint64_t seg, uint64_t *restrict p,
+                                      uint64_t o0, uint8_t *restrict out)
+{
+    const uint64_t mask = ((uint64_t)1 << width) - 1;
+    const int per = 64 / width, refill = 64 / width;
+    uint64_t o[4] = {o0, o0 + seg, o0 + 2 * seg, o0 + 3 * seg}, end[4] = {o0 + seg, o0 + 2 * seg, o0 + 3 * seg,
+                                                                         o0 + 4 * seg};
+    const uint64_t round = (uint64_t)per * MULTI;
+    for (;;) {
+        int ok = 1;
+        for (int m = 0; m < 4; m++)
+            ok &= end[m] - o[m] >= round;
+        if (!ok)
+            break;
+        for (int m = 0; m < 4; m++) {
+            uint64_t w = bits64(words, p[m], UINT64_MAX), used = 0, at = o[m];
+            for (int q = 0; q < per; q++) {
+                uint64_t e = multi[w & mask];
+                uint32_t four = (uint32_t)(e >> 8);
+                memcpy(out + at, &four, 4);
+                at += e >> 48;
+                w >>= e & 63;
+                used += e & 63;
+            }
+            o[m] = at;
+            p[m] += used;
+        }
+    }
+    for (int m = 0; m < 4; m++)
+        for (uint64_t i = o[m]; i < end[m]; i += (uint64_t)refill) {
+            uint64_t w = bits64(words, p[m], UINT64_MAX);
+            uint64_t stop = i + (uint64_t)refill < end[m] ? i + (uint64_t)refill : end[m];
+            for (uint64_t j = i; j < stop; j++) {
+                int32_t e = lut[w & mask];
+                out[j] = (uint8_t)(e & 0xFF);
+                w >>= (uint64_t)(e >> 16);
+                p[m] += (uint64_t)(e >> 16);
+            }
+        }
+}
+
+/* huffman_decode's loops: full segments four at a time (by multi-symbol lookups where `multi` is given and the
+   four segments' reads are all exact: each of their codes ends before the last word, whatever the stream holds),
+   the others one at a time. */
 static inline void huffman_segments(const uint64_t *restrict words, uint64_t qmax, const int32_t *restrict lut,
                                     int width, Py_ssize_t seg, const int64_t *restrict starts,
                                     const int64_t *restrict nsyms, Py_ssize_t nseg, void *restrict out, int wide,
-                                    int64_t *restrict end_pos)
+                                    int64_t *restrict end_pos, const uint64_t *restrict multi)
 {
     uint64_t mask = ((uint64_t)1 << width) - 1, useg = (uint64_t)seg;
     int refill = 64 / width;  /* codes one 64-bit read always holds */
     Py_ssize_t full = nsyms[nseg - 1] != seg ? nseg - 1 : nseg;  /* segments of exactly `seg` symbols */
     Py_ssize_t k = 0;
     for (; k + 4 <= full; k += 4) {
+        /* a segment reads no bit past start + seg x width: exact while that lies before word qmax + 1 */
+        int exact = multi != NULL && !wide;
+        for (int m = 0; m < 4 && exact; m++)
+            exact = ((uint64_t)starts[k + m] << 3) + useg * (uint64_t)width < 64 * qmax;
+        if (exact) {
+            uint64_t p[4];
+            for (int m = 0; m < 4; m++)
+                p[m] = (uint64_t)starts[k + m] << 3;
+            huffman_four_multi(words, multi, lut, width, useg, p, (uint64_t)k * useg, (uint8_t *)out);
+            for (int m = 0; m < 4; m++)
+                end_pos[k + m] = (int64_t)p[m];
+            continue;
+        }
         uint64_t p[4];
         for (int m = 0; m < 4; m++)
             p[m] = (uint64_t)starts[k + m] << 3;
@@ -219,12 +305,25 @@ static PyObject *huffman_decode(PyObject *self, PyObject *args)
             bad("_ckernels.huffman_decode: a segment lies outside the buffers");
             goto fail;
         }
+    /* byte symbols of a complete code (every lut entry a code) with short enough codes: multi-symbol lookups,
+       where an entry holds 2 codes or more on average (8-bit k-means indices hold about 1.5: no faster) and the
+       table costs little beside the stream (at most 1 entry per 8 symbols) */
+    uint64_t *multi = NULL;
+    int complete = !wide && width <= 13 && (Py_ssize_t)4 * seg >= 64 && ((Py_ssize_t)8 << width) <= count;
+    for (Py_ssize_t i = 0; i < nlut && complete; i++)
+        complete = lut[i] != 0;
+    if (complete && (multi = malloc(((size_t)1 << width) * sizeof *multi)) != NULL
+        && huffman_multi(lut, width, multi) < 2.0) {
+        free(multi);
+        multi = NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     if (wide)  /* two copies of the loops, each with its own symbol width */
-        huffman_segments(words, (uint64_t)nwords - 2, lut, width, seg, starts, nsyms, nseg, out, 1, end_pos);
+        huffman_segments(words, (uint64_t)nwords - 2, lut, width, seg, starts, nsyms, nseg, out, 1, end_pos, NULL);
     else
-        huffman_segments(words, (uint64_t)nwords - 2, lut, width, seg, starts, nsyms, nseg, out, 0, end_pos);
+        huffman_segments(words, (uint64_t)nwords - 2, lut, width, seg, starts, nsyms, nseg, out, 0, end_pos, multi);
     Py_END_ALLOW_THREADS
+    free(multi);
     release(&b);
     Py_RETURN_NONE;
 fail:

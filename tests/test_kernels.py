@@ -6,6 +6,7 @@ kernels wherever they are built, and nothing imports numba before a stage codes 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -125,6 +126,39 @@ def test_long_streams_take_the_same_paths(kind):
             data = both(kind, lambda: stage.encode(Symbols(array, alphabet))[0]["data"].data)  # noqa: B023
             meta = {"count": array.size, "alphabet": alphabet}
             assert both(kind, lambda: stage.decode({"data": Bytes(data)}, meta).array).tobytes() == array.tobytes()  # noqa: B023
+
+
+@pytest.mark.parametrize("segment_size", [64, 1000, 4096])
+def test_huffman_multi_symbol_lookups_decode_alike_also_when_damaged(kind, segment_size):
+    """Skewed byte symbols (short codes: the C kernel's multi-symbol lookups, several codes per table entry, where a
+    group of segments reads only whole words) decode the numpy path's symbols; damaged payloads (bits flipped, so
+    code boundaries move; cut; extended) give the same symbols or the same FormatError."""
+    rng = np.random.default_rng(23)
+    array = np.minimum(rng.geometric(0.45, 120_000) - 1, 31).astype(np.uint8)
+    stage = Huffman(segment_size=segment_size)
+    data = stage.encode(Symbols(array, 32))[0]["data"].data
+    meta = {"count": array.size, "alphabet": 32}
+    assert both(kind, lambda: stage.decode({"data": Bytes(data)}, meta).array).tobytes() == array.tobytes()
+    for seed in range(12):
+        r = random.Random(seed)
+        bad = bytearray(data)
+        if seed % 3 == 0:
+            bad = bad[:r.randrange(len(bad) // 2, len(bad))]
+        elif seed % 3 == 1:
+            bad += bytes(r.randrange(256) for _ in range(r.randint(1, 9)))
+        else:
+            for _ in range(1 + seed % 4):
+                bad[r.randrange(len(bad) // 2, len(bad))] ^= 1 << r.randrange(8)
+        result = both(kind, lambda: stage.decode({"data": Bytes(bytes(bad))}, meta).array)  # noqa: B023
+        assert isinstance(result, np.ndarray) or result[0] == "FormatError"
+    tsize, nseg = int.from_bytes(data[:4], "little"), -(-array.size // segment_size)
+    ends = np.frombuffer(data, "<u4", count=nseg, offset=8 + tsize).copy()
+    for moved in (ends[-1] - 1 - np.arange(nseg) % 3, (ends + ends[-1]) // 2):  # segments that start near the end
+        moved = np.sort(moved).astype("<u4")  # of the payload, whose reads run past it (clamped on every path)
+        moved[-1] = ends[-1]
+        bad = data[:8 + tsize] + moved.tobytes() + data[8 + tsize + 4 * nseg:]
+        result = both(kind, lambda: stage.decode({"data": Bytes(bad)}, meta).array)  # noqa: B023
+        assert result[0] == "FormatError"
 
 
 def test_huffman_segments_running_past_the_payload_fail_alike(kind):
