@@ -184,7 +184,8 @@ def test_compress_tensors_in_threads_hands_back_the_policys_chain_objects():
 @pytest.mark.parametrize("pipeline", [BYTES_ONLY, None])
 def test_threaded_decompress_writes_the_serial_file(tmp_path, monkeypatch, pipeline):
     """`decompress -j 2` decodes in threads where the chains allow it (bytegroup | zstd always, the lossless preset
-    with kernels) and writes the bytes `-j 1` writes, every tensor in order through the progress bar."""
+    with kernels) and the file is large enough (here: the threshold lowered), and writes the bytes `-j 1` writes,
+    every tensor in order; a small file decodes in one thread."""
     from dcframe.cli import main
     from dcframe.core import container as container_module
 
@@ -193,6 +194,9 @@ def test_threaded_decompress_writes_the_serial_file(tmp_path, monkeypatch, pipel
     monkeypatch.setattr(container_module, "ordered_map", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     dcf = tmp_path / "m.dcf"
     dcframe.compress(_tensors(), dcf, pipeline=pipeline)
+    assert main(["decompress", str(dcf), "-o", str(tmp_path / "small.safetensors"), "-q", "-j", "2"]) == 0
+    assert calls == []  # under THREADS_FROM stored bytes
+    monkeypatch.setattr(container_module, "THREADS_FROM", 0)
     assert main(["decompress", str(dcf), "-o", str(tmp_path / "serial.safetensors"), "-q", "-j", "1"]) == 0
     assert calls == []
     assert main(["decompress", str(dcf), "-o", str(tmp_path / "threads.safetensors"), "-q", "-j", "2"]) == 0
@@ -206,9 +210,12 @@ def test_threaded_decompress_writes_the_serial_file(tmp_path, monkeypatch, pipel
             assert dense.array.tobytes() == c.read(name).array.tobytes()
 
 
-def test_a_damaged_tensor_decoded_in_a_thread_fails_in_its_turn(tmp_path):
+def test_a_damaged_tensor_decoded_in_a_thread_fails_in_its_turn(tmp_path, monkeypatch):
     """The tensors before a damaged one come out; then the serial read's error, naming that tensor."""
+    from dcframe.core import container as container_module
     from dcframe.core.container import Container
+
+    monkeypatch.setattr(container_module, "THREADS_FROM", 0)
 
     dcf = tmp_path / "m.dcf"
     dcframe.compress(_tensors(), dcf, pipeline=BYTES_ONLY)

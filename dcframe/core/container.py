@@ -196,6 +196,10 @@ def _plain_fields(obj: dict[str, Any], skip: tuple[str, ...], what: str, walk: b
         _check_plain({k: v for k, v in obj.items() if k not in skip}, what)
 
 
+THREADS_FROM = 8 << 20  # stored bytes of tensors below which read_many decodes in this thread (threads cost more)
+THREADS_BUDGET = 256 << 20  # declared bytes read_many decodes in threads beyond the oldest tensor in flight
+
+
 def chain_descriptor(chain: Chain, registry: Registry) -> list[dict[str, Any]]:
     """How a chain is stored: per stage its id, version, config and the package that provides it."""
     out = []
@@ -850,12 +854,15 @@ class Container:
                              where=f"{self.path}: tensor '{name}'")
 
     def read_many(self, names: Iterable[str], jobs: int = 1) -> Iterator[tuple[str, Dense]]:
-        """(name, tensor) of each of `names`, in order. With `jobs` > 1 and every chain they take threadable (the
-        lossless preset's with compiled kernels: the GIL released while decoding), `jobs` threads decode while this
-        one reads the next tensors' bytes (the file is read here only, serially); a few tensors in flight at most."""
+        """(name, tensor) of each of `names`, in order. With `jobs` > 1, at least THREADS_FROM stored bytes and every
+        chain they take threadable (the lossless preset's with compiled kernels: the GIL released while decoding),
+        `jobs` threads decode while this one reads the next tensors' bytes (the file is read here only, serially):
+        at most 2 x jobs tensors in flight, and at most THREADS_BUDGET declared bytes of them beyond the oldest (a
+        small or a hostile file decodes one tensor at a time, as `read` does)."""
         names = list(names)
-        chains = {self.record(n)["chain"] for n in names}
-        if jobs < 2 or len(names) < 2 or not all(threadable(self.chain_stages(c)) for c in chains):
+        stored = sum(self.entries[n].total_length for n in names)
+        if jobs < 2 or len(names) < 2 or stored < THREADS_FROM or \
+                not all(threadable(self.chain_stages(c)) for c in {self.record(n)["chain"] for n in names}):
             for name in names:
                 yield name, self.read(name)
             return
@@ -863,11 +870,13 @@ class Container:
         def tasks() -> Iterator[tuple[tuple, int]]:
             for name in names:
                 record = self.record(name)
+                shape = tuple(record["shape"])
+                declared = math.prod(shape) * numpy_dtype(record["dtype"]).itemsize  # scheduling only
                 args = (self.chain_stages(record["chain"]), record["steps"], self.streams(name, record),
-                        record["dtype"], tuple(record["shape"]), f"{self.path}: tensor '{name}'")
-                yield args, self.entries[name].total_length
+                        record["dtype"], shape, f"{self.path}: tensor '{name}'")
+                yield args, declared
 
-        for name, dense in zip(names, ordered_map(decode_tensor, tasks(), jobs), strict=True):
+        for name, dense in zip(names, ordered_map(decode_tensor, tasks(), jobs, THREADS_BUDGET), strict=True):
             yield name, dense
 
     def __iter__(self) -> Iterator[tuple[str, Dense]]:
