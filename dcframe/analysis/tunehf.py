@@ -117,14 +117,14 @@ def distortion(delta: np.ndarray, side: Mapping[str, np.ndarray]) -> float:
 
 
 def candidates(values: np.ndarray, rel_steps: Sequence[float], lossless: str, gptq: bool) -> list[str]:
-    """The lossless chain, then `uniform(step=s, ...) | huffman` for s = rel x the tensor's RMS: GPTQ without a dead
+    """The lossless chain, then `uniform(step=s, ...) | rans` for s = rel x the tensor's RMS: GPTQ without a dead
     zone where the tensor has X^T X (`gptq`), else rounding with a dead zone (activation-weighted levels where the
     calibration has them: method=auto)."""
     rms = float(np.sqrt(np.mean(np.square(values, dtype=np.float64)))) if values.size else 0.0
     grid = [lossless]
     options = "method=auto" if gptq else f"dead_zone={DEAD_ZONE}, method=auto"
     if rms > 0 and math.isfinite(rms):
-        grid += [f"uniform(step={float(f'{r * rms:.6g}')!r}, {options}) | huffman" for r in rel_steps]
+        grid += [f"uniform(step={float(f'{r * rms:.6g}')!r}, {options}) | rans" for r in rel_steps]
     return list(dict.fromkeys(grid))
 
 
@@ -212,7 +212,7 @@ def allocate_for_ratio(sweep: Sweep, base: float, original: int, fixed: int, rat
                        file_bytes: Callable[[list[str]], int] | None) -> dict[str, Point]:
     """The least modelled loss with the model >= `ratio` x smaller than `original` bytes: the frontier's best
     combination under the byte cap (the untuned tensors' `fixed` bytes subtracted); with `file_bytes` (rules ->
-    the size of the file they write) the cap is lowered by the miss until the real file fits."""
+    the size of the file they write) the cap goes below the pick by its miss until the real file fits."""
     goal = original / ratio
     cap = math.floor(goal) - fixed
     front = frontier(sweep.points, base)
@@ -231,7 +231,7 @@ def allocate_for_ratio(sweep: Sweep, base: float, original: int, fixed: int, rat
         if size <= goal:
             return chosen
         overhead = max(overhead, size - sum(p.stored for p in chosen.values()) - fixed)  # container, other files
-        cap -= math.ceil(size - goal)
+        cap = int(front.nbytes[index]) - math.ceil(size - goal)  # below the pick by its miss: a smaller pick next
     raise ConfigError(f"--target-ratio {ratio:g}: the files written stayed larger than {math.floor(goal):,} bytes "
                       f"after {RATIO_TRIES} tries")
 
