@@ -92,6 +92,20 @@ def chain_of(container: dcframe.Container, name: str) -> set[str]:
     return {s["id"] for s in container.chains[container.record(name)["chain"]]}
 
 
+def decodes_as_dcframe(build: Path, scalar: Path, files: list[Path], want: list[bytes], cases: list,
+                       tmp_path: Path) -> None:
+    """Every file's tensor 'x' decodes to dcframe's bytes `want` from memory and through a read callback, and
+    from memory on the portable (SIMD=0) build; `cases` name the files in failures."""
+    for tool, mode in [(build / "dcf-check", "memory"), (build / "dcf-check", "reader"),
+                       (scalar / "dcf-check", "memory")]:
+        out = tmp_path / f"out-{tool.parent.name}-{mode}"
+        out.mkdir()
+        for k, r in enumerate(check(tool, files, out, mode)):
+            code, j = r["tensors"]["x"]
+            assert code == "OK", (tool, mode, cases[k])
+            assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, mode, cases[k])
+
+
 def check(tool: Path, files: list[Path], outdir: Path | None = None, mode: str = "memory") -> list[dict]:
     """Run dcf-check on `files` (opened from memory, by path (mmap) or through a read callback); per file
     {"open": class, "tensors": {name: (class, index)}}."""
@@ -381,15 +395,7 @@ def test_symbol_streams_of_each_width_decode_as_dcframe(build: Path, scalar: Pat
         assert max(alphabets) > 256, (pipeline, alphabets)
         files.append(path)
         want.append(np.ascontiguousarray(c.read("x").array).tobytes())
-    for tool, mode in [
-            (build / "dcf-check", "memory"), (build / "dcf-check", "reader"), (scalar / "dcf-check", "memory")
-    ]:
-        out = tmp_path / f"out-{tool.parent.name}-{mode}"
-        out.mkdir()
-        for k, r in enumerate(check(tool, files, out, mode)):
-            code, j = r["tensors"]["x"]
-            assert code == "OK", (tool, mode, WIDTH_CASES[k])
-            assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, mode, WIDTH_CASES[k])
+    decodes_as_dcframe(build, scalar, files, want, WIDTH_CASES, tmp_path)
 
 
 HUFFMAN_CASES = [  # (pipeline, data): the table and lookups per window libdcf picks for each (checked by hand)
@@ -428,15 +434,7 @@ def test_huffman_fast_and_scalar_paths_agree(build: Path, scalar: Path, tmp_path
     build), for multi-symbol and single-symbol tables, 3 to 5 lookups a window, segments shorter than a round, pulls
     that stop inside a group of segments, and a one-symbol code."""
     files, want = huffman_files(tmp_path)
-    for tool, mode in [
-            (build / "dcf-check", "memory"), (build / "dcf-check", "reader"), (scalar / "dcf-check", "memory")
-    ]:
-        out = tmp_path / f"out-{tool.parent.name}-{mode}"
-        out.mkdir()
-        for k, r in enumerate(check(tool, files, out, mode)):
-            code, j = r["tensors"]["x"]
-            assert code == "OK", (tool, HUFFMAN_CASES[k])
-            assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, HUFFMAN_CASES[k])
+    decodes_as_dcframe(build, scalar, files, want, HUFFMAN_CASES, tmp_path)
 
 
 def test_huffman_damaged_payloads_rejected_as_dcframe_does(build: Path, scalar: Path, tmp_path: Path) -> None:
