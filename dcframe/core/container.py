@@ -861,6 +861,7 @@ class Container:
         small or a hostile file decodes one tensor at a time, as `read` does)."""
         names = list(names)
         stored = sum(self.entries[n].total_length for n in names)
+        # each record is read here and again in tasks(), never all held at once (a record may be large)
         if jobs < 2 or len(names) < 2 or stored < THREADS_FROM or \
                 not all(threadable(self.chain_stages(c)) for c in {self.record(n)["chain"] for n in names}):
             for name in names:
