@@ -394,13 +394,22 @@ class Search:
         return int(hits[0]) if len(hits) else None
 
     def real_file(self, trial: Trial) -> int:
-        """The bytes of the file the trial's rules write, as `compress --rules-file` writes it (stats included)."""
+        """The bytes of the file the trial's rules write, as `compress --rules-file` writes it (stats included); a
+        trial without retraining whose frontier point was probed (file_bytes_at) has that very file's size."""
         if trial.file_bytes is None:
-            from dcframe.api import compress
-
-            trial.path = self.tmp / f"trial{self.trials.index(trial)}.dcf"
-            trial.file_bytes = compress(self.dense, trial.path, rules=self.rules(trial.choice))["compressed_bytes"]
+            index = None if trial.retrained else self._index_of(trial)
+            if index in self.probes:
+                trial.file_bytes = self.probes[index]
+            else:
+                self._write(trial)
         return trial.file_bytes
+
+    def _write(self, trial: Trial) -> None:
+        """Write the file the trial's rules give (its path and size kept on the trial)."""
+        from dcframe.api import compress
+
+        trial.path = self.tmp / f"trial{self.trials.index(trial)}.dcf"
+        trial.file_bytes = compress(self.dense, trial.path, rules=self.rules(trial.choice))["compressed_bytes"]
 
     def file_bytes_at(self, index: int) -> int:
         """The bytes of the file frontier point `index`'s rules write without retraining (cached): a size probe,
@@ -496,7 +505,8 @@ class Search:
     def save(self, trial: Trial, path: str | os.PathLike) -> None:
         """Write the chosen model's file to `path` (the retrained file as it was verified, else a fresh compress),
         atomically: a failure leaves an existing file untouched."""
-        self.real_file(trial)
+        if trial.path is None:
+            self._write(trial)
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
