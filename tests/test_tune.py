@@ -352,14 +352,16 @@ def test_target_ratio_file_is_at_least_that_much_smaller(model_file, tmp_path, c
     write_model(wide, wide_mlp())
     (tmp_path / "tune_eval_wide.py").write_text("from test_tune import wide_accuracy\n")
     rules = tmp_path / "rules.json"
+    saved = tmp_path / "saved.dcf"
     assert main(["tune", str(wide), "--target-ratio", str(ratio), "--eval", "tune_eval_wide:wide_accuracy",
-                 "--grid", SMALL_GRID_FILE, "-o", str(rules), "--json", "-q"]) == 0
+                 "--grid", SMALL_GRID_FILE, "-o", str(rules), "--save", str(saved), "--json", "-q"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["original_bytes"] / report["file_bytes"] >= ratio
     assert main(["compress", str(wide), "-o", str(tmp_path / "t.dcf"), "--rules-file", str(rules),
                  "--json", "-q"]) == 0
     replay = json.loads(capsys.readouterr().out)
     assert replay["compressed_bytes"] == report["file_bytes"] and replay["ratio"] >= ratio
+    assert saved.read_bytes() == (tmp_path / "t.dcf").read_bytes()  # --save writes the file the rules replay
 
 
 def test_target_ratio_maximizes_the_metric_among_the_candidates():
