@@ -39,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
     refuse_overwriting_input(args.output, args.input)  # whatever the extensions say
     if args.jobs is not None and args.jobs < 1:
         raise DcfError(f"--jobs {args.jobs}: give 1 or more workers")
-    if args.single_file or _is_folder_output(args.output):
-        return _to_folder(args)  # a folder: new, empty, or replaced with --force (its own rule)
-    refuse_existing_output(args.output, args.force, args.input)
     jobs = default_jobs() if args.jobs is None else args.jobs
+    if args.single_file or _is_folder_output(args.output):
+        return _to_folder(args, jobs)  # a folder: new, empty, or replaced with --force (its own rule)
+    refuse_existing_output(args.output, args.force, args.input)
     with Container(args.input) as container:
         names = list(dict.fromkeys(args.tensor)) if args.tensor else container.names  # a name given twice: once
         missing = [n for n in names if n not in container.entries]
@@ -82,7 +82,7 @@ def _is_folder_output(output: str) -> bool:
     return is_folder(output) or not output.lower().endswith((".safetensors", ".npz"))
 
 
-def _to_folder(args: argparse.Namespace) -> int:
+def _to_folder(args: argparse.Namespace, jobs: int) -> int:
     """Recreate the model's folder (README: "Hugging Face folders")."""
     if args.tensor:
         raise DcfError("--tensor writes a model file (.safetensors or .npz); a folder gets every tensor")
@@ -91,8 +91,7 @@ def _to_folder(args: argparse.Namespace) -> int:
         with console.progress_bar(total, "decoding", enabled=not args.quiet) as advance:
             written = write_folder(args.output, container, single_file=args.single_file,
                                    overwrite=getattr(args, "force", False), progress=advance,
-                                   executor=executor_from_flags(args),
-                                   jobs=default_jobs() if args.jobs is None else args.jobs)
+                                   executor=executor_from_flags(args), jobs=jobs)
     if not args.quiet:
         console.stderr.print(f"wrote {len(container.names)} tensors and {len(written)} files to {args.output}",
                              markup=False)
