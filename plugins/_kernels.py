@@ -82,7 +82,6 @@ def compiled(symbols: int) -> ModuleType | None:
     return module
 
 
-
 def symbol_counts(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     """np.bincount(symbols, minlength=alphabet) (int64) of uint8 / uint16 symbols below `alphabet`: the C kernels'
     histogram where they run (bincount widens every symbol to 64 bits first), else dcframe's blocked bincount."""
