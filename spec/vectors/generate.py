@@ -483,6 +483,7 @@ def generate(root: Path) -> None:
                                                            "vocab.txt": "[PAD]\n[UNK]\nü\n".encode()}))
     add_valid_rans_vectors(g)
     add_valid_bytegroup_vectors(g, lossless_mix)
+    add_valid_rowscale_vectors(g)
     add_invalid_vectors(g)
     add_invalid_container_vectors(g)
     g.write_index()
@@ -835,6 +836,40 @@ def add_valid_rans_vectors(g: Generator) -> None:
     g.add_valid("rans-one-symbol", {"c": np.full((10, 10), 0.5, np.float32), "s": np.array(0.5, np.float32)},
                 "kmeans | rans on constant tensors: one distinct symbol, no words.", ["kmeans", "rans",
                 "rans:one-symbol"], pipeline="kmeans(bits=2, init=linear, method=lloyd) | rans", lossless=False)
+
+
+def rowscale_model() -> dict[str, Dense]:
+    """Tensors whose activation side input is zero on some rows, in every float dtype, with rows rowscale must keep
+    as they are (a subnormal) and rows it scales exactly (NaN, infinity, zeros of both signs)."""
+    f32 = laplace(80, (8, 5))
+    f32[2, 0] = np.float32(1e-45)  # a subnormal: its row cannot be halved exactly and keeps exponent 0
+    f32[3, :3] = [np.nan, np.inf, -0.0]
+    act = np.ones((8, 1))
+    act[[1, 2, 3, 6]] = 0.0
+    half = laplace(81, (6, 3), dtype="float16")
+    half_act = np.ones((6, 3))
+    half_act[[0, 5]] = 0.0
+    b = bf16(laplace(82, (4, 4)))
+    b_act = np.zeros((4, 4))
+    b_act[1] = 2.0
+    f64 = laplace(83, (3, 2), dtype="float64")
+    return {"f32": Dense(f32, "F32", {"activation": act.repeat(5, axis=1)}),
+            "f16": Dense(half, "F16", {"activation": half_act}),
+            "bf16": Dense(b.array, "BF16", {"activation": b_act}),
+            "f64": Dense(f64, "F64", {"activation": np.zeros((3, 2))}),
+            "plain": Dense(laplace(84, (3, 3)), "F32")}
+
+
+def add_valid_rowscale_vectors(g: Generator) -> None:
+    """Power-of-two row scales (spec/stages/rowscale.md) in every float dtype, alone and before a quantizer."""
+    g.add_valid("rowscale-raw", rowscale_model(), "rowscale(shift=2) alone: rows of zero activation stored 4 times "
+                "smaller (NaN, infinity and -0 included), a row with a subnormal kept at exponent 0, a tensor without "
+                "side input all 0; the exponents serialized raw.", ["rowscale", "raw", "dtype:F64", "dtype:F16",
+                "bf16", "nan-payload"], pipeline="rowscale(shift=2)", lossless=True)
+    finite = {k: v for k, v in rowscale_model().items() if k != "f32"}
+    g.add_valid("rowscale-uniform-rans", finite, "rowscale | uniform(rel_step=0.3) | rans: the quantizer's step "
+                "doubled on rows of zero activation; both the levels and the exponents rANS-coded.",
+                ["rowscale", "uniform", "rans"], pipeline="rowscale | uniform(rel_step=0.3) | rans", lossless=False)
 
 
 def add_valid_bytegroup_vectors(g: Generator, lossless_mix: dict[str, np.ndarray | Dense]) -> None:

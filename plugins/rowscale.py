@@ -1,0 +1,105 @@
+"""The `rowscale` stage: a power-of-two scale per row, so the quantizer after it is coarser on rows that matter less.
+
+Layout (spec/stages/rowscale.md): the tensor's rows (its first axis) as `values`, row r divided by 2^e_r, and the
+exponents e_r (0..15) as the `exponents` symbols; decode multiplies row r by 2^e_r, exactly. The encoder picks e_r
+from the calibration: a row whose `activation` side input is zero everywhere (for a token embedding: a token the
+calibration text never used) gets `shift`, every other row 0. A row whose division would not be exact (subnormals,
+NaN) keeps 0, so the stage itself is lossless; the next stage (uniform, kmeans) then quantizes the rarely used rows
+2^shift times more coarsely. Without an activation side input every exponent is 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, check_output, hookimpl, numpy_dtype
+from dcframe.core.dtypes import FLOAT_DTYPES
+from dcframe.core.streams import ACTIVATION
+
+MAX_SHIFT = 15  # exponents are 0..15: one symbol of an alphabet of at most 16
+
+
+def _scaled(array: np.ndarray, dtype: str, exponents: np.ndarray) -> np.ndarray:
+    """The rows of `array` (carrier dtype) times 2^exponents[r], rounded to the dtype (exact unless it overflows to
+    infinity); NaN elements keep their bits."""
+    if dtype == "BF16":  # bf16 -> f32 is exact and f32 spans bf16's exponent range: the product is exact in f32
+        wide = (array.astype(np.uint32) << 16).view(np.float32)
+    else:
+        wide = array
+    factor = np.ldexp(np.ones((), dtype=wide.dtype), exponents.astype(np.int32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        product = wide * factor.reshape((-1,) + (1,) * (array.ndim - 1))
+    if dtype == "BF16":
+        out = (product.view(np.uint32) >> 16).astype(np.uint16)  # exact values: truncation is the rounding
+    else:
+        out = product.astype(array.dtype)
+    nan = np.isnan(wide)
+    if nan.any():
+        out[nan] = array[nan]
+    return out
+
+
+class RowScale(Stage):
+    """Per-row power-of-two scales: rows the calibration never saw are stored 2^shift times smaller (lossless).
+
+    Parameters: `shift` (1-15, default 1): the exponent of rows whose `activation` side input is all zero; put a
+    quantizer after it (`rowscale | uniform(...) | rans`) and those rows get a 2^shift times coarser step.
+    """
+
+    id = "rowscale"
+    takes = ("dense",)
+    gives = {"values": "dense", "exponents": "symbols"}
+
+    def __init__(self, shift: int = 1) -> None:
+        if isinstance(shift, bool) or not isinstance(shift, int) or not 1 <= shift <= MAX_SHIFT:
+            raise ValueError(f"shift must be an integer from 1 to {MAX_SHIFT}, got {shift!r}")
+        self.shift = shift
+
+    def encode(self, stream: Dense) -> tuple[dict[str, Symbols | Dense], dict]:
+        array = np.ascontiguousarray(stream.array)
+        if stream.dtype not in FLOAT_DTYPES or array.ndim < 1:
+            raise ConfigError(f"stage 'rowscale' scales the rows of float tensors of rank >= 1, got a "
+                              f"{stream.dtype} tensor of shape {list(array.shape)}")
+        exponents = np.zeros(array.shape[0], dtype=np.uint8)
+        side = stream.side.get(ACTIVATION)
+        if side is not None and array.size:
+            weight = np.asarray(side, dtype=np.float64).reshape(array.shape[0], -1)
+            exponents[~(weight > 0).any(axis=1)] = self.shift
+        if exponents.any():
+            scaled = _scaled(array, stream.dtype, -exponents.astype(np.int32))
+            back = _scaled(scaled, stream.dtype, exponents)
+            same = (back.reshape(array.shape[0], -1).view(f"u{array.itemsize}")
+                    == array.reshape(array.shape[0], -1).view(f"u{array.itemsize}")).all(axis=1)
+            exponents[~same] = 0  # rows whose division was not exact stay as they are
+            scaled[~same] = array[~same]
+        else:
+            scaled = array
+        alphabet = int(exponents.max(initial=0)) + 1
+        return ({"values": Dense(scaled, stream.dtype, stream.side), "exponents": Symbols(exponents, alphabet)},
+                {})
+
+    def decode(self, streams: dict[str, Symbols | Dense], meta: dict) -> Dense:
+        values, exponents = streams.get("values"), streams.get("exponents")
+        if not isinstance(values, Dense) or not isinstance(exponents, Symbols):
+            raise FormatError("rowscale: needs a dense stream 'values' and a symbols stream 'exponents'")
+        if meta not in ({}, None):
+            raise FormatError("rowscale: its meta must be empty")
+        array = np.asarray(values.array)
+        if values.dtype not in FLOAT_DTYPES or array.dtype != numpy_dtype(values.dtype) or array.ndim < 1:
+            raise FormatError(f"rowscale: values must be a float tensor of rank >= 1, got {values.dtype} of shape "
+                              f"{list(array.shape)}")
+        e = np.asarray(exponents.array)
+        if exponents.alphabet > MAX_SHIFT + 1 or e.ndim != 1 or e.dtype.kind not in "ui":
+            raise FormatError(f"rowscale: exponents must be 1-D symbols of an alphabet of at most {MAX_SHIFT + 1}, "
+                              f"got alphabet {exponents.alphabet}")
+        if e.size != array.shape[0]:
+            raise FormatError(f"rowscale: {e.size} exponents for a tensor of {array.shape[0]} rows")
+        if e.size and int(e.max()) >= exponents.alphabet:
+            raise FormatError(f"rowscale: exponent {int(e.max())} is outside the alphabet of {exponents.alphabet}")
+        check_output(self.id, array.nbytes, f"tensor of shape {list(array.shape)}")
+        return Dense(_scaled(array, values.dtype, e) if e.any() else array, values.dtype)
+
+
+@hookimpl
+def dcframe_stages():
+    return [RowScale]
