@@ -56,15 +56,15 @@ class RowScale(Stage):
         self.shift = shift
 
     def encode(self, stream: Dense) -> tuple[dict[str, Symbols | Dense], dict]:
-        array = np.ascontiguousarray(stream.array)
+        array = np.asarray(stream.array)  # not ascontiguousarray: it would make a scalar 1-D
         if stream.dtype not in FLOAT_DTYPES or array.ndim < 1:
             raise ConfigError(f"stage 'rowscale' scales the rows of float tensors of rank >= 1, got a "
                               f"{stream.dtype} tensor of shape {list(array.shape)}")
         exponents = np.zeros(array.shape[0], dtype=np.uint8)
         side = stream.side.get(ACTIVATION)
         if side is not None and array.size:
-            weight = np.asarray(side, dtype=np.float64).reshape(array.shape[0], -1)
-            exponents[~(weight > 0).any(axis=1)] = self.shift
+            used = (np.asarray(side).reshape(array.shape[0], -1) > 0).any(axis=1)
+            exponents[~used] = self.shift
         if exponents.any():
             scaled = _scaled(array, stream.dtype, -exponents.astype(np.int32))
             back = _scaled(scaled, stream.dtype, exponents)
