@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from rowscale_files import rowscale_files
 
 import dcframe
 from dcframe import Dense
@@ -125,6 +126,16 @@ def test_python_writes_js_reads(pipeline: str | None, preset: str | None, tmp_pa
     for name, d in want.items():
         assert got[name] == (d.dtype, list(d.array.shape), np.ascontiguousarray(d.array).tobytes()), name
 
+
+
+def test_js_decodes_rowscale_as_python(tmp_path: Path) -> None:
+    """rowscale files (tests/rowscale_files.py: every float dtype, rows in blocks and in parts, no rows, empty rows,
+    exponents crafted to overflow to infinity with NaN payloads kept) decode in dcf-js to dcframe's bytes."""
+    files, want, names = rowscale_files(tmp_path)
+    for k, (f, name) in enumerate(zip(files, names, strict=True)):
+        got = js_decode(f, tmp_path / f"js{k}")
+        assert isinstance(got["x"], tuple), (name, got["x"])
+        assert got["x"][2] == want[k], name
 
 # -- JS writes, Python reads ----------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rowscale_files import rowscale_files
 
 import dcframe
 
@@ -475,6 +476,17 @@ def test_huffman_damaged_payloads_rejected_as_dcframe_does(build: Path, scalar: 
             if code == "OK":
                 assert (out / f"{k}-{j}.bin").read_bytes() == verdicts[k][1], (tool, f)
 
+
+
+def test_rowscale_decodes_as_dcframe(build: Path, scalar: Path, refused: set[str], tmp_path: Path) -> None:
+    """rowscale (spec/stages/rowscale.md) decodes to dcframe's bytes from memory and through a read callback, on
+    both builds: exponents pulled a block of rows at a time (more rows than a block, rows of one element, rows longer
+    than a block, no rows, empty rows), its output pulled in parts by sparse and its values pulled from sparse, and
+    crafted files whose exponents overflow every float dtype to infinity (NaN payloads kept)."""
+    files, want, names = rowscale_files(tmp_path)
+    keep = [k for k, f in enumerate(files) if not chain_of(dcframe.open_container(f), "x") & refused]
+    decodes_as_dcframe(build, scalar, [files[k] for k in keep], [want[k] for k in keep], [names[k] for k in keep],
+                       tmp_path)
 
 # -- Python-written files -----------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-/* Stages raw, prune, sparse, kmeans, uniform, bytegroup and the generic codecs (spec/stages/ pages), and the stage table.
+/* Stages raw, prune, sparse, kmeans, uniform, bytegroup, rowscale and the generic codecs (spec/stages/ pages), and the
+ * stage table.
  * Each decode checks its meta and inputs and returns a lazy stream; the checks that need the data run as it is
  * pulled. */
 #include <math.h>
@@ -448,6 +449,134 @@ static int bytegroup_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t
     return DCF_OK;
 }
 
+/* ---------------------------------------------------------------- rowscale: row r times 2^e_r, exactly */
+
+#define ROWSCALE_ALPHABET 16 /* exponents 0..15 */
+
+typedef struct {
+    uint64_t rows;     /* shape[0] of values */
+    uint64_t row_len;  /* elements per row (0 when there are none) */
+    uint64_t alphabet;
+    uint64_t ebase;    /* ebuf holds the exponents of rows ebase .. ebase + elen - 1 */
+    size_t elen;
+    uint8_t *ebuf;     /* BLOCK exponents (an alphabet of at most 16: a byte each) */
+} rowscale_st;
+
+/* The bits u of a binary float of `mbits` mantissa and `ebits` exponent bits (sign on top) times 2^e: IEEE 754
+ * multiplication by a power of two, exact unless it overflows, then +/-infinity. Zeros, infinities and NaNs come
+ * back unchanged (NaN payloads included); a subnormal is shifted until it is normal, then its exponent raised. */
+static inline uint64_t scale_bits(uint64_t u, unsigned e, unsigned mbits, unsigned ebits) {
+    const uint64_t emax = ((uint64_t)1 << ebits) - 1, mmask = ((uint64_t)1 << mbits) - 1;
+    uint64_t sign = u & ((uint64_t)1 << (mbits + ebits)), E = u >> mbits & emax, m = u & mmask;
+    if (E == emax) return u;
+    if (E == 0) {
+        if (m == 0) return u;
+        while (e && m <= mmask) { m <<= 1; e--; }
+        if (m <= mmask) return sign | m; /* still subnormal */
+        E = 1;
+        m &= mmask;
+    }
+    E += e;
+    return E >= emax ? sign | emax << mbits : sign | E << mbits | m;
+}
+
+/* k little-endian elements of w bytes at p, scaled in place by 2^e (e > 0). */
+#define SCALE_RUN(name, w, mbits, ebits)                                                        \
+    static void name(uint8_t *p, size_t k, unsigned e) {                                        \
+        for (size_t i = 0; i < k; i++, p += w) {                                                \
+            uint64_t u = 0;                                                                     \
+            for (int q = w - 1; q >= 0; q--) u = u << 8 | p[q];                                 \
+            u = scale_bits(u, e, mbits, ebits);                                                 \
+            for (int q = 0; q < w; q++) p[q] = (uint8_t)(u >> (8 * q));                         \
+        }                                                                                       \
+    }
+SCALE_RUN(scale_f64, 8, 52, 11)
+SCALE_RUN(scale_f32, 4, 23, 8)
+SCALE_RUN(scale_f16, 2, 10, 5)
+SCALE_RUN(scale_bf16, 2, 7, 8)
+
+/* The exponents of the next BLOCK rows (or fewer), each checked against the alphabet. */
+static int rowscale_load(dec *d, stream *s) {
+    rowscale_st *st = s->st;
+    stream *ex = s->in[1];
+    st->ebase += st->elen;
+    uint64_t left = st->rows - st->ebase;
+    st->elen = left < BLOCK ? (size_t)left : BLOCK;
+    int rc = st->elen ? ex->pull(d, ex, st->ebuf, st->elen) : DCF_OK;
+    if (rc) return rc;
+    for (size_t i = 0; i < st->elen; i++)
+        if (st->ebuf[i] >= st->alphabet)
+            return dfail(d, DCF_E_FORMAT, "rowscale: exponent %u of row %llu is outside the alphabet of %llu", st->ebuf[i], (unsigned long long)(st->ebase + i), (unsigned long long)st->alphabet);
+    return DCF_OK;
+}
+
+/* The next n elements: the values pulled into dst, then each row's run of them scaled in place. Every exponent is
+ * pulled (and checked) by the time the last element is, or at once when there are no elements. */
+static int rowscale_pull(dec *d, stream *s, void *dst, size_t n) {
+    rowscale_st *st = s->st;
+    stream *vs = s->in[0];
+    size_t isz = dcf_dtype_size(s->dtype);
+    void (*run)(uint8_t *, size_t, unsigned) = s->dtype == DCF_F64 ? scale_f64 : s->dtype == DCF_F32 ? scale_f32 : s->dtype == DCF_F16 ? scale_f16 : scale_bf16;
+    int rc = n ? vs->pull(d, vs, dst, n) : DCF_OK;
+    uint64_t pos = s->pos, end = s->pos + n;
+    uint8_t *o = dst;
+    while (!rc && pos < end) {
+        uint64_t row = pos / st->row_len;
+        while (!rc && row >= st->ebase + st->elen) rc = rowscale_load(d, s);
+        if (rc) break;
+        unsigned e = st->ebuf[row - st->ebase];
+        uint64_t stop = (row + 1) * st->row_len < end ? (row + 1) * st->row_len : end;
+        if (e) run(o + (pos - s->pos) * isz, (size_t)(stop - pos), e);
+        pos = stop;
+    }
+    if (rc) return rc;
+    s->pos = end;
+    while (s->pos == s->count && st->ebase + st->elen < st->rows)
+        if ((rc = rowscale_load(d, s))) return rc;
+    return DCF_OK;
+}
+
+static int rowscale_config(dec *d, const mp_tree *ct, uint32_t c) {
+    static const param ps[] = {{"shift", P_INT, 1, 15, 0, 0, 0, NULL}};
+    return check_params(d, "rowscale", ct, c, ps, 1);
+}
+
+static int rowscale_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config;
+    const mp_tree *t = &d->rec;
+    stream *vs = ins[0], *ex = ins[1];
+    if (N(t, meta)->n) return dfail(d, DCF_E_FORMAT, "rowscale: its meta must be empty");
+    uint32_t ndim = vs->shape_node == NONE ? 1 : vs->ndim;
+    if (!dtype_is_float(vs->dtype) || ndim < 1)
+        return dfail(d, DCF_E_FORMAT, "rowscale: values must be a float tensor of rank >= 1, got %s of rank %u", dcf_dtype_name(vs->dtype), ndim);
+    uint64_t rows = vs->shape_node == NONE ? vs->count : (uint64_t)N(vs->shape_tree, mp_first(vs->shape_node))->v.i;
+    if (ex->alphabet > ROWSCALE_ALPHABET)
+        return dfail(d, DCF_E_FORMAT, "rowscale: exponents must be symbols of an alphabet of at most %d, got alphabet %llu", ROWSCALE_ALPHABET, (unsigned long long)ex->alphabet);
+    if (ex->count != rows)
+        return dfail(d, DCF_E_FORMAT, "rowscale: %llu exponents for a tensor of %llu rows", (unsigned long long)ex->count, (unsigned long long)rows);
+    size_t isz = dcf_dtype_size(vs->dtype);
+    if (vs->count > d->bound / isz)
+        return dfail(d, DCF_E_LIMIT, "rowscale: %llu elements of output over the decode bound %llu", (unsigned long long)vs->count, (unsigned long long)d->bound);
+    rowscale_st *st = dec_alloc(d, sizeof *st + BLOCK, 1, "rowscale");
+    if (!st) return code_of(d);
+    memset(st, 0, sizeof *st);
+    st->rows = rows;
+    st->row_len = rows ? vs->count / rows : 0;
+    st->alphabet = ex->alphabet;
+    st->ebuf = (uint8_t *)(st + 1);
+    out->kind = K_DENSE;
+    out->dtype = vs->dtype;
+    out->count = vs->count;
+    out->ndim = vs->ndim;
+    out->shape_tree = vs->shape_tree;
+    out->shape_node = vs->shape_node;
+    out->st = st;
+    out->in[0] = vs;
+    out->in[1] = ex;
+    out->pull = rowscale_pull;
+    return DCF_OK;
+}
+
 /* ---------------------------------------------------------------- sparse: relative positions and values */
 
 typedef struct {
@@ -796,6 +925,7 @@ static const stage_def STAGES[] = {
     {"kmeans", 1, DENSE, 1, {K_SYMBOLS, 0}, kmeans_config, kmeans_decode, NULL},
     {"bytegroup", 1, DENSE, 2, {K_SYMBOLS, K_BYTES}, bytegroup_config, bytegroup_decode, NULL},
     {"uniform", 1, DENSE, 1, {K_SYMBOLS, 0}, uniform_config, uniform_decode, NULL},
+    {"rowscale", 1, DENSE, 2, {K_DENSE, K_SYMBOLS}, rowscale_config, rowscale_decode, NULL},
     {"huffman", 1, SYMS, 1, {K_BYTES, 0}, huffman_check_config, huffman_decode, NULL},
     {"rans", 1, SYMS, 1, {K_BYTES, 0}, rans_check_config, rans_decode, NULL},
     {"zlib", 1, BYTES, 1, {K_BYTES, 0}, zlib_config, zlib_decode, NO_ZLIB},

@@ -724,6 +724,7 @@ def add_invalid_stage_vectors(g: Generator) -> None:
     add_invalid_uniform_vectors(g)
     add_invalid_rans_vectors(g)
     add_invalid_bytegroup_vectors(g)
+    add_invalid_rowscale_vectors(g)
 
     def bad_prune_config(index: dict[str, Any], tensors: list[Any]) -> None:
         index["chains"][0][0]["config"]["sparsity"] = 1.5
@@ -949,6 +950,28 @@ def add_invalid_bytegroup_vectors(g: Generator) -> None:
                   "FormatError", "bytegroup: a BOOL tensor's plane holds the byte 2 (only 0 and 1 are booleans).",
                   ["bytegroup", "bool"], tensor="bool")
 
+
+
+def add_invalid_rowscale_vectors(g: Generator) -> None:
+    """rowscale (spec/stages/rowscale.md, Validation): a meta that is not empty, and exponents the raw stage accepts
+    but rowscale must not (an alphabet over 16, one exponent fewer than the rows)."""
+    rr = g.sources["rowscale-raw"]
+    f32 = list(index_tensor_names(rr)).index("f32")
+
+    def exponents_alphabet(alphabet: int) -> Callable[..., None]:
+        def edit(index: dict[str, Any], tensors: list[Any]) -> None:
+            raw = tensors[f32][0]["steps"][1]  # the chain rowscale | raw: raw's applications
+            next(app for app in raw if app[0] == "exponents")[2]["alphabet"] = alphabet
+        return edit
+
+    g.add_invalid("rowscale-meta-not-empty", rewrite(rr, step_meta_edit(f32, 0, 0, lambda m: m.update(dtype="F32"))),
+                  "FormatError", "rowscale: the F32 tensor's meta holds a key (it MUST be an empty map).",
+                  ["rowscale"], tensor="f32")
+    g.add_invalid("rowscale-alphabet-17", rewrite(rr, exponents_alphabet(17)), "FormatError",
+                  "rowscale: the F32 tensor's exponents are raw symbols of alphabet 17 (at most 16).", ["rowscale"],
+                  tensor="f32")
+    g.add_invalid("rowscale-exponent-missing", rewrite(rr, stream_edit(f32, "exponents", lambda b: b[:-1])),
+                  "FormatError", "rowscale: 7 exponents for the F32 tensor's 8 rows.", ["rowscale"], tensor="f32")
 
 def index_tensor_names(data: bytes) -> list[str]:
     """The tensor names of a container, in index order (the order stream_edit counts in)."""

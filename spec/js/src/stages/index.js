@@ -8,6 +8,7 @@ import { kmeans } from './kmeans.js';
 import { uniform } from './uniform.js';
 import { rans } from './rans.js';
 import { bytegroup } from './bytegroup.js';
+import { rowscale } from './rowscale.js';
 
 export const STAGES = Object.freeze({
   raw,
@@ -22,4 +23,5 @@ export const STAGES = Object.freeze({
   uniform,
   rans,
   bytegroup,
+  rowscale,
 });
