@@ -6,7 +6,9 @@
    stages' own checks raise the same FormatError. Sizes are checked against the buffers before any loop: a
    hostile stream's reads stay inside them (clamped or counted as in the numba kernels), and an inconsistent call
    raises ValueError instead of touching memory it does not own. The GIL is released around every loop: compress
-   runs these chains in threads. */
+   runs these chains in threads. On x86-64 the rans decoder runs 16 lanes per AVX-512 step or 8 per AVX2 step
+   where the CPU has them (chosen at import; the compile flags stay generic), else the scalar loop: all three give
+   the same symbols, states and word counts, and set_simd lets the tests run each. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -512,11 +514,19 @@ static inline int64_t decode_lanes(uint32_t *restrict state, uint64_t lanes, con
     return (int64_t)read;
 }
 
+/* The rans decode paths: the scalar loop above, AVX2 (8 lanes a step) and AVX-512 (16), each where the CPU has it. */
+enum { CK_SIMD_SCALAR, CK_SIMD_AVX2, CK_SIMD_AVX512 };
+static const char *const ck_simd_names[] = {"scalar", "avx2", "avx512"};
+enum { CK_TWO, CK_PACKED, CK_PERM, CK_PERM256, CK_FORMS }; /* the AVX-512 path's table forms (see ck_tables16) */
+static const char *const ck_form_names[CK_FORMS] = {"two", "packed", "perm", "perm256"};
+static int ck_simd_max;  /* the best path the CPU runs (checked at import) */
+static int ck_simd;      /* the path rans_decode takes: ck_simd_max, unless set_simd chose a lower one */
+static int ck_form = -1; /* the AVX-512 path's table form: -1 the best for the table, else set_simd's */
+
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(DCF_NO_SIMD)
 #include <immintrin.h>
 #define CK_AVX2 1 /* rans decode: 8 lanes per AVX2 step where the CPU has it (checked at import), else the loop above */
 
-static int ck_avx2;             /* the CPU runs AVX2 and POPCNT */
 static uint8_t ck_perm[256][32]; /* need mask -> shuffle putting the k-th needed word into the k-th needing lane */
 
 static void ck_perm_init(void)
@@ -620,7 +630,250 @@ __attribute__((target("avx2,popcnt"))) static int64_t decode_avx2_16(uint32_t *s
 {
     return decode_lanes_avx2(state, lanes, words, nwords, total, bits, table, fb, ssym, out, 1);
 }
+
+/* rans decode: 16 lanes per AVX-512 step where the CPU has F, BW, VL and VBMI2 (checked at import) */
+#define CK_TARGET512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
+
+/* A 16-lane gather into a zeroed register: the gather's merge target is no false dependency on the last use of the
+   register the compiler picks (a full-mask _mm512_i32gather_epi32 can chain a step's groups that way) */
+#define CK_GATHER(index, base, scale) \
+    _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), ck_all16(), index, base, scale)
+
+/* All 16 lanes, as a mask the compiler does not see is full (it would drop the zeroing of the gather's target) */
+CK_TARGET512 __attribute__((always_inline)) static inline __mmask16 ck_all16(void)
+{
+    __mmask16 k = 0xFFFF;
+    __asm__("" : "+Yk"(k));
+    return k;
+}
+
+/* The slot tables of the AVX-512 path, in one of its forms (see ck_tables16). */
+typedef struct {
+    const int *e;        /* per slot: (f - 1) << 16 | bias (TWO), (f - 1) << (sw + bits) | bias << sw | symbol
+                            (PACKED, sw the symbol's 8 or 16 bits), bias << 16 | symbol (PERM256) */
+    const void *ssym;    /* TWO: the symbol per slot (1 or 2 bytes); PERM: the symbol's index (a byte) per slot */
+    uint32_t fc[32];     /* PERM: (f - 1) << 16 | cum of the symbol of index i */
+    uint32_t sym[32];    /* PERM: the symbol of index i */
+    uint16_t f1[256];    /* PERM256: f - 1 of byte symbol s (e: bias << 16 | s) */
+} ck_tabs16;
+
+/* One step of the 16 lanes j..j+15 whose bits are set in `live` (all 16, or the first few: `tail`): the symbols
+   stored, the states advanced, and each needing lane's word taken in lane order. Returns the words taken.
+   The words: the needing lanes (bits of `m`) take the next popcount(m) words at wp, spread out by a 16-bit expand
+   from 16 words loaded at wp (in a tail, only its first lanes' count of words, by a masked load: masked-off words
+   are not read). Before lane j of a step read <= nwords + j (each earlier lane read at most one word), so the
+   words loaded, wp[0 .. 16) or wp[0 .. lanes - j) in a tail, lie inside the nwords + lanes padded words. */
+CK_TARGET512 __attribute__((always_inline)) static inline uint32_t ck_step16(uint32_t *xs, uint8_t *o,
+                                                                             const int *te, const void *ts,
+                                                                             const __m512i *tp, int form, int wide,
+                                                                             int bits, const uint16_t *wp,
+                                                                             __mmask16 live, int tail)
+{
+    const __m512i lo16 = _mm512_set1_epi32(0xFFFF), one = _mm512_set1_epi32(1);
+    const __m128i shift = _mm_cvtsi32_si128(bits);
+    __m512i x = tail ? _mm512_maskz_loadu_epi32(live, xs) : _mm512_loadu_si512((const void *)xs);
+    __m512i slot = _mm512_and_si512(x, _mm512_set1_epi32((int)((1u << bits) - 1)));
+    __m512i f, bias, sym;
+    if (form == CK_TWO) {
+        __m512i e = CK_GATHER(slot, te, 4);
+        sym = wide ? CK_GATHER(slot, ts, 2) : CK_GATHER(slot, ts, 1);
+        f = _mm512_add_epi32(_mm512_srli_epi32(e, 16), one);
+        bias = _mm512_and_si512(e, lo16);
+    } else if (form == CK_PACKED) {
+        const int sw = wide ? 16 : 8;
+        __m512i e = CK_GATHER(slot, te, 4);
+        f = _mm512_add_epi32(_mm512_srl_epi32(e, _mm_cvtsi32_si128(sw + bits)), one);
+        bias = _mm512_and_si512(_mm512_srli_epi32(e, sw), _mm512_set1_epi32((int)((1u << bits) - 1)));
+        sym = e;
+    } else if (form == CK_PERM256) {
+        __m512i e = CK_GATHER(slot, te, 4); /* bias << 16 | s: s picks the 16-bit f - 1 in the low word */
+        __m512i r0 = _mm512_permutex2var_epi16(tp[0], e, tp[1]), r1 = _mm512_permutex2var_epi16(tp[2], e, tp[3]);
+        __m512i r2 = _mm512_permutex2var_epi16(tp[4], e, tp[5]), r3 = _mm512_permutex2var_epi16(tp[6], e, tp[7]);
+        __mmask16 b6 = _mm512_test_epi32_mask(e, _mm512_set1_epi32(64)), b7 = _mm512_test_epi32_mask(e, _mm512_set1_epi32(128));
+        __m512i f1 = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(r0, b6, r1), b7, _mm512_mask_mov_epi32(r2, b6, r3));
+        f = _mm512_add_epi32(_mm512_and_si512(f1, lo16), one);
+        bias = _mm512_srli_epi32(e, 16);
+        sym = e;
+    } else {
+        __m512i i = CK_GATHER(slot, ts, 1); /* the index in the low 5 bits: the rest ignored */
+        __m512i fc = _mm512_permutex2var_epi32(tp[0], i, tp[1]);
+        sym = _mm512_permutex2var_epi32(tp[2], i, tp[3]);
+        f = _mm512_add_epi32(_mm512_srli_epi32(fc, 16), one);
+        bias = _mm512_sub_epi32(slot, _mm512_and_si512(fc, lo16));
+    }
+    if (wide) {
+        if (tail)
+            _mm512_mask_cvtepi32_storeu_epi16(o, live, sym);
+        else
+            _mm256_storeu_si256((__m256i *)(void *)o, _mm512_cvtepi32_epi16(sym));
+    } else {
+        if (tail)
+            _mm512_mask_cvtepi32_storeu_epi8(o, live, sym);
+        else
+            _mm_storeu_si128((__m128i *)(void *)o, _mm512_cvtepi32_epi8(sym));
+    }
+    x = _mm512_add_epi32(_mm512_mullo_epi32(f, _mm512_srl_epi32(x, shift)), bias);
+    __mmask16 m = _mm512_mask_cmplt_epu32_mask(live, x, _mm512_set1_epi32(0x10000));
+    __m256i w16 = tail ? _mm256_maskz_loadu_epi16(live, wp) : _mm256_loadu_si256((const __m256i *)(const void *)wp);
+    __asm__("" : "+v"(w16)); /* a plain load, then the expand: not folded into vpexpandw from memory (slower) */
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_expand_epi16(m, w16));
+    x = _mm512_mask_or_epi32(x, m, _mm512_slli_epi32(x, 16), w);
+    if (tail)
+        _mm512_mask_storeu_epi32(xs, live, x);
+    else
+        _mm512_storeu_si512((void *)xs, x);
+    return (uint32_t)_mm_popcnt_u32((unsigned)m);
+}
+
+/* decode_lanes with every whole step by AVX-512, 16 lanes at a time and the last 1..15 of the K lanes by one masked
+   step (the floor is 2^16); the last, partial step by the scalar loop: the same symbols, states and word count. */
+CK_TARGET512 __attribute__((always_inline)) static inline int64_t decode_lanes_avx512(
+    uint32_t *restrict state, uint64_t lanes, const uint16_t *restrict words, uint64_t nwords, uint64_t total,
+    int bits, const uint64_t *restrict table, const ck_tabs16 *t, int form, void *restrict out, int wide)
+{
+    const uint64_t width = wide ? 2 : 1, whole = total / lanes * lanes;
+    const int *te = t->e;
+    const void *ts = t->ssym;
+    __m512i tp[8];
+    if (form == CK_PERM256)
+        for (int k = 0; k < 8; k++)
+            tp[k] = _mm512_loadu_si512((const void *)(t->f1 + 32 * k));
+    else if (form == CK_PERM)
+        for (int k = 0; k < 2; k++) {
+            tp[k] = _mm512_loadu_si512((const void *)(t->fc + 16 * k));
+            tp[2 + k] = _mm512_loadu_si512((const void *)(t->sym + 16 * k));
+        }
+    const __mmask16 rest16 = (__mmask16)((1u << (lanes % 16)) - 1);
+    uint64_t read = 0, done = 0;
+    for (; done < whole; done += lanes) {
+        uint64_t j = 0;
+        for (; j + 16 <= lanes; j += 16)
+            read += ck_step16(state + j, (uint8_t *)out + width * (done + j), te, ts, tp, form, wide, bits, words + read,
+                              0xFFFF, 0);
+        if (j < lanes)
+            read += ck_step16(state + j, (uint8_t *)out + width * (done + j), te, ts, tp, form, wide, bits, words + read,
+                              rest16, 1);
+        if (read > nwords)
+            return -1;
+    }
+    if (done == total)
+        return (int64_t)read;
+    int64_t rest = decode_lanes(state, lanes, words + read, nwords - read, total - done, bits, table,
+                                (uint8_t *)out + width * done, wide, 0x10000u);
+    return rest < 0 ? -1 : (int64_t)read + rest;
+}
+
+/* decode_lanes_avx512 for each table form and symbol width, both constants where it is inlined */
+#define CK_DECODE512(name, form, wide)                                                                           \
+    CK_TARGET512 static int64_t name(uint32_t *state, uint64_t lanes, const uint16_t *words, uint64_t nwords,     \
+                                     uint64_t total, int bits, const uint64_t *table, const ck_tabs16 *t,        \
+                                     void *out)                                                                  \
+    {                                                                                                            \
+        return decode_lanes_avx512(state, lanes, words, nwords, total, bits, table, t, form, out, wide);         \
+    }
+CK_DECODE512(decode512_two8, CK_TWO, 0)
+CK_DECODE512(decode512_two16, CK_TWO, 1)
+CK_DECODE512(decode512_packed8, CK_PACKED, 0)
+CK_DECODE512(decode512_packed16, CK_PACKED, 1)
+CK_DECODE512(decode512_perm8, CK_PERM, 0)
+CK_DECODE512(decode512_perm16, CK_PERM, 1)
+CK_DECODE512(decode512_perm256, CK_PERM256, 0)
+
+typedef int64_t (*ck_decode512_fn)(uint32_t *, uint64_t, const uint16_t *, uint64_t, uint64_t, int,
+                                   const uint64_t *, const ck_tabs16 *, void *);
+static const ck_decode512_fn ck_decode512[CK_FORMS][2] = {{decode512_two8, decode512_two16},
+                                                          {decode512_packed8, decode512_packed16},
+                                                          {decode512_perm8, decode512_perm16},
+                                                          {decode512_perm256, NULL}};
+
+/* The AVX-512 path's tables for the slot table `table` (2^bits entries, as rans_table writes them: runs of
+   freq << 32 | bias << 16 | symbol, bias 0 .. freq - 1), in e (2^bits ints) and ssym (2^bits x 2 + 4 bytes: a 4-byte
+   gather at the last slot stays inside). Returns the form, `force` if it is not -1 and fits the table, else the
+   fastest that fits (measured on a Zen-class AVX-512 core, 10^7 symbols at 2^14 slots):
+   - PACKED, where f - 1, the bias and the symbol fit 32 bits (2 bits + 8 or 16 <= 32): one gather, nothing else;
+   - PERM, where at most 32 symbols are used: one gather of a byte table of symbol indices (2^bits bytes: 16 KiB at
+     2^14 slots, inside L1 where the 64 KiB of 32-bit entries are not), then (f - 1) << 16 | cum and the symbol by
+     two 32-entry in-register lookups (vpermi2d); 5-bit symbols decode at about 1.55x the speed of TWO;
+   - PERM256, for byte symbols: one gather of bias << 16 | symbol, then f - 1 by four 64-entry 16-bit in-register
+     lookups (vpermi2w) and three blends: about 1.25x TWO;
+   - TWO (16-bit symbols over 2^8 slots with more than 32 used): the AVX2 path's two gathers, entry and symbol. */
+static int ck_tables16(const uint64_t *table, int bits, int wide, int *e, uint8_t *ssym, ck_tabs16 *t, int force)
+{
+    size_t slots = (size_t)1 << bits;
+    int used = 0;
+    for (size_t i = 0; i < slots; i++)
+        used += ((table[i] >> 16) & 0xFFFF) == 0;
+    const int sw = wide ? 16 : 8;
+    int form = force >= 0 ? force : 2 * bits + sw <= 32 ? CK_PACKED : used <= 32 ? CK_PERM : CK_PERM256;
+    if (form == CK_PERM && used > 32)
+        form = CK_TWO;
+    if (form == CK_PACKED && 2 * bits + sw > 32)
+        form = CK_TWO;
+    if (form == CK_PERM256) {
+        int small = !wide;
+        memset(t->f1, 0, sizeof t->f1);
+        for (size_t i = 0; i < slots && small; i++)
+            small = (table[i] & 0xFFFF) < 256;
+        if (!small)
+            form = CK_TWO;
+    }
+    t->e = e;
+    t->ssym = ssym;
+    memset(ssym + (wide ? 2 : 1) * slots, 0, 4);
+    if (form == CK_PERM) {
+        uint32_t fc[32] = {0}, sym[32] = {0};
+        int k = -1;
+        for (size_t i = 0; i < slots; i++) {
+            uint64_t en = table[i];
+            uint32_t b = (uint32_t)(en >> 16 & 0xFFFF);
+            if (b == 0) {
+                k++;
+                fc[k] = (uint32_t)((en >> 32) - 1) << 16 | (uint32_t)(i - b);
+                sym[k] = (uint32_t)(en & 0xFFFF);
+            }
+            ssym[i] = (uint8_t)k;
+        }
+        memcpy(t->fc, fc, sizeof fc);
+        memcpy(t->sym, sym, sizeof sym);
+        return form;
+    }
+    for (size_t i = 0; i < slots; i++) {
+        uint64_t en = table[i];
+        uint32_t f1 = (uint32_t)((en >> 32) - 1), b = (uint32_t)(en >> 16 & 0xFFFF), s = (uint32_t)(en & 0xFFFF);
+        if (form == CK_PACKED) {
+            e[i] = (int)(f1 << (sw + bits) | b << sw | (wide ? s : s & 0xFF));
+        } else if (form == CK_PERM256) {
+            e[i] = (int)(b << 16 | s);
+            t->f1[s] = (uint16_t)f1;
+        } else {
+            e[i] = (int)(f1 << 16 | b);
+            if (wide)
+                ((uint16_t *)(void *)ssym)[i] = (uint16_t)s;
+            else
+                ssym[i] = (uint8_t)s;
+        }
+    }
+    return form;
+}
 #endif
+
+/* Whether the slot table is one rans_table writes (runs of one symbol and frequency f, biases 0 .. f - 1, the
+   frequencies at most 2^bits): the vector paths' tables assume it (f - 1 in 16 bits, a symbol's slots contiguous);
+   any other table takes the scalar loop, so every path decodes it alike. */
+static int ck_table_ok(const uint64_t *table, int bits)
+{
+    const uint64_t slots = (uint64_t)1 << bits;
+    for (uint64_t i = 0; i < slots;) {
+        uint64_t head = table[i] & ~((uint64_t)0xFFFF << 16), f = table[i] >> 32; /* freq << 32 | symbol */
+        if (f < 1 || f > slots - i)
+            return 0;
+        for (uint64_t b = 0; b < f; b++)
+            if (table[i + b] != (head | b << 16))
+                return 0;
+        i += f;
+    }
+    return 1;
+}
 
 /* rans_decode(x int64[lanes], words uint16[>= nwords + lanes], nwords, count, bits, table uint64, out, low) -> the
    words read, or -1 (truncated); x holds the final states on success. One step reads at most one word per lane,
@@ -662,36 +915,47 @@ static PyObject *rans_decode(PyObject *self, PyObject *args)
     }
     int64_t read;
 #ifdef CK_AVX2
-    if (ck_avx2 && low == 0x10000 && lanes >= 8 && count >= lanes) {
-        /* the slot tables the gathers read: packed entries, and the symbols padded for a 4-byte load at the last */
+    if (ck_simd >= CK_SIMD_AVX2 && low == 0x10000 && count >= lanes && (lanes >= 8 || ck_simd == CK_SIMD_AVX512)
+        && ck_table_ok(table, bits)) {
+        /* the slot tables the gathers read: packed entries, and the symbols (or symbol indices) padded for a 4-byte
+           load at the last */
         size_t slots = (size_t)1 << bits;
         int *fb = malloc(slots * sizeof *fb);
         uint8_t *ssym = malloc(slots * 2 + 4);
-        if (!fb || !ssym) {
+        ck_tabs16 *t16 = malloc(sizeof *t16);
+        if (!fb || !ssym || !t16) {
             free(fb);
             free(ssym);
+            free(t16);
             free(state);
             PyErr_NoMemory();
             goto fail;
         }
         Py_BEGIN_ALLOW_THREADS
-        for (size_t i = 0; i < slots; i++) {
-            uint64_t e = table[i];
-            fb[i] = (int)((uint32_t)((e >> 32) - 1) << 16 | (uint32_t)(e >> 16 & 0xFFFF));
-            if (wide)
-                ((uint16_t *)(void *)ssym)[i] = (uint16_t)(e & 0xFFFF);
-            else
-                ssym[i] = (uint8_t)(e & 0xFF);
+        if (ck_simd == CK_SIMD_AVX512) {
+            int form = ck_tables16(table, bits, wide, fb, ssym, t16, ck_form);
+            read = ck_decode512[form][wide](state, (uint64_t)lanes, words, (uint64_t)nwords, (uint64_t)count, bits,
+                                            table, t16, out);
+        } else {
+            for (size_t i = 0; i < slots; i++) {
+                uint64_t e = table[i];
+                fb[i] = (int)((uint32_t)((e >> 32) - 1) << 16 | (uint32_t)(e >> 16 & 0xFFFF));
+                if (wide)
+                    ((uint16_t *)(void *)ssym)[i] = (uint16_t)(e & 0xFFFF);
+                else
+                    ssym[i] = (uint8_t)(e & 0xFF);
+            }
+            memset(ssym + (wide ? 2 : 1) * slots, 0, 4);
+            read = (wide ? decode_avx2_16 : decode_avx2_8)(state, (uint64_t)lanes, words, (uint64_t)nwords,
+                                                           (uint64_t)count, bits, table, fb, ssym, out);
         }
-        memset(ssym + (wide ? 2 : 1) * slots, 0, 4);
-        read = (wide ? decode_avx2_16 : decode_avx2_8)(state, (uint64_t)lanes, words, (uint64_t)nwords,
-                                                       (uint64_t)count, bits, table, fb, ssym, out);
         if (read >= 0)
             for (Py_ssize_t j = 0; j < lanes; j++)
                 x[j] = state[j];
         Py_END_ALLOW_THREADS
         free(fb);
         free(ssym);
+        free(t16);
         free(state);
         release(&b);
         return PyLong_FromLongLong(read);
@@ -1163,6 +1427,43 @@ fail:
     return NULL;
 }
 
+/* set_simd(path, form="auto") -> the paths this CPU runs, for tests (each path gives the same symbols, states and
+   word counts; these pick one for every later rans_decode, in every thread). path: "scalar", "avx2", "avx512" (a
+   ValueError if the CPU lacks it) or "auto" (the best, as at import); form: the AVX-512 path's table form ("two",
+   "packed", "perm", "perm256": see ck_tables16; one the table does not fit runs as "two") or "auto". */
+static PyObject *set_simd(PyObject *self, PyObject *args)
+{
+    const char *path, *form = "auto";
+    (void)self;
+    if (!PyArg_ParseTuple(args, "s|s", &path, &form))
+        return NULL;
+    int level = -1, f = -2;
+    for (int k = 0; k < 3; k++)
+        if (!strcmp(path, ck_simd_names[k]))
+            level = k;
+    for (int k = 0; k < CK_FORMS; k++)
+        if (!strcmp(form, ck_form_names[k]))
+            f = k;
+    if (!strcmp(path, "auto"))
+        level = ck_simd_max;
+    if (!strcmp(form, "auto"))
+        f = -1;
+    if (level < 0 || level > ck_simd_max || f < -1)
+        return bad("_ckernels.set_simd: a path this CPU does not run, or an unknown form");
+    ck_simd = level;
+    ck_form = f;
+    PyObject *paths = PyTuple_New(ck_simd_max + 1);
+    for (int k = 0; paths && k <= ck_simd_max; k++) {
+        PyObject *name = PyUnicode_FromString(ck_simd_names[k]);
+        if (!name) {
+            Py_DECREF(paths);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(paths, k, name);
+    }
+    return paths;
+}
+
 /* ---- module ----------------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1171,6 +1472,7 @@ static PyMethodDef methods[] = {
     {"huffman_pack", huffman_pack, METH_VARARGS, "pack the symbols' codes into byte-aligned segments"},
     {"rans_table", rans_table, METH_VARARGS, "the rans decode table"},
     {"rans_decode", rans_decode, METH_VARARGS, "decode the interleaved rans lanes; the words read or -1"},
+    {"set_simd", set_simd, METH_VARARGS, "choose the rans decode path (tests); the paths this CPU runs"},
     {"golomb_pairs", golomb_pairs, METH_VARARGS, "read pairs of Exp-Golomb codes"},
     {"rans_encode", rans_encode, METH_VARARGS, "run the rans lanes backwards; the first word's index"},
     {"histogram", histogram, METH_VARARGS, "occurrences of every symbol"},
@@ -1188,7 +1490,12 @@ PyMODINIT_FUNC PyInit__ckernels(void)
 {
 #ifdef CK_AVX2
     ck_perm_init();
-    ck_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"))
+        ck_simd_max = CK_SIMD_AVX2;
+    if (ck_simd_max && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2"))
+        ck_simd_max = CK_SIMD_AVX512;
+    ck_simd = ck_simd_max;
 #endif
     return PyModule_Create(&module);
 }

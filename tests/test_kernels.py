@@ -20,7 +20,7 @@ from dcframe_plugins.huffman import LIMIT, Huffman, bit_reverse, canonical_codes
 from dcframe_plugins.rans import EXCHANGE_ROUNDS, Rans, _log_steps, golomb_pack, normalize_all
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_paths import coder_path
+from kernel_paths import coder_path, simd_path, simd_paths
 from strategies import symbol_arrays
 
 from dcframe import Bytes, ConfigError, DcfError, Symbols
@@ -366,3 +366,105 @@ def test_c_kernels_refuse_inconsistent_calls():
                       np.zeros(1, np.int64), np.zeros(2, np.uint16))
     with pytest.raises(ValueError, match="items of 8 bytes"):  # int64 symbols: not a symbol array
         c.histogram(np.zeros(3, np.int64), np.zeros(4, np.int64))
+
+
+def rans_lanes_stream(rng, count: int, lanes: int, alphabet: int, used: int, bits: int):
+    """A valid stream of `count` symbols (up to `used` of `alphabet` values, skewed) in `lanes` lanes at 2^bits
+    slots, by the C encoder: (words padded with `lanes` zeros, the word count, the initial states, the slot table,
+    the symbols)."""
+    c = c_kernels()
+    values = np.sort(rng.choice(alphabet, used, replace=False))
+    p = rng.random(used) ** 3 + 1e-3
+    symbols = values[rng.choice(used, count, p=p / p.sum())].astype(np.uint8 if alphabet <= 256 else np.uint16)
+    counts = np.bincount(symbols, minlength=alphabet)
+    values = np.flatnonzero(counts)  # those drawn
+    with coder_path("numpy"):
+        freq_used = normalize_all(counts[values], [bits])[0]
+    freq = np.zeros(alphabet, dtype=np.int64)
+    freq[values] = freq_used
+    x, words = c.rans_encode(symbols, freq, np.cumsum(freq) - freq, bits, lanes, 1 << 16)
+    padded = np.zeros(words.size + lanes, dtype=np.uint16)
+    padded[:words.size] = words
+    return padded, words.size, x, c.rans_table(values, freq_used, bits), symbols
+
+
+def decode_on(path: str, form: str, x, words, nwords: int, count: int, bits: int, table, dtype):
+    """The C kernel's rans decode on one SIMD path: (words read or -1, the symbols, the final states)."""
+    out, states = np.zeros(count, dtype=dtype), np.array(x, dtype=np.int64)
+    with simd_path(path, form):
+        read = c_kernels()._c.rans_decode(states, words, nwords, count, bits, table, out, 1 << 16)
+    return read, out.tobytes(), states.tobytes()
+
+
+RANS_SIMD_LANES = [1, 7, 8, 15, 16, 17, 33, 64, 256]
+RANS_SIMD_TABLES = [  # (alphabet, used, bits): each AVX-512 table form where it fits, both symbol widths
+    (32, 32, 14),    # byte symbols, 32 used at 2^14 slots: perm (the default for 5-bit symbols)
+    (256, 200, 14),  # byte symbols, 200 used: perm256 (the default for 8-bit symbols)
+    (256, 150, 12),  # 2 x 12 + 8 bits: packed
+    (3000, 32, 16),  # 16-bit symbols, 32 used, 2^16 slots: perm
+    (3000, 700, 14),  # 16-bit symbols, 700 used: two
+    (1000, 100, 8),  # 16-bit symbols at 2^8 slots: packed
+    (2, 1, 4),       # one symbol: every slot its own, no word ever read
+]
+
+
+@pytest.mark.parametrize("lanes", RANS_SIMD_LANES)
+def test_rans_simd_paths_decode_alike(lanes):
+    """Every rans decode path of the C kernel (scalar, AVX2, AVX-512 with each table form, where the CPU has them)
+    gives the scalar loop's symbols, final states and word count: for lane counts below, at and around the 8- and
+    16-lane groups, both symbol widths, a last step of 1 .. lanes - 1 symbols (and a whole one), streams cut short
+    (-1 on every path) and random words and states (hostile streams: the same symbols wherever they lead)."""
+    paths = simd_paths()
+    if not paths:
+        pytest.skip("the C kernels are not built")
+    rng = np.random.default_rng(lanes)
+    for alphabet, used, bits in RANS_SIMD_TABLES:
+        dtype = np.uint8 if alphabet <= 256 else np.uint16
+        for count in (lanes * 23, lanes * 23 + 1 + lanes // 2, lanes):
+            words, nwords, x, table, symbols = rans_lanes_stream(rng, count, lanes, alphabet, used, bits)
+            want = decode_on("scalar", "auto", x, words, nwords, count, bits, table, dtype)
+            assert want == (nwords, symbols.tobytes(), np.full(lanes, 1 << 16, np.int64).tobytes())
+            cuts = [cut for cut in (1, 2, lanes, 3 * lanes) if cut <= nwords]
+            hostile = (rng.integers(0, 1 << 32, lanes), rng.integers(0, 1 << 16, nwords + lanes).astype(np.uint16))
+            for path, form in paths:
+                case = (alphabet, used, bits, count, path, form)
+                assert decode_on(path, form, x, words, nwords, count, bits, table, dtype) == want, case
+                for cut in cuts:  # the same padded buffer, fewer words: the step that overruns them fails
+                    short = np.zeros(nwords - cut + lanes, dtype=np.uint16)
+                    short[:nwords - cut] = words[:nwords - cut]
+                    got = decode_on(path, form, x, short, nwords - cut, count, bits, table, dtype)
+                    assert got == decode_on("scalar", "auto", x, short, nwords - cut, count, bits, table, dtype), case
+                    assert got[0] == -1, case
+                for nw in (nwords, nwords // 2):
+                    args = (hostile[0], hostile[1][:nw + lanes], nw, count, bits, table, dtype)
+                    assert decode_on(path, form, *args) == decode_on("scalar", "auto", *args), (case, nw)
+
+
+def test_rans_simd_paths_take_other_tables_alike():
+    """A slot table rans_table never writes (a symbol in two runs, biases not from 0) is decoded by the scalar
+    loop on every path: the vector paths' tables assume runs, so they give way rather than differ."""
+    paths = simd_paths()
+    if not paths:
+        pytest.skip("the C kernels are not built")
+    rng = np.random.default_rng(5)
+    words, nwords, x, table, _ = rans_lanes_stream(rng, 64 * 40, 64, 32, 32, 12)
+    odd = table.copy()
+    odd[100:110] = odd[3000:3010]  # another symbol's run, biases and all, moved inside a run
+    odd[2000] ^= 1 << 16            # a bias out of sequence
+    want = decode_on("scalar", "auto", x, words, nwords, 64 * 40, 12, odd, np.uint8)
+    for path, form in paths:
+        assert decode_on(path, form, x, words, nwords, 64 * 40, 12, odd, np.uint8) == want, (path, form)
+
+
+def test_rans_set_simd_refuses_what_the_cpu_lacks():
+    c = c_kernels()._c
+    paths = c.set_simd("auto")
+    assert paths[0] == "scalar" and set(paths) <= {"scalar", "avx2", "avx512"}
+    with pytest.raises(ValueError, match="set_simd"):
+        c.set_simd("avx1024")
+    with pytest.raises(ValueError, match="set_simd"):
+        c.set_simd("scalar", "fast")
+    if "avx512" not in paths:
+        with pytest.raises(ValueError, match="set_simd"):
+            c.set_simd("avx512")
+    assert c.set_simd("auto") == paths

@@ -6,6 +6,7 @@ leaving nothing behind."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from dcframe_plugins.rans import Rans
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rowscale_files import rowscale_files
@@ -370,6 +372,81 @@ def test_rans_vector_and_scalar_paths_agree(build: Path, scalar: Path, tmp_path:
             code, j = r["tensors"]["x"]
             assert code == "OK", (tool, f)
             assert (out / f"{k}-{j}.bin").read_bytes() == want[k], (tool, f)
+
+
+SIMD_PATHS = ["scalar", "avx2", "avx512:two", "avx512:packed", "avx512:perm", "avx512:perm256"]  # DCF_SIMD values
+SIMD_LANES = [1, 7, 8, 15, 16, 17, 33, 64, 256]
+SIMD_TABLES = [  # (alphabet, used, scale bits): each AVX-512 table form where it fits, both symbol widths
+    (32, 32, 14), (256, 200, 14), (256, 150, 12), (3000, 32, 16), (3000, 700, 14), (1000, 100, 8)]
+
+
+def simd_paths(build: Path) -> list[str]:
+    """The DCF_SIMD values whose rANS path this CPU runs (`dcf-check --features` names the path in force)."""
+    have = []
+    for path in SIMD_PATHS:
+        res = subprocess.run([str(build / "dcf-check"), "--features"], capture_output=True, text=True, check=True,
+                             env={**os.environ, "DCF_SIMD": path})
+        if res.stdout.split()[-1] == path.split(":")[0]:
+            have.append(path)
+    assert have[0] == "scalar", have
+    return have
+
+
+def test_rans_simd_paths_decode_alike(build: Path, tmp_path: Path) -> None:
+    """Every rANS path (DCF_SIMD: scalar, AVX2, AVX-512 with each table form, where the CPU has them) decodes
+    hand-made rans streams as dcframe does, with the same verdict and message when cut short or damaged: lane
+    counts below, at and around the 8- and 16-lane groups (a last step of about lanes / 2 symbols), byte and
+    16-bit symbols, pulls that stop inside a step (uniform pulls 4096 symbols), from memory and through a read
+    callback (the words through a 64 KiB window)."""
+    paths = simd_paths(build)
+    rng = np.random.default_rng(11)
+    files, want = [], []
+    for alphabet, used, bits in SIMD_TABLES:
+        for lanes in SIMD_LANES:
+            n = 1024 * lanes + lanes // 2 + 1  # `lanes` lanes (one per 1024 symbols), the last step partial
+            base = tmp_path / "base.dcf"
+            levels = np.arange(n) % alphabet
+            dcframe.compress({"x": levels.astype(np.float32).reshape(1, n)}, base, pipeline="uniform(step=1.0) | rans")
+            index, ((name, rec, streams),) = split(base.read_bytes())
+            a = rec["steps"][1][0][2]["alphabet"]  # the levels present: min(n, alphabet); symbol s decodes to s
+            values = np.sort(rng.choice(a, min(used, a), replace=False))
+            p = rng.random(values.size) ** 3 + 1e-3
+            symbols = values[rng.choice(values.size, n, p=p / p.sum())].astype(np.uint8 if a <= 256 else np.uint16)
+            data = Rans(scale_bits=bits, lanes=lanes).encode(dcframe.Symbols(symbols, a))[0]["data"].data
+            flipped = data[:-4] + bytes([data[-4] ^ 1]) + data[-3:]  # a late word: the end states differ
+            for k, stream in enumerate([data, data[:-2], data[:-2 * lanes], flipped]):  # cut: truncated
+                if k and lanes not in (1, 15, 17, 256):
+                    continue
+                f = tmp_path / f"r{alphabet}-{used}-{bits}-{lanes}-{k}.dcf"
+                f.write_bytes(join(copy.deepcopy(index), [(name, copy.deepcopy(rec), {"data": stream})]))
+                files.append(f)
+                try:
+                    want.append(np.ascontiguousarray(dcframe.open_container(f).read("x").array).tobytes())
+                except dcframe.DcfError as exc:
+                    want.append(type(exc).__name__)
+    assert len({w for w in want if isinstance(w, str)}) == 1 and sum(isinstance(w, bytes) for w in want) > 50
+    answers = {}
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{f}\n" for f in files), encoding="utf-8")
+    for path in paths:
+        for mode in ("memory", "reader"):  # from memory; through a read callback (the words through a window)
+            out = tmp_path / f"{path.replace(':', '-')}-{mode}"
+            out.mkdir()
+            res = subprocess.run([str(build / "dcf-check"), "-o", str(out), *(["--reader"] if mode == "reader" else []),
+                                  str(lst)], capture_output=True, text=True, timeout=600,
+                                 env={**os.environ, "DCF_SIMD": path, "DCF_CHECK_VERBOSE": "1"})
+            assert res.returncode == 0, res.stderr
+            answers[path, mode] = (res.stdout, res.stderr)
+            for line in res.stdout.splitlines():
+                k, j, code = line.split(" ")[:3]
+                case = (path, mode, files[int(k)])
+                if j == "open":
+                    assert code == "OK", case
+                elif isinstance(want[int(k)], bytes):
+                    assert code == "OK" and (out / f"{k}-{j}.bin").read_bytes() == want[int(k)], case
+                else:
+                    assert code == want[int(k)], case
+    assert [key for key, answer in answers.items() if answer != answers["scalar", "memory"]] == []
 
 
 WIDTH_CASES = [  # (pipeline, data): symbol streams of 2 bytes (alphabet over 256) and 1 byte, into each consumer

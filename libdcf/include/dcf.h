@@ -123,9 +123,14 @@ DCF_API void dcf_free(dcf_file *f, void *ptr);
 DCF_API const char *dcf_code_name(int code);
 DCF_API const char *dcf_dtype_name(dcf_dtype dtype);
 DCF_API size_t dcf_dtype_size(dcf_dtype dtype);
-/* Which optional codecs this build has: a bit mask of DCF_HAVE_ZSTD, DCF_HAVE_ZLIB. */
+/* Which optional codecs this build has, a bit mask of DCF_HAVE_ZSTD, DCF_HAVE_ZLIB, and which vector path the rANS
+ * decoder takes in this process: DCF_HAVE_AVX2 or DCF_HAVE_AVX512 (none: the portable loop), the best the CPU and
+ * the build have, or a lower one named by the environment variable DCF_SIMD (scalar, avx2 or avx512, for tests and
+ * comparisons; every path decodes the same symbols). */
 #define DCF_HAVE_ZSTD 1
 #define DCF_HAVE_ZLIB 2
+#define DCF_HAVE_AVX2 4
+#define DCF_HAVE_AVX512 8
 DCF_API int dcf_features(void);
 
 #ifdef __cplusplus

@@ -500,7 +500,8 @@ int dcf_features(void) {
 #ifdef DCF_WITH_ZLIB
     m |= DCF_HAVE_ZLIB;
 #endif
-    return m;
+    int simd = rans_simd();
+    return m | (simd == 2 ? DCF_HAVE_AVX512 : simd == 1 ? DCF_HAVE_AVX2 : 0);
 }
 
 /* ---------------------------------------------------------------- one tensor: record and streams */

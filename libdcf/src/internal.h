@@ -166,6 +166,7 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
 int check_count_alphabet(dec *d, const char *stage, uint32_t meta, uint64_t *count, uint64_t *alphabet);
 int huffman_check_config(dec *d, const mp_tree *ct, uint32_t config);
 int rans_check_config(dec *d, const mp_tree *ct, uint32_t config);
+int rans_simd(void); /* the rANS decoder's vector path: 0 none, 1 AVX2, 2 AVX-512 (rans.c) */
 /* a stored config against a table of parameters (stages.c) */
 typedef struct {
     const char *key;

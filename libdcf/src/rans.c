@@ -1,11 +1,18 @@
 /* Stage `rans` (spec/stages/rans.md): static order-0 rANS, K interleaved 32-bit lanes renormalized by 16-bit words.
  * The header (frequency table, lanes, states) is checked when the stage is applied; symbols decode as pulled. */
+#include <stdlib.h>
+
 #include "internal.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(DCF_NO_SIMD)
 #include <immintrin.h>
-#define RANS_AVX2 1 /* 8 lanes per AVX2 step where the CPU has it (checked at run time), else scalar */
+#define RANS_AVX2 1   /* 8 lanes per AVX2 step where the CPU has it (checked at run time), else scalar */
+#define RANS_AVX512 1 /* 16 lanes per AVX-512 step where the CPU has F, BW, VL and VBMI2 (checked at run time) */
 #endif
+
+/* The fast steps' paths, and the forms of the slot tables (R_TWO but on the AVX-512 path: see slot_form) */
+enum { P_SCALAR, P_AVX2, P_AVX512 };
+enum { R_TWO, R_PACKED, R_PERM, R_PERM256 };
 
 #define L_STATE 65536u
 #define MAX_STEPS 65536u
@@ -22,13 +29,21 @@ typedef struct {
     uint64_t words_off; /* the first word's byte offset in the stream */
     uint32_t nbits, smask;
     int wide;          /* alphabet over 256: 16-bit output symbols; else bytes */
-    /* Two tables indexed by the slot, read independently of each other (a lookup that waited on another would
-     * lengthen every lane's dependency chain): */
+    int path;          /* the fast steps' path: P_SCALAR, P_AVX2 or P_AVX512 */
+    int form;          /* the slot tables' form */
+    /* R_TWO: two tables indexed by the slot, read independently of each other (a lookup that waited on another
+     * would lengthen every lane's dependency chain): */
     uint32_t *fb;      /* per slot s (2^n): (f - 1) << 16 | (s - cum) of the symbol covering it */
     const uint8_t *ssym; /* per slot: that symbol, in the output's width (a byte, or 16 bits when wide) */
-    uint8_t (*perm)[32]; /* per 8-lane renormalization mask m: a byte shuffle putting into lane l (as 32 bits) the
-                            word it takes, number popcount(m & (2^l - 1)) of the 8 at `next` */
-    int avx2;
+    uint8_t (*perm)[32]; /* AVX2: per 8-lane renormalization mask m: a byte shuffle putting into lane l (as 32 bits)
+                            the word it takes, number popcount(m & (2^l - 1)) of the 8 at `next` */
+    /* The AVX-512 path's forms: one gather per 16 lanes (see slot_form) */
+    uint32_t *e;       /* R_PACKED: per slot (f - 1) << (sw + n) | (s - cum) << sw | symbol, sw its 8 or 16 bits;
+                          R_PERM256: per slot (s - cum) << 16 | symbol */
+    uint8_t *idx;      /* R_PERM: per slot the index of its symbol in the table (under 32) */
+    uint32_t fc32[32]; /* R_PERM: per symbol index, (f - 1) << 16 | cum */
+    uint32_t sym32[32]; /* R_PERM: per symbol index, the symbol */
+    uint16_t f1[256];  /* R_PERM256: per byte symbol, f - 1 */
     uint32_t *fc;      /* per table symbol: cum | (f - 1) << 16 (while the table is read) */
     uint16_t *sym;     /* per table symbol: its value (while the table is read) */
 } rans_st;
@@ -112,18 +127,41 @@ static inline uint32_t word_at(const uint8_t *p) { return (uint32_t)p[0] | (uint
 /* The state after decoding from slot entry e: f (x >> n) + (x mod 2^n) - cum. */
 static inline uint32_t advance(uint32_t x, uint32_t e, uint32_t nb) { return ((e >> 16) + 1) * (x >> nb) + (e & 0xffff); }
 
-/* Symbol i of the output o: slot sl's symbol, in the stream's width. */
-static inline void put(const rans_st *st, int wide, uint8_t *o, size_t i, uint32_t sl) {
-    if (wide) ((uint16_t *)(void *)o)[i] = ((const uint16_t *)(const void *)st->ssym)[sl];
-    else o[i] = st->ssym[sl];
+/* Slot sl's entry (f - 1) << 16 | (sl - cum), and its symbol in *s, from the slot tables of `form`. */
+static inline uint32_t look(const rans_st *st, int form, int wide, uint32_t sl, uint32_t *s) {
+    if (form == R_PACKED) {
+        uint32_t e = st->e[sl], sw = wide ? 16 : 8;
+        *s = e & ((1u << sw) - 1);
+        return (e >> (sw + st->nbits)) << 16 | (e >> sw & st->smask);
+    }
+    if (form == R_PERM) {
+        uint32_t i = st->idx[sl], fc = st->fc32[i];
+        *s = st->sym32[i];
+        return (fc & 0xffff0000u) | (sl - (fc & 0xffff));
+    }
+    if (form == R_PERM256) {
+        uint32_t e = st->e[sl];
+        *s = e & 0xffff;
+        return (uint32_t)st->f1[e & 0xff] << 16 | e >> 16;
+    }
+    *s = wide ? ((const uint16_t *)(const void *)st->ssym)[sl] : st->ssym[sl];
+    return st->fb[sl];
 }
 
-/* One lane's step: its symbol into o[i], its state advanced and renormalized from the word at wp if it needs one
- * (the caller guarantees that word exists). Masks, not a branch: the need is unpredictable. Returns 1 if it took it. */
+/* Symbol i of the output o, in the stream's width. */
+static inline void put(int wide, uint8_t *o, size_t i, uint32_t s) {
+    if (wide) ((uint16_t *)(void *)o)[i] = (uint16_t)s;
+    else o[i] = (uint8_t)s;
+}
+
+/* One lane's step (slot tables R_TWO): its symbol into o[i], its state advanced and renormalized from the word at
+ * wp if it needs one (the caller guarantees that word exists). Masks, not a branch: the need is unpredictable.
+ * Returns 1 if it took it. */
 static inline uint32_t step(uint32_t *xp, uint8_t *o, size_t i, const rans_st *st, int wide, const uint8_t *wp) {
-    uint32_t xj = *xp, sl = xj & st->smask;
-    put(st, wide, o, i, sl);
-    xj = advance(xj, st->fb[sl], st->nbits);
+    uint32_t xj = *xp, sl = xj & st->smask, s;
+    uint32_t e = look(st, R_TWO, wide, sl, &s);
+    put(wide, o, i, s);
+    xj = advance(xj, e, st->nbits);
     uint32_t need = xj < L_STATE, m = 0u - need;
     *xp = (xj & ~m) | ((xj << 16 | word_at(wp)) & m);
     return need;
@@ -194,6 +232,129 @@ __attribute__((target("avx2,popcnt"))) static size_t fast_avx2_8(rans_st *st, ui
 __attribute__((target("avx2,popcnt"))) static size_t fast_avx2_16(rans_st *st, uint8_t *o, size_t n) { return fast_avx2(st, o, n, 1); }
 #endif
 
+#ifdef RANS_AVX512
+#define TARGET512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
+
+/* All 16 lanes, as a mask the compiler cannot see is full: a full-mask gather would merge into whatever register
+ * the compiler picked (the last group's state, as it happens), a false dependency that chained the groups of a
+ * step one after the other (1.2 G symbols/s; 2.1-2.9 G without). So the gathers go into a zeroed register. */
+TARGET512 __attribute__((always_inline)) static inline __mmask16 all16(void) {
+    __mmask16 k = 0xffff;
+    __asm__("" : "+Yk"(k));
+    return k;
+}
+#define GATHER16(index, base, scale) _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), all16(), index, base, scale)
+
+typedef struct { /* what step16 reads, held apart from rans_st (the output's byte stores could alias its fields) */
+    const int *e;    /* R_TWO: fb; R_PACKED, R_PERM256: e */
+    const void *s;   /* R_TWO: ssym; R_PERM: idx */
+    __m512i tab[8];  /* R_PERM: fc32 in 0-1, sym32 in 2-3; R_PERM256: f1 in 0-7 */
+    __m512i smask;
+    __m128i nbits, sw, swn; /* n; R_PACKED: the symbol's bits, and those + n */
+} tabs16;
+
+/* Lanes j..j+15 (those of `live`: all 16, or in a `tail` the first k - j) of one step at once: one gather (two for
+ * R_TWO) and the in-register lookups of the table form, the 16 symbols narrowed into one store, the state update,
+ * and the needing lanes' words: the 16 words at wp (in a tail only its k - j, by a masked load, which reads no
+ * masked-off word) spread by an expand into the needing lanes in lane order. Returns the words taken. */
+TARGET512 __attribute__((always_inline)) static inline uint32_t step16(uint32_t *xs, uint8_t *o, const tabs16 *t, int form, int wide,
+                                        const uint8_t *wp, __mmask16 live, int tail) {
+    const __m512i lo16 = _mm512_set1_epi32(0xffff), one = _mm512_set1_epi32(1);
+    __m512i x = tail ? _mm512_maskz_loadu_epi32(live, xs) : _mm512_loadu_si512((const void *)xs);
+    __m512i sl = _mm512_and_si512(x, t->smask), f, bias, sym;
+    if (form == R_PACKED) {
+        __m512i e = GATHER16(sl, t->e, 4);
+        f = _mm512_add_epi32(_mm512_srl_epi32(e, t->swn), one);
+        bias = _mm512_and_si512(_mm512_srl_epi32(e, t->sw), t->smask);
+        sym = e;
+    } else if (form == R_PERM) { /* the index in the low 5 bits picks from 32 entries; the bytes above are ignored */
+        __m512i i = GATHER16(sl, t->s, 1);
+        __m512i fc = _mm512_permutex2var_epi32(t->tab[0], i, t->tab[1]);
+        sym = _mm512_permutex2var_epi32(t->tab[2], i, t->tab[3]);
+        f = _mm512_add_epi32(_mm512_srli_epi32(fc, 16), one);
+        bias = _mm512_sub_epi32(sl, _mm512_and_si512(fc, lo16));
+    } else if (form == R_PERM256) { /* the symbol's low 6 bits pick f - 1 among 64 words; bits 6 and 7 the table */
+        __m512i e = GATHER16(sl, t->e, 4);
+        __m512i r0 = _mm512_permutex2var_epi16(t->tab[0], e, t->tab[1]), r1 = _mm512_permutex2var_epi16(t->tab[2], e, t->tab[3]);
+        __m512i r2 = _mm512_permutex2var_epi16(t->tab[4], e, t->tab[5]), r3 = _mm512_permutex2var_epi16(t->tab[6], e, t->tab[7]);
+        __mmask16 b6 = _mm512_test_epi32_mask(e, _mm512_set1_epi32(64)), b7 = _mm512_test_epi32_mask(e, _mm512_set1_epi32(128));
+        __m512i f1 = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(r0, b6, r1), b7, _mm512_mask_mov_epi32(r2, b6, r3));
+        f = _mm512_add_epi32(_mm512_and_si512(f1, lo16), one);
+        bias = _mm512_srli_epi32(e, 16);
+        sym = e;
+    } else {
+        __m512i e = GATHER16(sl, t->e, 4);
+        sym = wide ? GATHER16(sl, t->s, 2) : GATHER16(sl, t->s, 1);
+        f = _mm512_add_epi32(_mm512_srli_epi32(e, 16), one);
+        bias = _mm512_and_si512(e, lo16);
+    }
+    if (wide) {
+        if (tail) _mm512_mask_cvtepi32_storeu_epi16(o, live, sym);
+        else _mm256_storeu_si256((__m256i *)(void *)o, _mm512_cvtepi32_epi16(sym));
+    } else {
+        if (tail) _mm512_mask_cvtepi32_storeu_epi8(o, live, sym);
+        else _mm_storeu_si128((__m128i *)(void *)o, _mm512_cvtepi32_epi8(sym));
+    }
+    x = _mm512_add_epi32(_mm512_mullo_epi32(f, _mm512_srl_epi32(x, t->nbits)), bias);
+    __mmask16 m = _mm512_mask_cmplt_epu32_mask(live, x, _mm512_set1_epi32((int)L_STATE));
+    __m256i w = tail ? _mm256_maskz_loadu_epi16(live, wp) : _mm256_loadu_si256((const __m256i *)(const void *)wp);
+    __asm__("" : "+v"(w)); /* a load, then the expand: not folded into an expand from memory (measured slower) */
+    x = _mm512_mask_or_epi32(x, m, _mm512_slli_epi32(x, 16), _mm512_cvtepu16_epi32(_mm256_maskz_expand_epi16(m, w)));
+    if (tail) _mm512_mask_storeu_epi32(xs, live, x);
+    else _mm512_storeu_si512((void *)xs, x);
+    return (uint32_t)_mm_popcnt_u32((unsigned)m);
+}
+
+/* fast_steps with groups of 16 lanes by AVX-512 and the last K mod 16 by one masked group; o advances by bytes.
+ * A step starts with at least k words at `next` (r); before lane j, r <= start + j (each lane takes at most one),
+ * so a group's 16-word load (j + 16 <= k), or a tail's k - j words, stays within those k words. */
+TARGET512 __attribute__((always_inline)) static inline size_t fast_avx512(rans_st *st, uint8_t *o, size_t n, int form, int wide) {
+    const size_t k = (size_t)st->lanes, w = wide ? 2 : 1;
+    const uint8_t *words = st->words;
+    uint64_t r = st->next - st->base, avail = st->end - st->base;
+    size_t done = 0;
+    tabs16 t;
+    t.e = (const int *)(const void *)(form == R_TWO ? st->fb : st->e);
+    t.s = form == R_PERM ? (const void *)st->idx : (const void *)st->ssym;
+    for (int q = 0; q < 8; q++) t.tab[q] = _mm512_setzero_si512();
+    if (form == R_PERM)
+        for (int q = 0; q < 2; q++) {
+            t.tab[q] = _mm512_loadu_si512((const void *)(st->fc32 + 16 * q));
+            t.tab[2 + q] = _mm512_loadu_si512((const void *)(st->sym32 + 16 * q));
+        }
+    if (form == R_PERM256)
+        for (int q = 0; q < 8; q++) t.tab[q] = _mm512_loadu_si512((const void *)(st->f1 + 32 * q));
+    t.smask = _mm512_set1_epi32((int)st->smask);
+    t.nbits = _mm_cvtsi32_si128((int)st->nbits);
+    t.sw = _mm_cvtsi32_si128(wide ? 16 : 8);
+    t.swn = _mm_cvtsi32_si128((wide ? 16 : 8) + (int)st->nbits);
+    const __mmask16 rest = (__mmask16)((1u << (k % 16)) - 1);
+    uint32_t *x = st->x;
+    while (n - done >= k && avail - r >= k) {
+        size_t j = 0;
+        for (; j + 16 <= k; j += 16) r += step16(x + j, o + w * (done + j), &t, form, wide, words + 2 * r, 0xffff, 0);
+        if (j < k) r += step16(x + j, o + w * (done + j), &t, form, wide, words + 2 * r, rest, 1);
+        done += k;
+    }
+    st->next = st->base + r;
+    return done;
+}
+
+/* fast_avx512 for each table form and width (both constants where it is inlined) */
+#define FAST512(name, form, wide) \
+    TARGET512 static size_t name(rans_st *st, uint8_t *o, size_t n) { return fast_avx512(st, o, n, form, wide); }
+FAST512(fast512_two8, R_TWO, 0)
+FAST512(fast512_two16, R_TWO, 1)
+FAST512(fast512_packed8, R_PACKED, 0)
+FAST512(fast512_packed16, R_PACKED, 1)
+FAST512(fast512_perm8, R_PERM, 0)
+FAST512(fast512_perm16, R_PERM, 1)
+FAST512(fast512_perm256, R_PERM256, 0)
+static size_t (*const fast512[4][2])(rans_st *, uint8_t *, size_t) = {
+    {fast512_two8, fast512_two16}, {fast512_packed8, fast512_packed16}, {fast512_perm8, fast512_perm16},
+    {fast512_perm256, NULL}};
+#endif
+
 /* The portable fast steps for one width (wide a constant where it is inlined). */
 static inline size_t fast_scalar(rans_st *st, uint8_t *o, size_t n, int wide) {
     const size_t k = (size_t)st->lanes;
@@ -212,8 +373,11 @@ static inline size_t fast_scalar(rans_st *st, uint8_t *o, size_t n, int wide) {
  * bounds check per symbol, the lanes' states are independent dependency chains, only `next` is shared. Returns
  * symbols done. */
 static size_t fast_steps(rans_st *st, uint8_t *o, size_t n) {
+#ifdef RANS_AVX512
+    if (st->path == P_AVX512) return fast512[st->form][st->wide](st, o, n);
+#endif
 #ifdef RANS_AVX2
-    if (st->avx2) return st->wide ? fast_avx2_16(st, o, n) : fast_avx2_8(st, o, n);
+    if (st->path == P_AVX2) return st->wide ? fast_avx2_16(st, o, n) : fast_avx2_8(st, o, n);
 #endif
     return st->wide ? fast_scalar(st, o, n, 1) : fast_scalar(st, o, n, 0);
 }
@@ -238,9 +402,10 @@ static int slow_syms(dec *d, rans_st *st, uint8_t *o, size_t n) {
     uint64_t lane = st->lane, next = st->next;
     const uint64_t w = st->w;
     for (size_t i = 0; i < n; i++) {
-        uint32_t xj = x[lane], sl = xj & st->smask;
-        put(st, st->wide, o, i, sl);
-        xj = advance(xj, st->fb[sl], st->nbits);
+        uint32_t xj = x[lane], sl = xj & st->smask, s;
+        uint32_t e = look(st, st->form, st->wide, sl, &s);
+        put(st->wide, o, i, s);
+        xj = advance(xj, e, st->nbits);
         if (xj < L_STATE) {
             if (next >= w) return dfail(d, DCF_E_FORMAT, "rans: the lanes need more than the stream's %llu words (truncated)", (unsigned long long)w);
             if (next >= st->end) { /* windowed: the window is used up */
@@ -315,6 +480,53 @@ static int table(dec *d, rd *r, uint64_t a, uint64_t dn, uint32_t order, uint32_
     return DCF_OK;
 }
 
+/* The fast steps' path: the best this CPU runs, or a lower one named by the environment variable DCF_SIMD (scalar,
+ * avx2 or avx512, which may name a table form too: avx512:two, avx512:packed, avx512:perm or avx512:perm256; for
+ * tests and comparisons, as every path decodes the same symbols). *form is the form named, or -1. */
+static int simd_path(int *form) {
+    int best = P_SCALAR, want = P_AVX512;
+    *form = -1;
+#ifdef RANS_AVX2
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) best = P_AVX2;
+#endif
+#ifdef RANS_AVX512
+    if (best == P_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2"))
+        best = P_AVX512;
+#endif
+    const char *v = getenv("DCF_SIMD");
+    if (v) {
+        static const char *const forms[] = {"avx512:two", "avx512:packed", "avx512:perm", "avx512:perm256"};
+        if (!strcmp(v, "scalar")) want = P_SCALAR;
+        else if (!strcmp(v, "avx2")) want = P_AVX2;
+        for (int i = 0; i < 4; i++)
+            if (!strcmp(v, forms[i])) *form = i;
+    }
+    return want < best ? want : best;
+}
+
+int rans_simd(void) {
+    int form;
+    return simd_path(&form);
+}
+
+/* The slot tables' form: R_TWO but on the AVX-512 path, there the fastest that fits (measured on a Zen-class
+ * AVX-512 core at 2^14 slots, against R_TWO's two gathers per 16 lanes):
+ * - R_PACKED where f - 1, the offset and the symbol fit 32 bits (2n + 8 or 16 <= 32): one gather;
+ * - R_PERM where at most 32 symbols are used: one gather from a byte table of symbol indices (2^n bytes, 16 KiB
+ *   at 2^14 slots, which stays in L1), then (f - 1) << 16 | cum and the symbol by two 32-entry in-register lookups
+ *   (vpermi2d): 1.55x R_TWO;
+ * - R_PERM256 for byte symbols: one gather of (s - cum) << 16 | symbol, then f - 1 by four 64-entry lookups of
+ *   16-bit words (vpermi2w) and three blends: 1.25x R_TWO;
+ * - else R_TWO (16-bit symbols, more than 32 of them, over 2^8 slots). `want`, if not -1, is taken where it fits. */
+static int slot_form(int path, int want, int wide, uint32_t nb, uint64_t dn) {
+    int packed = 2 * nb + (wide ? 16 : 8) <= 32, perm = dn <= 32, perm256 = !wide;
+    if (path != P_AVX512) return R_TWO;
+    if (want >= 0)
+        return (want == R_PACKED && packed) || (want == R_PERM && perm) || (want == R_PERM256 && perm256) ? want : R_TWO;
+    return packed ? R_PACKED : perm ? R_PERM : perm256 ? R_PERM256 : R_TWO;
+}
+
 int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
     (void)ct; (void)config;
     uint64_t n, a;
@@ -345,21 +557,29 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
     if (r.pos >= r.size || b > 15) return dfail(d, DCF_E_FORMAT, "rans: no Exp-Golomb order, or one above 15");
     uint32_t order = b;
     r.pos++;
-    /* one block: the state, the 8 KiB word shuffles, the slot entries (4 bytes per slot), the symbol table (6 bytes
-     * per symbol), the slot symbols (1 or 2 bytes per slot, then the 4 bytes a vector gather of the last reads) */
-    int wide = a > 256;
-    uint64_t sw = wide ? 2 : 1;
-    rans_st *st = dec_alloc(d, sizeof *st + 256 * 32 + total * 4 + dn * 6 + total * sw + 4, 1, "rans");
+    /* one block: the state, the AVX2 path's 8 KiB of word shuffles, the 32-bit slot entries (4 bytes per slot: R_TWO,
+     * R_PACKED, R_PERM256), the symbol table (6 bytes per symbol), the byte slot table (R_TWO's symbols, 1 or 2
+     * bytes per slot; R_PERM's symbol indices, 1 byte), then the 4 bytes a vector gather of the last slot reads */
+    int wide = a > 256, want;
+    int path = simd_path(&want), form = slot_form(path, want, wide, nb, dn);
+    uint64_t sw = wide ? 2 : 1, perms = path == P_AVX2 ? 256 * 32 : 0;
+    uint64_t entries = form == R_PERM ? 0 : total * 4, bytes = form == R_TWO ? total * sw : form == R_PERM ? total : 0;
+    rans_st *st = dec_alloc(d, sizeof *st + perms + entries + dn * 6 + bytes + 4, 1, "rans");
     if (!st) return d->err ? d->err->code : DCF_E_NOMEM;
     memset(st, 0, sizeof *st);
     st->perm = (uint8_t (*)[32])(st + 1);
-    st->fb = (uint32_t *)(st->perm + 256);
-    st->fc = st->fb + total;
+    uint32_t *ent = (uint32_t *)((uint8_t *)(st + 1) + perms);
+    st->fc = ent + entries / 4;
     st->sym = (uint16_t *)(st->fc + dn);
     uint8_t *ssym = (uint8_t *)(st->sym + dn);
+    if (form == R_TWO) st->fb = ent;
+    else st->e = ent;
     st->ssym = ssym;
+    st->idx = ssym;
     st->wide = wide;
-    memset(ssym + total * sw, 0, 4);
+    st->path = path;
+    st->form = form;
+    memset(ssym + bytes, 0, 4);
     if ((rc = table(d, &r, a, dn, order, nb, st))) return rc;
     if ((rc = varint(d, &r, "lane count", &k))) return rc;
     if (k < 1 || k > n || (n + k - 1) / k > MAX_STEPS) return dfail(d, DCF_E_FORMAT, "rans: %llu lanes for %llu symbols", (unsigned long long)k, (unsigned long long)n);
@@ -372,23 +592,33 @@ int rans_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, strea
         if (st->x[j] < L_STATE) return dfail(d, DCF_E_FORMAT, "rans: lane %llu state %u is below 2^16", (unsigned long long)j, st->x[j]);
     }
     for (uint64_t i = 0; i < dn; i++) { /* slot tables: symbol i covers cum .. cum + f - 1 */
-        uint32_t cum = st->fc[i] & 0xffff, f = (st->fc[i] >> 16) + 1;
-        for (uint32_t j = 0; j < f; j++) st->fb[cum + j] = (f - 1) << 16 | j;
-        if (wide)
-            for (uint32_t j = 0; j < f; j++) ((uint16_t *)(void *)ssym)[cum + j] = st->sym[i];
-        else memset(ssym + cum, st->sym[i], f);
-    }
-    for (uint32_t m = 0; m < 256; m++) /* lane l takes word c = popcount(m & (2^l - 1)): bytes 2c, 2c + 1, zero, zero */
-        for (uint32_t l = 0, c = 0; l < 8; l++) {
-            uint8_t *p = st->perm[m] + 4 * l;
-            p[0] = (uint8_t)(2 * c);
-            p[1] = (uint8_t)(2 * c + 1);
-            p[2] = p[3] = 0x80;
-            c += m >> l & 1;
+        uint32_t cum = st->fc[i] & 0xffff, f = (st->fc[i] >> 16) + 1, s = st->sym[i];
+        if (form == R_TWO) {
+            for (uint32_t j = 0; j < f; j++) st->fb[cum + j] = (f - 1) << 16 | j;
+            if (wide)
+                for (uint32_t j = 0; j < f; j++) ((uint16_t *)(void *)ssym)[cum + j] = (uint16_t)s;
+            else memset(ssym + cum, (int)s, f);
+        } else if (form == R_PACKED) {
+            uint32_t bits = wide ? 16 : 8;
+            for (uint32_t j = 0; j < f; j++) st->e[cum + j] = (f - 1) << (bits + nb) | j << bits | s;
+        } else if (form == R_PERM) {
+            st->fc32[i] = st->fc[i];
+            st->sym32[i] = s;
+            memset(st->idx + cum, (int)i, f);
+        } else {
+            st->f1[s] = (uint16_t)(f - 1);
+            for (uint32_t j = 0; j < f; j++) st->e[cum + j] = j << 16 | s;
         }
-#ifdef RANS_AVX2
-    st->avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
-#endif
+    }
+    if (path == P_AVX2)
+        for (uint32_t m = 0; m < 256; m++) /* lane l takes word c = popcount(m & (2^l - 1)): bytes 2c, 2c + 1, 0, 0 */
+            for (uint32_t l = 0, c = 0; l < 8; l++) {
+                uint8_t *p = st->perm[m] + 4 * l;
+                p[0] = (uint8_t)(2 * c);
+                p[1] = (uint8_t)(2 * c + 1);
+                p[2] = p[3] = 0x80;
+                c += m >> l & 1;
+            }
     st->in = ins[0];
     st->words_off = r.pos + 4 * k;
     st->w = (left - 4 * k) / 2;

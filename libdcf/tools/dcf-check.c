@@ -6,7 +6,7 @@
  * exactly its size, so that a sanitizer build catches any read past it; with --path it is opened by path instead
  * (dcf_open_path, which maps it), or with --reader through dcf_open_reader over stdio (the index read at open,
  * each tensor's bytes when it is decoded). `dcf-check --features` prints
- * the optional codecs built in ("zstd zlib"). */
+ * the optional codecs built in and the rANS decoder's vector path ("zstd zlib avx512"; DCF_SIMD lowers it). */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,8 +59,10 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) outdir = argv[++i];
         else if (!strcmp(argv[i], "--path")) by_path = 1;
         else if (!strcmp(argv[i], "--reader")) by_reader = 1;
-        else if (!strcmp(argv[i], "--features")) { /* the optional codecs of this build */
-            printf("%s%s\n", dcf_features() & DCF_HAVE_ZSTD ? "zstd " : "", dcf_features() & DCF_HAVE_ZLIB ? "zlib" : "");
+        else if (!strcmp(argv[i], "--features")) { /* the optional codecs of this build, and the rANS vector path */
+            int m = dcf_features();
+            printf("%s%s%s\n", m & DCF_HAVE_ZSTD ? "zstd " : "", m & DCF_HAVE_ZLIB ? "zlib " : "",
+                   m & DCF_HAVE_AVX512 ? "avx512" : m & DCF_HAVE_AVX2 ? "avx2" : "scalar");
             return 0;
         }
         else listfile = argv[i];
