@@ -54,13 +54,17 @@ def uniform(rel_step: float, method: str | None = None) -> str:
 POOLER = "*pooler.dense.weight"  # BERT's pooler: an RMS far below the other matrices' (0.009 against 0.06)
 
 
-def pretrained_rules(matrices: str, embeddings: str, query_key: str) -> list[dict]:
+OTHER_EMBEDDINGS = ("*position_embeddings.weight", "*token_type_embeddings.weight")  # added to every token's input
+
+
+def pretrained_rules(matrices: str, embeddings: str, query_key: str, other_embeddings: str = "") -> list[dict]:
     """Rank 0-1 exact, token embeddings, query/key projections, the pooler (a chain of its own, so its step follows
     its own RMS), then every other tensor of rank >= 2."""
     return [{"match": {"ndim": [0, 1]}, "pipeline": LOSSLESS},
             *({"match": {"name": g}, "pipeline": embeddings} for g in TOKEN_EMBEDDINGS),
             *({"match": {"name": g}, "pipeline": query_key} for g in QUERY_KEY),
             {"match": {"name": POOLER}, "pipeline": uniform(0.085, "round")},
+            *({"match": {"name": g}, "pipeline": other_embeddings} for g in OTHER_EMBEDDINGS if other_embeddings),
             {"match": {}, "pipeline": matrices}]
 
 
@@ -113,6 +117,6 @@ def dcframe_presets():
                            "activation-weighted levels elsewhere, token embeddings twice as coarse on the tokens the "
                            "calibration text never used (rowscale), coarser steps as in pretrained",
             "rules": pretrained_rules(uniform(0.17, "auto"), "rowscale | " + uniform(0.25, "auto"),
-                                      uniform(0.25, "auto")),
+                                      uniform(0.25, "auto"), uniform(0.14, "auto")),
         },
     }

@@ -4,7 +4,8 @@ Layout (spec/stages/rowscale.md): the tensor's rows (its first axis) as `values`
 exponents e_r (0..15) as the `exponents` symbols; decode multiplies row r by 2^e_r, exactly. The encoder picks e_r
 from the calibration: a row whose `activation` side input is zero everywhere (for a token embedding: a token the
 calibration text never used) gets `shift`, every other row 0. A row whose division would not be exact (a subnormal
-that would lose bits) keeps 0, so the stage itself is lossless (NaN elements keep their bits both ways); the next stage (uniform, kmeans) then quantizes the rarely used rows
+that would lose bits) keeps 0, so the stage itself is lossless (NaN elements keep their bits both ways); the next
+stage (uniform, kmeans) then quantizes the rarely used rows
 2^shift times more coarsely. Without an activation side input every exponent is 0.
 """
 
