@@ -5,8 +5,8 @@ exponents e_r (0..15) as the `exponents` symbols; decode multiplies row r by 2^e
 from the calibration: a row whose `activation` side input is zero everywhere (for a token embedding: a token the
 calibration text never used) gets `shift`, every other row 0. A row whose division would not be exact (a subnormal
 that would lose bits) keeps 0, so the stage itself is lossless (NaN elements keep their bits both ways); the next
-stage (uniform, kmeans) then quantizes the rarely used rows
-2^shift times more coarsely. Without an activation side input every exponent is 0.
+stage (uniform, kmeans) then quantizes the rarely used rows 2^shift times more coarsely. Without an activation side
+input every exponent is 0.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, check_output, hookimpl, numpy_dtype
-from dcframe.core.dtypes import FLOAT_DTYPES
+from dcframe.core.dtypes import FLOAT_DTYPES, from_float, to_float
 from dcframe.core.streams import ACTIVATION
 
 MAX_SHIFT = 15  # exponents are 0..15: one symbol of an alphabet of at most 16
@@ -22,18 +22,12 @@ MAX_SHIFT = 15  # exponents are 0..15: one symbol of an alphabet of at most 16
 
 def _scaled(array: np.ndarray, dtype: str, exponents: np.ndarray) -> np.ndarray:
     """The rows of `array` (carrier dtype) times 2^exponents[r], rounded to the dtype (exact unless it overflows to
-    infinity); NaN elements keep their bits."""
-    if dtype == "BF16":  # bf16 -> f32 is exact and f32 spans bf16's exponent range: the product is exact in f32
-        wide = (array.astype(np.uint32) << 16).view(np.float32)
-    else:
-        wide = array
+    infinity); NaN elements keep their bits. Computed in to_float's type (float32 for F16 and BF16, which spans both
+    exponent ranges), so the product is exact before the one rounding back to the dtype."""
+    wide = to_float(array, dtype)
     factor = np.ldexp(np.ones((), dtype=wide.dtype), exponents.astype(np.int32))
     with np.errstate(over="ignore", invalid="ignore"):
-        product = wide * factor.reshape((-1,) + (1,) * (array.ndim - 1))
-    if dtype == "BF16":
-        out = (product.view(np.uint32) >> 16).astype(np.uint16)  # exact values: truncation is the rounding
-    else:
-        out = product.astype(array.dtype)
+        out = from_float(wide * factor.reshape((-1,) + (1,) * (array.ndim - 1)), dtype)
     nan = np.isnan(wide)
     if nan.any():
         out[nan] = array[nan]
