@@ -523,6 +523,19 @@ static int ck_simd_max;  /* the best path the CPU runs (checked at import) */
 static int ck_simd;      /* the path rans_decode takes: ck_simd_max, unless set_simd chose a lower one */
 static int ck_form = -1; /* the AVX-512 path's table form: -1 the best for the table, else set_simd's */
 
+/* What a vector path leaves after `done` symbols and `read` words (the last, partial step), by decode_lanes with the
+   floor 2^16: the words read in all, or -1. */
+static inline int64_t decode_rest(uint32_t *restrict state, uint64_t lanes, const uint16_t *restrict words,
+                                  uint64_t nwords, uint64_t total, int bits, const uint64_t *restrict table,
+                                  void *restrict out, int wide, uint64_t done, uint64_t read)
+{
+    if (done == total)
+        return (int64_t)read;
+    int64_t rest = decode_lanes(state, lanes, words + read, nwords - read, total - done, bits, table,
+                                (uint8_t *)out + (wide ? 2 : 1) * done, wide, 0x10000u);
+    return rest < 0 ? -1 : (int64_t)read + rest;
+}
+
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(DCF_NO_SIMD)
 #include <immintrin.h>
 #define CK_AVX2 1 /* rans decode: 8 lanes per AVX2 step where the CPU has it (checked at import), else the loop above */
@@ -607,11 +620,7 @@ __attribute__((target("avx2,popcnt"), always_inline)) static inline int64_t deco
         if (read > nwords)
             return -1;
     }
-    if (done == total)
-        return (int64_t)read;
-    int64_t rest = decode_lanes(state, lanes, words + read, nwords - read, total - done, bits, table,
-                                (uint8_t *)out + width * done, wide, 0x10000u);
-    return rest < 0 ? -1 : (int64_t)read + rest;
+    return decode_rest(state, lanes, words, nwords, total, bits, table, out, wide, done, read);
 }
 
 /* decode_lanes_avx2 for each symbol width, `wide` a constant where it is inlined */
@@ -756,11 +765,7 @@ CK_TARGET512 __attribute__((always_inline)) static inline int64_t decode_lanes_a
         if (read > nwords)
             return -1;
     }
-    if (done == total)
-        return (int64_t)read;
-    int64_t rest = decode_lanes(state, lanes, words + read, nwords - read, total - done, bits, table,
-                                (uint8_t *)out + width * done, wide, 0x10000u);
-    return rest < 0 ? -1 : (int64_t)read + rest;
+    return decode_rest(state, lanes, words, nwords, total, bits, table, out, wide, done, read);
 }
 
 /* decode_lanes_avx512 for each table form and symbol width, both constants where it is inlined */
