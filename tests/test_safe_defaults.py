@@ -38,3 +38,21 @@ def test_compress_warns_once_when_a_tensor_moved_far_and_not_otherwise(tmp_path)
     assert near.returncode == 0 and near.stderr == ""
     exact = dcframe.decompress(tmp_path / "b.dcf")["l0.bias"].array
     assert exact.tobytes() == tensors["l0.bias"].tobytes()  # rank 1 stays exact under quantize8 too
+
+
+def test_pretrained_presets_find_query_key_projections_by_the_names_common_architectures_use():
+    from dcframe.core.pipeline import Policy
+
+    names = {"bert": "encoder.layer.0.attention.self.{}.weight",
+             "mpnet": "encoder.layer.0.attention.attn.{}.weight",
+             "llama": "model.layers.0.self_attn.{}_proj.weight",
+             "distilbert": "transformer.layer.0.attention.{}_lin.weight",
+             "deberta": "encoder.layer.0.attention.self.{}_proj.weight",
+             "t5": "encoder.block.0.layer.0.SelfAttention.{}.weight"}
+    short = {"bert": ("query", "key", "value"), "deberta": ("query", "key", "value")}
+    for preset in ("pretrained", "pretrained-calibrated"):
+        policy = Policy(preset=preset)
+        for arch, pattern in names.items():
+            q, k, v = (pattern.format(p) for p in short.get(arch, ("q", "k", "v")))
+            chains = {n: policy.pipeline_for(n, (64, 64), "F32") for n in (q, k, v)}
+            assert chains[q] == chains[k] != chains[v], (preset, arch, chains)
