@@ -9,7 +9,14 @@ import pytest
 
 import dcframe
 from dcframe.analysis.tune import read_rules_file
-from dcframe.analysis.tunehf import allocate_rescaled, distortion, screened_sweep, tune_pretrained
+from dcframe.analysis.tunehf import (
+    allocate_rescaled,
+    distortion,
+    row_weights,
+    screened_sweep,
+    sweep_size,
+    tune_pretrained,
+)
 from dcframe.core.streams import ACTIVATION, HESSIAN, Dense
 
 
@@ -25,6 +32,48 @@ def test_distortion_weights_by_activation_or_falls_back_to_squared_error():
     delta = np.array([[1.0, 2.0], [3.0, 0.0]])
     assert distortion(delta, {ACTIVATION: np.array([[2.0, 0.0], [1.0, 1.0]])}) == pytest.approx(2 + 9)
     assert distortion(delta, {}) == pytest.approx(14)
+
+
+def test_unseen_rows_weigh_the_good_turing_missing_mass_spread_over_them():
+    counts = np.array([5, 1, 0, 1, 3, 0, 0, 0], dtype=np.float64)  # two tokens seen once, four never
+    act = np.broadcast_to((counts / counts.sum())[:, None], (8, 3))
+    weights = row_weights({ACTIVATION: act})
+    once = 1 / counts.sum()
+    assert np.allclose(weights[counts > 0], act[counts > 0])
+    assert np.allclose(weights[counts == 0], 2 * once / 4)  # missing mass = share of tokens seen once
+    delta = np.ones((8, 3))
+    assert distortion(delta, {ACTIVATION: act}) == pytest.approx(3 * (1 + 2 * once))
+    assert np.array_equal(row_weights({ACTIVATION: np.ones((4, 3))}), np.ones((4, 3)))  # no unseen row: as given
+
+
+def test_the_sweep_offers_rowscale_on_rows_the_calibration_never_saw_and_models_their_cost():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(4000, 16)).astype(np.float32)
+    counts = np.where(np.arange(4000) < 1000, rng.integers(1, 9, 4000), 0).astype(np.float64)
+    side = {"emb": {ACTIVATION: np.broadcast_to((counts / counts.sum())[:, None], w.shape)}}
+    exact = {"emb": w}
+    metric = _quadratic_metric(exact, {"emb": 0.01})
+    sweep = screened_sweep({"emb": Dense.of(w)}, exact, side, metric, 1.0, (0.2, 0.4))
+    pipelines = [p.pipeline for p in sweep.points["emb"]]
+    assert sum(p.startswith("rowscale(shift=1) | uniform(") for p in pipelines) == 2
+    assert sum(p.startswith("rowscale(shift=2) | uniform(") for p in pipelines) == 2
+    for p in sweep.points["emb"]:
+        if p.pipeline.startswith("rowscale"):
+            plain = next(q for q in sweep.points["emb"] if q.pipeline == p.pipeline.split(" | ", 1)[1])
+            assert p.stored < plain.stored and p.metric < plain.metric  # smaller, and not modelled as free
+            assert p.unseen > plain.unseen > 0  # the loss the calibration's own text cannot show
+    assert sweep_size(exact, (0.2, 0.4), _Side(side)) == len(pipelines)
+    assert sweep_size(exact, (0.2, 0.4)) == 3
+
+
+class _Side:
+    """A stand-in calibration: side inputs by name."""
+
+    def __init__(self, side):
+        self.side = side
+
+    def side_inputs(self, name, tensor):
+        return self.side.get(name, {})
 
 
 def _weights(rng, sizes):

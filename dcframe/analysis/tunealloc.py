@@ -31,6 +31,8 @@ class Point:
     metric: float
     distortion: float = 0.0  # ||w - w'||^2 / ||w||^2 of the decoded tensor: only breaks ties between equal losses
     meta: int = 0  # bytes of its stages' metadata (msgpack: codebooks, code lengths), stored beside the streams
+    unseen: float = 0.0  # the part of its modelled loss on inputs the metric's data never uses (tunehf), which a
+    # measured metric cannot show and is added to it
 
     @property
     def stored(self) -> int:

@@ -189,7 +189,8 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
             written.append(compress(folder, trial, rules=rules, calibration=calibration)["compressed_bytes"])
             return written[-1]
 
-        with console.progress_bar(hf_sweep_size(tensors), "sweeping", enabled=not args.quiet, unit="items") as adv:
+        total = hf_sweep_size(tensors, calibration=calibration)
+        with console.progress_bar(total, "sweeping", enabled=not args.quiet, unit="items") as adv:
             result = tune_pretrained(tensors, evaluate, args.budget, calibration, test=test, progress=adv,
                                      target_ratio=args.target_ratio,
                                      file_bytes=file_bytes if args.target_ratio is not None else None)

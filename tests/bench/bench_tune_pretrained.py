@@ -61,7 +61,8 @@ def main() -> None:
         tmp = Path(tmp)
         text, calib = tmp / "search.txt", tmp / "calib.safetensors"
         text.write_text("\n".join(search) + "\n")
-        _, calib_s, _ = cli("calibrate", str(folder), "--text", str(text), "-o", str(calib))
+        _, calib_s, _ = cli("calibrate", str(folder), "--text", str(text), "--samples", str(args.samples),
+                            "-o", str(calib))
 
         def measure(label: str, flags: list[str], tune_info: tuple | None) -> None:
             out = tmp / f"{label}.dcf"
