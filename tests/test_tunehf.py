@@ -57,6 +57,7 @@ def test_the_sweep_offers_rowscale_on_rows_the_calibration_never_saw_and_models_
     pipelines = [p.pipeline for p in sweep.points["emb"]]
     assert sum(p.startswith("rowscale(shift=1) | uniform(") for p in pipelines) == 2
     assert sum(p.startswith("rowscale(shift=2) | uniform(") for p in pipelines) == 2
+    assert sum(p.startswith("rowscale(shift=3) | uniform(") for p in pipelines) == 2
     for p in sweep.points["emb"]:
         if p.pipeline.startswith("rowscale"):
             plain = next(q for q in sweep.points["emb"] if q.pipeline == p.pipeline.split(" | ", 1)[1])
@@ -64,6 +65,12 @@ def test_the_sweep_offers_rowscale_on_rows_the_calibration_never_saw_and_models_
             assert p.unseen > plain.unseen > 0  # the loss the calibration's own text cannot show
     assert sweep_size(exact, (0.2, 0.4), _Side(side)) == len(pipelines)
     assert sweep_size(exact, (0.2, 0.4)) == 3
+    positions = screened_sweep({"embeddings.position_embeddings.weight": Dense.of(w)},
+                               {"embeddings.position_embeddings.weight": w},
+                               {"embeddings.position_embeddings.weight": side["emb"]},
+                               _quadratic_metric({"embeddings.position_embeddings.weight": w},
+                                                 {"embeddings.position_embeddings.weight": 0.01}), 1.0, (0.2, 0.4))
+    assert not any(p.pipeline.startswith("rowscale") for p in positions.points["embeddings.position_embeddings.weight"])
 
 
 class _Side:
