@@ -141,10 +141,10 @@ def row_weights(side: Mapping[str, np.ndarray]) -> np.ndarray:
     held-out use that falls on tokens the calibration never saw is about the share of tokens it saw exactly once
     (all-MiniLM-L6-v2 on 256 sentences: 8.3% estimated, 7.3% on 400 others). Without this, coarser unseen rows
     would look free to the sweep, whose metric runs on the calibration's own text."""
-    act = np.array(side[ACTIVATION], dtype=np.float64)
     zero = unseen_rows(side)
     if zero is None:
-        return act
+        return side[ACTIVATION]  # as given (often a broadcast view: no copy)
+    act = np.array(side[ACTIVATION], dtype=np.float64)
     rows = act.reshape(act.shape[0], -1)
     once = rare_rows(side)
     rows[zero] = rows[once].max(axis=1).sum() / np.count_nonzero(zero)
