@@ -114,13 +114,19 @@ class EmbeddingMetric:
         return float(np.mean(np.sum(self._embed() * self.reference, axis=1)))
 
 
+def row_activity(side: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Each row's (first axis) largest activation: 0 on a row the calibration text never used (activations are
+    second moments or frequencies, never negative)."""
+    act = np.asarray(side[ACTIVATION])
+    return act.reshape(act.shape[0], -1).max(axis=1)
+
+
 def unseen_rows(side: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """Rows (first axis) whose activation is zero everywhere, e.g. a token embedding's tokens the calibration text
     never used, as a boolean mask; None if there is no activation or no such row."""
-    act = side.get(ACTIVATION)
-    if act is None or act.ndim < 2:
+    if ACTIVATION not in side or side[ACTIVATION].ndim < 2:
         return None
-    zero = ~np.any(act.reshape(act.shape[0], -1) != 0, axis=1)
+    zero = row_activity(side) == 0
     return zero if zero.any() and not zero.all() else None
 
 
@@ -131,7 +137,7 @@ def offers_rowscale(name: str, side: Mapping[str, np.ndarray]) -> bool:
 
 def rare_rows(side: Mapping[str, np.ndarray]) -> np.ndarray:
     """Rows used exactly once by the calibration text (activation = count / n: its smallest positive value)."""
-    rows = np.asarray(side[ACTIVATION]).reshape(side[ACTIVATION].shape[0], -1).max(axis=1)
+    rows = row_activity(side)
     seen = rows[rows > 0]
     return np.isclose(rows, seen.min(), rtol=1e-6, atol=0) if seen.size else np.zeros(rows.shape, dtype=bool)
 
@@ -147,7 +153,7 @@ def row_weights(side: Mapping[str, np.ndarray]) -> np.ndarray:
     act = np.array(side[ACTIVATION], dtype=np.float64)
     rows = act.reshape(act.shape[0], -1)
     once = rare_rows(side)
-    rows[zero] = rows[once].max(axis=1).sum() / np.count_nonzero(zero)
+    rows[zero] = row_activity(side)[once].sum() / np.count_nonzero(zero)
     return rows.reshape(act.shape)
 
 
