@@ -121,12 +121,13 @@ def row_activity(side: Mapping[str, np.ndarray]) -> np.ndarray:
     return act.reshape(act.shape[0], -1).max(axis=1)
 
 
-def unseen_rows(side: Mapping[str, np.ndarray]) -> np.ndarray | None:
+def unseen_rows(side: Mapping[str, np.ndarray], activity: np.ndarray | None = None) -> np.ndarray | None:
     """Rows (first axis) whose activation is zero everywhere, e.g. a token embedding's tokens the calibration text
-    never used, as a boolean mask; None if there is no activation or no such row."""
+    never used, as a boolean mask; None if there is no activation or no such row. `activity`: row_activity(side),
+    if already computed."""
     if ACTIVATION not in side or side[ACTIVATION].ndim < 2:
         return None
-    zero = row_activity(side) == 0
+    zero = (row_activity(side) if activity is None else activity) == 0
     return zero if zero.any() and not zero.all() else None
 
 
@@ -135,9 +136,9 @@ def offers_rowscale(name: str, side: Mapping[str, np.ndarray]) -> bool:
     return unseen_rows(side) is not None and not any(fnmatch.fnmatchcase(name, g) for g in POSITIONAL)
 
 
-def rare_rows(side: Mapping[str, np.ndarray]) -> np.ndarray:
+def rare_rows(side: Mapping[str, np.ndarray], activity: np.ndarray | None = None) -> np.ndarray:
     """Rows used exactly once by the calibration text (activation = count / n: its smallest positive value)."""
-    rows = row_activity(side)
+    rows = row_activity(side) if activity is None else activity
     seen = rows[rows > 0]
     return np.isclose(rows, seen.min(), rtol=1e-6, atol=0) if seen.size else np.zeros(rows.shape, dtype=bool)
 
@@ -147,13 +148,15 @@ def row_weights(side: Mapping[str, np.ndarray]) -> np.ndarray:
     held-out use that falls on tokens the calibration never saw is about the share of tokens it saw exactly once
     (all-MiniLM-L6-v2 on 256 sentences: 8.3% estimated, 7.3% on 400 others). Without this, coarser unseen rows
     would look free to the sweep, whose metric runs on the calibration's own text."""
-    zero = unseen_rows(side)
+    if ACTIVATION not in side or side[ACTIVATION].ndim < 2:
+        return side[ACTIVATION]
+    activity = row_activity(side)
+    zero = unseen_rows(side, activity)
     if zero is None:
         return side[ACTIVATION]  # as given (often a broadcast view: no copy)
     act = np.array(side[ACTIVATION], dtype=np.float64)
     rows = act.reshape(act.shape[0], -1)
-    once = rare_rows(side)
-    rows[zero] = row_activity(side)[once].sum() / np.count_nonzero(zero)
+    rows[zero] = activity[rare_rows(side, activity)].sum() / np.count_nonzero(zero)
     return rows.reshape(act.shape)
 
 
