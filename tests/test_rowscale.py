@@ -132,3 +132,43 @@ def test_before_uniform_the_unused_rows_get_a_coarser_step():
     err = (decoded.array - w) ** 2
     ratio = err[200:].mean() / err[:200].mean()
     assert 3.0 < ratio < 5.0  # the MSE of a step twice as wide: about 4x
+
+
+def test_by_output_gives_every_row_an_exponent_of_about_log4_of_its_sensitivity():
+    from dcframe_plugins.rowscale import output_exponents
+
+    g = 4.0 ** -np.arange(6)  # each row 4x less sensitive than the one before
+    e = output_exponents(g)
+    assert e[0] == 0 and np.all(np.diff(e.astype(int)) == 1)
+    w = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    side = {"output": np.broadcast_to(g[:, None], w.shape)}
+    outputs, _ = RowScale(shift=15, by="output").encode(Dense(w, "F32", side))
+    assert outputs["exponents"].array.tolist() == e.tolist()
+    capped, _ = RowScale(shift=2, by="output").encode(Dense(w, "F32", side))  # shift: the largest exponent
+    assert capped["exponents"].array.tolist() == np.minimum(e, 2).tolist()
+    back = RowScale().decode(outputs, {})
+    assert bits(back) == w.tobytes()  # lossless both ways
+
+
+@given(hnp.arrays(np.float64, st.integers(1, 40), elements=st.floats(0, 1e6)))
+def test_by_output_exponents_are_monotone_and_save_bits_at_high_rate(g):
+    from dcframe_plugins.rowscale import MAX_SHIFT, output_exponents
+
+    e = output_exponents(g).astype(int)
+    assert e.min(initial=0) == 0 and e.max(initial=0) <= MAX_SHIFT
+    order = np.argsort(-g, kind="stable")  # more sensitive rows never get a coarser step than less sensitive ones
+    assert np.all(np.diff(e[order]) >= 0)
+    if g.max() > 0:
+        saved = e.mean() + 0.5 * np.log2(g.sum() / np.sum(g * 4.0 ** e))
+        assert saved >= 0  # never worse than one step for every row (all exponents 0)
+
+
+def test_by_output_without_the_side_input_keeps_every_row_and_by_is_stored_only_when_not_the_default():
+    w = np.ones((3, 2), np.float32)
+    outputs, _ = RowScale(by="output").encode(Dense(w, "F32", {"activation": np.zeros((3, 2))}))
+    assert not outputs["exponents"].array.any()
+    with pytest.raises(ValueError, match="by must be one of"):
+        RowScale(by="rows")
+    assert RowScale(shift=2).get_config() == {"shift": 2}
+    assert RowScale(by="output").get_config() == {"shift": 1, "by": "output"}
+    assert RowScale.from_config({"shift": 1, "by": "output"}).by == "output"

@@ -96,6 +96,31 @@ def test_fisher_is_the_mean_squared_gradient_of_the_loss():
     assert np.allclose(calib.entries["fc.weight"]["fisher"], (expected / 3).numpy(), rtol=1e-5)
 
 
+def test_output_statistic_is_the_mean_squared_gradient_of_each_layer_output():
+    torch.manual_seed(3)
+    net = Net()
+    batches = _batches(seed=3, count=3)
+    calib = calibrate(net, batches, loss=lambda model, batch: model(batch) ** 2, fisher=False)
+    assert "fisher" not in calib.entries["fc.weight"]
+    outputs = {}
+    net.fc.register_forward_hook(lambda m, i, o: outputs.__setitem__("fc", o))
+    net.conv.register_forward_hook(lambda m, i, o: outputs.__setitem__("conv", o))
+    fc = torch.zeros(4, dtype=torch.float64)
+    conv = torch.zeros(6, dtype=torch.float64)
+    for b in batches:
+        net(b)  # the layer outputs of this batch, then the loss's gradients w.r.t. them
+        grads = torch.autograd.grad(net.conv(net.fc(net.emb(b)).transpose(1, 2).reshape(-1, 4, 3, 3)).sum() ** 2,
+                                    [outputs["fc"], outputs["conv"]])
+        fc += grads[0].double().pow(2).sum((0, 1))
+        conv += grads[1].double().pow(2).sum((0, 2, 3))
+    assert calib.entries["fc.weight"]["output"].shape == (4, 1)  # one per row of the [out, in] weight
+    assert np.allclose(calib.entries["fc.weight"]["output"][:, 0], (fc / 3).numpy(), rtol=1e-5)
+    assert calib.entries["conv.weight"]["output"].shape == (6, 1, 1, 1)
+    assert np.allclose(calib.entries["conv.weight"]["output"].ravel(), (conv / 3).numpy(), rtol=1e-5)
+    assert "output" not in calib.entries["emb.weight"]
+    assert "output" not in calibrate(net, batches).entries["fc.weight"]  # no loss: no gradients
+
+
 def test_calibration_drives_wanda_through_compress_module(tmp_path):
     torch.manual_seed(2)
     net = Net()
@@ -144,6 +169,7 @@ def test_cli_calibrate_then_compress_a_hugging_face_folder(tmp_path):
     assert calib.samples == 3  # the empty line is not a sample
     query = next(k for k in calib.entries if k.endswith("attention.self.query.weight"))
     assert calib.entries[query]["hessian"].shape == (16, 16)
+    assert calib.entries[query]["output"].shape == (16, 1) and calib.entries[query]["output"].max() > 0
     assert "token_count" in calib.entries[next(k for k in calib.entries if "word_embeddings" in k)]
     weights = next(folder.glob("*.safetensors"))
     out = tmp_path / "m.dcf"

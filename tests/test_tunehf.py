@@ -17,7 +17,7 @@ from dcframe.analysis.tunehf import (
     sweep_size,
     tune_pretrained,
 )
-from dcframe.core.streams import ACTIVATION, HESSIAN, Dense
+from dcframe.core.streams import ACTIVATION, HESSIAN, OUTPUT, Dense
 
 
 def test_distortion_with_a_hessian_is_the_layer_output_error():
@@ -32,6 +32,33 @@ def test_distortion_weights_by_activation_or_falls_back_to_squared_error():
     delta = np.array([[1.0, 2.0], [3.0, 0.0]])
     assert distortion(delta, {ACTIVATION: np.array([[2.0, 0.0], [1.0, 1.0]])}) == pytest.approx(2 + 9)
     assert distortion(delta, {}) == pytest.approx(14)
+
+
+def test_distortion_with_an_output_statistic_weights_each_row_by_its_sensitivity():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 5))
+    h = x.T @ x / len(x)
+    delta = rng.normal(size=(3, 5))
+    g = np.array([[4.0], [1.0], [1.0]])  # mean 2: the weights relative to it are 2, 0.5, 0.5
+    expected = sum((g[r, 0] / 2) * np.sum((x @ delta[r]) ** 2) / len(x) for r in range(3))
+    assert distortion(delta, {HESSIAN: h, OUTPUT: np.broadcast_to(g, (3, 5))}) == pytest.approx(expected)
+
+
+def test_the_sweep_scales_rows_by_their_output_sensitivity_with_steps_relative_to_the_scaled_rows():
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(64, 32)).astype(np.float32)
+    x = rng.normal(size=(200, 32))
+    g = np.broadcast_to((4.0 ** -rng.integers(0, 4, 64).astype(float))[:, None], w.shape)
+    side = {"w": {HESSIAN: x.T @ x / len(x), OUTPUT: g}}
+    exact = {"w": w}
+    sweep = screened_sweep({"w": Dense.of(w)}, exact, side, _quadratic_metric(exact, {"w": 0.01}), 1.0, (0.2, 0.4))
+    lossy = [p.pipeline for p in sweep.points["w"]][1:]
+    assert lossy and all(p.startswith("rowscale(by=output, shift=2) | uniform(") for p in lossy)
+    plain = screened_sweep({"w": Dense.of(w)}, exact, {"w": {HESSIAN: side["w"][HESSIAN]}},
+                           _quadratic_metric(exact, {"w": 0.01}), 1.0, (0.2, 0.4))
+    steps = [float(p.pipeline.split("step=")[1].split(",")[0]) for p in sweep.points["w"][1:]]
+    plain_steps = [float(p.pipeline.split("step=")[1].split(",")[0]) for p in plain.points["w"][1:]]
+    assert all(a < b for a, b in zip(steps, plain_steps, strict=True))  # the scaled rows are smaller, and so their RMS
 
 
 def test_unseen_rows_weigh_the_good_turing_missing_mass_spread_over_them():

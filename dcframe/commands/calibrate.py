@@ -18,6 +18,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text, one sample per line")
     p.add_argument("--samples", type=int, default=128, metavar="N", help="lines to use (default: 128)")
     p.add_argument("--max-length", type=int, default=128, metavar="T", help="tokens per sample (default: 128)")
+    p.add_argument("--no-sensitivity", action="store_true",
+                   help="skip the backward pass that records how sensitive the mean-pooled output is to each layer "
+                        "output (the 'output' statistic tune and rowscale(by=output) use; it costs about 1.5x the "
+                        "forward passes' time)")
     p.add_argument("-o", "--output", required=True, help="calibration file to write (.safetensors)")
     console.add_output_flags(p)
     return p
@@ -28,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise DcfError("--samples and --max-length take 1 or more")
     if Path(args.output).suffix.lower() != ".safetensors":
         raise DcfError(f"{args.output}: a calibration is written as .safetensors")
-    from dcframe.bindings.hf import load_pretrained, read_lines, text_batches
+    from dcframe.bindings.hf import embedding_sensitivity_loss, load_pretrained, read_lines, text_batches
 
     lines = read_lines(args.text, args.samples)
     model, tokenizer = load_pretrained(args.model)
@@ -36,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     with console.progress_bar(len(lines), "calibrating", enabled=not args.quiet, unit="samples") as advance:
         calib = calibrate(model, text_batches(tokenizer, lines, args.max_length),
+                          loss=None if args.no_sensitivity else embedding_sensitivity_loss(), fisher=False,
                           progress=lambda seen: advance("", 1), source=str(args.model))
     calib.save(args.output)
     summary = {"file": str(args.output), "model": str(args.model), "samples": calib.samples,

@@ -22,7 +22,8 @@ KINDS = (DENSE, SYMBOLS, BYTES)
 ACTIVATION = "activation"  # E[x_j^2]: second moment of the input feature each weight multiplies (Wanda's ||X_j||^2/n)
 FISHER = "fisher"  # mean squared gradient of a loss with respect to each weight (diagonal Fisher)
 HESSIAN = "hessian"  # X^T X / n of a 2-D weight [out, in]: [in, in]; tensor-level, not element-aligned
-ALIGNED = (ACTIVATION, FISHER)
+OUTPUT = "output"  # E[g_y^2]: mean squared gradient of a loss w.r.t. the output feature each weight feeds
+ALIGNED = (ACTIVATION, FISHER, OUTPUT)
 
 MAX_NDIM = 32  # the one dimension limit of every tensor and every stage's shape meta (spec/FORMAT.md section 8)
 

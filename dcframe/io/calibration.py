@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dcframe.core.errors import ConfigError, DcfError
-from dcframe.core.streams import ACTIVATION, FISHER, HESSIAN, Dense
+from dcframe.core.streams import ACTIVATION, FISHER, HESSIAN, OUTPUT, Dense
 from dcframe.io.modelio import read_model, write_model
 
 FORMAT = "dcframe.calibration"
 VERSION = "1"
 SEP = "::"
-STATS = (ACTIVATION, HESSIAN, FISHER, "token_count")
+STATS = (ACTIVATION, HESSIAN, FISHER, OUTPUT, "token_count")
 
 
 @dataclass
@@ -101,13 +101,13 @@ def side_inputs_for(name: str, shape: tuple[int, ...], stats: Mapping[str, np.nd
                     where: str = "calibration") -> dict[str, np.ndarray]:
     """Turn one weight's statistics into side inputs: element-aligned views of its shape, the [in, in] hessian."""
     side: dict[str, np.ndarray] = {}
-    if ACTIVATION in stats:
-        act = stats[ACTIVATION]
-        try:
-            side[ACTIVATION] = np.broadcast_to(act.astype(np.float32, copy=False), shape)
-        except ValueError:
-            raise ConfigError(f"{where}: tensor '{name}' has shape {list(shape)}, but its activation statistic "
-                              f"{list(act.shape)} does not broadcast to it") from None
+    for stat in (ACTIVATION, OUTPUT):
+        if stat in stats:
+            try:
+                side[stat] = np.broadcast_to(stats[stat].astype(np.float32, copy=False), shape)
+            except ValueError:
+                raise ConfigError(f"{where}: tensor '{name}' has shape {list(shape)}, but its {stat} statistic "
+                                  f"{list(stats[stat].shape)} does not broadcast to it") from None
     if FISHER in stats:
         if tuple(stats[FISHER].shape) != shape:
             raise ConfigError(f"{where}: tensor '{name}' has shape {list(shape)}, its fisher statistic "

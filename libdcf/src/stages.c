@@ -537,8 +537,9 @@ static int rowscale_pull(dec *d, stream *s, void *dst, size_t n) {
 }
 
 static int rowscale_config(dec *d, const mp_tree *ct, uint32_t c) {
-    static const param ps[] = {{"shift", P_INT, 1, 15, 0, 0, 0, NULL}};
-    return check_params(d, "rowscale", ct, c, ps, 1);
+    static const char *const bys[] = {"unseen", "output", NULL};
+    static const param ps[] = {{"shift", P_INT, 1, 15, 0, 0, 0, NULL}, {"by", P_STR, 0, 0, 0, 0, 0, bys}};
+    return check_params(d, "rowscale", ct, c, ps, 2);
 }
 
 static int rowscale_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {

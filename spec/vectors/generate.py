@@ -871,6 +871,12 @@ def add_valid_rowscale_vectors(g: Generator) -> None:
     g.add_valid("rowscale-uniform-rans", finite, "rowscale | uniform(rel_step=0.3) | rans: the quantizer's step "
                 "doubled on rows of zero activation; both the levels and the exponents rANS-coded.",
                 ["rowscale", "uniform", "rans"], pipeline="rowscale | uniform(rel_step=0.3) | rans", lossless=False)
+    out = laplace(85, (6, 4))
+    sensitivity = np.array([[1.0], [0.3], [0.06], [0.01], [0.0], [0.7]])
+    g.add_valid("rowscale-by-output", {"w": Dense(out, "F32", {"output": np.broadcast_to(sensitivity, (6, 4))})},
+                "rowscale(by=output, shift=3) alone: exponents up to 3 from the output side input (the stored config "
+                "gives by), serialized raw.", ["rowscale", "raw", "rowscale:by"], pipeline="rowscale(by=output, shift=3)",
+                lossless=True)
 
 
 def add_valid_bytegroup_vectors(g: Generator, lossless_mix: dict[str, np.ndarray | Dense]) -> None:
@@ -970,6 +976,9 @@ def add_invalid_rowscale_vectors(g: Generator) -> None:
     g.add_invalid("rowscale-alphabet-17", rewrite(rr, exponents_alphabet(17)), "FormatError",
                   "rowscale: the F32 tensor's exponents are raw symbols of alphabet 17 (at most 16).", ["rowscale"],
                   tensor="f32")
+    g.add_invalid("rowscale-bad-by", rewrite(rr, lambda index, tensors: index["chains"][0][0]["config"].update(
+        by="rows")), "FormatError", "rowscale: by 'rows' in the stored config (unseen or output).",
+        ["rowscale", "config"], tensor="f32")
     g.add_invalid("rowscale-exponent-missing", rewrite(rr, stream_edit(f32, "exponents", lambda b: b[:-1])),
                   "FormatError", "rowscale: 7 exponents for the F32 tensor's 8 rows.", ["rowscale"], tensor="f32")
 

@@ -4,7 +4,7 @@
 // Float32Array or Float64Array store could canonicalize their payload). dcf-js does not encode rowscale.
 import { FormatError, LimitError } from '../errors.js';
 import { isMap } from '../mp.js';
-import { checkConfig, intIn } from './config.js';
+import { checkConfig, intIn, oneOf } from './config.js';
 
 const FLOATS = new Set(['F64', 'F32', 'F16', 'BF16']);
 const MAX_ALPHABET = 16; // exponents 0..15
@@ -89,7 +89,7 @@ export const rowscale = {
   takes: ['dense'],
   outputs: [{ name: 'values', kind: 'dense' }, { name: 'exponents', kind: 'symbols' }],
   decode([values, exponents], meta, config, ctx) {
-    checkConfig('rowscale', config, { shift: intIn(1, 15) });
+    checkConfig('rowscale', config, { shift: intIn(1, 15), by: oneOf('unseen', 'output') });
     return rowscaleDecode(values, exponents, meta, ctx);
   },
 };
