@@ -62,6 +62,7 @@ def test_names_match_with_or_without_a_prefix():
     ({"fc.weight": {"activation": np.ones((1, 5), np.float32)}}, "does not broadcast"),
     ({"fc.weight": {"hessian": np.ones((5, 5), np.float32)}}, "its hessian [5, 5]"),
     ({"fc.weight": {"fisher": np.ones((6, 8), np.float32)}}, "its fisher statistic"),
+    ({"fc.weight": {"output": np.ones((3, 1), np.float32)}}, "its output statistic [3, 1] does not broadcast"),
 ])
 def test_a_calibration_that_does_not_fit_the_model_names_the_weight(tmp_path, entries, message):
     model = _model(np.random.default_rng(2))
@@ -84,6 +85,9 @@ def _safetensors(path, header: dict, data: bytes = b"") -> None:
      "NaN or infinity"),
     ({"__metadata__": {"format": "dcframe.calibration", "version": "1"},
       "w::activation": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, np.float32(-1).tobytes(),
+     "negative"),
+    ({"__metadata__": {"format": "dcframe.calibration", "version": "1"},
+      "w::output": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, np.float32(-2).tobytes(),
      "negative"),
     ({"__metadata__": {"format": "dcframe.calibration", "version": "1"},
       "w::colour": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, np.float32(1).tobytes(),
