@@ -86,9 +86,9 @@ class RowScale(Stage):
         side = stream.side.get(OUTPUT if self.by == "output" else ACTIVATION)
         if side is None or not rows or not np.size(side):
             return exponents
-        per_row = np.asarray(side, dtype=np.float64).reshape(rows, -1)
+        per_row = np.asarray(side).reshape(rows, -1)
         if self.by == "output":
-            return output_exponents(per_row.mean(axis=1), self.shift)
+            return output_exponents(per_row.mean(axis=1, dtype=np.float64), self.shift)
         exponents[~(per_row > 0).any(axis=1)] = self.shift
         return exponents
 

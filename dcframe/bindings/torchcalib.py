@@ -179,8 +179,9 @@ def calibrate(model: nn.Module, batches: Iterable[Any], loss: Callable[[nn.Modul
     handles = [m.register_forward_hook(_hook(recorders[name], kind)) for name, (m, kind) in layers.items()]
     squared: dict[str, torch.Tensor] = {}  # per weight, the sum of its squared gradients over the batches
     was_training, seen = model.training, 0
-    frozen = [p for p in model.parameters() if p.requires_grad] if loss is not None and not fisher else []
-    if frozen:  # no weight gradients (a third of the backward pass): the graph starts at the inputs instead
+    output_only = loss is not None and not fisher
+    frozen = [p for p in model.parameters() if p.requires_grad] if output_only else []
+    if output_only:  # no weight gradients (a third of the backward pass): the graph starts at the inputs instead
         handles += _inputs_require_grad(model, layers)
     model.eval()
     try:

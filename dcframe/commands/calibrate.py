@@ -19,9 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=128, metavar="N", help="lines to use (default: 128)")
     p.add_argument("--max-length", type=int, default=128, metavar="T", help="tokens per sample (default: 128)")
     p.add_argument("--no-sensitivity", action="store_true",
-                   help="skip the backward pass that records how sensitive the mean-pooled output is to each layer "
-                        "output (the 'output' statistic tune and rowscale(by=output) use; it costs about 1.5x the "
-                        "forward passes' time)")
+                   help="skip the backward pass per line that records how sensitive the mean-pooled output is to "
+                        "each layer output (the 'output' statistic tune and rowscale(by=output) use)")
     p.add_argument("-o", "--output", required=True, help="calibration file to write (.safetensors)")
     console.add_output_flags(p)
     return p
