@@ -204,7 +204,7 @@ OUTPUT_SHIFT = 2
 BY_OUTPUT = f"rowscale(by=output, shift={OUTPUT_SHIFT}) | "
 
 
-def by_output(name: str, dense: Dense, side: Mapping[str, np.ndarray]) -> np.ndarray | None:
+def by_output(dense: Dense, side: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """The values `rowscale(by=output)` gives a 2-D weight with an `output` side input whose rows it scales
     (None otherwise): each row's error is then about equally costly, and the grid's steps are relative to them."""
     if OUTPUT not in side or dense.array.ndim != 2:
@@ -265,7 +265,7 @@ def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], 
     sweep = Sweep({}, {}, {}, 0)
     for name, d in dense.items():
         own = side.get(name, {})
-        scaled = by_output(name, d, own)
+        scaled = by_output(d, own)
         grid = candidates(exact[name] if scaled is None else scaled, rel_steps, lossless,
                           HESSIAN in own and d.array.ndim == 2, offers_rowscale(name, own),
                           "" if scaled is None else BY_OUTPUT)
