@@ -84,7 +84,7 @@ class TuneResult:
     points: dict[str, list[Point]]
     chosen: dict[str, Point]
     lossless: dict[str, Point]
-    fixed_bytes: int  # tensors not tuned (rank < 2, non-float): stored losslessly
+    fixed_bytes: int  # tensors not tuned (non-float; rank < 2 except in tunehf): stored losslessly
     evaluations: int
     test_dense: float | None = None
     test_metric: float | None = None
@@ -97,6 +97,7 @@ class TuneResult:
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # the chosen model (decoded; retrained if so)
     retrained: bool = False
     file_bytes: int | None = None  # the chosen model's real file, when one was written
+    unreached: list[str] = field(default_factory=list)  # tensors a probe showed do not change the metric at all
 
     @property
     def total_bytes(self) -> int:
@@ -131,7 +132,7 @@ class TuneResult:
                 "dense_metric": self.dense_metric, "metric": self.metric, "test_dense_metric": self.test_dense,
                 "test_metric": self.test_metric, "retrained": self.retrained, "original_bytes": self.original_bytes,
                 "total_bytes": self.total_bytes, "lossless_bytes": self.lossless_bytes, "file_bytes": self.file_bytes,
-                "evaluations": self.evaluations, "rules": self.rules,
+                "evaluations": self.evaluations, "unreached": self.unreached, "rules": self.rules,
                 "frontier": [list(f) for f in self.frontier], "predicted": [list(f) for f in self.predicted],
                 "tensors": [{**row, "name": row["tensor"], "lossless_bytes": self.lossless[row["tensor"]].stored,
                              "points": [vars(q) for q in self.points[row["tensor"]]]} for row in self.layers()]}

@@ -148,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_pretrained(args: argparse.Namespace, output: Path) -> int:
     """A Hugging Face folder: tune on the outputs for --text's lines (dcframe.analysis.tunehf)."""
-    from dcframe.analysis.tune import tunable
-    from dcframe.analysis.tunehf import EmbeddingMetric, ModelSlot, tune_pretrained
+    from dcframe.analysis.tunehf import EmbeddingMetric, ModelSlot, tune_pretrained, varied
     from dcframe.analysis.tunehf import sweep_size as hf_sweep_size
     from dcframe.bindings.hf import load_pretrained, read_lines
     from dcframe.io.calibration import Calibration
@@ -169,7 +168,7 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
                      f"its metric is not on unseen data")
     model, tokenizer = load_pretrained(args.input)
     slot = ModelSlot(model)
-    slot.check_names([n for n in tensors if tunable(tensors[n])], str(args.input))
+    slot.check_names([n for n in tensors if varied(tensors[n])], str(args.input))
     if not args.quiet:
         console.note(f"running the dense model on {len(lines)} lines" +
                      (f" and {len(held_out)} held-out lines" if held_out is not None else ""))
@@ -235,5 +234,8 @@ def show(result: TuneResult, metric: str = "validation metric", test_name: str =
               f"evaluations: {result.evaluations}, allocations verified: {len(result.frontier)}"]
     if result.test_metric is not None:
         lines.append(f"{test_name} (never used to choose): {result.test_metric:.4f} (dense {result.test_dense:.4f})")
+    if result.unreached:
+        lines.append(f"not reaching the metric (unchanged by a probe; offered coarser steps): "
+                     f"{', '.join(result.unreached)}")
     for line in lines:
         console.stdout.print(line, markup=False, highlight=False)
