@@ -11,8 +11,8 @@ import dcframe
 from dcframe.analysis.tune import read_rules_file
 from dcframe.analysis.tunehf import (
     HF_REL_STEPS,
+    VECTOR_BITS,
     VECTOR_MIN,
-    VECTOR_REL_STEPS,
     Sweep,
     allocate_rescaled,
     distortion,
@@ -190,8 +190,8 @@ def test_tune_pretrained_leaves_tiny_vectors_exact_and_writes_rules():
 
 def test_vectors_share_one_measured_scale_of_their_relative_distortion():
     rng = np.random.default_rng(8)
-    exact = {"norm": (1 + 0.1 * rng.normal(size=64)).astype(np.float32),
-             "bias": (0.01 * rng.normal(size=64)).astype(np.float32)}
+    exact = {"norm": (1 + 0.1 * rng.normal(size=1024)).astype(np.float32),
+             "bias": (0.01 * rng.normal(size=1024)).astype(np.float32)}
     # a metric linear in each vector's squared error relative to its mean square, equally for both
     mean_square = {n: float(np.mean(v.astype(np.float64) ** 2)) for n, v in exact.items()}
     weight = {n: 1e-3 / mean_square[n] for n in exact}
@@ -200,7 +200,7 @@ def test_vectors_share_one_measured_scale_of_their_relative_distortion():
     assert sweep.evaluations == 1 and sweep.scale["norm"] == sweep.scale["bias"] == pytest.approx(1e-3)
     for name in exact:
         pts = sweep.points[name]
-        assert len(pts) == 1 + len(VECTOR_REL_STEPS) and pts[0].metric == 1.0
+        assert len(pts) == 1 + len(VECTOR_BITS) and pts[0].metric == 1.0
         for p in pts[1:]:
             real = _quadratic_metric(exact, weight)({**exact, name: sweep.decoded[name][p.pipeline]})
             assert p.metric == pytest.approx(real, rel=1e-9)  # the model is exact for such a metric
@@ -213,7 +213,7 @@ def test_tune_pretrained_chooses_steps_for_vectors_and_coarsens_what_the_metric_
     seen = {"w0": exact["w0"], "bias": exact["bias"]}  # w1 never reaches this metric
     result = tune_pretrained(exact, _quadratic_metric(seen, {"w0": 1e-4, "bias": 1e-4}), 0.01)
     assert set(result.chosen) == {"w0", "w1", "bias"} and result.fixed_bytes == 0
-    assert result.unreached == ["w1"] and result.chosen["bias"].pipeline.startswith("uniform(")
+    assert result.unreached == ["w1"] and result.chosen["bias"].pipeline.startswith("kmeans(")
     rms = float(np.sqrt(np.mean(exact["w1"].astype(np.float64) ** 2)))
     step = float(result.chosen["w1"].pipeline.split("step=")[1].split(",")[0])
     assert step > 1.5 * max(HF_REL_STEPS) * rms  # past the grid: it costs nothing
@@ -252,7 +252,7 @@ def test_cli_tunes_a_folder_within_its_budget_and_the_rules_replay(tmp_path):
     # not reach the mean-pooled metric
     assert report["unreached"] == ["pooler.dense.weight"]
     assert all(t["weights"] and (t["bits"] > 0 or t["kept_pct"] == 0) for t in report["tensors"])
-    assert any(r.startswith("embeddings.LayerNorm.weight=uniform(") for r in read_rules_file(rules))  # vectors too
+    assert any(r.startswith("embeddings.LayerNorm.weight=") for r in read_rules_file(rules))  # vectors too
     assert any("method=auto" in r for r in read_rules_file(rules))
     out = tmp_path / "m.dcf"
     done = _cli("compress", folder, "-o", out, "--rules-file", rules, "--calibration", calib, "-q")
