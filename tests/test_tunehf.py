@@ -11,16 +11,12 @@ import dcframe
 from dcframe.analysis.tune import read_rules_file
 from dcframe.analysis.tunehf import (
     HF_REL_STEPS,
-    VECTOR_BITS,
-    VECTOR_MIN,
-    Sweep,
     allocate_rescaled,
     distortion,
     row_weights,
     screened_sweep,
     sweep_size,
     tune_pretrained,
-    vector_sweep,
 )
 from dcframe.core.streams import ACTIVATION, HESSIAN, OUTPUT, Dense
 
@@ -180,40 +176,20 @@ def test_rescaled_allocation_backs_off_when_any_change_costs_a_fixed_loss():
     assert sum(p.nbytes for p in chosen.values()) < sum(pts[0].nbytes for pts in sweep.points.values())
 
 
-def test_tune_pretrained_leaves_tiny_vectors_exact_and_writes_rules():
+def test_tune_pretrained_leaves_rank_one_tensors_exact_and_writes_rules():
     rng = np.random.default_rng(3)
-    exact = {**_weights(rng, [(16, 8)]), "bias": rng.normal(size=VECTOR_MIN - 1).astype(np.float32)}
+    exact = {**_weights(rng, [(16, 8)]), "bias": rng.normal(size=8).astype(np.float32)}
     result = tune_pretrained(exact, _quadratic_metric({"w0": exact["w0"]}, {"w0": 0.01}), 0.01)
     assert set(result.chosen) == {"w0"} and result.fixed_bytes > 0
     assert 1.0 - result.metric <= 0.01 and result.rules and result.rules[0].startswith("w0=uniform(")
 
 
-def test_vectors_share_one_measured_scale_of_their_relative_distortion():
-    rng = np.random.default_rng(8)
-    exact = {"norm": (1 + 0.1 * rng.normal(size=1024)).astype(np.float32),
-             "bias": (0.01 * rng.normal(size=1024)).astype(np.float32)}
-    # a metric linear in each vector's squared error relative to its mean square, equally for both
-    mean_square = {n: float(np.mean(v.astype(np.float64) ** 2)) for n, v in exact.items()}
-    weight = {n: 1e-3 / mean_square[n] for n in exact}
-    sweep = Sweep({}, {}, {}, 0)
-    vector_sweep({n: Dense.of(v) for n, v in exact.items()}, exact, _quadratic_metric(exact, weight), 1.0, sweep)
-    assert sweep.evaluations == 1 and sweep.scale["norm"] == sweep.scale["bias"] == pytest.approx(1e-3)
-    for name in exact:
-        pts = sweep.points[name]
-        assert len(pts) == 1 + len(VECTOR_BITS) and pts[0].metric == 1.0
-        for p in pts[1:]:
-            real = _quadratic_metric(exact, weight)({**exact, name: sweep.decoded[name][p.pipeline]})
-            assert p.metric == pytest.approx(real, rel=1e-9)  # the model is exact for such a metric
-        assert pts[-1].nbytes < pts[1].nbytes < pts[0].nbytes
-
-
-def test_tune_pretrained_chooses_steps_for_vectors_and_coarsens_what_the_metric_never_sees():
+def test_tune_pretrained_coarsens_what_the_metric_never_sees():
     rng = np.random.default_rng(9)
-    exact = {**_weights(rng, [(32, 16), (32, 16)]), "bias": rng.normal(size=32).astype(np.float32)}
-    seen = {"w0": exact["w0"], "bias": exact["bias"]}  # w1 never reaches this metric
-    result = tune_pretrained(exact, _quadratic_metric(seen, {"w0": 1e-4, "bias": 1e-4}), 0.01)
-    assert set(result.chosen) == {"w0", "w1", "bias"} and result.fixed_bytes == 0
-    assert result.unreached == ["w1"] and result.chosen["bias"].pipeline.startswith("kmeans(")
+    exact = _weights(rng, [(32, 16), (32, 16)])
+    seen = {"w0": exact["w0"]}  # w1 never reaches this metric
+    result = tune_pretrained(exact, _quadratic_metric(seen, {"w0": 1e-4}), 0.01)
+    assert set(result.chosen) == {"w0", "w1"} and result.unreached == ["w1"]
     rms = float(np.sqrt(np.mean(exact["w1"].astype(np.float64) ** 2)))
     step = float(result.chosen["w1"].pipeline.split("step=")[1].split(",")[0])
     assert step > 1.5 * max(HF_REL_STEPS) * rms  # past the grid: it costs nothing
@@ -248,11 +224,9 @@ def test_cli_tunes_a_folder_within_its_budget_and_the_rules_replay(tmp_path):
     assert report["dense_metric"] - report["metric"] <= 0.002
     assert report["test_metric"] is not None and report["total_bytes"] < report["lossless_bytes"]
     assert report["original_bytes"] > report["lossless_bytes"]  # float32 weights: the lossless chain shrinks them
-    # the paper's columns are filled (bits 0 where nothing is kept: this model's biases are zeros); BERT's pooler does
-    # not reach the mean-pooled metric
+    # the paper's columns are filled; BERT's pooler does not reach the mean-pooled metric
     assert report["unreached"] == ["pooler.dense.weight"]
-    assert all(t["weights"] and (t["bits"] > 0 or t["kept_pct"] == 0) for t in report["tensors"])
-    assert any(r.startswith("embeddings.LayerNorm.weight=") for r in read_rules_file(rules))  # vectors too
+    assert all(t["weights"] and t["bits"] > 0 for t in report["tensors"])
     assert any("method=auto" in r for r in read_rules_file(rules))
     out = tmp_path / "m.dcf"
     done = _cli("compress", folder, "-o", out, "--rules-file", rules, "--calibration", calib, "-q")

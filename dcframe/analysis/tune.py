@@ -84,7 +84,7 @@ class TuneResult:
     points: dict[str, list[Point]]
     chosen: dict[str, Point]
     lossless: dict[str, Point]
-    fixed_bytes: int  # tensors not tuned (non-float; rank < 2 except in tunehf): stored losslessly
+    fixed_bytes: int  # tensors not tuned (rank < 2, non-float): stored losslessly
     evaluations: int
     test_dense: float | None = None
     test_metric: float | None = None

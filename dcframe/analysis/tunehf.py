@@ -36,7 +36,6 @@ from dcframe.analysis.tune import (
     tunable,
 )
 from dcframe.analysis.tunealloc import frontier, within_cap
-from dcframe.core.dtypes import is_float
 from dcframe.core.errors import ConfigError, ModelIOError
 from dcframe.core.pipeline import Policy
 from dcframe.core.registry import get_registry
@@ -53,14 +52,6 @@ ROW_SHIFTS = (1, 2, 3)  # rowscale exponents tried on rows the calibration never
 # Position tables: their unseen rows are the positions past the longest calibration line, which longer served text
 # reaches; the tokens' missing-mass estimate says nothing about them, so they are never offered rowscale.
 POSITIONAL = ("*position_embeddings.weight", "*embed_positions.weight", "*wpe.weight")
-# Biases, norms and other float vectors: exact, they were ~1.2% of all-MiniLM-L6-v2's tuned file (111 KB of 9.1 MB).
-# k-means, whose codebook is 2^bits values: uniform's holds one value per level used, as many as a 384-element vector
-# has weights at the steps that keep it faithful, so it saved almost nothing there. One real evaluation with every
-# vector at VECTOR_PROBE_BITS scales them all. Measured there, every vector alike: 6 bits -> a file 0.7% smaller for
-# -0.0001 held-out cosine, 5 bits 0.9% for -0.0005.
-VECTOR_BITS = (7, 6, 5)
-VECTOR_PROBE_BITS = 6
-VECTOR_MIN = 16  # fewer elements than this (scalars, tiny vectors) stay exact: their tables would cost more
 # A tensor whose probe left the metric bit for bit unchanged does not reach it (BERT's pooler under mean pooling):
 # it is also offered these much coarser steps, at which most of its weights become 0.
 UNREACHED_REL_STEPS = (2.0, 8.0, 32.0)
@@ -317,52 +308,6 @@ def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], 
     return sweep
 
 
-def is_vector(dense: Dense) -> bool:
-    """Float tensors of rank 0-1 with at least VECTOR_MIN elements (biases, norms): tuned beside the weights."""
-    return dense.array.ndim <= 1 and is_float(dense.dtype) and dense.array.size >= VECTOR_MIN
-
-
-def varied(dense: Dense) -> bool:
-    """The tensors tune_pretrained chooses a setting for: the weights tune.tunable names, and the vectors."""
-    return tunable(dense) or is_vector(dense)
-
-
-def vector_sweep(vectors: Mapping[str, Dense], exact: Mapping[str, np.ndarray], evaluate: Evaluator, base: float,
-                 sweep: Sweep, progress: Progress | None = None) -> None:
-    """Add the vectors' points to `sweep`: the lossless chain and `kmeans(bits=b) | rans` for b in VECTOR_BITS.
-    Their loss is modelled as c x (||v - v'||^2 / RMS^2), with one c for all of them, measured by one real evaluation
-    with every vector at VECTOR_PROBE_BITS (too small to measure alone, too many to evaluate one by one)."""
-    if not vectors:
-        return
-    policy = Policy()
-    lossless = policy.lossless_pipeline()
-    grid = [lossless, *(f"kmeans(bits={b}) | rans" for b in VECTOR_BITS)]
-    probe_index = grid.index(f"kmeans(bits={VECTOR_PROBE_BITS}) | rans")
-    measured, probes, probe_distortion = {}, {}, 0.0
-    for name, d in vectors.items():
-        values = exact[name].reshape(-1)
-        mean_square = float(np.mean(np.square(values, dtype=np.float64)))
-        pts = []
-        for pipeline in grid:
-            nbytes, decoded, meta = measure(name, d, policy, pipeline)
-            relative = float(np.sum(np.square(np.subtract(decoded, exact[name], dtype=np.float64)))) / mean_square \
-                if mean_square > 0 else 0.0
-            pts.append((pipeline, nbytes, meta, relative))
-            sweep.decoded.setdefault(name, {})[pipeline] = decoded
-            if progress:
-                progress(name, 1)
-        measured[name] = pts
-        probes[name] = sweep.decoded[name][grid[probe_index]]
-        probe_distortion += pts[probe_index][3]
-    c = 0.0
-    if probes and probe_distortion > 0:
-        c = max(base - evaluate({**exact, **probes}), 0.0) / probe_distortion
-        sweep.evaluations += 1
-    for name, pts in measured.items():
-        sweep.scale[name] = c
-        sweep.points[name] = [Point(p, n, base - c * r, meta=m) for p, n, m, r in pts]
-
-
 def allocate_rescaled(sweep: Sweep, exact: Mapping[str, np.ndarray], evaluate: Evaluator, base: float,
                       budget: float) -> tuple[dict[str, Point], float, list[tuple[int, float]]]:
     """Greedy on the modelled losses for a planning budget, verified on the real metric; the plan is rescaled by
@@ -456,12 +401,10 @@ def tune_pretrained(tensors: Mapping[str, np.ndarray | Dense], evaluate: Evaluat
         calibration.check_fits(dense)
     exact = {n: d.values() for n, d in dense.items()}
     tuned = {n: d for n, d in dense.items() if tunable(d)}
-    vectors = {n: d for n, d in dense.items() if is_vector(d)}
     side = {n: calibration.side_inputs(n, d) for n, d in tuned.items()} if calibration is not None else {}
-    fixed = sum(sum(measure(n, d, policy, lossless)[::2]) for n, d in dense.items() if not varied(d))
+    fixed = sum(sum(measure(n, d, policy, lossless)[::2]) for n, d in dense.items() if n not in tuned)
     base = evaluate(exact)
     sweep = screened_sweep(tuned, exact, side, evaluate, base, rel_steps, progress)
-    vector_sweep(vectors, exact, evaluate, base, sweep, progress)
     original = sum(d.array.nbytes for d in dense.values())
     if target_ratio is not None:
         chosen = allocate_for_ratio(sweep, base, original, fixed, float(target_ratio), file_bytes)
@@ -493,6 +436,4 @@ def sweep_size(tensors: Mapping[str, np.ndarray | Dense], rel_steps: Sequence[fl
         if tunable(d):
             own = calibration.side_inputs(name, d) if calibration is not None else {}
             total += 1 + len(rel_steps) * (1 + (len(ROW_SHIFTS) if offers_rowscale(name, own) else 0))
-        elif is_vector(d):
-            total += 1 + len(VECTOR_BITS)
     return total

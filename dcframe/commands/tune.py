@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_pretrained(args: argparse.Namespace, output: Path) -> int:
     """A Hugging Face folder: tune on the outputs for --text's lines (dcframe.analysis.tunehf)."""
-    from dcframe.analysis.tunehf import EmbeddingMetric, ModelSlot, tune_pretrained, varied
+    from dcframe.analysis.tune import tunable
+    from dcframe.analysis.tunehf import EmbeddingMetric, ModelSlot, tune_pretrained
     from dcframe.analysis.tunehf import sweep_size as hf_sweep_size
     from dcframe.bindings.hf import load_pretrained, read_lines
     from dcframe.io.calibration import Calibration
@@ -168,7 +169,7 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
                      f"its metric is not on unseen data")
     model, tokenizer = load_pretrained(args.input)
     slot = ModelSlot(model)
-    slot.check_names([n for n in tensors if varied(tensors[n])], str(args.input))
+    slot.check_names([n for n in tensors if tunable(tensors[n])], str(args.input))
     if not args.quiet:
         console.note(f"running the dense model on {len(lines)} lines" +
                      (f" and {len(held_out)} held-out lines" if held_out is not None else ""))
