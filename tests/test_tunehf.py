@@ -184,6 +184,20 @@ def test_tune_pretrained_leaves_rank_one_tensors_exact_and_writes_rules():
     assert 1.0 - result.metric <= 0.01 and result.rules and result.rules[0].startswith("w0=uniform(")
 
 
+def test_a_saturating_metric_unchanged_by_the_probe_does_not_make_a_tensor_unreached():
+    rng = np.random.default_rng(10)
+    exact = _weights(rng, [(32, 16)])
+    smooth = _quadratic_metric(exact, {"w0": 1e-4})
+
+    def saturating(params):  # blind to small errors, as accuracy on a few samples is; zeroing the tensor shows
+        lost = 1.0 - smooth(params)
+        return 1.0 if lost < 1e-3 else 1.0 - lost
+
+    sweep = screened_sweep({"w0": Dense.of(exact["w0"])}, exact, {}, saturating, 1.0, (0.1, 0.3))
+    assert sweep.unreached == [] and all("step=" not in p.pipeline or float(p.pipeline.split("step=")[1].split(",")[0])
+                                         < 0.5 for p in sweep.points["w0"])
+
+
 def test_tune_pretrained_coarsens_what_the_metric_never_sees():
     rng = np.random.default_rng(9)
     exact = _weights(rng, [(32, 16), (32, 16)])

@@ -52,8 +52,10 @@ ROW_SHIFTS = (1, 2, 3)  # rowscale exponents tried on rows the calibration never
 # Position tables: their unseen rows are the positions past the longest calibration line, which longer served text
 # reaches; the tokens' missing-mass estimate says nothing about them, so they are never offered rowscale.
 POSITIONAL = ("*position_embeddings.weight", "*embed_positions.weight", "*wpe.weight")
-# A tensor whose probe left the metric bit for bit unchanged does not reach it (BERT's pooler under mean pooling):
-# it is also offered these much coarser steps, at which most of its weights become 0.
+# A tensor whose probe left the metric bit for bit unchanged, and whose coarsest step here (nearly all its weights 0)
+# leaves it unchanged too, does not reach it (BERT's pooler under mean pooling): it is also offered these steps. A
+# metric that saturates (accuracy on a few samples) can leave a probe unchanged; the second evaluation keeps such a
+# tensor at the grid, whose modelled loss the verification can then back off from.
 UNREACHED_REL_STEPS = (2.0, 8.0, 32.0)
 MAX_EVALUATIONS = 8  # end-to-end verifications of the allocation, once one fits
 MAX_PLANS = 60  # planning budgets tried (a plan landing on a measured allocation costs nothing)
@@ -292,15 +294,18 @@ def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], 
             if offers_rowscale(name, own):
                 c_unseen = rare_scale(name, exact, own, decoded[plain[-1]], evaluate, base)
                 sweep.evaluations += 1
-            if loss == 0.0:  # not reached: coarser steps too (the end-to-end verification still sees it)
-                sweep.unreached.append(name)
-                for pipeline in candidates(exact[name] if scaled is None else scaled, UNREACHED_REL_STEPS, lossless,
-                                           HESSIAN in own and d.array.ndim == 2, False,
-                                           "" if scaled is None else BY_OUTPUT)[1:]:
-                    nbytes, values, meta = measure(name, d, policy, pipeline, side.get(name))
-                    decoded[pipeline] = values
-                    dist.append(distortion_parts(np.subtract(values, exact[name], dtype=np.float64), own))
-                    pts.append((pipeline, nbytes, meta))
+            if loss == 0.0:  # perhaps not reached: coarser steps too, if the coarsest leaves the metric as it is
+                values_in = exact[name] if scaled is None else scaled
+                coarse = candidates(values_in, UNREACHED_REL_STEPS, lossless, HESSIAN in own and d.array.ndim == 2,
+                                    False, "" if scaled is None else BY_OUTPUT)[1:]
+                extra = [(pipeline, *measure(name, d, policy, pipeline, side.get(name))) for pipeline in coarse]
+                sweep.evaluations += bool(extra)
+                if extra and evaluate({**exact, name: extra[-1][2]}) == base:
+                    sweep.unreached.append(name)
+                    for pipeline, nbytes, values, meta in extra:
+                        decoded[pipeline] = values
+                        dist.append(distortion_parts(np.subtract(values, exact[name], dtype=np.float64), own))
+                        pts.append((pipeline, nbytes, meta))
         sweep.scale[name] = c
         sweep.points[name] = [Point(p, n, base - c * ds - c_unseen * du, meta=m, unseen=c_unseen * du)
                               for (p, n, m), (ds, du) in zip(pts, dist, strict=True)]
