@@ -97,7 +97,7 @@ class TuneResult:
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # the chosen model (decoded; retrained if so)
     retrained: bool = False
     file_bytes: int | None = None  # the chosen model's real file, when one was written
-    unreached: list[str] = field(default_factory=list)  # tensors a probe showed do not change the metric at all
+    unreached: list[str] = field(default_factory=list)  # tensors that left the metric unchanged, nearly all 0
 
     @property
     def total_bytes(self) -> int:

@@ -258,7 +258,7 @@ class Sweep:
     decoded: dict[str, dict[str, np.ndarray]]
     scale: dict[str, float]
     evaluations: int
-    unreached: list[str] = field(default_factory=list)  # tensors whose probe left the metric unchanged
+    unreached: list[str] = field(default_factory=list)  # the metric unchanged even at UNREACHED_REL_STEPS[-1]
 
 
 def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], side: Mapping[str, dict],

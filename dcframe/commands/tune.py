@@ -236,7 +236,7 @@ def show(result: TuneResult, metric: str = "validation metric", test_name: str =
     if result.test_metric is not None:
         lines.append(f"{test_name} (never used to choose): {result.test_metric:.4f} (dense {result.test_dense:.4f})")
     if result.unreached:
-        lines.append(f"not reaching the metric (unchanged by a probe; offered coarser steps): "
+        lines.append(f"not reaching the metric (unchanged with nearly all weights 0; offered coarser steps): "
                      f"{', '.join(result.unreached)}")
     for line in lines:
         console.stdout.print(line, markup=False, highlight=False)
