@@ -272,43 +272,39 @@ def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], 
     for name, d in dense.items():
         own = side.get(name, {})
         scaled = by_output(d, own)
-        grid = candidates(exact[name] if scaled is None else scaled, rel_steps, lossless,
-                          HESSIAN in own and d.array.ndim == 2, offers_rowscale(name, own),
-                          "" if scaled is None else BY_OUTPUT)
-        pts, dist, decoded = [], [], {}
+        values_in, gptq = exact[name] if scaled is None else scaled, HESSIAN in own and d.array.ndim == 2
+        prefix = "" if scaled is None else BY_OUTPUT
+        grid = candidates(values_in, rel_steps, lossless, gptq, offers_rowscale(name, own), prefix)
+        measured = []  # (pipeline, stream bytes, decoded values, metadata bytes)
         for pipeline in grid:
-            nbytes, values, meta = measure(name, d, policy, pipeline, side.get(name))
-            decoded[pipeline] = values
-            dist.append(distortion_parts(np.subtract(values, exact[name], dtype=np.float64), own))
-            pts.append((pipeline, nbytes, meta))
+            measured.append((pipeline, *measure(name, d, policy, pipeline, side.get(name))))
             if progress:
                 progress(name, 1)
+        decoded = {pipeline: values for pipeline, _, values, _ in measured}
         c = c_unseen = 0.0
         plain = [p for p in grid[1:] if not p.startswith("rowscale(shift")]
         if plain:
             probe = plain[min(scale_index, len(plain) - 1)]
             loss = base - evaluate({**exact, name: decoded[probe]})  # on the calibration's text: seen rows only
             sweep.evaluations += 1
-            seen = dist[grid.index(probe)][0]
+            seen = distortion_parts(np.subtract(decoded[probe], exact[name], dtype=np.float64), own)[0]
             c = c_unseen = max(loss, 0.0) / seen if seen > 0 else 0.0
             if offers_rowscale(name, own):
                 c_unseen = rare_scale(name, exact, own, decoded[plain[-1]], evaluate, base)
                 sweep.evaluations += 1
             if loss == 0.0:  # perhaps not reached: coarser steps too, if the coarsest leaves the metric as it is
-                values_in = exact[name] if scaled is None else scaled
-                coarse = candidates(values_in, UNREACHED_REL_STEPS, lossless, HESSIAN in own and d.array.ndim == 2,
-                                    False, "" if scaled is None else BY_OUTPUT)[1:]
+                coarse = candidates(values_in, UNREACHED_REL_STEPS, lossless, gptq, False, prefix)[1:]
                 extra = [(pipeline, *measure(name, d, policy, pipeline, side.get(name))) for pipeline in coarse]
                 sweep.evaluations += bool(extra)
                 if extra and evaluate({**exact, name: extra[-1][2]}) == base:
                     sweep.unreached.append(name)
-                    for pipeline, nbytes, values, meta in extra:
-                        decoded[pipeline] = values
-                        dist.append(distortion_parts(np.subtract(values, exact[name], dtype=np.float64), own))
-                        pts.append((pipeline, nbytes, meta))
+                    measured += extra
+                    decoded.update((pipeline, values) for pipeline, _, values, _ in extra)
+        dist = [distortion_parts(np.subtract(values, exact[name], dtype=np.float64), own)
+                for _, _, values, _ in measured]
         sweep.scale[name] = c
         sweep.points[name] = [Point(p, n, base - c * ds - c_unseen * du, meta=m, unseen=c_unseen * du)
-                              for (p, n, m), (ds, du) in zip(pts, dist, strict=True)]
+                              for (p, n, _, m), (ds, du) in zip(measured, dist, strict=True)]
         sweep.decoded[name] = decoded
     return sweep
 
