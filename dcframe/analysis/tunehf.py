@@ -261,6 +261,12 @@ class Sweep:
     unreached: list[str] = field(default_factory=list)  # the metric unchanged even at UNREACHED_REL_STEPS[-1]
 
 
+def point_distortions(points: Sequence[tuple[str, int, np.ndarray, int]], exact: np.ndarray,
+                      side: Mapping[str, np.ndarray]) -> list[tuple[float, float]]:
+    """distortion_parts of each measured (pipeline, bytes, decoded values, metadata bytes) against `exact`."""
+    return [distortion_parts(np.subtract(values, exact, dtype=np.float64), side) for _, _, values, _ in points]
+
+
 def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], side: Mapping[str, dict],
                    evaluate: Evaluator, base: float, rel_steps: Sequence[float],
                    progress: Progress | None = None) -> Sweep:
@@ -281,27 +287,29 @@ def screened_sweep(dense: Mapping[str, Dense], exact: Mapping[str, np.ndarray], 
             if progress:
                 progress(name, 1)
         decoded = {pipeline: values for pipeline, _, values, _ in measured}
+        dist = point_distortions(measured, exact[name], own)
         c = c_unseen = 0.0
         plain = [p for p in grid[1:] if not p.startswith("rowscale(shift")]
         if plain:
             probe = plain[min(scale_index, len(plain) - 1)]
             loss = base - evaluate({**exact, name: decoded[probe]})  # on the calibration's text: seen rows only
             sweep.evaluations += 1
-            seen = distortion_parts(np.subtract(decoded[probe], exact[name], dtype=np.float64), own)[0]
+            seen = dist[grid.index(probe)][0]
             c = c_unseen = max(loss, 0.0) / seen if seen > 0 else 0.0
             if offers_rowscale(name, own):
                 c_unseen = rare_scale(name, exact, own, decoded[plain[-1]], evaluate, base)
                 sweep.evaluations += 1
             if loss == 0.0:  # perhaps not reached: coarser steps too, if the coarsest leaves the metric as it is
-                coarse = candidates(values_in, UNREACHED_REL_STEPS, lossless, gptq, False, prefix)[1:]
-                extra = [(pipeline, *measure(name, d, policy, pipeline, side.get(name))) for pipeline in coarse]
-                sweep.evaluations += bool(extra)
-                if extra and evaluate({**exact, name: extra[-1][2]}) == base:
+                *finer, coarsest = candidates(values_in, UNREACHED_REL_STEPS, lossless, gptq, False, prefix)[1:]
+                last = (coarsest, *measure(name, d, policy, coarsest, side.get(name)))
+                sweep.evaluations += 1
+                if evaluate({**exact, name: last[2]}) == base:
                     sweep.unreached.append(name)
+                    extra = [(pipeline, *measure(name, d, policy, pipeline, side.get(name))) for pipeline in finer]
+                    extra.append(last)
                     measured += extra
                     decoded.update((pipeline, values) for pipeline, _, values, _ in extra)
-        dist = [distortion_parts(np.subtract(values, exact[name], dtype=np.float64), own)
-                for _, _, values, _ in measured]
+                    dist += point_distortions(extra, exact[name], own)
         sweep.scale[name] = c
         sweep.points[name] = [Point(p, n, base - c * ds - c_unseen * du, meta=m, unseen=c_unseen * du)
                               for (p, n, _, m), (ds, du) in zip(measured, dist, strict=True)]
