@@ -284,16 +284,16 @@ def _side_weights(stream: Dense, weighting: str) -> np.ndarray:
     return value.reshape(-1).astype(np.float64)
 
 
-def chain_rms(streams: Callable[[], Iterable[Dense]]) -> float:
+def chain_rms(streams: Callable[[], Iterable[Dense]], stage_id: str = "uniform") -> float:
     """The root mean square of every weight of every stream; 1.0 when there are none or all are zero (any step
     quantizes zeros exactly). ConfigError on non-float or non-finite weights, as encode would raise."""
     total, count = 0.0, 0
     for stream in streams():
         if stream.dtype not in FLOAT_DTYPES:
-            raise ConfigError(f"stage 'uniform' only quantizes float weights, got a {stream.dtype} tensor")
+            raise ConfigError(f"stage '{stage_id}' only quantizes float weights, got a {stream.dtype} tensor")
         x = stream.values().reshape(-1).astype(np.float64)
         if x.size and not np.isfinite(x).all():
-            raise ConfigError("stage 'uniform' (lossy) only accepts finite values; a tensor holds NaN or infinity")
+            raise ConfigError(f"stage '{stage_id}' (lossy) only accepts finite values; a tensor holds NaN or infinity")
         total += float(np.dot(x, x))
         count += x.size
     return math.sqrt(total / count) if count and total > 0 else 1.0

@@ -484,6 +484,7 @@ def generate(root: Path) -> None:
     add_valid_rans_vectors(g)
     add_valid_bytegroup_vectors(g, lossless_mix)
     add_valid_rowscale_vectors(g)
+    add_valid_tcq_vectors(g)
     add_invalid_vectors(g)
     add_invalid_container_vectors(g)
     g.write_index()
@@ -725,6 +726,7 @@ def add_invalid_stage_vectors(g: Generator) -> None:
     add_invalid_rans_vectors(g)
     add_invalid_bytegroup_vectors(g)
     add_invalid_rowscale_vectors(g)
+    add_invalid_tcq_vectors(g)
 
     def bad_prune_config(index: dict[str, Any], tensors: list[Any]) -> None:
         index["chains"][0][0]["config"]["sparsity"] = 1.5
@@ -879,6 +881,26 @@ def add_valid_rowscale_vectors(g: Generator) -> None:
                 lossless=True)
 
 
+def tcq_model() -> dict[str, np.ndarray | Dense]:
+    """Float tensors of every dtype for tcq: matrices (a run per row), a vector, a long vector whose last run is
+    shorter (4099 = 4096 + 3), a scalar and an empty tensor."""
+    return {"f32": laplace(90, (12, 16)), "f64": laplace(91, (40,), dtype="float64"),
+            "f16": laplace(92, (5, 7), dtype="float16"), "bf16": bf16(laplace(93, (3, 11))),
+            "long": laplace(94, (4099,), dtype="float16"), "scalar": np.array(0.7, np.float32),
+            "empty": np.zeros((0, 3), np.float32)}
+
+
+def add_valid_tcq_vectors(g: Generator) -> None:
+    """Trellis-coded quantization (spec/stages/tcq.md): both streams raw, and both rANS-coded."""
+    g.add_valid("tcq-raw", tcq_model(), "tcq(rel_step=0.4) alone: the trellis over runs of each last axis (4096 "
+                "for the long vector, whose second run holds 3 elements), codebooks in every float dtype; q0 and q1 "
+                "serialized raw.", ["tcq", "raw", "dtype:F64", "dtype:F16", "bf16", "shape:scalar", "shape:empty"],
+                pipeline="tcq(rel_step=0.4)", lossless=False)
+    g.add_valid("tcq-rans", {k: v for k, v in tcq_model().items() if k in ("f32", "long", "empty")},
+                "tcq(rel_step=0.3, rate_weight=0.2) | rans: each quantizer's symbols rANS-coded with a table of "
+                "their own.", ["tcq", "rans"], pipeline="tcq(rel_step=0.3, rate_weight=0.2) | rans", lossless=False)
+
+
 def add_valid_bytegroup_vectors(g: Generator, lossless_mix: dict[str, np.ndarray | Dense]) -> None:
     """Issue 13: byte planes of every dtype (float specials, NaN payloads, integer extremes), scalars and empty
     tensors; the exponent plane through rans or raw, the mantissa planes through zstd or stored."""
@@ -981,6 +1003,47 @@ def add_invalid_rowscale_vectors(g: Generator) -> None:
         ["rowscale", "config"], tensor="f32")
     g.add_invalid("rowscale-exponent-missing", rewrite(rr, stream_edit(f32, "exponents", lambda b: b[:-1])),
                   "FormatError", "rowscale: 7 exponents for the F32 tensor's 8 rows.", ["rowscale"], tensor="f32")
+def add_invalid_tcq_vectors(g: Generator) -> None:
+    """tcq (spec/stages/tcq.md, Validation): metadata and streams that do not fit each other."""
+    src = g.sources["tcq-raw"]
+    f32 = list(index_tensor_names(src)).index("f32")
+
+    def meta(fn: Callable[[dict[str, Any]], None]) -> bytes:
+        return rewrite(src, step_meta_edit(f32, 0, 0, fn))
+
+    def without_last(key: str, size: int) -> Callable[[dict[str, Any]], None]:
+        return lambda m: m.update({key: m[key][:-size]})
+
+    def reversed_levels(m: dict[str, Any]) -> None:
+        m["levels1"] = np.frombuffer(m["levels1"], "<i4")[::-1].tobytes()
+
+    def flipped_parity(m: dict[str, Any]) -> None:
+        m["levels0"] = (np.frombuffer(m["levels0"], "<i4") + 1).astype("<i4").tobytes()
+
+    cases = [
+        ("tcq-run-0", lambda m: m.update(run=0), "a run of 0 elements (1..4096)."),
+        ("tcq-run-4097", lambda m: m.update(run=4097), "a run of 4097 elements (1..4096)."),
+        ("tcq-levels-descending", reversed_levels, "levels1 in decreasing order (they MUST increase strictly)."),
+        ("tcq-codebook-short", without_last("codebook0", 4), "codebook0 one value shorter than levels0."),
+        ("tcq-symbol-over-levels", lambda m: (without_last("levels1", 4)(m), without_last("codebook1", 4)(m)),
+         "the last level of Q1 removed with its codebook entry: a q1 symbol now names no level."),
+        ("tcq-shape-count", lambda m: m.update(shape=[12, 15]), "shape [12, 15] (180 values) for 192 symbols."),
+        ("tcq-parity-path", flipped_parity, "every Q0 level one higher: the parities, so the trellis path, change "
+         "and it runs out of one stream's symbols."),
+    ]
+    for name, fn, what in cases:
+        g.add_invalid(name, meta(fn), "FormatError", f"tcq: the F32 tensor's meta: {what}", ["tcq"], tensor="f32")
+
+    def config(**changes: Any) -> bytes:
+        return rewrite(src, lambda index, tensors: index["chains"][0][0]["config"].update(changes))
+
+    for name, changes, what in [("negative-rate", {"rate_weight": -0.5}, "rate_weight -0.5 (>= 0)"),
+                                ("bad-weighting", {"weighting": "rows"}, "weighting 'rows'"),
+                                ("both-steps", {"rel_step": 0.4}, "both step and rel_step")]:
+        g.add_invalid(f"tcq-{name}", config(**changes), "FormatError", f"tcq: {what} in the stored config.",
+                      ["tcq", "config"], tensor="f32")
+
+
 
 def index_tensor_names(data: bytes) -> list[str]:
     """The tensor names of a container, in index order (the order stream_edit counts in)."""

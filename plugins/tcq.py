@@ -1,0 +1,324 @@
+"""The `tcq` stage: trellis-coded (dependent) quantization with four states, dense -> two symbol streams.
+
+Two scalar quantizers share a step s: Q0 reconstructs level k at k x s, Q1 at (k - sign(k) / 2) x s (0, +-s/2,
++-3s/2, ...). The tensor's values in C order are cut into runs of `run` elements; each run walks a 4-state trellis
+from state 0, states 0 and 1 using Q0, 2 and 3 using Q1, the next state set by the parity of k (TRANS). The
+encoder picks every run's levels by a Viterbi search minimizing squared error + rate_weight x s^2 x bits, the bits
+from the levels' frequencies of the pass before (the rate term makes it entropy-constrained). At the same mean
+squared error its levels need about 4-6% fewer bits than `uniform`'s on weights (the union of the two grids is
+twice as fine as either, and the trellis chooses which one each weight may use).
+
+The levels of each quantizer, ascending, become the symbols of its stream (`q0`, `q1`); a codebook per quantizer
+holds each level's reconstruction value (its members' mean) in the tensor's dtype. Decoding walks the same trellis,
+every run at once, one element of each per numpy step (spec/stages/tcq.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from dcframe_plugins.kmeans import FLOAT_DTYPES
+from dcframe_plugins.uniform import _positive, bin_means, chain_rms
+
+from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, check_output, hookimpl, numpy_dtype
+from dcframe.core.dtypes import from_float
+from dcframe.core.streams import ACTIVATION, FISHER, check_shape
+
+TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)  # next state by [state, parity of k]
+# The two ways into each state, as (state before, parity of its level): target t is reached from INCOMING[t].
+INCOMING = np.array([[[0, 0], [1, 1]], [[2, 0], [3, 1]], [[0, 1], [1, 0]], [[2, 1], [3, 0]]], dtype=np.int8)
+MAX_RUN = 4096  # elements per run: a decode takes at most this many numpy steps
+MAX_LEVELS = 1 << 16  # per quantizer
+MAX_LEVEL = 1 << 30  # |k| bound, so levels fit int32 with room
+CHUNK = 1 << 20  # elements searched at once: bounds the Viterbi's back pointers (about 20 bytes per element)
+PASSES = 3  # one plain trellis pass to learn the levels' frequencies, then two with the rate term
+WEIGHTINGS = ("none", "activation", "fisher", "auto")
+STREAMS = ("q0", "q1")
+
+
+class Tcq(Stage):
+    """Trellis-coded quantization: about 5% fewer bits than `uniform` at equal error (entropy-code both streams).
+
+    Parameters: `step` (absolute) or `rel_step` (x the RMS of every weight of the chain, found by `fit`), exactly
+    one: each quantizer's level spacing; `rate_weight` (>= 0, default 0.1): how much the search trades error for
+    bits (0: least squared error); `weighting` ("none", "activation", "fisher", or "auto": activation where the
+    tensor has that side input): reconstruction values as importance-weighted means.
+    """
+
+    id = "tcq"
+    version = 1
+    takes = ("dense",)
+    gives = {"q0": "symbols", "q1": "symbols"}
+    lossy = True
+
+    def __init__(self, step: float | None = None, rel_step: float | None = None, rate_weight: float = 0.1,
+                 weighting: str = "none") -> None:
+        self.step = _positive("step", step)
+        self.rel_step = _positive("rel_step", rel_step)
+        if (self.step is None) == (self.rel_step is None):
+            raise ValueError("give exactly one of step (absolute) or rel_step (relative to the weights' RMS)")
+        if isinstance(rate_weight, bool) or not isinstance(rate_weight, (int, float)) or \
+                not 0 <= rate_weight < math.inf:
+            raise ValueError(f"rate_weight must be a finite number >= 0, got {rate_weight!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+        self.rate_weight = float(rate_weight)
+        self.weighting = weighting
+
+    def fit(self, streams: Callable[[], Iterable[Dense]]) -> Tcq:
+        """For rel_step: the stage with the absolute step rel_step x RMS over every weight of the chain."""
+        if self.rel_step is None:
+            return self
+        step = float(f"{self.rel_step * chain_rms(streams, self.id):.6g}")
+        if not 0 < step < math.inf:
+            raise ConfigError(f"stage 'tcq': rel_step={self.rel_step} gives the step {step}; give a smaller rel_step "
+                              f"or an absolute step")
+        return Tcq(step=step, rate_weight=self.rate_weight, weighting=self.weighting)
+
+    def encode(self, stream: Dense) -> tuple[dict[str, Symbols], dict[str, Any]]:
+        if stream.dtype not in FLOAT_DTYPES:
+            raise ConfigError(f"stage 'tcq' only quantizes float weights, got a {stream.dtype} tensor")
+        if self.step is None:
+            raise ConfigError("stage 'tcq': rel_step must be fitted over every tensor of the chain first "
+                              "(dcframe.compress does this); or give an absolute step")
+        x = stream.values().reshape(-1).astype(np.float64)
+        if x.size and not np.isfinite(x).all():
+            raise ConfigError("stage 'tcq' (lossy) only accepts finite values; the tensor holds NaN or infinity")
+        if x.size and float(np.abs(x).max()) / self.step >= MAX_LEVEL:
+            raise ConfigError(f"stage 'tcq': |w| / step reaches {float(np.abs(x).max()) / self.step:.3g} (step "
+                              f"{self.step}): use a larger step")
+        shape = list(stream.array.shape)
+        run = choose_run(shape)
+        levels, quantizer = search(x, self.step, run, self.rate_weight)
+        weights = self._weights(stream)
+        meta: dict[str, Any] = {"dtype": stream.dtype, "shape": shape, "run": run}
+        outputs = {}
+        order = step_major(x.size, run)
+        for z, name in enumerate(STREAMS):
+            picked = order[quantizer[order] == z]
+            used, symbols = np.unique(levels[picked], return_inverse=True)
+            if used.size == 0:
+                used = np.zeros(1, dtype=np.int64)
+            if used.size > MAX_LEVELS:
+                raise ConfigError(f"stage 'tcq': the step gives {used.size} levels in one quantizer, more than "
+                                  f"{MAX_LEVELS}: use a larger step")
+            book = bin_means(x[picked], symbols, used.size, None if weights is None else weights[picked])
+            meta[f"levels{z}"] = used.astype("<i4").tobytes()
+            meta[f"codebook{z}"] = from_float(book, stream.dtype).astype(numpy_dtype(stream.dtype)).tobytes()
+            outputs[name] = Symbols(symbols.reshape(-1).astype(np.uint16 if used.size <= 1 << 16 else np.uint32),
+                                    int(used.size))
+        return outputs, meta
+
+    def _weights(self, stream: Dense) -> np.ndarray | None:
+        """Element importance for the reconstruction means, or None for plain means."""
+        name = {"activation": ACTIVATION, "fisher": FISHER}.get(self.weighting)
+        if self.weighting == "auto":
+            name = ACTIVATION if ACTIVATION in stream.side else None
+        if name is None:
+            return None
+        value = stream.side.get(name)
+        if value is None:
+            raise ConfigError(f"stage 'tcq': weighting '{self.weighting}' needs the '{name}' side input, which this "
+                              f"tensor lacks: pass a calibration that covers it (--calibration FILE)")
+        value = np.asarray(value, dtype=np.float64)
+        if value.shape != stream.array.shape or not (np.isfinite(value).all() and (value >= 0).all()):
+            raise ConfigError(f"stage 'tcq': side input '{name}' must be finite numbers >= 0 of the tensor's shape "
+                              f"{list(stream.array.shape)}, got {list(value.shape)}")
+        return value.reshape(-1)
+
+    def decode(self, streams: dict[str, Symbols], meta: dict[str, Any]) -> Dense:
+        """Check meta and streams against each other, then walk every run's trellis in lockstep."""
+        dtype_name = meta.get("dtype")
+        if dtype_name not in FLOAT_DTYPES:
+            raise FormatError(f"tcq: dtype {dtype_name!r} is not one of {', '.join(FLOAT_DTYPES)}")
+        dtype = numpy_dtype(dtype_name)
+        shape = meta.get("shape")
+        count = check_shape(self.id, shape)
+        run = meta.get("run")
+        if isinstance(run, bool) or not isinstance(run, int) or not 1 <= run <= MAX_RUN:
+            raise FormatError(f"tcq: run {run!r} is not an integer from 1 to {MAX_RUN}")
+        tables, symbols = [], []
+        for z, name in enumerate(STREAMS):
+            levels, book = _table(meta, z, dtype)
+            stream = streams.get(name)
+            if not isinstance(stream, Symbols) or not isinstance(stream.array, np.ndarray) or \
+                    stream.array.ndim != 1 or stream.array.dtype.kind not in "ui":
+                raise FormatError(f"tcq: the {name} stream is missing or not a 1-D array of symbols")
+            if stream.array.size and int(stream.array.max()) >= levels.size:
+                raise FormatError(f"tcq: {name} holds symbol {int(stream.array.max())}, its codebook has "
+                                  f"{levels.size} levels")
+            tables.append((levels & 1, book))
+            symbols.append(stream.array)
+        if symbols[0].size + symbols[1].size != count:
+            raise FormatError(f"tcq: shape {shape} holds {count} values, the streams {symbols[0].size} + "
+                              f"{symbols[1].size}")
+        check_output(self.id, count * dtype.itemsize, f"tensor of shape {shape}")
+        return Dense(walk(symbols, tables, count, run, dtype).reshape(shape), dtype_name)
+
+
+def _table(meta: dict[str, Any], z: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Quantizer z's levels (strictly ascending int32) and codebook (the same count, in dtype) from meta."""
+    levels, book = meta.get(f"levels{z}"), meta.get(f"codebook{z}")
+    if not isinstance(levels, (bytes, bytearray)) or not isinstance(book, (bytes, bytearray)):
+        raise FormatError(f"tcq: levels{z} and codebook{z} must be bin")
+    if len(levels) % 4 or not 0 < len(levels) // 4 <= MAX_LEVELS:
+        raise FormatError(f"tcq: levels{z} of {len(levels)} bytes is not 1 to {MAX_LEVELS} int32 values")
+    k = np.frombuffer(levels, dtype="<i4").astype(np.int64)
+    if k.size > 1 and not np.all(np.diff(k) > 0):
+        raise FormatError(f"tcq: levels{z} are not strictly ascending")
+    if len(book) != k.size * dtype.itemsize:
+        raise FormatError(f"tcq: codebook{z} of {len(book)} bytes does not hold {k.size} values")
+    return k, np.frombuffer(book, dtype=dtype)
+
+
+def choose_run(shape: list[int]) -> int:
+    """Elements per trellis run: the last axis (a matrix row, an embedding vector) when it is 1..MAX_RUN long, else
+    MAX_RUN (at least 1)."""
+    last = shape[-1] if shape else 1
+    return last if 1 <= last <= MAX_RUN else MAX_RUN
+
+
+def step_major(count: int, run: int) -> np.ndarray:
+    """Element indices in the order the decoder reaches them: element t of every run (runs in order), t = 0, 1, ..."""
+    runs = -(-count // run)
+    grid = np.arange(runs * run).reshape(runs, run).T.reshape(-1)
+    return grid[grid < count]
+
+
+def walk(symbols: list[np.ndarray], tables: list[tuple[np.ndarray, np.ndarray]], count: int, run: int,
+         dtype: np.dtype) -> np.ndarray:
+    """The decoder: every run from state 0; at each step the runs in states 2-3 take their next symbol from q1, the
+    others from q0 (in run order), decode it by that quantizer's codebook, and move on by its level's parity."""
+    runs = -(-count // run)
+    out = np.zeros((run, runs), dtype=dtype)
+    if count == 0:
+        return out.reshape(-1)
+    last = count - (runs - 1) * run  # elements of the last run
+    state = np.zeros(runs, dtype=np.int8)
+    (par0, book0), (par1, book1) = tables
+    q0, q1 = (s.astype(np.int64) for s in symbols)
+    p0 = p1 = 0
+    for t in range(run):
+        active = runs if t < last else runs - 1
+        s = state[:active]
+        second = s >= 2
+        n1 = int(np.count_nonzero(second))
+        n0 = active - n1
+        if p0 + n0 > q0.size or p1 + n1 > q1.size:
+            raise FormatError("tcq: the trellis needs more symbols from one stream than it holds")
+        j = np.empty(active, dtype=np.int64)
+        j[~second] = q0[p0:p0 + n0]
+        j[second] = q1[p1:p1 + n1]
+        p0, p1 = p0 + n0, p1 + n1
+        out[t, :active] = np.where(second, book1[np.minimum(j, book1.size - 1)], book0[np.minimum(j, book0.size - 1)])
+        parity = np.where(second, par1[np.minimum(j, par1.size - 1)], par0[np.minimum(j, par0.size - 1)])
+        state[:active] = TRANS[s, parity]
+    return out.T.reshape(-1)[:count]
+
+
+def search(x: np.ndarray, step: float, run: int, rate_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every element's level k and quantizer (0 or 1): PASSES Viterbi passes, runs searched CHUNK elements at a time;
+    the rate term's bits come from the previous pass's level frequencies (none in the first)."""
+    levels = np.zeros(x.size, dtype=np.int64)
+    quantizer = np.zeros(x.size, dtype=np.int8)
+    if x.size == 0:
+        return levels, quantizer
+    runs = -(-x.size // run)
+    grid = np.zeros(runs * run)
+    grid[:x.size] = x / step
+    grid = grid.reshape(runs, run)
+    valid = (np.arange(runs * run) < x.size).reshape(runs, run)
+    per_chunk = max(1, CHUNK // run)
+    bits = None
+    for done in range(PASSES if rate_weight > 0 else 1):
+        k_all, z_all = [], []
+        for start in range(0, runs, per_chunk):
+            k, z = viterbi(grid[start:start + per_chunk], valid[start:start + per_chunk], bits,
+                           rate_weight if done else 0.0)
+            k_all.append(k)
+            z_all.append(z)
+        levels = np.concatenate(k_all).reshape(-1)[:x.size]
+        quantizer = np.concatenate(z_all).reshape(-1)[:x.size]
+        bits = [level_bits(levels[quantizer == z]) for z in (0, 1)]
+    return levels, quantizer
+
+
+def level_bits(levels: np.ndarray) -> tuple[int, np.ndarray]:
+    """(lowest level - 2, bits of each level from there on): -log2 of its frequency, and 2 bits more than the
+    rarest for levels not seen (with two of them on either side)."""
+    if levels.size == 0:
+        return 0, np.zeros(1)
+    low, high = int(levels.min()) - 2, int(levels.max()) + 2
+    counts = np.bincount(levels - low, minlength=high - low + 1).astype(np.float64)
+    seen = counts > 0
+    bits = np.empty(counts.size)
+    bits[seen] = -np.log2(counts[seen] / counts.sum())
+    bits[~seen] = bits[seen].max() + 2
+    return low, bits
+
+
+def _bits_of(table: tuple[int, np.ndarray] | None, k: np.ndarray) -> np.ndarray | float:
+    if table is None:
+        return 0.0
+    low, bits = table
+    i = k - low
+    return np.where((i >= 0) & (i < bits.size), bits[np.clip(i, 0, bits.size - 1)], bits.max())
+
+
+def _candidates(y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(level k, reconstruction in steps, quantizer) of each element's candidates: the two nearest levels of each
+    quantizer on the value's side (one of each parity) and zero."""
+    zero = np.zeros(y.shape, dtype=np.int64)
+    a = np.floor(y).astype(np.int64)
+    b = np.where(y >= 0, np.maximum(1, np.floor(y + 0.5)), np.minimum(-1, np.ceil(y - 0.5))).astype(np.int64)
+    b2 = b + np.where(y >= 0, 1, -1)
+    return [(a, a.astype(np.float64), 0), (a + 1, a + 1.0, 0), (zero, zero.astype(np.float64), 0),
+            (b, b - 0.5 * np.sign(b), 1), (b2, b2 - 0.5 * np.sign(b2), 1), (zero, zero.astype(np.float64), 1)]
+
+
+def viterbi(y: np.ndarray, valid: np.ndarray, bits: list | None, rate_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Levels and quantizers of runs `y` (values in steps, [runs, run]) minimizing (y - reconstruction)^2 + rate_weight
+    x bits over each run's trellis path from state 0 (padding, valid False, costs nothing)."""
+    runs, length = y.shape
+    cost = np.full((4, runs), np.inf)
+    cost[0] = 0.0
+    choice = np.zeros((length, 4, runs), dtype=np.int8)  # which of INCOMING[target] won
+    best_k = np.zeros((length, 2, 2, runs), dtype=np.int32)  # [quantizer, parity]: the best level of that kind
+    for t in range(length):
+        yt, live = y[:, t], valid[:, t]
+        best = np.full((2, 2, runs), np.inf)
+        for k, rec, z in _candidates(yt):
+            c = (yt - rec) ** 2 + rate_weight * _bits_of(bits[z] if bits else None, k)
+            c = np.where(live, c, 0.0)
+            parity = k & 1
+            for p in (0, 1):
+                better = (parity == p) & (c < best[z, p])
+                best[z, p] = np.where(better, c, best[z, p])
+                best_k[t, z, p] = np.where(better, k, best_k[t, z, p])
+        new = np.empty_like(cost)
+        for target in range(4):
+            (s0, p0), (s1, p1) = INCOMING[target]
+            a = cost[s0] + best[s0 >> 1, p0]
+            b = cost[s1] + best[s1 >> 1, p1]
+            choice[t, target] = b < a
+            new[target] = np.minimum(a, b)
+        cost = new
+    state = np.argmin(cost, axis=0)
+    levels = np.zeros((runs, length), dtype=np.int64)
+    quantizer = np.zeros((runs, length), dtype=np.int8)
+    idx = np.arange(runs)
+    for t in range(length - 1, -1, -1):
+        source, parity = INCOMING[state, choice[t, state, idx]].T
+        z = source >> 1
+        levels[:, t] = best_k[t, z, parity, idx]
+        quantizer[:, t] = z
+        state = source
+    return levels, quantizer
+
+
+@hookimpl
+def dcframe_stages():
+    return [Tcq]
