@@ -31,6 +31,7 @@ TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)  # next state 
 # The two ways into each state, as (state before, parity of its level): target t is reached from INCOMING[t].
 INCOMING = np.array([[[0, 0], [1, 1]], [[2, 0], [3, 1]], [[0, 1], [1, 0]], [[2, 1], [3, 0]]], dtype=np.int8)
 MAX_RUN = 4096  # elements per run: a decode takes at most this many numpy steps
+VECTOR_RUN = 1024  # runs of a vector (or a scalar): enough runs for the search to run them side by side
 MAX_LEVELS = 1 << 16  # per quantizer
 MAX_LEVEL = 1 << 30  # |k| bound, so levels fit int32 with room
 CHUNK = 1 << 20  # elements searched at once: bounds the Viterbi's back pointers (about 20 bytes per element)
@@ -175,10 +176,11 @@ def _table(meta: dict[str, Any], z: int, dtype: np.dtype) -> tuple[np.ndarray, n
 
 
 def choose_run(shape: list[int]) -> int:
-    """Elements per trellis run: the last axis (a matrix row, an embedding vector) when it is 1..MAX_RUN long, else
-    MAX_RUN (at least 1)."""
-    last = shape[-1] if shape else 1
-    return last if 1 <= last <= MAX_RUN else MAX_RUN
+    """Elements per trellis run: a matrix's rows (the last axis), at most MAX_RUN; a vector, a scalar or an empty
+    tensor in runs of VECTOR_RUN (fewer if it is shorter, at least 1)."""
+    if len(shape) >= 2 and shape[-1] >= 1:
+        return min(shape[-1], MAX_RUN)
+    return max(1, min(math.prod(shape), VECTOR_RUN))
 
 
 def step_major(count: int, run: int) -> np.ndarray:
@@ -260,23 +262,36 @@ def level_bits(levels: np.ndarray) -> tuple[int, np.ndarray]:
     return low, bits
 
 
-def _bits_of(table: tuple[int, np.ndarray] | None, k: np.ndarray) -> np.ndarray | float:
-    if table is None:
-        return 0.0
+def _bits_of(table: tuple[int, np.ndarray], k: np.ndarray) -> np.ndarray:
+    """Bits of levels k: level_bits's table, whose end entries (levels not seen) also stand for every level beyond."""
     low, bits = table
-    i = k - low
-    return np.where((i >= 0) & (i < bits.size), bits[np.clip(i, 0, bits.size - 1)], bits.max())
+    return bits[np.clip(k - low, 0, bits.size - 1)]
 
 
-def _candidates(y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """(level k, reconstruction in steps, quantizer) of each element's candidates: the two nearest levels of each
-    quantizer on the value's side (one of each parity) and zero."""
-    zero = np.zeros(y.shape, dtype=np.int64)
-    a = np.floor(y).astype(np.int64)
-    b = np.where(y >= 0, np.maximum(1, np.floor(y + 0.5)), np.minimum(-1, np.ceil(y - 0.5))).astype(np.int64)
-    b2 = b + np.where(y >= 0, 1, -1)
-    return [(a, a.astype(np.float64), 0), (a + 1, a + 1.0, 0), (zero, zero.astype(np.float64), 0),
-            (b, b - 0.5 * np.sign(b), 1), (b2, b2 - 0.5 * np.sign(b2), 1), (zero, zero.astype(np.float64), 1)]
+def _kind_costs(y: np.ndarray, live: np.ndarray | None, bits: list | None, rate_weight: float,
+                z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Quantizer z's best even and odd level for each value y (in steps) and their costs (y - reconstruction)^2 +
+    rate_weight x bits. The candidates are the two nearest levels on y's side (consecutive, so one of each parity)
+    and zero (even), taken in that order: the later one wins only at a strictly lower cost."""
+    if z == 0:
+        first = np.floor(y)
+    else:
+        first = np.where(y >= 0, np.maximum(1.0, np.floor(y + 0.5)), np.minimum(-1.0, np.ceil(y - 0.5)))
+    second = first + np.where(y >= 0, 1.0, -1.0) if z else first + 1.0
+    first_odd = np.fmod(first, 2.0) != 0
+    odd = np.where(first_odd, first, second)
+    even = np.where(first_odd, second, first)
+
+    def cost(k: np.ndarray) -> np.ndarray:
+        rec = k - 0.5 * np.sign(k) if z else k
+        c = (y - rec) ** 2
+        if bits is not None and rate_weight:
+            c = c + rate_weight * _bits_of(bits[z], k.astype(np.int64))
+        return c if live is None else np.where(live, c, 0.0)
+    zero = np.zeros_like(y)
+    c_even, c_odd, c_zero = cost(even), cost(odd), cost(zero)
+    to_zero = c_zero < c_even
+    return np.where(to_zero, 0.0, even), np.minimum(c_even, c_zero), odd, c_odd
 
 
 def viterbi(y: np.ndarray, valid: np.ndarray, bits: list | None, rate_weight: float) -> tuple[np.ndarray, np.ndarray]:
@@ -285,33 +300,30 @@ def viterbi(y: np.ndarray, valid: np.ndarray, bits: list | None, rate_weight: fl
     runs, length = y.shape
     cost = np.full((4, runs), np.inf)
     cost[0] = 0.0
-    choice = np.zeros((length, 4, runs), dtype=np.int8)  # which of INCOMING[target] won
+    choice = np.zeros((length, 4, runs), dtype=bool)  # which of INCOMING[target] won
     best_k = np.zeros((length, 2, 2, runs), dtype=np.int32)  # [quantizer, parity]: the best level of that kind
+    padded = not valid.all()
     for t in range(length):
-        yt, live = y[:, t], valid[:, t]
-        best = np.full((2, 2, runs), np.inf)
-        for k, rec, z in _candidates(yt):
-            c = (yt - rec) ** 2 + rate_weight * _bits_of(bits[z] if bits else None, k)
-            c = np.where(live, c, 0.0)
-            parity = k & 1
-            for p in (0, 1):
-                better = (parity == p) & (c < best[z, p])
-                best[z, p] = np.where(better, c, best[z, p])
-                best_k[t, z, p] = np.where(better, k, best_k[t, z, p])
+        yt = y[:, t]
+        live = valid[:, t] if padded else None
+        best = np.empty((2, 2, runs))
+        for z in (0, 1):
+            k_even, best[z, 0], k_odd, best[z, 1] = _kind_costs(yt, live, bits, rate_weight, z)
+            best_k[t, z, 0], best_k[t, z, 1] = k_even, k_odd
         new = np.empty_like(cost)
         for target in range(4):
             (s0, p0), (s1, p1) = INCOMING[target]
             a = cost[s0] + best[s0 >> 1, p0]
             b = cost[s1] + best[s1 >> 1, p1]
-            choice[t, target] = b < a
-            new[target] = np.minimum(a, b)
+            np.less(b, a, out=choice[t, target])
+            np.minimum(a, b, out=new[target])
         cost = new
     state = np.argmin(cost, axis=0)
     levels = np.zeros((runs, length), dtype=np.int64)
     quantizer = np.zeros((runs, length), dtype=np.int8)
     idx = np.arange(runs)
     for t in range(length - 1, -1, -1):
-        source, parity = INCOMING[state, choice[t, state, idx]].T
+        source, parity = INCOMING[state, choice[t, state, idx].astype(np.int8)].T
         z = source >> 1
         levels[:, t] = best_k[t, z, parity, idx]
         quantizer[:, t] = z

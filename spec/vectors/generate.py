@@ -883,7 +883,7 @@ def add_valid_rowscale_vectors(g: Generator) -> None:
 
 def tcq_model() -> dict[str, np.ndarray | Dense]:
     """Float tensors of every dtype for tcq: matrices (a run per row), a vector, a long vector whose last run is
-    shorter (4099 = 4096 + 3), a scalar and an empty tensor."""
+    shorter (4099 = 4 x 1024 + 3), a scalar and an empty tensor."""
     return {"f32": laplace(90, (12, 16)), "f64": laplace(91, (40,), dtype="float64"),
             "f16": laplace(92, (5, 7), dtype="float16"), "bf16": bf16(laplace(93, (3, 11))),
             "long": laplace(94, (4099,), dtype="float16"), "scalar": np.array(0.7, np.float32),
@@ -892,8 +892,8 @@ def tcq_model() -> dict[str, np.ndarray | Dense]:
 
 def add_valid_tcq_vectors(g: Generator) -> None:
     """Trellis-coded quantization (spec/stages/tcq.md): both streams raw, and both rANS-coded."""
-    g.add_valid("tcq-raw", tcq_model(), "tcq(rel_step=0.4) alone: the trellis over runs of each last axis (4096 "
-                "for the long vector, whose second run holds 3 elements), codebooks in every float dtype; q0 and q1 "
+    g.add_valid("tcq-raw", tcq_model(), "tcq(rel_step=0.4) alone: the trellis over runs of each matrix's last axis, "
+                "vectors in runs of 1024 (the long vector's fifth run holds 3 elements), codebooks in every float dtype; q0 and q1 "
                 "serialized raw.", ["tcq", "raw", "dtype:F64", "dtype:F16", "bf16", "shape:scalar", "shape:empty"],
                 pipeline="tcq(rel_step=0.4)", lossless=False)
     g.add_valid("tcq-rans", {k: v for k, v in tcq_model().items() if k in ("f32", "long", "empty")},

@@ -9,6 +9,7 @@ import { uniform } from './uniform.js';
 import { rans } from './rans.js';
 import { bytegroup } from './bytegroup.js';
 import { rowscale } from './rowscale.js';
+import { tcq } from './tcq.js';
 
 export const STAGES = Object.freeze({
   raw,
@@ -24,4 +25,5 @@ export const STAGES = Object.freeze({
   rans,
   bytegroup,
   rowscale,
+  tcq,
 });
