@@ -43,7 +43,9 @@ def encode_decode(stage: Stage, stream: Stream) -> tuple[dict[str, Stream], dict
 
 
 def check_roundtrip(stage: Stage, stream: Stream) -> Stream:
-    """Lossless stages give back the exact input; lossy ones are idempotent on their own output."""
+    """Lossless stages give back the exact input. Lossy ones that impose a constraint for retraining (shared,
+    zeros) are idempotent on their own output, which the retraining loop relies on; the others (a trellis search)
+    must encode their own output again, to a stream of the same kind."""
     assert stream.kind in stage.takes
     _, _, decoded = encode_decode(stage, stream)
     assert decoded.kind == stream.kind
@@ -51,7 +53,9 @@ def check_roundtrip(stage: Stage, stream: Stream) -> Stream:
         assert stream_bytes(decoded) == stream_bytes(stream)
     else:
         _, _, again = encode_decode(stage, with_side(decoded, stream))
-        assert stream_bytes(again) == stream_bytes(decoded), "lossy stage is not idempotent on its output"
+        assert again.kind == decoded.kind
+        if stage.imposes:
+            assert stream_bytes(again) == stream_bytes(decoded), "lossy stage is not idempotent on its output"
     return decoded
 
 

@@ -178,7 +178,7 @@ def _table(meta: dict[str, Any], z: int, dtype: np.dtype) -> tuple[np.ndarray, n
 def choose_run(shape: list[int]) -> int:
     """Elements per trellis run: a matrix's rows (the last axis), at most MAX_RUN; a vector, a scalar or an empty
     tensor in runs of VECTOR_RUN (fewer if it is shorter, at least 1)."""
-    if len(shape) >= 2 and shape[-1] >= 1:
+    if len(shape) >= 2 and math.prod(shape) > 0:
         return min(shape[-1], MAX_RUN)
     return max(1, min(math.prod(shape), VECTOR_RUN))
 
