@@ -1471,6 +1471,121 @@ static PyObject *set_simd(PyObject *self, PyObject *args)
 
 /* ---- module ----------------------------------------------------------------------------------------------- */
 
+/* ---------------------------------------------------------------- tcq: the trellis search (plugins/tcq.py) */
+
+static const int8_t TCQ_INCOMING[4][2][2] = {{{0, 0}, {1, 1}}, {{2, 0}, {3, 1}}, {{0, 1}, {1, 0}}, {{2, 1}, {3, 0}}};
+
+/* Bits of level k: the table's entry, its end entries standing for every level beyond (tcq._bits_of). */
+static double tcq_bits(const double *bits, Py_ssize_t size, int64_t low, double k)
+{
+    int64_t i = (int64_t)k - low;
+    return bits[i < 0 ? 0 : i >= size ? size - 1 : i];
+}
+
+/* The cost of level k of quantizer z at value y, as tcq._kind_costs computes it, operation for operation. */
+static double tcq_cost(double y, double k, int z, const double *bits, Py_ssize_t size, int64_t low, double rate,
+                       int live)
+{
+    double rec = z ? k - 0.5 * (double)((k > 0) - (k < 0)) : k;
+    double d = y - rec;
+    double c = d * d;
+    if (bits)
+        c = c + rate * tcq_bits(bits, size, low, k);
+    return live ? c : 0.0;
+}
+
+/* tcq.viterbi over every run of y (runs of `run`, the last one padded with zero-cost zeros, as there), run by run:
+   the same candidates, costs, ties and traceback, so the same levels and quantizers. */
+static PyObject *tcq_viterbi(PyObject *self, PyObject *args)
+{
+    PyObject *o_y, *o_bits0, *o_bits1, *o_levels, *o_quant;
+    Py_ssize_t run, n, nb0, nb1, nl, nq;
+    long long low0, low1;
+    int use_bits;
+    double rate;
+    Buffers b = {.held = 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OnOLOLdpOO", &o_y, &run, &o_bits0, &low0, &o_bits1, &low1, &rate, &use_bits,
+                          &o_levels, &o_quant))
+        return NULL;
+    const double *y = take(&b, o_y, 8, 0, &n, "y");
+    const double *bits0 = y ? take(&b, o_bits0, 8, 0, &nb0, "bits0") : NULL;
+    const double *bits1 = bits0 ? take(&b, o_bits1, 8, 0, &nb1, "bits1") : NULL;
+    int64_t *levels = bits1 ? take(&b, o_levels, 8, 1, &nl, "levels") : NULL;
+    int8_t *quant = levels ? take(&b, o_quant, 1, 1, &nq, "quantizer") : NULL;
+    if (!quant)
+        goto fail;
+    if (run < 1 || run > 4096 || nl != n || nq != n || nb0 < 1 || nb1 < 1) {
+        bad("_ckernels.tcq_viterbi: run outside 1..4096, or arrays of other sizes");
+        goto fail;
+    }
+    uint8_t *choice = malloc((size_t)run * 4);
+    double *bestk = malloc((size_t)run * 4 * sizeof(double));
+    if (!choice || !bestk) {
+        free(choice);
+        free(bestk);
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t start = 0; start < n; start += run) {
+        double cost[4] = {0.0, INFINITY, INFINITY, INFINITY};
+        for (Py_ssize_t t = 0; t < run; t++) {
+            int live = start + t < n;
+            double v = live ? y[start + t] : 0.0;
+            double best[2][2];
+            for (int z = 0; z < 2; z++) {
+                double first = z == 0 ? floor(v)
+                             : v >= 0 ? fmax(1.0, floor(v + 0.5)) : fmin(-1.0, ceil(v - 0.5));
+                double second = z ? first + (v >= 0 ? 1.0 : -1.0) : first + 1.0;
+                int first_odd = (int)((int64_t)first & 1); /* first is a whole number: fmod(first, 2) != 0 */
+                double odd = first_odd ? first : second, even = first_odd ? second : first;
+                const double *bt = !use_bits ? NULL : z ? bits1 : bits0;
+                Py_ssize_t size = z ? nb1 : nb0;
+                int64_t low = z ? low1 : low0;
+                double c_even = tcq_cost(v, even, z, bt, size, low, rate, live);
+                double c_odd = tcq_cost(v, odd, z, bt, size, low, rate, live);
+                double c_zero = tcq_cost(v, 0.0, z, bt, size, low, rate, live);
+                int to_zero = c_zero < c_even;
+                bestk[t * 4 + z * 2] = to_zero ? 0.0 : even;
+                best[z][0] = c_zero < c_even ? c_zero : c_even; /* np.minimum: equal values are the same number */
+                bestk[t * 4 + z * 2 + 1] = odd;
+                best[z][1] = c_odd;
+            }
+            double next[4];
+            for (int target = 0; target < 4; target++) {
+                const int8_t *in0 = TCQ_INCOMING[target][0], *in1 = TCQ_INCOMING[target][1];
+                double a = cost[in0[0]] + best[in0[0] >> 1][in0[1]];
+                double c = cost[in1[0]] + best[in1[0] >> 1][in1[1]];
+                choice[t * 4 + target] = c < a;
+                next[target] = c < a ? c : a;
+            }
+            memcpy(cost, next, sizeof cost);
+        }
+        int state = 0;
+        for (int s = 1; s < 4; s++)
+            if (cost[s] < cost[state])
+                state = s;
+        for (Py_ssize_t t = run - 1; t >= 0; t--) {
+            const int8_t *in = TCQ_INCOMING[state][choice[t * 4 + state]];
+            int z = in[0] >> 1;
+            if (start + t < n) {
+                levels[start + t] = (int64_t)bestk[t * 4 + z * 2 + in[1]];
+                quant[start + t] = (int8_t)z;
+            }
+            state = in[0];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(choice);
+    free(bestk);
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"huffman_table", huffman_table, METH_VARARGS, "the canonical code's LSB-first decode table"},
     {"huffman_decode", huffman_decode, METH_VARARGS, "decode every huffman segment; their end bit positions"},
@@ -1483,11 +1598,12 @@ static PyMethodDef methods[] = {
     {"histogram", histogram, METH_VARARGS, "occurrences of every symbol"},
     {"normalize", normalize, METH_VARARGS, "rans frequency normalization for several totals"},
     {"golomb_costs", golomb_costs, METH_VARARGS, "Exp-Golomb code sizes of some values for every order"},
+    {"tcq_viterbi", tcq_viterbi, METH_VARARGS, "the tcq trellis search over every run"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_ckernels", "The huffman and rans inner loops in C (see _ckernels_api.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_ckernels", "The huffman, rans and tcq inner loops in C (see _ckernels_api.py).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -89,3 +89,13 @@ def golomb_costs(values: np.ndarray, orders: int) -> np.ndarray:
     out = np.empty(orders, dtype=np.int64)
     _c.golomb_costs(np.ascontiguousarray(values, dtype=np.int64), out)
     return out
+
+
+def tcq_viterbi(y: np.ndarray, run: int, bits: list | None, rate_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """tcq.viterbi over every run of the flat values `y` (in steps): each element's level and quantizer."""
+    levels, quantizer = np.empty(y.size, dtype=np.int64), np.empty(y.size, dtype=np.int8)
+    (low0, bits0), (low1, bits1) = bits if bits is not None else ((0, np.zeros(1)), (0, np.zeros(1)))
+    _c.tcq_viterbi(np.ascontiguousarray(y, dtype=np.float64), run, np.ascontiguousarray(bits0, dtype=np.float64),
+                   low0, np.ascontiguousarray(bits1, dtype=np.float64), low1, float(rate_weight),
+                   bits is not None and rate_weight != 0, levels, quantizer)
+    return levels, quantizer

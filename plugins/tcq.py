@@ -27,6 +27,8 @@ from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, check_outpu
 from dcframe.core.dtypes import from_float
 from dcframe.core.streams import ACTIVATION, FISHER, check_shape
 
+from ._kernels import compiled
+
 TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)  # next state by [state, parity of k]
 # The two ways into each state, as (state before, parity of its level): target t is reached from INCOMING[t].
 INCOMING = np.array([[[0, 0], [1, 1]], [[2, 0], [3, 1]], [[0, 1], [1, 0]], [[2, 1], [3, 0]]], dtype=np.int8)
@@ -100,9 +102,7 @@ class Tcq(Stage):
         order = step_major(x.size, run)
         for z, name in enumerate(STREAMS):
             picked = order[quantizer[order] == z]
-            used, symbols = np.unique(levels[picked], return_inverse=True)
-            if used.size == 0:
-                used = np.zeros(1, dtype=np.int64)
+            used, symbols = ranks(levels[picked])
             if used.size > MAX_LEVELS:
                 raise ConfigError(f"stage 'tcq': the step gives {used.size} levels in one quantizer, more than "
                                   f"{MAX_LEVELS}: use a larger step")
@@ -175,6 +175,18 @@ def _table(meta: dict[str, Any], z: int, dtype: np.dtype) -> tuple[np.ndarray, n
     return k, np.frombuffer(book, dtype=dtype)
 
 
+def ranks(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The used levels ascending (the single level 0 if there are none) and each element's rank among them."""
+    if levels.size == 0:
+        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    low = int(levels.min())
+    if int(levels.max()) - low >= max(1 << 20, 2 * levels.size):  # a span too wide to count in: sort
+        used, symbols = np.unique(levels, return_inverse=True)
+        return used, symbols.reshape(-1)
+    used = np.bincount(levels - low) > 0
+    return np.flatnonzero(used) + low, (np.cumsum(used) - 1)[levels - low]
+
+
 def choose_run(shape: list[int]) -> int:
     """Elements per trellis run: a matrix's rows (the last axis), at most MAX_RUN; a vector, a scalar or an empty
     tensor in runs of VECTOR_RUN (fewer if it is shorter, at least 1)."""
@@ -222,28 +234,32 @@ def walk(symbols: list[np.ndarray], tables: list[tuple[np.ndarray, np.ndarray]],
 
 
 def search(x: np.ndarray, step: float, run: int, rate_weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """Every element's level k and quantizer (0 or 1): PASSES Viterbi passes, runs searched CHUNK elements at a time;
-    the rate term's bits come from the previous pass's level frequencies (none in the first)."""
+    """Every element's level k and quantizer (0 or 1): PASSES Viterbi passes (the C kernel's where it was built, run
+    by run, else numpy's, CHUNK elements at a time: the same levels); the rate term's bits come from the previous
+    pass's level frequencies (none in the first)."""
     levels = np.zeros(x.size, dtype=np.int64)
     quantizer = np.zeros(x.size, dtype=np.int8)
     if x.size == 0:
         return levels, quantizer
+    y = x / step
+    kernels = compiled(x.size)
+    kernel = getattr(kernels, "tcq_viterbi", None)
     runs = -(-x.size // run)
     grid = np.zeros(runs * run)
-    grid[:x.size] = x / step
+    grid[:x.size] = y
     grid = grid.reshape(runs, run)
     valid = (np.arange(runs * run) < x.size).reshape(runs, run)
     per_chunk = max(1, CHUNK // run)
     bits = None
     for done in range(PASSES if rate_weight > 0 else 1):
-        k_all, z_all = [], []
-        for start in range(0, runs, per_chunk):
-            k, z = viterbi(grid[start:start + per_chunk], valid[start:start + per_chunk], bits,
-                           rate_weight if done else 0.0)
-            k_all.append(k)
-            z_all.append(z)
-        levels = np.concatenate(k_all).reshape(-1)[:x.size]
-        quantizer = np.concatenate(z_all).reshape(-1)[:x.size]
+        weight = rate_weight if done else 0.0
+        if kernel is not None:
+            levels, quantizer = kernel(y, run, bits, weight)
+        else:
+            parts = [viterbi(grid[start:start + per_chunk], valid[start:start + per_chunk], bits, weight)
+                     for start in range(0, runs, per_chunk)]
+            levels = np.concatenate([k for k, _ in parts]).reshape(-1)[:x.size]
+            quantizer = np.concatenate([z for _, z in parts]).reshape(-1)[:x.size]
         bits = [level_bits(levels[quantizer == z]) for z in (0, 1)]
     return levels, quantizer
 

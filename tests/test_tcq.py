@@ -6,11 +6,13 @@ import itertools
 import msgpack
 import numpy as np
 import pytest
+from dcframe_plugins import _kernels
 from dcframe_plugins.rans import Rans
 from dcframe_plugins.tcq import INCOMING, TRANS, Tcq, choose_run, search, step_major
 from dcframe_plugins.uniform import Uniform
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_paths import coder_path
 
 from dcframe import ConfigError, Dense, FormatError, LimitError, Symbols
 from dcframe.core.dtypes import f32_to_bf16
@@ -201,3 +203,22 @@ def test_decode_bound_is_a_limit_error_naming_the_stage():
             Tcq(step=0.5).decode(outputs, meta)
     finally:
         _OUTPUT_LIMIT.reset(token)
+
+
+C_KERNELS = _kernels._load("c") is not None
+
+
+@pytest.mark.skipif(not C_KERNELS, reason="the C kernels are not built here (numpy runs the search alone)")
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([(1,), (7,), (2500,), (9, 33), (3, 4100), (0, 4)]),
+       st.sampled_from([0.0, 0.1, 0.4]), st.sampled_from([0.05, 0.4, 3.0]))
+def test_c_and_numpy_searches_give_the_same_levels(seed, shape, rate_weight, step):
+    """The C search and numpy's take the same candidates, costs, ties and traceback: the same bytes either way."""
+    w = np.random.default_rng(seed).laplace(size=shape)
+    w[..., ::5] = np.round(w[..., ::5] / step) * step  # values on the grid: ties between candidates
+    results = []
+    for path in ("numpy", "c"):
+        with coder_path(path):
+            outputs, meta = Tcq(step=step, rate_weight=rate_weight).encode(Dense.of(w.astype(np.float32)))
+        results.append(({k: v.array.tobytes() for k, v in outputs.items()}, meta))
+    assert results[0] == results[1]
