@@ -83,9 +83,9 @@ def test_the_sweep_offers_rowscale_on_rows_the_calibration_never_saw_and_models_
     metric = _quadratic_metric(exact, {"emb": 0.01})
     sweep = screened_sweep({"emb": Dense.of(w)}, exact, side, metric, 1.0, (0.2, 0.4))
     pipelines = [p.pipeline for p in sweep.points["emb"]]
-    assert sum(p.startswith("rowscale(shift=1) | uniform(") for p in pipelines) == 2
-    assert sum(p.startswith("rowscale(shift=2) | uniform(") for p in pipelines) == 2
-    assert sum(p.startswith("rowscale(shift=3) | uniform(") for p in pipelines) == 2
+    assert sum(p.startswith("rowscale(shift=1) | tcq(") for p in pipelines) == 2
+    assert sum(p.startswith("rowscale(shift=2) | tcq(") for p in pipelines) == 2
+    assert sum(p.startswith("rowscale(shift=3) | tcq(") for p in pipelines) == 2
     for p in sweep.points["emb"]:
         if p.pipeline.startswith("rowscale"):
             plain = next(q for q in sweep.points["emb"] if q.pipeline == p.pipeline.split(" | ", 1)[1])
@@ -181,7 +181,7 @@ def test_tune_pretrained_leaves_rank_one_tensors_exact_and_writes_rules():
     exact = {**_weights(rng, [(16, 8)]), "bias": rng.normal(size=8).astype(np.float32)}
     result = tune_pretrained(exact, _quadratic_metric({"w0": exact["w0"]}, {"w0": 0.01}), 0.01)
     assert set(result.chosen) == {"w0"} and result.fixed_bytes > 0
-    assert 1.0 - result.metric <= 0.01 and result.rules and result.rules[0].startswith("w0=uniform(")
+    assert 1.0 - result.metric <= 0.01 and result.rules and result.rules[0].startswith("w0=tcq(")
 
 
 def test_a_saturating_metric_unchanged_by_the_probe_does_not_make_a_tensor_unreached():
