@@ -242,14 +242,14 @@ def search(x: np.ndarray, step: float, run: int, rate_weight: float) -> tuple[np
     if x.size == 0:
         return levels, quantizer
     y = x / step
-    kernels = compiled(x.size)
-    kernel = getattr(kernels, "tcq_viterbi", None)
-    runs = -(-x.size // run)
-    grid = np.zeros(runs * run)
-    grid[:x.size] = y
-    grid = grid.reshape(runs, run)
-    valid = (np.arange(runs * run) < x.size).reshape(runs, run)
-    per_chunk = max(1, CHUNK // run)
+    kernel = getattr(compiled(x.size), "tcq_viterbi", None)
+    if kernel is None:  # numpy's search: the runs as rows, the last one padded
+        runs = -(-x.size // run)
+        grid = np.zeros(runs * run)
+        grid[:x.size] = y
+        grid = grid.reshape(runs, run)
+        valid = (np.arange(runs * run) < x.size).reshape(runs, run)
+        per_chunk = max(1, CHUNK // run)
     bits = None
     for done in range(PASSES if rate_weight > 0 else 1):
         weight = rate_weight if done else 0.0
