@@ -1,5 +1,5 @@
-/* Stages raw, prune, sparse, kmeans, uniform, bytegroup, rowscale and the generic codecs (spec/stages/ pages), and the
- * stage table.
+/* Stages raw, prune, sparse, kmeans, uniform, bytegroup, rowscale, tcq and the generic codecs (spec/stages/ pages),
+ * and the stage table.
  * Each decode checks its meta and inputs and returns a lazy stream; the checks that need the data run as it is
  * pulled. */
 #include <math.h>
@@ -578,6 +578,177 @@ static int rowscale_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t 
     return DCF_OK;
 }
 
+/* ---------------------------------------------------------------- tcq: a 4-state trellis over two codebooks */
+
+#define TCQ_MAX_RUN 4096
+#define TCQ_MAX_LEVELS 65536
+
+static const uint8_t TCQ_NEXT[4][2] = {{0, 2}, {2, 0}, {1, 3}, {3, 1}}; /* next state by [state][level & 1] */
+
+typedef struct {
+    uint64_t run;             /* R: elements per trellis run */
+    const uint8_t *levels[2]; /* levels0/1: little-endian int32 (only bit 0 of each is needed) */
+    const uint8_t *book[2];   /* codebook0/1: little-endian values of the dtype */
+    uint32_t k[2];            /* levels per quantizer, U0 and U1 */
+    int w[2];                 /* symbol width of q0 and q1 */
+    void *sym[2];             /* BLOCK symbols of q0 and q1 */
+    size_t si[2], sn[2];      /* next symbol and symbols held in sym[z] */
+    uint64_t read[2];         /* symbols of qz pulled so far */
+    uint8_t *whole;           /* the decoded tensor, when it is pulled in parts */
+} tcq_st;
+
+/* The next block of stream qz (at most BLOCK symbols), each checked below Uz; a read past its end fails. */
+static int tcq_load(dec *d, tcq_st *st, stream *in, int z) {
+    uint64_t left = in->count - st->read[z];
+    if (!left)
+        return dfail(d, DCF_E_FORMAT, "tcq: the trellis needs more symbols from q%d than the %llu it holds (the levels' parities do not match the streams' split)", z, (unsigned long long)in->count);
+    size_t m = left < BLOCK ? (size_t)left : BLOCK;
+    int rc = in->pull(d, in, st->sym[z], m);
+    if (rc) return rc;
+    uint32_t bad = 0;
+    for (size_t i = 0; i < m; i++) bad |= sym_get(st->sym[z], st->w[z], i) >= st->k[z];
+    for (size_t i = 0; bad && i < m; i++)
+        if (sym_get(st->sym[z], st->w[z], i) >= st->k[z])
+            return dfail(d, DCF_E_FORMAT, "tcq: q%d symbol %u at %llu not below its %u levels", z, sym_get(st->sym[z], st->w[z], i), (unsigned long long)(st->read[z] + i), st->k[z]);
+    st->read[z] += m;
+    st->si[z] = 0;
+    st->sn[z] = m;
+    return DCF_OK;
+}
+
+/* The whole tensor (n > 0 elements of ISZ bytes) into o, in decoding order: t = 0 .. R-1, then the runs having an
+ * element t. Element e = i R + t is written at step t; until then its first byte holds run i's state (written when
+ * element e - 1 is decoded; state 0 at t = 0), so the M runs' states need no memory of their own. */
+#define TCQ_WALK(ISZ)                                                                                             \
+    static int tcq_walk_##ISZ(dec *d, stream *s, uint8_t *o) {                                                    \
+        tcq_st *st = s->st;                                                                                       \
+        uint64_t n = s->count, R = st->run, M = (n + R - 1) / R, last = n - (M - 1) * R;                         \
+        for (uint64_t t = 0; t < R; t++) {                                                                        \
+            uint64_t runs = t < last ? M : M - 1;                                                                 \
+            for (uint64_t i = 0; i < runs; i++) {                                                                 \
+                uint8_t *p = o + (i * R + t) * ISZ;                                                               \
+                unsigned sg = t ? p[0] : 0;                                                                       \
+                int z = (int)(sg >> 1);                                                                           \
+                if (st->si[z] == st->sn[z]) {                                                                     \
+                    int rc = tcq_load(d, st, s->in[z], z);                                                        \
+                    if (rc) return rc;                                                                            \
+                }                                                                                                 \
+                uint32_t j = sym_get(st->sym[z], st->w[z], st->si[z]++);                                          \
+                memcpy(p, st->book[z] + (size_t)j * ISZ, ISZ);                                                    \
+                if (t + 1 < (i == M - 1 ? last : R)) p[ISZ] = TCQ_NEXT[sg][st->levels[z][4 * (size_t)j] & 1];    \
+            }                                                                                                     \
+        }                                                                                                         \
+        return DCF_OK;                                                                                            \
+    }
+TCQ_WALK(2)
+TCQ_WALK(4)
+TCQ_WALK(8)
+
+static int tcq_walk(dec *d, stream *s, uint8_t *o) {
+    if (!s->count) return DCF_OK;
+    size_t isz = dcf_dtype_size(s->dtype);
+    return isz == 2 ? tcq_walk_2(d, s, o) : isz == 4 ? tcq_walk_4(d, s, o) : tcq_walk_8(d, s, o);
+}
+
+/* Pulled whole (the usual case), the tensor is decoded straight into dst. Pulled in parts (its values feeding
+ * sparse), it is decoded whole into a buffer of the output's size (against the decode bound) at the first pull,
+ * then copied out: its C order is not its decoding order. */
+static int tcq_pull(dec *d, stream *s, void *dst, size_t n) {
+    tcq_st *st = s->st;
+    size_t isz = dcf_dtype_size(s->dtype);
+    int rc;
+    if (!n) return DCF_OK;
+    if (!st->whole && s->pos == 0 && n == s->count) {
+        if ((rc = tcq_walk(d, s, dst))) return rc;
+        s->pos = n;
+        return DCF_OK;
+    }
+    if (!st->whole) {
+        uint8_t *buf = dec_alloc(d, s->count * isz, 0, "tcq");
+        if (!buf) return code_of(d);
+        if ((rc = tcq_walk(d, s, buf))) return rc;
+        st->whole = buf;
+    }
+    memcpy(dst, st->whole + s->pos * isz, n * isz);
+    s->pos += n;
+    return DCF_OK;
+}
+
+static int tcq_config(dec *d, const mp_tree *ct, uint32_t c) {
+    static const char *const weightings[] = {"none", "activation", "fisher", "auto", NULL};
+    static const param ps[] = {{"step", P_NUM, 0, INFINITY, 1, 1, 1, NULL},
+                               {"rel_step", P_NUM, 0, INFINITY, 1, 1, 1, NULL},
+                               {"rate_weight", P_NUM, 0, INFINITY, 0, 1, 0, NULL},
+                               {"weighting", P_STR, 0, 0, 0, 0, 0, weightings}};
+    int rc = check_params(d, "tcq", ct, c, ps, 4);
+    if (rc) return rc;
+    if (nonnil(ct, c, "step") == nonnil(ct, c, "rel_step"))
+        return dfail(d, DCF_E_FORMAT, "tcq: stored config must give exactly one of step and rel_step");
+    return DCF_OK;
+}
+
+/* Decoding step 1 of spec/stages/tcq.md, in its order: dtype, shape, run, then for each quantizer its levels (1 to
+ * 65536 int32, strictly increasing) and codebook (as many values of the dtype), then len(q0) + len(q1) = n and the
+ * decode bound. The symbols are checked below Uz as they are pulled, and the walk fails if a stream runs out. */
+static int tcq_decode(dec *d, const mp_tree *ct, uint32_t config, uint32_t meta, stream **ins, stream *out) {
+    (void)ct; (void)config;
+    static const char *const lkey[2] = {"levels0", "levels1"}, *const ckey[2] = {"codebook0", "codebook1"};
+    const mp_tree *t = &d->rec;
+    if (!dtype_parse(t, mp_get(t, meta, "dtype"), &out->dtype) || !dtype_is_float(out->dtype))
+        return dfail(d, DCF_E_FORMAT, "tcq: meta dtype is not F64, F32, F16 or BF16");
+    uint32_t shape = mp_get(t, meta, "shape");
+    uint64_t n;
+    int sc = shape_check(t, shape, &n);
+    if (sc == 1) return dfail(d, DCF_E_FORMAT, "tcq: shape missing, over 32 dimensions or not non-negative integers");
+    uint32_t r = mp_get(t, meta, "run");
+    if (!mp_is_int(t, r) || N(t, r)->v.i < 1 || N(t, r)->v.i > TCQ_MAX_RUN)
+        return dfail(d, DCF_E_FORMAT, "tcq: run missing or outside 1..%d", TCQ_MAX_RUN);
+    size_t isz = dcf_dtype_size(out->dtype);
+    const uint8_t *levels[2], *book[2];
+    uint32_t k[2];
+    for (int z = 0; z < 2; z++) {
+        uint32_t lv = mp_get(t, meta, lkey[z]), cb = mp_get(t, meta, ckey[z]);
+        if (lv == NONE || N(t, lv)->t != MP_BIN || cb == NONE || N(t, cb)->t != MP_BIN)
+            return dfail(d, DCF_E_FORMAT, "tcq: %s and %s missing or not bin", lkey[z], ckey[z]);
+        uint32_t bytes = N(t, lv)->n;
+        if (bytes % 4 || bytes / 4 < 1 || bytes / 4 > TCQ_MAX_LEVELS)
+            return dfail(d, DCF_E_FORMAT, "tcq: %s of %u bytes is not 1 to %d int32 values", lkey[z], bytes, TCQ_MAX_LEVELS);
+        k[z] = bytes / 4;
+        levels[z] = t->buf + N(t, lv)->off;
+        for (uint32_t j = 1; j < k[z]; j++) /* int32 order: the unsigned order with the sign bit flipped */
+            if ((rd_u32(levels[z] + 4 * (size_t)j) ^ 0x80000000u) <= (rd_u32(levels[z] + 4 * (size_t)(j - 1)) ^ 0x80000000u))
+                return dfail(d, DCF_E_FORMAT, "tcq: %s are not strictly increasing (at level %u)", lkey[z], j);
+        if (N(t, cb)->n / isz != k[z] || N(t, cb)->n % isz)
+            return dfail(d, DCF_E_FORMAT, "tcq: %s of %u bytes does not hold %u values of %s", ckey[z], N(t, cb)->n, k[z], dcf_dtype_name(out->dtype));
+        book[z] = t->buf + N(t, cb)->off;
+    }
+    if (sc == 2 || ins[0]->count > n || ins[1]->count != n - ins[0]->count)
+        return dfail(d, DCF_E_FORMAT, "tcq: the streams hold %llu + %llu symbols for %s elements", (unsigned long long)ins[0]->count, (unsigned long long)ins[1]->count, sc == 2 ? "over 2^52" : "a different number of");
+    if (n > d->bound / isz)
+        return dfail(d, DCF_E_LIMIT, "tcq: %llu elements of output over the decode bound %llu", (unsigned long long)n, (unsigned long long)d->bound);
+    int w0 = sym_width(ins[0]->alphabet), w1 = sym_width(ins[1]->alphabet);
+    tcq_st *st = dec_alloc(d, sizeof *st + BLOCK * (size_t)(w0 + w1), 1, "tcq");
+    if (!st) return code_of(d);
+    memset(st, 0, sizeof *st);
+    st->run = (uint64_t)N(t, r)->v.i;
+    for (int z = 0; z < 2; z++) {
+        st->levels[z] = levels[z];
+        st->book[z] = book[z];
+        st->k[z] = k[z];
+    }
+    st->w[0] = w0;
+    st->w[1] = w1;
+    st->sym[0] = st + 1;
+    st->sym[1] = (uint8_t *)(st + 1) + BLOCK * (size_t)w0;
+    set_shape(d, out, shape);
+    out->kind = K_DENSE;
+    out->st = st;
+    out->in[0] = ins[0];
+    out->in[1] = ins[1];
+    out->pull = tcq_pull;
+    return DCF_OK;
+}
+
 /* ---------------------------------------------------------------- sparse: relative positions and values */
 
 typedef struct {
@@ -927,6 +1098,7 @@ static const stage_def STAGES[] = {
     {"bytegroup", 1, DENSE, 2, {K_SYMBOLS, K_BYTES}, bytegroup_config, bytegroup_decode, NULL},
     {"uniform", 1, DENSE, 1, {K_SYMBOLS, 0}, uniform_config, uniform_decode, NULL},
     {"rowscale", 1, DENSE, 2, {K_DENSE, K_SYMBOLS}, rowscale_config, rowscale_decode, NULL},
+    {"tcq", 1, DENSE, 2, {K_SYMBOLS, K_SYMBOLS}, tcq_config, tcq_decode, NULL},
     {"huffman", 1, SYMS, 1, {K_BYTES, 0}, huffman_check_config, huffman_decode, NULL},
     {"rans", 1, SYMS, 1, {K_BYTES, 0}, rans_check_config, rans_decode, NULL},
     {"zlib", 1, BYTES, 1, {K_BYTES, 0}, zlib_config, zlib_decode, NO_ZLIB},

@@ -882,24 +882,26 @@ def add_valid_rowscale_vectors(g: Generator) -> None:
 
 
 def tcq_model() -> dict[str, np.ndarray | Dense]:
-    """Float tensors of every dtype for tcq: matrices (a run per row), a vector, a long vector whose last run is
-    shorter (4099 = 4 x 1024 + 3), a scalar and an empty tensor."""
-    return {"f32": laplace(90, (12, 16)), "f64": laplace(91, (40,), dtype="float64"),
+    """Float tensors of every dtype for tcq: matrices (a run per row), a matrix whose rows are longer than a run
+    (2 x 4099 = 8198 values: runs of 4096 across the rows, the last of 6), a vector and a scalar (given tcq by a
+    rule: a pipeline leaves rank 0-1 lossless), and an empty tensor."""
+    return {"f32": laplace(90, (12, 16)), "f64": laplace(91, (4, 10), dtype="float64"),
             "f16": laplace(92, (5, 7), dtype="float16"), "bf16": bf16(laplace(93, (3, 11))),
-            "long": laplace(94, (4099,), dtype="float16"), "scalar": np.array(0.7, np.float32),
-            "empty": np.zeros((0, 3), np.float32)}
+            "long": laplace(94, (2, 4099), dtype="float16"), "vec": laplace(95, (40,), dtype="float64"),
+            "scalar": np.array(0.7, np.float32), "empty": np.zeros((0, 3), np.float32)}
 
 
 def add_valid_tcq_vectors(g: Generator) -> None:
     """Trellis-coded quantization (spec/stages/tcq.md): both streams raw, and both rANS-coded."""
-    g.add_valid("tcq-raw", tcq_model(), "tcq(rel_step=0.4) alone: the trellis over runs of each matrix's last axis, "
-                "vectors in runs of 1024 (the long vector's fifth run holds 3 elements), codebooks in every float dtype; q0 and q1 "
-                "serialized raw.", ["tcq", "raw", "dtype:F64", "dtype:F16", "bf16", "shape:scalar", "shape:empty"],
-                pipeline="tcq(rel_step=0.4)", lossless=False)
+    g.add_valid("tcq-raw", {k: v for k, v in tcq_model().items() if k != "long"}, "tcq(rel_step=0.4) alone: the "
+                "trellis over runs of each matrix's rows, a vector (one run) and a scalar by rules, codebooks in every "
+                "float dtype; q0 and q1 serialized raw.",
+                ["tcq", "raw", "dtype:F64", "dtype:F16", "bf16", "shape:scalar", "shape:empty"],
+                pipeline="tcq(rel_step=0.4)", rules=("vec=tcq(step=0.02)", "scalar=tcq(step=0.3)"), lossless=False)
     g.add_valid("tcq-rans", {k: v for k, v in tcq_model().items() if k in ("f32", "long", "empty")},
                 "tcq(rel_step=0.3, rate_weight=0.2) | rans: each quantizer's symbols rANS-coded with a table of "
-                "their own.", ["tcq", "rans"], pipeline="tcq(rel_step=0.3, rate_weight=0.2) | rans", lossless=False)
-
+                "their own; runs of 4096 across the rows of the long matrix (its last run holds 6 values).",
+                ["tcq", "rans"], pipeline="tcq(rel_step=0.3, rate_weight=0.2) | rans", lossless=False)
 
 def add_valid_bytegroup_vectors(g: Generator, lossless_mix: dict[str, np.ndarray | Dense]) -> None:
     """Issue 13: byte planes of every dtype (float specials, NaN payloads, integer extremes), scalars and empty
