@@ -114,12 +114,7 @@ class Kmeans(Stage):
         return {"indices": Symbols(indices, int(codebook.size))}, meta
 
     def decode(self, streams: dict[str, Symbols], meta: dict[str, Any]) -> Dense:
-        dtype_name = meta.get("dtype")
-        if dtype_name not in FLOAT_DTYPES:
-            raise FormatError(f"kmeans: dtype {dtype_name!r} is not one of {', '.join(FLOAT_DTYPES)}")
-        dtype = numpy_dtype(dtype_name)
-        shape = meta.get("shape")
-        count = check_shape(self.id, shape)
+        dtype_name, dtype, shape, count = float_layout(self.id, meta)
         book = meta.get("codebook")
         if not isinstance(book, (bytes, bytearray)):
             raise FormatError(f"kmeans: codebook must be bin, got {type(book).__name__}")
@@ -138,6 +133,16 @@ class Kmeans(Stage):
             raise FormatError(f"kmeans: index {int(indices.max())} is outside the codebook of {codebook.size}")
         check_output(self.id, count * dtype.itemsize, f"tensor of shape {shape}")  # before the lookup allocates it
         return Dense(codebook[indices].reshape(shape), dtype_name)
+
+
+def float_layout(stage_id: str, meta: dict[str, Any]) -> tuple[str, np.dtype, list[int], int]:
+    """A codebook stage's meta `dtype` (a float dtype) and `shape`, checked (FormatError naming `stage_id`): the
+    dtype's name, its numpy dtype, the shape and its element count."""
+    dtype_name = meta.get("dtype")
+    if dtype_name not in FLOAT_DTYPES:
+        raise FormatError(f"{stage_id}: dtype {dtype_name!r} is not one of {', '.join(FLOAT_DTYPES)}")
+    shape = meta.get("shape")
+    return dtype_name, numpy_dtype(dtype_name), shape, check_shape(stage_id, shape)
 
 
 def side_weights(stream: Dense, name: str) -> np.ndarray:

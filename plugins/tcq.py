@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from dcframe_plugins.kmeans import FLOAT_DTYPES
-from dcframe_plugins.uniform import _positive, bin_means, chain_rms
+from dcframe_plugins.kmeans import float_layout
+from dcframe_plugins.uniform import _positive, bin_means, chain_rms, quantizer_input
 
 from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, check_output, hookimpl, numpy_dtype
 from dcframe.core.dtypes import from_float
-from dcframe.core.streams import ACTIVATION, FISHER, check_shape
+from dcframe.core.streams import ACTIVATION, FISHER
 
 from ._kernels import compiled
 
@@ -82,14 +82,7 @@ class Tcq(Stage):
         return Tcq(step=step, rate_weight=self.rate_weight, weighting=self.weighting)
 
     def encode(self, stream: Dense) -> tuple[dict[str, Symbols], dict[str, Any]]:
-        if stream.dtype not in FLOAT_DTYPES:
-            raise ConfigError(f"stage 'tcq' only quantizes float weights, got a {stream.dtype} tensor")
-        if self.step is None:
-            raise ConfigError("stage 'tcq': rel_step must be fitted over every tensor of the chain first "
-                              "(dcframe.compress does this); or give an absolute step")
-        x = stream.values().reshape(-1).astype(np.float64)
-        if x.size and not np.isfinite(x).all():
-            raise ConfigError("stage 'tcq' (lossy) only accepts finite values; the tensor holds NaN or infinity")
+        x = quantizer_input(self.id, stream, self.step)
         if x.size and float(np.abs(x).max()) / self.step >= MAX_LEVEL:
             raise ConfigError(f"stage 'tcq': |w| / step reaches {float(np.abs(x).max()) / self.step:.3g} (step "
                               f"{self.step}): use a larger step")
@@ -132,12 +125,7 @@ class Tcq(Stage):
 
     def decode(self, streams: dict[str, Symbols], meta: dict[str, Any]) -> Dense:
         """Check meta and streams against each other, then walk every run's trellis in lockstep."""
-        dtype_name = meta.get("dtype")
-        if dtype_name not in FLOAT_DTYPES:
-            raise FormatError(f"tcq: dtype {dtype_name!r} is not one of {', '.join(FLOAT_DTYPES)}")
-        dtype = numpy_dtype(dtype_name)
-        shape = meta.get("shape")
-        count = check_shape(self.id, shape)
+        dtype_name, dtype, shape, count = float_layout(self.id, meta)
         run = meta.get("run")
         if isinstance(run, bool) or not isinstance(run, int) or not 1 <= run <= MAX_RUN:
             raise FormatError(f"tcq: run {run!r} is not an integer from 1 to {MAX_RUN}")

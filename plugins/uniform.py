@@ -88,14 +88,7 @@ class Uniform(Stage):
         return Uniform(step=step, dead_zone=self.dead_zone, weighting=self.weighting, method=self.method)
 
     def encode(self, stream: Dense) -> tuple[dict[str, Symbols], dict[str, Any]]:
-        if stream.dtype not in FLOAT_DTYPES:
-            raise ConfigError(f"stage 'uniform' only quantizes float weights, got a {stream.dtype} tensor")
-        if self.step is None:
-            raise ConfigError("stage 'uniform': rel_step must be fitted over every tensor of the chain first "
-                              "(dcframe.compress does this); or give an absolute step")
-        x = stream.values().reshape(-1).astype(np.float64)
-        if x.size and not np.isfinite(x).all():
-            raise ConfigError("stage 'uniform' (lossy) only accepts finite values; the tensor holds NaN or infinity")
+        x = quantizer_input(self.id, stream, self.step)
         method, weighting = self.method, self.weighting
         if method == "auto":  # what the calibration allows: gptq with a hessian, else activation-weighted means
             method = "gptq" if HESSIAN in stream.side and stream.array.ndim == 2 else "round"
@@ -164,6 +157,20 @@ class Uniform(Stage):
         except FormatError as exc:
             text = str(exc)
             raise type(exc)(f"uniform:{text[7:]}" if text.startswith("kmeans:") else f"uniform: {text}") from None
+
+
+def quantizer_input(stage_id: str, stream: Dense, step: float | None) -> np.ndarray:
+    """A step quantizer's input as flat float64, after the checks uniform and tcq share (ConfigError): a float tensor,
+    a fitted step, finite values."""
+    if stream.dtype not in FLOAT_DTYPES:
+        raise ConfigError(f"stage '{stage_id}' only quantizes float weights, got a {stream.dtype} tensor")
+    if step is None:
+        raise ConfigError(f"stage '{stage_id}': rel_step must be fitted over every tensor of the chain first "
+                          "(dcframe.compress does this); or give an absolute step")
+    x = stream.values().reshape(-1).astype(np.float64)
+    if x.size and not np.isfinite(x).all():
+        raise ConfigError(f"stage '{stage_id}' (lossy) only accepts finite values; the tensor holds NaN or infinity")
+    return x
 
 
 def quantize_levels(x: np.ndarray, step: float, dead_zone: float = 0.0) -> np.ndarray:
