@@ -33,7 +33,7 @@ HAN_RANS_FC = HAN_FC.replace("| huffman", "| rans")
 HAN_RANS_CONV = HAN_CONV.replace("| huffman", "| rans")
 
 # Pretrained models that will not be retrained (spec/presets.md, "pretrained"): trellis-coded quantization (tcq: at
-# equal squared error 4-7% fewer bits than the entropy-constrained uniform quantizer it replaced), one step per chain
+# equal squared error 4-10% fewer bits than the entropy-constrained uniform quantizer it replaced), one step per chain
 # (rel_step x the RMS of its tensors: the same distortion for every weight), rANS-coded levels (within ~0.1% of their
 # entropy). Token embedding tables (a lookup: a row's error stays in its token) and attention query/key projections
 # (their error is softened by the softmax) take coarser steps than the other matrices; rank 0-1 tensors stay exact.
