@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 from dcframe_plugins.kmeans import float_layout
-from dcframe_plugins.uniform import _positive, bin_means, chain_rms, quantizer_input
+from dcframe_plugins.uniform import _positive, bin_means, chain_rms, quantizer_input, side_weights
 
 from dcframe import ConfigError, Dense, FormatError, Stage, Symbols, check_output, hookimpl, numpy_dtype
 from dcframe.core.dtypes import from_float
-from dcframe.core.streams import ACTIVATION, FISHER
+from dcframe.core.streams import ACTIVATION
 
 from ._kernels import compiled
 
@@ -103,26 +103,15 @@ class Tcq(Stage):
             book = bin_means(x[picked], symbols, used.size, None if weights is None else weights[picked])
             meta[f"levels{z}"] = used.astype("<i4").tobytes()
             meta[f"codebook{z}"] = from_float(book, stream.dtype).astype(numpy_dtype(stream.dtype)).tobytes()
-            outputs[name] = Symbols(symbols.reshape(-1).astype(np.uint16 if used.size <= 1 << 16 else np.uint32),
-                                    int(used.size))
+            outputs[name] = Symbols(symbols.reshape(-1).astype(np.uint16), int(used.size))  # U <= 2^16
         return outputs, meta
 
     def _weights(self, stream: Dense) -> np.ndarray | None:
         """Element importance for the reconstruction means, or None for plain means."""
-        name = {"activation": ACTIVATION, "fisher": FISHER}.get(self.weighting)
-        if self.weighting == "auto":
-            name = ACTIVATION if ACTIVATION in stream.side else None
-        if name is None:
-            return None
-        value = stream.side.get(name)
-        if value is None:
-            raise ConfigError(f"stage 'tcq': weighting '{self.weighting}' needs the '{name}' side input, which this "
-                              f"tensor lacks: pass a calibration that covers it (--calibration FILE)")
-        value = np.asarray(value, dtype=np.float64)
-        if value.shape != stream.array.shape or not (np.isfinite(value).all() and (value >= 0).all()):
-            raise ConfigError(f"stage 'tcq': side input '{name}' must be finite numbers >= 0 of the tensor's shape "
-                              f"{list(stream.array.shape)}, got {list(value.shape)}")
-        return value.reshape(-1)
+        weighting = self.weighting
+        if weighting == "auto":
+            weighting = "activation" if ACTIVATION in stream.side else "none"
+        return None if weighting == "none" else side_weights(stream, weighting, self.id)
 
     def decode(self, streams: dict[str, Symbols], meta: dict[str, Any]) -> Dense:
         """Check meta and streams against each other, then walk every run's trellis in lockstep."""
@@ -194,7 +183,8 @@ def step_major(count: int, run: int) -> np.ndarray:
 def walk(symbols: list[np.ndarray], tables: list[tuple[np.ndarray, np.ndarray]], count: int, run: int,
          dtype: np.dtype) -> np.ndarray:
     """The decoder: every run from state 0; at each step the runs in states 2-3 take their next symbol from q1, the
-    others from q0 (in run order), decode it by that quantizer's codebook, and move on by its level's parity."""
+    others from q0 (in run order), decode it by that quantizer's codebook, and move on by its level's parity. The two
+    codebooks (and parities) are one table, q1's entries after q0's."""
     runs = -(-count // run)
     out = np.zeros((run, runs), dtype=dtype)
     if count == 0:
@@ -202,7 +192,8 @@ def walk(symbols: list[np.ndarray], tables: list[tuple[np.ndarray, np.ndarray]],
     last = count - (runs - 1) * run  # elements of the last run
     state = np.zeros(runs, dtype=np.int8)
     (par0, book0), (par1, book1) = tables
-    q0, q1 = (s.astype(np.int64) for s in symbols)
+    parity, book = np.concatenate([par0, par1]), np.concatenate([book0, book1])
+    q0, q1 = symbols[0].astype(np.int64), symbols[1].astype(np.int64) + book0.size
     p0 = p1 = 0
     for t in range(run):
         active = runs if t < last else runs - 1
@@ -216,9 +207,8 @@ def walk(symbols: list[np.ndarray], tables: list[tuple[np.ndarray, np.ndarray]],
         j[~second] = q0[p0:p0 + n0]
         j[second] = q1[p1:p1 + n1]
         p0, p1 = p0 + n0, p1 + n1
-        out[t, :active] = np.where(second, book1[np.minimum(j, book1.size - 1)], book0[np.minimum(j, book0.size - 1)])
-        parity = np.where(second, par1[np.minimum(j, par1.size - 1)], par0[np.minimum(j, par0.size - 1)])
-        state[:active] = TRANS[s, parity]
+        out[t, :active] = book[j]
+        state[:active] = TRANS[s, parity[j]]
     return out.T.reshape(-1)[:count]
 
 

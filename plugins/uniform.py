@@ -97,7 +97,7 @@ class Uniform(Stage):
             levels, symbols = _symbols(self._gptq(stream, x))
             book = self._grid_book(levels, stream.dtype)
         else:
-            weights = None if weighting == "none" else _side_weights(stream, weighting)
+            weights = None if weighting == "none" else side_weights(stream, weighting)
             levels, symbols = _symbols(quantize_levels(x, self.step, self.dead_zone))
             book = from_float(bin_means(x, symbols, levels.size, weights), stream.dtype)
         meta = {"dtype": stream.dtype, "shape": list(stream.array.shape),
@@ -275,19 +275,20 @@ def gptq(weights: np.ndarray, hessian: np.ndarray, levels: Callable[[np.ndarray]
     return restored.reshape(-1)
 
 
-def _side(stream: Dense, name: str, what: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The side input `name`, checked (dcframe.require_side), with this stage's place in the message."""
-    where = f"stage 'uniform': {what} on a tensor of shape {list(stream.array.shape)}"
+def _side(stream: Dense, name: str, what: str, shape: tuple[int, ...], stage_id: str = "uniform") -> np.ndarray:
+    """The side input `name`, checked (dcframe.require_side), with the stage's place in the message."""
+    where = f"stage '{stage_id}': {what} on a tensor of shape {list(stream.array.shape)}"
     return require_side(stream, name, where, shape)
 
 
-def _side_weights(stream: Dense, weighting: str) -> np.ndarray:
+def side_weights(stream: Dense, weighting: str, stage_id: str = "uniform") -> np.ndarray:
     """The element-aligned importance weights of `weighting` ("activation" or "fisher"), flat, float64, >= 0."""
     name = {"activation": ACTIVATION, "fisher": FISHER}[weighting]
-    value = _side(stream, name, f"weighting '{weighting}'", stream.array.shape)
+    value = _side(stream, name, f"weighting '{weighting}'", stream.array.shape, stage_id)
     if (value < 0).any():
-        raise ConfigError(f"stage 'uniform': weighting '{weighting}' on a tensor of shape {list(stream.array.shape)}: "
-                          f"side input '{name}' has negative entries (importance weights are >= 0)")
+        raise ConfigError(f"stage '{stage_id}': weighting '{weighting}' on a tensor of shape "
+                          f"{list(stream.array.shape)}: side input '{name}' has negative entries (importance weights "
+                          f"are >= 0)")
     return value.reshape(-1).astype(np.float64)
 
 
