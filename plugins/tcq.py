@@ -230,7 +230,8 @@ def search(x: np.ndarray, step: float, run: int, rate_weight: float) -> tuple[np
         valid = (np.arange(runs * run) < x.size).reshape(runs, run)
         per_chunk = max(1, CHUNK // run)
     bits = None
-    for done in range(PASSES if rate_weight > 0 else 1):
+    passes = PASSES if rate_weight > 0 else 1
+    for done in range(passes):
         weight = rate_weight if done else 0.0
         if kernel is not None:
             levels, quantizer = kernel(y, run, bits, weight)
@@ -239,7 +240,8 @@ def search(x: np.ndarray, step: float, run: int, rate_weight: float) -> tuple[np
                      for start in range(0, runs, per_chunk)]
             levels = np.concatenate([k for k, _ in parts]).reshape(-1)[:x.size]
             quantizer = np.concatenate([z for _, z in parts]).reshape(-1)[:x.size]
-        bits = [level_bits(levels[quantizer == z]) for z in (0, 1)]
+        if done + 1 < passes:  # the next pass's rate term
+            bits = [level_bits(levels[quantizer == z]) for z in (0, 1)]
     return levels, quantizer
 
 
