@@ -9,6 +9,7 @@ import zlib
 import zstandard
 
 from dcframe import Bytes, FormatError, Stage, check_output, hookimpl
+from dcframe.core.zstdframe import zstd_frame
 
 
 class _ByteCodec(Stage):
@@ -75,10 +76,6 @@ class Zlib(_ByteCodec):
         return _one_stream(zlib.decompressobj(), data, size)
 
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-ZSTD_MIN_WINDOW = 1 << 20
-
-
 class Zstd(_ByteCodec):
     """Zstandard at `level` -7 to 22 (19 is a good size/speed point; 3 is fast)."""
 
@@ -91,27 +88,7 @@ class Zstd(_ByteCodec):
         return zstandard.ZstdCompressor(level=self.level).compress(data)
 
     def _decompress(self, data, size):
-        """One frame, nothing after it (no second frame, skippable or empty), its content size (if stated) = size,
-        its window at most max(size, 1 MiB) (the decoder allocates the window before any output)."""
-        if bytes(data[:4]) != ZSTD_MAGIC:
-            raise FormatError("zstd: the stream does not start with a Zstandard frame (magic 28 B5 2F FD)")
-        frame = zstandard.get_frame_parameters(data)
-        known = frame.content_size != zstandard.CONTENTSIZE_UNKNOWN
-        if known and frame.content_size != size:
-            raise FormatError(f"zstd: frame content size {frame.content_size} differs from metadata size {size}")
-        window = max(size, ZSTD_MIN_WINDOW)
-        if frame.window_size > window:
-            raise FormatError(f"zstd: frame window of {frame.window_size} bytes for {size} bytes of output")
-        if frame.dict_id:
-            raise FormatError("zstd: frames needing a dictionary are not supported")
-        dctx = zstandard.ZstdDecompressor(max_window_size=window)
-        if known and size == 0:  # decompress() returns b"" for a zero content size without reading the frame
-            obj = dctx.decompressobj()
-            out = obj.decompress(data)
-            return out, obj.eof, len(obj.unused_data)
-        # allow_extra_data=False: a second frame, an empty or skippable one, or stray bytes are errors
-        out = dctx.decompress(data, max_output_size=0 if known else size + 1, allow_extra_data=False)
-        return out, True, 0
+        return zstd_frame(data, size)
 
 
 LZMA_MEMLIMIT = 128 << 20  # decoder memory; presets 0-9 need at most about 65 MiB

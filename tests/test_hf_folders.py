@@ -13,7 +13,7 @@ import pytest
 import dcframe
 from dcframe.cli import main
 from dcframe.core.container import MAX_FILES_BYTES, Container, Layout
-from dcframe.core.errors import FormatError, ModelIOError
+from dcframe.core.errors import FormatError, LimitError, ModelIOError
 from dcframe.io.hffolder import read_folder, write_folder
 from dcframe.io.modelio import read_model, write_model
 
@@ -288,6 +288,59 @@ def test_hostile_layouts_are_refused_before_writing(tmp_path: Path, change, mess
     assert not (tmp_path / "out").exists() and not (tmp_path / "evil.safetensors").exists()
     with pytest.raises(FormatError):
         Layout.from_index(raw, ["a.weight", "b.weight", "b.bias"], "x")
+
+
+def _frame(data: bytes) -> bytes:
+    import zstandard
+    return zstandard.ZstdCompressor(level=3).compress(data)
+
+
+TOKENS = "".join(f"token{i % 97}\n" for i in range(2000)).encode()  # packs to a small fraction of its size
+
+
+def test_compressible_files_are_packed_and_come_back_byte_for_byte(tmp_path: Path) -> None:
+    """A folder's file that zstd shrinks is stored packed (version 1.2, fewer bytes than the file), one it does not
+    shrink stays as it is; the recreated folder holds both byte for byte."""
+    src = make_sharded(tmp_path / "src", two_shards(), extra={"vocab.txt": TOKENS, "config.json": b'{"a": 1}'})
+    dcframe.compress(read_folder(src), tmp_path / "m.dcf")
+    with Container(tmp_path / "m.dcf") as c:
+        assert c.version == (1, 2)
+        entry = c._layout["files"]["vocab.txt"]
+        assert set(entry) == {"zstd", "size"} and entry["size"] == len(TOKENS) and len(entry["zstd"]) < len(TOKENS) / 10
+        assert isinstance(c._layout["files"]["config.json"], bytes)
+        write_folder(tmp_path / "out", c)
+    assert (tmp_path / "out" / "vocab.txt").read_bytes() == TOKENS
+    assert (tmp_path / "out" / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    small = make_sharded(tmp_path / "small", two_shards())
+    dcframe.compress(read_folder(small), tmp_path / "s.dcf")
+    with Container(tmp_path / "s.dcf") as c:
+        assert c.version == (1, 1)  # nothing worth packing: the file stays readable as 1.1 wrote it
+
+
+@pytest.mark.parametrize("entry, error, message", [
+    ({"zstd": _frame(TOKENS), "size": len(TOKENS) + 1}, FormatError, "content size"),
+    ({"zstd": _frame(TOKENS) + b"\0", "size": len(TOKENS)}, FormatError, "corrupt zstd frame"),
+    ({"zstd": _frame(TOKENS) + _frame(b""), "size": len(TOKENS)}, FormatError, "corrupt zstd frame"),
+    ({"zstd": b"PK\3\4 not zstd", "size": 4}, FormatError, "does not start with a Zstandard frame"),
+    ({"zstd": _frame(TOKENS)[:-3], "size": len(TOKENS)}, FormatError, "vocab.txt"),
+    ({"zstd": _frame(TOKENS), "size": MAX_FILES_BYTES}, LimitError, "over the limit"),
+    ({"zstd": _frame(TOKENS), "size": -1}, FormatError, "files is not a map"),
+    ({"zstd": _frame(TOKENS), "size": True}, FormatError, "files is not a map"),
+    ({"zstd": _frame(TOKENS), "size": len(TOKENS), "level": 3}, FormatError, "files is not a map"),
+])
+def test_hostile_packed_files_are_refused_before_writing(tmp_path: Path, entry, error, message) -> None:
+    """A packed file must be one zstd frame of exactly its stated size, within the limits counted by that size; else
+    one error naming the file, nothing written, and the tensors still read."""
+    src = make_sharded(tmp_path / "src", two_shards(), extra={"big.txt": b"x" * (MAX_FILES_BYTES - 4 * len(TOKENS))})
+    dcframe.compress(read_folder(src), tmp_path / "m.dcf")
+    with Container(tmp_path / "m.dcf") as c:
+        raw = read_folder(src).layout.to_index(c.names, "x")
+        raw["files"]["vocab.txt"] = entry
+        c._layout = raw
+        with pytest.raises(error, match=message):
+            write_folder(tmp_path / "out", c)
+        assert c.read("a.weight").array.shape == (4, 3)
+    assert not (tmp_path / "out").exists()
 
 
 # --- a real (tiny) Hugging Face model -------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ static int parse_header_fields(dcf_file *f, dcf_error *err) {
     if (v == NONE || N(t, v)->t != MP_ARR || N(t, v)->n != 2 || !mp_is_int(t, v + 1) || !mp_is_int(t, mp_after(t, v + 1)))
         return dcf_fail(err, DCF_E_FORMAT, "index version is not [major, minor]");
     if (N(t, v + 1)->v.i != 1)
-        return dcf_fail(err, DCF_E_FORMAT, "unsupported format version %lld.%lld; this reader implements 1.1",
+        return dcf_fail(err, DCF_E_FORMAT, "unsupported format version %lld.%lld; this reader implements 1.2",
                         (long long)N(t, v + 1)->v.i, (long long)N(t, mp_after(t, v + 1))->v.i);
     uint32_t p = mp_get(t, 0, "producer");
     if (p != NONE && N(t, p)->t != MP_STR) return dcf_fail(err, DCF_E_FORMAT, "index producer is not a string");

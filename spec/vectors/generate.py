@@ -481,6 +481,13 @@ def generate(root: Path) -> None:
                               {"embed.weight": 0, "layer.weight": 1, "layer.bias": 1}, "model.safetensors.index.json",
                               {"total_parameters": "44"}, {"config.json": b'{"model_type": "bert"}\n',
                                                            "vocab.txt": "[PAD]\n[UNK]\nü\n".encode()}))
+    vocab = "".join(f"[unused{i}]\n" for i in range(300)).encode()
+    g.add_valid("layout-packed", folder, "Version 1.2: a layout whose vocab.txt is packed as one zstd frame with its "
+                "size (FORMAT.md 3.3), beside a file too small to pack; readers that do not recreate folders ignore "
+                "it.", ["layout", "version:1.2", "zstd"], pipeline="zstd", lossless=True,
+                layout=Layout([("model.safetensors", {"format": "pt"})],
+                              {"embed.weight": 0, "layer.weight": 0, "layer.bias": 0}, None, None,
+                              {"config.json": b'{"model_type": "bert"}\n', "vocab.txt": vocab}))
     add_valid_rans_vectors(g)
     add_valid_bytegroup_vectors(g, lossless_mix)
     add_valid_rowscale_vectors(g)
