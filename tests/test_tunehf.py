@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 
 import dcframe
-from dcframe.analysis.tune import read_rules_file
+from dcframe.analysis.tune import measure, read_rules_file
 from dcframe.analysis.tunehf import (
     HF_REL_STEPS,
     allocate_rescaled,
     distortion,
+    fitting_factor,
     row_weights,
     screened_sweep,
     sweep_size,
     tune_pretrained,
 )
+from dcframe.core.pipeline import Policy
 from dcframe.core.streams import ACTIVATION, HESSIAN, OUTPUT, Dense
 
 
@@ -90,7 +92,7 @@ def test_the_sweep_offers_rowscale_on_rows_the_calibration_never_saw_and_models_
         if p.pipeline.startswith("rowscale"):
             plain = next(q for q in sweep.points["emb"] if q.pipeline == p.pipeline.split(" | ", 1)[1])
             assert p.stored < plain.stored and p.metric < plain.metric  # smaller, and not modelled as free
-            assert p.unseen > plain.unseen > 0  # the loss the calibration's own text cannot show
+            assert p.hidden > plain.hidden > 0  # the loss the calibration's own text cannot show
     assert sweep_size(exact, (0.2, 0.4), _Side(side)) == len(pipelines)
     assert sweep_size(exact, (0.2, 0.4)) == 3
     positions = screened_sweep({"embeddings.position_embeddings.weight": Dense.of(w)},
@@ -120,6 +122,50 @@ def _quadratic_metric(exact, weight):
     def evaluate(params):
         return 1.0 - sum(weight[n] * float(np.sum((params[n].astype(np.float64) - exact[n]) ** 2)) for n in exact)
     return evaluate
+
+
+@pytest.mark.parametrize("inputs, rows", [(32, 2000), (64, 400), (64, 200)])
+def test_fitting_factor_predicts_gptq_error_on_unseen_inputs(inputs, rows):
+    """From the two halves of the rows alone, how much more layer-output error GPTQ (fitted to all rows) shows on
+    inputs it never saw: within 5% of the ratio measured on 20000 new rows of the same distribution."""
+    rng = np.random.default_rng(inputs + rows)
+    mix = rng.normal(size=(inputs, inputs)) / np.sqrt(inputs) + np.eye(inputs)  # correlated inputs
+    x, unseen = rng.normal(size=(rows, inputs)) @ mix, rng.normal(size=(20000, inputs)) @ mix
+    gram = [z.T @ z / len(z) for z in (x, x[0::2], x[1::2], unseen)]
+    w = rng.normal(size=(48, inputs)).astype(np.float32)
+    pipeline, policy = "uniform(step=0.3, method=gptq) | rans", Policy()
+    factor = fitting_factor("w", Dense.of(w), policy, pipeline, w, {HESSIAN: gram[0]},
+                            [{HESSIAN: gram[1]}, {HESSIAN: gram[2]}])
+    delta = measure("w", Dense.of(w), policy, pipeline, {HESSIAN: gram[0]})[1] - w
+    true = distortion(delta, {HESSIAN: gram[3]}) / distortion(delta, {HESSIAN: gram[0]})
+    assert factor == pytest.approx(true, rel=0.05) and factor > 1.0
+    assert fitting_factor("w", Dense.of(w), policy, pipeline, w, {HESSIAN: gram[0]},
+                          [{HESSIAN: gram[1]}, {HESSIAN: gram[1]}]) == 1.0  # both halves alike: no overfitting
+    assert fitting_factor("w", Dense.of(w), policy, pipeline, w, {HESSIAN: gram[0]}, [{HESSIAN: gram[1]}, {}]) == 1.0
+
+
+def test_fitting_factor_scales_a_gptq_tensors_modelled_loss_and_hides_the_excess():
+    """With folds, a GPTQ tensor's modelled loss is r times the in-sample one, the excess kept as hidden loss that
+    every verification takes off the metric measured on the fitted lines."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 24))
+    gram = [z.T @ z / len(z) for z in (x, x[0::2], x[1::2])]
+    w = rng.normal(size=(16, 24)).astype(np.float32)
+    exact = {"w": w.astype(np.float64)}
+
+    def evaluate(params):  # a metric linear in the layer-output error on the fitted rows
+        d = params["w"] - w
+        return 1.0 - 1e-3 * float(np.einsum("oi,ij,oj->", d, gram[0], d))
+
+    side = {"w": {HESSIAN: gram[0]}}
+    plain = screened_sweep({"w": Dense.of(w)}, exact, side, evaluate, 1.0, (0.1, 0.3))
+    folded = screened_sweep({"w": Dense.of(w)}, exact, side, evaluate, 1.0, (0.1, 0.3),
+                            folds=[{"w": {HESSIAN: gram[1]}}, {"w": {HESSIAN: gram[2]}}])
+    r = folded.fitting["w"]
+    assert r > 1.2 and plain.fitting == {}
+    for p, q in zip(plain.points["w"][1:], folded.points["w"][1:], strict=True):
+        assert 1.0 - q.metric == pytest.approx(r * (1.0 - p.metric), rel=1e-9)
+        assert q.hidden == pytest.approx((r - 1.0) * (1.0 - p.metric), rel=1e-9) and p.hidden == 0.0
 
 
 def test_screened_sweep_predicts_an_additive_metric_exactly():
@@ -240,6 +286,9 @@ def test_cli_tunes_a_folder_within_its_budget_and_the_rules_replay(tmp_path):
     assert report["original_bytes"] > report["lossless_bytes"]  # float32 weights: the lossless chain shrinks them
     # the paper's columns are filled; BERT's pooler does not reach the mean-pooled metric
     assert report["unreached"] == ["pooler.dense.weight"]
+    # GPTQ tensors judged on the half of the lines they were not fitted to: 4 short lines overfit a lot
+    assert report["fitting"] and all(r >= 1.0 for r in report["fitting"].values())
+    assert max(report["fitting"].values()) > 1.2
     assert all(t["weights"] and t["bits"] > 0 for t in report["tensors"])
     assert any("method=auto" in r for r in read_rules_file(rules))
     out = tmp_path / "m.dcf"

@@ -98,6 +98,7 @@ class TuneResult:
     retrained: bool = False
     file_bytes: int | None = None  # the chosen model's real file, when one was written
     unreached: list[str] = field(default_factory=list)  # tensors that left the metric unchanged, nearly all 0
+    fitting: dict[str, float] = field(default_factory=dict)  # GPTQ tensors' loss factor off the lines (tunehf)
 
     @property
     def total_bytes(self) -> int:
@@ -132,7 +133,8 @@ class TuneResult:
                 "dense_metric": self.dense_metric, "metric": self.metric, "test_dense_metric": self.test_dense,
                 "test_metric": self.test_metric, "retrained": self.retrained, "original_bytes": self.original_bytes,
                 "total_bytes": self.total_bytes, "lossless_bytes": self.lossless_bytes, "file_bytes": self.file_bytes,
-                "evaluations": self.evaluations, "unreached": self.unreached, "rules": self.rules,
+                "evaluations": self.evaluations, "unreached": self.unreached, "fitting": self.fitting,
+                "rules": self.rules,
                 "frontier": [list(f) for f in self.frontier], "predicted": [list(f) for f in self.predicted],
                 "tensors": [{**row, "name": row["tensor"], "lossless_bytes": self.lossless[row["tensor"]].stored,
                              "points": [vars(q) for q in self.points[row["tensor"]]]} for row in self.layers()]}

@@ -31,8 +31,8 @@ class Point:
     metric: float
     distortion: float = 0.0  # ||w - w'||^2 / ||w||^2 of the decoded tensor: only breaks ties between equal losses
     meta: int = 0  # bytes of its stages' metadata (msgpack: codebooks, code lengths), stored beside the streams
-    unseen: float = 0.0  # the part of its modelled loss on inputs the metric's data never uses (tunehf), which a
-    # measured metric cannot show and is added to it
+    hidden: float = 0.0  # the part of its modelled loss the metric's own data cannot show (tunehf: rows that data
+    # never uses, and what a calibration fitted to that data hides), taken off every measured metric
 
     @property
     def stored(self) -> int:

@@ -174,6 +174,7 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
         console.note(f"running the dense model on {len(lines)} lines" +
                      (f" and {len(held_out)} held-out lines" if held_out is not None else ""))
     evaluate = load_evaluator(args.evaluator) if args.evaluator else EmbeddingMetric(slot, tokenizer, lines)
+    folds = half_calibrations(model, tokenizer, lines, calibration, args.quiet) if not args.evaluator else []
     test = EmbeddingMetric(slot, tokenizer, held_out) if held_out is not None else None
     save = Path(args.save) if args.save else None
     # Trial files go to a staging folder beside --save (named as the stale-temporary cleanup expects) and only the
@@ -193,7 +194,8 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
         with console.progress_bar(total, "sweeping", enabled=not args.quiet, unit="items") as adv:
             result = tune_pretrained(tensors, evaluate, args.budget, calibration, test=test, progress=adv,
                                      target_ratio=args.target_ratio,
-                                     file_bytes=file_bytes if args.target_ratio is not None else None)
+                                     file_bytes=file_bytes if args.target_ratio is not None else None,
+                                     folds=folds)
         if save and args.target_ratio is None:
             if not args.quiet:
                 console.note(f"writing {save}")
@@ -210,6 +212,20 @@ def run_pretrained(args: argparse.Namespace, output: Path) -> int:
         console.note(f"wrote {len(result.rules)} rules to {output}; replay: dcframe compress {args.input} "
                      f"--rules-file {output}{replay}")
     return 0
+
+
+def half_calibrations(model, tokenizer, lines: list[str], calibration, quiet: bool) -> list:
+    """X^T X of each half of the lines (odd and even), where the calibration has any and there are two lines or
+    more: the GPTQ tensors are then judged on the half they were not fitted to (tunehf.fitting_factor)."""
+    if calibration is None or len(lines) < 2 or \
+            not any("hessian" in stats for stats in calibration.entries.values()):
+        return []
+    from dcframe.bindings.hf import text_batches
+    from dcframe.bindings.torchcalib import calibrate
+
+    if not quiet:
+        console.note("recording X^T X on each half of the lines (GPTQ is judged on the half it was not fitted to)")
+    return [calibrate(model, text_batches(tokenizer, lines[i::2]), loss=None, fisher=False) for i in (0, 1)]
 
 
 def show(result: TuneResult, metric: str = "validation metric", test_name: str = "test metric") -> None:
