@@ -292,7 +292,7 @@ def fitting_factor(name: str, dense: Dense, policy: Policy, pipeline: str, exact
     if not ratios:
         return 1.0
     half = float(np.mean(ratios))
-    a = min(max((half - 1.0) / (half + 1.0), 0.0), 1.0) / 2
+    a = max((half - 1.0) / (half + 1.0), 0.0) / 2  # below 1/2 for any finite ratio
     return (1.0 + a) / (1.0 - a)
 
 

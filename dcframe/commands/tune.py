@@ -27,6 +27,7 @@ from dcframe.commands import add_force_flag, refuse_existing_output
 from dcframe.console import Col, fit_table
 from dcframe.core.errors import ConfigError
 from dcframe.core.files import TEMP_TAG, refuse_overwriting_input
+from dcframe.core.streams import HESSIAN
 from dcframe.io.hffolder import is_folder, read_folder
 from dcframe.io.modelio import read_model
 
@@ -218,7 +219,7 @@ def half_calibrations(model, tokenizer, lines: list[str], calibration, quiet: bo
     """X^T X of each half of the lines (odd and even), where the calibration has any and there are two lines or
     more: the GPTQ tensors are then judged on the half they were not fitted to (tunehf.fitting_factor)."""
     if calibration is None or len(lines) < 2 or \
-            not any("hessian" in stats for stats in calibration.entries.values()):
+            not any(HESSIAN in stats for stats in calibration.entries.values()):
         return []
     from dcframe.bindings.hf import text_batches
     from dcframe.bindings.torchcalib import calibrate
